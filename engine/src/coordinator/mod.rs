@@ -1,0 +1,502 @@
+//! The coordinator: runs two-phase commit with presumed abort for each client transaction.
+//!
+//! Invariants:
+//! - A client hears `Committed` and a participant hears `Commit` only after the `Commit`
+//!   record is durable (both outputs are gated on its LSN).
+//! - Aborts are never logged and never acknowledged; an unknown transaction is aborted.
+//!   That answer is safe because a transaction is unknown only when it has no durable or
+//!   pending `Commit` record: every transaction with one stays in `txs` until all its
+//!   participants acknowledged (and so will never ask again).
+//! - Transaction ids carry the epoch, which is durable before any prepare of that epoch
+//!   leaves (prepares are gated on the epoch record), so ids never repeat across restarts.
+
+mod sessions;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use sessions::{Known, Sessions};
+
+use crate::effects::{Effects, LogCursor, Timers};
+use crate::hash::SeededState;
+use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
+use crate::ops::{AbortReason, Limits, LocalOp, Op, Outcome, Read, Vote};
+use crate::record::CoordRecord;
+use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
+
+/// An output of the coordinator: a message to a participant or a reply to a client.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CoordOutput {
+    ToParticipant(ParticipantId, ToParticipant),
+    ToClient(Reply),
+}
+
+pub type CoordEffects = Effects<CoordRecord, CoordOutput>;
+
+/// Bugs that tests plant to prove the simulator's checker catches them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoordinatorBugs {
+    /// Send `Commit` to participants before the commit record is durable.
+    pub commit_before_durable: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// The participants transactions may name.
+    pub participants: Vec<ParticipantId>,
+    /// A transaction whose votes are not all in by then aborts.
+    pub prepare_timeout: Duration,
+    /// First interval before re-sending an unacknowledged `Commit`; doubles up to `redrive_max`.
+    pub redrive_initial: Duration,
+    pub redrive_max: Duration,
+    /// Bound on transactions in the prepare phase; beyond it clients get `Busy`.
+    pub max_preparing: usize,
+    /// Bound on committed transactions awaiting acknowledgements; beyond it clients get `Busy`.
+    pub max_committing: usize,
+    /// Bounds of the exactly-once table.
+    pub max_client_sessions: usize,
+    pub outcomes_per_client: usize,
+    pub limits: Limits,
+    pub hash_seed: u64,
+    #[cfg(test)]
+    pub bugs: CoordinatorBugs,
+}
+
+impl CoordinatorConfig {
+    pub fn new(participants: Vec<ParticipantId>) -> CoordinatorConfig {
+        CoordinatorConfig {
+            participants,
+            prepare_timeout: Duration::from_secs(2),
+            redrive_initial: Duration::from_millis(200),
+            redrive_max: Duration::from_secs(5),
+            max_preparing: 200_000,
+            max_committing: 1_000_000,
+            max_client_sessions: 100_000,
+            outcomes_per_client: 4096,
+            limits: Limits::default(),
+            hash_seed: 0,
+            #[cfg(test)]
+            bugs: CoordinatorBugs::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum VoteState {
+    Pending,
+    Yes,
+    ReadOnly,
+    No,
+    Acked,
+}
+
+#[derive(Debug)]
+struct Shard {
+    participant: ParticipantId,
+    vote: VoteState,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Preparing { deadline: Time },
+    Committing { lsn: Lsn, next_redrive: Time, backoff: Duration },
+}
+
+#[derive(Debug)]
+struct Tx {
+    client: ClientId,
+    seq: Seq,
+    phase: Phase,
+    shards: Vec<Shard>,
+    reads: Vec<Read>,
+}
+
+impl Tx {
+    fn shard_mut(&mut self, participant: ParticipantId) -> Option<&mut Shard> {
+        self.shards.iter_mut().find(|shard| shard.participant == participant)
+    }
+
+    fn all_voted(&self) -> bool {
+        self.shards.iter().all(|shard| shard.vote != VoteState::Pending)
+    }
+
+    fn yes_voters(&self) -> impl Iterator<Item = ParticipantId> + '_ {
+        self.shards.iter().filter(|s| matches!(s.vote, VoteState::Yes | VoteState::Acked)).map(|s| s.participant)
+    }
+}
+
+/// Counters for tests, metrics and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoordinatorStats {
+    pub committed: u64,
+    pub aborted: u64,
+    pub rejected_busy: u64,
+    pub redrives: u64,
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    epoch: Epoch,
+    /// Prepares are gated on this: the epoch must be durable before its txids are used.
+    epoch_lsn: Lsn,
+    next_counter: u64,
+    log: LogCursor,
+    txs: HashMap<TxId, Tx, SeededState>,
+    preparing: usize,
+    committing: usize,
+    sessions: Sessions,
+    timers: Timers,
+    stats: CoordinatorStats,
+}
+
+impl Coordinator {
+    /// Rebuilds the coordinator from its log (oldest first; empty for a new node) and starts a
+    /// new epoch. The epoch record and the re-driven commits of unfinished transactions are
+    /// in `fx`.
+    pub fn recover(
+        config: CoordinatorConfig,
+        log: impl IntoIterator<Item = (Lsn, CoordRecord)>,
+        now: Time,
+        fx: &mut CoordEffects,
+    ) -> Coordinator {
+        let mut sessions = Sessions::new(config.max_client_sessions, config.outcomes_per_client, config.hash_seed);
+        let mut unfinished: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
+            HashMap::with_hasher(SeededState::new(config.hash_seed));
+        let mut last_epoch = Epoch(0);
+        let mut last_lsn = Lsn::NONE;
+        for (lsn, record) in log {
+            assert!(
+                last_lsn == Lsn::NONE || lsn == last_lsn.next(),
+                "log LSNs not consecutive: {last_lsn:?} then {lsn:?}"
+            );
+            last_lsn = lsn;
+            match record {
+                CoordRecord::Epoch { epoch } => last_epoch = last_epoch.max(epoch),
+                CoordRecord::Commit { txid, client, seq, ref reads, .. } => {
+                    sessions.finish(client, seq, Outcome::Committed { reads: reads.clone() }, lsn);
+                    unfinished.insert(txid, (lsn, record));
+                }
+                CoordRecord::End { txid } => {
+                    unfinished.remove(&txid);
+                }
+            }
+        }
+        let epoch = Epoch(last_epoch.0 + 1);
+        assert!(epoch <= Epoch::MAX, "coordinator epochs exhausted");
+        let mut coordinator = Coordinator {
+            epoch,
+            epoch_lsn: Lsn::NONE,
+            next_counter: 1,
+            log: LogCursor::after(last_lsn),
+            txs: HashMap::with_hasher(SeededState::new(config.hash_seed)),
+            preparing: 0,
+            committing: 0,
+            sessions,
+            timers: Timers::default(),
+            stats: CoordinatorStats::default(),
+            config,
+        };
+        coordinator.epoch_lsn = coordinator.log.append(fx, CoordRecord::Epoch { epoch });
+        let mut redrive: Vec<(Lsn, CoordRecord)> = unfinished.into_values().collect();
+        redrive.sort_by_key(|(lsn, _)| *lsn);
+        for (lsn, record) in redrive {
+            coordinator.resume_commit(now, lsn, record, fx);
+        }
+        coordinator
+    }
+
+    fn resume_commit(&mut self, now: Time, lsn: Lsn, record: CoordRecord, fx: &mut CoordEffects) {
+        let CoordRecord::Commit { txid, client, seq, participants, reads } = record else {
+            unreachable!("only commit records are resumed")
+        };
+        let shards = participants.iter().map(|&participant| Shard { participant, vote: VoteState::Yes }).collect();
+        let phase = Phase::Committing { lsn, next_redrive: now, backoff: self.config.redrive_initial };
+        self.txs.insert(txid, Tx { client, seq, phase, shards, reads });
+        self.committing += 1;
+        self.redrive(now, txid, fx);
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn stats(&self) -> CoordinatorStats {
+        self.stats
+    }
+
+    /// Transactions not yet forgotten (preparing, or committed and awaiting acks).
+    pub fn unfinished(&self) -> usize {
+        self.txs.len()
+    }
+
+    pub fn preparing(&self) -> usize {
+        self.preparing
+    }
+
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.timers.next_deadline()
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    fn is_known(&self, participant: ParticipantId) -> bool {
+        self.config.participants.contains(&participant)
+    }
+
+    fn reply(&self, fx: &mut CoordEffects, after: Lsn, reply: Reply) {
+        fx.send(after, CoordOutput::ToClient(reply));
+    }
+
+    fn send(&self, fx: &mut CoordEffects, after: Lsn, to: ParticipantId, message: ToParticipant) {
+        fx.send(after, CoordOutput::ToParticipant(to, message));
+    }
+
+    /// A client asks for a transaction.
+    pub fn on_submit(&mut self, now: Time, submit: Submit, fx: &mut CoordEffects) {
+        let Submit { client, seq, ops } = submit;
+        match self.sessions.lookup(client, seq) {
+            Known::New => {}
+            Known::InFlight(_) => return, // A retry: the reply follows the decision.
+            Known::Done { outcome, after } => return self.reply(fx, after, Reply::Outcome { client, seq, outcome }),
+            Known::TooOld => {
+                return self.reply(fx, Lsn::NONE, Reply::Rejected { client, seq, reason: RejectReason::SeqTooOld });
+            }
+        }
+        if let Err(detail) = self.config.limits.check_ops(&ops) {
+            return self.finish_unexecuted(client, seq, AbortReason::Invalid { detail }, fx);
+        }
+        if let Some(op) = ops.iter().find(|op| !self.is_known(op.participant)) {
+            let reason = AbortReason::UnknownParticipant { participant: op.participant };
+            return self.finish_unexecuted(client, seq, reason, fx);
+        }
+        if self.preparing >= self.config.max_preparing || self.committing >= self.config.max_committing {
+            return self.reject_busy(client, seq, fx);
+        }
+        let txid = self.allocate_txid(fx);
+        if self.sessions.begin(client, seq, txid).is_err() {
+            return self.reject_busy(client, seq, fx);
+        }
+        self.start_prepare(now, txid, client, seq, ops, fx);
+    }
+
+    fn reject_busy(&mut self, client: ClientId, seq: Seq, fx: &mut CoordEffects) {
+        self.stats.rejected_busy += 1;
+        self.reply(fx, Lsn::NONE, Reply::Rejected { client, seq, reason: RejectReason::Busy });
+    }
+
+    fn finish_unexecuted(&mut self, client: ClientId, seq: Seq, reason: AbortReason, fx: &mut CoordEffects) {
+        self.stats.aborted += 1;
+        let outcome = Outcome::Aborted { reason };
+        self.sessions.finish(client, seq, outcome.clone(), Lsn::NONE);
+        self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
+    }
+
+    fn allocate_txid(&mut self, fx: &mut CoordEffects) -> TxId {
+        if self.next_counter > TxId::COUNTER_MAX {
+            // Counter space of this epoch used up: move to a fresh epoch.
+            self.epoch = Epoch(self.epoch.0 + 1);
+            assert!(self.epoch <= Epoch::MAX, "coordinator epochs exhausted");
+            self.epoch_lsn = self.log.append(fx, CoordRecord::Epoch { epoch: self.epoch });
+            self.next_counter = 1;
+        }
+        let txid = TxId::new(self.epoch, self.next_counter);
+        self.next_counter += 1;
+        txid
+    }
+
+    fn start_prepare(
+        &mut self,
+        now: Time,
+        txid: TxId,
+        client: ClientId,
+        seq: Seq,
+        ops: Vec<Op>,
+        fx: &mut CoordEffects,
+    ) {
+        let mut per_participant: Vec<(ParticipantId, Vec<LocalOp>)> = Vec::with_capacity(4);
+        for (index, op) in ops.into_iter().enumerate() {
+            let local = LocalOp { index: index as u16, key: op.key, kind: op.kind };
+            match per_participant.iter_mut().find(|(p, _)| *p == op.participant) {
+                Some((_, list)) => list.push(local),
+                None => per_participant.push((op.participant, vec![local])),
+            }
+        }
+        let shards = per_participant
+            .iter()
+            .map(|(participant, _)| Shard { participant: *participant, vote: VoteState::Pending })
+            .collect();
+        for (participant, ops) in per_participant {
+            self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops });
+        }
+        let deadline = now + self.config.prepare_timeout;
+        self.txs.insert(txid, Tx { client, seq, phase: Phase::Preparing { deadline }, shards, reads: Vec::new() });
+        self.preparing += 1;
+        self.timers.schedule(deadline, txid);
+    }
+
+    /// A participant's message.
+    pub fn on_message(&mut self, now: Time, from: ParticipantId, message: ToCoordinator, fx: &mut CoordEffects) {
+        match message {
+            ToCoordinator::Vote { txid, vote } => self.on_vote(now, from, txid, vote, fx),
+            ToCoordinator::Ack { txid } => self.on_ack(from, txid, fx),
+            ToCoordinator::Inquiry { txid } => self.on_inquiry(from, txid, fx),
+        }
+    }
+
+    fn on_vote(&mut self, now: Time, from: ParticipantId, txid: TxId, vote: Vote, fx: &mut CoordEffects) {
+        let Some(tx) = self.txs.get_mut(&txid) else {
+            // Decided and forgotten, or from before a restart: it can never commit.
+            if matches!(vote, Vote::Yes { .. }) {
+                self.send(fx, Lsn::NONE, from, ToParticipant::Abort { txid });
+            }
+            return;
+        };
+        if !matches!(tx.phase, Phase::Preparing { .. }) {
+            return; // A duplicate of a vote already counted.
+        }
+        let Some(shard) = tx.shard_mut(from) else { return };
+        if shard.vote != VoteState::Pending {
+            return;
+        }
+        match vote {
+            Vote::Yes { reads } => {
+                shard.vote = VoteState::Yes;
+                tx.reads.extend(reads);
+            }
+            Vote::ReadOnly { reads } => {
+                shard.vote = VoteState::ReadOnly;
+                tx.reads.extend(reads);
+            }
+            Vote::No { reason } => {
+                shard.vote = VoteState::No;
+                return self.abort(txid, reason, fx);
+            }
+        }
+        if tx.all_voted() {
+            self.commit(now, txid, fx);
+        }
+    }
+
+    fn abort(&mut self, txid: TxId, reason: AbortReason, fx: &mut CoordEffects) {
+        let tx = self.txs.remove(&txid).expect("aborting a known transaction");
+        debug_assert!(matches!(tx.phase, Phase::Preparing { .. }), "a committed transaction never aborts");
+        self.preparing -= 1;
+        self.stats.aborted += 1;
+        for shard in &tx.shards {
+            if matches!(shard.vote, VoteState::Pending | VoteState::Yes) {
+                self.send(fx, Lsn::NONE, shard.participant, ToParticipant::Abort { txid });
+            }
+        }
+        let outcome = Outcome::Aborted { reason };
+        self.sessions.finish(tx.client, tx.seq, outcome.clone(), Lsn::NONE);
+        self.reply(fx, Lsn::NONE, Reply::Outcome { client: tx.client, seq: tx.seq, outcome });
+    }
+
+    fn commit(&mut self, now: Time, txid: TxId, fx: &mut CoordEffects) {
+        let tx = self.txs.get_mut(&txid).expect("committing a known transaction");
+        tx.reads.sort_by_key(|read| read.index);
+        let participants: Vec<ParticipantId> = tx.yes_voters().collect();
+        let (client, seq, reads) = (tx.client, tx.seq, tx.reads.clone());
+        self.preparing -= 1;
+        self.stats.committed += 1;
+        let outcome = Outcome::Committed { reads: reads.clone() };
+        if participants.is_empty() {
+            // Read-only everywhere: nothing to log, nothing to finish.
+            self.txs.remove(&txid);
+            self.sessions.finish(client, seq, outcome.clone(), Lsn::NONE);
+            return self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
+        }
+        let lsn =
+            self.log.append(fx, CoordRecord::Commit { txid, client, seq, participants: participants.clone(), reads });
+        let next_redrive = now + self.config.redrive_initial;
+        tx.phase = Phase::Committing { lsn, next_redrive, backoff: self.config.redrive_initial };
+        self.committing += 1;
+        self.timers.schedule(next_redrive, txid);
+        self.sessions.finish(client, seq, outcome.clone(), lsn);
+        self.reply(fx, lsn, Reply::Outcome { client, seq, outcome });
+        let gate = self.commit_gate(lsn);
+        for participant in participants {
+            self.send(fx, gate, participant, ToParticipant::Commit { txid });
+        }
+    }
+
+    #[cfg(not(test))]
+    fn commit_gate(&self, lsn: Lsn) -> Lsn {
+        lsn
+    }
+
+    #[cfg(test)]
+    fn commit_gate(&self, lsn: Lsn) -> Lsn {
+        if self.config.bugs.commit_before_durable { Lsn::NONE } else { lsn }
+    }
+
+    fn on_ack(&mut self, from: ParticipantId, txid: TxId, fx: &mut CoordEffects) {
+        let Some(tx) = self.txs.get_mut(&txid) else { return };
+        if !matches!(tx.phase, Phase::Committing { .. }) {
+            return;
+        }
+        if let Some(shard) = tx.shard_mut(from)
+            && shard.vote == VoteState::Yes
+        {
+            shard.vote = VoteState::Acked;
+        }
+        if tx.shards.iter().any(|shard| shard.vote == VoteState::Yes) {
+            return;
+        }
+        self.txs.remove(&txid);
+        self.committing -= 1;
+        // Not forced: losing it only means re-driving a commit that is already applied.
+        self.log.append(fx, CoordRecord::End { txid });
+    }
+
+    fn on_inquiry(&mut self, from: ParticipantId, txid: TxId, fx: &mut CoordEffects) {
+        match self.txs.get(&txid).map(|tx| &tx.phase) {
+            Some(Phase::Committing { lsn, .. }) => {
+                let gate = *lsn;
+                self.send(fx, gate, from, ToParticipant::Commit { txid });
+            }
+            Some(Phase::Preparing { .. }) => {} // Undecided: the decision will be sent.
+            None => self.send(fx, Lsn::NONE, from, ToParticipant::Abort { txid }),
+        }
+    }
+
+    /// Time passed: abort prepares that timed out, re-send unacknowledged commits.
+    pub fn on_tick(&mut self, now: Time, fx: &mut CoordEffects) {
+        while let Some(txid) = self.timers.pop_due(now) {
+            let Some(tx) = self.txs.get(&txid) else { continue };
+            match tx.phase {
+                Phase::Preparing { deadline } if deadline <= now => {
+                    let silent = tx.shards.iter().find(|s| s.vote == VoteState::Pending).expect("a pending voter");
+                    let reason = AbortReason::Timeout { participant: silent.participant };
+                    self.abort(txid, reason, fx);
+                }
+                Phase::Committing { next_redrive, .. } if next_redrive <= now => self.redrive(now, txid, fx),
+                _ => {} // A stale timer entry.
+            }
+        }
+    }
+
+    fn redrive(&mut self, now: Time, txid: TxId, fx: &mut CoordEffects) {
+        let tx = self.txs.get_mut(&txid).expect("re-driving a known transaction");
+        let Phase::Committing { lsn, next_redrive, backoff } = &mut tx.phase else {
+            unreachable!("re-drive of an undecided transaction")
+        };
+        *next_redrive = now + *backoff;
+        *backoff = (*backoff * 2).min(self.config.redrive_max);
+        let (lsn, at) = (*lsn, *next_redrive);
+        let pending: Vec<ParticipantId> =
+            tx.shards.iter().filter(|s| s.vote == VoteState::Yes).map(|s| s.participant).collect();
+        self.timers.schedule(at, txid);
+        self.stats.redrives += 1;
+        for participant in pending {
+            self.send(fx, lsn, participant, ToParticipant::Commit { txid });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

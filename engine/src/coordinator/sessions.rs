@@ -1,0 +1,199 @@
+//! Exactly-once bookkeeping: the outcome of each client's recent requests, bounded per
+//! client and in the number of clients.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::hash::SeededState;
+use crate::ops::Outcome;
+use crate::types::{ClientId, Lsn, Seq, TxId};
+
+/// What the coordinator knows of a `(client, seq)`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Known {
+    /// Never seen: execute it.
+    New,
+    /// Executing now as this transaction: the reply will come when it is decided.
+    InFlight(TxId),
+    /// Decided; the reply must wait for `after` to be durable.
+    Done { outcome: Outcome, after: Lsn },
+    /// Below the window of outcomes kept for this client: the outcome is forgotten.
+    TooOld,
+}
+
+#[derive(Clone, Debug)]
+enum Entry {
+    InFlight(TxId),
+    Done { outcome: Outcome, after: Lsn },
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    /// Requests with `seq < floor` were evicted from the window.
+    floor: Seq,
+    entries: BTreeMap<Seq, Entry>,
+    in_flight: usize,
+    last_used: u64,
+}
+
+/// Why a new request cannot be recorded right now.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SessionsFull;
+
+#[derive(Debug)]
+pub struct Sessions {
+    by_client: HashMap<ClientId, Session, SeededState>,
+    max_clients: usize,
+    outcomes_per_client: usize,
+    clock: u64,
+}
+
+impl Sessions {
+    pub fn new(max_clients: usize, outcomes_per_client: usize, hash_seed: u64) -> Sessions {
+        assert!(max_clients > 0 && outcomes_per_client > 0);
+        Sessions {
+            by_client: HashMap::with_hasher(SeededState::new(hash_seed)),
+            max_clients,
+            outcomes_per_client,
+            clock: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_client.is_empty()
+    }
+
+    pub fn lookup(&mut self, client: ClientId, seq: Seq) -> Known {
+        self.clock += 1;
+        let Some(session) = self.by_client.get_mut(&client) else { return Known::New };
+        session.last_used = self.clock;
+        if seq < session.floor {
+            return Known::TooOld;
+        }
+        match session.entries.get(&seq) {
+            None => Known::New,
+            Some(Entry::InFlight(txid)) => Known::InFlight(*txid),
+            Some(Entry::Done { outcome, after }) => Known::Done { outcome: outcome.clone(), after: *after },
+        }
+    }
+
+    /// Records that `(client, seq)` now executes as `txid`.
+    pub fn begin(&mut self, client: ClientId, seq: Seq, txid: TxId) -> Result<(), SessionsFull> {
+        self.make_room_for(client)?;
+        let clock = self.clock;
+        let limit = self.outcomes_per_client;
+        let session = self.by_client.entry(client).or_default();
+        session.last_used = clock;
+        if session.in_flight >= limit {
+            return Err(SessionsFull);
+        }
+        let previous = session.entries.insert(seq, Entry::InFlight(txid));
+        assert!(previous.is_none(), "begin of a known request {client:?}/{seq}");
+        session.in_flight += 1;
+        trim_window(session, limit);
+        Ok(())
+    }
+
+    /// Records the outcome of `(client, seq)`. A request never begun (refused before it
+    /// ran, or replayed from the log) is recorded too.
+    pub fn finish(&mut self, client: ClientId, seq: Seq, outcome: Outcome, after: Lsn) {
+        if self.make_room_for(client).is_err() {
+            return; // Every session has work in flight: nothing can be evicted, forget this one.
+        }
+        let limit = self.outcomes_per_client;
+        let session = self.by_client.entry(client).or_default();
+        if seq < session.floor {
+            return;
+        }
+        if let Some(Entry::InFlight(_)) = session.entries.insert(seq, Entry::Done { outcome, after }) {
+            session.in_flight -= 1;
+        }
+        trim_window(session, limit);
+    }
+
+    /// Evicts the least recently used idle sessions when a new client would exceed the bound.
+    fn make_room_for(&mut self, client: ClientId) -> Result<(), SessionsFull> {
+        if self.by_client.len() < self.max_clients || self.by_client.contains_key(&client) {
+            return Ok(());
+        }
+        let mut idle: Vec<(u64, ClientId)> = self
+            .by_client
+            .iter()
+            .filter(|(_, session)| session.in_flight == 0)
+            .map(|(id, session)| (session.last_used, *id))
+            .collect();
+        if idle.is_empty() {
+            return Err(SessionsFull);
+        }
+        // Evict a sixteenth at once so the scan is amortised over many new clients.
+        let evict = (self.max_clients / 16).clamp(1, idle.len());
+        idle.select_nth_unstable(evict - 1);
+        for (_, id) in &idle[..evict] {
+            self.by_client.remove(id);
+        }
+        Ok(())
+    }
+}
+
+/// Drops the oldest decided outcomes beyond the per-client window.
+fn trim_window(session: &mut Session, limit: usize) {
+    while session.entries.len() > limit {
+        let Some((&oldest, entry)) = session.entries.iter().next() else { break };
+        if matches!(entry, Entry::InFlight(_)) {
+            break; // Never forget a request still executing.
+        }
+        session.entries.remove(&oldest);
+        session.floor = oldest + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::AbortReason;
+
+    fn aborted() -> Outcome {
+        Outcome::Aborted { reason: AbortReason::Invalid { detail: "x".into() } }
+    }
+
+    #[test]
+    fn a_request_is_new_then_in_flight_then_done() {
+        let mut sessions = Sessions::new(4, 4, 0);
+        let client = ClientId(1);
+        assert_eq!(sessions.lookup(client, 1), Known::New);
+        sessions.begin(client, 1, TxId(10)).unwrap();
+        assert_eq!(sessions.lookup(client, 1), Known::InFlight(TxId(10)));
+        sessions.finish(client, 1, aborted(), Lsn(3));
+        assert_eq!(sessions.lookup(client, 1), Known::Done { outcome: aborted(), after: Lsn(3) });
+    }
+
+    #[test]
+    fn the_window_per_client_is_bounded() {
+        let mut sessions = Sessions::new(4, 2, 0);
+        let client = ClientId(1);
+        for seq in 1..=5 {
+            sessions.begin(client, seq, TxId(seq)).unwrap();
+            sessions.finish(client, seq, aborted(), Lsn::NONE);
+        }
+        assert_eq!(sessions.lookup(client, 3), Known::TooOld);
+        assert!(matches!(sessions.lookup(client, 4), Known::Done { .. }));
+        assert!(matches!(sessions.lookup(client, 5), Known::Done { .. }));
+    }
+
+    #[test]
+    fn in_flight_requests_are_never_evicted() {
+        let mut sessions = Sessions::new(2, 2, 0);
+        sessions.begin(ClientId(1), 1, TxId(1)).unwrap();
+        sessions.begin(ClientId(1), 2, TxId(2)).unwrap();
+        assert_eq!(sessions.begin(ClientId(1), 3, TxId(3)), Err(SessionsFull));
+        sessions.begin(ClientId(2), 1, TxId(4)).unwrap();
+        assert_eq!(sessions.begin(ClientId(3), 1, TxId(5)), Err(SessionsFull), "both sessions busy");
+        sessions.finish(ClientId(2), 1, aborted(), Lsn::NONE);
+        sessions.begin(ClientId(3), 1, TxId(5)).unwrap();
+        assert_eq!(sessions.len(), 2, "the idle session was evicted");
+        assert_eq!(sessions.lookup(ClientId(1), 1), Known::InFlight(TxId(1)));
+    }
+}

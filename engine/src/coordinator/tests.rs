@@ -1,0 +1,272 @@
+use super::*;
+use crate::effects::Gated;
+use crate::ops::OpKind;
+use bytes::Bytes;
+
+const P1: ParticipantId = ParticipantId(1);
+const P2: ParticipantId = ParticipantId(2);
+const C: ClientId = ClientId(42);
+
+fn config() -> CoordinatorConfig {
+    let mut config = CoordinatorConfig::new(vec![P1, P2]);
+    config.prepare_timeout = Duration::from_millis(10);
+    config.redrive_initial = Duration::from_millis(5);
+    config.redrive_max = Duration::from_millis(20);
+    config
+}
+
+fn fresh() -> (Coordinator, CoordEffects) {
+    let mut fx = CoordEffects::default();
+    let coordinator = Coordinator::recover(config(), Vec::new(), Time::ZERO, &mut fx);
+    (coordinator, fx)
+}
+
+fn transfer(seq: Seq) -> Submit {
+    let op = |participant, key: &'static str, delta| Op {
+        participant,
+        key: Bytes::from_static(key.as_bytes()),
+        kind: OpKind::Add { delta, floor: 0 },
+    };
+    Submit { client: C, seq, ops: vec![op(P1, "a", -5), op(P2, "b", 5)] }
+}
+
+fn prepared_txid(fx: &CoordEffects) -> TxId {
+    fx.outputs
+        .iter()
+        .find_map(|g| match &g.item {
+            CoordOutput::ToParticipant(_, ToParticipant::Prepare { txid, .. }) => Some(*txid),
+            _ => None,
+        })
+        .expect("a prepare was sent")
+}
+
+fn yes() -> Vote {
+    Vote::Yes { reads: vec![] }
+}
+
+#[test]
+fn a_fresh_coordinator_logs_its_epoch_and_gates_prepares_on_it() {
+    let (mut coordinator, mut fx) = fresh();
+    assert_eq!(fx.appends, vec![(Lsn(1), CoordRecord::Epoch { epoch: Epoch(1) })]);
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    assert_eq!(fx.outputs.len(), 2);
+    assert!(fx.outputs.iter().all(|g| g.after == Lsn(1)), "prepares wait for the epoch record");
+    assert_eq!(prepared_txid(&fx).epoch(), Epoch(1));
+}
+
+#[test]
+fn all_yes_commits_durably_then_ends_after_every_ack() {
+    let (mut coordinator, mut fx) = fresh();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    fx.clear();
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    assert!(fx.is_empty(), "one vote decides nothing");
+    coordinator.on_message(Time::ZERO, P2, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    let (lsn, record) = &fx.appends[0];
+    assert!(matches!(record, CoordRecord::Commit { participants, .. } if participants == &vec![P1, P2]));
+    assert_eq!(fx.outputs.len(), 3, "reply and two commits");
+    assert!(fx.outputs.iter().all(|g| g.after == *lsn), "nothing leaves before the commit record is durable");
+    fx.clear();
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Ack { txid }, &mut fx);
+    assert!(fx.appends.is_empty());
+    coordinator.on_message(Time::ZERO, P2, ToCoordinator::Ack { txid }, &mut fx);
+    assert_eq!(fx.appends[0].1, CoordRecord::End { txid });
+    assert_eq!(coordinator.unfinished(), 0);
+}
+
+#[test]
+fn a_no_vote_aborts_without_logging_and_tells_the_others() {
+    let (mut coordinator, mut fx) = fresh();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    fx.clear();
+    let reason = AbortReason::Conflict { participant: P1, key: Bytes::from_static(b"a") };
+    coordinator.on_message(
+        Time::ZERO,
+        P1,
+        ToCoordinator::Vote { txid, vote: Vote::No { reason: reason.clone() } },
+        &mut fx,
+    );
+    assert!(fx.appends.is_empty(), "presumed abort logs nothing");
+    let items: Vec<_> = fx.outputs.iter().map(|g| (g.after, g.item.clone())).collect();
+    assert!(items.contains(&(Lsn::NONE, CoordOutput::ToParticipant(P2, ToParticipant::Abort { txid }))));
+    assert!(items.contains(&(
+        Lsn::NONE,
+        CoordOutput::ToClient(Reply::Outcome { client: C, seq: 1, outcome: Outcome::Aborted { reason } })
+    )));
+    assert_eq!(coordinator.unfinished(), 0);
+}
+
+#[test]
+fn read_only_everywhere_commits_without_a_record() {
+    let (mut coordinator, mut fx) = fresh();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    fx.clear();
+    let read = |index| Vote::ReadOnly { reads: vec![Read { index, value: None }] };
+    coordinator.on_message(Time::ZERO, P2, ToCoordinator::Vote { txid, vote: read(1) }, &mut fx);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: read(0) }, &mut fx);
+    assert!(fx.appends.is_empty());
+    let reads = vec![Read { index: 0, value: None }, Read { index: 1, value: None }];
+    assert_eq!(
+        fx.outputs,
+        vec![Gated {
+            after: Lsn::NONE,
+            item: CoordOutput::ToClient(Reply::Outcome { client: C, seq: 1, outcome: Outcome::Committed { reads } })
+        }]
+    );
+}
+
+#[test]
+fn a_silent_participant_times_out_the_prepare() {
+    let (mut coordinator, mut fx) = fresh();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    fx.clear();
+    coordinator.on_tick(Time(1), &mut fx);
+    assert!(fx.is_empty(), "not yet");
+    let deadline = coordinator.next_deadline().unwrap();
+    coordinator.on_tick(deadline, &mut fx);
+    let timeout = Outcome::Aborted { reason: AbortReason::Timeout { participant: P2 } };
+    assert!(
+        fx.outputs
+            .iter()
+            .any(|g| g.item == CoordOutput::ToClient(Reply::Outcome { client: C, seq: 1, outcome: timeout.clone() }))
+    );
+    assert!(fx.outputs.iter().any(|g| g.item == CoordOutput::ToParticipant(P1, ToParticipant::Abort { txid })));
+}
+
+#[test]
+fn retries_attach_to_the_running_request_and_then_get_its_outcome() {
+    let (mut coordinator, mut fx) = fresh();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    assert!(fx.is_empty(), "a retry of a running request starts nothing");
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    coordinator.on_message(Time::ZERO, P2, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    let commit_lsn = fx.appends[0].0;
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    assert_eq!(
+        fx.outputs,
+        vec![Gated {
+            after: commit_lsn,
+            item: CoordOutput::ToClient(Reply::Outcome {
+                client: C,
+                seq: 1,
+                outcome: Outcome::Committed { reads: vec![] }
+            })
+        }]
+    );
+}
+
+#[test]
+fn bad_requests_abort_with_a_reason_and_overload_gets_busy() {
+    let (mut coordinator, mut fx) = fresh();
+    let unknown = Submit {
+        client: C,
+        seq: 1,
+        ops: vec![Op { participant: ParticipantId(9), key: Bytes::from_static(b"k"), kind: OpKind::Get }],
+    };
+    coordinator.on_submit(Time::ZERO, unknown, &mut fx);
+    coordinator.on_submit(Time::ZERO, Submit { client: C, seq: 2, ops: vec![] }, &mut fx);
+    let outcomes: Vec<String> = fx
+        .outputs
+        .iter()
+        .map(|g| match &g.item {
+            CoordOutput::ToClient(Reply::Outcome { outcome: Outcome::Aborted { reason }, .. }) => reason.to_string(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(outcomes[0].starts_with("unknown participant: p9"), "{outcomes:?}");
+    assert!(outcomes[1].contains("at least one operation"), "{outcomes:?}");
+
+    let mut config = config();
+    config.max_preparing = 1;
+    let mut fx = CoordEffects::default();
+    let mut coordinator = Coordinator::recover(config, Vec::new(), Time::ZERO, &mut fx);
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, transfer(2), &mut fx);
+    assert_eq!(
+        fx.outputs[0].item,
+        CoordOutput::ToClient(Reply::Rejected { client: C, seq: 2, reason: RejectReason::Busy })
+    );
+}
+
+#[test]
+fn restart_redrives_unfinished_commits_and_remembers_outcomes() {
+    let txid = TxId::new(Epoch(1), 1);
+    let commit = CoordRecord::Commit { txid, client: C, seq: 1, participants: vec![P1, P2], reads: vec![] };
+    let ended = TxId::new(Epoch(1), 2);
+    let log = vec![
+        (Lsn(1), CoordRecord::Epoch { epoch: Epoch(1) }),
+        (Lsn(2), commit),
+        (Lsn(3), CoordRecord::Commit { txid: ended, client: C, seq: 2, participants: vec![P1], reads: vec![] }),
+        (Lsn(4), CoordRecord::End { txid: ended }),
+    ];
+    let mut fx = CoordEffects::default();
+    let mut coordinator = Coordinator::recover(config(), log, Time::ZERO, &mut fx);
+    assert_eq!(coordinator.epoch(), Epoch(2));
+    assert_eq!(fx.appends, vec![(Lsn(5), CoordRecord::Epoch { epoch: Epoch(2) })]);
+    let redriven: Vec<_> = fx.outputs.iter().map(|g| (g.after, g.item.clone())).collect();
+    assert_eq!(
+        redriven,
+        vec![
+            (Lsn(2), CoordOutput::ToParticipant(P1, ToParticipant::Commit { txid })),
+            (Lsn(2), CoordOutput::ToParticipant(P2, ToParticipant::Commit { txid })),
+        ]
+    );
+    fx.clear();
+    // A retry after the restart gets the logged outcome, not a second execution.
+    coordinator.on_submit(Time::ZERO, transfer(2), &mut fx);
+    assert!(
+        matches!(&fx.outputs[0].item, CoordOutput::ToClient(Reply::Outcome { seq: 2, outcome, .. }) if outcome.is_committed())
+    );
+    fx.clear();
+    // In doubt about something never committed: abort. About the unfinished commit: commit.
+    let unknown = TxId::new(Epoch(1), 3);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Inquiry { txid: unknown }, &mut fx);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Inquiry { txid }, &mut fx);
+    let answers: Vec<_> = fx.outputs.iter().map(|g| g.item.clone()).collect();
+    assert_eq!(
+        answers,
+        vec![
+            CoordOutput::ToParticipant(P1, ToParticipant::Abort { txid: unknown }),
+            CoordOutput::ToParticipant(P1, ToParticipant::Commit { txid }),
+        ]
+    );
+}
+
+#[test]
+fn unacknowledged_commits_are_resent_with_backoff() {
+    let (mut coordinator, mut fx) = fresh();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    coordinator.on_message(Time::ZERO, P2, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Ack { txid }, &mut fx);
+    let mut resends = Vec::new();
+    for _ in 0..4 {
+        fx.clear();
+        let at = coordinator.next_deadline().unwrap();
+        coordinator.on_tick(at, &mut fx);
+        let sent: Vec<_> = fx.outputs.iter().map(|g| g.item.clone()).collect();
+        if !sent.is_empty() {
+            assert_eq!(
+                sent,
+                vec![CoordOutput::ToParticipant(P2, ToParticipant::Commit { txid })],
+                "only the silent one"
+            );
+            resends.push(at);
+        }
+    }
+    let gaps: Vec<u64> = resends.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "backoff grows: {gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= Duration::from_millis(20).as_nanos() as u64), "capped: {gaps:?}");
+}

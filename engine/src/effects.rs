@@ -1,0 +1,195 @@
+//! What a step of a state machine asks its driver to do, and the durability gate that holds
+//! outputs back until the log records they depend on are durable.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use crate::types::{Lsn, Time, TxId};
+
+/// An output that must not leave the process before `after` is durable
+/// (`Lsn::NONE`: depends on nothing).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Gated<T> {
+    pub after: Lsn,
+    pub item: T,
+}
+
+/// The actions of one or more steps, in order. The driver appends `appends` to the log (in
+/// LSN order, LSNs are consecutive), then passes `outputs` through a [`DurabilityGate`].
+#[derive(Debug)]
+pub struct Effects<R, O> {
+    pub appends: Vec<(Lsn, R)>,
+    pub outputs: Vec<Gated<O>>,
+}
+
+impl<R, O> Default for Effects<R, O> {
+    fn default() -> Self {
+        Effects { appends: Vec::new(), outputs: Vec::new() }
+    }
+}
+
+impl<R, O> Effects<R, O> {
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.outputs.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.appends.clear();
+        self.outputs.clear();
+    }
+
+    pub(crate) fn send(&mut self, after: Lsn, item: O) {
+        self.outputs.push(Gated { after, item });
+    }
+}
+
+/// Assigns consecutive LSNs to a state machine's appends.
+#[derive(Debug)]
+pub(crate) struct LogCursor {
+    next: Lsn,
+}
+
+impl LogCursor {
+    /// `last` is the highest LSN recovered from the log (`Lsn::NONE` for an empty log).
+    pub(crate) fn after(last: Lsn) -> LogCursor {
+        LogCursor { next: last.next() }
+    }
+
+    pub(crate) fn append<R, O>(&mut self, fx: &mut Effects<R, O>, record: R) -> Lsn {
+        let lsn = self.next;
+        self.next = lsn.next();
+        fx.appends.push((lsn, record));
+        lsn
+    }
+
+    /// The last LSN handed out: once it is durable, everything appended so far is.
+    pub(crate) fn last(&self) -> Lsn {
+        Lsn(self.next.0 - 1)
+    }
+}
+
+/// Holds gated outputs until the log's durable LSN passes theirs. An output whose record is
+/// already durable leaves at once; held outputs leave in LSN order (in push order among
+/// equal LSNs).
+#[derive(Debug)]
+pub struct DurabilityGate<T> {
+    durable: Lsn,
+    /// Sorted by `after`.
+    held: VecDeque<Gated<T>>,
+}
+
+impl<T> DurabilityGate<T> {
+    pub fn new(durable: Lsn) -> DurabilityGate<T> {
+        DurabilityGate { durable, held: VecDeque::new() }
+    }
+
+    pub fn durable(&self) -> Lsn {
+        self.durable
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Releases `output` into `released` now if it may leave, else holds it.
+    pub fn push(&mut self, output: Gated<T>, released: &mut Vec<T>) {
+        if output.after <= self.durable {
+            released.push(output.item);
+            return;
+        }
+        // Outputs arrive almost always in LSN order; an older LSN (a re-sent commit) is
+        // inserted after every output with an LSN not above its own.
+        let at = match self.held.back() {
+            Some(back) if back.after > output.after => self.held.partition_point(|held| held.after <= output.after),
+            _ => self.held.len(),
+        };
+        self.held.insert(at, output);
+    }
+
+    /// The log is durable up to `durable`: release what now may leave.
+    pub fn advance(&mut self, durable: Lsn, released: &mut Vec<T>) {
+        assert!(durable >= self.durable, "durable LSN went backwards: {durable:?} < {:?}", self.durable);
+        self.durable = durable;
+        while let Some(front) = self.held.front() {
+            if front.after > durable {
+                break;
+            }
+            released.push(self.held.pop_front().expect("front exists").item);
+        }
+    }
+}
+
+/// Deadlines keyed by transaction, earliest first. Entries are never removed early: a
+/// state machine checks, when one fires, whether it still matters.
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<(Time, TxId)>>,
+}
+
+impl Timers {
+    pub(crate) fn schedule(&mut self, at: Time, txid: TxId) {
+        self.heap.push(Reverse((at, txid)));
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Time> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Pops one entry due at or before `now`.
+    pub(crate) fn pop_due(&mut self, now: Time) -> Option<TxId> {
+        match self.heap.peek() {
+            Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse((_, txid))| txid),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_holds_until_durable_and_releases_in_lsn_order() {
+        let mut gate = DurabilityGate::new(Lsn(0));
+        let mut out = Vec::new();
+        gate.push(Gated { after: Lsn(2), item: "two" }, &mut out);
+        gate.push(Gated { after: Lsn::NONE, item: "free" }, &mut out);
+        gate.push(Gated { after: Lsn(3), item: "three" }, &mut out);
+        gate.push(Gated { after: Lsn(1), item: "one" }, &mut out);
+        gate.push(Gated { after: Lsn(2), item: "two-b" }, &mut out);
+        assert_eq!(out, vec!["free"], "nothing gated leaves early, nothing free waits");
+        gate.advance(Lsn(1), &mut out);
+        assert_eq!(out, vec!["free", "one"]);
+        gate.advance(Lsn(2), &mut out);
+        assert_eq!(out, vec!["free", "one", "two", "two-b"]);
+        gate.push(Gated { after: Lsn(2), item: "late" }, &mut out);
+        assert_eq!(out.last(), Some(&"late"), "already durable: released at once");
+        gate.advance(Lsn(9), &mut out);
+        assert_eq!(out.last(), Some(&"three"));
+        assert_eq!(gate.held(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "went backwards")]
+    fn gate_refuses_a_durable_lsn_going_backwards() {
+        let mut gate: DurabilityGate<()> = DurabilityGate::new(Lsn(5));
+        gate.advance(Lsn(4), &mut Vec::new());
+    }
+
+    #[test]
+    fn timers_fire_in_deadline_order() {
+        let mut timers = Timers::default();
+        timers.schedule(Time(30), TxId(3));
+        timers.schedule(Time(10), TxId(1));
+        assert_eq!(timers.next_deadline(), Some(Time(10)));
+        assert_eq!(timers.pop_due(Time(5)), None);
+        assert_eq!(timers.pop_due(Time(30)), Some(TxId(1)));
+        assert_eq!(timers.pop_due(Time(30)), Some(TxId(3)));
+        assert_eq!(timers.len(), 0);
+    }
+}

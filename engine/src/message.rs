@@ -1,0 +1,261 @@
+//! Messages between clients, the coordinator and participants, and their encodings.
+//! How messages are batched into frames belongs to the net crate.
+//!
+//! Layouts (tags are the first byte):
+//! - to a participant: 0 Prepare `u64 txid | list of local ops`, 1 Commit `u64 txid`, 2 Abort `u64 txid`
+//! - to the coordinator: 0 Vote `u64 txid | vote`, 1 Ack `u64 txid`, 2 Inquiry `u64 txid`
+//! - submit: `u64 client | u64 seq | list of ops`
+//! - reply: 0 Outcome `u64 client | u64 seq | outcome`, 1 Rejected `u64 client | u64 seq | u8 reason`
+
+use bytes::BufMut;
+
+use crate::codec::{Decode, DecodeError, Encode, MIN_OP_BYTES, Reader, put_list, read_list};
+use crate::ops::{LocalOp, Op, Outcome, Vote};
+use crate::types::{ClientId, Seq, TxId};
+
+/// Coordinator → participant. The sender's epoch travels beside the message (in the
+/// simulator with each message, on the wire once per frame).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ToParticipant {
+    Prepare { txid: TxId, ops: Vec<LocalOp> },
+    Commit { txid: TxId },
+    Abort { txid: TxId },
+}
+
+impl ToParticipant {
+    pub fn txid(&self) -> TxId {
+        match self {
+            ToParticipant::Prepare { txid, .. } | ToParticipant::Commit { txid } | ToParticipant::Abort { txid } => {
+                *txid
+            }
+        }
+    }
+}
+
+/// Participant → coordinator.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ToCoordinator {
+    Vote {
+        txid: TxId,
+        vote: Vote,
+    },
+    /// The commit is applied and durable here; the coordinator may forget it.
+    Ack {
+        txid: TxId,
+    },
+    /// An in-doubt participant asks for the decision.
+    Inquiry {
+        txid: TxId,
+    },
+}
+
+impl ToCoordinator {
+    pub fn txid(&self) -> TxId {
+        match self {
+            ToCoordinator::Vote { txid, .. } | ToCoordinator::Ack { txid } | ToCoordinator::Inquiry { txid } => *txid,
+        }
+    }
+}
+
+/// A client's transaction request. `(client, seq)` identifies it across retries.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Submit {
+    pub client: ClientId,
+    pub seq: Seq,
+    pub ops: Vec<Op>,
+}
+
+/// Why a request was turned away without being executed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RejectReason {
+    /// Too many transactions in flight: retry the same `(client, seq)` after a backoff.
+    Busy,
+    /// The sequence number is older than the window of outcomes kept for this client.
+    SeqTooOld,
+}
+
+/// Coordinator → client.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Reply {
+    Outcome { client: ClientId, seq: Seq, outcome: Outcome },
+    Rejected { client: ClientId, seq: Seq, reason: RejectReason },
+}
+
+impl Reply {
+    pub fn client(&self) -> ClientId {
+        match self {
+            Reply::Outcome { client, .. } | Reply::Rejected { client, .. } => *client,
+        }
+    }
+
+    pub fn seq(&self) -> Seq {
+        match self {
+            Reply::Outcome { seq, .. } | Reply::Rejected { seq, .. } => *seq,
+        }
+    }
+}
+
+fn read_txid(reader: &mut Reader) -> Result<TxId, DecodeError> {
+    Ok(TxId(reader.u64("txid")?))
+}
+
+impl Encode for ToParticipant {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ToParticipant::Prepare { txid, ops } => {
+                out.put_u8(0);
+                out.put_u64_le(txid.0);
+                put_list(out, ops);
+            }
+            ToParticipant::Commit { txid } => {
+                out.put_u8(1);
+                out.put_u64_le(txid.0);
+            }
+            ToParticipant::Abort { txid } => {
+                out.put_u8(2);
+                out.put_u64_le(txid.0);
+            }
+        }
+    }
+}
+
+impl Decode for ToParticipant {
+    fn decode(reader: &mut Reader) -> Result<ToParticipant, DecodeError> {
+        match reader.u8("participant message")? {
+            0 => {
+                let txid = read_txid(reader)?;
+                let max = reader.limits().max_ops_per_tx;
+                Ok(ToParticipant::Prepare { txid, ops: read_list(reader, max, MIN_OP_BYTES, "ops")? })
+            }
+            1 => Ok(ToParticipant::Commit { txid: read_txid(reader)? }),
+            2 => Ok(ToParticipant::Abort { txid: read_txid(reader)? }),
+            other => Err(reader.error(format!("unknown participant message {other}"))),
+        }
+    }
+}
+
+impl Encode for ToCoordinator {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ToCoordinator::Vote { txid, vote } => {
+                out.put_u8(0);
+                out.put_u64_le(txid.0);
+                vote.encode(out);
+            }
+            ToCoordinator::Ack { txid } => {
+                out.put_u8(1);
+                out.put_u64_le(txid.0);
+            }
+            ToCoordinator::Inquiry { txid } => {
+                out.put_u8(2);
+                out.put_u64_le(txid.0);
+            }
+        }
+    }
+}
+
+impl Decode for ToCoordinator {
+    fn decode(reader: &mut Reader) -> Result<ToCoordinator, DecodeError> {
+        match reader.u8("coordinator message")? {
+            0 => Ok(ToCoordinator::Vote { txid: read_txid(reader)?, vote: Vote::decode(reader)? }),
+            1 => Ok(ToCoordinator::Ack { txid: read_txid(reader)? }),
+            2 => Ok(ToCoordinator::Inquiry { txid: read_txid(reader)? }),
+            other => Err(reader.error(format!("unknown coordinator message {other}"))),
+        }
+    }
+}
+
+impl Encode for Submit {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u64_le(self.client.0);
+        out.put_u64_le(self.seq);
+        put_list(out, &self.ops);
+    }
+}
+
+impl Decode for Submit {
+    fn decode(reader: &mut Reader) -> Result<Submit, DecodeError> {
+        let client = ClientId(reader.u64("client id")?);
+        let seq = reader.u64("sequence number")?;
+        let max = reader.limits().max_ops_per_tx;
+        Ok(Submit { client, seq, ops: read_list(reader, max, MIN_OP_BYTES, "ops")? })
+    }
+}
+
+impl Encode for Reply {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Outcome { client, seq, outcome } => {
+                out.put_u8(0);
+                out.put_u64_le(client.0);
+                out.put_u64_le(*seq);
+                outcome.encode(out);
+            }
+            Reply::Rejected { client, seq, reason } => {
+                out.put_u8(1);
+                out.put_u64_le(client.0);
+                out.put_u64_le(*seq);
+                out.put_u8(match reason {
+                    RejectReason::Busy => 0,
+                    RejectReason::SeqTooOld => 1,
+                });
+            }
+        }
+    }
+}
+
+impl Decode for Reply {
+    fn decode(reader: &mut Reader) -> Result<Reply, DecodeError> {
+        let tag = reader.u8("reply")?;
+        if tag > 1 {
+            return Err(reader.error(format!("unknown reply {tag}")));
+        }
+        let client = ClientId(reader.u64("client id")?);
+        let seq = reader.u64("sequence number")?;
+        if tag == 0 {
+            return Ok(Reply::Outcome { client, seq, outcome: Outcome::decode(reader)? });
+        }
+        let reason = match reader.u8("reject reason")? {
+            0 => RejectReason::Busy,
+            1 => RejectReason::SeqTooOld,
+            other => return Err(reader.error(format!("unknown reject reason {other}"))),
+        };
+        Ok(Reply::Rejected { client, seq, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::{key, round_trip};
+    use crate::ops::{AbortReason, OpKind, Read};
+    use crate::types::{Epoch, ParticipantId};
+
+    #[test]
+    fn every_message_round_trips() {
+        let txid = TxId::new(Epoch(3), 99);
+        let ops = vec![
+            LocalOp { index: 0, key: key("a"), kind: OpKind::Add { delta: -1, floor: 0 } },
+            LocalOp { index: 2, key: key("b"), kind: OpKind::Get },
+        ];
+        round_trip(&ToParticipant::Prepare { txid, ops });
+        round_trip(&ToParticipant::Commit { txid });
+        round_trip(&ToParticipant::Abort { txid });
+        round_trip(&ToCoordinator::Vote { txid, vote: Vote::Yes { reads: vec![Read { index: 2, value: None }] } });
+        round_trip(&ToCoordinator::Ack { txid });
+        round_trip(&ToCoordinator::Inquiry { txid });
+        let submit = Submit {
+            client: ClientId(77),
+            seq: 5,
+            ops: vec![Op { participant: ParticipantId(1), key: key("x"), kind: OpKind::Put(key("y")) }],
+        };
+        round_trip(&submit);
+        round_trip(&Reply::Outcome {
+            client: ClientId(1),
+            seq: 2,
+            outcome: Outcome::Aborted { reason: AbortReason::Timeout { participant: ParticipantId(2) } },
+        });
+        round_trip(&Reply::Rejected { client: ClientId(1), seq: 2, reason: RejectReason::Busy });
+        round_trip(&Reply::Rejected { client: ClientId(1), seq: 2, reason: RejectReason::SeqTooOld });
+    }
+}

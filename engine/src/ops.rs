@@ -1,0 +1,273 @@
+//! What a transaction does and how it ends: operations, votes, outcomes and abort reasons.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::types::ParticipantId;
+
+/// Keys and values are byte strings. `Add` treats a value as a little-endian `i64`
+/// (8 bytes); a missing key counts as 0.
+pub type Key = Bytes;
+pub type Value = Bytes;
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum OpKind {
+    Get,
+    Put(Value),
+    Delete,
+    /// Add `delta` to the integer at the key; votes No when the result would be below
+    /// `floor` (a debit that must not overdraw).
+    Add {
+        delta: i64,
+        floor: i64,
+    },
+}
+
+impl OpKind {
+    pub fn is_write(&self) -> bool {
+        !matches!(self, OpKind::Get)
+    }
+}
+
+/// One operation of a client's transaction, addressed to a participant.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Op {
+    pub participant: ParticipantId,
+    pub key: Key,
+    pub kind: OpKind,
+}
+
+/// An operation as a participant receives it: tagged with its index in the client's
+/// transaction so reads come back in the client's order.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LocalOp {
+    pub index: u16,
+    pub key: Key,
+    pub kind: OpKind,
+}
+
+/// The result of a `Get`: the op's index in the transaction and the value (None: absent).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Read {
+    pub index: u16,
+    pub value: Option<Value>,
+}
+
+/// A participant's answer to `Prepare`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Vote {
+    /// Prepared durably; will commit or abort as the coordinator decides.
+    Yes {
+        reads: Vec<Read>,
+    },
+    /// Nothing to write here; locks already released, no second phase needed.
+    ReadOnly {
+        reads: Vec<Read>,
+    },
+    No {
+        reason: AbortReason,
+    },
+}
+
+/// Why a transaction aborted, in terms a user can act on.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum AbortReason {
+    /// Another transaction holds a lock on the key (no-wait locking): retry.
+    Conflict { participant: ParticipantId, key: Key },
+    /// The key is locked by a transaction whose outcome the participant is still waiting
+    /// to learn from the coordinator: retry later.
+    InDoubt { participant: ParticipantId, key: Key },
+    /// `Add` would take the value below its floor (for example an overdraft).
+    Constraint { participant: ParticipantId, key: Key, value: i64, delta: i64, floor: i64 },
+    /// `Add` on a value that is not an 8-byte integer.
+    NotANumber { participant: ParticipantId, key: Key },
+    /// `Add` would overflow an i64.
+    Overflow { participant: ParticipantId, key: Key },
+    /// The participant did not vote within the prepare timeout.
+    Timeout { participant: ParticipantId },
+    /// The transaction names a participant the coordinator does not know.
+    UnknownParticipant { participant: ParticipantId },
+    /// The participant is at its limit of prepared transactions.
+    ParticipantBusy { participant: ParticipantId },
+    /// The participant refused a prepare that arrived out of order or from a deposed
+    /// coordinator epoch.
+    Stale { participant: ParticipantId },
+    /// The request breaks a limit or is empty; retrying it unchanged cannot succeed.
+    Invalid { detail: String },
+}
+
+impl AbortReason {
+    /// Whether retrying the same transaction later may commit.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            AbortReason::Conflict { .. }
+                | AbortReason::InDoubt { .. }
+                | AbortReason::Timeout { .. }
+                | AbortReason::ParticipantBusy { .. }
+                | AbortReason::Stale { .. }
+        )
+    }
+
+    /// A short stable name, for metrics and reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AbortReason::Conflict { .. } => "conflict",
+            AbortReason::InDoubt { .. } => "in_doubt",
+            AbortReason::Constraint { .. } => "constraint",
+            AbortReason::NotANumber { .. } => "not_a_number",
+            AbortReason::Overflow { .. } => "overflow",
+            AbortReason::Timeout { .. } => "timeout",
+            AbortReason::UnknownParticipant { .. } => "unknown_participant",
+            AbortReason::ParticipantBusy { .. } => "participant_busy",
+            AbortReason::Stale { .. } => "stale",
+            AbortReason::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+fn show_key(key: &Key) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) if text.chars().all(|c| !c.is_control()) => format!("{text:?}"),
+        _ => format!("0x{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Conflict { participant, key } => {
+                write!(f, "conflict: key {} on {participant} is locked by another transaction", show_key(key))
+            }
+            AbortReason::InDoubt { participant, key } => write!(
+                f,
+                "in doubt: key {} on {participant} is held by a transaction awaiting its coordinator's decision",
+                show_key(key)
+            ),
+            AbortReason::Constraint { participant, key, value, delta, floor } => write!(
+                f,
+                "constraint: key {} on {participant} is {value}; adding {delta} would go below the floor {floor}",
+                show_key(key)
+            ),
+            AbortReason::NotANumber { participant, key } => {
+                write!(f, "not a number: key {} on {participant} does not hold an 8-byte integer", show_key(key))
+            }
+            AbortReason::Overflow { participant, key } => {
+                write!(f, "overflow: adding to key {} on {participant} would overflow", show_key(key))
+            }
+            AbortReason::Timeout { participant } => write!(f, "timeout: {participant} did not vote in time"),
+            AbortReason::UnknownParticipant { participant } => {
+                write!(f, "unknown participant: {participant} is not configured on this coordinator")
+            }
+            AbortReason::ParticipantBusy { participant } => {
+                write!(f, "busy: {participant} is at its limit of prepared transactions")
+            }
+            AbortReason::Stale { participant } => {
+                write!(f, "stale: {participant} refused an out-of-order or deposed-epoch prepare")
+            }
+            AbortReason::Invalid { detail } => write!(f, "invalid request: {detail}"),
+        }
+    }
+}
+
+/// How a transaction ended, as the client hears it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// Committed durably; `reads` holds one entry per `Get`, in op order.
+    Committed {
+        reads: Vec<Read>,
+    },
+    Aborted {
+        reason: AbortReason,
+    },
+}
+
+impl Outcome {
+    pub fn is_committed(&self) -> bool {
+        matches!(self, Outcome::Committed { .. })
+    }
+}
+
+/// Size limits a request must respect. Checked by decoders before allocating and again by
+/// the coordinator, so a bad request is refused with a reason rather than half-served.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Limits {
+    pub max_ops_per_tx: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_ops_per_tx: 1024, max_key_bytes: 1024, max_value_bytes: 64 * 1024 }
+    }
+}
+
+impl Limits {
+    /// Checks a client's ops, returning what is wrong in words.
+    pub fn check_ops(&self, ops: &[Op]) -> Result<(), String> {
+        if ops.is_empty() {
+            return Err("a transaction needs at least one operation".into());
+        }
+        if ops.len() > self.max_ops_per_tx {
+            return Err(format!("{} operations exceed the limit of {}", ops.len(), self.max_ops_per_tx));
+        }
+        for (index, op) in ops.iter().enumerate() {
+            if op.key.len() > self.max_key_bytes {
+                return Err(format!(
+                    "op {index}: key of {} bytes exceeds the limit of {}",
+                    op.key.len(),
+                    self.max_key_bytes
+                ));
+            }
+            if let OpKind::Put(value) = &op.kind
+                && value.len() > self.max_value_bytes
+            {
+                return Err(format!(
+                    "op {index}: value of {} bytes exceeds the limit of {}",
+                    value.len(),
+                    self.max_value_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(key: &str, kind: OpKind) -> Op {
+        Op { participant: ParticipantId(1), key: Bytes::copy_from_slice(key.as_bytes()), kind }
+    }
+
+    #[test]
+    fn limits_refuse_empty_and_oversized_requests() {
+        let limits = Limits { max_ops_per_tx: 2, max_key_bytes: 4, max_value_bytes: 3 };
+        assert!(limits.check_ops(&[]).unwrap_err().contains("at least one"));
+        let three = vec![op("a", OpKind::Get), op("b", OpKind::Get), op("c", OpKind::Get)];
+        assert!(limits.check_ops(&three).unwrap_err().contains("3 operations"));
+        assert!(limits.check_ops(&[op("toolong", OpKind::Get)]).unwrap_err().contains("key of 7 bytes"));
+        let big = op("k", OpKind::Put(Bytes::from_static(b"1234")));
+        assert!(limits.check_ops(&[big]).unwrap_err().contains("value of 4 bytes"));
+        assert!(limits.check_ops(&[op("k", OpKind::Delete)]).is_ok());
+    }
+
+    #[test]
+    fn reasons_read_well() {
+        let reason = AbortReason::Constraint {
+            participant: ParticipantId(2),
+            key: Bytes::from_static(b"acct/7"),
+            value: 5,
+            delta: -10,
+            floor: 0,
+        };
+        assert_eq!(reason.to_string(), "constraint: key \"acct/7\" on p2 is 5; adding -10 would go below the floor 0");
+        let binary = AbortReason::Conflict { participant: ParticipantId(1), key: Bytes::from_static(&[0, 255]) };
+        assert!(binary.to_string().contains("0x00ff"));
+        assert!(binary.is_retryable());
+        assert!(!reason.is_retryable());
+    }
+}

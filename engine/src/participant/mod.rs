@@ -1,0 +1,434 @@
+//! A participant: prepares, commits and aborts its part of each transaction over the
+//! built-in key-value store.
+//!
+//! Invariants:
+//! - `Yes` leaves only after the `Prepared` record is durable; the ack of a commit only after
+//!   the `Committed` record is durable (both gated on their LSN).
+//! - After voting Yes the participant never decides alone: it keeps the locks and asks the
+//!   coordinator until it hears the decision, across restarts.
+//! - Prepares are accepted only with a transaction id above every one seen before, so a
+//!   duplicated or delayed prepare can never run a transaction a second time. Ids rise
+//!   across coordinator epochs, so the same check refuses a deposed coordinator.
+
+mod kv;
+mod locks;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use kv::{Evaluation, KvStore, decode_int, encode_int};
+pub use locks::{LockMode, LockTable};
+
+use crate::effects::{Effects, LogCursor, Timers};
+use crate::hash::SeededState;
+use crate::message::{ToCoordinator, ToParticipant};
+use crate::ops::{AbortReason, Key, Limits, LocalOp, Read, Vote};
+use crate::record::{PartRecord, Write};
+use crate::types::{Epoch, Lsn, ParticipantId, Time, TxId};
+
+pub type PartEffects = Effects<PartRecord, ToCoordinator>;
+
+/// Bugs that tests plant to prove the simulator's checker catches them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParticipantBugs {
+    /// Vote Yes before the Prepared record is durable.
+    pub vote_before_durable: bool,
+    /// Abort unilaterally when the decision is late, after having voted Yes.
+    pub abort_alone_after_yes: bool,
+    /// Release the locks as soon as the transaction is prepared.
+    pub release_locks_at_prepare: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ParticipantConfig {
+    pub id: ParticipantId,
+    /// After voting Yes, wait this long for the decision before asking; doubles up to `inquiry_max`.
+    pub inquiry_after: Duration,
+    pub inquiry_max: Duration,
+    /// Bound on prepared transactions; beyond it prepares are refused (vote No).
+    pub max_prepared: usize,
+    pub limits: Limits,
+    pub hash_seed: u64,
+    #[cfg(test)]
+    pub bugs: ParticipantBugs,
+}
+
+impl ParticipantConfig {
+    pub fn new(id: ParticipantId) -> ParticipantConfig {
+        ParticipantConfig {
+            id,
+            inquiry_after: Duration::from_secs(1),
+            inquiry_max: Duration::from_secs(5),
+            max_prepared: 200_000,
+            limits: Limits::default(),
+            hash_seed: 0,
+            #[cfg(test)]
+            bugs: ParticipantBugs::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Prepared {
+    writes: Vec<Write>,
+    /// Keys this transaction locked (released at the decision).
+    locked: Vec<Key>,
+    /// The Prepared record's LSN: the Yes vote is gated on it.
+    lsn: Lsn,
+    /// The reads reported with the vote, to answer a duplicated prepare; None after a restart.
+    reads: Option<Vec<Read>>,
+    /// Asked the coordinator at least once, or recovered after a restart.
+    in_doubt: bool,
+    next_inquiry: Time,
+    backoff: Duration,
+}
+
+/// Counters for tests, metrics and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParticipantStats {
+    pub prepared: u64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub voted_no: u64,
+    pub read_only: u64,
+    pub inquiries: u64,
+}
+
+#[derive(Debug)]
+pub struct Participant {
+    config: ParticipantConfig,
+    kv: KvStore,
+    locks: LockTable,
+    prepared: HashMap<TxId, Prepared, SeededState>,
+    max_epoch: Epoch,
+    max_txid_seen: TxId,
+    log: LogCursor,
+    timers: Timers,
+    stats: ParticipantStats,
+}
+
+impl Participant {
+    /// Rebuilds the participant from its log (oldest first; empty for a new node). Prepared
+    /// transactions without an outcome are in doubt: their locks are re-taken and the
+    /// coordinator is asked at once (the inquiries are in `fx`).
+    pub fn recover(
+        config: ParticipantConfig,
+        log: impl IntoIterator<Item = (Lsn, PartRecord)>,
+        now: Time,
+        fx: &mut PartEffects,
+    ) -> Participant {
+        let seed = config.hash_seed;
+        let mut participant = Participant {
+            kv: KvStore::new(seed),
+            locks: LockTable::new(seed),
+            prepared: HashMap::with_hasher(SeededState::new(seed)),
+            max_epoch: Epoch(0),
+            max_txid_seen: TxId(0),
+            log: LogCursor::after(Lsn::NONE),
+            timers: Timers::default(),
+            stats: ParticipantStats::default(),
+            config,
+        };
+        let mut last_lsn = Lsn::NONE;
+        for (lsn, record) in log {
+            assert!(
+                last_lsn == Lsn::NONE || lsn == last_lsn.next(),
+                "log LSNs not consecutive: {last_lsn:?} then {lsn:?}"
+            );
+            last_lsn = lsn;
+            participant.replay(lsn, record);
+        }
+        participant.log = LogCursor::after(last_lsn);
+        let mut in_doubt: Vec<TxId> = participant.prepared.keys().copied().collect();
+        in_doubt.sort();
+        for txid in in_doubt {
+            participant.relock_in_doubt(now, txid);
+        }
+        participant.on_tick(now, fx);
+        participant
+    }
+
+    fn replay(&mut self, lsn: Lsn, record: PartRecord) {
+        match record {
+            PartRecord::Epoch { epoch } => self.max_epoch = self.max_epoch.max(epoch),
+            PartRecord::Prepared { txid, writes } => {
+                self.max_txid_seen = self.max_txid_seen.max(txid);
+                self.max_epoch = self.max_epoch.max(txid.epoch());
+                let prepared = Prepared {
+                    writes,
+                    locked: Vec::new(),
+                    lsn,
+                    reads: None,
+                    in_doubt: true,
+                    next_inquiry: Time::ZERO,
+                    backoff: self.config.inquiry_after,
+                };
+                self.prepared.insert(txid, prepared);
+            }
+            PartRecord::Committed { txid } => {
+                if let Some(prepared) = self.prepared.remove(&txid) {
+                    self.kv.apply(&prepared.writes);
+                }
+            }
+            PartRecord::Aborted { txid } => {
+                self.prepared.remove(&txid);
+            }
+        }
+    }
+
+    fn relock_in_doubt(&mut self, now: Time, txid: TxId) {
+        let prepared = self.prepared.get_mut(&txid).expect("in-doubt transaction");
+        for write in &prepared.writes {
+            let taken = self.locks.try_lock(&write.key, txid, LockMode::Exclusive);
+            // Two prepared transactions never held conflicting locks, so neither can now.
+            assert!(taken.is_ok(), "in-doubt {txid} conflicts with {taken:?} on recovery");
+            if taken == Ok(true) {
+                prepared.locked.push(write.key.clone());
+            }
+        }
+        prepared.next_inquiry = now;
+        self.timers.schedule(now, txid);
+    }
+
+    pub fn id(&self) -> ParticipantId {
+        self.config.id
+    }
+
+    pub fn stats(&self) -> ParticipantStats {
+        self.stats
+    }
+
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    /// Prepared transactions awaiting a decision.
+    pub fn prepared(&self) -> usize {
+        self.prepared.len()
+    }
+
+    pub fn in_doubt(&self) -> usize {
+        self.prepared.values().filter(|p| p.in_doubt).count()
+    }
+
+    pub fn locked_keys(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn max_epoch(&self) -> Epoch {
+        self.max_epoch
+    }
+
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.timers.next_deadline()
+    }
+
+    fn send(&self, fx: &mut PartEffects, after: Lsn, message: ToCoordinator) {
+        fx.send(after, message);
+    }
+
+    /// A message from the coordinator of `epoch`.
+    pub fn on_message(&mut self, now: Time, epoch: Epoch, message: ToParticipant, fx: &mut PartEffects) {
+        if epoch < self.max_epoch {
+            // A deposed coordinator: refuse. Its successor re-drives whatever it decided.
+            if let ToParticipant::Prepare { txid, .. } = message {
+                self.vote_no(txid, AbortReason::Stale { participant: self.config.id }, fx);
+            }
+            return;
+        }
+        if epoch > self.max_epoch {
+            self.on_new_epoch(now, epoch, fx);
+        }
+        match message {
+            ToParticipant::Prepare { txid, ops } => self.on_prepare(now, txid, &ops, fx),
+            ToParticipant::Commit { txid } => self.on_commit(txid, fx),
+            ToParticipant::Abort { txid } => self.on_abort(txid, fx),
+        }
+    }
+
+    /// A new coordinator incarnation: transactions prepared under older ones will not be
+    /// decided unless asked about, so ask now.
+    fn on_new_epoch(&mut self, now: Time, epoch: Epoch, fx: &mut PartEffects) {
+        self.max_epoch = epoch;
+        self.log.append(fx, PartRecord::Epoch { epoch });
+        let older: Vec<TxId> = self.prepared.keys().filter(|txid| txid.epoch() < epoch).copied().collect();
+        for txid in older {
+            let prepared = self.prepared.get_mut(&txid).expect("listed");
+            prepared.next_inquiry = now;
+            prepared.backoff = self.config.inquiry_after;
+            self.timers.schedule(now, txid);
+        }
+    }
+
+    fn vote_no(&mut self, txid: TxId, reason: AbortReason, fx: &mut PartEffects) {
+        self.stats.voted_no += 1;
+        self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::No { reason } });
+    }
+
+    fn on_prepare(&mut self, now: Time, txid: TxId, ops: &[LocalOp], fx: &mut PartEffects) {
+        if let Some(prepared) = self.prepared.get(&txid) {
+            // A duplicate: repeat the vote. After a restart the reads are gone, so stay
+            // silent; the coordinator either decided already or times out and aborts.
+            if let Some(reads) = &prepared.reads {
+                let (lsn, reads) = (prepared.lsn, reads.clone());
+                self.send(fx, self.vote_gate(lsn), ToCoordinator::Vote { txid, vote: Vote::Yes { reads } });
+            }
+            return;
+        }
+        let participant = self.config.id;
+        if txid <= self.max_txid_seen {
+            return self.vote_no(txid, AbortReason::Stale { participant }, fx);
+        }
+        self.max_txid_seen = txid;
+        if self.prepared.len() >= self.config.max_prepared {
+            return self.vote_no(txid, AbortReason::ParticipantBusy { participant }, fx);
+        }
+        let locked = match self.lock_all(txid, ops) {
+            Ok(locked) => locked,
+            Err(reason) => return self.vote_no(txid, reason, fx),
+        };
+        let evaluation = match self.kv.evaluate(participant, ops) {
+            Ok(evaluation) => evaluation,
+            Err(reason) => {
+                self.unlock_all(txid, &locked);
+                return self.vote_no(txid, reason, fx);
+            }
+        };
+        let Evaluation { reads, writes } = evaluation;
+        if writes.is_empty() {
+            self.unlock_all(txid, &locked);
+            self.stats.read_only += 1;
+            return self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::ReadOnly { reads } });
+        }
+        let lsn = self.log.append(fx, PartRecord::Prepared { txid, writes: writes.clone() });
+        let next_inquiry = now + self.config.inquiry_after;
+        let prepared = Prepared {
+            writes,
+            locked,
+            lsn,
+            reads: Some(reads.clone()),
+            in_doubt: false,
+            next_inquiry,
+            backoff: self.config.inquiry_after,
+        };
+        self.prepared.insert(txid, prepared);
+        self.timers.schedule(next_inquiry, txid);
+        self.stats.prepared += 1;
+        self.send(fx, self.vote_gate(lsn), ToCoordinator::Vote { txid, vote: Vote::Yes { reads } });
+        self.planted_early_release(txid);
+    }
+
+    /// Locks every key of `ops` (no-wait). On conflict nothing stays locked.
+    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Key>, AbortReason> {
+        let mut locked = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mode = if op.kind.is_write() { LockMode::Exclusive } else { LockMode::Shared };
+            match self.locks.try_lock(&op.key, txid, mode) {
+                Ok(true) => locked.push(op.key.clone()),
+                Ok(false) => {}
+                Err(holder) => {
+                    self.unlock_all(txid, &locked);
+                    return Err(self.conflict_reason(holder, &op.key));
+                }
+            }
+        }
+        Ok(locked)
+    }
+
+    fn conflict_reason(&self, holder: TxId, key: &Key) -> AbortReason {
+        let participant = self.config.id;
+        let key = key.clone();
+        match self.prepared.get(&holder) {
+            Some(prepared) if prepared.in_doubt => AbortReason::InDoubt { participant, key },
+            _ => AbortReason::Conflict { participant, key },
+        }
+    }
+
+    fn unlock_all(&mut self, txid: TxId, keys: &[Key]) {
+        for key in keys {
+            self.locks.unlock(key, txid);
+        }
+    }
+
+    fn on_commit(&mut self, txid: TxId, fx: &mut PartEffects) {
+        let Some(prepared) = self.prepared.remove(&txid) else {
+            // Already committed (a duplicate or a re-drive): acknowledge once everything
+            // logged so far, which includes that commit, is durable.
+            let last = self.log.last();
+            return self.send(fx, last, ToCoordinator::Ack { txid });
+        };
+        self.kv.apply(&prepared.writes);
+        self.unlock_all(txid, &prepared.locked);
+        let lsn = self.log.append(fx, PartRecord::Committed { txid });
+        self.stats.committed += 1;
+        self.send(fx, lsn, ToCoordinator::Ack { txid });
+    }
+
+    fn on_abort(&mut self, txid: TxId, fx: &mut PartEffects) {
+        let Some(prepared) = self.prepared.remove(&txid) else { return };
+        self.unlock_all(txid, &prepared.locked);
+        self.stats.aborted += 1;
+        // Not forced (presumed abort); it only spares a question after a restart.
+        self.log.append(fx, PartRecord::Aborted { txid });
+    }
+
+    /// Time passed: ask the coordinator about transactions whose decision is late.
+    pub fn on_tick(&mut self, now: Time, fx: &mut PartEffects) {
+        while let Some(txid) = self.timers.pop_due(now) {
+            let Some(prepared) = self.prepared.get_mut(&txid) else { continue };
+            if prepared.next_inquiry > now {
+                continue; // A stale timer entry.
+            }
+            if self.planted_abort_alone(txid, fx) {
+                continue;
+            }
+            let prepared = self.prepared.get_mut(&txid).expect("present");
+            prepared.in_doubt = true;
+            prepared.next_inquiry = now + prepared.backoff;
+            prepared.backoff = (prepared.backoff * 2).min(self.config.inquiry_max);
+            let at = prepared.next_inquiry;
+            self.timers.schedule(at, txid);
+            self.stats.inquiries += 1;
+            self.send(fx, Lsn::NONE, ToCoordinator::Inquiry { txid });
+        }
+    }
+
+    #[cfg(not(test))]
+    fn vote_gate(&self, lsn: Lsn) -> Lsn {
+        lsn
+    }
+
+    #[cfg(test)]
+    fn vote_gate(&self, lsn: Lsn) -> Lsn {
+        if self.config.bugs.vote_before_durable { Lsn::NONE } else { lsn }
+    }
+
+    #[cfg(not(test))]
+    fn planted_early_release(&mut self, _txid: TxId) {}
+
+    #[cfg(test)]
+    fn planted_early_release(&mut self, txid: TxId) {
+        if self.config.bugs.release_locks_at_prepare {
+            let locked = std::mem::take(&mut self.prepared.get_mut(&txid).expect("prepared").locked);
+            self.unlock_all(txid, &locked);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn planted_abort_alone(&mut self, _txid: TxId, _fx: &mut PartEffects) -> bool {
+        false
+    }
+
+    #[cfg(test)]
+    fn planted_abort_alone(&mut self, txid: TxId, fx: &mut PartEffects) -> bool {
+        if !self.config.bugs.abort_alone_after_yes {
+            return false;
+        }
+        self.on_abort(txid, fx);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

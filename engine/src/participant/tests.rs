@@ -1,0 +1,158 @@
+use super::*;
+use crate::effects::Gated;
+use crate::ops::OpKind;
+use bytes::Bytes;
+
+const ME: ParticipantId = ParticipantId(1);
+const EPOCH: Epoch = Epoch(1);
+
+fn fresh() -> Participant {
+    let mut fx = PartEffects::default();
+    let participant = Participant::recover(ParticipantConfig::new(ME), Vec::new(), Time::ZERO, &mut fx);
+    assert!(fx.is_empty());
+    participant
+}
+
+fn txid(counter: u64) -> TxId {
+    TxId::new(EPOCH, counter)
+}
+
+fn key(text: &'static str) -> Key {
+    Bytes::from_static(text.as_bytes())
+}
+
+fn prepare(counter: u64, ops: Vec<(&'static str, OpKind)>) -> ToParticipant {
+    let ops =
+        ops.into_iter().enumerate().map(|(i, (k, kind))| LocalOp { index: i as u16, key: key(k), kind }).collect();
+    ToParticipant::Prepare { txid: txid(counter), ops }
+}
+
+fn add(delta: i64) -> OpKind {
+    OpKind::Add { delta, floor: 0 }
+}
+
+fn vote_of(fx: &PartEffects) -> (Lsn, Vote) {
+    match &fx.outputs[..] {
+        [Gated { after, item: ToCoordinator::Vote { vote, .. } }] => (*after, vote.clone()),
+        other => panic!("expected one vote, got {other:?}"),
+    }
+}
+
+#[test]
+fn prepare_logs_then_votes_yes_and_commit_applies_then_acks() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(7)), ("a", OpKind::Get)]), &mut fx);
+    let (after, vote) = vote_of(&fx);
+    assert_eq!(vote, Vote::Yes { reads: vec![Read { index: 1, value: Some(encode_int(7)) }] });
+    let prepared_lsn = fx.appends.iter().find(|(_, r)| matches!(r, PartRecord::Prepared { .. })).unwrap().0;
+    assert_eq!(after, prepared_lsn, "the vote waits for the Prepared record");
+    assert_eq!(participant.kv().get(b"a"), None, "nothing applied before the decision");
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, ToParticipant::Commit { txid: txid(1) }, &mut fx);
+    assert_eq!(fx.appends.len(), 1);
+    let (committed_lsn, record) = &fx.appends[0];
+    assert_eq!(record, &PartRecord::Committed { txid: txid(1) });
+    assert_eq!(fx.outputs, vec![Gated { after: *committed_lsn, item: ToCoordinator::Ack { txid: txid(1) } }]);
+    assert_eq!(decode_int(participant.kv().get(b"a")), Some(7));
+    assert_eq!(participant.locked_keys(), 0);
+}
+
+#[test]
+fn conflicts_constraints_and_read_only_votes() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(5))]), &mut fx);
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(2, vec![("a", OpKind::Get)]), &mut fx);
+    assert_eq!(
+        vote_of(&fx),
+        (Lsn::NONE, Vote::No { reason: AbortReason::Conflict { participant: ME, key: key("a") } })
+    );
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(3, vec![("b", add(-1))]), &mut fx);
+    assert!(matches!(vote_of(&fx).1, Vote::No { reason: AbortReason::Constraint { value: 0, delta: -1, .. } }));
+    assert!(fx.appends.is_empty(), "a No vote logs nothing");
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(4, vec![("b", OpKind::Get)]), &mut fx);
+    assert_eq!(vote_of(&fx), (Lsn::NONE, Vote::ReadOnly { reads: vec![Read { index: 0, value: None }] }));
+    assert_eq!(participant.locked_keys(), 1, "only the prepared transaction holds a lock");
+}
+
+#[test]
+fn duplicated_and_stale_prepares_never_run_twice() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(5, vec![("a", add(1))]), &mut fx);
+    let first = vote_of(&fx);
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(5, vec![("a", add(1))]), &mut fx);
+    assert_eq!(vote_of(&fx), first, "a duplicate repeats the vote");
+    assert!(fx.appends.is_empty());
+    participant.on_message(Time::ZERO, EPOCH, ToParticipant::Commit { txid: txid(5) }, &mut fx);
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(5, vec![("a", add(1))]), &mut fx);
+    assert_eq!(vote_of(&fx).1, Vote::No { reason: AbortReason::Stale { participant: ME } });
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(4, vec![("z", add(1))]), &mut fx);
+    assert_eq!(vote_of(&fx).1, Vote::No { reason: AbortReason::Stale { participant: ME } }, "older than one seen");
+    assert_eq!(decode_int(participant.kv().get(b"a")), Some(1));
+}
+
+#[test]
+fn a_deposed_epoch_is_refused_and_a_new_one_is_logged() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, Epoch(3), ToParticipant::Abort { txid: TxId::new(Epoch(3), 1) }, &mut fx);
+    assert_eq!(fx.appends[0].1, PartRecord::Epoch { epoch: Epoch(3) });
+    fx.clear();
+    participant.on_message(Time::ZERO, Epoch(2), prepare(9, vec![("a", add(1))]), &mut fx);
+    assert_eq!(vote_of(&fx).1, Vote::No { reason: AbortReason::Stale { participant: ME } });
+    assert_eq!(participant.locked_keys(), 0);
+}
+
+#[test]
+fn a_commit_for_an_unknown_transaction_is_acked_once_the_log_is_durable() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(1))]), &mut fx);
+    participant.on_message(Time::ZERO, EPOCH, ToParticipant::Commit { txid: txid(1) }, &mut fx);
+    let last = fx.appends.last().unwrap().0;
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, ToParticipant::Commit { txid: txid(1) }, &mut fx);
+    assert_eq!(fx.outputs, vec![Gated { after: last, item: ToCoordinator::Ack { txid: txid(1) } }]);
+    assert_eq!(decode_int(participant.kv().get(b"a")), Some(1), "applied once");
+}
+
+#[test]
+fn after_a_restart_prepared_work_is_in_doubt_locked_and_asked_about() {
+    let writes = vec![Write { key: key("a"), value: Some(encode_int(3)) }];
+    let log = vec![
+        (Lsn(1), PartRecord::Prepared { txid: txid(1), writes: writes.clone() }),
+        (Lsn(2), PartRecord::Committed { txid: txid(1) }),
+        (Lsn(3), PartRecord::Prepared { txid: txid(2), writes: vec![Write { key: key("b"), value: None }] }),
+        (Lsn(4), PartRecord::Prepared { txid: txid(3), writes: vec![Write { key: key("c"), value: None }] }),
+        (Lsn(5), PartRecord::Aborted { txid: txid(3) }),
+    ];
+    let mut fx = PartEffects::default();
+    let mut participant = Participant::recover(ParticipantConfig::new(ME), log, Time::ZERO, &mut fx);
+    assert_eq!(decode_int(participant.kv().get(b"a")), Some(3));
+    assert_eq!(participant.in_doubt(), 1);
+    assert_eq!(fx.outputs, vec![Gated { after: Lsn::NONE, item: ToCoordinator::Inquiry { txid: txid(2) } }]);
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(9, vec![("b", OpKind::Get)]), &mut fx);
+    assert_eq!(vote_of(&fx).1, Vote::No { reason: AbortReason::InDoubt { participant: ME, key: key("b") } });
+    fx.clear();
+    // It keeps asking, with backoff, until answered.
+    let first_retry = participant.next_deadline().unwrap();
+    participant.on_tick(first_retry, &mut fx);
+    assert_eq!(fx.outputs.len(), 1);
+    fx.clear();
+    participant.on_message(first_retry, EPOCH, ToParticipant::Abort { txid: txid(2) }, &mut fx);
+    assert_eq!(fx.appends[0].1, PartRecord::Aborted { txid: txid(2) });
+    assert_eq!((participant.prepared(), participant.locked_keys()), (0, 0));
+    assert_eq!(participant.next_deadline().map(|_| ()), Some(()), "a stale timer may remain");
+    fx.clear();
+    participant.on_tick(Time(u64::MAX), &mut fx);
+    assert!(fx.is_empty(), "stale timers do nothing");
+}

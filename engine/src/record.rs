@@ -1,0 +1,290 @@
+//! Log records of the coordinator and of participants, with their binary encoding.
+//! The wal stores `(kind, payload)` pairs and never looks inside; kinds of the two roles
+//! are disjoint so an operator's `inspect-log` can decode any log.
+//!
+//! | kind | record | payload |
+//! | --- | --- | --- |
+//! | 1 | coordinator Epoch | `u32 epoch` |
+//! | 2 | coordinator Commit | `u64 txid \| u64 client \| u64 seq \| list of u16 participants \| list of reads` |
+//! | 3 | coordinator End | `u64 txid` |
+//! | 16 | participant Epoch | `u32 highest coordinator epoch seen` |
+//! | 17 | participant Prepared | `u64 txid \| list of writes (key, optional value)` |
+//! | 18 | participant Committed | `u64 txid` |
+//! | 19 | participant Aborted | `u64 txid` |
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes};
+
+use crate::codec::{Decode, DecodeError, Encode, Reader, put_count, put_key, put_optional_value, read_list};
+use crate::codec::{put_reads, read_reads};
+use crate::ops::{Key, Limits, Read, Value};
+use crate::types::{ClientId, Epoch, ParticipantId, Seq, TxId};
+
+/// Limits for decoding our own records: generous, but still bounded so a corrupt record
+/// that slipped past its checksum cannot make us allocate without limit.
+pub const RECORD_LIMITS: Limits =
+    Limits { max_ops_per_tx: u16::MAX as usize, max_key_bytes: u16::MAX as usize, max_value_bytes: 16 << 20 };
+
+/// The coordinator's log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CoordRecord {
+    /// Written (forced) at every start; the new incarnation's epoch.
+    Epoch { epoch: Epoch },
+    /// The commit decision (forced before anyone hears of it). Holds what is needed to
+    /// re-drive phase two and to answer a client's retry after a restart.
+    Commit { txid: TxId, client: ClientId, seq: Seq, participants: Vec<ParticipantId>, reads: Vec<Read> },
+    /// Every participant acknowledged; the transaction may be forgotten (not forced).
+    End { txid: TxId },
+}
+
+/// One write of a prepared transaction: the final value (None deletes the key).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Write {
+    pub key: Key,
+    pub value: Option<Value>,
+}
+
+/// A participant's log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PartRecord {
+    /// The highest coordinator epoch seen (not forced; Prepared records imply it too).
+    Epoch { epoch: Epoch },
+    /// Prepared to commit these writes (forced before voting Yes).
+    Prepared { txid: TxId, writes: Vec<Write> },
+    /// The writes are applied (forced before acknowledging).
+    Committed { txid: TxId },
+    /// A prepared transaction was aborted (not forced: presumed abort).
+    Aborted { txid: TxId },
+}
+
+pub const KIND_COORD_EPOCH: u8 = 1;
+pub const KIND_COORD_COMMIT: u8 = 2;
+pub const KIND_COORD_END: u8 = 3;
+pub const KIND_PART_EPOCH: u8 = 16;
+pub const KIND_PART_PREPARED: u8 = 17;
+pub const KIND_PART_COMMITTED: u8 = 18;
+pub const KIND_PART_ABORTED: u8 = 19;
+
+/// A record the wal can store: a kind byte and a payload.
+pub trait LogRecord: Sized {
+    fn kind(&self) -> u8;
+    fn encode_payload(&self, out: &mut Vec<u8>);
+    fn decode(kind: u8, payload: Bytes) -> Result<Self, DecodeError>;
+}
+
+fn unknown_kind<T>(kind: u8, role: &str) -> Result<T, DecodeError> {
+    Err(DecodeError { offset: 0, reason: format!("record kind {kind} is not a {role} record") })
+}
+
+fn decode_payload<T>(
+    payload: Bytes,
+    body: impl FnOnce(&mut Reader) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let mut reader = Reader::new(payload, RECORD_LIMITS);
+    let value = body(&mut reader)?;
+    reader.finish()?;
+    Ok(value)
+}
+
+fn read_txid(reader: &mut Reader) -> Result<TxId, DecodeError> {
+    Ok(TxId(reader.u64("txid")?))
+}
+
+impl Encode for ParticipantId {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u16_le(self.0);
+    }
+}
+
+impl Decode for ParticipantId {
+    fn decode(reader: &mut Reader) -> Result<ParticipantId, DecodeError> {
+        reader.participant()
+    }
+}
+
+impl Encode for Write {
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_key(out, &self.key);
+        put_optional_value(out, self.value.as_ref());
+    }
+}
+
+impl Decode for Write {
+    fn decode(reader: &mut Reader) -> Result<Write, DecodeError> {
+        Ok(Write { key: reader.key()?, value: reader.optional_value()? })
+    }
+}
+
+impl LogRecord for CoordRecord {
+    fn kind(&self) -> u8 {
+        match self {
+            CoordRecord::Epoch { .. } => KIND_COORD_EPOCH,
+            CoordRecord::Commit { .. } => KIND_COORD_COMMIT,
+            CoordRecord::End { .. } => KIND_COORD_END,
+        }
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            CoordRecord::Epoch { epoch } => out.put_u32_le(epoch.0),
+            CoordRecord::Commit { txid, client, seq, participants, reads } => {
+                out.put_u64_le(txid.0);
+                out.put_u64_le(client.0);
+                out.put_u64_le(*seq);
+                put_count(out, participants.len());
+                for participant in participants {
+                    participant.encode(out);
+                }
+                put_reads(out, reads);
+            }
+            CoordRecord::End { txid } => out.put_u64_le(txid.0),
+        }
+    }
+
+    fn decode(kind: u8, payload: Bytes) -> Result<CoordRecord, DecodeError> {
+        match kind {
+            KIND_COORD_EPOCH => decode_payload(payload, |r| Ok(CoordRecord::Epoch { epoch: Epoch(r.u32("epoch")?) })),
+            KIND_COORD_COMMIT => decode_payload(payload, |r| {
+                Ok(CoordRecord::Commit {
+                    txid: read_txid(r)?,
+                    client: ClientId(r.u64("client")?),
+                    seq: r.u64("seq")?,
+                    participants: read_list(r, u16::MAX as usize, 2, "participants")?,
+                    reads: read_reads(r)?,
+                })
+            }),
+            KIND_COORD_END => decode_payload(payload, |r| Ok(CoordRecord::End { txid: read_txid(r)? })),
+            other => unknown_kind(other, "coordinator"),
+        }
+    }
+}
+
+impl LogRecord for PartRecord {
+    fn kind(&self) -> u8 {
+        match self {
+            PartRecord::Epoch { .. } => KIND_PART_EPOCH,
+            PartRecord::Prepared { .. } => KIND_PART_PREPARED,
+            PartRecord::Committed { .. } => KIND_PART_COMMITTED,
+            PartRecord::Aborted { .. } => KIND_PART_ABORTED,
+        }
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            PartRecord::Epoch { epoch } => out.put_u32_le(epoch.0),
+            PartRecord::Prepared { txid, writes } => {
+                out.put_u64_le(txid.0);
+                put_count(out, writes.len());
+                for write in writes {
+                    write.encode(out);
+                }
+            }
+            PartRecord::Committed { txid } | PartRecord::Aborted { txid } => out.put_u64_le(txid.0),
+        }
+    }
+
+    fn decode(kind: u8, payload: Bytes) -> Result<PartRecord, DecodeError> {
+        match kind {
+            KIND_PART_EPOCH => decode_payload(payload, |r| Ok(PartRecord::Epoch { epoch: Epoch(r.u32("epoch")?) })),
+            KIND_PART_PREPARED => decode_payload(payload, |r| {
+                Ok(PartRecord::Prepared { txid: read_txid(r)?, writes: read_list(r, u16::MAX as usize, 3, "writes")? })
+            }),
+            KIND_PART_COMMITTED => decode_payload(payload, |r| Ok(PartRecord::Committed { txid: read_txid(r)? })),
+            KIND_PART_ABORTED => decode_payload(payload, |r| Ok(PartRecord::Aborted { txid: read_txid(r)? })),
+            other => unknown_kind(other, "participant"),
+        }
+    }
+}
+
+/// Either role's record, for tools that read any log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum AnyRecord {
+    Coordinator(CoordRecord),
+    Participant(PartRecord),
+}
+
+impl AnyRecord {
+    pub fn decode(kind: u8, payload: Bytes) -> Result<AnyRecord, DecodeError> {
+        if kind < KIND_PART_EPOCH {
+            CoordRecord::decode(kind, payload).map(AnyRecord::Coordinator)
+        } else {
+            PartRecord::decode(kind, payload).map(AnyRecord::Participant)
+        }
+    }
+}
+
+impl fmt::Display for AnyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AnyRecord::Coordinator(CoordRecord::Epoch { epoch }) => write!(f, "EPOCH {}", epoch.0),
+            AnyRecord::Coordinator(CoordRecord::Commit { txid, client, seq, participants, reads }) => {
+                let names: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+                write!(
+                    f,
+                    "COMMIT {txid} client={} seq={seq} participants=[{}] reads={}",
+                    client.0,
+                    names.join(","),
+                    reads.len()
+                )
+            }
+            AnyRecord::Coordinator(CoordRecord::End { txid }) => write!(f, "END {txid}"),
+            AnyRecord::Participant(PartRecord::Epoch { epoch }) => write!(f, "EPOCH-SEEN {}", epoch.0),
+            AnyRecord::Participant(PartRecord::Prepared { txid, writes }) => {
+                write!(f, "PREPARED {txid} writes={}", writes.len())
+            }
+            AnyRecord::Participant(PartRecord::Committed { txid }) => write!(f, "COMMITTED {txid}"),
+            AnyRecord::Participant(PartRecord::Aborted { txid }) => write!(f, "ABORTED {txid}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::key;
+
+    fn round_trip<R: LogRecord + PartialEq + fmt::Debug>(record: R) {
+        let mut payload = Vec::new();
+        record.encode_payload(&mut payload);
+        let payload = Bytes::from(payload);
+        assert_eq!(R::decode(record.kind(), payload.clone()).unwrap(), record);
+        for cut in 0..payload.len() {
+            assert!(R::decode(record.kind(), payload.slice(..cut)).is_err(), "prefix {cut} decoded");
+        }
+        let mut longer = payload.to_vec();
+        longer.push(0);
+        assert!(R::decode(record.kind(), Bytes::from(longer)).is_err(), "trailing byte accepted");
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        let txid = TxId::new(Epoch(2), 41);
+        round_trip(CoordRecord::Epoch { epoch: Epoch(9) });
+        round_trip(CoordRecord::Commit {
+            txid,
+            client: ClientId(5),
+            seq: 8,
+            participants: vec![ParticipantId(1), ParticipantId(3)],
+            reads: vec![Read { index: 1, value: Some(key("v")) }],
+        });
+        round_trip(CoordRecord::End { txid });
+        round_trip(PartRecord::Epoch { epoch: Epoch(4) });
+        round_trip(PartRecord::Prepared {
+            txid,
+            writes: vec![Write { key: key("a"), value: Some(key("1")) }, Write { key: key("b"), value: None }],
+        });
+        round_trip(PartRecord::Committed { txid });
+        round_trip(PartRecord::Aborted { txid });
+    }
+
+    #[test]
+    fn wrong_role_and_unknown_kinds_are_refused() {
+        assert!(CoordRecord::decode(KIND_PART_COMMITTED, Bytes::from_static(&[0; 8])).is_err());
+        assert!(PartRecord::decode(KIND_COORD_END, Bytes::from_static(&[0; 8])).is_err());
+        let err = AnyRecord::decode(200, Bytes::new()).unwrap_err();
+        assert!(err.reason.contains("200"));
+        let end = AnyRecord::decode(KIND_COORD_END, Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+        assert_eq!(end.to_string(), "END t0.1");
+    }
+}

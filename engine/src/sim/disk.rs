@@ -1,0 +1,86 @@
+//! A simulated disk holding one node's log: writes are durable only once a sync covering
+//! them completes; a crash keeps the synced records, a random prefix of the unsynced ones
+//! (writes may reach the platter without a sync), and may tear the last of those.
+
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::record::LogRecord;
+use crate::types::Lsn;
+
+#[derive(Debug)]
+pub(super) struct Disk<R> {
+    records: Vec<(Lsn, R)>,
+    synced: usize,
+}
+
+/// What a crash did to the unsynced tail.
+pub(super) struct CrashLoss {
+    pub lost: u64,
+    pub torn: bool,
+}
+
+impl<R: LogRecord + Clone> Disk<R> {
+    pub(super) fn new() -> Disk<R> {
+        Disk { records: Vec::new(), synced: 0 }
+    }
+
+    pub(super) fn write(&mut self, lsn: Lsn, record: R) {
+        if let Some((last, _)) = self.records.last() {
+            assert_eq!(lsn, last.next(), "the log must receive consecutive LSNs");
+        }
+        self.records.push((lsn, record));
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(super) fn has_unsynced(&self) -> bool {
+        self.records.len() > self.synced
+    }
+
+    /// A sync that began when the log held `upto` records has completed.
+    pub(super) fn synced_upto(&mut self, upto: usize) -> Lsn {
+        self.synced = self.synced.max(upto);
+        self.durable_lsn()
+    }
+
+    pub(super) fn sync_all(&mut self) {
+        self.synced = self.records.len();
+    }
+
+    pub(super) fn durable_lsn(&self) -> Lsn {
+        if self.synced == 0 { Lsn::NONE } else { self.records[self.synced - 1].0 }
+    }
+
+    pub(super) fn crash(&mut self, rng: &mut impl Rng, torn_probability: f64) -> CrashLoss {
+        let unsynced = self.records.len() - self.synced;
+        let mut keep = rng.gen_range(0..=unsynced);
+        let torn = keep > 0 && rng.gen_bool(torn_probability);
+        if torn {
+            keep -= 1; // The last write was torn: its checksum fails and recovery drops it.
+        }
+        self.records.truncate(self.synced + keep);
+        self.synced = self.records.len();
+        CrashLoss { lost: (unsynced - keep) as u64, torn }
+    }
+
+    /// The durable records, each passed through the binary encoding as the wal would store it.
+    pub(super) fn read_back(&self) -> Vec<(Lsn, R)> {
+        self.records[..self.synced]
+            .iter()
+            .map(|(lsn, record)| {
+                let mut payload = Vec::new();
+                record.encode_payload(&mut payload);
+                let decoded = R::decode(record.kind(), Bytes::from(payload)).expect("a record we encoded decodes");
+                (*lsn, decoded)
+            })
+            .collect()
+    }
+
+    /// The durable records, for the checker.
+    pub(super) fn durable(&self) -> &[(Lsn, R)] {
+        &self.records[..self.synced]
+    }
+}

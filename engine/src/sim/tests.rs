@@ -1,0 +1,83 @@
+use super::*;
+
+#[test]
+fn a_run_without_faults_commits_and_passes() {
+    let mut config = SimConfig::standard(1);
+    config.faults = Faults::none();
+    config.transactions = 300;
+    let report = run(&config);
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.transactions, 300);
+    assert!(report.committed * 10 > report.transactions * 6, "most commit without faults: {report}");
+}
+
+#[test]
+fn the_same_seed_replays_exactly() {
+    let config = SimConfig::standard(7);
+    let first = run(&config);
+    let second = run(&config);
+    assert_eq!(first.events, second.events);
+    assert_eq!(first.sim_time, second.sim_time);
+    assert_eq!(first.faults, second.faults);
+    assert_eq!(first.committed, second.committed);
+}
+
+/// Runs seeds from 0 until one fails, at most `budget`; returns the failing report.
+fn first_failure(budget: u64, plant: impl Fn(&mut PlantedBugs)) -> Option<SimReport> {
+    (0..budget).find_map(|seed| {
+        let mut config = SimConfig::standard(seed);
+        config.transactions = 300;
+        plant(&mut config.bugs);
+        let report = run(&config);
+        (!report.passed()).then_some(report)
+    })
+}
+
+fn assert_caught(name: &str, budget: u64, plant: impl Fn(&mut PlantedBugs), expect: &[&str]) {
+    let report = first_failure(budget, plant).unwrap_or_else(|| panic!("planted bug '{name}' survived {budget} seeds"));
+    println!("planted bug '{name}' caught by seed {}: {:?}", report.seed, report.violations);
+    assert!(
+        report.violations.iter().any(|v| expect.iter().any(|e| v.starts_with(e))),
+        "planted bug '{name}' was caught for an unexpected reason: {report}"
+    );
+}
+
+#[test]
+fn planted_commit_before_durable_is_caught() {
+    assert_caught(
+        "coordinator sends Commit before durable",
+        200,
+        |b| b.coordinator.commit_before_durable = true,
+        &["atomicity"],
+    );
+}
+
+#[test]
+fn planted_vote_before_durable_is_caught() {
+    assert_caught(
+        "participant votes Yes before Prepared is durable",
+        200,
+        |b| b.participant.vote_before_durable = true,
+        &["atomicity"],
+    );
+}
+
+#[test]
+fn planted_abort_alone_after_yes_is_caught() {
+    assert_caught(
+        "participant aborts alone after voting Yes",
+        200,
+        |b| b.participant.abort_alone_after_yes = true,
+        &["atomicity"],
+    );
+}
+
+#[test]
+fn planted_early_lock_release_is_caught() {
+    assert_caught(
+        "locks released at prepare",
+        200,
+        |b| b.participant.release_locks_at_prepare = true,
+        &["bank", "lost-update", "conservation"],
+    );
+}
