@@ -12,12 +12,14 @@
 
 mod kv;
 mod locks;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
 pub use locks::{LockMode, LockTable};
+pub use snapshot::ParticipantSnapshot;
 
 use crate::effects::{Effects, LogCursor, Timers};
 use crate::hash::SeededState;
@@ -109,11 +111,13 @@ pub struct Participant {
 }
 
 impl Participant {
-    /// Rebuilds the participant from its log (oldest first; empty for a new node). Prepared
+    /// Rebuilds the participant from its latest snapshot (if any) and the log (oldest first;
+    /// records the snapshot covers are skipped; both empty for a new node). Prepared
     /// transactions without an outcome are in doubt: their locks are re-taken and the
     /// coordinator is asked at once (the inquiries are in `fx`).
     pub fn recover(
         config: ParticipantConfig,
+        snapshot: Option<ParticipantSnapshot>,
         log: impl IntoIterator<Item = (Lsn, PartRecord)>,
         now: Time,
         fx: &mut PartEffects,
@@ -130,8 +134,15 @@ impl Participant {
             stats: ParticipantStats::default(),
             config,
         };
-        let mut last_lsn = Lsn::NONE;
+        let covered = snapshot.as_ref().map_or(Lsn::NONE, |snapshot| snapshot.lsn);
+        let mut last_lsn = covered;
+        if let Some(snapshot) = snapshot {
+            participant.restore(snapshot);
+        }
         for (lsn, record) in log {
+            if lsn <= covered {
+                continue; // Covered by the snapshot.
+            }
             assert!(
                 last_lsn == Lsn::NONE || lsn == last_lsn.next(),
                 "log LSNs not consecutive: {last_lsn:?} then {lsn:?}"
@@ -147,6 +158,34 @@ impl Participant {
         }
         participant.on_tick(now, fx);
         participant
+    }
+
+    fn restore(&mut self, snapshot: ParticipantSnapshot) {
+        self.max_epoch = snapshot.max_epoch;
+        self.max_txid_seen = snapshot.max_txid_seen;
+        let writes: Vec<Write> =
+            snapshot.kv.into_iter().map(|(key, value)| Write { key, value: Some(value) }).collect();
+        self.kv.apply(&writes);
+        for (txid, writes) in snapshot.prepared {
+            self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes });
+        }
+    }
+
+    /// The whole state as of the last record appended. The driver must keep it until that
+    /// LSN is durable before it relies on it (writes it out, truncates the log).
+    pub fn snapshot(&self) -> ParticipantSnapshot {
+        let mut kv: Vec<(Key, crate::ops::Value)> = self.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        kv.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut prepared: Vec<(TxId, Vec<Write>)> =
+            self.prepared.iter().map(|(txid, p)| (*txid, p.writes.clone())).collect();
+        prepared.sort_unstable_by_key(|(txid, _)| *txid);
+        ParticipantSnapshot {
+            lsn: self.log.last(),
+            max_epoch: self.max_epoch,
+            max_txid_seen: self.max_txid_seen,
+            kv,
+            prepared,
+        }
     }
 
     fn replay(&mut self, lsn: Lsn, record: PartRecord) {

@@ -8,7 +8,7 @@ const EPOCH: Epoch = Epoch(1);
 
 fn fresh() -> Participant {
     let mut fx = PartEffects::default();
-    let participant = Participant::recover(ParticipantConfig::new(ME), Vec::new(), Time::ZERO, &mut fx);
+    let participant = Participant::recover(ParticipantConfig::new(ME), None, Vec::new(), Time::ZERO, &mut fx);
     assert!(fx.is_empty());
     participant
 }
@@ -135,7 +135,7 @@ fn after_a_restart_prepared_work_is_in_doubt_locked_and_asked_about() {
         (Lsn(5), PartRecord::Aborted { txid: txid(3) }),
     ];
     let mut fx = PartEffects::default();
-    let mut participant = Participant::recover(ParticipantConfig::new(ME), log, Time::ZERO, &mut fx);
+    let mut participant = Participant::recover(ParticipantConfig::new(ME), None, log, Time::ZERO, &mut fx);
     assert_eq!(decode_int(participant.kv().get(b"a")), Some(3));
     assert_eq!(participant.in_doubt(), 1);
     assert_eq!(fx.outputs, vec![Gated { after: Lsn::NONE, item: ToCoordinator::Inquiry { txid: txid(2) } }]);

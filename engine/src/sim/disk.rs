@@ -12,6 +12,8 @@ use crate::types::Lsn;
 pub(super) struct Disk<R> {
     records: Vec<(Lsn, R)>,
     synced: usize,
+    /// Durable records truncated away after a snapshot, kept only for the checker.
+    archived: Vec<(Lsn, R)>,
 }
 
 /// What a crash did to the unsynced tail.
@@ -22,7 +24,7 @@ pub(super) struct CrashLoss {
 
 impl<R: LogRecord + Clone> Disk<R> {
     pub(super) fn new() -> Disk<R> {
-        Disk { records: Vec::new(), synced: 0 }
+        Disk { records: Vec::new(), synced: 0, archived: Vec::new() }
     }
 
     pub(super) fn write(&mut self, lsn: Lsn, record: R) {
@@ -79,8 +81,15 @@ impl<R: LogRecord + Clone> Disk<R> {
             .collect()
     }
 
-    /// The durable records, for the checker.
-    pub(super) fn durable(&self) -> &[(Lsn, R)] {
-        &self.records[..self.synced]
+    /// Every record that ever became durable, truncated or not, for the checker.
+    pub(super) fn durable_history(&self) -> Vec<(Lsn, R)> {
+        self.archived.iter().chain(&self.records[..self.synced]).cloned().collect()
+    }
+
+    /// Drops durable records with an LSN below `lsn` (a snapshot covers them).
+    pub(super) fn truncate_before(&mut self, lsn: Lsn) {
+        let cut = self.records[..self.synced].partition_point(|(record_lsn, _)| *record_lsn < lsn);
+        self.archived.extend(self.records.drain(..cut));
+        self.synced -= cut;
     }
 }

@@ -15,7 +15,7 @@ use super::{FaultCounts, SimConfig, SimReport};
 use crate::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};
 use crate::effects::{DurabilityGate, Effects};
 use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
-use crate::participant::{PartEffects, Participant, ParticipantConfig};
+use crate::participant::{PartEffects, Participant, ParticipantConfig, ParticipantSnapshot};
 use crate::record::{CoordRecord, LogRecord, PartRecord};
 use crate::types::{Epoch, Lsn, ParticipantId, Time};
 
@@ -88,6 +88,10 @@ enum Event {
     ClientWake {
         client: u16,
         token: u64,
+    },
+    /// A participant snapshots its state (kept once its LSN is durable) and truncates its log.
+    Snapshot {
+        participant: u16,
     },
 }
 
@@ -166,7 +170,12 @@ pub(super) struct World {
     counts: FaultCounts,
     events: u64,
     observed: Observed,
+    /// Each participant's installed snapshot (durable), and one waiting for its LSN.
+    snapshots: Vec<Option<ParticipantSnapshot>>,
+    pending_snapshots: Vec<Option<ParticipantSnapshot>>,
 }
+
+const SNAPSHOT_EVERY_MS: (u64, u64) = (10, 150);
 
 impl World {
     pub(super) fn new(config: SimConfig) -> World {
@@ -192,6 +201,8 @@ impl World {
             counts: FaultCounts::default(),
             events: 0,
             observed: Observed::default(),
+            snapshots: vec![None; config.participants as usize],
+            pending_snapshots: vec![None; config.participants as usize],
             config,
         }
     }
@@ -242,6 +253,10 @@ impl World {
             self.start_node(NodeId::Participant(index));
         }
         self.schedule(Time::ZERO, Event::ClientWake { client: 0, token: 0 });
+        for participant in 0..self.config.participants {
+            let at = self.after_us((SNAPSHOT_EVERY_MS.0 * 1000, SNAPSHOT_EVERY_MS.1 * 1000));
+            self.schedule(at, Event::Snapshot { participant });
+        }
         let mut violations = Vec::new();
         let mut deadline = None;
         while let Some(Reverse(Scheduled { at, event, .. })) = self.queue.pop() {
@@ -315,6 +330,7 @@ impl World {
                 self.isolated = Some((isolated, self.now + duration));
             }
             Event::ClientWake { client, token } => self.client_wake(client, token),
+            Event::Snapshot { participant } => self.take_snapshot(participant),
         }
     }
 
@@ -332,10 +348,12 @@ impl World {
             }
             NodeId::Participant(index) => {
                 let config = self.participant_config(index);
+                let snapshot = self.snapshots[index as usize].clone();
+                self.pending_snapshots[index as usize] = None;
                 let node_state = &mut self.participants[index as usize];
                 let log = node_state.disk.read_back();
                 node_state.gate = DurabilityGate::new(node_state.disk.durable_lsn());
-                node_state.engine = Some(Participant::recover(config, log, now, &mut node_state.fx));
+                node_state.engine = Some(Participant::recover(config, snapshot, log, now, &mut node_state.fx));
             }
             NodeId::Client(_) => unreachable!("clients do not restart"),
         }
@@ -406,6 +424,9 @@ impl World {
             NodeId::Client(_) => unreachable!(),
         };
         let Some(durable) = durable else { return };
+        if let NodeId::Participant(index) = node {
+            self.install_snapshot_if_durable(index);
+        }
         // Releasing is a separate step, so a crash can fall between sync and send.
         let at = self.after_us(RELEASE_US);
         self.schedule(at, Event::Release { node, incarnation, durable });
@@ -433,6 +454,25 @@ impl World {
             }
             NodeId::Client(_) => unreachable!(),
         }
+    }
+
+    fn take_snapshot(&mut self, index: u16) {
+        let next = self.after_us((SNAPSHOT_EVERY_MS.0 * 1000, SNAPSHOT_EVERY_MS.1 * 1000));
+        self.schedule(next, Event::Snapshot { participant: index });
+        let Some(engine) = self.participants[index as usize].engine.as_ref() else { return };
+        self.pending_snapshots[index as usize] = Some(engine.snapshot());
+        self.install_snapshot_if_durable(index);
+    }
+
+    /// A snapshot is kept only once every record it covers is durable; then the log before
+    /// a random point it covers is truncated (recovery must skip what remains covered).
+    fn install_snapshot_if_durable(&mut self, index: u16) {
+        let i = index as usize;
+        let durable = self.participants[i].disk.durable_lsn();
+        let Some(snapshot) = self.pending_snapshots[i].take_if(|s| s.lsn <= durable) else { return };
+        let cut = Lsn(self.rng.gen_range(0..=snapshot.lsn.0 + 1));
+        self.snapshots[i] = Some(snapshot);
+        self.participants[i].disk.truncate_before(cut);
     }
 
     fn schedule_tick(&mut self, node: NodeId) {
@@ -689,9 +729,9 @@ impl World {
     // ---- the end -----------------------------------------------------------------------
 
     fn finish(mut self, mut violations: Vec<String>) -> SimReport {
-        let coordinator_log: Vec<(Lsn, CoordRecord)> = self.coordinator.disk.durable().to_vec();
+        let coordinator_log: Vec<(Lsn, CoordRecord)> = self.coordinator.disk.durable_history();
         let participant_logs: Vec<Vec<(Lsn, PartRecord)>> =
-            self.participants.iter().map(|p| p.disk.durable().to_vec()).collect();
+            self.participants.iter().map(|p| p.disk.durable_history()).collect();
         let live_states: Vec<Option<&Participant>> = self.participants.iter().map(|p| p.engine.as_ref()).collect();
         violations.extend(checker::check(
             &self.config,
@@ -745,7 +785,8 @@ impl World {
             let config = self.participant_config(index);
             let mut fx = PartEffects::default();
             let node = &self.participants[index as usize];
-            let recovered = Participant::recover(config, node.disk.read_back(), now, &mut fx);
+            let snapshot = self.snapshots[index as usize].clone();
+            let recovered = Participant::recover(config, snapshot, node.disk.read_back(), now, &mut fx);
             let Some(live) = node.engine.as_ref() else { continue };
             let mut live_state: Vec<_> = live.kv().iter().collect();
             let mut recovered_state: Vec<_> = recovered.kv().iter().collect();
