@@ -207,9 +207,28 @@ impl fmt::Display for SimReport {
     }
 }
 
-/// Runs one simulation and checks it.
+/// Runs one simulation and checks it. An assertion that fails inside the state machines
+/// (an invariant they check themselves) is reported as a violation of this seed.
 pub fn run(config: &SimConfig) -> SimReport {
-    world::World::new(config.clone()).run()
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world::World::new(config.clone()).run()));
+    outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into());
+        SimReport {
+            seed: config.seed,
+            transactions: 0,
+            committed: 0,
+            aborted: 0,
+            aborts_by_reason: Default::default(),
+            faults: FaultCounts::default(),
+            violations: vec![format!("assertion: {message}")],
+            sim_time: Duration::ZERO,
+            events: 0,
+        }
+    })
 }
 
 #[cfg(test)]

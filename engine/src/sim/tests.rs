@@ -78,6 +78,6 @@ fn planted_early_lock_release_is_caught() {
         "locks released at prepare",
         200,
         |b| b.participant.release_locks_at_prepare = true,
-        &["bank", "lost-update", "conservation"],
+        &["bank", "lost-update", "conservation", "assertion"],
     );
 }
