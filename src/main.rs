@@ -1,15 +1,42 @@
-//! The `twophase` binary. The servers, the cluster launcher and the client commands arrive
-//! with the servers issue; until then this binary says so and exits non-zero rather than
-//! pretend to run anything.
+//! `twophase`: the coordinator and participant servers, a local cluster launcher, a
+//! one-shot transaction client and a log inspector. See `twophase --help`.
+
+mod cli;
+mod cluster;
+mod inspect;
+mod names;
+mod node;
+mod opsyntax;
+mod tx;
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    eprintln!(
-        "twophase {}: the coordinator and participant servers are not built yet.\n\
-         What works today is the protocol core and its simulator:\n  \
-         cargo run --release -p twophase-engine --example simulate -- --seeds 0..1000",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(2)
+    init_tracing();
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default: info).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
 }

@@ -208,8 +208,13 @@ pub fn put_count(out: &mut Vec<u8>, count: usize) {
     out.put_u16_le(u16::try_from(count).expect("list length checked against limits"));
 }
 
+/// Writes `text`, cut at a character boundary to at most 65,535 bytes (so it stays UTF-8).
 pub fn put_string(out: &mut Vec<u8>, text: &str) {
-    let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
+    let mut end = text.len().min(u16::MAX as usize);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &text.as_bytes()[..end];
     out.put_u16_le(bytes.len() as u16);
     out.put_slice(bytes);
 }
@@ -509,6 +514,16 @@ pub(crate) mod tests {
 
         let err = Outcome::decode_all(Bytes::from_static(&[0, 0, 0, 7]), Limits::default()).unwrap_err();
         assert!(err.reason.contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn long_strings_are_cut_on_a_character_boundary() {
+        let text = "é".repeat(40_000);
+        let mut out = Vec::new();
+        put_string(&mut out, &text);
+        let decoded = Reader::new(Bytes::from(out), Limits::default()).string("text").unwrap();
+        assert_eq!(decoded.len(), 65_534);
+        assert!(text.starts_with(&decoded));
     }
 
     proptest::proptest! {

@@ -200,7 +200,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_ops_per_tx: 1024, max_key_bytes: 1024, max_value_bytes: 64 * 1024 }
+        // 256 ops of the largest key and value stay under half of a 16 MiB frame, so a
+        // prepare or a reply full of reads always fits the frame its request came in.
+        Limits { max_ops_per_tx: 256, max_key_bytes: 1024, max_value_bytes: 32 * 1024 }
     }
 }
 

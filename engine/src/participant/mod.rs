@@ -255,6 +255,11 @@ impl Participant {
         self.locks.len()
     }
 
+    /// The LSN a snapshot taken now would cover: the last record appended.
+    pub fn snapshot_lsn(&self) -> Lsn {
+        self.log.last()
+    }
+
     pub fn max_epoch(&self) -> Epoch {
         self.max_epoch
     }

@@ -1,0 +1,135 @@
+//! Admin requests for operators and the load generator's audit: a participant's whole state
+//! (`Dump`) and a coordinator's participants with their addresses (`Topology`).
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use twophase_engine::{ClientId, ParticipantId};
+
+use crate::client::{ClientError, ClientOptions, Connection, resolve};
+use crate::frame::{AdminOp, DumpEnd, ErrorCode, Frame, ProtocolError, Role};
+
+/// Give up on an admin request after this long without progress.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn connect(addr: impl ToSocketAddrs, cluster: &str) -> Result<Connection, ClientError> {
+    let options =
+        ClientOptions { cluster: cluster.to_string(), request_timeout: ADMIN_TIMEOUT, ..ClientOptions::default() };
+    Connection::open(&resolve(addr)?, &options, ClientId(rand::random()), Role::Admin)
+}
+
+fn unexpected(frame: &Frame) -> ClientError {
+    match frame {
+        Frame::Error(error) => ClientError::Refused { code: error.code, message: error.message.clone() },
+        other => ClientError::Protocol(ProtocolError::new(
+            ErrorCode::UnexpectedFrame,
+            format!("unexpected {:?} frame in an admin answer", other.kind()),
+        )),
+    }
+}
+
+/// Sends `op` and hands every answer frame to `take` until it returns true.
+fn request(
+    mut conn: Connection,
+    op: AdminOp,
+    mut take: impl FnMut(Frame) -> Result<bool, ClientError>,
+) -> Result<(), ClientError> {
+    conn.stream.write_all(&Frame::AdminRequest(op).to_bytes())?;
+    let mut frames = Vec::new();
+    let mut deadline = Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        conn.read_frames(deadline, &mut frames)?;
+        if frames.is_empty() && Instant::now() >= deadline {
+            return Err(ClientError::Timeout { after: ADMIN_TIMEOUT });
+        }
+        for frame in frames.drain(..) {
+            deadline = Instant::now() + ADMIN_TIMEOUT;
+            if take(frame)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Every key and value a participant holds, and its counts at the time.
+pub fn dump(addr: impl ToSocketAddrs, cluster: &str) -> Result<(Vec<(Bytes, Bytes)>, DumpEnd), ClientError> {
+    let mut entries = Vec::new();
+    let mut end = None;
+    request(connect(addr, cluster)?, AdminOp::Dump, |frame| match frame {
+        Frame::DumpChunk(chunk) => {
+            entries.extend(chunk);
+            Ok(false)
+        }
+        Frame::DumpEnd(last) => {
+            end = Some(last);
+            Ok(true)
+        }
+        other => Err(unexpected(&other)),
+    })?;
+    let end = end.expect("the request ends with DumpEnd");
+    if end.keys != entries.len() as u64 {
+        return Err(ClientError::Protocol(ProtocolError::new(
+            ErrorCode::Malformed,
+            format!("dump announced {} keys but sent {}", end.keys, entries.len()),
+        )));
+    }
+    Ok((entries, end))
+}
+
+/// A coordinator's participants: id, name and the address it reaches each at.
+pub fn topology(
+    addr: impl ToSocketAddrs,
+    cluster: &str,
+) -> Result<Vec<(ParticipantId, String, SocketAddr)>, ClientError> {
+    let mut participants = Vec::new();
+    request(connect(addr, cluster)?, AdminOp::Topology, |frame| match frame {
+        Frame::Topology(list) => {
+            participants = list;
+            Ok(true)
+        }
+        other => Err(unexpected(&other)),
+    })?;
+    participants
+        .into_iter()
+        .map(|(id, name, addr)| {
+            let parsed = addr.parse().map_err(|_| {
+                ClientError::Protocol(ProtocolError::new(
+                    ErrorCode::Malformed,
+                    format!("bad address {addr:?} for {name}"),
+                ))
+            })?;
+            Ok((id, name, parsed))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use twophase_engine::ParticipantId;
+
+    use crate::frame::{AdminOp, DumpEnd, Frame, FrameDecoder, NetLimits};
+
+    #[test]
+    fn admin_frames_round_trip_and_bad_ops_are_refused() {
+        let frames = vec![
+            Frame::AdminRequest(AdminOp::Dump),
+            Frame::AdminRequest(AdminOp::Topology),
+            Frame::DumpChunk(vec![(bytes::Bytes::from_static(b"k"), bytes::Bytes::from_static(b"v"))]),
+            Frame::DumpChunk(vec![]),
+            Frame::DumpEnd(DumpEnd { keys: 1, prepared: 2, in_doubt: 3, fsync: true }),
+            Frame::Topology(vec![(ParticipantId(1), "p1".into(), "127.0.0.1:7101".into())]),
+        ];
+        let mut decoder = FrameDecoder::new(NetLimits::default());
+        for frame in frames {
+            let mut buf = BytesMut::from(&frame.to_bytes()[..]);
+            assert_eq!(decoder.decode(&mut buf).unwrap(), Some(frame));
+        }
+        let mut bad = BytesMut::from(&[3u8, 0, 0, 0, 1, 32, 9][..]);
+        assert!(decoder.decode(&mut bad).unwrap_err().message.contains("unknown admin op 9"));
+        let mut huge = BytesMut::from(&[6u8, 0, 0, 0, 1, 33, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(decoder.decode(&mut huge).unwrap_err().message.contains("cannot fit"));
+    }
+}

@@ -1,0 +1,257 @@
+//! Command-line interface. Server flags may also come from a TOML file (`--config FILE`)
+//! whose keys are the flags' long names with `_` for `-`; a flag given on the command line
+//! wins over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::node::Storage;
+use crate::node::coordinator::CoordinatorOptions;
+use crate::node::participant::ParticipantOptions;
+use crate::{cluster, inspect, names, node, tx};
+
+#[derive(Parser)]
+#[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a participant: one shard of the key-value store.
+    Participant(ParticipantArgs),
+    /// Run the coordinator that clients submit transactions to.
+    Coordinator(CoordinatorArgs),
+    /// Run a local cluster (1 coordinator, N participants) as child processes until Ctrl-C.
+    Cluster(ClusterArgs),
+    /// Submit one transaction and print its outcome (exit status 1 when aborted).
+    Tx(tx::TxArgs),
+    /// Print the records of a node's log.
+    InspectLog(inspect::InspectArgs),
+}
+
+#[derive(Args)]
+struct ParticipantArgs {
+    /// TOML file with any of the flags below.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This participant's name, e.g. p1 (the coordinator addresses it by this name).
+    #[arg(long)]
+    id: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:7101].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the log and snapshots.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Cluster name; peers of another cluster are refused [default: local].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Snapshot the state every this many log records; 0 never [default: 1000000].
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Do not fsync the log. Unsafe: only to measure what group commit hides.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
+    /// Pin the engine thread to this CPU core.
+    #[arg(long)]
+    pin_core: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ParticipantFile {
+    id: Option<String>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    cluster: Option<String>,
+    snapshot_every: Option<u64>,
+    unsafe_no_fsync: Option<bool>,
+    pin_core: Option<usize>,
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// TOML file with any of the flags below (participants as a table NAME = "HOST:PORT").
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This coordinator's name [default: c1].
+    #[arg(long)]
+    id: Option<String>,
+    /// Address clients connect to [default: 127.0.0.1:7000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the log.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A participant, NAME=HOST:PORT; repeat for each.
+    #[arg(long = "participant")]
+    participants: Vec<String>,
+    /// Cluster name [default: local].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Abort a transaction whose votes are not all in after this many milliseconds [default: 2000].
+    #[arg(long)]
+    prepare_timeout_ms: Option<u64>,
+    /// Transactions in the prepare phase at most; beyond, clients get Busy [default: 200000].
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Do not fsync the log. Unsafe: only to measure what group commit hides.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
+    /// Pin the engine thread to this CPU core.
+    #[arg(long)]
+    pin_core: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorFile {
+    id: Option<String>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    participants: Option<BTreeMap<String, String>>,
+    cluster: Option<String>,
+    prepare_timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
+    unsafe_no_fsync: Option<bool>,
+    pin_core: Option<usize>,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Number of participants, named p1..pN.
+    #[arg(long, default_value_t = 3)]
+    participants: u16,
+    /// Directory holding one data directory per node.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address the coordinator listens on (participants take free loopback ports).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Cluster name.
+    #[arg(long, default_value = "local")]
+    cluster: String,
+    /// Do not fsync the logs. Unsafe: only to measure what group commit hides.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
+}
+
+fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid config file", path.display()))
+}
+
+fn required<T>(value: Option<T>, flag: &str) -> anyhow::Result<T> {
+    value.with_context(|| format!("--{flag} is required (on the command line or in --config)"))
+}
+
+fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptions> {
+    let file: ParticipantFile = read_config(args.config.as_deref())?;
+    let name = required(args.id.or(file.id), "id")?;
+    Ok(ParticipantOptions {
+        id: names::participant_id(&name)?,
+        name,
+        listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7101".parse().expect("address")),
+        data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
+        cluster: args.cluster.or(file.cluster).unwrap_or_else(|| "local".into()),
+        snapshot_every_records: args.snapshot_every.or(file.snapshot_every).unwrap_or(1_000_000),
+        storage: Storage {
+            unsafe_no_fsync: args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
+            ..Storage::default()
+        },
+        pin_core: args.pin_core.or(file.pin_core),
+    })
+}
+
+fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptions> {
+    let file: CoordinatorFile = read_config(args.config.as_deref())?;
+    let specs = if args.participants.is_empty() {
+        file.participants.unwrap_or_default().into_iter().map(|(name, addr)| format!("{name}={addr}")).collect()
+    } else {
+        args.participants
+    };
+    let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(200_000);
+    if max_in_flight == 0 {
+        bail!("--max-in-flight must be at least 1");
+    }
+    Ok(CoordinatorOptions {
+        id: args.id.or(file.id).unwrap_or_else(|| "c1".into()),
+        listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7000".parse().expect("address")),
+        data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
+        cluster: args.cluster.or(file.cluster).unwrap_or_else(|| "local".into()),
+        participants: names::parse_participants(&specs)?,
+        prepare_timeout: Duration::from_millis(args.prepare_timeout_ms.or(file.prepare_timeout_ms).unwrap_or(2000)),
+        max_in_flight,
+        storage: Storage {
+            unsafe_no_fsync: args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
+            ..Storage::default()
+        },
+        pin_core: args.pin_core.or(file.pin_core),
+    })
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Participant(args) => node::participant::serve(participant_options(args)?)?,
+        Command::Coordinator(args) => node::coordinator::serve(coordinator_options(args)?)?,
+        Command::Cluster(args) => {
+            let options = cluster::ClusterOptions {
+                participants: args.participants,
+                data_dir: args.data_dir,
+                listen: args.listen,
+                cluster: args.cluster,
+                unsafe_no_fsync: args.unsafe_no_fsync,
+            };
+            return cluster::run_until_stopped(options);
+        }
+        Command::Tx(args) => return tx::run(args),
+        Command::InspectLog(args) => inspect::run(args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7555\"\ndata_dir = \"/tmp/x\"\nprepare_timeout_ms = 50\n[participants]\np1 = \"127.0.0.1:1\"\np2 = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["twophase", "coordinator", "--config", path.to_str().unwrap(), "--id", "c9"]);
+        let Command::Coordinator(args) = cli.command else { panic!() };
+        let options = coordinator_options(args).unwrap();
+        assert_eq!(options.id, "c9");
+        assert_eq!(options.listen.port(), 7555);
+        assert_eq!(options.prepare_timeout, Duration::from_millis(50));
+        assert_eq!(options.participants.len(), 2);
+
+        std::fs::write(&path, "listen = 5\n").unwrap();
+        let cli = Cli::parse_from(["twophase", "participant", "--config", path.to_str().unwrap()]);
+        let Command::Participant(args) = cli.command else { panic!() };
+        let err = format!("{:#}", participant_options(args).err().unwrap());
+        assert!(err.contains("not a valid config file"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_flags_are_named() {
+        let cli = Cli::parse_from(["twophase", "participant", "--id", "p1"]);
+        let Command::Participant(args) = cli.command else { panic!() };
+        assert!(participant_options(args).err().unwrap().to_string().contains("--data-dir is required"));
+    }
+}

@@ -1,0 +1,281 @@
+//! The coordinator node: clients connect to it; it connects to every participant.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use twophase_engine::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};
+use twophase_engine::{ClientId, CoordRecord, Lsn, ParticipantId, Reply, Time, ToParticipant};
+use twophase_net::{
+    AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, Role as NetRole, Transport, TransportConfig,
+};
+
+use super::{Clock, Role, Storage};
+
+/// A connection may speak for this many distinct client ids at most.
+const MAX_CLIENTS_PER_CONN: usize = 4096;
+/// Longest the `listening on` line waits for every participant to be connected.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorOptions {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub cluster: String,
+    /// (id, name, address) of every participant.
+    pub participants: Vec<(ParticipantId, String, String)>,
+    pub prepare_timeout: Duration,
+    pub max_in_flight: usize,
+    pub storage: Storage,
+    pub pin_core: Option<usize>,
+}
+
+pub struct CoordinatorRole {
+    engine: Coordinator,
+    transport: Transport,
+    limits: NetLimits,
+    peer_conn: HashMap<ParticipantId, ConnId>,
+    peer_of_conn: HashMap<ConnId, ParticipantId>,
+    client_conn: HashMap<ClientId, ConnId>,
+    clients_of_conn: HashMap<ConnId, Vec<ClientId>>,
+    to_participants: HashMap<ParticipantId, BatchWriter<ToParticipant>>,
+    to_clients: HashMap<ConnId, BatchWriter<Reply>>,
+    /// Every participant's id, name and address, for admin `Topology` requests.
+    topology: Vec<(ParticipantId, String, String)>,
+    /// The `listening on` line, held back until every participant is connected (or the
+    /// deadline passes), so that whoever waits for it can submit at once without racing
+    /// the coordinator's own connections.
+    announcement: Option<(String, Instant)>,
+}
+
+impl CoordinatorRole {
+    /// Prints the held-back `listening on` line once every participant is connected, or
+    /// with a warning once the deadline has passed.
+    fn announce_when_ready(&mut self) {
+        let Some((line, deadline)) = &self.announcement else { return };
+        let all_connected = self.peer_conn.len() == self.topology.len();
+        if !all_connected && Instant::now() < *deadline {
+            return;
+        }
+        if !all_connected {
+            tracing::warn!(
+                connected = self.peer_conn.len(),
+                participants = self.topology.len(),
+                "serving before every participant is connected; transactions on the others time out"
+            );
+        }
+        println!("{line}");
+        self.announcement = None;
+    }
+
+    fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame, fx: &mut CoordEffects) {
+        match frame {
+            Frame::Submits(submits) if !self.peer_of_conn.contains_key(&conn) => {
+                for submit in submits {
+                    if !self.bind_client(conn, submit.client) {
+                        let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
+                        return super::refuse(&self.transport, conn, message);
+                    }
+                    self.engine.on_submit(now, submit, fx);
+                }
+            }
+            Frame::AdminRequest(AdminOp::Topology) if !self.peer_of_conn.contains_key(&conn) => {
+                let frame = Frame::Topology(self.topology.clone());
+                self.transport.send(conn, frame.to_bytes());
+            }
+            Frame::ToCoordinator(messages) => {
+                let Some(&from) = self.peer_of_conn.get(&conn) else {
+                    tracing::warn!(
+                        conn,
+                        "participant messages from a connection that is not a participant; closing it"
+                    );
+                    return self.transport.close(conn);
+                };
+                for message in messages {
+                    self.engine.on_message(now, from, message, fx);
+                }
+            }
+            other => {
+                super::refuse(&self.transport, conn, format!("a coordinator does not serve {:?} frames", other.kind()))
+            }
+        }
+    }
+
+    /// Replies to `client` go to its latest connection.
+    fn bind_client(&mut self, conn: ConnId, client: ClientId) -> bool {
+        if self.client_conn.get(&client) == Some(&conn) {
+            return true;
+        }
+        let clients = self.clients_of_conn.entry(conn).or_default();
+        if clients.len() >= MAX_CLIENTS_PER_CONN {
+            return false;
+        }
+        clients.push(client);
+        self.client_conn.insert(client, conn);
+        true
+    }
+
+    fn forget_conn(&mut self, conn: ConnId) {
+        for client in self.clients_of_conn.remove(&conn).unwrap_or_default() {
+            if self.client_conn.get(&client) == Some(&conn) {
+                self.client_conn.remove(&client);
+            }
+        }
+        self.to_clients.remove(&conn);
+    }
+}
+
+impl Role for CoordinatorRole {
+    type Record = CoordRecord;
+    type Output = CoordOutput;
+
+    fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut CoordEffects) {
+        match inbound {
+            Inbound::Accepted { .. } => {}
+            Inbound::PeerUp { peer, conn, .. } => {
+                let participant = ParticipantId(peer.0 as u16);
+                tracing::info!(%participant, conn, "participant connected");
+                self.peer_conn.insert(participant, conn);
+                self.peer_of_conn.insert(conn, participant);
+                self.announce_when_ready();
+            }
+            Inbound::PeerDown { peer } => {
+                let participant = ParticipantId(peer.0 as u16);
+                tracing::warn!(%participant, "participant connection lost; reconnecting");
+                if let Some(conn) = self.peer_conn.remove(&participant) {
+                    self.peer_of_conn.remove(&conn);
+                }
+            }
+            Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
+            Inbound::Closed { conn } => self.forget_conn(conn),
+        }
+    }
+
+    fn on_tick(&mut self, now: Time, fx: &mut CoordEffects) {
+        self.engine.on_tick(now, fx);
+    }
+
+    fn next_deadline(&self) -> Option<Time> {
+        self.engine.next_deadline()
+    }
+
+    fn after_step(&mut self, _durable: Lsn) {
+        self.announce_when_ready();
+    }
+
+    fn route(&mut self, released: &mut Vec<CoordOutput>) {
+        let epoch = self.engine.epoch();
+        let limits = self.limits;
+        for output in released.drain(..) {
+            match output {
+                CoordOutput::ToParticipant(to, message) => {
+                    let writer = self.to_participants.entry(to).or_insert_with(|| BatchWriter::new(&limits));
+                    writer.set_epoch(epoch);
+                    if let Err(err) = writer.push(&message) {
+                        // Limits keep this from happening; losing the message is safe (it times out).
+                        tracing::error!("dropping a message to {to}: {err:?}");
+                    }
+                }
+                CoordOutput::ToClient(reply) => {
+                    // A client that went away retries on a new connection and gets its outcome then.
+                    let Some(&conn) = self.client_conn.get(&reply.client()) else { continue };
+                    let writer = self.to_clients.entry(conn).or_insert_with(|| BatchWriter::new(&limits));
+                    if let Err(err) = writer.push(&reply) {
+                        tracing::error!("dropping a reply to client {}: {err:?}", reply.client().0);
+                    }
+                }
+            }
+        }
+        let mut frames: Vec<(ConnId, Bytes)> = Vec::new();
+        for (participant, writer) in &mut self.to_participants {
+            if writer.is_empty() {
+                continue;
+            }
+            let bytes = writer.take();
+            // A participant that is down misses these; prepares time out, commits are re-driven.
+            if let Some(&conn) = self.peer_conn.get(participant) {
+                frames.push((conn, bytes));
+            }
+        }
+        for (conn, writer) in &mut self.to_clients {
+            if !writer.is_empty() {
+                frames.push((*conn, writer.take()));
+            }
+        }
+        if !frames.is_empty() {
+            self.transport.send_many(frames);
+        }
+    }
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+/// Runs a coordinator until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
+pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
+    let stop = super::stop_on_signal()?;
+    let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
+    let log = super::decode_log::<CoordRecord>(recovery)?;
+    let ids: Vec<ParticipantId> = options.participants.iter().map(|(id, _, _)| *id).collect();
+    let mut config = CoordinatorConfig::new(ids);
+    config.prepare_timeout = options.prepare_timeout;
+    config.max_preparing = options.max_in_flight;
+    config.hash_seed = rand::random();
+    let clock = Clock::new();
+    let mut fx = CoordEffects::default();
+    let engine = Coordinator::recover(config, log, clock.now(), &mut fx);
+    tracing::info!(epoch = engine.epoch().0, unfinished = engine.unfinished(), "coordinator recovered");
+
+    let limits = NetLimits::default();
+    let me = Hello {
+        role: NetRole::Coordinator,
+        cluster: options.cluster.clone(),
+        node: options.id.clone(),
+        epoch: engine.epoch(),
+    };
+    let mut transport_config = TransportConfig::new(me);
+    transport_config.listen = Some(options.listen);
+    transport_config.accept_roles = vec![NetRole::Client, NetRole::Admin];
+    transport_config.directory = options.participants.iter().map(|(id, name, _)| (*id, name.clone())).collect();
+    transport_config.limits = limits;
+    let (inbound_tx, inbound) = crossbeam_channel::bounded(super::INBOUND_DEPTH);
+    let (transport, addr) = twophase_net::spawn(transport_config, inbound_tx).context("starting the network")?;
+    let mut topology = Vec::new();
+    for (id, name, addr) in &options.participants {
+        let resolved = resolve(addr)?;
+        transport.add_peer(PeerId(id.0 as u64), resolved, name.clone());
+        topology.push((*id, name.clone(), resolved.to_string()));
+    }
+    let announcement = format!("twophase coordinator {} listening on {addr}", options.id);
+    super::pin_current_thread(options.pin_core);
+
+    let mut role = CoordinatorRole {
+        engine,
+        transport: transport.clone(),
+        limits,
+        peer_conn: HashMap::new(),
+        peer_of_conn: HashMap::new(),
+        client_conn: HashMap::new(),
+        clients_of_conn: HashMap::new(),
+        to_participants: HashMap::new(),
+        to_clients: HashMap::new(),
+        topology,
+        announcement: Some((announcement, Instant::now() + READY_WAIT)),
+    };
+    role.announce_when_ready();
+    let result = super::run(&mut role, fx, &wal, &inbound, clock, &stop);
+    transport.shutdown();
+    let closed = wal.close();
+    result?;
+    closed.context("closing the log")?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}

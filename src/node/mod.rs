@@ -1,0 +1,221 @@
+//! The node runtime: the pipeline that joins the engine, the log and the network.
+//!
+//! Threads: the transport's event loop (all sockets; decodes frames into batches, writes
+//! coalesced frames), the engine thread (this module's [`run`]: steps the state machine
+//! over each batch, appends to the log, holds outputs in a [`DurabilityGate`]), the wal's
+//! group-commit thread, and for participants a snapshot writer. They are joined by bounded
+//! channels that carry batches; the engine never blocks on the network, and the network
+//! blocks on the engine only through the bounded inbound channel (TCP backpressure).
+//!
+//! Invariants: an output leaves only after the log is durable up to its LSN; a log failure
+//! (write or fsync error) stops the process — it is never retried.
+
+pub mod coordinator;
+pub mod participant;
+pub mod snapshot;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use crossbeam_channel::{Receiver, select};
+use twophase_engine::{DurabilityGate, Effects, LogRecord, Lsn, Time};
+use twophase_net::Inbound;
+use twophase_wal::{Backend, SyncMode, Wal, WalOptions};
+
+/// The engine thread never sleeps longer than this, so a stop request is seen promptly.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Inbound batches taken per step at most, so outputs keep flowing under a flood.
+const MAX_BATCHES_PER_STEP: usize = 256;
+/// Depth of the transport → engine channel, in batches.
+pub const INBOUND_DEPTH: usize = 1024;
+
+/// The process clock: nanoseconds since start, as the engine's [`Time`].
+#[derive(Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock { start: Instant::now() }
+    }
+
+    pub fn now(&self) -> Time {
+        Time(self.start.elapsed().as_nanos() as u64)
+    }
+}
+
+/// A role adapter: what one kind of node does with network input and engine output.
+pub trait Role {
+    type Record: LogRecord;
+    type Output;
+
+    fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut Effects<Self::Record, Self::Output>);
+    fn on_tick(&mut self, now: Time, fx: &mut Effects<Self::Record, Self::Output>);
+    fn next_deadline(&self) -> Option<Time>;
+    /// Sends released outputs (coalesced per connection) and empties `released`.
+    fn route(&mut self, released: &mut Vec<Self::Output>);
+    /// Called after every step with the log's durable LSN.
+    fn after_step(&mut self, _durable: Lsn) {}
+}
+
+/// Options every node shares.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pub unsafe_no_fsync: bool,
+    pub segment_size_bytes: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage { unsafe_no_fsync: false, segment_size_bytes: 64 << 20 }
+    }
+}
+
+/// Takes the data directory for this process alone (a second process on the same
+/// directory would corrupt the log) and opens the wal in it.
+pub fn open_storage(data_dir: &Path, storage: &Storage) -> anyhow::Result<(File, Wal, twophase_wal::Recovery)> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let lock_path = data_dir.join("LOCK");
+    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!("{} is in use by another twophase process", data_dir.display());
+    }
+    if storage.unsafe_no_fsync {
+        tracing::warn!("--unsafe-no-fsync: records are not synced; a crash of the machine loses acknowledged commits");
+    }
+    let options = WalOptions {
+        segment_size_bytes: storage.segment_size_bytes,
+        backend: Backend::Auto,
+        sync: if storage.unsafe_no_fsync { SyncMode::None } else { SyncMode::Fdatasync },
+        ..WalOptions::default()
+    };
+    let wal_dir = data_dir.join("wal");
+    let (wal, recovery) =
+        twophase_wal::open(&wal_dir, options).with_context(|| format!("opening the log in {}", wal_dir.display()))?;
+    if let Some(torn) = &recovery.truncated_tail {
+        tracing::warn!(segment = %torn.segment.display(), offset = torn.offset, bytes = torn.bytes_dropped, "cut a torn log tail");
+    }
+    tracing::info!(records = recovery.records.len(), backend = ?wal.backend(), "log recovered");
+    Ok((lock, wal, recovery))
+}
+
+/// Decodes recovered records; a record that does not decode is corruption: refuse to start.
+pub fn decode_log<R: LogRecord>(recovery: twophase_wal::Recovery) -> anyhow::Result<Vec<(Lsn, R)>> {
+    recovery
+        .records
+        .into_iter()
+        .map(|record| {
+            let decoded = R::decode(record.kind, record.payload)
+                .with_context(|| format!("log record at LSN {} (kind {}) is corrupt", record.lsn, record.kind))?;
+            Ok((Lsn(record.lsn.0), decoded))
+        })
+        .collect()
+}
+
+/// Answers a frame a connection may not send with an `Error` frame, then closes it (after
+/// flushing). The process keeps serving every other connection.
+pub fn refuse(transport: &twophase_net::Transport, conn: twophase_net::ConnId, message: String) {
+    tracing::warn!(conn, "{message}; closing the connection");
+    let error = twophase_net::ProtocolError::new(twophase_net::ErrorCode::UnexpectedFrame, message);
+    transport.send(conn, error.to_frame().to_bytes());
+    transport.close(conn);
+}
+
+/// Installs SIGINT/SIGTERM handling: the returned flag turns true on a signal.
+pub fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the signal handler")?;
+    Ok(stop)
+}
+
+/// Pins the calling thread to `core` if given and present.
+pub fn pin_current_thread(core: Option<usize>) {
+    let Some(core) = core else { return };
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    match cores.into_iter().find(|id| id.id == core) {
+        Some(id) if core_affinity::set_for_current(id) => tracing::info!(core, "engine thread pinned"),
+        _ => tracing::warn!(core, "cannot pin the engine thread to that core; running unpinned"),
+    }
+}
+
+/// The engine thread's loop. Returns when `stop` is set or the transport ends; returns an
+/// error (and the process must exit) when the log fails.
+pub fn run<R: Role>(
+    role: &mut R,
+    mut fx: Effects<R::Record, R::Output>,
+    wal: &Wal,
+    inbound: &Receiver<Vec<Inbound>>,
+    clock: Clock,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let doorbell = wal.doorbell();
+    let mut gate = DurabilityGate::new(Lsn(wal.durable_lsn()?.0));
+    let mut released = Vec::new();
+    let mut payload = Vec::with_capacity(4096);
+    loop {
+        apply_effects(role, &mut fx, wal, &mut gate, &mut released, &mut payload)?;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let now = clock.now();
+        let wait = role.next_deadline().map_or(MAX_WAIT, |deadline| deadline.since(now)).min(MAX_WAIT);
+        select! {
+            recv(inbound) -> batch => {
+                let Ok(batch) = batch else { bail!("the network thread stopped") };
+                step_batch(role, batch, clock.now(), &mut fx);
+            }
+            recv(doorbell) -> _ => {}
+            default(wait) => {}
+        }
+        for _ in 0..MAX_BATCHES_PER_STEP {
+            let Ok(batch) = inbound.try_recv() else { break };
+            step_batch(role, batch, clock.now(), &mut fx);
+        }
+        let now = clock.now();
+        if role.next_deadline().is_some_and(|deadline| deadline <= now) {
+            role.on_tick(now, &mut fx);
+        }
+    }
+}
+
+fn step_batch<R: Role>(role: &mut R, batch: Vec<Inbound>, now: Time, fx: &mut Effects<R::Record, R::Output>) {
+    for inbound in batch {
+        role.on_inbound(now, inbound, fx);
+    }
+}
+
+/// Appends the step's records (the wal must hand out the very LSNs the engine assigned),
+/// gates its outputs and releases whatever the log's durable LSN now allows.
+fn apply_effects<R: Role>(
+    role: &mut R,
+    fx: &mut Effects<R::Record, R::Output>,
+    wal: &Wal,
+    gate: &mut DurabilityGate<R::Output>,
+    released: &mut Vec<R::Output>,
+    payload: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    for (lsn, record) in fx.appends.drain(..) {
+        payload.clear();
+        record.encode_payload(payload);
+        let assigned = wal.append(record.kind(), payload).context("appending to the log")?;
+        assert_eq!(assigned.0, lsn.0, "the log and the engine disagree on LSNs");
+    }
+    for output in fx.outputs.drain(..) {
+        gate.push(output, released);
+    }
+    let durable = Lsn(wal.durable_lsn().context("the log failed")?.0);
+    if durable > gate.durable() {
+        gate.advance(durable, released);
+    }
+    role.after_step(durable);
+    if !released.is_empty() {
+        role.route(released);
+    }
+    Ok(())
+}

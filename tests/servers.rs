@@ -1,0 +1,189 @@
+//! The servers as real processes: transfers, constraints, concurrency, bad input and restarts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::{Cluster, add, read_ints};
+use twophase_engine::{AbortReason, Op, OpKind, Outcome, ParticipantId};
+
+#[test]
+fn a_transfer_across_three_participants_commits_and_an_overdraft_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(3, dir.path());
+    let mut client = cluster.client();
+    let setup = vec![add(1, "alice", 100, 0), add(2, "bob", 100, 0), add(3, "carol", 100, 0)];
+    assert!(client.submit(setup).unwrap().is_committed());
+
+    let transfer = vec![add(1, "alice", -30, 0), add(2, "bob", 10, i64::MIN), add(3, "carol", 20, i64::MIN)];
+    assert!(client.submit(transfer).unwrap().is_committed());
+    let keys = [(1, "alice"), (2, "bob"), (3, "carol")];
+    assert_eq!(read_ints(&mut client, &keys), vec![Some(70), Some(110), Some(120)]);
+
+    let overdraft = vec![add(1, "alice", -1000, 0), add(2, "bob", 1000, i64::MIN)];
+    match client.submit(overdraft).unwrap() {
+        Outcome::Aborted { reason: AbortReason::Constraint { participant, key, value, delta, floor } } => {
+            assert_eq!((participant, &key[..], value, delta, floor), (ParticipantId(1), &b"alice"[..], 70, -1000, 0));
+        }
+        other => panic!("expected a constraint abort, got {other:?}"),
+    }
+    assert_eq!(read_ints(&mut client, &keys), vec![Some(70), Some(110), Some(120)], "the abort changed nothing");
+
+    // The same through the command line, human and JSON.
+    let out = cluster.tx(&["add", "p1:alice=-5,floor=0", "add", "p3:carol=5"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "committed");
+    let out = cluster.tx(&["add", "p1:alice=-500,floor=0", "add", "p2:bob=500"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("aborted: constraint: key \"alice\" on p1 is 65"),
+        "{out:?}"
+    );
+    let out = cluster.tx(&["--json", "get", "p1:alice", "get", "p3:carol"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["outcome"], "committed");
+    assert_eq!(json["reads"][0]["integer"], 65);
+    assert_eq!(json["reads"][1]["integer"], 125);
+    cluster.stop();
+}
+
+#[test]
+fn concurrent_increments_of_one_key_are_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(2, dir.path());
+    let committed: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut client = cluster.client();
+                    let mut committed = 0u64;
+                    for _ in 0..150 {
+                        let ops = vec![add(1, "counter", 1, i64::MIN), add(2, "counter", 1, i64::MIN)];
+                        if client.submit(ops).unwrap().is_committed() {
+                            committed += 1;
+                        }
+                    }
+                    committed
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert!(committed > 0, "no increment committed at all");
+    let mut client = cluster.client();
+    let values = read_ints(&mut client, &[(1, "counter"), (2, "counter")]);
+    assert_eq!(values, vec![Some(committed as i64), Some(committed as i64)], "every committed increment counts, once");
+    cluster.stop();
+}
+
+/// Sends `bytes`, then reads until the server closes; returns what it sent back.
+fn exchange(addr: std::net::SocketAddr, bytes: &[u8], close_write: bool) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream.write_all(bytes).unwrap();
+    if close_write {
+        stream.shutdown(Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("the server closes the connection");
+    answer
+}
+
+/// An Error frame: `u32 length | u8 version 1 | u8 kind 3 | u16 code | string`.
+fn error_code(answer: &[u8]) -> u16 {
+    assert!(answer.len() >= 8, "expected an error frame, got {answer:?}");
+    assert_eq!((answer[4], answer[5]), (1, 3), "not an error frame: {answer:?}");
+    u16::from_le_bytes([answer[6], answer[7]])
+}
+
+#[test]
+fn garbage_on_every_port_gets_an_error_and_a_close_and_others_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(3, dir.path());
+    let mut wrong_version = vec![12, 0, 0, 0, 9, 1];
+    wrong_version.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("random garbage", b"GET / HTTP/1.1\r\nHost: twophase\r\n\r\n".to_vec(), false),
+        ("a truncated frame", vec![100, 0, 0, 0, 1, 1, 1, 0], true),
+        ("an oversized length", vec![0xff, 0xff, 0xff, 0xff, 1, 1], false),
+        ("a wrong protocol version", wrong_version, false),
+    ];
+    for port in cluster.ports() {
+        for (name, bytes, close_write) in &cases {
+            let answer = exchange(port, bytes, *close_write);
+            let code = error_code(&answer);
+            assert!((1..=7).contains(&code), "{name} to {port}: error code {code}");
+        }
+    }
+    let mut client = cluster.client();
+    assert!(client.submit(vec![add(1, "x", 1, i64::MIN), add(3, "y", 1, i64::MIN)]).unwrap().is_committed());
+    cluster.stop();
+}
+
+#[test]
+fn an_unknown_participant_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(2, dir.path());
+    let mut client = cluster.client();
+    let op = Op { participant: ParticipantId(9), key: bytes::Bytes::from_static(b"k"), kind: OpKind::Get };
+    match client.submit(vec![op]).unwrap() {
+        Outcome::Aborted { reason } => {
+            assert_eq!(reason.to_string(), "unknown participant: p9 is not configured on this coordinator")
+        }
+        other => panic!("expected an abort, got {other:?}"),
+    }
+    let out = cluster.tx(&["get", "p7:k"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown participant \"p7\"; this coordinator knows: p1, p2"),
+        "{out:?}"
+    );
+    cluster.stop();
+}
+
+#[test]
+fn stopping_and_restarting_every_process_keeps_every_committed_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [(1, "a"), (2, "b"), (3, "c")];
+    let expected = {
+        let cluster = Cluster::start(3, dir.path());
+        let mut client = cluster.client();
+        assert!(
+            client
+                .submit(vec![add(1, "a", 1000, 0), add(2, "b", 1000, 0), add(3, "c", 1000, 0)])
+                .unwrap()
+                .is_committed()
+        );
+        for i in 0..50 {
+            let (from, to) = [(1u16, 2u16), (2, 3), (3, 1)][i % 3];
+            let ops = vec![add(from, keys[from as usize - 1].1, -7, 0), add(to, keys[to as usize - 1].1, 7, i64::MIN)];
+            assert!(client.submit(ops).unwrap().is_committed());
+        }
+        let expected = read_ints(&mut client, &keys);
+        cluster.stop();
+        expected
+    };
+    assert_eq!(expected.iter().map(|v| v.unwrap()).sum::<i64>(), 3000);
+    let cluster = Cluster::start(3, dir.path());
+    let mut client = cluster.client();
+    assert_eq!(read_ints(&mut client, &keys), expected, "every committed balance survives the restart");
+    cluster.stop();
+}
+
+#[test]
+fn operators_can_list_participants_and_dump_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(2, dir.path());
+    let mut client = cluster.client();
+    assert!(client.submit(vec![add(1, "a", 5, 0), add(2, "b", 7, 0)]).unwrap().is_committed());
+    let topology = twophase_net::admin::topology(cluster.coordinator, "local").unwrap();
+    let names: Vec<&str> = topology.iter().map(|(_, name, _)| name.as_str()).collect();
+    assert_eq!(names, vec!["p1", "p2"]);
+    assert_eq!(topology[1].2, cluster.participants[1].1);
+    let (entries, end) = twophase_net::admin::dump(topology[1].2, "local").unwrap();
+    assert_eq!(entries, vec![(bytes::Bytes::from_static(b"b"), bytes::Bytes::copy_from_slice(&7i64.to_le_bytes()))]);
+    assert_eq!((end.keys, end.prepared, end.in_doubt), (1, 0, 0));
+    cluster.stop();
+}
