@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::node::Storage;
 use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
-use crate::{cluster, inspect, names, node, tx};
+use crate::{cluster, inspect, loadgen, names, node, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -36,6 +36,10 @@ enum Command {
     Tx(tx::TxArgs),
     /// Print the records of a node's log.
     InspectLog(inspect::InspectArgs),
+    /// Start a local cluster, run the bank workload, audit, report, stop.
+    Demo(loadgen::DemoArgs),
+    /// Run the bank workload against a running cluster, then audit and report.
+    Bench(loadgen::BenchArgs),
 }
 
 #[derive(Args)]
@@ -216,6 +220,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tx(args) => return tx::run(args),
         Command::InspectLog(args) => inspect::run(args)?,
+        Command::Demo(args) => return loadgen::demo(args),
+        Command::Bench(args) => return loadgen::bench(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,6 +121,11 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Each node's name and process id.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.nodes.iter().map(|node| (node.name.clone(), node.process.id())).collect()
+    }
+
     /// A node that exited on its own, if any.
     pub fn exited(&mut self) -> Option<String> {
         self.nodes.iter_mut().find_map(|node| match node.process.try_wait() {

@@ -4,6 +4,7 @@
 mod cli;
 mod cluster;
 mod inspect;
+mod loadgen;
 mod names;
 mod node;
 mod opsyntax;

@@ -1,4 +1,42 @@
-//! twophase-bench: the load generator harness (bank workload) and criterion benchmarks.
+//! twophase-bench: the load generator (bank workload), its audit and reports, and the
+//! criterion benchmarks (in `benches/`).
 //!
-//! Not built yet: the harness arrives with the load-generator issue (issue 5). This crate
-//! exports nothing so that no caller can mistake it for a working load generator.
+//! The bank: `accounts` accounts spread round-robin over the participants, account `n` under
+//! `acct/<n>`. [`setup_accounts`] gives each its initial balance; [`run_load`] runs transfers
+//! (debit with a floor of 0, credit) and optional read-only audits, closed loop or open loop
+//! at a fixed rate, and tracks the balance change every acknowledged commit implies;
+//! [`audit`] checks the participants' final states against that; [`Report`] prints a
+//! summary and writes `report.json` and a self-contained `report.html`.
+//!
+//! Invariants:
+//! - Expected balances come from acknowledged commits only, and a run ends only once every
+//!   transaction it sent has an outcome (the client retries under the same `(client, seq)`,
+//!   so nothing is executed twice); otherwise the run fails.
+//! - Open loop measures latency from the intended send time: a cluster that falls behind
+//!   shows it as latency (and, past the end, as a counted backlog), never as skipped sends.
+//! - Memory is bounded whatever the duration: fixed-size histograms, one timeline entry per
+//!   second, one `i64` per account.
+//!
+//! Must not: decide anything about the protocol (it is a client like any other) or depend on
+//! the node runtime.
+
+mod audit;
+mod layout;
+mod load;
+mod report;
+mod svg;
+mod workload;
+mod zipf;
+
+pub use audit::{AUDIT_EXAMPLES, Audit, audit, audit_with_baseline};
+pub use layout::{
+    ACCOUNT_PREFIX, BankLayout, KeyTable, MAX_ACCOUNT_KEY_BYTES, SETUP_OPS_PER_TX, check_directory, setup_accounts,
+    setup_accounts_where, write_account_key,
+};
+pub use load::{
+    BACKLOG_LIMIT, DRAIN_LIMIT, LoadOptions, LoadResult, LoadSettings, MAX_LATENCY_US, TimelinePoint, format_us,
+    read_rss, run_load,
+};
+pub use report::{LatencySummary, PercentilePoint, Report, RssSeries};
+pub use workload::{AUDIT_READS, Tx, Workload, WorkloadSpec};
+pub use zipf::Zipf;

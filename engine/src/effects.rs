@@ -4,6 +4,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use std::time::Duration;
+
 use crate::types::{Lsn, Time, TxId};
 
 /// An output that must not leave the process before `after` is durable
@@ -121,31 +123,83 @@ impl<T> DurabilityGate<T> {
 
 /// Deadlines keyed by transaction, earliest first. Entries are never removed early: a
 /// state machine checks, when one fires, whether it still matters.
+///
+/// Almost every deadline is `now + d` for one of a few constant delays `d` (the prepare
+/// timeout, the first re-drive, the first inquiry), so each delay gets a FIFO lane: with a
+/// non-decreasing `now` a lane stays sorted, and scheduling and popping are O(1) however
+/// many transactions are in flight. Delays beyond `MAX_LANES` distinct ones (long backoff
+/// chains) share a binary heap.
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
-    heap: BinaryHeap<Reverse<(Time, TxId)>>,
+    lanes: Vec<Lane>,
+    overflow: BinaryHeap<Reverse<(Time, TxId)>>,
+}
+
+#[derive(Debug)]
+struct Lane {
+    delay: Duration,
+    queue: VecDeque<(Time, TxId)>,
+}
+
+/// Distinct delays with a lane of their own.
+const MAX_LANES: usize = 16;
+
+/// Where the earliest deadline is.
+#[derive(Clone, Copy)]
+enum Earliest {
+    Lane(usize),
+    Overflow,
 }
 
 impl Timers {
-    pub(crate) fn schedule(&mut self, at: Time, txid: TxId) {
-        self.heap.push(Reverse((at, txid)));
+    /// Fires `txid` at `now + delay`.
+    pub(crate) fn schedule(&mut self, now: Time, delay: Duration, txid: TxId) {
+        let at = now + delay;
+        let lane = match self.lanes.iter().position(|lane| lane.delay == delay) {
+            Some(index) => index,
+            None if self.lanes.len() < MAX_LANES => {
+                self.lanes.push(Lane { delay, queue: VecDeque::new() });
+                self.lanes.len() - 1
+            }
+            None => return self.overflow.push(Reverse((at, txid))),
+        };
+        let queue = &mut self.lanes[lane].queue;
+        // A clock that stepped back would unsort the lane; firing a little late is harmless.
+        let at = queue.back().map_or(at, |&(last, _)| at.max(last));
+        queue.push_back((at, txid));
+    }
+
+    fn earliest(&self) -> Option<(Time, Earliest)> {
+        let lanes = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, lane)| lane.queue.front().map(|&(at, _)| (at, Earliest::Lane(i))));
+        let overflow = self.overflow.peek().map(|Reverse((at, _))| (*at, Earliest::Overflow));
+        lanes.chain(overflow).min_by_key(|(at, _)| *at)
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Time> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+        self.earliest().map(|(at, _)| at)
     }
 
     /// Pops one entry due at or before `now`.
     pub(crate) fn pop_due(&mut self, now: Time) -> Option<TxId> {
-        match self.heap.peek() {
-            Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse((_, txid))| txid),
-            _ => None,
+        let (at, place) = self.earliest()?;
+        if at > now {
+            return None;
         }
+        let popped = match place {
+            Earliest::Lane(i) => self.lanes[i].queue.pop_front().map(|(_, txid)| txid),
+            Earliest::Overflow => self.overflow.pop().map(|Reverse((_, txid))| txid),
+        };
+        debug_assert!(popped.is_some(), "the earliest entry exists");
+        popped
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.heap.len()
+        self.lanes.iter().map(|lane| lane.queue.len()).sum::<usize>() + self.overflow.len()
     }
 }
 
@@ -184,12 +238,32 @@ mod tests {
     #[test]
     fn timers_fire_in_deadline_order() {
         let mut timers = Timers::default();
-        timers.schedule(Time(30), TxId(3));
-        timers.schedule(Time(10), TxId(1));
+        timers.schedule(Time(0), Duration::from_nanos(30), TxId(3));
+        timers.schedule(Time(0), Duration::from_nanos(10), TxId(1));
+        timers.schedule(Time(5), Duration::from_nanos(30), TxId(4));
         assert_eq!(timers.next_deadline(), Some(Time(10)));
         assert_eq!(timers.pop_due(Time(5)), None);
         assert_eq!(timers.pop_due(Time(30)), Some(TxId(1)));
         assert_eq!(timers.pop_due(Time(30)), Some(TxId(3)));
+        assert_eq!(timers.pop_due(Time(30)), None);
+        assert_eq!(timers.pop_due(Time(35)), Some(TxId(4)));
         assert_eq!(timers.len(), 0);
+    }
+
+    #[test]
+    fn many_distinct_delays_overflow_into_the_heap_in_order() {
+        let mut timers = Timers::default();
+        for delay in (1..=40u64).rev() {
+            timers.schedule(Time(100), Duration::from_nanos(delay), TxId(delay));
+        }
+        // The clock stepped back: 130 would unsort delay 40's lane, so it fires at 140.
+        timers.schedule(Time(90), Duration::from_nanos(40), TxId(1000));
+        let mut fired = Vec::new();
+        while let Some(txid) = timers.pop_due(Time(1000)) {
+            fired.push(txid.0);
+        }
+        let mut expected: Vec<u64> = (1..=40).collect();
+        expected.push(1000);
+        assert_eq!(fired, expected);
     }
 }

@@ -335,7 +335,7 @@ impl Coordinator {
         let deadline = now + self.config.prepare_timeout;
         self.txs.insert(txid, Tx { client, seq, phase: Phase::Preparing { deadline }, shards, reads: Vec::new() });
         self.preparing += 1;
-        self.timers.schedule(deadline, txid);
+        self.timers.schedule(now, self.config.prepare_timeout, txid);
     }
 
     /// A participant's message.
@@ -415,7 +415,7 @@ impl Coordinator {
         let next_redrive = now + self.config.redrive_initial;
         tx.phase = Phase::Committing { lsn, next_redrive, backoff: self.config.redrive_initial };
         self.committing += 1;
-        self.timers.schedule(next_redrive, txid);
+        self.timers.schedule(now, self.config.redrive_initial, txid);
         self.sessions.finish(client, seq, outcome.clone(), lsn);
         self.reply(fx, lsn, Reply::Outcome { client, seq, outcome });
         let gate = self.commit_gate(lsn);
@@ -486,11 +486,12 @@ impl Coordinator {
             unreachable!("re-drive of an undecided transaction")
         };
         *next_redrive = now + *backoff;
+        let delay = *backoff;
         *backoff = (*backoff * 2).min(self.config.redrive_max);
-        let (lsn, at) = (*lsn, *next_redrive);
+        let lsn = *lsn;
         let pending: Vec<ParticipantId> =
             tx.shards.iter().filter(|s| s.vote == VoteState::Yes).map(|s| s.participant).collect();
-        self.timers.schedule(at, txid);
+        self.timers.schedule(now, delay, txid);
         self.stats.redrives += 1;
         for participant in pending {
             self.send(fx, lsn, participant, ToParticipant::Commit { txid });

@@ -227,7 +227,7 @@ impl Participant {
             }
         }
         prepared.next_inquiry = now;
-        self.timers.schedule(now, txid);
+        self.timers.schedule(now, Duration::ZERO, txid);
     }
 
     pub fn id(&self) -> ParticipantId {
@@ -301,7 +301,7 @@ impl Participant {
             let prepared = self.prepared.get_mut(&txid).expect("listed");
             prepared.next_inquiry = now;
             prepared.backoff = self.config.inquiry_after;
-            self.timers.schedule(now, txid);
+            self.timers.schedule(now, Duration::ZERO, txid);
         }
     }
 
@@ -357,7 +357,7 @@ impl Participant {
             backoff: self.config.inquiry_after,
         };
         self.prepared.insert(txid, prepared);
-        self.timers.schedule(next_inquiry, txid);
+        self.timers.schedule(now, self.config.inquiry_after, txid);
         self.stats.prepared += 1;
         self.send(fx, self.vote_gate(lsn), ToCoordinator::Vote { txid, vote: Vote::Yes { reads } });
         self.planted_early_release(txid);
@@ -430,9 +430,9 @@ impl Participant {
             let prepared = self.prepared.get_mut(&txid).expect("present");
             prepared.in_doubt = true;
             prepared.next_inquiry = now + prepared.backoff;
+            let delay = prepared.backoff;
             prepared.backoff = (prepared.backoff * 2).min(self.config.inquiry_max);
-            let at = prepared.next_inquiry;
-            self.timers.schedule(at, txid);
+            self.timers.schedule(now, delay, txid);
             self.stats.inquiries += 1;
             self.send(fx, Lsn::NONE, ToCoordinator::Inquiry { txid });
         }

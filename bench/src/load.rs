@@ -1,0 +1,657 @@
+//! Running the bank workload against a coordinator: closed or open loop, per-second
+//! timeline, latency histograms, expected balance changes from acknowledged commits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail, ensure};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use twophase_engine::{Outcome, Seq};
+use twophase_net::Pipeline;
+
+use crate::layout::{BankLayout, KeyTable, check_directory, client_options};
+use crate::workload::{Tx, Workload, WorkloadSpec};
+
+/// Highest latency the histograms track (longer ones are recorded as this): one hour.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// After the run's duration: how long outstanding transactions may take to finish.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Open loop only: how long after the duration sends that fell behind the schedule are
+/// still made (counted as `unsent_backlog` after that).
+pub const BACKLOG_LIMIT: Duration = Duration::from_secs(15);
+
+/// Longest a connection thread waits for outcomes before looking at the clock again.
+const POLL_SLICE: Duration = Duration::from_millis(5);
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub coordinator: SocketAddr,
+    pub cluster: String,
+    pub layout: BankLayout,
+    pub duration: Duration,
+    /// Connections, one thread and one [`Pipeline`] each (default 4).
+    pub connections: usize,
+    /// Transactions in flight per connection (default 256). Also bounds the open loop: a
+    /// connection at this bound sends late, and the delay shows up as latency.
+    pub outstanding: usize,
+    /// Open loop at this many transactions per second in total; `None`: closed loop.
+    pub rate: Option<u64>,
+    /// Zipfian exponent of the account choice; `None`: uniform.
+    pub skew: Option<f64>,
+    /// Share of transfers between accounts on different participants (default 1.0).
+    pub cross_share: f64,
+    /// Share of read-only audit transactions (default 0).
+    pub read_only_share: f64,
+    /// Transfer amounts are uniform in `1..=max_amount` (default 10).
+    pub max_amount: i64,
+    /// Show a live one-line progress display on stderr.
+    pub progress: bool,
+    pub seed: u64,
+    /// Processes (label, pid) whose resident memory is sampled every second.
+    pub sample_pids: Vec<(String, u32)>,
+}
+
+impl LoadOptions {
+    /// The defaults: 10 s, 4 connections of 256 outstanding, closed loop, uniform, all
+    /// transfers cross-participant, no read-only transactions, amounts 1..=10, no progress.
+    pub fn new(coordinator: SocketAddr, cluster: impl Into<String>, layout: BankLayout) -> LoadOptions {
+        LoadOptions {
+            coordinator,
+            cluster: cluster.into(),
+            layout,
+            duration: Duration::from_secs(10),
+            connections: 4,
+            outstanding: 256,
+            rate: None,
+            skew: None,
+            cross_share: 1.0,
+            read_only_share: 0.0,
+            max_amount: 10,
+            progress: false,
+            seed: 1,
+            sample_pids: Vec::new(),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.layout.validate()?;
+        ensure!(!self.duration.is_zero(), "the run's duration must be positive");
+        ensure!(self.connections >= 1, "at least one connection is needed");
+        ensure!(self.outstanding >= 1, "at least one outstanding transaction per connection is needed");
+        ensure!(self.rate != Some(0), "an open-loop rate must be positive");
+        Ok(())
+    }
+
+    fn spec(&self) -> WorkloadSpec {
+        WorkloadSpec {
+            skew: self.skew,
+            cross_share: self.cross_share,
+            read_only_share: self.read_only_share,
+            max_amount: self.max_amount,
+        }
+    }
+
+    /// The settings as they go into a report.
+    pub fn settings(&self) -> LoadSettings {
+        LoadSettings {
+            coordinator: self.coordinator.to_string(),
+            cluster: self.cluster.clone(),
+            accounts: self.layout.accounts,
+            participants: self.layout.participants.iter().map(|(_, name)| name.clone()).collect(),
+            initial_balance: self.layout.initial_balance,
+            duration_s: self.duration.as_secs_f64(),
+            connections: self.connections,
+            outstanding: self.outstanding,
+            rate: self.rate,
+            mode: if self.rate.is_some() { "open loop" } else { "closed loop" }.to_string(),
+            skew: self.skew,
+            cross_share: self.cross_share,
+            read_only_share: self.read_only_share,
+            max_amount: self.max_amount,
+            seed: self.seed,
+            sampled_processes: self.sample_pids.iter().map(|(label, pid)| format!("{label} (pid {pid})")).collect(),
+        }
+    }
+}
+
+/// The options of a run, echoed into its result and report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoadSettings {
+    pub coordinator: String,
+    pub cluster: String,
+    pub accounts: u64,
+    pub participants: Vec<String>,
+    pub initial_balance: i64,
+    pub duration_s: f64,
+    pub connections: usize,
+    pub outstanding: usize,
+    pub rate: Option<u64>,
+    pub mode: String,
+    pub skew: Option<f64>,
+    pub cross_share: f64,
+    pub read_only_share: f64,
+    pub max_amount: i64,
+    pub seed: u64,
+    pub sampled_processes: Vec<String>,
+}
+
+/// One second of the run (by the time outcomes arrived; the last one may be partial).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimelinePoint {
+    /// Seconds since the start.
+    pub second: u64,
+    /// Length of this second actually covered (1 except for the last point).
+    pub span_s: f64,
+    /// Committed transactions per second.
+    pub tx_per_s: f64,
+    pub commits: u64,
+    pub aborts: u64,
+    /// Latency of the transactions that finished in this second.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Resident memory of each sampled process at the end of this second (None: not readable).
+    pub rss_bytes: Vec<Option<u64>>,
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug)]
+pub struct LoadResult {
+    /// Committed transactions (transfers and read-only audits).
+    pub committed: u64,
+    /// Of `committed`, the read-only audits.
+    pub committed_read_only: u64,
+    pub aborted: u64,
+    /// Aborts by [`twophase_engine::AbortReason::label`].
+    pub aborts_by_reason: BTreeMap<String, u64>,
+    /// Latency from (intended) send to outcome of every finished transaction, microseconds.
+    pub latency_us: Histogram<u64>,
+    pub timeline: Vec<TimelinePoint>,
+    /// Labels of the processes whose RSS is in the timeline, in order.
+    pub rss_processes: Vec<String>,
+    /// Per account, the sum of the acknowledged committed transfers' effects.
+    pub expected_deltas: Vec<i64>,
+    /// From the first send to the last outcome (drain included).
+    pub elapsed: Duration,
+    /// From the end of the duration to the last outcome.
+    pub drain: Duration,
+    /// Open loop: sends the schedule asked for that were never made (the cluster fell too
+    /// far behind to catch up within 15 s after the duration). Always 0 in closed loop.
+    pub unsent_backlog: u64,
+    pub settings: LoadSettings,
+}
+
+impl LoadResult {
+    /// Committed transactions per second over the whole run.
+    pub fn throughput_tps(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 { self.committed as f64 / secs } else { 0.0 }
+    }
+}
+
+/// One second of one connection.
+struct Bucket {
+    thread: usize,
+    second: u64,
+    commits: u64,
+    aborts: u64,
+    latency: Histogram<u64>,
+}
+
+fn second_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid histogram bounds")
+}
+
+fn total_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+enum Message {
+    Second(Bucket),
+    Done { thread: usize },
+}
+
+/// What one connection counted.
+struct ThreadTotals {
+    committed: u64,
+    committed_read_only: u64,
+    aborted: u64,
+    aborts_by_reason: HashMap<&'static str, u64>,
+    latency: Histogram<u64>,
+    unsent_backlog: u64,
+    last_outcome: Instant,
+}
+
+struct ThreadCtx {
+    index: usize,
+    options: Arc<LoadOptions>,
+    workload: Workload,
+    deltas: Arc<[AtomicI64]>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    reports: Sender<Message>,
+}
+
+struct Flight {
+    intended: Instant,
+    tx: Tx,
+}
+
+/// Runs the bank workload for `options.duration`, then stops sending and waits for every
+/// outstanding transaction's outcome (at most 30 s), so that the expected balance changes
+/// are exact. Fails if any connection fails or the drain cannot finish.
+pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
+    options.validate()?;
+    let options = Arc::new(options.clone());
+    let keys = KeyTable::new(options.layout.accounts);
+    let deltas: Arc<[AtomicI64]> = (0..options.layout.accounts).map(|_| AtomicI64::new(0)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut workloads = Vec::with_capacity(options.connections);
+    for index in 0..options.connections {
+        let seed = options.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(index as u64);
+        workloads.push(Workload::new(&options.layout, keys.clone(), options.spec(), seed)?);
+    }
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(options.connections);
+    for (index, workload) in workloads.into_iter().enumerate() {
+        let ctx = ThreadCtx {
+            index,
+            options: options.clone(),
+            workload,
+            deltas: deltas.clone(),
+            start,
+            stop: stop.clone(),
+            reports: tx.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("bench-conn-{index}"))
+            .spawn(move || {
+                let reports = ctx.reports.clone();
+                let stop = ctx.stop.clone();
+                let result = run_connection(ctx);
+                if result.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                let _ = reports.send(Message::Done { thread: index });
+                result
+            })
+            .context("spawning a load thread")?;
+        handles.push(handle);
+    }
+    drop(tx);
+    let collected = collect(&options, start, &rx);
+    let mut totals = Vec::with_capacity(handles.len());
+    let mut first_error: Option<anyhow::Error> = None;
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(t)) => totals.push(t),
+            Ok(Err(err)) => {
+                if first_error.is_none() && !err.is::<Stopped>() {
+                    first_error = Some(err.context(format!("connection {index}")));
+                }
+            }
+            Err(_) => {
+                first_error.get_or_insert_with(|| anyhow!("load thread {index} panicked"));
+            }
+        }
+    }
+    if let Some(err) = first_error {
+        return Err(err);
+    }
+    let (mut timeline, rss) = collected;
+    let last_outcome = totals.iter().map(|t| t.last_outcome).max().unwrap_or(start);
+    let elapsed = last_outcome.saturating_duration_since(start);
+    let mut result = LoadResult {
+        committed: 0,
+        committed_read_only: 0,
+        aborted: 0,
+        aborts_by_reason: BTreeMap::new(),
+        latency_us: total_histogram(),
+        timeline: Vec::new(),
+        rss_processes: options.sample_pids.iter().map(|(label, _)| label.clone()).collect(),
+        expected_deltas: deltas.iter().map(|d| d.load(Ordering::SeqCst)).collect(),
+        elapsed,
+        drain: elapsed.saturating_sub(options.duration),
+        unsent_backlog: 0,
+        settings: options.settings(),
+    };
+    for t in totals {
+        result.committed += t.committed;
+        result.committed_read_only += t.committed_read_only;
+        result.aborted += t.aborted;
+        result.unsent_backlog += t.unsent_backlog;
+        for (label, count) in t.aborts_by_reason {
+            *result.aborts_by_reason.entry(label.to_string()).or_default() += count;
+        }
+        result.latency_us.add(&t.latency).expect("same histogram bounds");
+    }
+    let elapsed_s = elapsed.as_secs_f64();
+    for point in &mut timeline {
+        point.span_s = (elapsed_s - point.second as f64).clamp(0.001, 1.0);
+        point.tx_per_s = point.commits as f64 / point.span_s;
+        point.rss_bytes = rss.get(&point.second).cloned().unwrap_or_else(|| vec![None; options.sample_pids.len()]);
+    }
+    result.timeline = timeline;
+    Ok(result)
+}
+
+/// A connection stopped because another one failed (not an error of its own).
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped because another connection failed")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// A second being merged from every connection's reports.
+struct Pending {
+    reports: usize,
+    commits: u64,
+    aborts: u64,
+    latency: Histogram<u64>,
+}
+
+/// The main thread's part: merges the connections' per-second reports into the timeline
+/// (a second is final once every running connection reported it), samples RSS each
+/// second, drives the progress line. Returns the timeline (RSS filled in by the caller)
+/// and the RSS samples by second.
+#[allow(clippy::type_complexity)]
+fn collect(
+    options: &LoadOptions,
+    start: Instant,
+    rx: &Receiver<Message>,
+) -> (Vec<TimelinePoint>, BTreeMap<u64, Vec<Option<u64>>>) {
+    let threads = options.connections;
+    let progress = options.progress.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        bar.set_message("connecting…");
+        bar
+    });
+    let mut done = vec![false; threads];
+    let mut reported: Vec<Option<u64>> = vec![None; threads];
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let mut timeline: Vec<TimelinePoint> = Vec::new();
+    let mut rss: BTreeMap<u64, Vec<Option<u64>>> = BTreeMap::new();
+    let mut next_sample = 1u64;
+    let (mut committed, mut aborted) = (0u64, 0u64);
+    loop {
+        let tick = start + Duration::from_secs(next_sample);
+        let message = rx.recv_timeout(tick.saturating_duration_since(Instant::now()));
+        if Instant::now() >= tick {
+            if !options.sample_pids.is_empty() {
+                rss.insert(next_sample - 1, options.sample_pids.iter().map(|(_, pid)| read_rss(*pid)).collect());
+            }
+            next_sample = start.elapsed().as_secs() + 1;
+        }
+        match message {
+            Ok(Message::Second(bucket)) => {
+                reported[bucket.thread] = Some(bucket.second);
+                let entry = pending.entry(bucket.second).or_insert_with(|| Pending {
+                    reports: 0,
+                    commits: 0,
+                    aborts: 0,
+                    latency: second_histogram(),
+                });
+                entry.reports += 1;
+                entry.commits += bucket.commits;
+                entry.aborts += bucket.aborts;
+                entry.latency.add(&bucket.latency).expect("same histogram bounds");
+            }
+            Ok(Message::Done { thread }) => done[thread] = true,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        // Finalise every second that each connection has reported (or will never report).
+        while let Some((&second, _)) = pending.first_key_value() {
+            let complete = (0..threads).all(|t| done[t] || reported[t].is_some_and(|r| r >= second));
+            if !complete {
+                break;
+            }
+            let p = pending.pop_first().expect("present").1;
+            committed += p.commits;
+            aborted += p.aborts;
+            let point = TimelinePoint {
+                second,
+                span_s: 1.0,
+                tx_per_s: p.commits as f64,
+                commits: p.commits,
+                aborts: p.aborts,
+                p50_us: p.latency.value_at_quantile(0.5),
+                p99_us: p.latency.value_at_quantile(0.99),
+                rss_bytes: Vec::new(),
+            };
+            if let Some(bar) = &progress {
+                bar.set_message(format!(
+                    "{:>4}s  {:>9} tx/s  committed {:>10}  aborted {:>8}  p50 {}  p99 {}",
+                    second + 1,
+                    point.commits,
+                    committed,
+                    aborted,
+                    format_us(point.p50_us),
+                    format_us(point.p99_us),
+                ));
+                bar.tick();
+            }
+            // Seconds in which nothing finished anywhere are absent from `pending`.
+            for missing in timeline.last().map_or(0, |last| last.second + 1)..second {
+                timeline.push(TimelinePoint {
+                    second: missing,
+                    span_s: 1.0,
+                    tx_per_s: 0.0,
+                    commits: 0,
+                    aborts: 0,
+                    p50_us: 0,
+                    p99_us: 0,
+                    rss_bytes: Vec::new(),
+                });
+            }
+            timeline.push(point);
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish();
+    }
+    (timeline, rss)
+}
+
+/// A latency in human units.
+pub fn format_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1_000 {
+        format!("{:.2}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}µs")
+    }
+}
+
+/// Resident memory of a process from `/proc/PID/status`, in bytes.
+pub fn read_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    let unit = match fields.next() {
+        Some("kB") | Some("KB") | Some("kb") => 1024,
+        Some("mB") | Some("MB") => 1024 * 1024,
+        None | Some("B") => 1,
+        Some(_) => return None,
+    };
+    Some(value * unit)
+}
+
+fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
+    let options = ctx.options.clone();
+    let mut pipeline = Pipeline::connect(options.coordinator, client_options(&options.cluster))
+        .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
+    check_directory(pipeline.participants(), &options.layout)?;
+    let cap = options.outstanding;
+    let end = ctx.start + options.duration;
+    let drain_deadline = end + DRAIN_LIMIT;
+    let backlog_deadline = end + BACKLOG_LIMIT;
+    // Open loop: this connection's share of the schedule, offset so connections interleave.
+    let schedule = options.rate.map(|rate| {
+        let interval = Duration::from_secs_f64(options.connections as f64 / rate as f64);
+        let offset = interval.mul_f64(ctx.index as f64 / options.connections as f64);
+        (interval, ctx.start + offset)
+    });
+    let mut next_intended = schedule.map(|(_, first)| first);
+    let mut flights: HashMap<Seq, Flight> = HashMap::with_capacity(cap * 2);
+    let mut totals = ThreadTotals {
+        committed: 0,
+        committed_read_only: 0,
+        aborted: 0,
+        aborts_by_reason: HashMap::new(),
+        latency: total_histogram(),
+        unsent_backlog: 0,
+        last_outcome: ctx.start,
+    };
+    let mut bucket = Bucket { thread: ctx.index, second: 0, commits: 0, aborts: 0, latency: second_histogram() };
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            return Err(Stopped.into());
+        }
+        let now = Instant::now();
+        // Send.
+        match (&schedule, &mut next_intended) {
+            (None, _) => {
+                if now < end {
+                    while flights.len() < cap {
+                        let tx = ctx.workload.next_tx();
+                        let seq = pipeline.send(ctx.workload.ops(&tx))?;
+                        flights.insert(seq, Flight { intended: now, tx });
+                    }
+                }
+            }
+            (Some((interval, _)), Some(next)) => {
+                while *next < end && *next <= now && flights.len() < cap && now < backlog_deadline {
+                    let tx = ctx.workload.next_tx();
+                    let seq = pipeline.send(ctx.workload.ops(&tx))?;
+                    flights.insert(seq, Flight { intended: *next, tx });
+                    *next += *interval;
+                }
+            }
+            (Some(_), None) => unreachable!("an open loop has a schedule"),
+        }
+        pipeline.flush()?;
+        let schedule_done = match (&schedule, next_intended) {
+            (Some((interval, _)), Some(next)) => {
+                if next < end && now >= backlog_deadline {
+                    // Count the sends that will never be made, then stop the schedule.
+                    let left = end.saturating_duration_since(next).as_secs_f64() / interval.as_secs_f64();
+                    totals.unsent_backlog = left.ceil() as u64;
+                    next_intended = Some(end);
+                }
+                next_intended.is_some_and(|next| next >= end)
+            }
+            _ => now >= end,
+        };
+        if schedule_done && flights.is_empty() {
+            break;
+        }
+        if now >= drain_deadline {
+            bail!(
+                "{} transactions still had no outcome {:?} after the end of the run; \
+                 the expected balances are unknown, so the run is void",
+                flights.len(),
+                DRAIN_LIMIT
+            );
+        }
+        // Wait for outcomes, or for the next scheduled send.
+        let mut wait = POLL_SLICE;
+        if let Some(next) = next_intended
+            && next < end
+            && flights.len() < cap
+        {
+            wait = wait.min(next.saturating_duration_since(now));
+        }
+        let outcomes = if flights.is_empty() {
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            Vec::new()
+        } else {
+            pipeline.poll(wait)?
+        };
+        let now = Instant::now();
+        let second = now.saturating_duration_since(ctx.start).as_secs();
+        while bucket.second < second {
+            let next = Bucket {
+                thread: ctx.index,
+                second: bucket.second + 1,
+                commits: 0,
+                aborts: 0,
+                latency: second_histogram(),
+            };
+            let full = std::mem::replace(&mut bucket, next);
+            let _ = ctx.reports.send(Message::Second(full));
+        }
+        if !outcomes.is_empty() {
+            totals.last_outcome = now;
+        }
+        for (seq, outcome) in outcomes {
+            let Some(flight) = flights.remove(&seq) else { continue };
+            let micros = now.saturating_duration_since(flight.intended).as_micros().max(1);
+            let micros = u64::try_from(micros).unwrap_or(u64::MAX).min(MAX_LATENCY_US);
+            totals.latency.saturating_record(micros);
+            bucket.latency.saturating_record(micros);
+            match outcome {
+                Outcome::Committed { .. } => {
+                    totals.committed += 1;
+                    bucket.commits += 1;
+                    match flight.tx {
+                        Tx::Transfer { from, to, amount } => {
+                            ctx.deltas[from as usize].fetch_sub(amount, Ordering::Relaxed);
+                            ctx.deltas[to as usize].fetch_add(amount, Ordering::Relaxed);
+                        }
+                        Tx::Audit { .. } => totals.committed_read_only += 1,
+                    }
+                }
+                Outcome::Aborted { reason } => {
+                    totals.aborted += 1;
+                    bucket.aborts += 1;
+                    *totals.aborts_by_reason.entry(reason.label()).or_default() += 1;
+                }
+            }
+        }
+    }
+    let _ = ctx.reports.send(Message::Second(bucket));
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_parsed_in_bytes() {
+        let status = "Name:\tcat\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t1\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert!(read_rss(std::process::id()).is_some_and(|bytes| bytes > 0));
+    }
+
+    #[test]
+    fn latencies_print_in_human_units() {
+        assert_eq!(format_us(850), "850µs");
+        assert_eq!(format_us(1500), "1.50ms");
+        assert_eq!(format_us(2_500_000), "2.50s");
+    }
+}

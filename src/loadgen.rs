@@ -1,0 +1,245 @@
+//! `twophase demo` and `twophase bench`: the bank workload of `twophase-bench` against a
+//! local cluster this process starts (demo) or against a running one (bench), followed by
+//! the audit and the report. Exit status 0 only when the audit passed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use twophase_bench::{Audit, BankLayout, LoadOptions, LoadResult, Report, audit, audit_with_baseline};
+use twophase_net::admin;
+
+use crate::cluster::{ClusterOptions, LocalCluster};
+
+/// Participant states as the audit reads them: name, every key and value.
+type States = Vec<(String, Vec<(Bytes, Bytes)>)>;
+
+/// The workload flags `demo` and `bench` share.
+#[derive(Args, Clone, Debug)]
+pub struct WorkloadArgs {
+    /// How long to send transactions (e.g. 10s, 2m).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Number of accounts, spread round-robin over the participants.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    /// Starting balance of every account.
+    #[arg(long, default_value_t = 1_000)]
+    initial_balance: i64,
+    /// Client connections, one load thread each.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Transactions in flight per connection (closed loop), or the cap on them (open loop).
+    #[arg(long, default_value_t = 256)]
+    outstanding: usize,
+    /// Open loop at this many transactions per second in total (default: closed loop).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Zipfian exponent of the account choice (default: uniform).
+    #[arg(long)]
+    skew: Option<f64>,
+    /// Share of transfers between accounts on different participants.
+    #[arg(long, default_value_t = 1.0)]
+    cross_share: f64,
+    /// Share of read-only audit transactions.
+    #[arg(long, default_value_t = 0.0)]
+    read_only_share: f64,
+    /// Transfer amounts are drawn uniformly from 1..=MAX_AMOUNT.
+    #[arg(long, default_value_t = 10)]
+    max_amount: i64,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory to write report.json and report.html into.
+    #[arg(long, default_value = "twophase-report")]
+    report: PathBuf,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Number of participants, named p1..pN.
+    #[arg(long, default_value_t = 3)]
+    participants: u16,
+    /// Keep the cluster's data here instead of in a temporary directory that is removed.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Do not fsync the logs. UNSAFE, labelled as such in the report: only to measure what
+    /// group commit hides.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// The coordinator of the running cluster.
+    #[arg(long)]
+    coordinator: SocketAddr,
+    /// Its cluster name.
+    #[arg(long, default_value = "local")]
+    cluster: String,
+}
+
+/// The cluster a run talks to, as the coordinator describes it.
+struct Target {
+    coordinator: SocketAddr,
+    cluster: String,
+    layout: BankLayout,
+    /// Participant name and the address its dump is read from.
+    participants: Vec<(String, SocketAddr)>,
+}
+
+impl Target {
+    /// Asks the coordinator for its participants and lays the bank out over all of them.
+    fn discover(coordinator: SocketAddr, cluster: &str, args: &WorkloadArgs) -> anyhow::Result<Target> {
+        let topology = admin::topology(coordinator, cluster)
+            .with_context(|| format!("asking the coordinator at {coordinator} for its participants"))?;
+        if topology.is_empty() {
+            bail!("the coordinator at {coordinator} has no participants");
+        }
+        let layout = BankLayout {
+            accounts: args.accounts,
+            participants: topology.iter().map(|(id, name, _)| (*id, name.clone())).collect(),
+            initial_balance: args.initial_balance,
+        };
+        layout.validate()?;
+        let participants = topology.into_iter().map(|(_, name, addr)| (name, addr)).collect();
+        Ok(Target { coordinator, cluster: cluster.to_string(), layout, participants })
+    }
+
+    /// Every participant's whole state, and whether all of them fsync their logs.
+    fn read_states(&self) -> anyhow::Result<(States, bool)> {
+        let mut states = Vec::with_capacity(self.participants.len());
+        let mut fsync = true;
+        for (name, addr) in &self.participants {
+            let (entries, end) = admin::dump(addr, &self.cluster)
+                .with_context(|| format!("reading the state of participant {name} at {addr}"))?;
+            fsync &= end.fsync;
+            states.push((name.clone(), entries));
+        }
+        Ok((states, fsync))
+    }
+
+    fn load_options(&self, args: &WorkloadArgs, sample_pids: Vec<(String, u32)>) -> LoadOptions {
+        let mut options = LoadOptions::new(self.coordinator, self.cluster.clone(), self.layout.clone());
+        options.duration = args.duration;
+        options.connections = args.connections;
+        options.outstanding = args.outstanding;
+        options.rate = args.rate;
+        options.skew = args.skew;
+        options.cross_share = args.cross_share;
+        options.read_only_share = args.read_only_share;
+        options.max_amount = args.max_amount;
+        options.seed = args.seed;
+        options.progress = !args.quiet;
+        options.sample_pids = sample_pids;
+        options
+    }
+}
+
+/// `twophase demo`.
+pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("twophase-demo-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let cluster_options = ClusterOptions {
+        participants: args.participants,
+        data_dir: data_dir.clone(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        cluster: "demo".into(),
+        unsafe_no_fsync: args.unsafe_no_fsync,
+    };
+    eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
+    let mut cluster = LocalCluster::start(&cluster_options)?;
+    let target = Target::discover(cluster.coordinator, "demo", &args.workload)?;
+    eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
+    twophase_bench::setup_accounts(target.coordinator, &target.cluster, &target.layout)?;
+    let mut pids = cluster.pids();
+    pids.push(("loadgen".into(), std::process::id()));
+    let result = twophase_bench::run_load(&target.load_options(&args.workload, pids))?;
+    if let Some(exit) = cluster.exited() {
+        bail!("{exit} during the run; the audit cannot be trusted");
+    }
+    let (states, fsync) = target.read_states()?;
+    let verdict = audit(&target.layout, &result, &states);
+    let description = format!(
+        "demo: local cluster, 1 coordinator + {} participants, {} accounts",
+        args.participants, args.workload.accounts
+    );
+    let passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
+    cluster.stop();
+    Ok(exit_code(passed))
+}
+
+/// `twophase bench`: the same workload against a running cluster. Accounts that do not
+/// exist yet are created first (with the initial balance); the audit compares against the balances read right before
+/// the load, so nothing else may write to the accounts during the run.
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::discover(args.coordinator, &args.cluster, &args.workload)?;
+    let (mut before, _) = target.read_states()?;
+    let present = present_accounts(&target.layout, &before);
+    let missing = present.iter().filter(|held| !**held).count();
+    if missing > 0 {
+        eprintln!("creating {missing} accounts of {}", args.workload.initial_balance);
+        let wanted = |account: u64| !present[account as usize];
+        twophase_bench::setup_accounts_where(target.coordinator, &target.cluster, &target.layout, wanted)?;
+        before = target.read_states()?.0;
+    }
+    let result = twophase_bench::run_load(&target.load_options(&args.workload, Vec::new()))?;
+    let (after, fsync) = target.read_states()?;
+    let verdict = audit_with_baseline(&target.layout, &result, &before, &after);
+    let description = format!(
+        "bench: coordinator {} (cluster '{}'), {} participants, {} accounts",
+        args.coordinator,
+        args.cluster,
+        target.participants.len(),
+        args.workload.accounts
+    );
+    let passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
+    Ok(exit_code(passed))
+}
+
+/// Which of the layout's accounts some participant already holds.
+fn present_accounts(layout: &BankLayout, states: &States) -> Vec<bool> {
+    let mut present = vec![false; layout.accounts as usize];
+    for (_, entries) in states {
+        for (key, _) in entries {
+            if let Some(account) = BankLayout::parse_key(key).filter(|&n| n < layout.accounts) {
+                present[account as usize] = true;
+            }
+        }
+    }
+    present
+}
+
+/// Prints the report, writes it, and says whether the audit passed.
+fn finish(result: &LoadResult, verdict: Audit, fsync: bool, description: String, dir: &Path) -> anyhow::Result<bool> {
+    let passed = verdict.passed;
+    let report = Report::new(result, Some(&verdict), fsync, description);
+    report.print_summary();
+    report.write(dir)?;
+    println!("report      {}/report.json, {}/report.html", dir.display(), dir.display());
+    Ok(passed)
+}
+
+fn exit_code(audit_passed: bool) -> ExitCode {
+    if audit_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

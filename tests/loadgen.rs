@@ -1,0 +1,91 @@
+//! `twophase demo` and `twophase bench` as a user runs them: real processes, a real audit.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Cluster, binary};
+
+fn report(dir: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json written");
+    serde_json::from_str(&text).expect("report.json is JSON")
+}
+
+#[test]
+fn a_short_demo_commits_transfers_audits_and_writes_both_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .args([
+            "demo",
+            "--duration",
+            "2s",
+            "--accounts",
+            "2000",
+            "--connections",
+            "2",
+            "--outstanding",
+            "32",
+            "--quiet",
+        ])
+        .arg("--report")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("audit       PASSED"), "{stdout}");
+    let json = report(dir.path());
+    assert!(json["committed"].as_u64().unwrap() > 100, "{json}");
+    assert!(json["throughput_tps"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["audit"]["passed"], true);
+    assert_eq!(json["fsync"], true);
+    for field in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(json["latency_us"][field].as_u64().unwrap() > 0, "latency_us.{field}");
+    }
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("</html>"), "a self-contained page with charts");
+}
+
+#[test]
+fn an_unsafe_demo_says_so_in_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .args(["demo", "--duration", "1s", "--accounts", "500", "--connections", "1", "--quiet", "--unsafe-no-fsync"])
+        .arg("--report")
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("UNSAFE: fsync OFF"), "{stdout}");
+    assert_eq!(report(dir.path())["fsync"], false);
+}
+
+#[test]
+fn bench_against_a_running_cluster_audits_against_the_balances_before() {
+    let data = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(2, data.path());
+    // Another client's money already in one account: the audit must account for it.
+    let seeded = cluster.tx(&["add", "p1:acct/0=5000"]);
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stdout));
+    let run = |reports: &std::path::Path| {
+        Command::new(binary())
+            .args(["bench", "--coordinator", &cluster.coordinator.to_string()])
+            .args(["--duration", "1s", "--accounts", "300", "--connections", "2", "--outstanding", "8", "--quiet"])
+            .arg("--report")
+            .arg(reports)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let reports = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = run(reports.path());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(report(reports.path())["audit"]["passed"], true, "{stdout}");
+    }
+    cluster.stop();
+}
