@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::node::Storage;
 use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
-use crate::{cluster, inspect, loadgen, names, node, tx};
+use crate::{chaos, cluster, inspect, loadgen, names, node, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -40,6 +40,8 @@ enum Command {
     Demo(loadgen::DemoArgs),
     /// Run the bank workload against a running cluster, then audit and report.
     Bench(loadgen::BenchArgs),
+    /// The demo with a random process killed (SIGKILL) and restarted every interval; audit.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Args)]
@@ -108,6 +110,9 @@ struct CoordinatorArgs {
     /// Transactions in the prepare phase at most; beyond, clients get Busy [default: 200000].
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Checkpoint and truncate the log every this many records; 0 never [default: 1000000].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
     /// Do not fsync the log. Unsafe: only to measure what group commit hides.
     #[arg(long)]
     unsafe_no_fsync: bool,
@@ -126,6 +131,7 @@ struct CoordinatorFile {
     cluster: Option<String>,
     prepare_timeout_ms: Option<u64>,
     max_in_flight: Option<usize>,
+    checkpoint_every: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
 }
@@ -201,6 +207,7 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
             ..Storage::default()
         },
         pin_core: args.pin_core.or(file.pin_core),
+        checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
     })
 }
 
@@ -222,6 +229,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::InspectLog(args) => inspect::run(args)?,
         Command::Demo(args) => return loadgen::demo(args),
         Command::Bench(args) => return loadgen::bench(args),
+        Command::Chaos(args) => return chaos::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,11 @@
 //! `twophase cluster`: a coordinator and N participants as child processes of this one,
-//! on loopback, each with its own data directory. Also used by the demo and by tests.
+//! on loopback, each with its own data directory. Also used by the demo, the chaos run and
+//! by tests.
+//!
+//! Invariants: a node keeps its address for life. Participants first listen on a free port;
+//! their bound address then replaces it in the arguments they are restarted with, so the
+//! coordinator's participant list (fixed at its start) stays valid across restarts.
+//! Must not: decide when to kill anything (the chaos run does) or touch a node's data.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -24,7 +30,19 @@ pub struct ClusterOptions {
 
 struct Node {
     name: String,
-    process: Child,
+    /// The arguments it was started with, its listen address made concrete.
+    args: Vec<String>,
+    addr: SocketAddr,
+    /// `None` while it is killed and not restarted.
+    process: Option<Child>,
+}
+
+/// A node started again by [`LocalCluster::restart`].
+#[derive(Clone, Copy, Debug)]
+pub struct Restarted {
+    pub pid: u32,
+    /// When its `listening on` line was read.
+    pub listening: Instant,
 }
 
 pub struct LocalCluster {
@@ -34,7 +52,7 @@ pub struct LocalCluster {
 }
 
 /// Starts `args` and waits for its `... listening on ADDR` line on stdout.
-fn start_node(name: &str, args: &[String]) -> anyhow::Result<(Node, SocketAddr)> {
+fn start_node(name: &str, args: &[String]) -> anyhow::Result<(Child, SocketAddr)> {
     let exe = std::env::current_exe().context("locating the twophase binary")?;
     let mut process = Command::new(exe)
         .args(args)
@@ -53,34 +71,52 @@ fn start_node(name: &str, args: &[String]) -> anyhow::Result<(Node, SocketAddr)>
         // Keep draining so the child never blocks on a full pipe.
         std::io::copy(&mut reader, &mut std::io::sink()).ok();
     });
-    let mut node = Node { name: name.to_string(), process };
     let first = match line.recv_timeout(START_TIMEOUT) {
         Ok(first) if !first.is_empty() => first,
         _ => {
-            let status = node.process.try_wait().ok().flatten();
-            node.kill();
+            let status = process.try_wait().ok().flatten();
+            reap(&mut process);
             bail!("{name} did not start (exit status {status:?}); see its messages above");
         }
     };
-    let addr = first
-        .trim()
-        .rsplit_once("listening on ")
-        .and_then(|(_, addr)| addr.parse().ok())
-        .with_context(|| format!("{name} printed {first:?}, not its address"))?;
-    Ok((node, addr))
+    let addr = first.trim().rsplit_once("listening on ").and_then(|(_, addr)| addr.parse().ok());
+    match addr {
+        Some(addr) => Ok((process, addr)),
+        None => {
+            reap(&mut process);
+            bail!("{name} printed {first:?}, not its address")
+        }
+    }
+}
+
+/// SIGKILL (a no-op if it already exited) and wait, so no zombie is left.
+fn reap(process: &mut Child) {
+    let _ = process.kill();
+    let _ = process.wait();
+}
+
+/// `args` with the value after `flag` replaced by `value`.
+fn with_flag(mut args: Vec<String>, flag: &str, value: String) -> Vec<String> {
+    if let Some(at) = args.iter().position(|arg| arg == flag) {
+        args[at + 1] = value;
+    }
+    args
 }
 
 impl Node {
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) with a pid we spawned and still own; no memory is involved.
-        unsafe {
-            libc::kill(self.process.id() as i32, signal);
-        }
+    /// Starts a node and makes its listen address concrete in `args`.
+    fn start(name: &str, args: Vec<String>) -> anyhow::Result<Node> {
+        let (process, addr) = start_node(name, &args)?;
+        let args = with_flag(args, "--listen", addr.to_string());
+        Ok(Node { name: name.to_string(), args, addr, process: Some(process) })
     }
 
-    fn kill(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+    fn signal(&self, signal: i32) {
+        let Some(process) = &self.process else { return };
+        // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is involved.
+        unsafe {
+            libc::kill(process.id() as i32, signal);
+        }
     }
 }
 
@@ -104,9 +140,9 @@ impl LocalCluster {
             let mut args =
                 vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), "127.0.0.1:0".into()];
             args.extend(common(&options.data_dir.join(&name)));
-            let (node, addr) = start_node(&name, &args)?;
+            let node = Node::start(&name, args)?;
+            cluster.participants.push((name, node.addr));
             cluster.nodes.push(node);
-            cluster.participants.push((name, addr));
         }
         let mut args =
             vec!["coordinator".to_string(), "--id".into(), "c1".into(), "--listen".into(), options.listen.to_string()];
@@ -115,23 +151,77 @@ impl LocalCluster {
             args.push("--participant".into());
             args.push(format!("{name}={addr}"));
         }
-        let (node, addr) = start_node("c1", &args)?;
+        let node = Node::start("c1", args)?;
+        cluster.coordinator = node.addr;
         cluster.nodes.push(node);
-        cluster.coordinator = addr;
         Ok(cluster)
     }
 
-    /// Each node's name and process id.
-    pub fn pids(&self) -> Vec<(String, u32)> {
-        self.nodes.iter().map(|node| (node.name.clone(), node.process.id())).collect()
+    /// Every node's name: the participants in order, then the coordinator.
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| node.name.clone()).collect()
     }
 
-    /// A node that exited on its own, if any.
+    /// Each running node's name and process id.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.nodes.iter().filter_map(|node| Some((node.name.clone(), node.process.as_ref()?.id()))).collect()
+    }
+
+    /// A node that exited on its own, if any (one killed by [`kill`](Self::kill) is not).
     pub fn exited(&mut self) -> Option<String> {
-        self.nodes.iter_mut().find_map(|node| match node.process.try_wait() {
+        self.nodes.iter_mut().find_map(|node| match node.process.as_mut()?.try_wait() {
             Ok(Some(status)) => Some(format!("{} exited ({status})", node.name)),
             _ => None,
         })
+    }
+
+    /// Every node that exited on its own, marked down (so [`restart`](Self::restart) may
+    /// start it again); one line per node saying how it exited.
+    pub fn take_exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for node in &mut self.nodes {
+            let Some(process) = node.process.as_mut() else { continue };
+            if let Ok(Some(status)) = process.try_wait() {
+                exited.push(format!("{} (pid {}) exited ({status})", node.name, process.id()));
+                node.process = None;
+            }
+        }
+        exited
+    }
+
+    fn node(&mut self, name: &str) -> anyhow::Result<&mut Node> {
+        self.nodes.iter_mut().find(|node| node.name == name).with_context(|| format!("no node named {name}"))
+    }
+
+    /// Kills `name` with SIGKILL (no chance to flush or say goodbye) and reaps it. Returns
+    /// the pid it had.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<u32> {
+        let node = self.node(name)?;
+        let mut process = node.process.take().with_context(|| format!("{name} is not running"))?;
+        let pid = process.id();
+        if let Ok(Some(status)) = process.try_wait() {
+            bail!("{name} (pid {pid}) had already exited ({status})");
+        }
+        reap(&mut process);
+        Ok(pid)
+    }
+
+    /// Starts a killed node again with the same arguments, hence the same data directory
+    /// and the same address, and waits for its `listening on` line.
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<Restarted> {
+        let node = self.node(name)?;
+        if node.process.is_some() {
+            bail!("{name} is running; kill it first");
+        }
+        let (mut process, addr) = start_node(name, &node.args)?;
+        let listening = Instant::now();
+        if addr != node.addr {
+            reap(&mut process);
+            bail!("{name} came back on {addr}, not on its address {}", node.addr);
+        }
+        let pid = process.id();
+        node.process = Some(process);
+        Ok(Restarted { pid, listening })
     }
 
     /// Asks every node to stop (SIGTERM), waits, and kills what does not stop in time.
@@ -141,13 +231,14 @@ impl LocalCluster {
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         for node in &mut self.nodes {
-            while Instant::now() < deadline && matches!(node.process.try_wait(), Ok(None)) {
+            let Some(process) = node.process.as_mut() else { continue };
+            while Instant::now() < deadline && matches!(process.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if matches!(node.process.try_wait(), Ok(None)) {
+            if matches!(process.try_wait(), Ok(None)) {
                 eprintln!("{} did not stop in {STOP_TIMEOUT:?}; killing it", node.name);
             }
-            node.kill();
+            reap(process);
         }
         self.nodes.clear();
     }

@@ -14,22 +14,23 @@ use twophase_bench::{Audit, BankLayout, LoadOptions, LoadResult, Report, audit, 
 use twophase_net::admin;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::settle;
 
 /// Participant states as the audit reads them: name, every key and value.
-type States = Vec<(String, Vec<(Bytes, Bytes)>)>;
+pub(crate) type States = Vec<(String, Vec<(Bytes, Bytes)>)>;
 
 /// The workload flags `demo` and `bench` share.
 #[derive(Args, Clone, Debug)]
 pub struct WorkloadArgs {
     /// How long to send transactions (e.g. 10s, 2m).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Number of accounts, spread round-robin over the participants.
     #[arg(long, default_value_t = 100_000)]
-    accounts: u64,
+    pub(crate) accounts: u64,
     /// Starting balance of every account.
     #[arg(long, default_value_t = 1_000)]
-    initial_balance: i64,
+    pub(crate) initial_balance: i64,
     /// Client connections, one load thread each.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -53,10 +54,10 @@ pub struct WorkloadArgs {
     max_amount: i64,
     /// Seed of the workload's random choices.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Directory to write report.json and report.html into.
     #[arg(long, default_value = "twophase-report")]
-    report: PathBuf,
+    pub(crate) report: PathBuf,
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
@@ -91,17 +92,17 @@ pub struct BenchArgs {
 }
 
 /// The cluster a run talks to, as the coordinator describes it.
-struct Target {
-    coordinator: SocketAddr,
-    cluster: String,
-    layout: BankLayout,
+pub(crate) struct Target {
+    pub(crate) coordinator: SocketAddr,
+    pub(crate) cluster: String,
+    pub(crate) layout: BankLayout,
     /// Participant name and the address its dump is read from.
-    participants: Vec<(String, SocketAddr)>,
+    pub(crate) participants: Vec<(String, SocketAddr)>,
 }
 
 impl Target {
     /// Asks the coordinator for its participants and lays the bank out over all of them.
-    fn discover(coordinator: SocketAddr, cluster: &str, args: &WorkloadArgs) -> anyhow::Result<Target> {
+    pub(crate) fn discover(coordinator: SocketAddr, cluster: &str, args: &WorkloadArgs) -> anyhow::Result<Target> {
         let topology = admin::topology(coordinator, cluster)
             .with_context(|| format!("asking the coordinator at {coordinator} for its participants"))?;
         if topology.is_empty() {
@@ -130,7 +131,7 @@ impl Target {
         Ok((states, fsync))
     }
 
-    fn load_options(&self, args: &WorkloadArgs, sample_pids: Vec<(String, u32)>) -> LoadOptions {
+    pub(crate) fn load_options(&self, args: &WorkloadArgs, sample_pids: Vec<(String, u32)>) -> LoadOptions {
         let mut options = LoadOptions::new(self.coordinator, self.cluster.clone(), self.layout.clone());
         options.duration = args.duration;
         options.connections = args.connections;
@@ -178,7 +179,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if let Some(exit) = cluster.exited() {
         bail!("{exit} during the run; the audit cannot be trusted");
     }
-    let (states, fsync) = target.read_states()?;
+    let (states, fsync) = settled_states(&target)?;
     let verdict = audit(&target.layout, &result, &states);
     let description = format!(
         "demo: local cluster, 1 coordinator + {} participants, {} accounts",
@@ -204,7 +205,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         before = target.read_states()?.0;
     }
     let result = twophase_bench::run_load(&target.load_options(&args.workload, Vec::new()))?;
-    let (after, fsync) = target.read_states()?;
+    let (after, fsync) = settled_states(&target)?;
     let verdict = audit_with_baseline(&target.layout, &result, &before, &after);
     let description = format!(
         "bench: coordinator {} (cluster '{}'), {} participants, {} accounts",
@@ -215,6 +216,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
     Ok(exit_code(passed))
+}
+
+/// The participants' states once every acknowledged commit has reached them (the
+/// coordinator acknowledges once its Commit record is durable, before the participants
+/// apply it); a run whose transactions stay prepared fails.
+fn settled_states(target: &Target) -> anyhow::Result<(States, bool)> {
+    let settled = settle::wait(target)?;
+    if !settled.left.is_empty() {
+        bail!("still unresolved {:?} after the load: {}", settle::SETTLE_LIMIT, settled.left.join("; "));
+    }
+    Ok((settled.states, settled.fsync))
 }
 
 /// Which of the layout's accounts some participant already holds.
@@ -240,6 +252,6 @@ fn finish(result: &LoadResult, verdict: Audit, fsync: bool, description: String,
     Ok(passed)
 }
 
-fn exit_code(audit_passed: bool) -> ExitCode {
+pub(crate) fn exit_code(audit_passed: bool) -> ExitCode {
     if audit_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

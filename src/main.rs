@@ -1,13 +1,16 @@
 //! `twophase`: the coordinator and participant servers, a local cluster launcher, a
 //! one-shot transaction client and a log inspector. See `twophase --help`.
 
+mod chaos;
 mod cli;
 mod cluster;
+mod failpoint;
 mod inspect;
 mod loadgen;
 mod names;
 mod node;
 mod opsyntax;
+mod settle;
 mod tx;
 
 use std::process::ExitCode;
@@ -20,6 +23,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     init_tracing();
     let cli = cli::Cli::parse();
+    // An unknown failpoint is a typo in a test or a chaos script: refuse rather than run
+    // without the crash it asked for.
+    if let Err(err) = failpoint::init() {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
     match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

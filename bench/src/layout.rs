@@ -238,16 +238,22 @@ pub fn setup_accounts_where(
     Ok(())
 }
 
+/// A bank over participants p1..pN (ids 1..N), for tests.
+#[cfg(test)]
+pub(crate) fn test_layout(accounts: u64, parts: usize, initial_balance: i64) -> BankLayout {
+    BankLayout {
+        accounts,
+        participants: (1..=parts).map(|i| (ParticipantId(i as u16), format!("p{i}"))).collect(),
+        initial_balance,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn layout(accounts: u64, parts: usize) -> BankLayout {
-        BankLayout {
-            accounts,
-            participants: (1..=parts).map(|i| (ParticipantId(i as u16), format!("p{i}"))).collect(),
-            initial_balance: 1000,
-        }
+        test_layout(accounts, parts, 1000)
     }
 
     #[test]

@@ -21,14 +21,17 @@
 //! the node runtime.
 
 mod audit;
+mod chaos_report;
 mod layout;
 mod load;
+mod probe;
 mod report;
 mod svg;
 mod workload;
 mod zipf;
 
 pub use audit::{AUDIT_EXAMPLES, Audit, audit, audit_with_baseline};
+pub use chaos_report::{ChaosReport, KillEvent, PhaseThroughput, RecoveryStats};
 pub use layout::{
     ACCOUNT_PREFIX, BankLayout, KeyTable, MAX_ACCOUNT_KEY_BYTES, SETUP_OPS_PER_TX, check_directory, setup_accounts,
     setup_accounts_where, write_account_key,
@@ -37,6 +40,7 @@ pub use load::{
     BACKLOG_LIMIT, DRAIN_LIMIT, LoadOptions, LoadResult, LoadSettings, MAX_LATENCY_US, TimelinePoint, format_us,
     read_rss, run_load,
 };
+pub use probe::{CommitFilter, LoadProbe, Seen};
 pub use report::{LatencySummary, PercentilePoint, Report, RssSeries};
 pub use workload::{AUDIT_READS, Tx, Workload, WorkloadSpec};
 pub use zipf::Zipf;

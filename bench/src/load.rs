@@ -12,9 +12,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use twophase_engine::{Outcome, Seq};
-use twophase_net::Pipeline;
+use twophase_net::{ClientOptions, Pipeline};
 
 use crate::layout::{BankLayout, KeyTable, check_directory, client_options};
+use crate::probe::LoadProbe;
 use crate::workload::{Tx, Workload, WorkloadSpec};
 
 /// Highest latency the histograms track (longer ones are recorded as this): one hour.
@@ -57,15 +58,23 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Processes (label, pid) whose resident memory is sampled every second.
     pub sample_pids: Vec<(String, u32)>,
+    /// How each connection's [`Pipeline`] reconnects and times out (default: the client
+    /// library's defaults for `cluster`). Its `cluster` must be `cluster` and its
+    /// `client_id` unset (every connection picks its own).
+    pub client: ClientOptions,
+    /// A live view of the run for a harness that acts while it runs (e.g. the chaos run).
+    pub probe: Option<Arc<LoadProbe>>,
 }
 
 impl LoadOptions {
     /// The defaults: 10 s, 4 connections of 256 outstanding, closed loop, uniform, all
     /// transfers cross-participant, no read-only transactions, amounts 1..=10, no progress.
     pub fn new(coordinator: SocketAddr, cluster: impl Into<String>, layout: BankLayout) -> LoadOptions {
+        let cluster = cluster.into();
         LoadOptions {
             coordinator,
-            cluster: cluster.into(),
+            client: client_options(&cluster),
+            cluster,
             layout,
             duration: Duration::from_secs(10),
             connections: 4,
@@ -78,6 +87,7 @@ impl LoadOptions {
             progress: false,
             seed: 1,
             sample_pids: Vec::new(),
+            probe: None,
         }
     }
 
@@ -87,6 +97,14 @@ impl LoadOptions {
         ensure!(self.connections >= 1, "at least one connection is needed");
         ensure!(self.outstanding >= 1, "at least one outstanding transaction per connection is needed");
         ensure!(self.rate != Some(0), "an open-loop rate must be positive");
+        ensure!(
+            self.client.cluster == self.cluster,
+            "the client options name cluster '{}', the run '{}'",
+            self.client.cluster,
+            self.cluster
+        );
+        // Connections sharing an id would also share sequence numbers: not exactly-once.
+        ensure!(self.client.client_id.is_none(), "every connection picks its own client id; do not set one");
         Ok(())
     }
 
@@ -260,6 +278,9 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
         workloads.push(Workload::new(&options.layout, keys.clone(), options.spec(), seed)?);
     }
     let start = Instant::now();
+    if let Some(probe) = &options.probe {
+        probe.mark_started(start);
+    }
     let mut handles = Vec::with_capacity(options.connections);
     for (index, workload) in workloads.into_iter().enumerate() {
         let ctx = ThreadCtx {
@@ -499,7 +520,7 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 
 fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
     let options = ctx.options.clone();
-    let mut pipeline = Pipeline::connect(options.coordinator, client_options(&options.cluster))
+    let mut pipeline = Pipeline::connect(options.coordinator, options.client.clone())
         .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
     check_directory(pipeline.participants(), &options.layout)?;
     let cap = options.outstanding;
@@ -616,6 +637,9 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
                 Outcome::Committed { .. } => {
                     totals.committed += 1;
                     bucket.commits += 1;
+                    if let Some(probe) = &options.probe {
+                        probe.on_commit(now, flight.intended, &flight.tx, &options.layout);
+                    }
                     match flight.tx {
                         Tx::Transfer { from, to, amount } => {
                             ctx.deltas[from as usize].fetch_sub(amount, Ordering::Relaxed);

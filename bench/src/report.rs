@@ -9,8 +9,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::audit::Audit;
+use crate::chaos_report::ChaosReport;
 use crate::load::{LoadResult, LoadSettings, TimelinePoint, format_us};
-use crate::svg::{Axis, Series, line_chart};
+use crate::svg::{Axis, Marker, Series, line_chart, marked_line_chart};
 
 /// Nines-axis positions of the labelled percentiles: `-log10(1 - p)`.
 const NINES: [(f64, &str); 5] =
@@ -74,6 +75,9 @@ pub struct Report {
     pub settings: LoadSettings,
     pub timeline: Vec<TimelinePoint>,
     pub rss_bytes: Vec<RssSeries>,
+    /// Only in a chaos run's report (absent from the JSON otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<ChaosReport>,
 }
 
 impl Report {
@@ -149,7 +153,15 @@ impl Report {
             timeline: result.timeline.clone(),
             rss_bytes,
             settings,
+            chaos: None,
         }
+    }
+
+    /// Adds a chaos run's section: its summary, its tables, and its kills marked on the
+    /// charts over time.
+    pub fn with_chaos(mut self, chaos: ChaosReport) -> Report {
+        self.chaos = Some(chaos);
+        self
     }
 
     /// The summary as text (what [`print_summary`](Self::print_summary) prints).
@@ -213,6 +225,9 @@ impl Report {
                 }
             }
         }
+        if let Some(chaos) = &self.chaos {
+            chaos.summary(&mut out);
+        }
         out
     }
 
@@ -264,8 +279,14 @@ impl Report {
             }
         }
         self.html_summary(&mut h);
+        if let Some(chaos) = &self.chaos {
+            chaos.html(&mut h);
+        }
         self.html_settings(&mut h);
         h.push_str("<h2>Throughput</h2>\n");
+        if let Some(chaos) = &self.chaos {
+            h.push_str(&chaos.chart_caption());
+        }
         h.push_str(&self.throughput_chart());
         h.push_str("<h2>Latency by percentile</h2>\n");
         h.push_str(&self.percentile_chart());
@@ -346,12 +367,13 @@ impl Report {
             self.timeline.iter().map(|p| (p.second as f64 + p.span_s, p.aborts as f64 / p.span_s)).collect();
         let top = commits.iter().chain(&aborts).map(|p| p.1).fold(0.0, f64::max).max(1.0);
         let y = Axis::linear("transactions per second", 0.0, top * 1.05);
-        line_chart(
+        marked_line_chart(
             "throughput-chart",
             "Committed and aborted transactions per second",
             &self.seconds_axis(),
             &y,
             &[Series::new("committed tx/s", "#1f6feb", commits), Series::new("aborted tx/s", "#d1242f", aborts)],
+            &self.markers(),
         )
     }
 
@@ -379,13 +401,19 @@ impl Report {
         let p99: Vec<(f64, f64)> =
             self.timeline.iter().filter(|p| p.commits + p.aborts > 0).map(|p| at(p, p.p99_us)).collect();
         let y = log_latency_axis(p50.iter().chain(&p99).map(|p| p.1));
-        line_chart(
+        marked_line_chart(
             "latency-timeline-chart",
             "Latency per second (p50 and p99)",
             &self.seconds_axis(),
             &y,
             &[Series::new("p50", "#1a7f37", p50), Series::new("p99", "#bc4c00", p99)],
+            &self.markers(),
         )
+    }
+
+    /// Moments to mark on the charts over time: a chaos run's kills, shaded until recovered.
+    fn markers(&self) -> Vec<Marker> {
+        self.chaos.as_ref().map_or_else(Vec::new, ChaosReport::markers)
     }
 
     fn rss_chart(&self) -> String {

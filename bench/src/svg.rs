@@ -49,6 +49,19 @@ impl Series {
     }
 }
 
+/// A moment marked on a chart: a dashed vertical line at `x` with a short label, and
+/// optionally a shaded span from `x` to `until` (e.g. a kill and the time to recover from it).
+#[derive(Clone, Debug)]
+pub struct Marker {
+    pub x: f64,
+    pub until: Option<f64>,
+    pub label: String,
+    pub color: String,
+}
+
+/// Labels of markers closer than this (pixels) to the previous labelled one are left out.
+const MARKER_LABEL_GAP: f64 = 18.0;
+
 /// Round tick values covering `min..=max`: steps of 1, 2 or 5 times a power of ten, the one
 /// nearest (in ratio) to `span / about`.
 pub fn nice_ticks(min: f64, max: f64, about: usize) -> Vec<f64> {
@@ -78,6 +91,11 @@ fn format_tick(value: f64, step: f64) -> String {
 
 /// A complete `<svg>` line chart with title, gridlines, labelled axes and a legend.
 pub fn line_chart(id: &str, title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
+    marked_line_chart(id, title, x, y, series, &[])
+}
+
+/// [`line_chart`] with markers drawn behind the lines.
+pub fn marked_line_chart(id: &str, title: &str, x: &Axis, y: &Axis, series: &[Series], markers: &[Marker]) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let px = |v: f64| LEFT + (v - x.min) / x.span() * plot_w;
@@ -133,6 +151,7 @@ pub fn line_chart(id: &str, title: &str, x: &Axis, y: &Axis, series: &[Series]) 
         "<clipPath id=\"{id}-clip\"><rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{plot_w:.1}\" height=\"{plot_h:.1}\"/></clipPath>\
          <g clip-path=\"url(#{id}-clip)\">"
     );
+    draw_markers(&mut s, markers, &px, plot_h);
     for line in series {
         if line.points.is_empty() {
             continue;
@@ -178,6 +197,43 @@ pub fn line_chart(id: &str, title: &str, x: &Axis, y: &Axis, series: &[Series]) 
     s
 }
 
+/// Shaded spans first, then the lines and labels, so that no span hides a line.
+fn draw_markers(s: &mut String, markers: &[Marker], px: &dyn Fn(f64) -> f64, plot_h: f64) {
+    for marker in markers {
+        if let Some(until) = marker.until {
+            let (x0, x1) = (px(marker.x), px(until));
+            let _ = write!(
+                s,
+                "<rect x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{plot_h:.1}\" fill=\"{}\" fill-opacity=\"0.12\"/>",
+                (x1 - x0).max(1.0),
+                esc(&marker.color)
+            );
+        }
+    }
+    let mut last_label = f64::MIN;
+    for marker in markers {
+        let xx = px(marker.x);
+        let _ = write!(
+            s,
+            "<line x1=\"{xx:.1}\" x2=\"{xx:.1}\" y1=\"{TOP}\" y2=\"{:.1}\" stroke=\"{}\" stroke-width=\"1.5\" \
+             stroke-dasharray=\"4 3\"/>",
+            TOP + plot_h,
+            esc(&marker.color)
+        );
+        if xx - last_label >= MARKER_LABEL_GAP {
+            last_label = xx;
+            let _ = write!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{}\">{}</text>",
+                xx + 2.0,
+                TOP + 11.0,
+                esc(&marker.color),
+                esc(&marker.label)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +258,22 @@ mod tests {
         assert!(svg.contains("A &lt;chart&gt;"));
         assert!(svg.contains("points=\"86.0,308.0 936.0,40.0\""), "{svg}");
         assert!(svg.contains(">time (s)</text>") && svg.contains(">tx/s</text>"));
+    }
+
+    #[test]
+    fn markers_draw_a_line_a_span_and_a_label() {
+        let x = Axis::linear("time (s)", 0.0, 10.0);
+        let y = Axis::linear("tx/s", 0.0, 100.0);
+        let marker = |at: f64, label: &str| Marker {
+            x: at,
+            until: Some(at + 1.0),
+            label: label.to_string(),
+            color: "#d1242f".into(),
+        };
+        let svg = marked_line_chart("c", "t", &x, &y, &[], &[marker(5.0, "p<2>"), marker(5.1, "c1")]);
+        assert!(svg.contains("<line x1=\"511.0\" x2=\"511.0\""), "{svg}");
+        assert!(svg.contains("<rect x=\"511.0\" y=\"40\" width=\"85.0\""), "{svg}");
+        assert!(svg.contains(">p&lt;2&gt;</text>"), "{svg}");
+        assert!(!svg.contains(">c1</text>"), "a label too close to the previous one is left out");
     }
 }

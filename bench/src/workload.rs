@@ -60,6 +60,10 @@ impl Workload {
             spec.read_only_share
         );
         let zipf = spec.skew.map(|exponent| Zipf::new(layout.accounts, exponent)).transpose()?;
+        // A table of its own: keys are slices of one buffer, and every slice taken or dropped
+        // touches that buffer's reference count; shared by all load threads, that one cache
+        // line would bounce between cores on every transaction.
+        let keys = KeyTable::new(keys.accounts());
         Ok(Workload { layout: layout.clone(), keys, spec, zipf, rng: ChaCha8Rng::seed_from_u64(seed) })
     }
 
@@ -142,11 +146,7 @@ mod tests {
     use super::*;
 
     fn layout(accounts: u64, parts: usize) -> BankLayout {
-        BankLayout {
-            accounts,
-            participants: (1..=parts).map(|i| (ParticipantId(i as u16), format!("p{i}"))).collect(),
-            initial_balance: 100,
-        }
+        crate::layout::test_layout(accounts, parts, 100)
     }
 
     fn spec(skew: Option<f64>, cross_share: f64, read_only_share: f64) -> WorkloadSpec {

@@ -346,6 +346,7 @@ impl Encode for AbortReason {
                 out.put_u8(9);
                 put_string(out, detail);
             }
+            AbortReason::Unavailable { participant } => put_tagged(out, 10, *participant),
         }
     }
 }
@@ -366,7 +367,7 @@ impl Decode for AbortReason {
         if tag == 9 {
             return Ok(AbortReason::Invalid { detail: reader.string("invalid-request detail")? });
         }
-        if tag > 9 {
+        if tag > 10 {
             return Err(reader.error(format!("unknown abort reason {tag}")));
         }
         let participant = reader.participant()?;
@@ -385,7 +386,8 @@ impl Decode for AbortReason {
             5 => AbortReason::Timeout { participant },
             6 => AbortReason::UnknownParticipant { participant },
             7 => AbortReason::ParticipantBusy { participant },
-            _ => AbortReason::Stale { participant },
+            8 => AbortReason::Stale { participant },
+            _ => AbortReason::Unavailable { participant },
         })
     }
 }
@@ -476,6 +478,7 @@ pub(crate) mod tests {
             AbortReason::ParticipantBusy { participant: p },
             AbortReason::Stale { participant: p },
             AbortReason::Invalid { detail: "no ops".into() },
+            AbortReason::Unavailable { participant: p },
         ]
     }
 

@@ -95,6 +95,9 @@ pub enum AbortReason {
     Stale { participant: ParticipantId },
     /// The request breaks a limit or is empty; retrying it unchanged cannot succeed.
     Invalid { detail: String },
+    /// The coordinator has no connection to the participant (it is down or restarting):
+    /// decided at once rather than after the prepare timeout.
+    Unavailable { participant: ParticipantId },
 }
 
 impl AbortReason {
@@ -107,6 +110,7 @@ impl AbortReason {
                 | AbortReason::Timeout { .. }
                 | AbortReason::ParticipantBusy { .. }
                 | AbortReason::Stale { .. }
+                | AbortReason::Unavailable { .. }
         )
     }
 
@@ -123,6 +127,7 @@ impl AbortReason {
             AbortReason::ParticipantBusy { .. } => "participant_busy",
             AbortReason::Stale { .. } => "stale",
             AbortReason::Invalid { .. } => "invalid",
+            AbortReason::Unavailable { .. } => "unavailable",
         }
     }
 }
@@ -142,7 +147,7 @@ impl fmt::Display for AbortReason {
             }
             AbortReason::InDoubt { participant, key } => write!(
                 f,
-                "in doubt: key {} on {participant} is held by a transaction awaiting its coordinator's decision",
+                "in doubt: key {} on {participant} is held by a transaction awaiting its coordinator's decision; retry later",
                 show_key(key)
             ),
             AbortReason::Constraint { participant, key, value, delta, floor } => write!(
@@ -167,6 +172,9 @@ impl fmt::Display for AbortReason {
                 write!(f, "stale: {participant} refused an out-of-order or deposed-epoch prepare")
             }
             AbortReason::Invalid { detail } => write!(f, "invalid request: {detail}"),
+            AbortReason::Unavailable { participant } => {
+                write!(f, "unavailable: {participant} is not connected to the coordinator; retry later")
+            }
         }
     }
 }
@@ -271,5 +279,11 @@ mod tests {
         assert!(binary.to_string().contains("0x00ff"));
         assert!(binary.is_retryable());
         assert!(!reason.is_retryable());
+        let in_doubt = AbortReason::InDoubt { participant: ParticipantId(3), key: Bytes::from_static(b"acct/9") };
+        assert_eq!(
+            in_doubt.to_string(),
+            "in doubt: key \"acct/9\" on p3 is held by a transaction awaiting its coordinator's decision; retry later"
+        );
+        assert_eq!((in_doubt.label(), in_doubt.is_retryable()), ("in_doubt", true));
     }
 }

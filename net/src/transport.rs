@@ -94,6 +94,9 @@ enum Command {
     SendMany(Vec<(ConnId, Bytes)>),
     AddPeer { peer: PeerId, addr: SocketAddr, expect_node: String },
     Close(ConnId),
+    // Write out everything queued, then answer whether every open connection's output is
+    // now in the kernel.
+    Flush(Sender<bool>),
     Shutdown,
 }
 
@@ -131,6 +134,24 @@ impl Transport {
     /// connection also forgets the peer (no reconnect); `add_peer` again to restore it.
     pub fn close(&self, conn: ConnId) {
         self.command(Command::Close(conn));
+    }
+
+    /// Blocks until every frame queued before this call has been written to its socket
+    /// (handed to the kernel, so it is sent even if this process dies next), or until
+    /// `timeout` passes; returns which. Only for crash tests (failpoints): normal sends never
+    /// wait for the network.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (done_tx, done) = crossbeam_channel::bounded(1);
+            self.command(Command::Flush(done_tx));
+            match done.recv_deadline(deadline) {
+                Ok(true) => return true,
+                // A full socket buffer: the loop keeps writing as the peer reads; ask again.
+                Ok(false) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Ok(false) | Err(_) => return false,
+            }
+        }
     }
 
     /// Stops the loop, closes every connection and waits for the thread to end.
@@ -682,6 +703,12 @@ impl EventLoop {
                         }
                         self.close_after_flush(conn);
                     }
+                }
+                Ok(Command::Flush(done)) => {
+                    self.flush_dirty();
+                    let flushed =
+                        self.conns.values().filter(|conn| conn.state == State::Open).all(|conn| conn.out.is_empty());
+                    let _ = done.send(flushed);
                 }
                 Ok(Command::Shutdown) => return Flow::Stop,
                 Err(crossbeam_channel::TryRecvError::Empty) => return Flow::Continue,

@@ -315,3 +315,33 @@ fn peers_connect_exchange_batches_and_report_down() {
     }
     coordinator.shutdown();
 }
+
+#[test]
+fn flush_waits_until_queued_frames_are_in_the_kernel() {
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let (transport, addr) = spawn(coordinator_config(), tx).expect("spawn");
+    let mut reader = TcpStream::connect(addr).unwrap();
+    reader.write_all(&hello(Role::Client, "local")).unwrap();
+    let Inbound::Accepted { conn, .. } = recv_until(&rx, |event| matches!(event, Inbound::Accepted { .. })) else {
+        unreachable!()
+    };
+    assert!(transport.flush(Duration::from_secs(10)), "a Welcome fits any socket buffer");
+    // Far more than loopback socket buffers hold, while nobody reads: cannot be flushed.
+    let bulk = 32 << 20;
+    transport.send(conn, Bytes::from(vec![7u8; bulk]));
+    assert!(!transport.flush(Duration::from_millis(200)), "32 MiB cannot be in the kernel of an unread socket");
+    let drain = std::thread::spawn(move || {
+        let mut sink = vec![0; 1 << 16];
+        let mut total = 0;
+        while total < bulk {
+            match reader.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    });
+    assert!(transport.flush(Duration::from_secs(30)), "once the peer reads, everything is written");
+    assert!(drain.join().unwrap() >= bulk, "the reader got every byte (after the Welcome)");
+    transport.shutdown();
+}

@@ -3,22 +3,27 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use twophase_engine::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};
+use twophase_engine::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, CoordinatorSnapshot};
 use twophase_engine::{ClientId, CoordRecord, Lsn, ParticipantId, Reply, Time, ToParticipant};
 use twophase_net::{
     AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, Role as NetRole, Transport, TransportConfig,
 };
 
+use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
+use crate::failpoint::{self, Failpoint};
 
 /// A connection may speak for this many distinct client ids at most.
 const MAX_CLIENTS_PER_CONN: usize = 4096;
 /// Longest the `listening on` line waits for every participant to be connected.
 const READY_WAIT: Duration = Duration::from_secs(5);
+/// Longest a failpoint that fires after a send waits for the bytes to leave.
+const FAILPOINT_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorOptions {
@@ -32,6 +37,8 @@ pub struct CoordinatorOptions {
     pub max_in_flight: usize,
     pub storage: Storage,
     pub pin_core: Option<usize>,
+    /// Checkpoint (and truncate the log) every this many records; 0 never.
+    pub checkpoint_every_records: u64,
 }
 
 pub struct CoordinatorRole {
@@ -50,6 +57,7 @@ pub struct CoordinatorRole {
     /// deadline passes), so that whoever waits for it can submit at once without racing
     /// the coordinator's own connections.
     announcement: Option<(String, Instant)>,
+    checkpoints: SnapshotPolicy<CoordinatorSnapshot>,
 }
 
 impl CoordinatorRole {
@@ -141,6 +149,7 @@ impl Role for CoordinatorRole {
                 tracing::info!(%participant, conn, "participant connected");
                 self.peer_conn.insert(participant, conn);
                 self.peer_of_conn.insert(conn, participant);
+                self.engine.participant_reachable(participant);
                 self.announce_when_ready();
             }
             Inbound::PeerDown { peer } => {
@@ -149,6 +158,8 @@ impl Role for CoordinatorRole {
                 if let Some(conn) = self.peer_conn.remove(&participant) {
                     self.peer_of_conn.remove(&conn);
                 }
+                // Its transactions abort now rather than at their prepare timeout.
+                self.engine.participant_unreachable(participant, fx);
             }
             Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
             Inbound::Closed { conn } => self.forget_conn(conn),
@@ -163,21 +174,41 @@ impl Role for CoordinatorRole {
         self.engine.next_deadline()
     }
 
-    fn after_step(&mut self, _durable: Lsn) {
+    fn after_step(&mut self, durable: Lsn) {
         self.announce_when_ready();
+        let engine = &self.engine;
+        self.checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
+    }
+
+    fn appended(&mut self, record: &CoordRecord) {
+        if matches!(record, CoordRecord::Commit { .. }) {
+            failpoint::hit(Failpoint::CoordinatorCommitAppended);
+        }
     }
 
     fn route(&mut self, released: &mut Vec<CoordOutput>) {
         let epoch = self.engine.epoch();
         let limits = self.limits;
+        let mut die_once_sent = None;
         for output in released.drain(..) {
             match output {
                 CoordOutput::ToParticipant(to, message) => {
+                    let is_commit = matches!(message, ToParticipant::Commit { .. });
+                    if is_commit {
+                        failpoint::hit(Failpoint::CoordinatorCommitDurable);
+                    } else if matches!(message, ToParticipant::Prepare { .. })
+                        && failpoint::reached(Failpoint::CoordinatorPrepareSent)
+                    {
+                        die_once_sent = Some(Failpoint::CoordinatorPrepareSent);
+                    }
                     let writer = self.to_participants.entry(to).or_insert_with(|| BatchWriter::new(&limits));
                     writer.set_epoch(epoch);
                     if let Err(err) = writer.push(&message) {
                         // Limits keep this from happening; losing the message is safe (it times out).
                         tracing::error!("dropping a message to {to}: {err:?}");
+                    }
+                    if is_commit && failpoint::reached(Failpoint::CoordinatorCommitSentPartial) {
+                        self.send_only_to_then_die(to);
                     }
                 }
                 CoordOutput::ToClient(reply) => {
@@ -209,6 +240,32 @@ impl Role for CoordinatorRole {
         if !frames.is_empty() {
             self.transport.send_many(frames);
         }
+        if let Some(point) = die_once_sent {
+            self.flush_then_die(point);
+        }
+    }
+}
+
+impl CoordinatorRole {
+    /// Failpoint `coordinator-commit-sent-partial`: what is batched for `to` (including the
+    /// Commit just pushed) leaves; every other participant's batch and every client reply
+    /// of this step never does.
+    fn send_only_to_then_die(&mut self, to: ParticipantId) -> ! {
+        let bytes = self.to_participants.get_mut(&to).map(BatchWriter::take).unwrap_or_default();
+        match self.peer_conn.get(&to) {
+            Some(&conn) => self.transport.send(conn, bytes),
+            None => tracing::error!(participant = %to, "failpoint: the participant is not connected; nothing sent"),
+        }
+        self.flush_then_die(Failpoint::CoordinatorCommitSentPartial)
+    }
+
+    /// Waits until what was handed to the transport is in the kernel (so it reaches the
+    /// peer although this process dies), then fires `point`.
+    fn flush_then_die(&self, point: Failpoint) -> ! {
+        if !self.transport.flush(FAILPOINT_FLUSH_WAIT) {
+            tracing::error!("failpoint {}: the network did not flush in time", point.name());
+        }
+        failpoint::fire(point)
     }
 }
 
@@ -223,7 +280,12 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let stop = super::stop_on_signal()?;
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
-    let log = super::decode_log::<CoordRecord>(recovery)?;
+    let wal = Arc::new(wal);
+    let checkpoint: Option<CoordinatorSnapshot> = snapshot::load(&options.data_dir)?;
+    let covered = checkpoint.as_ref().map_or(Lsn::NONE, |c| c.lsn);
+    let first_lsn = recovery.records.first().map(|record| Lsn(record.lsn.0));
+    snapshot::check_log_continues(covered, first_lsn)?;
+    let log = super::decode_log::<CoordRecord>(recovery, covered)?;
     let ids: Vec<ParticipantId> = options.participants.iter().map(|(id, _, _)| *id).collect();
     let mut config = CoordinatorConfig::new(ids);
     config.prepare_timeout = options.prepare_timeout;
@@ -231,7 +293,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     config.hash_seed = rand::random();
     let clock = Clock::new();
     let mut fx = CoordEffects::default();
-    let engine = Coordinator::recover(config, log, clock.now(), &mut fx);
+    let engine = Coordinator::recover_from(config, checkpoint, log, clock.now(), &mut fx);
     tracing::info!(epoch = engine.epoch().0, unfinished = engine.unfinished(), "coordinator recovered");
 
     let limits = NetLimits::default();
@@ -269,10 +331,17 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         to_clients: HashMap::new(),
         topology,
         announcement: Some((announcement, Instant::now() + READY_WAIT)),
+        checkpoints: SnapshotPolicy::new(
+            options.checkpoint_every_records,
+            covered,
+            Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
+        ),
     };
     role.announce_when_ready();
     let result = super::run(&mut role, fx, &wal, &inbound, clock, &stop);
     transport.shutdown();
+    role.checkpoints.shutdown();
+    let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("the checkpoint thread is gone"));
     let closed = wal.close();
     result?;
     closed.context("closing the log")?;

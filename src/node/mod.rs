@@ -61,6 +61,8 @@ pub trait Role {
     fn route(&mut self, released: &mut Vec<Self::Output>);
     /// Called after every step with the log's durable LSN.
     fn after_step(&mut self, _durable: Lsn) {}
+    /// Called right after `record` was handed to the log, before it is durable (failpoints).
+    fn appended(&mut self, _record: &Self::Record) {}
 }
 
 /// Options every node shares.
@@ -92,6 +94,7 @@ pub fn open_storage(data_dir: &Path, storage: &Storage) -> anyhow::Result<(File,
         segment_size_bytes: storage.segment_size_bytes,
         backend: Backend::Auto,
         sync: if storage.unsafe_no_fsync { SyncMode::None } else { SyncMode::Fdatasync },
+        crash_mid_group_after: crate::failpoint::wal_crash_mid_group_after(),
         ..WalOptions::default()
     };
     let wal_dir = data_dir.join("wal");
@@ -104,11 +107,14 @@ pub fn open_storage(data_dir: &Path, storage: &Storage) -> anyhow::Result<(File,
     Ok((lock, wal, recovery))
 }
 
-/// Decodes recovered records; a record that does not decode is corruption: refuse to start.
-pub fn decode_log<R: LogRecord>(recovery: twophase_wal::Recovery) -> anyhow::Result<Vec<(Lsn, R)>> {
+/// Decodes the recovered records after `covered` (what a snapshot already holds: skipping
+/// them keeps restart time bounded by the snapshot interval, not by the segment size); a
+/// record that does not decode is corruption: refuse to start.
+pub fn decode_log<R: LogRecord>(recovery: twophase_wal::Recovery, covered: Lsn) -> anyhow::Result<Vec<(Lsn, R)>> {
     recovery
         .records
         .into_iter()
+        .filter(|record| record.lsn.0 > covered.0)
         .map(|record| {
             let decoded = R::decode(record.kind, record.payload)
                 .with_context(|| format!("log record at LSN {} (kind {}) is corrupt", record.lsn, record.kind))?;
@@ -205,6 +211,7 @@ fn apply_effects<R: Role>(
         record.encode_payload(payload);
         let assigned = wal.append(record.kind(), payload).context("appending to the log")?;
         assert_eq!(assigned.0, lsn.0, "the log and the engine disagree on LSNs");
+        role.appended(&record);
     }
     for output in fx.outputs.drain(..) {
         gate.push(output, released);

@@ -9,14 +9,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use twophase_engine::participant::{PartEffects, Participant, ParticipantConfig, ParticipantSnapshot};
-use twophase_engine::{Lsn, PartRecord, ParticipantId, Time, ToCoordinator};
+use twophase_engine::{Lsn, PartRecord, ParticipantId, Time, ToCoordinator, Vote};
 use twophase_net::{
     AdminOp, BatchWriter, ConnId, DumpEnd, Frame, Hello, Inbound, NetLimits, Role as NetRole, Transport,
     TransportConfig,
 };
 
-use super::snapshot::{self, Snapshotter};
+use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
+use crate::failpoint::{self, Failpoint};
+
+/// Longest a failpoint that fires after a send waits for the bytes to leave.
+const FAILPOINT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ParticipantOptions {
@@ -31,14 +35,6 @@ pub struct ParticipantOptions {
     pub pin_core: Option<usize>,
 }
 
-/// When to snapshot, and the snapshot waiting for its LSN to be durable.
-struct SnapshotPolicy {
-    every_records: u64,
-    last_lsn: Lsn,
-    pending: Option<ParticipantSnapshot>,
-    writer: Snapshotter,
-}
-
 pub struct ParticipantRole {
     engine: Participant,
     transport: Transport,
@@ -47,7 +43,7 @@ pub struct ParticipantRole {
     /// Messages go to the coordinator that connected last.
     coordinator: Option<ConnId>,
     to_coordinator: BatchWriter<ToCoordinator>,
-    snapshots: SnapshotPolicy,
+    snapshots: SnapshotPolicy<ParticipantSnapshot>,
     /// Whether the log is fdatasynced (reported in dumps, so a load report can say so).
     fsync: bool,
 }
@@ -109,6 +105,8 @@ impl Role for ParticipantRole {
                 tracing::info!(conn, coordinator = %hello.node, epoch = hello.epoch.0, "coordinator connected");
                 self.coordinators.insert(conn);
                 self.coordinator = Some(conn);
+                // Whatever is in doubt can be resolved now rather than at the next backoff step.
+                self.engine.on_coordinator_connected(now, hello.epoch, fx);
             }
             Inbound::Accepted { conn, hello } if hello.role == NetRole::Admin => {
                 self.admins.insert(conn);
@@ -134,7 +132,16 @@ impl Role for ParticipantRole {
     }
 
     fn route(&mut self, released: &mut Vec<ToCoordinator>) {
+        let mut die_once_sent = false;
         for message in released.drain(..) {
+            match &message {
+                ToCoordinator::Vote { vote: Vote::Yes { .. }, .. } => {
+                    failpoint::hit(Failpoint::ParticipantPreparedDurable);
+                    die_once_sent |= failpoint::reached(Failpoint::ParticipantVoteSent);
+                }
+                ToCoordinator::Ack { .. } => failpoint::hit(Failpoint::ParticipantCommittedApplied),
+                _ => {}
+            }
             if let Err(err) = self.to_coordinator.push(&message) {
                 tracing::error!("dropping a message to the coordinator: {err:?}");
             }
@@ -146,21 +153,17 @@ impl Role for ParticipantRole {
         {
             self.transport.send(conn, frames);
         }
+        if die_once_sent {
+            if !self.transport.flush(FAILPOINT_FLUSH_WAIT) {
+                tracing::error!("failpoint participant-vote-sent: the network did not flush in time");
+            }
+            failpoint::fire(Failpoint::ParticipantVoteSent);
+        }
     }
 
     fn after_step(&mut self, durable: Lsn) {
-        let policy = &mut self.snapshots;
-        if let Some(pending) = policy.pending.take_if(|snapshot| snapshot.lsn <= durable) {
-            policy.writer.submit(pending);
-        }
-        let appended = self.engine.snapshot_lsn();
-        if policy.every_records > 0
-            && policy.pending.is_none()
-            && appended.0 >= policy.last_lsn.0 + policy.every_records
-        {
-            policy.last_lsn = appended;
-            policy.pending = Some(self.engine.snapshot());
-        }
+        let engine = &self.engine;
+        self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
     }
 }
 
@@ -168,18 +171,11 @@ impl Role for ParticipantRole {
 pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let stop = super::stop_on_signal()?;
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
-    let snapshot = snapshot::load(&options.data_dir)?;
+    let snapshot: Option<ParticipantSnapshot> = snapshot::load(&options.data_dir)?;
     let covered = snapshot.as_ref().map_or(Lsn::NONE, |s| s.lsn);
-    let log = super::decode_log::<PartRecord>(recovery)?;
-    if let Some((first, _)) = log.first()
-        && first.0 > covered.0 + 1
-    {
-        anyhow::bail!(
-            "the log starts at LSN {} but the snapshot covers only up to {}: records are missing",
-            first.0,
-            covered.0
-        );
-    }
+    let first_lsn = recovery.records.first().map(|record| Lsn(record.lsn.0));
+    snapshot::check_log_continues(covered, first_lsn)?;
+    let log = super::decode_log::<PartRecord>(recovery, covered)?;
     let mut config = ParticipantConfig::new(options.id);
     config.hash_seed = rand::random();
     let clock = Clock::new();
@@ -204,12 +200,8 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     super::pin_current_thread(options.pin_core);
 
     let wal = Arc::new(wal);
-    let snapshots = SnapshotPolicy {
-        every_records: options.snapshot_every_records,
-        last_lsn: covered,
-        pending: None,
-        writer: Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
-    };
+    let writer = Snapshotter::spawn(options.data_dir.clone(), wal.clone());
+    let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
     let mut role = ParticipantRole {
         engine,
         transport: transport.clone(),
@@ -222,7 +214,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     };
     let result = super::run(&mut role, fx, &wal, &inbound, clock, &stop);
     transport.shutdown();
-    role.snapshots.writer.shutdown();
+    role.snapshots.shutdown();
     let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("the snapshot thread is gone"));
     let closed = wal.close().context("closing the log");
     result?;

@@ -4,9 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use twophase_engine::{Op, OpKind, Outcome, ParticipantId};
@@ -113,4 +115,183 @@ pub fn read_ints(client: &mut Client, keys: &[(u16, &str)]) -> Vec<Option<i64>> 
 
 pub fn committed(outcome: &Outcome) -> bool {
     outcome.is_committed()
+}
+
+/// How long a node may take to print its `listening on` line (a loaded 2-core machine
+/// compiling other crates can be very slow).
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One `twophase participant` or `twophase coordinator` process, started on its own (not
+/// through `twophase cluster`) so that a test can give it environment variables (a
+/// failpoint), see it die and restart it at the same address with the same data.
+pub struct Node {
+    pub name: String,
+    /// The address it listens on; kept across restarts.
+    pub addr: SocketAddr,
+    /// Every argument but `--listen`.
+    args: Vec<String>,
+    process: Child,
+    /// Everything the current process wrote to stderr (its logs, a failpoint's line).
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Node {
+    /// `twophase participant --id NAME` with its data in `data_dir/NAME`, on a free port.
+    pub fn participant(name: &str, data_dir: &Path, env: &[(&str, &str)]) -> Node {
+        let args =
+            vec!["participant".to_string(), "--id".into(), name.into(), "--data-dir".into(), path(data_dir, name)];
+        Node::start(name, args, "127.0.0.1:0".parse().unwrap(), env)
+    }
+
+    /// `twophase coordinator --id c1` with its data in `data_dir/c1`, connecting to
+    /// `participants`, on a free port; `extra` flags are appended (e.g. the prepare timeout).
+    pub fn coordinator(data_dir: &Path, participants: &[&Node], extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut args =
+            vec!["coordinator".to_string(), "--id".into(), "c1".into(), "--data-dir".into(), path(data_dir, "c1")];
+        for participant in participants {
+            args.push("--participant".into());
+            args.push(format!("{}={}", participant.name, participant.addr));
+        }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        Node::start("c1", args, "127.0.0.1:0".parse().unwrap(), env)
+    }
+
+    fn start(name: &str, args: Vec<String>, listen: SocketAddr, env: &[(&str, &str)]) -> Node {
+        let (process, addr, stderr) = spawn_node(name, &args, listen, env);
+        Node { name: name.to_string(), addr, args, process, stderr }
+    }
+
+    /// Starts the node again (it must have exited) at the same address, with `env` only.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        assert!(self.process.try_wait().expect("polling the node").is_some(), "{} is still running", self.name);
+        let (process, addr, stderr) = spawn_node(&self.name, &self.args, self.addr, env);
+        assert_eq!(addr, self.addr, "{} restarted at another address", self.name);
+        (self.process, self.stderr) = (process, stderr);
+    }
+
+    /// Like [`restart`](Self::restart), adding `flags` to its arguments from now on.
+    pub fn restart_with(&mut self, flags: &[&str], env: &[(&str, &str)]) {
+        self.args.extend(flags.iter().map(|flag| flag.to_string()));
+        self.restart(env);
+    }
+
+    /// Waits for the process to end and demands that SIGKILL ended it (what a failpoint
+    /// does) and that it said which failpoint fired.
+    pub fn expect_killed(&mut self, timeout: Duration) {
+        let status = self.wait_exit(timeout);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{} ended with {status}, not SIGKILL", self.name);
+        let stderr = self.stderr();
+        assert!(stderr.contains("killing this process"), "{} died without a failpoint's word:\n{stderr}", self.name);
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.try_wait().expect("polling the node") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} still runs after {timeout:?}:\n{}", self.name, self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the current process has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Stops the node as an operator would (SIGTERM) and demands a clean exit.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on a child we spawned; no memory is involved.
+        unsafe {
+            libc::kill(self.process.id() as i32, libc::SIGTERM);
+        }
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "{} exited with {status}:\n{}", self.name, self.stderr());
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn path(data_dir: &Path, name: &str) -> String {
+    data_dir.join(name).display().to_string()
+}
+
+/// Starts `twophase ARGS --listen LISTEN` and waits for its `listening on ADDR` line. Its
+/// stderr is collected (and echoed into the test's captured output, shown on failure).
+fn spawn_node(
+    name: &str,
+    args: &[String],
+    listen: SocketAddr,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, Arc<Mutex<String>>) {
+    let mut command = Command::new(binary());
+    command.args(args).args(["--listen", &listen.to_string()]);
+    command.env_remove("TWOPHASE_FAILPOINT").env("RUST_LOG", "info");
+    command.envs(env.iter().copied());
+    let mut process = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {name}: {err}"));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (collected, err_pipe, label) = (stderr.clone(), process.stderr.take().unwrap(), name.to_string());
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(err_pipe);
+        let mut line = Vec::new();
+        while matches!(lines.read_until(b'\n', &mut line), Ok(1..)) {
+            let text = String::from_utf8_lossy(&line);
+            eprint!("[{label}] {text}");
+            collected.lock().unwrap().push_str(&text);
+            line.clear();
+        }
+    });
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    let stdout = process.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening on ") {
+                let _ = line_tx.send(line);
+            }
+        }
+    });
+    let Ok(line) = line_rx.recv_timeout(NODE_START_TIMEOUT) else {
+        let _ = process.kill();
+        let status = process.wait();
+        panic!("{name} did not start ({status:?}):\n{}", stderr.lock().unwrap());
+    };
+    let addr = line.rsplit_once("listening on ").unwrap().1.trim().parse().expect("an address");
+    (process, addr, stderr)
+}
+
+/// Polls `probe` until it returns `Some` (every 20 ms), or panics naming `what`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A participant's state through the admin `Dump` frame: its integer values by key, and
+/// (prepared, in doubt) transaction counts.
+pub fn dump_ints(addr: SocketAddr) -> (std::collections::BTreeMap<String, i64>, (u32, u32)) {
+    let (entries, end) = twophase_net::admin::dump(addr, "local").unwrap_or_else(|err| panic!("dump of {addr}: {err}"));
+    let values = entries
+        .into_iter()
+        .map(|(key, value)| {
+            let value = i64::from_le_bytes(value.as_ref().try_into().expect("8-byte integer"));
+            (String::from_utf8_lossy(&key).into_owned(), value)
+        })
+        .collect();
+    (values, (end.prepared, end.in_doubt))
 }

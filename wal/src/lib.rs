@@ -146,6 +146,10 @@ pub struct WalOptions {
     /// Spinning trims wake-up latency on an idle core; on a crowded machine it only steals
     /// CPU from the threads producing the records, so it is off unless asked for.
     pub writer_spin: std::time::Duration,
+    /// **Test hook** (crash tests of the process that owns the log): write this many groups
+    /// of records whole, then write only part of the next group's bytes (no sync) and kill
+    /// the process with SIGKILL, leaving a torn tail for recovery to cut. Default `None`.
+    pub crash_mid_group_after: Option<u64>,
 }
 
 impl Default for WalOptions {
@@ -157,6 +161,7 @@ impl Default for WalOptions {
             max_pending_bytes: 64 << 20,
             sync: SyncMode::Fdatasync,
             writer_spin: std::time::Duration::ZERO,
+            crash_mid_group_after: None,
         }
     }
 }

@@ -254,6 +254,7 @@ pub(crate) fn open_inner(
         segment_size: options.segment_size_bytes,
         sync: options.sync == SyncMode::Fdatasync,
         spin: options.writer_spin,
+        crash_mid_group_after: options.crash_mid_group_after,
         active_meta,
         active_file,
         active_end,
@@ -355,6 +356,7 @@ struct Setup {
     segment_size: u64,
     sync: bool,
     spin: std::time::Duration,
+    crash_mid_group_after: Option<u64>,
     active_meta: SegmentMeta,
     active_file: File,
     active_end: u64,
@@ -377,6 +379,10 @@ struct Writer<B: IoBackend> {
     segment_size: u64,
     sync: bool,
     spin: std::time::Duration,
+    /// The `WalOptions::crash_mid_group_after` test hook, and the groups of records
+    /// written so far (it counts nothing else).
+    crash_mid_group_after: Option<u64>,
+    groups_written: u64,
     active: Active<B::File>,
     /// LSN the next written record carries.
     next_lsn: u64,
@@ -396,6 +402,8 @@ impl<B: IoBackend> Writer<B> {
             segment_size: s.segment_size,
             sync: s.sync,
             spin: s.spin,
+            crash_mid_group_after: s.crash_mid_group_after,
+            groups_written: 0,
             active: Active { meta: s.active_meta, file, offset: s.active_end, capacity: s.capacity },
             next_lsn: s.next_lsn,
             protected: s.protected,
@@ -520,6 +528,9 @@ impl<B: IoBackend> Writer<B> {
         paths.push(self.active.meta.first_lsn);
         self.active.offset += n;
 
+        if !frames.is_empty() && self.crash_mid_group_after == Some(self.groups_written) {
+            self.crash_mid_group(writes, first, last);
+        }
         if let Err(f) = self.io.write_group(&mut writes, self.sync) {
             let seg = self.dir.join(segment::segment_file_name(paths[f.index.min(paths.len() - 1)]));
             return Err(WalError::io(
@@ -529,6 +540,7 @@ impl<B: IoBackend> Writer<B> {
         }
         self.next_lsn = last + 1;
         self.protected = frames.is_empty();
+        self.groups_written += u64::from(!frames.is_empty());
         for w in writes {
             let mut buf = w.buf;
             if self.pool.len() < 4 && buf.capacity() <= 2 * GROUP_MAX_BYTES {
@@ -541,6 +553,40 @@ impl<B: IoBackend> Writer<B> {
             frames.len(),
         );
         Ok(())
+    }
+
+    /// The `crash_mid_group_after` test hook: writes the marker and about half of the
+    /// group's records (unsynced, so exactly what a crash during the write can leave behind)
+    /// and kills the process. Nothing after it runs, so nothing is published.
+    fn crash_mid_group(&mut self, writes: Vec<WriteOp<B::File>>, first: u64, last: u64) -> ! {
+        let total: usize = writes.iter().map(|w| w.buf.len()).sum();
+        let mut keep = MARKER_FRAME_LEN + (total - MARKER_FRAME_LEN) / 2;
+        let mut partial = Vec::with_capacity(writes.len());
+        for mut write in writes {
+            if keep == 0 {
+                break;
+            }
+            let n = write.buf.len().min(keep);
+            write.buf.truncate(n);
+            keep -= n;
+            partial.push(write);
+        }
+        let written: usize = partial.iter().map(|w| w.buf.len()).sum();
+        let result = self.io.write_group(&mut partial, false);
+        let line = format!(
+            "wal crash_mid_group_after: wrote {written} of {total} bytes of the group of LSNs {first}..={last} \
+             ({result:?}); killing this process\n",
+            result = result.map_err(|f| f.err)
+        );
+        // One write, so that the line is whole even in a pipe shared with other output.
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        // SAFETY: kill(2) and pause(2) on our own process; no memory is involved.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+            loop {
+                libc::pause();
+            }
+        }
     }
 
     /// Makes a new preallocated segment starting at `first_lsn` the active one.

@@ -144,3 +144,55 @@ fn sigkill_keeps_every_reported_record_portable() {
 fn sigkill_keeps_every_reported_record_io_uring() {
     kill_at_random_moments(Backend::IoUring, "io_uring");
 }
+
+const MID_GROUP_ENV: &str = "WAL_MID_GROUP_CHILD_DIR";
+
+/// The child of `a_crash_in_the_middle_of_a_group_leaves_a_torn_tail`: two records made
+/// durable one group each, then a third whose group the test hook cuts and SIGKILLs.
+#[test]
+fn mid_group_child() {
+    let Some(dir) = std::env::var_os(MID_GROUP_ENV) else { return };
+    let options = twophase_wal::WalOptions { crash_mid_group_after: Some(2), ..crash_options(backend_from_env()) };
+    let (wal, _) = twophase_wal::open(std::path::Path::new(&dir), options).unwrap();
+    for lsn in 1..=3 {
+        assert_eq!(wal.append(kind_for(lsn), &payload_for(lsn)).unwrap(), Lsn(lsn));
+        wal.wait_durable(Lsn(lsn)).unwrap();
+        println!("DURABLE {lsn}");
+    }
+    unreachable!("the third group should have killed this process");
+}
+
+fn crash_in_the_middle_of_a_group(backend: Backend, name: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    if backend == Backend::IoUring && common::open_or_skip(dir.path(), crash_options(backend)).is_none() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["mid_group_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(MID_GROUP_ENV, dir.path())
+        .env(BACKEND_ENV, name)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}\n{stderr}", out.status);
+    assert!(stderr.contains("of the group of LSNs 3..=3"), "{stderr}");
+    let reported: u64 = String::from_utf8_lossy(&out.stdout).lines().map(parse_durable).max().unwrap_or(0);
+    assert_eq!(reported, 2, "the third record was never durable");
+    let (_wal, rec) = twophase_wal::open(dir.path(), crash_options(backend)).unwrap();
+    let lsns: Vec<u64> = rec.records.iter().map(|r| r.lsn.0).collect();
+    assert_eq!(lsns, vec![1, 2], "the two whole groups survive, the cut one is gone");
+    assert_eq!(&rec.records[1].payload[..], &payload_for(2)[..]);
+    let torn = rec.truncated_tail.expect("the half-written group is a torn tail");
+    assert!(torn.bytes_dropped > 0, "{torn:?}");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_group_leaves_a_torn_tail_portable() {
+    crash_in_the_middle_of_a_group(Backend::Portable, "portable");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_group_leaves_a_torn_tail_io_uring() {
+    crash_in_the_middle_of_a_group(Backend::IoUring, "io_uring");
+}

@@ -11,11 +11,13 @@
 //!   leaves (prepares are gated on the epoch record), so ids never repeat across restarts.
 
 mod sessions;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 pub use sessions::{Known, Sessions};
+pub use snapshot::{CoordinatorSnapshot, SessionSnapshot};
 
 use crate::effects::{Effects, LogCursor, Timers};
 use crate::hash::SeededState;
@@ -121,6 +123,17 @@ impl Tx {
         self.shards.iter().all(|shard| shard.vote != VoteState::Pending)
     }
 
+    /// The `Commit` record this transaction was logged with.
+    fn commit_record(&self, txid: TxId) -> CoordRecord {
+        CoordRecord::Commit {
+            txid,
+            client: self.client,
+            seq: self.seq,
+            participants: self.yes_voters().collect(),
+            reads: self.reads.clone(),
+        }
+    }
+
     fn yes_voters(&self) -> impl Iterator<Item = ParticipantId> + '_ {
         self.shards.iter().filter(|s| matches!(s.vote, VoteState::Yes | VoteState::Acked)).map(|s| s.participant)
     }
@@ -149,6 +162,9 @@ pub struct Coordinator {
     sessions: Sessions,
     timers: Timers,
     stats: CoordinatorStats,
+    /// Participants the driver reported unreachable (no connection); small, bounded by the
+    /// configured participants.
+    unreachable: Vec<ParticipantId>,
 }
 
 impl Coordinator {
@@ -161,12 +177,38 @@ impl Coordinator {
         now: Time,
         fx: &mut CoordEffects,
     ) -> Coordinator {
+        Coordinator::recover_from(config, None, log, now, fx)
+    }
+
+    /// Like [`recover`](Self::recover), starting from a checkpoint: records the checkpoint
+    /// covers (LSN at or below its own) may still be in the log and are skipped; the rest
+    /// must follow it without a gap.
+    pub fn recover_from(
+        config: CoordinatorConfig,
+        checkpoint: Option<CoordinatorSnapshot>,
+        log: impl IntoIterator<Item = (Lsn, CoordRecord)>,
+        now: Time,
+        fx: &mut CoordEffects,
+    ) -> Coordinator {
         let mut sessions = Sessions::new(config.max_client_sessions, config.outcomes_per_client, config.hash_seed);
         let mut unfinished: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
             HashMap::with_hasher(SeededState::new(config.hash_seed));
         let mut last_epoch = Epoch(0);
         let mut last_lsn = Lsn::NONE;
+        let covered = checkpoint.as_ref().map_or(Lsn::NONE, |checkpoint| checkpoint.lsn);
+        if let Some(checkpoint) = checkpoint {
+            last_epoch = checkpoint.max_epoch;
+            last_lsn = checkpoint.lsn;
+            sessions.import(checkpoint.sessions);
+            for (lsn, record) in checkpoint.unfinished {
+                let CoordRecord::Commit { txid, .. } = record else { unreachable!("checked when decoded") };
+                unfinished.insert(txid, (lsn, record));
+            }
+        }
         for (lsn, record) in log {
+            if lsn <= covered {
+                continue; // The checkpoint holds what this record meant.
+            }
             assert!(
                 last_lsn == Lsn::NONE || lsn == last_lsn.next(),
                 "log LSNs not consecutive: {last_lsn:?} then {lsn:?}"
@@ -196,6 +238,7 @@ impl Coordinator {
             sessions,
             timers: Timers::default(),
             stats: CoordinatorStats::default(),
+            unreachable: Vec::new(),
             config,
         };
         coordinator.epoch_lsn = coordinator.log.append(fx, CoordRecord::Epoch { epoch });
@@ -205,6 +248,27 @@ impl Coordinator {
             coordinator.resume_commit(now, lsn, record, fx);
         }
         coordinator
+    }
+
+    /// A checkpoint of everything the log up to the last appended record still matters for
+    /// (see [`CoordinatorSnapshot`]). Call it between steps; keep it only once its LSN is
+    /// durable, then the log up to it may be truncated.
+    pub fn snapshot(&self) -> CoordinatorSnapshot {
+        let mut unfinished: Vec<(Lsn, CoordRecord)> = self
+            .txs
+            .iter()
+            .filter_map(|(txid, tx)| match tx.phase {
+                Phase::Committing { lsn, .. } => Some((lsn, tx.commit_record(*txid))),
+                Phase::Preparing { .. } => None,
+            })
+            .collect();
+        unfinished.sort_by_key(|(lsn, _)| *lsn);
+        CoordinatorSnapshot {
+            lsn: self.log.last(),
+            max_epoch: self.epoch,
+            sessions: self.sessions.export(),
+            unfinished,
+        }
     }
 
     fn resume_commit(&mut self, now: Time, lsn: Lsn, record: CoordRecord, fx: &mut CoordEffects) {
@@ -220,6 +284,11 @@ impl Coordinator {
 
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// The LSN of the last record appended: what a [`snapshot`](Self::snapshot) now covers.
+    pub fn last_lsn(&self) -> Lsn {
+        self.log.last()
     }
 
     pub fn stats(&self) -> CoordinatorStats {
@@ -247,6 +316,33 @@ impl Coordinator {
         self.config.participants.contains(&participant)
     }
 
+    /// The driver lost its connection to `participant`. Transactions still waiting for its
+    /// vote abort now, and new ones that name it are refused, instead of each waiting out
+    /// its prepare timeout: nothing was decided for them, so presumed abort allows it (a
+    /// vote that was on its way is answered `Abort` when the participant asks).
+    pub fn participant_unreachable(&mut self, participant: ParticipantId, fx: &mut CoordEffects) {
+        if !self.is_known(participant) || self.unreachable.contains(&participant) {
+            return;
+        }
+        self.unreachable.push(participant);
+        let mut waiting: Vec<TxId> = self
+            .txs
+            .iter()
+            .filter(|(_, tx)| matches!(tx.phase, Phase::Preparing { .. }))
+            .filter(|(_, tx)| tx.shards.iter().any(|s| s.participant == participant && s.vote == VoteState::Pending))
+            .map(|(txid, _)| *txid)
+            .collect();
+        waiting.sort_unstable(); // Deterministic order of the replies.
+        for txid in waiting {
+            self.abort(txid, AbortReason::Unavailable { participant }, fx);
+        }
+    }
+
+    /// The driver is connected to `participant` again.
+    pub fn participant_reachable(&mut self, participant: ParticipantId) {
+        self.unreachable.retain(|&p| p != participant);
+    }
+
     fn reply(&self, fx: &mut CoordEffects, after: Lsn, reply: Reply) {
         fx.send(after, CoordOutput::ToClient(reply));
     }
@@ -271,6 +367,10 @@ impl Coordinator {
         }
         if let Some(op) = ops.iter().find(|op| !self.is_known(op.participant)) {
             let reason = AbortReason::UnknownParticipant { participant: op.participant };
+            return self.finish_unexecuted(client, seq, reason, fx);
+        }
+        if let Some(op) = ops.iter().find(|op| self.unreachable.contains(&op.participant)) {
+            let reason = AbortReason::Unavailable { participant: op.participant };
             return self.finish_unexecuted(client, seq, reason, fx);
         }
         if self.preparing >= self.config.max_preparing || self.committing >= self.config.max_committing {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::snapshot::SessionSnapshot;
 use crate::hash::SeededState;
 use crate::ops::Outcome;
 use crate::types::{ClientId, Lsn, Seq, TxId};
@@ -112,6 +113,51 @@ impl Sessions {
             session.in_flight -= 1;
         }
         trim_window(session, limit);
+    }
+
+    /// The committed outcomes and window floors, for a checkpoint (sorted by client, seq).
+    /// In-flight requests are left out: if the process dies they were never decided (a
+    /// commit is recorded here in the same step that logs it).
+    pub fn export(&self) -> Vec<SessionSnapshot> {
+        let mut sessions: Vec<SessionSnapshot> = self
+            .by_client
+            .iter()
+            .map(|(client, session)| SessionSnapshot {
+                client: *client,
+                floor: session.floor,
+                committed: session
+                    .entries
+                    .iter()
+                    .filter_map(|(seq, entry)| match entry {
+                        Entry::Done { outcome: Outcome::Committed { reads }, .. } => Some((*seq, reads.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+            })
+            .filter(|session| session.floor > 0 || !session.committed.is_empty())
+            .collect();
+        sessions.sort_by_key(|session| session.client);
+        sessions
+    }
+
+    /// Restores what [`export`](Self::export) produced (into an empty table).
+    pub fn import(&mut self, sessions: Vec<SessionSnapshot>) {
+        for snapshot in sessions {
+            if self.make_room_for(snapshot.client).is_err() {
+                return; // Cannot happen: nothing restored is in flight.
+            }
+            let limit = self.outcomes_per_client;
+            let session = self.by_client.entry(snapshot.client).or_default();
+            session.floor = session.floor.max(snapshot.floor);
+            for (seq, reads) in snapshot.committed {
+                if seq >= session.floor {
+                    session
+                        .entries
+                        .insert(seq, Entry::Done { outcome: Outcome::Committed { reads }, after: Lsn::NONE });
+                }
+            }
+            trim_window(session, limit);
+        }
     }
 
     /// Evicts the least recently used idle sessions when a new client would exceed the bound.

@@ -270,3 +270,104 @@ fn unacknowledged_commits_are_resent_with_backoff() {
     assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "backoff grows: {gaps:?}");
     assert!(gaps.iter().all(|g| *g <= Duration::from_millis(20).as_nanos() as u64), "capped: {gaps:?}");
 }
+
+/// Commits `seq` all the way (both Yes, durable); acks from `acked` only.
+fn commit_one(coordinator: &mut Coordinator, seq: Seq, acked: &[ParticipantId]) -> TxId {
+    let mut fx = CoordEffects::default();
+    coordinator.on_submit(Time::ZERO, transfer(seq), &mut fx);
+    let txid = prepared_txid(&fx);
+    for participant in [P1, P2] {
+        coordinator.on_message(Time::ZERO, participant, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    }
+    for &participant in acked {
+        coordinator.on_message(Time::ZERO, participant, ToCoordinator::Ack { txid }, &mut fx);
+    }
+    txid
+}
+
+#[test]
+fn a_checkpoint_plus_the_log_after_it_recovers_what_the_whole_log_does() {
+    let (mut coordinator, _) = fresh();
+    let unacked = commit_one(&mut coordinator, 1, &[P1]);
+    commit_one(&mut coordinator, 2, &[P1, P2]);
+    let mut step = CoordEffects::default();
+    coordinator.on_submit(Time::ZERO, transfer(3), &mut step); // Still preparing: not in the checkpoint.
+    let checkpoint = coordinator.snapshot();
+    assert_eq!(checkpoint.lsn, coordinator.last_lsn());
+    assert_eq!(checkpoint.unfinished.len(), 1, "only the commit still waiting for an ack");
+    assert_eq!(
+        checkpoint.unfinished[0].1,
+        CoordRecord::Commit { txid: unacked, client: C, seq: 1, participants: vec![P1, P2], reads: vec![] }
+    );
+    let after = commit_one(&mut coordinator, 4, &[]);
+    assert_eq!(coordinator.last_lsn(), checkpoint.lsn.next(), "one Commit record after the checkpoint");
+    let log_after: Vec<(Lsn, CoordRecord)> = vec![(
+        Lsn(checkpoint.lsn.0 + 1),
+        CoordRecord::Commit { txid: after, client: C, seq: 4, participants: vec![P1, P2], reads: vec![] },
+    )];
+    let mut fx = CoordEffects::default();
+    let mut recovered = Coordinator::recover_from(config(), Some(checkpoint.clone()), log_after, Time::ZERO, &mut fx);
+    assert_eq!(recovered.epoch(), Epoch(2), "a new epoch after the checkpoint's");
+    assert_eq!(recovered.unfinished(), 2, "the checkpoint's unacked commit and the one after it");
+    let redriven: Vec<TxId> = fx
+        .outputs
+        .iter()
+        .filter_map(|g| match g.item {
+            CoordOutput::ToParticipant(_, ToParticipant::Commit { txid }) => Some(txid),
+            _ => None,
+        })
+        .collect();
+    assert!(redriven.contains(&unacked) && redriven.contains(&after), "{redriven:?}");
+    // Retries of committed requests get their outcome instead of a second execution.
+    for seq in [1, 2, 4] {
+        let mut fx = CoordEffects::default();
+        recovered.on_submit(Time::ZERO, transfer(seq), &mut fx);
+        assert!(
+            matches!(&fx.outputs[..], [Gated { item: CoordOutput::ToClient(Reply::Outcome { outcome, .. }), .. }] if outcome.is_committed()),
+            "seq {seq}: {:?}",
+            fx.outputs
+        );
+    }
+    // Records the checkpoint covers may still be in the log: they are skipped.
+    let mut fx = CoordEffects::default();
+    let stale = vec![(Lsn(2), CoordRecord::End { txid: unacked })];
+    let recovered = Coordinator::recover_from(config(), Some(checkpoint), stale, Time::ZERO, &mut fx);
+    assert_eq!(recovered.unfinished(), 1, "a covered End record does not finish a commit the checkpoint holds");
+}
+
+#[test]
+fn losing_a_participant_aborts_what_waits_for_its_vote_at_once_and_refuses_new_work_until_back() {
+    let (mut coordinator, _) = fresh();
+    let mut fx = CoordEffects::default();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    fx.clear();
+    coordinator.participant_unreachable(P2, &mut fx);
+    let unavailable = AbortReason::Unavailable { participant: P2 };
+    let outputs: Vec<_> = fx.outputs.iter().map(|g| g.item.clone()).collect();
+    assert_eq!(
+        outputs,
+        vec![
+            CoordOutput::ToParticipant(P1, ToParticipant::Abort { txid }),
+            CoordOutput::ToParticipant(P2, ToParticipant::Abort { txid }),
+            CoordOutput::ToClient(Reply::Outcome {
+                client: C,
+                seq: 1,
+                outcome: Outcome::Aborted { reason: unavailable.clone() }
+            }),
+        ]
+    );
+    assert!(fx.appends.is_empty(), "presumed abort: nothing logged");
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, transfer(2), &mut fx);
+    assert!(
+        matches!(&fx.outputs[..], [Gated { item: CoordOutput::ToClient(Reply::Outcome { outcome: Outcome::Aborted { reason }, .. }), .. }] if *reason == unavailable),
+        "{:?}",
+        fx.outputs
+    );
+    fx.clear();
+    coordinator.participant_reachable(P2);
+    coordinator.on_submit(Time::ZERO, transfer(3), &mut fx);
+    assert_eq!(fx.outputs.len(), 2, "prepares to both participants again");
+}

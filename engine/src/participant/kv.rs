@@ -98,6 +98,21 @@ impl KvStore {
             }
         }
     }
+
+    /// Like [`apply`](Self::apply), taking the writes (no reference counts touched: the
+    /// commit path owns them once the transaction is forgotten).
+    pub fn apply_owned(&mut self, writes: Vec<Write>) {
+        for write in writes {
+            match write.value {
+                Some(value) => {
+                    self.map.insert(write.key, value);
+                }
+                None => {
+                    self.map.remove(&write.key);
+                }
+            }
+        }
+    }
 }
 
 /// A copy that does not pin the (possibly large) network frame it was sliced from.

@@ -305,6 +305,29 @@ impl Participant {
         }
     }
 
+    /// A coordinator of `epoch` connected (a driver with connections calls this at the
+    /// handshake). Everything in doubt, and everything prepared under an older epoch (whose
+    /// coordinator restarted and will not decide it unasked), is asked about now instead of
+    /// at the next backoff step, so locks held in doubt are released as soon as the
+    /// coordinator is back. Asking early is always safe: an undecided transaction's
+    /// coordinator ignores the question.
+    pub fn on_coordinator_connected(&mut self, now: Time, epoch: Epoch, fx: &mut PartEffects) {
+        let mut due: Vec<TxId> = self
+            .prepared
+            .iter()
+            .filter(|(txid, prepared)| prepared.in_doubt || txid.epoch() < epoch)
+            .map(|(txid, _)| *txid)
+            .collect();
+        due.sort_unstable(); // Deterministic order of the questions.
+        for txid in due {
+            let prepared = self.prepared.get_mut(&txid).expect("listed");
+            prepared.next_inquiry = now;
+            prepared.backoff = self.config.inquiry_after;
+            self.timers.schedule(now, Duration::ZERO, txid);
+        }
+        self.on_tick(now, fx);
+    }
+
     fn vote_no(&mut self, txid: TxId, reason: AbortReason, fx: &mut PartEffects) {
         self.stats.voted_no += 1;
         self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::No { reason } });
@@ -402,8 +425,8 @@ impl Participant {
             let last = self.log.last();
             return self.send(fx, last, ToCoordinator::Ack { txid });
         };
-        self.kv.apply(&prepared.writes);
         self.unlock_all(txid, &prepared.locked);
+        self.kv.apply_owned(prepared.writes);
         let lsn = self.log.append(fx, PartRecord::Committed { txid });
         self.stats.committed += 1;
         self.send(fx, lsn, ToCoordinator::Ack { txid });

@@ -156,3 +156,70 @@ fn after_a_restart_prepared_work_is_in_doubt_locked_and_asked_about() {
     participant.on_tick(Time(u64::MAX), &mut fx);
     assert!(fx.is_empty(), "stale timers do nothing");
 }
+
+#[test]
+fn a_participant_whose_coordinator_is_silent_keeps_its_locks_asks_with_backoff_and_answers_in_doubt() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(5))]), &mut fx);
+    fx.clear();
+    // Before its first unanswered question the holder is just a lock holder.
+    participant.on_message(Time::ZERO, EPOCH, prepare(2, vec![("a", OpKind::Get)]), &mut fx);
+    assert_eq!(vote_of(&fx).1, Vote::No { reason: AbortReason::Conflict { participant: ME, key: key("a") } });
+    fx.clear();
+
+    // Nobody answers: it asks again and again, backing off from 1 s to at most 5 s.
+    let mut asked_at = Vec::new();
+    while asked_at.len() < 6 {
+        let now = participant.next_deadline().expect("an inquiry is always scheduled");
+        participant.on_tick(now, &mut fx);
+        for output in fx.outputs.drain(..) {
+            assert_eq!(output, Gated { after: Lsn::NONE, item: ToCoordinator::Inquiry { txid: txid(1) } });
+            asked_at.push(now);
+        }
+    }
+    let seconds: Vec<u64> = asked_at.iter().map(|at| at.as_nanos() / 1_000_000_000).collect();
+    assert_eq!(seconds, vec![1, 2, 4, 8, 13, 18]);
+    assert_eq!((participant.prepared(), participant.in_doubt(), participant.locked_keys()), (1, 1, 1));
+    assert!(fx.appends.is_empty(), "asking logs nothing and decides nothing");
+
+    // Reads and writes of the key are refused as in doubt, never served stale.
+    let now = *asked_at.last().unwrap();
+    for (counter, op) in [(3, OpKind::Get), (4, add(1))] {
+        participant.on_message(now, EPOCH, prepare(counter, vec![("a", op)]), &mut fx);
+        let reason = AbortReason::InDoubt { participant: ME, key: key("a") };
+        assert_eq!(vote_of(&fx).1, Vote::No { reason: reason.clone() });
+        assert!(reason.is_retryable());
+        fx.clear();
+    }
+
+    // The coordinator is back (restarted: a new epoch): it is asked at once, not in 5 s.
+    participant.on_coordinator_connected(now, Epoch(2), &mut fx);
+    assert_eq!(fx.outputs, vec![Gated { after: Lsn::NONE, item: ToCoordinator::Inquiry { txid: txid(1) } }]);
+    fx.clear();
+    participant.on_message(now, Epoch(2), ToParticipant::Commit { txid: txid(1) }, &mut fx);
+    assert_eq!(decode_int(participant.kv().get(b"a")), Some(5));
+    assert_eq!((participant.prepared(), participant.locked_keys()), (0, 0));
+    fx.clear();
+    let next = ToParticipant::Prepare {
+        txid: TxId::new(Epoch(2), 1),
+        ops: vec![LocalOp { index: 0, key: key("a"), kind: add(1) }],
+    };
+    participant.on_message(now, Epoch(2), next, &mut fx);
+    assert!(matches!(vote_of(&fx).1, Vote::Yes { .. }), "the key is usable again");
+}
+
+#[test]
+fn a_restarted_coordinator_is_asked_at_once_about_older_epochs_only() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(5))]), &mut fx);
+    fx.clear();
+    // The same coordinator reconnecting has nothing in doubt to be asked about yet.
+    participant.on_coordinator_connected(Time::ZERO, EPOCH, &mut fx);
+    assert!(fx.is_empty(), "{fx:?}");
+    // A new epoch means the old coordinator restarted before deciding: ask now.
+    participant.on_coordinator_connected(Time::ZERO, Epoch(2), &mut fx);
+    assert_eq!(fx.outputs, vec![Gated { after: Lsn::NONE, item: ToCoordinator::Inquiry { txid: txid(1) } }]);
+    assert_eq!(participant.in_doubt(), 1);
+}

@@ -12,7 +12,7 @@ use super::checker::{self, Observed};
 use super::disk::Disk;
 use super::workload::{self, Client, participant_id};
 use super::{FaultCounts, SimConfig, SimReport};
-use crate::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};
+use crate::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, CoordinatorSnapshot};
 use crate::effects::{DurabilityGate, Effects};
 use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
 use crate::participant::{PartEffects, Participant, ParticipantConfig, ParticipantSnapshot};
@@ -93,6 +93,8 @@ enum Event {
     Snapshot {
         participant: u16,
     },
+    /// The coordinator checkpoints (kept once its LSN is durable) and truncates its log.
+    Checkpoint,
 }
 
 struct Scheduled {
@@ -173,6 +175,9 @@ pub(super) struct World {
     /// Each participant's installed snapshot (durable), and one waiting for its LSN.
     snapshots: Vec<Option<ParticipantSnapshot>>,
     pending_snapshots: Vec<Option<ParticipantSnapshot>>,
+    /// The coordinator's installed checkpoint (durable), and one waiting for its LSN.
+    checkpoint: Option<CoordinatorSnapshot>,
+    pending_checkpoint: Option<CoordinatorSnapshot>,
 }
 
 const SNAPSHOT_EVERY_MS: (u64, u64) = (10, 150);
@@ -203,6 +208,8 @@ impl World {
             observed: Observed::default(),
             snapshots: vec![None; config.participants as usize],
             pending_snapshots: vec![None; config.participants as usize],
+            checkpoint: None,
+            pending_checkpoint: None,
             config,
         }
     }
@@ -257,6 +264,8 @@ impl World {
             let at = self.after_us((SNAPSHOT_EVERY_MS.0 * 1000, SNAPSHOT_EVERY_MS.1 * 1000));
             self.schedule(at, Event::Snapshot { participant });
         }
+        let at = self.after_us((SNAPSHOT_EVERY_MS.0 * 1000, SNAPSHOT_EVERY_MS.1 * 1000));
+        self.schedule(at, Event::Checkpoint);
         let mut violations = Vec::new();
         let mut deadline = None;
         while let Some(Reverse(Scheduled { at, event, .. })) = self.queue.pop() {
@@ -331,6 +340,7 @@ impl World {
             }
             Event::ClientWake { client, token } => self.client_wake(client, token),
             Event::Snapshot { participant } => self.take_snapshot(participant),
+            Event::Checkpoint => self.take_checkpoint(),
         }
     }
 
@@ -342,9 +352,11 @@ impl World {
             NodeId::Coordinator => {
                 let config = self.coordinator_config();
                 let log = self.coordinator.disk.read_back();
+                let checkpoint = self.checkpoint.clone();
+                self.pending_checkpoint = None;
                 let node_state = &mut self.coordinator;
                 node_state.gate = DurabilityGate::new(node_state.disk.durable_lsn());
-                node_state.engine = Some(Coordinator::recover(config, log, now, &mut node_state.fx));
+                node_state.engine = Some(Coordinator::recover_from(config, checkpoint, log, now, &mut node_state.fx));
             }
             NodeId::Participant(index) => {
                 let config = self.participant_config(index);
@@ -424,8 +436,10 @@ impl World {
             NodeId::Client(_) => unreachable!(),
         };
         let Some(durable) = durable else { return };
-        if let NodeId::Participant(index) = node {
-            self.install_snapshot_if_durable(index);
+        match node {
+            NodeId::Participant(index) => self.install_snapshot_if_durable(index),
+            NodeId::Coordinator => self.install_checkpoint_if_durable(),
+            NodeId::Client(_) => {}
         }
         // Releasing is a separate step, so a crash can fall between sync and send.
         let at = self.after_us(RELEASE_US);
@@ -473,6 +487,24 @@ impl World {
         let cut = Lsn(self.rng.gen_range(0..=snapshot.lsn.0 + 1));
         self.snapshots[i] = Some(snapshot);
         self.participants[i].disk.truncate_before(cut);
+    }
+
+    fn take_checkpoint(&mut self) {
+        let next = self.after_us((SNAPSHOT_EVERY_MS.0 * 1000, SNAPSHOT_EVERY_MS.1 * 1000));
+        self.schedule(next, Event::Checkpoint);
+        let Some(engine) = self.coordinator.engine.as_ref() else { return };
+        self.pending_checkpoint = Some(engine.snapshot());
+        self.install_checkpoint_if_durable();
+    }
+
+    /// As for participants: kept once durable, then the log before a random point it covers
+    /// is truncated.
+    fn install_checkpoint_if_durable(&mut self) {
+        let durable = self.coordinator.disk.durable_lsn();
+        let Some(checkpoint) = self.pending_checkpoint.take_if(|c| c.lsn <= durable) else { return };
+        let cut = Lsn(self.rng.gen_range(0..=checkpoint.lsn.0 + 1));
+        self.checkpoint = Some(checkpoint);
+        self.coordinator.disk.truncate_before(cut);
     }
 
     fn schedule_tick(&mut self, node: NodeId) {
@@ -774,7 +806,8 @@ impl World {
         let now = self.now;
         let mut fx = CoordEffects::default();
         let config = self.coordinator_config();
-        let recovered = Coordinator::recover(config, self.coordinator.disk.read_back(), now, &mut fx);
+        let checkpoint = self.checkpoint.clone();
+        let recovered = Coordinator::recover_from(config, checkpoint, self.coordinator.disk.read_back(), now, &mut fx);
         if recovered.unfinished() != 0 {
             violations.push(format!(
                 "recovery: coordinator restarts with {} unfinished transactions after quiescence",

@@ -1,0 +1,363 @@
+//! Crash recovery with real processes: a failpoint (`TWOPHASE_FAILPOINT`) makes one node
+//! SIGKILL itself at a chosen step of one cross-participant transaction; the test restarts
+//! it at the same address with the same data and demands that
+//! - the transaction ends the same way on every participant (both applied or neither,
+//!   nothing left prepared), read through the admin `Dump` frame, and
+//! - the client got the outcome, or learns it by retrying the same `(client, seq)` through a
+//!   new connection (a new `Client` with the same `ClientId` numbers its first request 1,
+//!   like the one that was cut off).
+//!
+//! The transaction moves 10 from `a` on p1 to `b` on p2, both starting absent (0), so
+//! "committed" is a = -10, b = 10 and "aborted" is both absent. Waits poll with generous
+//! deadlines (a loaded 2-core machine); nothing sleeps to make a point.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, add, dump_ints, eventually};
+use twophase_engine::{AbortReason, ClientId, Op, Outcome, ParticipantId};
+use twophase_net::{Client, ClientError, ClientOptions};
+
+/// Longest a failpoint may take to fire once its transaction is submitted, and a node to die.
+const DIE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the participants may take to agree after the restart.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Prepare timeout when a participant is expected to go silent: aborts come quickly.
+const QUICK_ABORT: &str = "1000";
+/// Prepare timeout when every vote is expected: never hit by a slow but healthy machine.
+const PATIENT: &str = "10000";
+/// The client whose transaction is interrupted; the same id retries it.
+const CLIENT: ClientId = ClientId(0x2bc_f00d);
+
+fn transfer() -> Vec<Op> {
+    vec![add(1, "a", -10, i64::MIN), add(2, "b", 10, i64::MIN)]
+}
+
+/// Which process a failpoint is armed in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    P1,
+    Coordinator,
+}
+
+/// One participant's side of the transfer: its key's value and its transaction counts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Side {
+    value: Option<i64>,
+    prepared: u32,
+    in_doubt: u32,
+}
+
+impl Side {
+    fn read(participant: &Node, key: &str) -> Side {
+        let (values, (prepared, in_doubt)) = dump_ints(participant.addr);
+        Side { value: values.get(key).copied(), prepared, in_doubt }
+    }
+
+    /// Holds the transfer prepared (in doubt or not yet), nothing applied.
+    fn is_prepared(&self) -> bool {
+        self.value.is_none() && self.prepared == 1
+    }
+}
+
+/// A coordinator and participants p1, p2, each its own process.
+struct Nodes {
+    _dir: tempfile::TempDir,
+    p1: Node,
+    p2: Node,
+    c1: Node,
+}
+
+impl Nodes {
+    /// Starts everything, arming `failpoint` in `victim` only.
+    fn start(victim: Victim, failpoint: &str, prepare_timeout_ms: &str) -> Nodes {
+        let dir = tempfile::tempdir().unwrap();
+        let armed = [("TWOPHASE_FAILPOINT", failpoint)];
+        let env = |who: Victim| if who == victim { &armed[..] } else { &[][..] };
+        let p1 = Node::participant("p1", dir.path(), env(Victim::P1));
+        let p2 = Node::participant("p2", dir.path(), &[]);
+        let c1 = Node::coordinator(
+            dir.path(),
+            &[&p1, &p2],
+            &["--prepare-timeout-ms", prepare_timeout_ms],
+            env(Victim::Coordinator),
+        );
+        Nodes { _dir: dir, p1, p2, c1 }
+    }
+
+    /// `a` on p1 and `b` on p2 with each participant's (prepared, in doubt) counts.
+    fn state(&self) -> (Side, Side) {
+        (Side::read(&self.p1, "a"), Side::read(&self.p2, "b"))
+    }
+
+    /// Waits until neither participant holds the transaction prepared and returns whether it
+    /// committed; panics at once if they decided it differently.
+    fn settled(&self) -> bool {
+        eventually("both participants to finish the transaction", SETTLE_TIMEOUT, || {
+            let (p1, p2) = self.state();
+            if p1.prepared + p2.prepared > 0 {
+                return None;
+            }
+            match (p1.value, p2.value) {
+                (Some(-10), Some(10)) => Some(true),
+                (None, None) => Some(false),
+                other => panic!("the participants disagree: (a, b) = {other:?}"),
+            }
+        })
+    }
+
+    /// Stops every node cleanly: a restarted node must also shut down well.
+    fn stop(mut self) {
+        for node in [&mut self.c1, &mut self.p1, &mut self.p2] {
+            node.stop();
+        }
+    }
+}
+
+fn options(attempts: u32) -> ClientOptions {
+    ClientOptions {
+        client_id: Some(CLIENT),
+        request_timeout: Duration::from_secs(20),
+        busy_backoff: Duration::from_millis(50),
+        max_attempts: attempts,
+        ..ClientOptions::default()
+    }
+}
+
+/// Submits the transfer as request 1 of [`CLIENT`] on a new connection.
+fn submit(coordinator: std::net::SocketAddr, attempts: u32) -> Result<Outcome, ClientError> {
+    Client::connect(coordinator, options(attempts))?.submit(transfer())
+}
+
+/// Submits the transfer in the background, trying once: the coordinator is about to die.
+fn submit_once_in_background(nodes: &Nodes) -> std::thread::JoinHandle<Result<Outcome, ClientError>> {
+    let coordinator = nodes.c1.addr;
+    std::thread::spawn(move || submit(coordinator, 1))
+}
+
+/// The retry of `(CLIENT, 1)` after a restart: the outcome, the same on every ask.
+fn retry(nodes: &Nodes) -> Outcome {
+    let outcome = submit(nodes.c1.addr, 10).expect("the retry gets an outcome");
+    let again = submit(nodes.c1.addr, 10).expect("a second retry gets an outcome");
+    assert_eq!(again, outcome, "the coordinator answers a retried (client, seq) with one outcome");
+    outcome
+}
+
+/// The restarted node reported cutting a torn tail. Its stderr is read by another thread
+/// than the `listening on` line that ended its restart, so the line may lag: wait for it.
+fn expect_torn_tail(node: &Node) {
+    let seen = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.stderr().contains("cut a torn log tail") {
+        assert!(std::time::Instant::now() < seen, "the restarted {} found no torn tail:\n{}", node.name, node.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Aborted because p1 never voted: by the prepare timeout, or at once when the coordinator
+/// saw p1's connection drop first (whichever comes first).
+fn is_abort_for_silent_p1(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Aborted { reason: AbortReason::Timeout { participant } | AbortReason::Unavailable { participant } }
+            if *participant == ParticipantId(1)
+    )
+}
+
+/// The coordinator dies at a failpoint of its own, before it can tell the client anything;
+/// it is restarted; returns how the participants settled and the retried outcome.
+fn kill_coordinator_and_restart(nodes: &mut Nodes) -> (bool, Outcome) {
+    let first = submit_once_in_background(nodes);
+    nodes.c1.expect_killed(DIE_TIMEOUT);
+    let first = first.join().unwrap();
+    assert!(first.is_err(), "the coordinator died before replying, yet the client heard {first:?}");
+    nodes.c1.restart(&[]);
+    let committed = nodes.settled();
+    (committed, retry(nodes))
+}
+
+#[test]
+fn coordinator_dies_while_preparing_and_the_transaction_aborts() {
+    let mut nodes = Nodes::start(Victim::Coordinator, "coordinator-prepare-sent", PATIENT);
+    let first = submit_once_in_background(&nodes);
+    nodes.c1.expect_killed(DIE_TIMEOUT);
+    assert!(first.join().unwrap().is_err(), "nobody could have decided");
+    // Both voted Yes to a dead coordinator: prepared, undecided, nothing applied.
+    let (p1, p2) = eventually("both participants to prepare", DIE_TIMEOUT, || {
+        Some(nodes.state()).filter(|(p1, p2)| p1.prepared + p2.prepared == 2)
+    });
+    assert_eq!((p1.value, p2.value), (None, None), "nothing applied before a decision");
+    nodes.c1.restart(&[]);
+    // No Commit record: presumed abort, answered to the participants' inquiries.
+    assert!(!nodes.settled(), "a transaction without a Commit record must abort");
+    // The aborted attempt left nothing behind, so the retry may run it afresh: whatever it
+    // answers, the participants must show exactly that.
+    let outcome = retry(&nodes);
+    assert_eq!(nodes.settled(), outcome.is_committed(), "the retry's outcome is what the participants hold");
+    nodes.stop();
+}
+
+#[test]
+fn coordinator_dies_after_its_commit_record_is_durable_and_the_commit_completes_after_restart() {
+    let mut nodes = Nodes::start(Victim::Coordinator, "coordinator-commit-durable", PATIENT);
+    let first = submit_once_in_background(&nodes);
+    nodes.c1.expect_killed(DIE_TIMEOUT);
+    assert!(first.join().unwrap().is_err());
+    // Both votes were in, so both are prepared; no Commit left before the crash.
+    let (p1, p2) = nodes.state();
+    assert!(p1.is_prepared() && p2.is_prepared(), "{p1:?} {p2:?}");
+    nodes.c1.restart(&[]);
+    assert!(nodes.settled(), "the durable Commit record is re-driven after the restart");
+    assert_eq!(retry(&nodes), Outcome::Committed { reads: vec![] }, "the retry learns the commit");
+    assert!(nodes.settled(), "learning the outcome did not run the transfer again");
+    nodes.stop();
+}
+
+#[test]
+fn participant_dies_while_prepared_and_commits_on_restart_once_the_coordinator_says_so() {
+    let mut nodes = Nodes::start(Victim::P1, "participant-vote-sent", PATIENT);
+    // Both Yes votes arrived, so the coordinator commits and tells the client at once.
+    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    assert!(outcome.is_committed(), "{outcome:?}");
+    nodes.p1.expect_killed(DIE_TIMEOUT);
+    let (b, _) = eventually("p2 to apply the commit", SETTLE_TIMEOUT, || {
+        let (values, counts) = dump_ints(nodes.p2.addr);
+        (counts.0 == 0).then(|| (values.get("b").copied(), counts))
+    });
+    assert_eq!(b, Some(10));
+    nodes.p1.restart(&[]);
+    // p1 recovers the transaction in doubt, holds its lock and asks; the coordinator (or
+    // its re-drive) says Commit.
+    assert!(nodes.settled(), "p1 commits after its restart");
+    assert_eq!(retry(&nodes), outcome);
+    nodes.stop();
+}
+
+#[test]
+fn participant_dies_before_voting_and_the_transaction_aborts() {
+    let mut nodes = Nodes::start(Victim::P1, "participant-prepared-durable", QUICK_ABORT);
+    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    assert!(is_abort_for_silent_p1(&outcome), "p1 never voted, so the transaction aborts: {outcome:?}");
+    nodes.p1.expect_killed(DIE_TIMEOUT);
+    nodes.p1.restart(&[]);
+    // p1's Prepared record is durable: it comes back in doubt and the coordinator, which
+    // decided abort and logged nothing, answers its inquiry with Abort.
+    assert!(!nodes.settled());
+    assert_eq!(retry(&nodes), outcome, "the coordinator remembers the abort it told the client");
+    nodes.stop();
+}
+
+#[test]
+fn coordinator_dies_between_appending_and_syncing_its_commit_record_and_the_ending_is_consistent() {
+    let mut nodes = Nodes::start(Victim::Coordinator, "coordinator-commit-appended", PATIENT);
+    let (committed, outcome) = kill_coordinator_and_restart(&mut nodes);
+    // Whether the writer thread got the record to the file before the kill is a race the
+    // failpoint does not decide; either ending is correct as long as it is one ending.
+    eprintln!("the Commit record {} the kill", if committed { "survived" } else { "did not survive" });
+    if committed {
+        assert_eq!(outcome, Outcome::Committed { reads: vec![] }, "a surviving Commit record is the outcome");
+    } else {
+        assert_eq!(nodes.settled(), outcome.is_committed(), "the retry re-ran the aborted transfer");
+    }
+    nodes.stop();
+}
+
+#[test]
+fn coordinator_dies_after_sending_commit_to_one_participant_and_the_other_commits_after_restart() {
+    let mut nodes = Nodes::start(Victim::Coordinator, "coordinator-commit-sent-partial", PATIENT);
+    let first = submit_once_in_background(&nodes);
+    nodes.c1.expect_killed(DIE_TIMEOUT);
+    assert!(first.join().unwrap().is_err());
+    // Exactly one participant got its Commit before the crash.
+    let applied = eventually("one participant to apply the Commit it got", SETTLE_TIMEOUT, || match nodes.state() {
+        (Side { value: Some(-10), prepared: 0, .. }, p2) if p2.is_prepared() => Some("p1"),
+        (p1, Side { value: Some(10), prepared: 0, .. }) if p1.is_prepared() => Some("p2"),
+        (p1, p2) if p1.is_prepared() && p2.is_prepared() => None,
+        other => panic!("unexpected state {other:?}"),
+    });
+    eprintln!("{applied} got the Commit before the coordinator died");
+    nodes.c1.restart(&[]);
+    assert!(nodes.settled(), "the other participant commits once the coordinator is back");
+    assert_eq!(retry(&nodes), Outcome::Committed { reads: vec![] });
+    nodes.stop();
+}
+
+#[test]
+fn participant_dies_after_applying_a_commit_before_acking_and_stays_committed() {
+    let mut nodes = Nodes::start(Victim::P1, "participant-committed-applied", PATIENT);
+    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    assert!(outcome.is_committed(), "{outcome:?}");
+    nodes.p1.expect_killed(DIE_TIMEOUT);
+    nodes.p1.restart(&[]);
+    // Replaying its log re-applies the commit; the coordinator's re-driven Commit is acked.
+    assert!(nodes.settled());
+    assert_eq!(retry(&nodes), outcome);
+    nodes.stop();
+}
+
+#[test]
+fn coordinator_dies_in_the_middle_of_writing_its_commit_record_and_the_transaction_aborts() {
+    // Group 1 of the coordinator's log is its Epoch record, written at start; group 2 is the
+    // transfer's Commit record, cut in half.
+    let mut nodes = Nodes::start(Victim::Coordinator, "wal-mid-group@2", PATIENT);
+    let (committed, outcome) = kill_coordinator_and_restart(&mut nodes);
+    expect_torn_tail(&nodes.c1);
+    // Settled before the retry: the torn Commit record is no Commit at all.
+    assert!(!committed, "a torn Commit record must not commit");
+    assert_eq!(nodes.settled(), outcome.is_committed(), "the retry re-ran the aborted transfer");
+    nodes.stop();
+}
+
+#[test]
+fn participant_dies_in_the_middle_of_writing_its_prepared_record_and_the_transaction_aborts() {
+    // p1's first group of records holds the transfer's Prepared (and the coordinator's epoch).
+    let mut nodes = Nodes::start(Victim::P1, "wal-mid-group@1", QUICK_ABORT);
+    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    assert!(is_abort_for_silent_p1(&outcome), "{outcome:?}");
+    nodes.p1.expect_killed(DIE_TIMEOUT);
+    nodes.p1.restart(&[]);
+    expect_torn_tail(&nodes.p1);
+    assert!(!nodes.settled());
+    assert_eq!(retry(&nodes), outcome);
+    nodes.stop();
+}
+
+#[test]
+fn in_doubt_participants_keep_their_locks_until_the_coordinator_returns_then_the_keys_are_usable() {
+    let mut nodes = Nodes::start(Victim::Coordinator, "coordinator-prepare-sent", PATIENT);
+    let first = submit_once_in_background(&nodes);
+    nodes.c1.expect_killed(DIE_TIMEOUT);
+    assert!(first.join().unwrap().is_err());
+    // Each has asked the dead coordinator at least once (in doubt) and decided nothing alone.
+    let state = eventually("both participants to be in doubt", SETTLE_TIMEOUT, || {
+        Some(nodes.state()).filter(|(p1, p2)| p1.in_doubt + p2.in_doubt == 2)
+    });
+    let in_doubt = Side { value: None, prepared: 1, in_doubt: 1 };
+    assert_eq!(state, (in_doubt, in_doubt), "in doubt, locked, nothing applied");
+    let restarted = Instant::now();
+    nodes.c1.restart(&[]);
+    assert!(!nodes.settled(), "presumed abort");
+    eprintln!("resolved {:?} after the coordinator's restart began", restarted.elapsed());
+    // The locks are gone: a new transaction on the same keys commits.
+    let mut client = Client::connect(nodes.c1.addr, ClientOptions::default()).unwrap();
+    assert!(client.submit(transfer()).unwrap().is_committed(), "the keys are usable again");
+    assert!(nodes.settled());
+    nodes.stop();
+}
+
+#[test]
+fn an_unknown_failpoint_stops_the_process_before_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args(["participant", "--id", "p1", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("p1"))
+        .env("TWOPHASE_FAILPOINT", "coordinator-commit-sent")
+        .output()
+        .expect("running twophase");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown failpoint \"coordinator-commit-sent\""), "{stderr}");
+    assert!(stderr.contains("valid names: coordinator-prepare-sent, coordinator-commit-appended"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "it must not serve");
+    assert!(!dir.path().join("p1").exists(), "it must not touch its data directory");
+}
