@@ -118,19 +118,6 @@ impl Target {
         Ok(Target { coordinator, cluster: cluster.to_string(), layout, participants })
     }
 
-    /// Every participant's whole state, and whether all of them fsync their logs.
-    fn read_states(&self) -> anyhow::Result<(States, bool)> {
-        let mut states = Vec::with_capacity(self.participants.len());
-        let mut fsync = true;
-        for (name, addr) in &self.participants {
-            let (entries, end) = admin::dump(addr, &self.cluster)
-                .with_context(|| format!("reading the state of participant {name} at {addr}"))?;
-            fsync &= end.fsync;
-            states.push((name.clone(), entries));
-        }
-        Ok((states, fsync))
-    }
-
     pub(crate) fn load_options(&self, args: &WorkloadArgs, sample_pids: Vec<(String, u32)>) -> LoadOptions {
         let mut options = LoadOptions::new(self.coordinator, self.cluster.clone(), self.layout.clone());
         options.duration = args.duration;
@@ -195,14 +182,14 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// the load, so nothing else may write to the accounts during the run.
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let target = Target::discover(args.coordinator, &args.cluster, &args.workload)?;
-    let (mut before, _) = target.read_states()?;
+    let (mut before, _) = settled_states(&target)?;
     let present = present_accounts(&target.layout, &before);
     let missing = present.iter().filter(|held| !**held).count();
     if missing > 0 {
         eprintln!("creating {missing} accounts of {}", args.workload.initial_balance);
         let wanted = |account: u64| !present[account as usize];
         twophase_bench::setup_accounts_where(target.coordinator, &target.cluster, &target.layout, wanted)?;
-        before = target.read_states()?.0;
+        before = settled_states(&target)?.0;
     }
     let result = twophase_bench::run_load(&target.load_options(&args.workload, Vec::new()))?;
     let (after, fsync) = settled_states(&target)?;
