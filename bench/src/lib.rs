@@ -28,7 +28,6 @@ mod probe;
 mod report;
 mod svg;
 mod workload;
-mod zipf;
 
 pub use audit::{AUDIT_EXAMPLES, Audit, audit, audit_with_baseline};
 pub use chaos_report::{ChaosReport, KillEvent, PhaseThroughput, RecoveryStats};
@@ -43,4 +42,3 @@ pub use load::{
 pub use probe::{CommitFilter, LoadProbe, Seen};
 pub use report::{LatencySummary, PercentilePoint, Report, RssSeries};
 pub use workload::{AUDIT_READS, Tx, Workload, WorkloadSpec};
-pub use zipf::Zipf;

@@ -2,10 +2,10 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Zipf};
 use twophase_engine::{Op, OpKind};
 
 use crate::layout::{BankLayout, KeyTable};
-use crate::zipf::Zipf;
 
 /// Accounts read by one read-only audit transaction.
 pub const AUDIT_READS: usize = 4;
@@ -37,7 +37,7 @@ pub struct Workload {
     layout: BankLayout,
     keys: KeyTable,
     spec: WorkloadSpec,
-    zipf: Option<Zipf>,
+    zipf: Option<Zipf<f64>>,
     rng: ChaCha8Rng,
 }
 
@@ -59,7 +59,14 @@ impl Workload {
             "the read-only share must be within 0..=1, not {}",
             spec.read_only_share
         );
-        let zipf = spec.skew.map(|exponent| Zipf::new(layout.accounts, exponent)).transpose()?;
+        let zipf = match spec.skew {
+            Some(exponent) if exponent.is_finite() && exponent > 0.0 => Some(
+                Zipf::new(layout.accounts, exponent)
+                    .map_err(|err| anyhow::anyhow!("zipfian exponent {exponent}: {err}"))?,
+            ),
+            Some(exponent) => anyhow::bail!("the zipfian exponent must be a positive number, not {exponent}"),
+            None => None,
+        };
         // A table of its own: keys are slices of one buffer, and every slice taken or dropped
         // touches that buffer's reference count; shared by all load threads, that one cache
         // line would bounce between cores on every transaction.
@@ -70,7 +77,8 @@ impl Workload {
     fn account(&mut self) -> u64 {
         match &self.zipf {
             // Rank 1 is account 0, so the hottest accounts are spread over every participant.
-            Some(zipf) => zipf.sample(&mut self.rng) - 1,
+            // Ranks are 1..=accounts as whole-valued floats.
+            Some(zipf) => (zipf.sample(&mut self.rng) as u64).clamp(1, self.layout.accounts) - 1,
             None => self.rng.gen_range(0..self.layout.accounts),
         }
     }
@@ -180,6 +188,22 @@ mod tests {
         assert_eq!(ops[0].kind, OpKind::Add { delta: -7, floor: 0 });
         assert_eq!(ops[1].participant, ParticipantId(1));
         assert_eq!(ops[1].kind, OpKind::Add { delta: 7, floor: i64::MIN });
+    }
+
+    #[test]
+    fn skew_concentrates_on_the_first_accounts_and_bad_exponents_are_refused() {
+        let l = layout(1000, 2);
+        let mut w = Workload::new(&l, KeyTable::new(1000), spec(Some(1.2), 1.0, 0.0), 5).unwrap();
+        let mut hits = vec![0u32; 1000];
+        for _ in 0..20_000 {
+            hits[w.account() as usize] += 1;
+        }
+        assert!(hits[0] > 20 * hits[500].max(1), "rank 1 drawn {} times, rank 501 {} times", hits[0], hits[500]);
+        assert!(hits[0] > hits[1] && hits[1] > hits[9], "{:?}", &hits[..10]);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = Workload::new(&l, KeyTable::new(1000), spec(Some(bad), 1.0, 0.0), 5).err().unwrap();
+            assert!(err.to_string().contains("zipfian exponent"), "{err}");
+        }
     }
 
     #[test]
