@@ -39,7 +39,7 @@ pub fn run(args: TxArgs) -> anyhow::Result<ExitCode> {
     };
     let mut client = Client::connect(args.coordinator.as_str(), options)
         .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {}: {err}", args.coordinator))?;
-    let ops = opsyntax::resolve(named.clone(), client.participants())?;
+    let ops = opsyntax::resolve(named.clone(), client.directory().participants())?;
     let outcome = client.submit(ops).map_err(|err| anyhow::anyhow!("{err}"))?;
     if args.json {
         println!("{}", outcome_json(&named, &outcome));

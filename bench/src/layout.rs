@@ -191,7 +191,7 @@ pub fn setup_accounts_where(
     }
     let mut pipeline = Pipeline::connect(coordinator, client_options(cluster))
         .with_context(|| format!("connecting to the coordinator at {coordinator} (cluster '{cluster}')"))?;
-    check_directory(pipeline.participants(), layout)?;
+    check_directory(pipeline.directory().participants(), layout)?;
     let keys = KeyTable::new(layout.accounts);
     let mut next_account = 0u64;
     let mut in_flight: Vec<(Seq, u64)> = Vec::new(); // (seq, first account of the chunk)

@@ -522,7 +522,7 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
     let options = ctx.options.clone();
     let mut pipeline = Pipeline::connect(options.coordinator, options.client.clone())
         .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
-    check_directory(pipeline.participants(), &options.layout)?;
+    check_directory(pipeline.directory().participants(), &options.layout)?;
     let cap = options.outstanding;
     let end = ctx.start + options.duration;
     let drain_deadline = end + DRAIN_LIMIT;

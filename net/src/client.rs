@@ -154,7 +154,7 @@ pub(crate) struct Connection {
     scratch: Vec<u8>,
     read_timeout: Option<Duration>,
     server_limits: NetLimits,
-    directory: Vec<(ParticipantId, String)>,
+    directory: Directory,
 }
 
 impl Connection {
@@ -190,7 +190,7 @@ impl Connection {
             scratch: vec![0; READ_CHUNK],
             read_timeout: None,
             server_limits: NetLimits::default(),
-            directory: Vec::new(),
+            directory: Directory::default(),
         };
         let hello = Hello {
             role,
@@ -213,7 +213,7 @@ impl Connection {
                             )));
                         }
                         conn.server_limits = welcome.limits;
-                        conn.directory = welcome.directory;
+                        conn.directory = Directory { participants: welcome.directory };
                         Ok(conn)
                     }
                     Frame::Error(error) => Err(ClientError::Refused { code: error.code, message: error.message }),
@@ -277,14 +277,28 @@ fn pick_client_id(options: &ClientOptions) -> ClientId {
     options.client_id.unwrap_or_else(|| ClientId(rand::random()))
 }
 
-fn lookup(directory: &[(ParticipantId, String)], name: &str) -> Option<ParticipantId> {
-    directory.iter().find(|(_, known)| known == name).map(|(id, _)| *id)
+/// The participants the coordinator announced in its `Welcome`, by id and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    participants: Vec<(ParticipantId, String)>,
 }
 
-fn unknown(directory: &[(ParticipantId, String)], name: &str) -> ClientError {
-    ClientError::UnknownParticipant {
-        name: name.to_string(),
-        known: directory.iter().map(|(_, known)| known.clone()).collect(),
+impl Directory {
+    pub fn participants(&self) -> &[(ParticipantId, String)] {
+        &self.participants
+    }
+
+    /// The id of the participant called `name`.
+    pub fn participant(&self, name: &str) -> Option<ParticipantId> {
+        self.participants.iter().find(|(_, known)| known == name).map(|(id, _)| *id)
+    }
+
+    /// Like [`participant`](Self::participant), with an error naming the known participants.
+    pub fn require_participant(&self, name: &str) -> Result<ParticipantId, ClientError> {
+        self.participant(name).ok_or_else(|| ClientError::UnknownParticipant {
+            name: name.to_string(),
+            known: self.participants.iter().map(|(_, known)| known.clone()).collect(),
+        })
     }
 }
 
@@ -295,7 +309,7 @@ pub struct Client {
     client: ClientId,
     last_seq: Seq,
     conn: Option<Connection>,
-    directory: Vec<(ParticipantId, String)>,
+    directory: Directory,
     writer: BatchWriter<Submit>,
     frames: Vec<Frame>,
 }
@@ -322,17 +336,9 @@ impl Client {
         self.client
     }
 
-    pub fn participants(&self) -> &[(ParticipantId, String)] {
+    /// The coordinator's participants, as of the latest handshake.
+    pub fn directory(&self) -> &Directory {
         &self.directory
-    }
-
-    pub fn participant(&self, name: &str) -> Option<ParticipantId> {
-        lookup(&self.directory, name)
-    }
-
-    /// Like [`participant`](Self::participant), with an error naming the known participants.
-    pub fn require_participant(&self, name: &str) -> Result<ParticipantId, ClientError> {
-        self.participant(name).ok_or_else(|| unknown(&self.directory, name))
     }
 
     /// Runs one transaction under the next sequence number. `Busy` → waits `busy_backoff`
@@ -435,7 +441,7 @@ pub struct Pipeline {
     client: ClientId,
     last_seq: Seq,
     conn: Option<Connection>,
-    directory: Vec<(ParticipantId, String)>,
+    directory: Directory,
     writer: BatchWriter<Submit>,
     outstanding: HashMap<Seq, Submit>,
     /// Busy requests and when to resend them (in order: the backoff is constant).
@@ -473,16 +479,9 @@ impl Pipeline {
         self.client
     }
 
-    pub fn participants(&self) -> &[(ParticipantId, String)] {
+    /// The coordinator's participants, as of the latest handshake.
+    pub fn directory(&self) -> &Directory {
         &self.directory
-    }
-
-    pub fn participant(&self, name: &str) -> Option<ParticipantId> {
-        lookup(&self.directory, name)
-    }
-
-    pub fn require_participant(&self, name: &str) -> Result<ParticipantId, ClientError> {
-        self.participant(name).ok_or_else(|| unknown(&self.directory, name))
     }
 
     /// Transactions sent (or buffered) without an outcome yet.

@@ -37,7 +37,7 @@ pub mod transport;
 #[cfg(test)]
 mod doc_example;
 
-pub use client::{Client, ClientError, ClientOptions, Pipeline};
+pub use client::{Client, ClientError, ClientOptions, Directory, Pipeline};
 pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
     Hello, MAX_HELLO_FRAME_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError, Role, Welcome,

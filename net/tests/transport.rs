@@ -127,9 +127,12 @@ fn clients_are_served_and_bad_connections_get_an_error_and_a_close() {
     let (transport, addr, server) = start_server();
 
     let mut client = Client::connect(addr, options()).expect("connect");
-    assert_eq!(client.participants(), &[(ParticipantId(1), "p1".to_string()), (ParticipantId(2), "p2".to_string())]);
-    assert_eq!(client.participant("p2"), Some(ParticipantId(2)));
-    let err = client.require_participant("p9").unwrap_err();
+    assert_eq!(
+        client.directory().participants(),
+        &[(ParticipantId(1), "p1".to_string()), (ParticipantId(2), "p2".to_string())]
+    );
+    assert_eq!(client.directory().participant("p2"), Some(ParticipantId(2)));
+    let err = client.directory().require_participant("p9").unwrap_err();
     assert_eq!(err.to_string(), "unknown participant 'p9'; the coordinator knows: p1, p2");
     assert!(client.submit(vec![add(1, "a", 5), add(2, "b", -5)]).unwrap().is_committed());
     // Busy once, then committed under the same (client, seq).
