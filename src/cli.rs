@@ -64,6 +64,10 @@ struct ParticipantArgs {
     /// Snapshot the state every this many log records; 0 never [default: 1000000].
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// While the log is busy, at most one group commit (one device flush) per this many
+    /// microseconds; 0 never holds a group back [default: 1500].
+    #[arg(long)]
+    group_interval_us: Option<u64>,
     /// Do not fsync the log. Unsafe: only to measure what group commit hides.
     #[arg(long)]
     unsafe_no_fsync: bool,
@@ -80,6 +84,7 @@ struct ParticipantFile {
     data_dir: Option<PathBuf>,
     cluster: Option<String>,
     snapshot_every: Option<u64>,
+    group_interval_us: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
 }
@@ -113,6 +118,10 @@ struct CoordinatorArgs {
     /// Checkpoint and truncate the log every this many records; 0 never [default: 1000000].
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// While the log is busy, at most one group commit (one device flush) per this many
+    /// microseconds; 0 never holds a group back [default: 1500].
+    #[arg(long)]
+    group_interval_us: Option<u64>,
     /// Do not fsync the log. Unsafe: only to measure what group commit hides.
     #[arg(long)]
     unsafe_no_fsync: bool,
@@ -132,6 +141,7 @@ struct CoordinatorFile {
     prepare_timeout_ms: Option<u64>,
     max_in_flight: Option<usize>,
     checkpoint_every: Option<u64>,
+    group_interval_us: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
 }
@@ -165,6 +175,15 @@ fn required<T>(value: Option<T>, flag: &str) -> anyhow::Result<T> {
     value.with_context(|| format!("--{flag} is required (on the command line or in --config)"))
 }
 
+fn storage(unsafe_no_fsync: bool, group_interval_us: Option<u64>) -> Storage {
+    let defaults = Storage::default();
+    Storage {
+        unsafe_no_fsync,
+        group_interval: group_interval_us.map_or(defaults.group_interval, Duration::from_micros),
+        ..defaults
+    }
+}
+
 fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptions> {
     let file: ParticipantFile = read_config(args.config.as_deref())?;
     let name = required(args.id.or(file.id), "id")?;
@@ -175,10 +194,10 @@ fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptio
         data_dir: required(args.data_dir.or(file.data_dir), "data-dir")?,
         cluster: args.cluster.or(file.cluster).unwrap_or_else(|| "local".into()),
         snapshot_every_records: args.snapshot_every.or(file.snapshot_every).unwrap_or(1_000_000),
-        storage: Storage {
-            unsafe_no_fsync: args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
-            ..Storage::default()
-        },
+        storage: storage(
+            args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
+            args.group_interval_us.or(file.group_interval_us),
+        ),
         pin_core: args.pin_core.or(file.pin_core),
     })
 }
@@ -202,10 +221,10 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         participants: names::parse_participants(&specs)?,
         prepare_timeout: Duration::from_millis(args.prepare_timeout_ms.or(file.prepare_timeout_ms).unwrap_or(2000)),
         max_in_flight,
-        storage: Storage {
-            unsafe_no_fsync: args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
-            ..Storage::default()
-        },
+        storage: storage(
+            args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
+            args.group_interval_us.or(file.group_interval_us),
+        ),
         pin_core: args.pin_core.or(file.pin_core),
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
     })

@@ -69,6 +69,11 @@ pub const KIND_PART_ABORTED: u8 = 19;
 /// A record the wal can store: a kind byte and a payload.
 pub trait LogRecord: Sized {
     fn kind(&self) -> u8;
+    /// Whether a client's answer waits on this record's durability, so the runtime should
+    /// sync it at once. Other records (an `End`, a participant's `Committed`) still gate
+    /// whatever depends on them, but may wait for the next group commit: one device flush
+    /// fewer per transaction. Never affects safety, only when a sync happens.
+    fn urgent(&self) -> bool;
     fn encode_payload(&self, out: &mut Vec<u8>);
     fn decode(kind: u8, payload: Bytes) -> Result<Self, DecodeError>;
 }
@@ -117,6 +122,10 @@ impl Decode for Write {
 }
 
 impl LogRecord for CoordRecord {
+    fn urgent(&self) -> bool {
+        !matches!(self, CoordRecord::End { .. })
+    }
+
     fn kind(&self) -> u8 {
         match self {
             CoordRecord::Epoch { .. } => KIND_COORD_EPOCH,
@@ -161,6 +170,10 @@ impl LogRecord for CoordRecord {
 }
 
 impl LogRecord for PartRecord {
+    fn urgent(&self) -> bool {
+        matches!(self, PartRecord::Prepared { .. })
+    }
+
     fn kind(&self) -> u8 {
         match self {
             PartRecord::Epoch { .. } => KIND_PART_EPOCH,

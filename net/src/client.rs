@@ -152,7 +152,6 @@ pub(crate) struct Connection {
     decoder: FrameDecoder,
     inbuf: BytesMut,
     scratch: Vec<u8>,
-    read_timeout: Option<Duration>,
     server_limits: NetLimits,
     directory: Directory,
 }
@@ -188,7 +187,6 @@ impl Connection {
             decoder: FrameDecoder::new(NetLimits::default()),
             inbuf: BytesMut::with_capacity(READ_CHUNK),
             scratch: vec![0; READ_CHUNK],
-            read_timeout: None,
             server_limits: NetLimits::default(),
             directory: Directory::default(),
         };
@@ -239,11 +237,8 @@ impl Connection {
             }
             return Ok(());
         }
-        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        // Avoid a setsockopt per read when the timeout barely changes.
-        if self.read_timeout.is_none_or(|current| current.abs_diff(wait) > Duration::from_millis(1)) {
-            self.stream.set_read_timeout(Some(wait))?;
-            self.read_timeout = Some(wait);
+        if !wait_readable(&self.stream, deadline.saturating_duration_since(Instant::now()))? {
+            return Ok(());
         }
         match self.stream.read(&mut self.scratch) {
             Ok(0) => return Err(ClientError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed"))),
@@ -428,6 +423,29 @@ impl Client {
             if Instant::now() >= deadline {
                 return Err(ClientError::Timeout { after: self.options.request_timeout });
             }
+        }
+    }
+}
+
+/// Waits at most `wait` for `stream` to have input (or an error or EOF to report); false on
+/// timeout. Why not a socket read timeout: `SO_RCVTIMEO` counts in jiffies (4 ms on a HZ=250
+/// kernel), so an open-loop sender waiting for its next send time would oversleep by up to
+/// that much and report the delay as server latency; `ppoll` sleeps on an hrtimer.
+fn wait_readable(stream: &TcpStream, wait: Duration) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pollfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let timeout = libc::timespec {
+        tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask; nothing is retained.
+    let ready = unsafe { libc::ppoll(&mut pollfd, 1, &timeout, std::ptr::null()) };
+    match ready {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(err) }
         }
     }
 }

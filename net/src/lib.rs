@@ -42,4 +42,4 @@ pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
     Hello, MAX_HELLO_FRAME_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError, Role, Welcome,
 };
-pub use transport::{ConnId, Inbound, PeerId, Transport, TransportConfig, spawn};
+pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};

@@ -1,17 +1,18 @@
-//! The server and peer transport: one `mio` event-loop thread per process owns every socket.
+//! The server and peer transport: one `mio` event loop per process owns every socket, driven
+//! either by the node's engine thread ([`Reactor`]) or by a thread of its own ([`spawn`]).
 //!
-//! Why one thread: the target machine has two cores, and the engine and wal threads need
-//! them more than the network does. One readiness loop serves any number of connections with
-//! no socket shared across threads (no locks on the hot path), and it batches naturally:
-//! everything decoded from every readable socket in one poll goes to the runtime as one
-//! `Vec<Inbound>`, and every frame the runtime queued since the last poll goes out with one
-//! vectored write per connection.
+//! Why one loop: the target machine has two cores, and every thread hand-off is a wake-up
+//! worth tens of microseconds on its VM. One readiness loop serves any number of connections
+//! with no socket shared across threads (no locks on the hot path), and it batches
+//! naturally: everything decoded from every readable socket in one poll is one
+//! `Vec<Inbound>`, and every frame queued since the last poll goes out with one vectored
+//! write per connection.
 //!
-//! Flow control: the inbound channel is bounded and the loop blocks on it, which stops it
-//! reading and so pushes back on senders through TCP. Outbound frames go through an
-//! unbounded channel plus a [`mio::Waker`] so the engine thread never blocks on the network;
-//! each connection's outbound buffer is bounded by `max_outbound_bytes_per_conn` and a
-//! reader that falls further behind is disconnected.
+//! Flow control: a [`Reactor`] reads at most `READ_BUDGET` bytes per connection per turn and
+//! its driver handles a turn's input before the next, which pushes back on senders through
+//! TCP (a spawned transport blocks on its bounded inbound channel instead). Sends only queue
+//! bytes, never block; each connection's outbound buffer is bounded by
+//! `max_outbound_bytes_per_conn` and a reader that falls further behind is disconnected.
 //!
 //! Protocol violations (malformed or oversized frames, bad batches, a refused handshake) get
 //! an `Error` frame; the connection then stops reading, flushes, shuts its write side and
@@ -100,7 +101,7 @@ enum Command {
     Shutdown,
 }
 
-/// Handle to the transport thread. Cheap to clone; every method only queues a command and
+/// Handle to a transport running on its own thread ([`spawn`]). Cheap to clone; every method only queues a command and
 /// wakes the loop, so it never blocks on the network.
 #[derive(Clone)]
 pub struct Transport {
@@ -171,50 +172,50 @@ impl Transport {
     }
 }
 
-/// Starts the transport thread. Returns its handle and the bound listen address (useful with
-/// port 0); `0.0.0.0:0` when `config.listen` is `None`.
+/// Starts the transport on its own thread (see [`Reactor`] for driving it from the caller's
+/// thread instead). Returns its handle and the bound listen address (useful with port 0);
+/// `0.0.0.0:0` when `config.listen` is `None`.
 pub fn spawn(config: TransportConfig, inbound: Sender<Vec<Inbound>>) -> io::Result<(Transport, SocketAddr)> {
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (listener, bound) = match config.listen {
-        Some(addr) => {
-            let mut listener = TcpListener::bind(addr)?;
-            let bound = listener.local_addr()?;
-            poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-            (Some(listener), bound)
+    let (mut reactor, bound) = Reactor::new(config)?;
+    let waker = reactor.waker();
+    let (commands_tx, commands) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new().name("net".into()).spawn(move || {
+        let mut batch = Vec::new();
+        loop {
+            if let Flow::Stop = drain_commands(&mut reactor, &commands) {
+                return;
+            }
+            if let Err(err) = reactor.turn(None, &mut batch) {
+                tracing::error!("transport poll failed, stopping: {err}");
+                return;
+            }
+            if !batch.is_empty() && inbound.send(std::mem::take(&mut batch)).is_err() {
+                tracing::info!("transport stopping: the runtime dropped its inbound channel");
+                return;
+            }
         }
-        None => (None, SocketAddr::from(([0, 0, 0, 0], 0))),
-    };
-    let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-    let welcome = Frame::Welcome(Welcome {
-        role: config.me.role,
-        cluster: config.me.cluster.clone(),
-        node: config.me.node.clone(),
-        directory: config.directory.clone(),
-        limits: config.limits,
-    })
-    .to_bytes();
-    let hello = Frame::Hello(config.me.clone()).to_bytes();
-    let mut event_loop = EventLoop {
-        poll,
-        listener,
-        config,
-        welcome,
-        hello,
-        conns: HashMap::new(),
-        peers: HashMap::new(),
-        next_conn: FIRST_CONN,
-        commands: commands_rx,
-        inbound,
-        batch: Vec::new(),
-        dirty: Vec::new(),
-        read_pending: Vec::new(),
-        handshake_deadlines: VecDeque::new(),
-        linger_deadlines: VecDeque::new(),
-        scratch: vec![0; READ_CHUNK],
-    };
-    let thread = std::thread::Builder::new().name("net".into()).spawn(move || event_loop.run())?;
+    })?;
     Ok((Transport { commands: commands_tx, waker, thread: Arc::new(Mutex::new(Some(thread))) }, bound))
+}
+
+fn drain_commands(reactor: &mut Reactor, commands: &Receiver<Command>) -> Flow {
+    loop {
+        match commands.try_recv() {
+            Ok(Command::Send(conn, frame)) => reactor.send(conn, frame),
+            Ok(Command::SendMany(frames)) => reactor.send_many(frames),
+            Ok(Command::AddPeer { peer, addr, expect_node }) => reactor.add_peer(peer, addr, expect_node),
+            Ok(Command::Close(conn)) => reactor.close(conn),
+            Ok(Command::Flush(done)) => {
+                let _ = done.send(reactor.write_out());
+            }
+            Ok(Command::Shutdown) => return Flow::Stop,
+            Err(crossbeam_channel::TryRecvError::Empty) => return Flow::Continue,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                tracing::info!("transport stopping: every handle was dropped");
+                return Flow::Stop;
+            }
+        }
+    }
 }
 
 const LISTENER: Token = Token(0);
@@ -272,8 +273,14 @@ struct Peer {
     next_attempt: Option<Instant>,
 }
 
-struct EventLoop {
+/// The transport's state machine over `mio`, driven by whoever calls [`Reactor::turn`]: the
+/// node's engine thread (no hand-off between a network thread and the engine: on a 2-core
+/// VM each hand-off is a wake-up worth tens of microseconds), or the thread [`spawn`]
+/// starts. Sends only queue bytes; the next `turn` (or [`Reactor::write_out`]) writes them.
+pub struct Reactor {
     poll: Poll,
+    events: Events,
+    waker: Arc<Waker>,
     listener: Option<TcpListener>,
     config: TransportConfig,
     welcome: Bytes,
@@ -281,8 +288,6 @@ struct EventLoop {
     conns: HashMap<ConnId, Conn>,
     peers: HashMap<PeerId, Peer>,
     next_conn: ConnId,
-    commands: Receiver<Command>,
-    inbound: Sender<Vec<Inbound>>,
     batch: Vec<Inbound>,
     dirty: Vec<ConnId>,
     read_pending: Vec<ConnId>,
@@ -296,47 +301,162 @@ enum Flow {
     Stop,
 }
 
-impl EventLoop {
-    fn run(&mut self) {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = if self.read_pending.is_empty() {
-                self.next_deadline().map(|deadline| deadline.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
-            if let Err(err) = self.poll.poll(&mut events, timeout)
-                && err.kind() != io::ErrorKind::Interrupted
-            {
-                tracing::error!("transport poll failed, stopping: {err}");
-                return;
+impl Reactor {
+    /// Binds the listener (if any). Returns the reactor and the bound address.
+    pub fn new(config: TransportConfig) -> io::Result<(Reactor, SocketAddr)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (listener, bound) = match config.listen {
+            Some(addr) => {
+                let mut listener = TcpListener::bind(addr)?;
+                let bound = listener.local_addr()?;
+                poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+                (Some(listener), bound)
             }
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {}
-                    Token(token) => {
-                        let id = token as ConnId;
-                        if event.is_writable() || event.is_error() {
-                            self.on_writable(id);
-                        }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_conn(id);
-                        }
+            None => (None, SocketAddr::from(([0, 0, 0, 0], 0))),
+        };
+        let welcome = Frame::Welcome(Welcome {
+            role: config.me.role,
+            cluster: config.me.cluster.clone(),
+            node: config.me.node.clone(),
+            directory: config.directory.clone(),
+            limits: config.limits,
+        })
+        .to_bytes();
+        let hello = Frame::Hello(config.me.clone()).to_bytes();
+        let reactor = Reactor {
+            poll,
+            events: Events::with_capacity(1024),
+            waker,
+            listener,
+            config,
+            welcome,
+            hello,
+            conns: HashMap::new(),
+            peers: HashMap::new(),
+            next_conn: FIRST_CONN,
+            batch: Vec::new(),
+            dirty: Vec::new(),
+            read_pending: Vec::new(),
+            handshake_deadlines: VecDeque::new(),
+            linger_deadlines: VecDeque::new(),
+            scratch: vec![0; READ_CHUNK],
+        };
+        Ok((reactor, bound))
+    }
+
+    /// Wakes a `turn` blocked in another thread (e.g. when the log made records durable).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// One round: writes what was queued, waits for readiness at most `timeout` (`None`:
+    /// until something happens or a connection timer is due; zero while input is left
+    /// unread from the previous round), accepts, reads and decodes, runs connection timers,
+    /// and appends what happened to `inbound`. Reads at most `READ_BUDGET` bytes per
+    /// connection per round, so a caller that handles `inbound` before the next round
+    /// pushes back on senders through TCP.
+    pub fn turn(&mut self, timeout: Option<Duration>, inbound: &mut Vec<Inbound>) -> io::Result<()> {
+        self.flush_dirty();
+        let timeout = if self.read_pending.is_empty() {
+            let timers = self.next_deadline().map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            match (timeout, timers) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        } else {
+            Some(Duration::ZERO)
+        };
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let polled = self.poll.poll(&mut events, timeout);
+        if let Err(err) = polled
+            && err.kind() != io::ErrorKind::Interrupted
+        {
+            self.events = events;
+            return Err(err);
+        }
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {}
+                Token(token) => {
+                    let id = token as ConnId;
+                    if event.is_writable() || event.is_error() {
+                        self.on_writable(id);
+                    }
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read_conn(id);
                     }
                 }
             }
-            for id in std::mem::take(&mut self.read_pending) {
-                self.read_conn(id);
+        }
+        self.events = events;
+        for id in std::mem::take(&mut self.read_pending) {
+            self.read_conn(id);
+        }
+        self.flush_dirty();
+        self.timers();
+        inbound.append(&mut self.batch);
+        Ok(())
+    }
+
+    /// Queues `frame` (one or more whole encoded frames) for `conn`; dropped if `conn` is
+    /// gone. Written by the next `turn`.
+    pub fn send(&mut self, conn: ConnId, frame: Bytes) {
+        self.queue(conn, frame);
+    }
+
+    pub fn send_many(&mut self, frames: Vec<(ConnId, Bytes)>) {
+        for (conn, frame) in frames {
+            self.queue(conn, frame);
+        }
+    }
+
+    /// Keeps an outbound connection to `addr` up; see [`Transport::add_peer`].
+    pub fn add_peer(&mut self, peer: PeerId, addr: SocketAddr, expect_node: String) {
+        let fresh = Peer { addr, expect_node, conn: None, backoff: BACKOFF_MIN, next_attempt: None };
+        if let Some(old) = self.peers.insert(peer, fresh)
+            && let Some(conn) = old.conn
+        {
+            self.drop_conn(conn);
+        }
+        self.connect_peer(peer);
+    }
+
+    /// Closes a connection after flushing what was queued for it; see [`Transport::close`].
+    pub fn close(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(peer) = c.peer {
+                // Closing a peer's connection stops reconnecting to it.
+                self.peers.remove(&peer);
             }
-            if let Flow::Stop = self.drain_commands() {
-                return;
+            self.close_after_flush(conn);
+        }
+    }
+
+    /// Writes what it can now; true when every open connection's output is in the kernel.
+    pub fn write_out(&mut self) -> bool {
+        self.flush_dirty();
+        self.conns.values().filter(|conn| conn.state == State::Open).all(|conn| conn.out.is_empty())
+    }
+
+    /// Blocks until [`Reactor::write_out`] succeeds or `timeout` passes; returns which.
+    /// Only for crash tests (failpoints): normal sends never wait for the network.
+    pub fn flush(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.write_out() {
+                return true;
             }
-            self.flush_dirty();
-            self.timers();
-            if !self.batch.is_empty() && self.inbound.send(std::mem::take(&mut self.batch)).is_err() {
-                tracing::info!("transport stopping: the runtime dropped its inbound channel");
-                return;
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // A full socket buffer: the peer reads as we wait.
+            std::thread::sleep(Duration::from_millis(1));
+            for id in self.conns.keys().copied().collect::<Vec<_>>() {
+                if self.conns.get(&id).is_some_and(|conn| !conn.out.is_empty()) {
+                    self.flush_conn(id);
+                }
             }
         }
     }
@@ -673,50 +793,6 @@ impl EventLoop {
     fn flush_dirty(&mut self) {
         for id in std::mem::take(&mut self.dirty) {
             self.flush_conn(id);
-        }
-    }
-
-    fn drain_commands(&mut self) -> Flow {
-        loop {
-            match self.commands.try_recv() {
-                Ok(Command::Send(conn, frame)) => self.queue(conn, frame),
-                Ok(Command::SendMany(frames)) => {
-                    for (conn, frame) in frames {
-                        self.queue(conn, frame);
-                    }
-                }
-                Ok(Command::AddPeer { peer, addr, expect_node }) => {
-                    if let Some(old) = self
-                        .peers
-                        .insert(peer, Peer { addr, expect_node, conn: None, backoff: BACKOFF_MIN, next_attempt: None })
-                        && let Some(conn) = old.conn
-                    {
-                        self.drop_conn(conn);
-                    }
-                    self.connect_peer(peer);
-                }
-                Ok(Command::Close(conn)) => {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        if let Some(peer) = c.peer {
-                            // Closing a peer's connection stops reconnecting to it.
-                            self.peers.remove(&peer);
-                        }
-                        self.close_after_flush(conn);
-                    }
-                }
-                Ok(Command::Flush(done)) => {
-                    self.flush_dirty();
-                    let flushed =
-                        self.conns.values().filter(|conn| conn.state == State::Open).all(|conn| conn.out.is_empty());
-                    let _ = done.send(flushed);
-                }
-                Ok(Command::Shutdown) => return Flow::Stop,
-                Err(crossbeam_channel::TryRecvError::Empty) => return Flow::Continue,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    tracing::info!("transport stopping: every handle was dropped");
-                    return Flow::Stop;
-                }
-            }
         }
     }
 

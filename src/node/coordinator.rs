@@ -11,7 +11,7 @@ use bytes::Bytes;
 use twophase_engine::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, CoordinatorSnapshot};
 use twophase_engine::{ClientId, CoordRecord, Lsn, ParticipantId, Reply, Time, ToParticipant};
 use twophase_net::{
-    AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, Role as NetRole, Transport, TransportConfig,
+    AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, Reactor, Role as NetRole, TransportConfig,
 };
 
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
@@ -43,7 +43,7 @@ pub struct CoordinatorOptions {
 
 pub struct CoordinatorRole {
     engine: Coordinator,
-    transport: Transport,
+    transport: Reactor,
     limits: NetLimits,
     peer_conn: HashMap<ParticipantId, ConnId>,
     peer_of_conn: HashMap<ConnId, ParticipantId>,
@@ -86,7 +86,7 @@ impl CoordinatorRole {
                 for submit in submits {
                     if !self.bind_client(conn, submit.client) {
                         let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
-                        return super::refuse(&self.transport, conn, message);
+                        return super::refuse(&mut self.transport, conn, message);
                     }
                     self.engine.on_submit(now, submit, fx);
                 }
@@ -107,9 +107,11 @@ impl CoordinatorRole {
                     self.engine.on_message(now, from, message, fx);
                 }
             }
-            other => {
-                super::refuse(&self.transport, conn, format!("a coordinator does not serve {:?} frames", other.kind()))
-            }
+            other => super::refuse(
+                &mut self.transport,
+                conn,
+                format!("a coordinator does not serve {:?} frames", other.kind()),
+            ),
         }
     }
 
@@ -140,6 +142,10 @@ impl CoordinatorRole {
 impl Role for CoordinatorRole {
     type Record = CoordRecord;
     type Output = CoordOutput;
+
+    fn reactor(&mut self) -> &mut Reactor {
+        &mut self.transport
+    }
 
     fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut CoordEffects) {
         match inbound {
@@ -261,7 +267,7 @@ impl CoordinatorRole {
 
     /// Waits until what was handed to the transport is in the kernel (so it reaches the
     /// peer although this process dies), then fires `point`.
-    fn flush_then_die(&self, point: Failpoint) -> ! {
+    fn flush_then_die(&mut self, point: Failpoint) -> ! {
         if !self.transport.flush(FAILPOINT_FLUSH_WAIT) {
             tracing::error!("failpoint {}: the network did not flush in time", point.name());
         }
@@ -308,8 +314,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     transport_config.accept_roles = vec![NetRole::Client, NetRole::Admin];
     transport_config.directory = options.participants.iter().map(|(id, name, _)| (*id, name.clone())).collect();
     transport_config.limits = limits;
-    let (inbound_tx, inbound) = crossbeam_channel::bounded(super::INBOUND_DEPTH);
-    let (transport, addr) = twophase_net::spawn(transport_config, inbound_tx).context("starting the network")?;
+    let (mut transport, addr) = Reactor::new(transport_config).context("starting the network")?;
     let mut topology = Vec::new();
     for (id, name, addr) in &options.participants {
         let resolved = resolve(addr)?;
@@ -321,7 +326,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
 
     let mut role = CoordinatorRole {
         engine,
-        transport: transport.clone(),
+        transport,
         limits,
         peer_conn: HashMap::new(),
         peer_of_conn: HashMap::new(),
@@ -338,8 +343,8 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         ),
     };
     role.announce_when_ready();
-    let result = super::run(&mut role, fx, &wal, &inbound, clock, &stop);
-    transport.shutdown();
+    let result = super::run(&mut role, fx, &wal, clock, &stop);
+    drop(role.transport);
     role.checkpoints.shutdown();
     let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("the checkpoint thread is gone"));
     let closed = wal.close();

@@ -1,11 +1,13 @@
 //! The node runtime: the pipeline that joins the engine, the log and the network.
 //!
-//! Threads: the transport's event loop (all sockets; decodes frames into batches, writes
-//! coalesced frames), the engine thread (this module's [`run`]: steps the state machine
-//! over each batch, appends to the log, holds outputs in a [`DurabilityGate`]), the wal's
-//! group-commit thread, and for participants a snapshot writer. They are joined by bounded
-//! channels that carry batches; the engine never blocks on the network, and the network
-//! blocks on the engine only through the bounded inbound channel (TCP backpressure).
+//! Threads: the engine thread (this module's [`run`]) drives the network itself through a
+//! [`Reactor`] (all sockets; decodes frames into batches, writes coalesced frames), steps
+//! the state machine over each batch, appends to the log and holds outputs in a
+//! [`DurabilityGate`]; the wal's group-commit thread syncs and wakes the reactor when
+//! records become durable; participants and coordinators also have a snapshot writer.
+//! Why the network is not a thread of its own: on a 2-core VM every hand-off between
+//! threads is a wake-up worth tens of microseconds, and a transaction crossed four of them
+//! per node. Reading is bounded per round, so a flood pushes back through TCP.
 //!
 //! Invariants: an output leaves only after the log is durable up to its LSN; a log failure
 //! (write or fsync error) stops the process — it is never retried.
@@ -21,17 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use crossbeam_channel::{Receiver, select};
 use twophase_engine::{DurabilityGate, Effects, LogRecord, Lsn, Time};
-use twophase_net::Inbound;
+use twophase_net::{Inbound, Reactor};
 use twophase_wal::{Backend, SyncMode, Wal, WalOptions};
 
 /// The engine thread never sleeps longer than this, so a stop request is seen promptly.
 const MAX_WAIT: Duration = Duration::from_millis(100);
-/// Inbound batches taken per step at most, so outputs keep flowing under a flood.
-const MAX_BATCHES_PER_STEP: usize = 256;
-/// Depth of the transport → engine channel, in batches.
-pub const INBOUND_DEPTH: usize = 1024;
 
 /// The process clock: nanoseconds since start, as the engine's [`Time`].
 #[derive(Clone, Copy)]
@@ -54,6 +51,8 @@ pub trait Role {
     type Record: LogRecord;
     type Output;
 
+    /// The node's network, driven by the engine thread.
+    fn reactor(&mut self) -> &mut Reactor;
     fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut Effects<Self::Record, Self::Output>);
     fn on_tick(&mut self, now: Time, fx: &mut Effects<Self::Record, Self::Output>);
     fn next_deadline(&self) -> Option<Time>;
@@ -70,13 +69,18 @@ pub trait Role {
 pub struct Storage {
     pub unsafe_no_fsync: bool,
     pub segment_size_bytes: u64,
+    /// While the log is busy, at most one group commit (one device flush) per this long.
+    pub group_interval: Duration,
 }
 
 impl Default for Storage {
     fn default() -> Storage {
-        Storage { unsafe_no_fsync: false, segment_size_bytes: 64 << 20 }
+        Storage { unsafe_no_fsync: false, segment_size_bytes: 64 << 20, group_interval: DEFAULT_GROUP_INTERVAL }
     }
 }
+
+/// See [`Storage::group_interval`] and docs/OPERATIONS.md (why flushes are rationed).
+pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_micros(1500);
 
 /// Takes the data directory for this process alone (a second process on the same
 /// directory would corrupt the log) and opens the wal in it.
@@ -95,6 +99,7 @@ pub fn open_storage(data_dir: &Path, storage: &Storage) -> anyhow::Result<(File,
         backend: Backend::Auto,
         sync: if storage.unsafe_no_fsync { SyncMode::None } else { SyncMode::Fdatasync },
         crash_mid_group_after: crate::failpoint::wal_crash_mid_group_after(),
+        busy_group_interval: storage.group_interval,
         ..WalOptions::default()
     };
     let wal_dir = data_dir.join("wal");
@@ -125,7 +130,7 @@ pub fn decode_log<R: LogRecord>(recovery: twophase_wal::Recovery, covered: Lsn) 
 
 /// Answers a frame a connection may not send with an `Error` frame, then closes it (after
 /// flushing). The process keeps serving every other connection.
-pub fn refuse(transport: &twophase_net::Transport, conn: twophase_net::ConnId, message: String) {
+pub fn refuse(transport: &mut Reactor, conn: twophase_net::ConnId, message: String) {
     tracing::warn!(conn, "{message}; closing the connection");
     let error = twophase_net::ProtocolError::new(twophase_net::ErrorCode::UnexpectedFrame, message);
     transport.send(conn, error.to_frame().to_bytes());
@@ -150,20 +155,24 @@ pub fn pin_current_thread(core: Option<usize>) {
     }
 }
 
-/// The engine thread's loop. Returns when `stop` is set or the transport ends; returns an
-/// error (and the process must exit) when the log fails.
+/// The engine thread's loop. Returns when `stop` is set; returns an error (and the process
+/// must exit) when the log or the network fails.
 pub fn run<R: Role>(
     role: &mut R,
     mut fx: Effects<R::Record, R::Output>,
     wal: &Wal,
-    inbound: &Receiver<Vec<Inbound>>,
     clock: Clock,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let doorbell = wal.doorbell();
+    let waker = role.reactor().waker();
+    wal.on_durable(Box::new(move || {
+        // A failed wake means the reactor is gone: nobody is left to tell.
+        let _ = waker.wake();
+    }));
     let mut gate = DurabilityGate::new(Lsn(wal.durable_lsn()?.0));
     let mut released = Vec::new();
     let mut payload = Vec::with_capacity(4096);
+    let mut batch = Vec::new();
     loop {
         apply_effects(role, &mut fx, wal, &mut gate, &mut released, &mut payload)?;
         if stop.load(Ordering::Relaxed) {
@@ -171,28 +180,16 @@ pub fn run<R: Role>(
         }
         let now = clock.now();
         let wait = role.next_deadline().map_or(MAX_WAIT, |deadline| deadline.since(now)).min(MAX_WAIT);
-        select! {
-            recv(inbound) -> batch => {
-                let Ok(batch) = batch else { bail!("the network thread stopped") };
-                step_batch(role, batch, clock.now(), &mut fx);
-            }
-            recv(doorbell) -> _ => {}
-            default(wait) => {}
-        }
-        for _ in 0..MAX_BATCHES_PER_STEP {
-            let Ok(batch) = inbound.try_recv() else { break };
-            step_batch(role, batch, clock.now(), &mut fx);
-        }
+        // Durable records since the last look: release their outputs before sleeping.
+        let wait = if Lsn(wal.durable_lsn()?.0) > gate.durable() { Duration::ZERO } else { wait };
+        role.reactor().turn(Some(wait), &mut batch).context("the network failed")?;
         let now = clock.now();
+        for inbound in batch.drain(..) {
+            role.on_inbound(now, inbound, &mut fx);
+        }
         if role.next_deadline().is_some_and(|deadline| deadline <= now) {
             role.on_tick(now, &mut fx);
         }
-    }
-}
-
-fn step_batch<R: Role>(role: &mut R, batch: Vec<Inbound>, now: Time, fx: &mut Effects<R::Record, R::Output>) {
-    for inbound in batch {
-        role.on_inbound(now, inbound, fx);
     }
 }
 
@@ -209,7 +206,9 @@ fn apply_effects<R: Role>(
     for (lsn, record) in fx.appends.drain(..) {
         payload.clear();
         record.encode_payload(payload);
-        let assigned = wal.append(record.kind(), payload).context("appending to the log")?;
+        let assigned =
+            if record.urgent() { wal.append(record.kind(), payload) } else { wal.append_lazy(record.kind(), payload) }
+                .context("appending to the log")?;
         assert_eq!(assigned.0, lsn.0, "the log and the engine disagree on LSNs");
         role.appended(&record);
     }

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use twophase_engine::participant::{PartEffects, Participant, ParticipantConfig, ParticipantSnapshot};
 use twophase_engine::{Lsn, PartRecord, ParticipantId, Time, ToCoordinator, Vote};
 use twophase_net::{
-    AdminOp, BatchWriter, ConnId, DumpEnd, Frame, Hello, Inbound, NetLimits, Role as NetRole, Transport,
-    TransportConfig,
+    AdminOp, BatchWriter, ConnId, DumpEnd, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig,
 };
 
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
@@ -37,7 +36,7 @@ pub struct ParticipantOptions {
 
 pub struct ParticipantRole {
     engine: Participant,
-    transport: Transport,
+    transport: Reactor,
     coordinators: HashSet<ConnId>,
     admins: HashSet<ConnId>,
     /// Messages go to the coordinator that connected last.
@@ -58,7 +57,7 @@ impl ParticipantRole {
             }
             Frame::AdminRequest(AdminOp::Dump) if self.admins.contains(&conn) => self.send_dump(conn),
             other => super::refuse(
-                &self.transport,
+                &mut self.transport,
                 conn,
                 format!("a participant does not serve {:?} frames on this connection", other.kind()),
             ),
@@ -68,7 +67,7 @@ impl ParticipantRole {
 
 impl ParticipantRole {
     /// The whole key-value state, in frames of about [`DUMP_CHUNK_BYTES`], then the counts.
-    fn send_dump(&self, conn: ConnId) {
+    fn send_dump(&mut self, conn: ConnId) {
         let mut frames = Vec::new();
         let mut chunk = Vec::new();
         let mut chunk_bytes = 0;
@@ -98,6 +97,10 @@ const DUMP_CHUNK_BYTES: usize = 1 << 20;
 impl Role for ParticipantRole {
     type Record = PartRecord;
     type Output = ToCoordinator;
+
+    fn reactor(&mut self) -> &mut Reactor {
+        &mut self.transport
+    }
 
     fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut PartEffects) {
         match inbound {
@@ -194,8 +197,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     transport_config.listen = Some(options.listen);
     transport_config.accept_roles = vec![NetRole::Coordinator, NetRole::Admin];
     transport_config.limits = limits;
-    let (inbound_tx, inbound) = crossbeam_channel::bounded(super::INBOUND_DEPTH);
-    let (transport, addr) = twophase_net::spawn(transport_config, inbound_tx).context("starting the network")?;
+    let (transport, addr) = Reactor::new(transport_config).context("starting the network")?;
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
 
@@ -204,7 +206,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
     let mut role = ParticipantRole {
         engine,
-        transport: transport.clone(),
+        transport,
         coordinators: HashSet::new(),
         admins: HashSet::new(),
         coordinator: None,
@@ -212,8 +214,8 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         snapshots,
         fsync: !options.storage.unsafe_no_fsync,
     };
-    let result = super::run(&mut role, fx, &wal, &inbound, clock, &stop);
-    transport.shutdown();
+    let result = super::run(&mut role, fx, &wal, clock, &stop);
+    drop(role.transport);
     role.snapshots.shutdown();
     let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("the snapshot thread is gone"));
     let closed = wal.close().context("closing the log");

@@ -17,14 +17,17 @@
 //!   previous write + sync ran and writes it with one write per segment touched and one
 //!   `fdatasync` (per segment touched, i.e. one unless the group crosses a segment
 //!   boundary), then publishes the new durable LSN (an atomic plus the [`Wal::doorbell`]).
-//!   No timers: under load groups grow by themselves, a lone record is written at once.
-//!   Groups are bounded to 4 MiB of records; the rest goes in the next group. After a group
-//!   the writer spins for at most 50 µs for new records before it sleeps (a thread wake-up
-//!   costs tens of microseconds on a VM). Each group
+//!   A record appended with [`Wal::append`] starts a group at once when the log is idle;
+//!   one appended with [`Wal::append_lazy`] rides with the next group, or is synced on its
+//!   own after [`WalOptions::lazy_sync_within`]. While the log is busy (urgent records
+//!   arrived during the previous group's write) groups start at most once per
+//!   [`WalOptions::busy_group_interval`]: a device flush is the scarce resource, so under
+//!   load fewer, larger groups. Groups are bounded to 4 MiB of records; the rest goes in
+//!   the next group. Each group
 //!   starts with a small wal-internal marker record (kind 0) that records the durable LSN
 //!   before the group; recovery uses it to tell a torn tail from corruption.
-//! * **Backends**: io_uring through `tokio-uring` (the writer thread owns a tokio-uring
-//!   runtime) or portable `pwrite` + `fdatasync`; [`Backend::Auto`] probes io_uring at
+//! * **Backends**: io_uring through the `io-uring` crate (the writer thread owns a ring and
+//!   submits each group's writes and fdatasyncs as one linked chain) or portable `pwrite` + `fdatasync`; [`Backend::Auto`] probes io_uring at
 //!   open and falls back with a warning.
 //! * **Recovery**: [`open`] reads every segment forward, verifies every checksum and that
 //!   LSNs are consecutive, truncates a torn tail (the last write group partially on disk)
@@ -110,7 +113,7 @@ pub enum Backend {
 /// The backend actually in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
-    /// io_uring through tokio-uring.
+    /// io_uring (a linked write + fdatasync chain per group).
     IoUring,
     /// pwrite + fdatasync.
     Portable,
@@ -146,6 +149,12 @@ pub struct WalOptions {
     /// Spinning trims wake-up latency on an idle core; on a crowded machine it only steals
     /// CPU from the threads producing the records, so it is off unless asked for.
     pub writer_spin: std::time::Duration,
+    /// Longest a record appended with [`Wal::append_lazy`] waits for a group (default 10 ms).
+    pub lazy_sync_within: std::time::Duration,
+    /// While the log is busy (urgent records arrived during the previous group's write),
+    /// groups start at most once per this interval (default zero: never held back). Caps
+    /// the flush rate under load; a lone record on an idle log is never held back.
+    pub busy_group_interval: std::time::Duration,
     /// **Test hook** (crash tests of the process that owns the log): write this many groups
     /// of records whole, then write only part of the next group's bytes (no sync) and kill
     /// the process with SIGKILL, leaving a torn tail for recovery to cut. Default `None`.
@@ -161,6 +170,8 @@ impl Default for WalOptions {
             max_pending_bytes: 64 << 20,
             sync: SyncMode::Fdatasync,
             writer_spin: std::time::Duration::ZERO,
+            lazy_sync_within: std::time::Duration::from_millis(10),
+            busy_group_interval: std::time::Duration::ZERO,
             crash_mid_group_after: None,
         }
     }

@@ -114,3 +114,39 @@ fn argument_errors() {
         Err(WalError::InvalidOptions(_))
     ));
 }
+
+#[test]
+fn a_lazy_record_waits_for_company_and_rides_with_the_next_urgent_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions { lazy_sync_within: Duration::from_secs(3600), ..opts() };
+    let plan = Plan::default();
+    let syncs = plan.syncs.clone();
+    let (wal, _) = open_inner(dir.path(), options, Some(plan)).unwrap();
+    let lazy = wal.append_lazy(1, b"end").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(wal.durable_lsn().unwrap() < lazy, "a lazy record was synced on its own");
+    assert_eq!(syncs.load(Ordering::SeqCst), 0);
+    let urgent = wal.append(1, b"commit").unwrap();
+    wal.wait_durable(urgent).unwrap();
+    assert!(wal.durable_lsn().unwrap() >= lazy);
+    assert_eq!(syncs.load(Ordering::SeqCst), 1, "both records in one group, one sync");
+}
+
+#[test]
+fn a_lone_lazy_record_is_synced_within_its_bound_and_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions { lazy_sync_within: Duration::from_millis(5), ..opts() };
+    let (wal, _) = open_inner(dir.path(), options.clone(), None).unwrap();
+    let lazy = wal.append_lazy(1, b"ack").unwrap();
+    wal.wait_durable(lazy).unwrap();
+    // A crash, not a close: the record must be on disk because of its bound alone.
+    wal.simulate_crash();
+    let options = WalOptions { lazy_sync_within: Duration::from_secs(3600), ..options };
+    let (wal, recovery) = open_inner(dir.path(), options.clone(), None).unwrap();
+    assert_eq!(recovery.records.len(), 1);
+    wal.append_lazy(1, b"left for close").unwrap();
+    wal.close().unwrap();
+    let (_, recovery) = open_inner(dir.path(), options, None).unwrap();
+    assert_eq!(recovery.records.len(), 2, "close syncs lazy records too");
+    assert_eq!(recovery.records[1].lsn, Lsn(2));
+}

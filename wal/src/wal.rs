@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -19,10 +20,6 @@ use crate::{Backend, BackendKind, Lsn, Recovery, SyncMode, WalOptions};
 
 /// Upper bound on the bytes of records in one write group; the rest goes in the next group.
 pub(crate) const GROUP_MAX_BYTES: usize = 4 << 20;
-/// How long the writer spins for new records after a group before it sleeps. A wake-up of a
-/// sleeping thread costs tens of microseconds on a virtual machine; a caller that appends
-/// again right after its previous record became durable finds the writer still awake.
-/// Bounded so that an idle log costs no CPU.
 /// Smallest accepted segment size.
 pub(crate) const MIN_SEGMENT_BYTES: u64 = 4096;
 
@@ -39,8 +36,31 @@ struct Queue {
     next_lsn: u64,
     /// Bytes appended but not yet written: `buf` plus the writer's unfinished groups.
     unwritten: usize,
-    writer_idle: bool,
+    /// `buf` holds a record appended with [`Wal::append`] (not lazy).
+    urgent_queued: bool,
+    /// When the oldest record in `buf` was appended.
+    oldest: Option<Instant>,
+    /// The writer is writing a group it took from `buf`.
+    writing: bool,
+    /// An urgent record was appended while the writer wrote its group: the log is busy.
+    urgent_during_write: bool,
+    /// How an append must treat the sleeping writer.
+    writer: WriterWait,
     stop: StopMode,
+}
+
+/// What the writer is waiting for, so that an append wakes it only when that changes
+/// what it would do (a wake-up costs tens of microseconds on a VM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterWait {
+    /// Writing, or about to look at the queue again.
+    Awake,
+    /// Nothing queued: any append wakes it.
+    Idle,
+    /// Only lazy records queued: an urgent append wakes it.
+    Lazy,
+    /// Holding back the next group because the log is busy: nothing wakes it early.
+    Busy,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,6 +86,8 @@ struct Shared {
     durable_cv: Condvar,
     doorbell_tx: Sender<()>,
     doorbell_rx: Receiver<()>,
+    /// Called after each group becomes durable and on failure (see [`Wal::on_durable`]).
+    notify: OnceLock<Box<dyn Fn() + Send + Sync>>,
     segments: Mutex<Vec<SegmentMeta>>,
     durable_point: Mutex<DurablePoint>,
 }
@@ -76,6 +98,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     cv.wait(g).unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait_until<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>, until: Instant) -> MutexGuard<'a, T> {
+    let timeout = until.saturating_duration_since(Instant::now());
+    cv.wait_timeout(g, timeout).unwrap_or_else(|e| e.into_inner()).0
 }
 
 impl Shared {
@@ -97,6 +124,9 @@ impl Shared {
         drop(lock(&self.wait_lock));
         self.durable_cv.notify_all();
         let _ = self.doorbell_tx.try_send(());
+        if let Some(notify) = self.notify.get() {
+            notify();
+        }
     }
 
     fn publish(&self, point: DurablePoint, written: usize) {
@@ -109,6 +139,9 @@ impl Shared {
         drop(lock(&self.wait_lock));
         self.durable_cv.notify_all();
         let _ = self.doorbell_tx.try_send(());
+        if let Some(notify) = self.notify.get() {
+            notify();
+        }
     }
 }
 
@@ -226,7 +259,11 @@ pub(crate) fn open_inner(
             buf: Vec::new(),
             next_lsn,
             unwritten: 0,
-            writer_idle: false,
+            urgent_queued: false,
+            oldest: None,
+            writing: false,
+            urgent_during_write: false,
+            writer: WriterWait::Awake,
             stop: StopMode::Running,
         }),
         writer_cv: Condvar::new(),
@@ -240,6 +277,7 @@ pub(crate) fn open_inner(
         durable_cv: Condvar::new(),
         doorbell_tx,
         doorbell_rx,
+        notify: OnceLock::new(),
         segments: Mutex::new(segments),
         durable_point: Mutex::new(DurablePoint {
             lsn: next_lsn - 1,
@@ -254,6 +292,7 @@ pub(crate) fn open_inner(
         segment_size: options.segment_size_bytes,
         sync: options.sync == SyncMode::Fdatasync,
         spin: options.writer_spin,
+        timing: GroupTiming { lazy_within: options.lazy_sync_within, busy_interval: options.busy_group_interval },
         crash_mid_group_after: options.crash_mid_group_after,
         active_meta,
         active_file,
@@ -336,6 +375,40 @@ fn run_writer(choice: Backend, setup: Setup, start_tx: Sender<Result<BackendKind
     }
 }
 
+/// When the writer starts the next group. An urgent record starts one at once, unless the
+/// log is busy; lazy records wait for company or for `lazy_within`.
+///
+/// Why hold back at all: every group costs a device flush, and flushes, not bytes, are
+/// what a disk (or a virtual disk's I/O limit) runs out of. "Busy" means urgent records
+/// arrived while the previous group was being written: more are coming, so waiting out
+/// `busy_interval` (from the previous group's start) gathers them into one flush and caps
+/// the flush rate at one per interval, at the price of at most that much latency. A lone
+/// record on an idle log never waits.
+#[derive(Debug, Clone, Copy)]
+struct GroupTiming {
+    lazy_within: Duration,
+    busy_interval: Duration,
+}
+
+impl GroupTiming {
+    /// `Awake` when a group is due now; otherwise what to wait for and until when.
+    fn next_group(&self, q: &Queue, busy_until: Option<Instant>, now: Instant) -> (WriterWait, Option<Instant>) {
+        let Some(oldest) = q.oldest else { return (WriterWait::Idle, None) };
+        if q.buf.len() >= GROUP_MAX_BYTES {
+            return (WriterWait::Awake, None);
+        }
+        let (reason, due) =
+            if q.urgent_queued { (WriterWait::Busy, now) } else { (WriterWait::Lazy, oldest + self.lazy_within) };
+        let due = busy_until.map_or(due, |busy| due.max(busy));
+        if due <= now {
+            return (WriterWait::Awake, None);
+        }
+        // A lazy wait that the busy interval does not extend ends early for an urgent record.
+        let reason = if busy_until.is_some_and(|busy| busy >= due) { WriterWait::Busy } else { reason };
+        (reason, Some(due))
+    }
+}
+
 /// Fails the log if the writer thread ends without being told to (a panic).
 struct ExitGuard {
     shared: Arc<Shared>,
@@ -356,6 +429,7 @@ struct Setup {
     segment_size: u64,
     sync: bool,
     spin: std::time::Duration,
+    timing: GroupTiming,
     crash_mid_group_after: Option<u64>,
     active_meta: SegmentMeta,
     active_file: File,
@@ -379,6 +453,9 @@ struct Writer<B: IoBackend> {
     segment_size: u64,
     sync: bool,
     spin: std::time::Duration,
+    timing: GroupTiming,
+    /// Set after a busy group: the next group starts no earlier than this.
+    busy_until: Option<Instant>,
     /// The `WalOptions::crash_mid_group_after` test hook, and the groups of records
     /// written so far (it counts nothing else).
     crash_mid_group_after: Option<u64>,
@@ -402,6 +479,8 @@ impl<B: IoBackend> Writer<B> {
             segment_size: s.segment_size,
             sync: s.sync,
             spin: s.spin,
+            timing: s.timing,
+            busy_until: None,
             crash_mid_group_after: s.crash_mid_group_after,
             groups_written: 0,
             active: Active { meta: s.active_meta, file, offset: s.active_end, capacity: s.capacity },
@@ -417,25 +496,12 @@ impl<B: IoBackend> Writer<B> {
         loop {
             let mut taken = std::mem::take(&mut self.spare);
             self.spin_for_work();
-            let stop = {
-                let mut q = lock(&self.shared.queue);
-                loop {
-                    if q.stop == StopMode::Crash {
-                        return;
-                    }
-                    if !q.buf.is_empty() || q.stop == StopMode::Close {
-                        break;
-                    }
-                    q.writer_idle = true;
-                    q = wait(&self.shared.writer_cv, q);
-                }
-                q.writer_idle = false;
-                std::mem::swap(&mut q.buf, &mut taken);
-                q.stop
-            };
+            let Some(stop) = self.take_group(&mut taken) else { return };
+            let started = Instant::now();
             if !taken.is_empty() && !self.write_frames(&taken) {
                 return;
             }
+            self.note_group_done(started);
             taken.clear();
             self.spare = taken;
             if stop == StopMode::Close {
@@ -447,6 +513,46 @@ impl<B: IoBackend> Writer<B> {
                 return;
             }
         }
+    }
+
+    /// Waits until a group is due (see [`GroupTiming`]) and swaps the queued records into
+    /// `taken`. `None` when a crash is being simulated.
+    fn take_group(&mut self, taken: &mut Vec<u8>) -> Option<StopMode> {
+        let mut q = lock(&self.shared.queue);
+        loop {
+            if q.stop == StopMode::Crash {
+                return None;
+            }
+            let now = Instant::now();
+            let (reason, until) = match q.stop {
+                StopMode::Close => (WriterWait::Awake, None),
+                _ => self.timing.next_group(&q, self.busy_until, now),
+            };
+            if reason == WriterWait::Awake {
+                break;
+            }
+            q.writer = reason;
+            q = match until {
+                Some(until) => wait_until(&self.shared.writer_cv, q, until),
+                None => wait(&self.shared.writer_cv, q),
+            };
+            q.writer = WriterWait::Awake;
+        }
+        std::mem::swap(&mut q.buf, taken);
+        q.urgent_queued = false;
+        q.oldest = None;
+        q.writing = true;
+        q.urgent_during_write = false;
+        Some(q.stop)
+    }
+
+    /// After a group: if urgent records queued up while it was written, the log is busy and
+    /// the next group waits out the busy interval, counted from this group's start.
+    fn note_group_done(&mut self, started: Instant) {
+        let mut q = lock(&self.shared.queue);
+        q.writing = false;
+        let busy = std::mem::take(&mut q.urgent_during_write);
+        self.busy_until = (busy && !self.timing.busy_interval.is_zero()).then(|| started + self.timing.busy_interval);
     }
 
     /// Spins (without the lock) for up to `WalOptions::writer_spin` until a record is appended that is
@@ -602,9 +708,21 @@ impl<B: IoBackend> Writer<B> {
 impl Wal {
     /// Queues one record and returns its LSN (consecutive, starting after the recovered
     /// ones). It is not durable yet: see [`Wal::durable_lsn`], [`Wal::doorbell`],
-    /// [`Wal::wait_durable`]. Blocks while more than `max_pending_bytes` are queued.
-    /// Kind 0 is reserved for the wal itself.
+    /// [`Wal::wait_durable`]. The writer starts a group for it at once (or, while the log
+    /// is busy, after [`WalOptions::busy_group_interval`]). Blocks while more than
+    /// `max_pending_bytes` are queued. Kind 0 is reserved for the wal itself.
     pub fn append(&self, kind: u8, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.append_inner(kind, payload, true)
+    }
+
+    /// Like [`Wal::append`] for a record nobody waits on urgently: it becomes durable with
+    /// the next group, and at the latest [`WalOptions::lazy_sync_within`] after it was
+    /// appended. Saves a sync (a device flush) per record that can wait.
+    pub fn append_lazy(&self, kind: u8, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.append_inner(kind, payload, false)
+    }
+
+    fn append_inner(&self, kind: u8, payload: &[u8], urgent: bool) -> Result<Lsn, WalError> {
         if kind == MARKER_KIND {
             return Err(WalError::ReservedKind);
         }
@@ -628,9 +746,17 @@ impl Wal {
         q.next_lsn += 1;
         frame::encode_into(&mut q.buf, lsn, kind, payload, payload_crc);
         q.unwritten += len;
+        q.oldest.get_or_insert_with(Instant::now);
+        q.urgent_queued |= urgent;
+        q.urgent_during_write |= urgent && q.writing;
         shared.appended.store(lsn, Ordering::Release);
-        if q.writer_idle {
-            q.writer_idle = false;
+        let wake = match q.writer {
+            WriterWait::Idle => true,
+            WriterWait::Lazy => urgent,
+            WriterWait::Awake | WriterWait::Busy => q.buf.len() >= GROUP_MAX_BYTES,
+        };
+        if wake {
+            q.writer = WriterWait::Awake;
             shared.writer_cv.notify_one();
         }
         Ok(Lsn(lsn))
@@ -650,6 +776,16 @@ impl Wal {
     /// All clones share one channel, so give it to one consumer.
     pub fn doorbell(&self) -> Receiver<()> {
         self.shared.doorbell_rx.clone()
+    }
+
+    /// Installs a callback the writer thread calls after each group becomes durable and on
+    /// failure, like the doorbell but for a consumer that sleeps in something else (a
+    /// reactor's poll). It must be quick and must not call back into the log. Only the
+    /// first callback installed counts.
+    pub fn on_durable(&self, notify: Box<dyn Fn() + Send + Sync>) {
+        if self.shared.notify.set(notify).is_err() {
+            tracing::warn!("wal on_durable callback already installed; ignoring another");
+        }
     }
 
     /// Blocks until `lsn` is durable, or returns the log's failure. An LSN never appended is
@@ -760,5 +896,64 @@ impl Drop for Wal {
         {
             tracing::warn!(error = %e, "wal dropped in a failed state");
         }
+    }
+}
+
+#[cfg(test)]
+mod group_timing_tests {
+    use super::*;
+
+    const LAZY: Duration = Duration::from_millis(10);
+    const BUSY: Duration = Duration::from_micros(1500);
+
+    fn timing() -> GroupTiming {
+        GroupTiming { lazy_within: LAZY, busy_interval: BUSY }
+    }
+
+    fn queue(bytes: usize, urgent: bool, oldest: Option<Instant>) -> Queue {
+        Queue {
+            buf: vec![0; bytes],
+            next_lsn: 1,
+            unwritten: bytes,
+            urgent_queued: urgent,
+            oldest,
+            writing: false,
+            urgent_during_write: false,
+            writer: WriterWait::Awake,
+            stop: StopMode::Running,
+        }
+    }
+
+    #[test]
+    fn an_idle_log_writes_an_urgent_record_at_once() {
+        let now = Instant::now();
+        assert_eq!(timing().next_group(&queue(0, false, None), None, now), (WriterWait::Idle, None));
+        assert_eq!(timing().next_group(&queue(40, true, Some(now)), None, now), (WriterWait::Awake, None));
+    }
+
+    #[test]
+    fn a_busy_log_holds_the_next_group_until_the_interval_is_over() {
+        let now = Instant::now();
+        let busy_until = now + BUSY;
+        let q = queue(40, true, Some(now));
+        assert_eq!(timing().next_group(&q, Some(busy_until), now), (WriterWait::Busy, Some(busy_until)));
+        assert_eq!(timing().next_group(&q, Some(busy_until), busy_until), (WriterWait::Awake, None));
+    }
+
+    #[test]
+    fn lazy_records_wait_for_their_bound_unless_an_urgent_one_comes() {
+        let now = Instant::now();
+        let q = queue(40, false, Some(now));
+        assert_eq!(timing().next_group(&q, None, now), (WriterWait::Lazy, Some(now + LAZY)));
+        assert_eq!(timing().next_group(&q, None, now + LAZY), (WriterWait::Awake, None));
+        let long_busy = now + 2 * LAZY;
+        assert_eq!(timing().next_group(&q, Some(long_busy), now), (WriterWait::Busy, Some(long_busy)));
+    }
+
+    #[test]
+    fn a_full_group_is_never_held_back() {
+        let now = Instant::now();
+        let q = queue(GROUP_MAX_BYTES, true, Some(now));
+        assert_eq!(timing().next_group(&q, Some(now + BUSY), now), (WriterWait::Awake, None));
     }
 }
