@@ -121,6 +121,12 @@ impl Shared {
         self.failed.store(true, Ordering::Release);
         drop(lock(&self.queue));
         self.space_cv.notify_all();
+        self.wake_durable_waiters();
+    }
+
+    /// Tells everyone who waits on the durable LSN (or the failure) to look again:
+    /// `wait_durable` callers, the doorbell, the `on_durable` callback.
+    fn wake_durable_waiters(&self) {
         drop(lock(&self.wait_lock));
         self.durable_cv.notify_all();
         let _ = self.doorbell_tx.try_send(());
@@ -136,12 +142,7 @@ impl Shared {
             lock(&self.queue).unwritten -= written;
             self.space_cv.notify_all();
         }
-        drop(lock(&self.wait_lock));
-        self.durable_cv.notify_all();
-        let _ = self.doorbell_tx.try_send(());
-        if let Some(notify) = self.notify.get() {
-            notify();
-        }
+        self.wake_durable_waiters();
     }
 }
 

@@ -65,7 +65,13 @@ fn fill_until_failure(wal: &Arc<twophase_wal::Wal>) -> (WalError, Vec<(u64, Resu
     (err, outcomes)
 }
 
+/// The variants run one at a time. Each spawns `mount`/`umount`, and a child forked while
+/// the other variant holds its log open inherits that log's flock'd `LOCK` until it execs,
+/// so the other's reopen could find the directory locked (seen as a rare `Locked` failure).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn disk_full_reaches_every_waiter(backend: Backend) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("wal");
     std::fs::create_dir(&dir).unwrap();
