@@ -434,9 +434,15 @@ impl Reactor {
         }
     }
 
-    /// Writes what it can now; true when every open connection's output is in the kernel.
+    /// Writes what it can now, also to connections still waiting to be writable; true when
+    /// every open connection's output is in the kernel.
     pub fn write_out(&mut self) -> bool {
         self.flush_dirty();
+        let pending: Vec<ConnId> =
+            self.conns.iter().filter(|(_, conn)| !conn.out.is_empty()).map(|(id, _)| *id).collect();
+        for id in pending {
+            self.flush_conn(id);
+        }
         self.conns.values().filter(|conn| conn.state == State::Open).all(|conn| conn.out.is_empty())
     }
 
@@ -444,21 +450,14 @@ impl Reactor {
     /// Only for crash tests (failpoints): normal sends never wait for the network.
     pub fn flush(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        loop {
-            if self.write_out() {
-                return true;
-            }
+        while !self.write_out() {
             if Instant::now() >= deadline {
                 return false;
             }
             // A full socket buffer: the peer reads as we wait.
             std::thread::sleep(Duration::from_millis(1));
-            for id in self.conns.keys().copied().collect::<Vec<_>>() {
-                if self.conns.get(&id).is_some_and(|conn| !conn.out.is_empty()) {
-                    self.flush_conn(id);
-                }
-            }
         }
+        true
     }
 
     fn next_deadline(&self) -> Option<Instant> {
