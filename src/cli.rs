@@ -163,6 +163,9 @@ struct ClusterArgs {
     /// Do not fsync the logs. Unsafe: only to measure what group commit hides.
     #[arg(long)]
     unsafe_no_fsync: bool,
+    /// Every node's `--group-interval-us` [default: the nodes' own, 1500].
+    #[arg(long)]
+    group_interval_us: Option<u64>,
 }
 
 fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -241,6 +244,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen: args.listen,
                 cluster: args.cluster,
                 unsafe_no_fsync: args.unsafe_no_fsync,
+                group_interval_us: args.group_interval_us,
             };
             return cluster::run_until_stopped(options);
         }

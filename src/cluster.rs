@@ -26,6 +26,8 @@ pub struct ClusterOptions {
     pub listen: SocketAddr,
     pub cluster: String,
     pub unsafe_no_fsync: bool,
+    /// Every node's `--group-interval-us`; `None` leaves their default.
+    pub group_interval_us: Option<u64>,
 }
 
 struct Node {
@@ -120,21 +122,24 @@ impl Node {
     }
 }
 
+/// The arguments every node of the cluster gets: its data directory and the cluster-wide
+/// storage options.
+fn common_node_args(options: &ClusterOptions, data_dir: &Path) -> Vec<String> {
+    let mut args =
+        vec!["--data-dir".to_string(), data_dir.display().to_string(), "--cluster".into(), options.cluster.clone()];
+    if options.unsafe_no_fsync {
+        args.push("--unsafe-no-fsync".into());
+    }
+    if let Some(interval_us) = options.group_interval_us {
+        args.extend(["--group-interval-us".to_string(), interval_us.to_string()]);
+    }
+    args
+}
+
 impl LocalCluster {
     pub fn start(options: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         let mut cluster = LocalCluster { coordinator: options.listen, participants: Vec::new(), nodes: Vec::new() };
-        let common = |data_dir: &Path| {
-            let mut args = vec![
-                "--data-dir".to_string(),
-                data_dir.display().to_string(),
-                "--cluster".into(),
-                options.cluster.clone(),
-            ];
-            if options.unsafe_no_fsync {
-                args.push("--unsafe-no-fsync".into());
-            }
-            args
-        };
+        let common = |data_dir: &Path| common_node_args(options, data_dir);
         for index in 1..=options.participants {
             let name = format!("p{index}");
             let mut args =
@@ -271,4 +276,40 @@ pub fn run_until_stopped(options: ClusterOptions) -> anyhow::Result<ExitCode> {
     cluster.stop();
     println!("cluster stopped");
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn options(unsafe_no_fsync: bool, group_interval_us: Option<u64>) -> ClusterOptions {
+        ClusterOptions {
+            participants: 3,
+            data_dir: "/data".into(),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            cluster: "demo".into(),
+            unsafe_no_fsync,
+            group_interval_us,
+        }
+    }
+
+    #[test]
+    fn nodes_get_the_cluster_wide_storage_options() {
+        let args = common_node_args(&options(true, Some(2500)), Path::new("/data/p1"));
+        assert_eq!(
+            args,
+            ["--data-dir", "/data/p1", "--cluster", "demo", "--unsafe-no-fsync", "--group-interval-us", "2500"]
+        );
+        let defaults = common_node_args(&options(false, None), Path::new("/data/c1"));
+        assert_eq!(defaults, ["--data-dir", "/data/c1", "--cluster", "demo"]);
+    }
+
+    #[test]
+    fn the_node_command_lines_parse() {
+        let common = common_node_args(&options(false, Some(0)), Path::new("/data/p1"));
+        let participant = ["twophase", "participant", "--id", "p1", "--listen", "127.0.0.1:0"];
+        let argv = participant.iter().map(|a| a.to_string()).chain(common);
+        crate::cli::Cli::try_parse_from(argv).expect("a participant command line");
+    }
 }

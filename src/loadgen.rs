@@ -77,6 +77,10 @@ pub struct DemoArgs {
     /// group commit hides.
     #[arg(long)]
     unsafe_no_fsync: bool,
+    /// Every node's `--group-interval-us`: while a log is busy, at most one group commit
+    /// per this many microseconds [default: the nodes' own, 1500].
+    #[arg(long)]
+    group_interval_us: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +158,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         listen: "127.0.0.1:0".parse().expect("address"),
         cluster: "demo".into(),
         unsafe_no_fsync: args.unsafe_no_fsync,
+        group_interval_us: args.group_interval_us,
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;

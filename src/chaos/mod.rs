@@ -87,6 +87,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         listen: "127.0.0.1:0".parse().expect("address"),
         cluster: "chaos".into(),
         unsafe_no_fsync: false,
+        group_interval_us: None,
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;

@@ -69,7 +69,8 @@ pub trait Role {
 pub struct Storage {
     pub unsafe_no_fsync: bool,
     pub segment_size_bytes: u64,
-    /// While the log is busy, at most one group commit (one device flush) per this long.
+    /// While the log is busy, at most one group commit (one device flush) per this long, on
+    /// multiples of it on the monotonic clock (shared by every process on the machine).
     pub group_interval: Duration,
 }
 

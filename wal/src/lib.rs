@@ -20,9 +20,11 @@
 //!   A record appended with [`Wal::append`] starts a group at once when the log is idle;
 //!   one appended with [`Wal::append_lazy`] rides with the next group, or is synced on its
 //!   own after [`WalOptions::lazy_sync_within`]. While the log is busy (urgent records
-//!   arrived during the previous group's write) groups start at most once per
-//!   [`WalOptions::busy_group_interval`]: a device flush is the scarce resource, so under
-//!   load fewer, larger groups. Groups are bounded to 4 MiB of records; the rest goes in
+//!   arrived during the previous group's write) groups start only on the slots of
+//!   [`WalOptions::busy_group_interval`], multiples of it on the machine's monotonic clock
+//!   (the same slots in every process, so logs sharing a disk sync together and the
+//!   kernel merges their flushes): a device flush is the scarce resource, so under load
+//!   fewer, larger groups. Groups are bounded to 4 MiB of records; the rest goes in
 //!   the next group. Each group
 //!   starts with a small wal-internal marker record (kind 0) that records the durable LSN
 //!   before the group; recovery uses it to tell a torn tail from corruption.
@@ -152,8 +154,10 @@ pub struct WalOptions {
     /// Longest a record appended with [`Wal::append_lazy`] waits for a group (default 10 ms).
     pub lazy_sync_within: std::time::Duration,
     /// While the log is busy (urgent records arrived during the previous group's write),
-    /// groups start at most once per this interval (default zero: never held back). Caps
-    /// the flush rate under load; a lone record on an idle log is never held back.
+    /// groups start only on multiples of this interval on the monotonic clock, at least half
+    /// an interval after the previous group (default zero: never held back). Caps the flush
+    /// rate under load and lines up the flushes of logs on one machine; a lone record on an
+    /// idle log is never held back.
     pub busy_group_interval: std::time::Duration,
     /// **Test hook** (crash tests of the process that owns the log): write this many groups
     /// of records whole, then write only part of the next group's bytes (no sync) and kill
