@@ -262,6 +262,9 @@ struct Flight {
     tx: Tx,
 }
 
+/// Per-second reports queued from the load threads to the collector.
+const REPORTS_QUEUE_MAX: usize = 4096;
+
 /// Runs the bank workload for `options.duration`, then stops sending and waits for every
 /// outstanding transaction's outcome (at most 30 s), so that the expected balance changes
 /// are exact. Fails if any connection fails or the drain cannot finish.
@@ -271,7 +274,9 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
     let keys = KeyTable::new(options.layout.accounts);
     let deltas: Arc<[AtomicI64]> = (0..options.layout.accounts).map(|_| AtomicI64::new(0)).collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = crossbeam_channel::unbounded();
+    // One message per thread per second (plus one at the end): the collector drains it at
+    // once, so the bound only matters if it stalls, and then the load threads wait for it.
+    let (tx, rx) = crossbeam_channel::bounded(REPORTS_QUEUE_MAX);
     let mut workloads = Vec::with_capacity(options.connections);
     for index in 0..options.connections {
         let seed = options.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(index as u64);

@@ -101,8 +101,13 @@ enum Command {
     Shutdown,
 }
 
-/// Handle to a transport running on its own thread ([`spawn`]). Cheap to clone; every method only queues a command and
-/// wakes the loop, so it never blocks on the network.
+/// Commands queued to a spawned transport's thread; a caller that gets this far ahead of
+/// the loop waits for it (the loop itself never waits on the network).
+const COMMANDS_QUEUE_MAX: usize = 65_536;
+
+/// Handle to a transport running on its own thread ([`spawn`]). Cheap to clone; every method
+/// only queues a command (waiting only while [`COMMANDS_QUEUE_MAX`] are queued) and wakes
+/// the loop, so it never blocks on the network.
 #[derive(Clone)]
 pub struct Transport {
     commands: Sender<Command>,
@@ -178,7 +183,7 @@ impl Transport {
 pub fn spawn(config: TransportConfig, inbound: Sender<Vec<Inbound>>) -> io::Result<(Transport, SocketAddr)> {
     let (mut reactor, bound) = Reactor::new(config)?;
     let waker = reactor.waker();
-    let (commands_tx, commands) = crossbeam_channel::unbounded();
+    let (commands_tx, commands) = crossbeam_channel::bounded(COMMANDS_QUEUE_MAX);
     let thread = std::thread::Builder::new().name("net".into()).spawn(move || {
         let mut batch = Vec::new();
         loop {
