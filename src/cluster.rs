@@ -139,19 +139,18 @@ fn common_node_args(options: &ClusterOptions, data_dir: &Path) -> Vec<String> {
 impl LocalCluster {
     pub fn start(options: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         let mut cluster = LocalCluster { coordinator: options.listen, participants: Vec::new(), nodes: Vec::new() };
-        let common = |data_dir: &Path| common_node_args(options, data_dir);
         for index in 1..=options.participants {
             let name = format!("p{index}");
             let mut args =
                 vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), "127.0.0.1:0".into()];
-            args.extend(common(&options.data_dir.join(&name)));
+            args.extend(common_node_args(options, &options.data_dir.join(&name)));
             let node = Node::start(&name, args)?;
             cluster.participants.push((name, node.addr));
             cluster.nodes.push(node);
         }
         let mut args =
             vec!["coordinator".to_string(), "--id".into(), "c1".into(), "--listen".into(), options.listen.to_string()];
-        args.extend(common(&options.data_dir.join("c1")));
+        args.extend(common_node_args(options, &options.data_dir.join("c1")));
         for (name, addr) in &cluster.participants {
             args.push("--participant".into());
             args.push(format!("{name}={addr}"));

@@ -443,16 +443,22 @@ impl GroupTiming {
 /// CLOCK_MONOTONIC on Linux), so that slots counted from it are the same in every process.
 fn monotonic_grid_origin(interval: Duration) -> Instant {
     let now = Instant::now();
+    if interval.is_zero() {
+        return now;
+    }
+    let Some(now_ns) = monotonic_ns() else { return now };
+    let phase_ns = u64::try_from(now_ns % interval.as_nanos()).unwrap_or(0);
+    now.checked_sub(Duration::from_nanos(phase_ns)).unwrap_or(now)
+}
+
+/// The CLOCK_MONOTONIC reading in nanoseconds.
+fn monotonic_ns() -> Option<u128> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let interval_ns = interval.as_nanos();
-    if rc != 0 || interval_ns == 0 {
-        return now;
-    }
-    let now_ns = u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(ts.tv_nsec).unwrap_or(0);
-    let phase_ns = u64::try_from(now_ns % interval_ns).unwrap_or(0);
-    now.checked_sub(Duration::from_nanos(phase_ns)).unwrap_or(now)
+    let seconds = u128::try_from(ts.tv_sec).ok()?;
+    let nanos = u128::try_from(ts.tv_nsec).ok()?;
+    (rc == 0).then_some(seconds * 1_000_000_000 + nanos)
 }
 
 /// Fails the log if the writer thread ends without being told to (a panic).
@@ -1016,10 +1022,7 @@ mod group_timing_tests {
         let interval = Duration::from_secs(1);
         let origin = GroupTiming::new(LAZY, interval).grid_origin;
         let since_origin_ns = origin.elapsed().as_nanos();
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: as in `monotonic_grid_origin`.
-        assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
-        let now_ns = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
+        let now_ns = monotonic_ns().expect("CLOCK_MONOTONIC");
         let origin_phase_ns = (now_ns - since_origin_ns) % interval.as_nanos();
         let off_ns = origin_phase_ns.min(interval.as_nanos() - origin_phase_ns);
         assert!(off_ns < 20_000_000, "origin is {off_ns} ns off a multiple of 1 s");
