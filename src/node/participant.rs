@@ -73,7 +73,7 @@ impl ParticipantRole {
         let mut chunk_bytes = 0;
         for (key, value) in self.engine.kv().iter() {
             chunk_bytes += key.len() + value.len() + 6;
-            chunk.push((key.clone(), value.clone()));
+            chunk.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
             if chunk_bytes >= DUMP_CHUNK_BYTES {
                 Frame::DumpChunk(std::mem::take(&mut chunk)).encode(&mut frames);
                 chunk_bytes = 0;

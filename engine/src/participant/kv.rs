@@ -1,15 +1,29 @@
 //! The built-in key-value resource manager: evaluates a transaction's operations against
 //! the committed state into reads and a write set, and applies committed write sets.
 //! It knows nothing of locks or logs; the participant state machine owns those.
+//!
+//! Keys and values of up to [`INLINE_BYTES`] bytes live inside the hash table's bucket, so
+//! reading or updating an account touches one cache line instead of three (bucket, key
+//! bytes, value bytes), and applying a commit overwrites in place instead of freeing and
+//! allocating. With 400,000 accounts per participant this was most of the engine's cost per
+//! transaction (criterion `participant/transfer/1`: 1.62 µs with 400,000 accounts against
+//! 0.70 µs with 10,000, before this layout).
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::hash::SeededState;
 use crate::ops::{AbortReason, Key, LocalOp, OpKind, Read, Value};
 use crate::record::Write;
 use crate::types::ParticipantId;
+
+/// Keys and values up to this many bytes are stored inline; longer ones spill to the heap.
+pub const INLINE_BYTES: usize = 24;
+
+/// A stored key or value.
+type Slot = SmallVec<[u8; INLINE_BYTES]>;
 
 /// What evaluating a transaction's ops produced.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -21,14 +35,14 @@ pub struct Evaluation {
 
 #[derive(Debug)]
 pub struct KvStore {
-    map: HashMap<Key, Value, SeededState>,
+    map: HashMap<Slot, Slot, SeededState>,
 }
 
 /// Decodes an integer value; a missing key counts as zero.
-pub fn decode_int(value: Option<&Value>) -> Option<i64> {
+pub fn decode_int(value: Option<&[u8]>) -> Option<i64> {
     match value {
         None => Some(0),
-        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref()).ok().map(i64::from_le_bytes),
+        Some(bytes) => <[u8; 8]>::try_from(bytes).ok().map(i64::from_le_bytes),
     }
 }
 
@@ -41,8 +55,8 @@ impl KvStore {
         KvStore { map: HashMap::with_hasher(SeededState::new(hash_seed)) }
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Value> {
-        self.map.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.get(key).map(|value| value.as_slice())
     }
 
     pub fn len(&self) -> usize {
@@ -53,8 +67,8 @@ impl KvStore {
         self.map.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Value)> {
-        self.map.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.map.iter().map(|(key, value)| (key.as_slice(), value.as_slice()))
     }
 
     /// Runs `ops` in order on a private overlay of the current state. Fails with the reason
@@ -62,54 +76,49 @@ impl KvStore {
     pub fn evaluate(&self, participant: ParticipantId, ops: &[LocalOp]) -> Result<Evaluation, AbortReason> {
         let mut evaluation = Evaluation::default();
         for op in ops {
-            let current = || -> Option<Value> {
-                match evaluation.writes.iter().find(|w| w.key == op.key) {
-                    Some(write) => write.value.clone(),
-                    None => self.map.get(&op.key).cloned(),
-                }
+            let written = evaluation.writes.iter().position(|w| w.key == op.key);
+            let current = match written {
+                Some(index) => evaluation.writes[index].value.as_deref(),
+                None => self.get(&op.key),
             };
             let new_value = match &op.kind {
                 OpKind::Get => {
-                    evaluation.reads.push(Read { index: op.index, value: current() });
+                    let value = current.map(Bytes::copy_from_slice);
+                    evaluation.reads.push(Read { index: op.index, value });
                     continue;
                 }
-                OpKind::Put(value) => Some(value.clone()),
+                OpKind::Put(value) => Some(owned(value)),
                 OpKind::Delete => None,
-                OpKind::Add { delta, floor } => Some(add(participant, &op.key, current().as_ref(), *delta, *floor)?),
+                OpKind::Add { delta, floor } => Some(add(participant, &op.key, current, *delta, *floor)?),
             };
-            match evaluation.writes.iter_mut().find(|w| w.key == op.key) {
-                Some(write) => write.value = new_value,
-                None => evaluation.writes.push(Write { key: owned(&op.key), value: new_value.map(|v| owned(&v)) }),
+            match written {
+                Some(index) => evaluation.writes[index].value = new_value,
+                None => evaluation.writes.push(Write { key: owned(&op.key), value: new_value }),
             }
         }
         Ok(evaluation)
     }
 
-    /// Applies a committed write set.
+    /// Applies a committed write set, overwriting stored values in place.
     pub fn apply(&mut self, writes: &[Write]) {
         for write in writes {
             match &write.value {
-                Some(value) => {
-                    self.map.insert(write.key.clone(), value.clone());
-                }
+                Some(value) => self.put(&write.key, value),
                 None => {
-                    self.map.remove(&write.key);
+                    self.map.remove(write.key.as_ref());
                 }
             }
         }
     }
 
-    /// Like [`apply`](Self::apply), taking the writes (no reference counts touched: the
-    /// commit path owns them once the transaction is forgotten).
-    pub fn apply_owned(&mut self, writes: Vec<Write>) {
-        for write in writes {
-            match write.value {
-                Some(value) => {
-                    self.map.insert(write.key, value);
-                }
-                None => {
-                    self.map.remove(&write.key);
-                }
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        match self.map.get_mut(key) {
+            Some(slot) => {
+                slot.clear();
+                slot.extend_from_slice(value);
+            }
+            None => {
+                self.map.insert(Slot::from_slice(key), Slot::from_slice(value));
             }
         }
     }
@@ -123,7 +132,7 @@ fn owned(bytes: &Bytes) -> Bytes {
 fn add(
     participant: ParticipantId,
     key: &Key,
-    current: Option<&Value>,
+    current: Option<&[u8]>,
     delta: i64,
     floor: i64,
 ) -> Result<Value, AbortReason> {
@@ -169,6 +178,38 @@ mod tests {
         assert_eq!(eval.writes.len(), 2);
         assert_eq!(eval.writes[1], Write { key: Bytes::from_static(b"b"), value: None });
         assert_eq!(decode_int(kv.get(b"a")), Some(10), "evaluation does not change the store");
+    }
+
+    #[test]
+    fn values_longer_than_the_inline_size_round_trip_and_overwrite_in_place() {
+        let mut kv = KvStore::new(0);
+        let long_key = Bytes::from(vec![b'k'; INLINE_BYTES + 9]);
+        let long_value = Bytes::from(vec![b'v'; INLINE_BYTES * 3]);
+        let put = |key: &Bytes, value: Option<Bytes>| Write { key: key.clone(), value };
+        kv.apply(&[put(&long_key, Some(long_value.clone())), put(&Bytes::from_static(b"a"), Some(encode_int(1)))]);
+        assert_eq!(kv.get(&long_key), Some(long_value.as_ref()));
+        kv.apply(&[put(&long_key, Some(Bytes::from_static(b"short")))]);
+        assert_eq!(kv.get(&long_key), Some(&b"short"[..]), "a long value shrinks to a short one");
+        kv.apply(&[put(&Bytes::from_static(b"a"), Some(long_value.clone()))]);
+        assert_eq!(kv.get(b"a"), Some(long_value.as_ref()), "a short value grows past the inline size");
+        kv.apply(&[put(&long_key, None)]);
+        assert_eq!(kv.get(&long_key), None);
+        assert_eq!(kv.len(), 1);
+        let mut all: Vec<(&[u8], &[u8])> = kv.iter().collect();
+        all.sort();
+        assert_eq!(all, vec![(&b"a"[..], long_value.as_ref())]);
+    }
+
+    #[test]
+    fn a_put_does_not_keep_the_frame_it_came_from() {
+        let frame = Bytes::from(vec![7u8; 4096]);
+        let kv = KvStore::new(0);
+        let value = frame.slice(0..16);
+        let ops = [op(0, "a", OpKind::Put(value.clone())), op(1, "a", OpKind::Put(value))];
+        let eval = kv.evaluate(P, &ops).unwrap();
+        let stored = eval.writes[0].value.as_ref().unwrap();
+        assert_eq!(stored.as_ref(), &[7u8; 16][..]);
+        assert!(!frame.as_ptr_range().contains(&stored.as_ptr()), "the second put copied too");
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod snapshot;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
 pub use locks::{LockMode, LockTable};
 pub use snapshot::ParticipantSnapshot;
@@ -174,7 +176,8 @@ impl Participant {
     /// The whole state as of the last record appended. The driver must keep it until that
     /// LSN is durable before it relies on it (writes it out, truncates the log).
     pub fn snapshot(&self) -> ParticipantSnapshot {
-        let mut kv: Vec<(Key, crate::ops::Value)> = self.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut kv: Vec<(Key, crate::ops::Value)> =
+            self.kv.iter().map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v))).collect();
         kv.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut prepared: Vec<(TxId, Vec<Write>)> =
             self.prepared.iter().map(|(txid, p)| (*txid, p.writes.clone())).collect();
@@ -426,7 +429,7 @@ impl Participant {
             return self.send(fx, last, ToCoordinator::Ack { txid });
         };
         self.unlock_all(txid, &prepared.locked);
-        self.kv.apply_owned(prepared.writes);
+        self.kv.apply(&prepared.writes);
         let lsn = self.log.append(fx, PartRecord::Committed { txid });
         self.stats.committed += 1;
         self.send(fx, lsn, ToCoordinator::Ack { txid });

@@ -194,7 +194,7 @@ fn check_client_outcomes(
                             "reads",
                             format!("client {} seq {seq}: a read for a non-Get op {}", client.0, read.index),
                         );
-                    } else if is_account(&op.key) && decode_int(read.value.as_ref()).is_none_or(|v| v < 0) {
+                    } else if is_account(&op.key) && decode_int(read.value.as_deref()).is_none_or(|v| v < 0) {
                         violations.report(
                             "reads",
                             format!("client {} seq {seq}: read an invalid balance {:?}", client.0, read.value),
@@ -246,7 +246,7 @@ fn check_state(
         for (key, value) in participant.kv().iter() {
             seen += 1;
             let actual = decode_int(Some(value));
-            let want = expected.get(&(id, key.clone())).copied();
+            let want = expected.get(&(id, Key::copy_from_slice(key))).copied();
             let name = String::from_utf8_lossy(key);
             if actual != want {
                 let kind = if is_account(key) { "bank" } else { "lost-update" };
