@@ -12,6 +12,7 @@
 
 mod sessions;
 mod snapshot;
+mod txtable;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
 use crate::ops::{AbortReason, Limits, LocalOp, Op, Outcome, Read, Vote};
 use crate::record::CoordRecord;
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
+use txtable::TxTable;
 
 /// An output of the coordinator: a message to a participant or a reply to a client.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -156,7 +158,7 @@ pub struct Coordinator {
     epoch_lsn: Lsn,
     next_counter: u64,
     log: LogCursor,
-    txs: HashMap<TxId, Tx, SeededState>,
+    txs: TxTable<Tx>,
     preparing: usize,
     committing: usize,
     sessions: Sessions,
@@ -232,7 +234,7 @@ impl Coordinator {
             epoch_lsn: Lsn::NONE,
             next_counter: 1,
             log: LogCursor::after(last_lsn),
-            txs: HashMap::with_hasher(SeededState::new(config.hash_seed)),
+            txs: TxTable::new(config.hash_seed),
             preparing: 0,
             committing: 0,
             sessions,
@@ -258,7 +260,7 @@ impl Coordinator {
             .txs
             .iter()
             .filter_map(|(txid, tx)| match tx.phase {
-                Phase::Committing { lsn, .. } => Some((lsn, tx.commit_record(*txid))),
+                Phase::Committing { lsn, .. } => Some((lsn, tx.commit_record(txid))),
                 Phase::Preparing { .. } => None,
             })
             .collect();
@@ -330,7 +332,7 @@ impl Coordinator {
             .iter()
             .filter(|(_, tx)| matches!(tx.phase, Phase::Preparing { .. }))
             .filter(|(_, tx)| tx.shards.iter().any(|s| s.participant == participant && s.vote == VoteState::Pending))
-            .map(|(txid, _)| *txid)
+            .map(|(txid, _)| txid)
             .collect();
         waiting.sort_unstable(); // Deterministic order of the replies.
         for txid in waiting {
@@ -448,7 +450,7 @@ impl Coordinator {
     }
 
     fn on_vote(&mut self, now: Time, from: ParticipantId, txid: TxId, vote: Vote, fx: &mut CoordEffects) {
-        let Some(tx) = self.txs.get_mut(&txid) else {
+        let Some(tx) = self.txs.get_mut(txid) else {
             // Decided and forgotten, or from before a restart: it can never commit.
             if matches!(vote, Vote::Yes { .. }) {
                 self.send(fx, Lsn::NONE, from, ToParticipant::Abort { txid });
@@ -482,7 +484,7 @@ impl Coordinator {
     }
 
     fn abort(&mut self, txid: TxId, reason: AbortReason, fx: &mut CoordEffects) {
-        let tx = self.txs.remove(&txid).expect("aborting a known transaction");
+        let tx = self.txs.remove(txid).expect("aborting a known transaction");
         debug_assert!(matches!(tx.phase, Phase::Preparing { .. }), "a committed transaction never aborts");
         self.preparing -= 1;
         self.stats.aborted += 1;
@@ -497,7 +499,7 @@ impl Coordinator {
     }
 
     fn commit(&mut self, now: Time, txid: TxId, fx: &mut CoordEffects) {
-        let tx = self.txs.get_mut(&txid).expect("committing a known transaction");
+        let tx = self.txs.get_mut(txid).expect("committing a known transaction");
         tx.reads.sort_by_key(|read| read.index);
         let participants: Vec<ParticipantId> = tx.yes_voters().collect();
         let (client, seq, reads) = (tx.client, tx.seq, tx.reads.clone());
@@ -506,7 +508,7 @@ impl Coordinator {
         let outcome = Outcome::Committed { reads: reads.clone() };
         if participants.is_empty() {
             // Read-only everywhere: nothing to log, nothing to finish.
-            self.txs.remove(&txid);
+            self.txs.remove(txid);
             self.sessions.finish(client, seq, outcome.clone(), Lsn::NONE);
             return self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
         }
@@ -535,7 +537,7 @@ impl Coordinator {
     }
 
     fn on_ack(&mut self, from: ParticipantId, txid: TxId, fx: &mut CoordEffects) {
-        let Some(tx) = self.txs.get_mut(&txid) else { return };
+        let Some(tx) = self.txs.get_mut(txid) else { return };
         if !matches!(tx.phase, Phase::Committing { .. }) {
             return;
         }
@@ -547,14 +549,14 @@ impl Coordinator {
         if tx.shards.iter().any(|shard| shard.vote == VoteState::Yes) {
             return;
         }
-        self.txs.remove(&txid);
+        self.txs.remove(txid);
         self.committing -= 1;
         // Not forced: losing it only means re-driving a commit that is already applied.
         self.log.append(fx, CoordRecord::End { txid });
     }
 
     fn on_inquiry(&mut self, from: ParticipantId, txid: TxId, fx: &mut CoordEffects) {
-        match self.txs.get(&txid).map(|tx| &tx.phase) {
+        match self.txs.get(txid).map(|tx| &tx.phase) {
             Some(Phase::Committing { lsn, .. }) => {
                 let gate = *lsn;
                 self.send(fx, gate, from, ToParticipant::Commit { txid });
@@ -567,7 +569,7 @@ impl Coordinator {
     /// Time passed: abort prepares that timed out, re-send unacknowledged commits.
     pub fn on_tick(&mut self, now: Time, fx: &mut CoordEffects) {
         while let Some(txid) = self.timers.pop_due(now) {
-            let Some(tx) = self.txs.get(&txid) else { continue };
+            let Some(tx) = self.txs.get(txid) else { continue };
             match tx.phase {
                 Phase::Preparing { deadline } if deadline <= now => {
                     let silent = tx.shards.iter().find(|s| s.vote == VoteState::Pending).expect("a pending voter");
@@ -581,7 +583,7 @@ impl Coordinator {
     }
 
     fn redrive(&mut self, now: Time, txid: TxId, fx: &mut CoordEffects) {
-        let tx = self.txs.get_mut(&txid).expect("re-driving a known transaction");
+        let tx = self.txs.get_mut(txid).expect("re-driving a known transaction");
         let Phase::Committing { lsn, next_redrive, backoff } = &mut tx.phase else {
             unreachable!("re-drive of an undecided transaction")
         };
