@@ -26,6 +26,7 @@ pub mod ops;
 pub mod participant;
 pub mod record;
 pub mod sim;
+mod txtable;
 pub mod types;
 
 pub use coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};

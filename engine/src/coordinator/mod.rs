@@ -12,7 +12,6 @@
 
 mod sessions;
 mod snapshot;
-mod txtable;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,8 +24,8 @@ use crate::hash::SeededState;
 use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
 use crate::ops::{AbortReason, Limits, LocalOp, Op, Outcome, Read, Vote};
 use crate::record::CoordRecord;
+use crate::txtable::TxTable;
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
-use txtable::TxTable;
 
 /// An output of the coordinator: a message to a participant or a reply to a client.
 #[derive(Clone, PartialEq, Eq, Debug)]
