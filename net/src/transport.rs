@@ -390,14 +390,15 @@ impl Reactor {
                         self.on_writable(id);
                     }
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        self.read_conn(id);
+                        self.read_conn(id, event.is_read_closed() || event.is_error());
                     }
                 }
             }
         }
         self.events = events;
         for id in std::mem::take(&mut self.read_pending) {
-            self.read_conn(id);
+            // No edge left to report an end of stream seen last round: read to `WouldBlock`.
+            self.read_conn(id, true);
         }
         self.flush_dirty();
         self.timers();
@@ -561,7 +562,12 @@ impl Reactor {
         self.flush_conn(id);
     }
 
-    fn read_conn(&mut self, id: ConnId) {
+    /// Reads what `id` has, up to the budget. A read shorter than the buffer drained the
+    /// socket, and data arriving later raises a new edge, so the loop stops there instead
+    /// of paying one more system call for `WouldBlock` (as tokio does). Not when the peer
+    /// may have closed or the edge was consumed earlier (`read_to_block`): an end of stream
+    /// already signalled raises no further edge.
+    fn read_conn(&mut self, id: ConnId, read_to_block: bool) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.state == State::Connecting {
             return;
@@ -581,6 +587,9 @@ impl Reactor {
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
                         self.read_pending.push(id);
+                        break;
+                    }
+                    if n < self.scratch.len() && !read_to_block {
                         break;
                     }
                 }

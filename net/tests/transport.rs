@@ -122,6 +122,31 @@ fn hello(role: Role, cluster: &str) -> Vec<u8> {
     Frame::Hello(Hello { role, cluster: cluster.into(), node: "x".into(), epoch: Epoch(0) }).to_bytes().to_vec()
 }
 
+/// The server reads a short burst in one call and waits for the next edge; an end of
+/// stream that comes later, alone or right behind data, must still close the connection.
+#[test]
+fn an_end_of_stream_after_a_short_read_closes_the_connection() {
+    let (transport, addr, server) = start_server();
+    for pause in [Duration::ZERO, Duration::from_millis(50)] {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(&hello(Role::Client, "local")).unwrap();
+        std::thread::sleep(pause);
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut received = Vec::new();
+        let closed = stream.read_to_end(&mut received);
+        assert!(closed.is_ok(), "the server did not close after {pause:?}: {closed:?}");
+        if !pause.is_zero() {
+            // The hello was answered before the end of stream came.
+            let mut buf = BytesMut::from(&received[..]);
+            let frame = FrameDecoder::new(NetLimits::default()).decode(&mut buf).unwrap();
+            assert!(matches!(frame, Some(Frame::Welcome(_))), "{frame:?}");
+        }
+    }
+    transport.shutdown();
+    assert_eq!(server.join().unwrap(), 0);
+}
+
 #[test]
 fn clients_are_served_and_bad_connections_get_an_error_and_a_close() {
     let (transport, addr, server) = start_server();
