@@ -3,8 +3,8 @@
 //! Owns: identifiers and operations ([`types`], [`ops`]), the binary encoding of log records
 //! and messages ([`codec`], [`record`], [`message`]), the coordinator and participant state
 //! machines ([`coordinator`], [`participant`]) with the built-in key-value resource manager and
-//! lock table, the durability gate ([`effects`]), and the deterministic simulator with its
-//! invariant checker ([`sim`]).
+//! lock table, the table of transactions in flight by txid (`txtable`), the durability gate
+//! ([`effects`]), and the deterministic simulator with its invariant checker ([`sim`]).
 //!
 //! Invariants:
 //! - Deterministic: the same inputs in the same order give the same outputs. Time comes in
