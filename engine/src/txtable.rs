@@ -8,7 +8,9 @@
 //! `txid - base`. A transaction still live when the window would pass
 //! [`WINDOW_SLOTS_MAX`] slots (a commit waiting for a dead participant), and any txid below
 //! the window (recovered transactions of earlier epochs), moves to a side hash map, so the
-//! window stays bounded whatever one transaction does.
+//! window stays bounded whatever one transaction does. (A participant sees only the txids
+//! that touch it: with many participants its window is sparse and more entries end up in
+//! the side map; still correct, only less local.)
 //!
 //! Invariants: a txid is in the window or in `stragglers`, never both; the window's first
 //! slot, when there is one, is occupied and it has at most [`WINDOW_SLOTS_MAX`] slots;

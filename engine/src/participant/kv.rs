@@ -5,9 +5,9 @@
 //! Keys and values of up to [`INLINE_BYTES`] bytes live inside the hash table's bucket, so
 //! reading or updating an account touches one cache line instead of three (bucket, key
 //! bytes, value bytes), and applying a commit overwrites in place instead of freeing and
-//! allocating. With 400,000 accounts per participant this was most of the engine's cost per
-//! transaction (criterion `participant/transfer/1`: 1.62 µs with 400,000 accounts against
-//! 0.70 µs with 10,000, before this layout).
+//! allocating. With 400,000 accounts per participant the misses were most of the engine's
+//! cost per transaction: criterion `participant/transfer/1` took 1.62 µs against 0.70 µs
+//! with 10,000 accounts when keys and values were separate `Bytes`, 1.21 µs with this layout.
 
 use std::collections::HashMap;
 
