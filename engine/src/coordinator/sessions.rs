@@ -1,7 +1,7 @@
 //! Exactly-once bookkeeping: the outcome of each client's recent requests, bounded per
 //! client and in the number of clients.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use super::snapshot::SessionSnapshot;
 use crate::hash::SeededState;
@@ -31,9 +31,65 @@ enum Entry {
 struct Session {
     /// Requests with `seq < floor` were evicted from the window.
     floor: Seq,
-    entries: BTreeMap<Seq, Entry>,
+    entries: Entries,
     in_flight: usize,
     last_used: u64,
+}
+
+/// A client's requests by seq, sorted, in one contiguous ring. A client numbers its
+/// requests 1, 2, 3…, so a seq is nearly always found at the position its distance from
+/// the newest gives, and a new one goes at the back: no tree to walk (a `BTreeMap` here was
+/// 10% of the coordinator's time at 100 k tx/s). Gaps and out-of-order seqs still work,
+/// through a binary search.
+#[derive(Debug, Default)]
+struct Entries(VecDeque<(Seq, Entry)>);
+
+impl Entries {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Where `seq` is (`Ok`) or would go (`Err`).
+    fn position(&self, seq: Seq) -> Result<usize, usize> {
+        let Some(&(newest, _)) = self.0.back() else { return Err(0) };
+        if seq > newest {
+            return Err(self.0.len());
+        }
+        let from_back = newest - seq;
+        if let Some(guess) = usize::try_from(from_back).ok().and_then(|d| (self.0.len() - 1).checked_sub(d))
+            && self.0[guess].0 == seq
+        {
+            return Ok(guess);
+        }
+        self.0.binary_search_by_key(&seq, |(s, _)| *s)
+    }
+
+    fn get(&self, seq: Seq) -> Option<&Entry> {
+        self.position(seq).ok().map(|at| &self.0[at].1)
+    }
+
+    /// Stores `entry` for `seq`; returns the one it replaced.
+    fn insert(&mut self, seq: Seq, entry: Entry) -> Option<Entry> {
+        match self.position(seq) {
+            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, entry)),
+            Err(at) => {
+                self.0.insert(at, (seq, entry));
+                None
+            }
+        }
+    }
+
+    fn oldest(&self) -> Option<(Seq, &Entry)> {
+        self.0.front().map(|(seq, entry)| (*seq, entry))
+    }
+
+    fn pop_oldest(&mut self) {
+        self.0.pop_front();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Seq, &Entry)> {
+        self.0.iter().map(|(seq, entry)| (seq, entry))
+    }
 }
 
 /// Why a new request cannot be recorded right now.
@@ -74,7 +130,7 @@ impl Sessions {
         if seq < session.floor {
             return Known::TooOld;
         }
-        match session.entries.get(&seq) {
+        match session.entries.get(seq) {
             None => Known::New,
             Some(Entry::InFlight(txid)) => Known::InFlight(*txid),
             Some(Entry::Done { outcome, after }) => Known::Done { outcome: outcome.clone(), after: *after },
@@ -187,11 +243,11 @@ impl Sessions {
 /// Drops the oldest decided outcomes beyond the per-client window.
 fn trim_window(session: &mut Session, limit: usize) {
     while session.entries.len() > limit {
-        let Some((&oldest, entry)) = session.entries.iter().next() else { break };
+        let Some((oldest, entry)) = session.entries.oldest() else { break };
         if matches!(entry, Entry::InFlight(_)) {
             break; // Never forget a request still executing.
         }
-        session.entries.remove(&oldest);
+        session.entries.pop_oldest();
         session.floor = oldest + 1;
     }
 }
@@ -203,6 +259,48 @@ mod tests {
 
     fn aborted() -> Outcome {
         Outcome::Aborted { reason: AbortReason::Invalid { detail: "x".into() } }
+    }
+
+    proptest::proptest! {
+        /// Inserts at mostly rising seqs (with gaps, repeats and stragglers) and evictions of
+        /// the oldest give what a sorted map gives.
+        #[test]
+        fn entries_behave_as_a_sorted_map(
+            steps in proptest::collection::vec((0u8..10, 0u64..6), 1..300),
+        ) {
+            let mut entries = Entries::default();
+            let mut model = std::collections::BTreeMap::new();
+            let mut next: Seq = 1;
+            for (kind, jump) in steps {
+                match kind {
+                    0 => {
+                        let oldest = entries.oldest().map(|(seq, _)| seq);
+                        proptest::prop_assert_eq!(oldest, model.keys().next().copied());
+                        entries.pop_oldest();
+                        model.pop_first();
+                    }
+                    1..=2 => {
+                        // An older seq: a retry or a gap being filled.
+                        let seq = next.saturating_sub(jump * 3);
+                        let entry = Entry::InFlight(TxId(seq));
+                        proptest::prop_assert_eq!(entries.insert(seq, entry).is_some(), model.insert(seq, seq).is_some());
+                    }
+                    _ => {
+                        next += jump.max(1) - 1 + u64::from(jump == 5) * 40;
+                        let entry = Entry::InFlight(TxId(next));
+                        proptest::prop_assert_eq!(entries.insert(next, entry).is_some(), model.insert(next, next).is_some());
+                        next += 1;
+                    }
+                }
+                proptest::prop_assert_eq!(entries.len(), model.len());
+            }
+            let listed: Vec<Seq> = entries.iter().map(|(seq, _)| *seq).collect();
+            proptest::prop_assert_eq!(listed, model.keys().copied().collect::<Vec<_>>());
+            for seq in 0..next + 2 {
+                let found = entries.get(seq).map(|entry| matches!(entry, Entry::InFlight(txid) if txid.0 == seq));
+                proptest::prop_assert_eq!(found, model.get(&seq).map(|_| true), "seq {}", seq);
+            }
+        }
     }
 
     #[test]
