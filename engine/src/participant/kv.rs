@@ -22,8 +22,8 @@ use crate::types::ParticipantId;
 /// Keys and values up to this many bytes are stored inline; longer ones spill to the heap.
 pub const INLINE_BYTES: usize = 24;
 
-/// A stored key or value.
-type Slot = SmallVec<[u8; INLINE_BYTES]>;
+/// A stored key or value (the lock table keys its entries the same way).
+pub(crate) type Slot = SmallVec<[u8; INLINE_BYTES]>;
 
 /// What evaluating a transaction's ops produced.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
+use super::kv::Slot;
 use crate::hash::SeededState;
-use crate::ops::Key;
 use crate::types::TxId;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -20,9 +20,11 @@ enum Lock {
     Exclusive(TxId),
 }
 
+/// Keys are stored inline (like the key-value store's): a lookup touches the bucket only,
+/// not the network frame a key was sliced from, which is cold by the time of the commit.
 #[derive(Debug)]
 pub struct LockTable {
-    locks: HashMap<Key, Lock, SeededState>,
+    locks: HashMap<Slot, Lock, SeededState>,
 }
 
 impl LockTable {
@@ -42,13 +44,13 @@ impl LockTable {
     /// Takes `mode` on `key` for `txid`, or returns the conflicting holder. Re-taking a lock
     /// already held is a no-op; a lone shared holder may upgrade to exclusive.
     /// Returns whether a new lock entry was recorded for `txid` (so release knows what to drop).
-    pub fn try_lock(&mut self, key: &Key, txid: TxId, mode: LockMode) -> Result<bool, TxId> {
+    pub fn try_lock(&mut self, key: &[u8], txid: TxId, mode: LockMode) -> Result<bool, TxId> {
         let Some(lock) = self.locks.get_mut(key) else {
             let lock = match mode {
                 LockMode::Shared => Lock::Shared(vec![txid]),
                 LockMode::Exclusive => Lock::Exclusive(txid),
             };
-            self.locks.insert(key.clone(), lock);
+            self.locks.insert(Slot::from_slice(key), lock);
             return Ok(true);
         };
         match (lock, mode) {
@@ -72,23 +74,24 @@ impl LockTable {
         }
     }
 
-    /// Releases `txid`'s lock on `key`, if it holds one.
-    pub fn unlock(&mut self, key: &Key, txid: TxId) {
-        let Some(lock) = self.locks.get_mut(key) else { return };
-        let now_free = match lock {
-            Lock::Exclusive(holder) => *holder == txid,
+    /// Releases `txid`'s lock on `key`, if it holds one. One lookup in the common case
+    /// (the entry is removed, and put back only if someone else still holds it).
+    pub fn unlock(&mut self, key: &[u8], txid: TxId) {
+        let Some((slot, mut lock)) = self.locks.remove_entry(key) else { return };
+        let still_held = match &mut lock {
+            Lock::Exclusive(holder) => *holder != txid,
             Lock::Shared(holders) => {
                 holders.retain(|h| *h != txid);
-                holders.is_empty()
+                !holders.is_empty()
             }
         };
-        if now_free {
-            self.locks.remove(key);
+        if still_held {
+            self.locks.insert(slot, lock);
         }
     }
 
     /// The transaction holding an exclusive lock on `key`, if any.
-    pub fn exclusive_holder(&self, key: &Key) -> Option<TxId> {
+    pub fn exclusive_holder(&self, key: &[u8]) -> Option<TxId> {
         match self.locks.get(key) {
             Some(Lock::Exclusive(holder)) => Some(*holder),
             _ => None,
@@ -100,6 +103,8 @@ impl LockTable {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    use crate::ops::Key;
 
     fn key(text: &'static str) -> Key {
         Bytes::from_static(text.as_bytes())

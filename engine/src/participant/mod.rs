@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use kv::Slot;
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
 pub use locks::{LockMode, LockTable};
 pub use snapshot::ParticipantSnapshot;
@@ -75,8 +76,9 @@ impl ParticipantConfig {
 #[derive(Debug)]
 struct Prepared {
     writes: Vec<Write>,
-    /// Keys this transaction locked (released at the decision).
-    locked: Vec<Key>,
+    /// Keys this transaction locked (released at the decision), copied: a slice would pin
+    /// its whole network frame until then.
+    locked: Vec<Slot>,
     /// The Prepared record's LSN: the Yes vote is gated on it.
     lsn: Lsn,
     /// The reads reported with the vote, to answer a duplicated prepare; None after a restart.
@@ -242,7 +244,7 @@ impl Participant {
             // Two prepared transactions never held conflicting locks, so neither can now.
             assert!(taken.is_ok(), "in-doubt {txid} conflicts with {taken:?} on recovery");
             if taken == Ok(true) {
-                prepared.locked.push(write.key.clone());
+                prepared.locked.push(Slot::from_slice(&write.key));
             }
         }
         prepared.next_inquiry = now;
@@ -406,12 +408,12 @@ impl Participant {
     }
 
     /// Locks every key of `ops` (no-wait). On conflict nothing stays locked.
-    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Key>, AbortReason> {
+    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Slot>, AbortReason> {
         let mut locked = Vec::with_capacity(ops.len());
         for op in ops {
             let mode = if op.kind.is_write() { LockMode::Exclusive } else { LockMode::Shared };
             match self.locks.try_lock(&op.key, txid, mode) {
-                Ok(true) => locked.push(op.key.clone()),
+                Ok(true) => locked.push(Slot::from_slice(&op.key)),
                 Ok(false) => {}
                 Err(holder) => {
                     self.unlock_all(txid, &locked);
@@ -431,7 +433,7 @@ impl Participant {
         }
     }
 
-    fn unlock_all(&mut self, txid: TxId, keys: &[Key]) {
+    fn unlock_all(&mut self, txid: TxId, keys: &[Slot]) {
         for key in keys {
             self.locks.unlock(key, txid);
         }
