@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use twophase_engine::participant::{LockMode, LockTable, ParticipantSnapshot, encode_int};
+use twophase_engine::participant::{KvImage, LockMode, LockTable, ParticipantSnapshot, encode_int};
 use twophase_engine::{
     ClientId, CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, DurabilityGate, Effects, Epoch, Key, LocalOp,
     Lsn, Op, OpKind, Outcome, PartEffects, Participant, ParticipantConfig, ParticipantId, Reply, Submit, Time,
@@ -210,8 +210,7 @@ struct PartBench {
 impl PartBench {
     fn new(keys: &[Key]) -> PartBench {
         let balance = encode_int(1_000_000_000);
-        let mut kv: Vec<(Key, Bytes)> = keys.iter().map(|key| (key.clone(), balance.clone())).collect();
-        kv.sort_unstable();
+        let kv = KvImage::from_pairs(keys.iter().map(|key| (key.as_ref(), balance.as_ref())));
         let snapshot =
             ParticipantSnapshot { lsn: Lsn::NONE, max_epoch: EPOCH, max_txid_seen: TxId(0), kv, prepared: Vec::new() };
         let mut fx = PartEffects::default();

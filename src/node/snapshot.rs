@@ -220,7 +220,7 @@ mod tests {
             lsn: twophase_engine::Lsn(lsn),
             max_epoch: Epoch(1),
             max_txid_seen: TxId(5),
-            kv: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))],
+            kv: twophase_engine::participant::KvImage::from_pairs([(&b"k"[..], &b"v"[..])]),
             prepared: vec![],
         }
     }

@@ -111,7 +111,7 @@ impl KvStore {
         }
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) {
+    pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) {
         match self.map.get_mut(key) {
             Some(slot) => {
                 slot.clear();

@@ -16,12 +16,10 @@ mod snapshot;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-
 use kv::Slot;
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
 pub use locks::{LockMode, LockTable};
-pub use snapshot::ParticipantSnapshot;
+pub use snapshot::{KvImage, ParticipantSnapshot};
 
 use crate::effects::{Effects, LogCursor, Timers};
 use crate::message::{ToCoordinator, ToParticipant};
@@ -166,9 +164,9 @@ impl Participant {
     fn restore(&mut self, snapshot: ParticipantSnapshot) {
         self.max_epoch = snapshot.max_epoch;
         self.max_txid_seen = snapshot.max_txid_seen;
-        let writes: Vec<Write> =
-            snapshot.kv.into_iter().map(|(key, value)| Write { key, value: Some(value) }).collect();
-        self.kv.apply(&writes);
+        for (key, value) in snapshot.kv.iter() {
+            self.kv.put(&key, &value);
+        }
         for (txid, writes) in snapshot.prepared {
             self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes });
         }
@@ -177,8 +175,7 @@ impl Participant {
     /// The whole state as of the last record appended. The driver must keep it until that
     /// LSN is durable before it relies on it (writes it out, truncates the log).
     pub fn snapshot(&self) -> ParticipantSnapshot {
-        let mut kv = self.kv_copy();
-        kv.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let kv = KvImage::from_pairs(self.kv.iter());
         let mut prepared: Vec<(TxId, Vec<Write>)> =
             self.prepared.iter().map(|(txid, p)| (txid, p.writes.clone())).collect();
         prepared.sort_unstable_by_key(|(txid, _)| *txid);
@@ -189,24 +186,6 @@ impl Participant {
             kv,
             prepared,
         }
-    }
-
-    /// Every key and value, copied into one buffer that they all slice: one allocation
-    /// for the whole store instead of two per key (the snapshot thread frees it as cheaply).
-    fn kv_copy(&self) -> Vec<(Key, crate::ops::Value)> {
-        let bytes: usize = self.kv.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let mut buffer = BytesMut::with_capacity(bytes);
-        for (k, v) in self.kv.iter() {
-            buffer.extend_from_slice(k);
-            buffer.extend_from_slice(v);
-        }
-        let buffer = buffer.freeze();
-        let mut at = 0;
-        let mut slice = |len: usize| {
-            at += len;
-            buffer.slice(at - len..at)
-        };
-        self.kv.iter().map(|(k, v)| (slice(k.len()), slice(v.len()))).collect()
     }
 
     fn replay(&mut self, lsn: Lsn, record: PartRecord) {

@@ -12,28 +12,85 @@ use crate::ops::{Key, Value};
 use crate::record::{RECORD_LIMITS, Write};
 use crate::types::{Epoch, Lsn, TxId};
 
+/// The key-value state as the snapshot file holds it: `(key, value) × count`, sorted by
+/// key, in one buffer. A pair of `Bytes` per key was 64 bytes of bookkeeping for a
+/// 20-byte account, and the store was held twice over while a snapshot was written; this
+/// is the encoded size, once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvImage {
+    count: u64,
+    /// Valid entries only: built by `from_pairs` or checked by `decode`.
+    bytes: Bytes,
+}
+
+impl KvImage {
+    /// Encodes `pairs` (in any order) sorted by key, so equal states give equal bytes.
+    /// Keys and values must be within the record limits (everything stored came through them).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> KvImage {
+        let mut pairs: Vec<(&[u8], &[u8])> = pairs.into_iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let len = pairs.iter().map(|(key, value)| 6 + key.len() + value.len()).sum();
+        let mut out = Vec::with_capacity(len);
+        for (key, value) in &pairs {
+            put_key(&mut out, key);
+            put_value(&mut out, value);
+        }
+        debug_assert_eq!(out.len(), len);
+        KvImage { count: pairs.len() as u64, bytes: Bytes::from(out) }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The pairs in key order, as slices of the image.
+    pub fn iter(&self) -> impl Iterator<Item = (Key, Value)> + '_ {
+        let mut reader = Reader::new(self.bytes.clone(), RECORD_LIMITS);
+        (0..self.count).map(move |_| {
+            let key = reader.key().expect("an image holds valid entries");
+            (key, reader.value().expect("an image holds valid entries"))
+        })
+    }
+
+    /// Reads `count` entries at the reader's position, checking each.
+    fn decode(whole: &Bytes, reader: &mut Reader) -> Result<KvImage, DecodeError> {
+        let count = reader.u64("kv count")?;
+        // Each entry takes at least 6 bytes: refuse impossible counts before reading on.
+        if count.saturating_mul(6) > reader.remaining() as u64 {
+            return Err(reader.error(format!("{count} entries cannot fit in {} bytes", reader.remaining())));
+        }
+        let start = whole.len() - reader.remaining();
+        for _ in 0..count {
+            reader.key()?;
+            reader.value()?;
+        }
+        let end = whole.len() - reader.remaining();
+        Ok(KvImage { count, bytes: whole.slice(start..end) })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParticipantSnapshot {
     pub lsn: Lsn,
     pub max_epoch: Epoch,
     pub max_txid_seen: TxId,
-    /// Sorted by key, so equal states give equal bytes.
-    pub kv: Vec<(Key, Value)>,
+    pub kv: KvImage,
     /// Prepared transactions without an outcome as of `lsn`, sorted by txid.
     pub prepared: Vec<(TxId, Vec<Write>)>,
 }
 
 impl ParticipantSnapshot {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.kv.len() * 32);
+        let mut out = Vec::with_capacity(32 + self.kv.bytes.len());
         out.put_u64_le(self.lsn.0);
         out.put_u32_le(self.max_epoch.0);
         out.put_u64_le(self.max_txid_seen.0);
-        out.put_u64_le(self.kv.len() as u64);
-        for (key, value) in &self.kv {
-            put_key(&mut out, key);
-            put_value(&mut out, value);
-        }
+        out.put_u64_le(self.kv.count);
+        out.put_slice(&self.kv.bytes);
         out.put_u32_le(self.prepared.len() as u32);
         for (txid, writes) in &self.prepared {
             out.put_u64_le(txid.0);
@@ -46,19 +103,11 @@ impl ParticipantSnapshot {
     }
 
     pub fn decode(bytes: Bytes) -> Result<ParticipantSnapshot, DecodeError> {
-        let mut reader = Reader::new(bytes, RECORD_LIMITS);
+        let mut reader = Reader::new(bytes.clone(), RECORD_LIMITS);
         let lsn = Lsn(reader.u64("snapshot lsn")?);
         let max_epoch = Epoch(reader.u32("max epoch")?);
         let max_txid_seen = TxId(reader.u64("max txid")?);
-        let entries = reader.u64("kv count")?;
-        // Each entry takes at least 6 bytes: refuse impossible counts before allocating.
-        if entries.saturating_mul(6) > reader.remaining() as u64 {
-            return Err(reader.error(format!("{entries} entries cannot fit in {} bytes", reader.remaining())));
-        }
-        let mut kv = Vec::with_capacity(entries as usize);
-        for _ in 0..entries {
-            kv.push((reader.key()?, reader.value()?));
-        }
+        let kv = KvImage::decode(&bytes, &mut reader)?;
         let prepared_count = reader.u32("prepared count")?;
         if (prepared_count as u64).saturating_mul(10) > reader.remaining() as u64 {
             return Err(reader.error(format!("{prepared_count} prepared cannot fit in {} bytes", reader.remaining())));
@@ -84,11 +133,17 @@ mod tests {
             lsn: Lsn(77),
             max_epoch: Epoch(3),
             max_txid_seen: TxId::new(Epoch(3), 9),
-            kv: vec![(Bytes::from_static(b"a"), encode_int(5)), (Bytes::from_static(b"b"), Bytes::from_static(b"x"))],
+            kv: KvImage::from_pairs([(&b"b"[..], &b"x"[..]), (&b"a"[..], &encode_int(5)[..])]),
             prepared: vec![(TxId::new(Epoch(3), 8), vec![Write { key: Bytes::from_static(b"c"), value: None }])],
         };
         let bytes = Bytes::from(snapshot.encode());
-        assert_eq!(ParticipantSnapshot::decode(bytes.clone()).unwrap(), snapshot);
+        let decoded = ParticipantSnapshot::decode(bytes.clone()).unwrap();
+        assert_eq!(decoded, snapshot);
+        let pairs: Vec<(Key, Value)> = decoded.kv.iter().collect();
+        assert_eq!(
+            pairs,
+            vec![(Bytes::from_static(b"a"), encode_int(5)), (Bytes::from_static(b"b"), Bytes::from_static(b"x"))]
+        );
         for cut in 0..bytes.len() {
             assert!(ParticipantSnapshot::decode(bytes.slice(..cut)).is_err(), "prefix {cut}");
         }
