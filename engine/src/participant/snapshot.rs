@@ -32,6 +32,9 @@ impl KvImage {
         let len = pairs.iter().map(|(key, value)| 6 + key.len() + value.len()).sum();
         let mut out = Vec::with_capacity(len);
         for (key, value) in &pairs {
+            // Checked here, where a bad pair comes from, not when the image is read back.
+            assert!(key.len() <= RECORD_LIMITS.max_key_bytes, "a stored key of {} bytes", key.len());
+            assert!(value.len() <= RECORD_LIMITS.max_value_bytes, "a stored value of {} bytes", value.len());
             put_key(&mut out, key);
             put_value(&mut out, value);
         }
