@@ -40,6 +40,10 @@ pub struct WorkloadArgs {
     /// Open loop at this many transactions per second in total (default: closed loop).
     #[arg(long)]
     rate: Option<u64>,
+    /// Open loop: send what is due on ticks this far apart (0: wake for every
+    /// transaction); latency still counts from each transaction's intended send time.
+    #[arg(long, default_value_t = 1000)]
+    send_tick_us: u64,
     /// Zipfian exponent of the account choice (default: uniform).
     #[arg(long)]
     skew: Option<f64>,
@@ -128,6 +132,7 @@ impl Target {
         options.connections = args.connections;
         options.outstanding = args.outstanding;
         options.rate = args.rate;
+        options.send_tick = Duration::from_micros(args.send_tick_us);
         options.skew = args.skew;
         options.cross_share = args.cross_share;
         options.read_only_share = args.read_only_share;
