@@ -42,7 +42,7 @@ pub struct WorkloadArgs {
     rate: Option<u64>,
     /// Open loop: send what is due on ticks this far apart (0: wake for every
     /// transaction); latency still counts from each transaction's intended send time.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = twophase_bench::DEFAULT_SEND_TICK.as_micros() as u64)]
     send_tick_us: u64,
     /// Zipfian exponent of the account choice (default: uniform).
     #[arg(long)]

@@ -36,8 +36,8 @@ pub use layout::{
     setup_accounts_where, write_account_key,
 };
 pub use load::{
-    BACKLOG_LIMIT, DRAIN_LIMIT, LoadOptions, LoadResult, LoadSettings, MAX_LATENCY_US, TimelinePoint, format_us,
-    read_rss, run_load,
+    BACKLOG_LIMIT, DEFAULT_SEND_TICK, DRAIN_LIMIT, LoadOptions, LoadResult, LoadSettings, MAX_LATENCY_US,
+    TimelinePoint, format_us, read_rss, run_load,
 };
 pub use probe::{CommitFilter, LoadProbe, Seen};
 pub use report::{LatencySummary, PercentilePoint, Report, RssSeries};
