@@ -50,8 +50,9 @@ pub struct LoadOptions {
     pub rate: Option<u64>,
     /// Open loop only: a connection sleeps until the next multiple of this (from the run's
     /// start), or until outcomes arrive, and sends every transaction due whenever it wakes,
-    /// instead of waking for each one (default 1 ms; zero: wake for each). Latency still counts from each transaction's intended
-    /// time, so the wait for the tick is in the figures. Why: the generator shares the
+    /// instead of waking for each one (default 1 ms; zero: wake for each). Latency still
+    /// counts from each transaction's intended time, so the wait for the tick is in the
+    /// figures. Why: the generator shares the
     /// machine with the cluster, and a wake-up per transaction (10,000 timer interrupts a
     /// second at 10,000 tx/s) is load that a real client population would not put on it;
     /// on the development VM it was enough to make the host steal CPU (docs/OPERATIONS.md).

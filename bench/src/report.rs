@@ -129,12 +129,13 @@ impl Report {
                     .to_string()
             },
             mode: match settings.rate {
-                Some(rate) => match settings.send_tick_us {
-                    Some(tick_us) if tick_us > 0 => format!(
-                        "open loop at {rate} tx/s, sent on {tick_us} µs ticks (latency from the intended send time)"
-                    ),
-                    _ => format!("open loop at {rate} tx/s (latency from the intended send time)"),
-                },
+                Some(rate) => {
+                    let ticks = match settings.send_tick_us {
+                        Some(tick_us) if tick_us > 0 => format!(", sent on {tick_us} µs ticks"),
+                        _ => String::new(),
+                    };
+                    format!("open loop at {rate} tx/s{ticks} (latency from the intended send time)")
+                }
                 None => "closed loop".to_string(),
             },
             throughput_tps: result.throughput_tps(),
