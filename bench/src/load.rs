@@ -265,6 +265,7 @@ struct ThreadTotals {
 
 struct ThreadCtx {
     index: usize,
+    pipeline: Pipeline,
     options: Arc<LoadOptions>,
     workload: Workload,
     deltas: Arc<[AtomicI64]>,
@@ -298,14 +299,21 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
         let seed = options.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(index as u64);
         workloads.push(Workload::new(&options.layout, keys.clone(), options.spec(), seed)?);
     }
+    // Connect every connection before the clock starts: the open loop's first sends are due
+    // at once, and connection set-up is the generator's delay, not the cluster's latency.
+    let mut pipelines = Vec::with_capacity(options.connections);
+    for _ in 0..options.connections {
+        pipelines.push(connect(&options)?);
+    }
     let start = Instant::now();
     if let Some(probe) = &options.probe {
         probe.mark_started(start);
     }
     let mut handles = Vec::with_capacity(options.connections);
-    for (index, workload) in workloads.into_iter().enumerate() {
+    for (index, (workload, pipeline)) in workloads.into_iter().zip(pipelines).enumerate() {
         let ctx = ThreadCtx {
             index,
+            pipeline,
             options: options.clone(),
             workload,
             deltas: deltas.clone(),
@@ -539,11 +547,17 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(value * unit)
 }
 
-fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
-    let options = ctx.options.clone();
-    let mut pipeline = Pipeline::connect(options.coordinator, options.client.clone())
+/// One connection to the coordinator whose directory matches the bank's layout.
+fn connect(options: &LoadOptions) -> anyhow::Result<Pipeline> {
+    let pipeline = Pipeline::connect(options.coordinator, options.client.clone())
         .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
     check_directory(pipeline.directory().participants(), &options.layout)?;
+    Ok(pipeline)
+}
+
+fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
+    let options = ctx.options.clone();
+    let mut pipeline = ctx.pipeline;
     let cap = options.outstanding;
     let end = ctx.start + options.duration;
     let drain_deadline = end + DRAIN_LIMIT;
