@@ -119,7 +119,8 @@ struct CoordinatorArgs {
     #[arg(long)]
     checkpoint_every: Option<u64>,
     /// While the log is busy, at most one group commit (one device flush) per this many
-    /// microseconds; 0 never holds a group back [default: 1500].
+    /// microseconds, on slots half an interval after the participants'; 0 never holds a
+    /// group back [default: 1500].
     #[arg(long)]
     group_interval_us: Option<u64>,
     /// Do not fsync the log. Unsafe: only to measure what group commit hides.
@@ -187,6 +188,12 @@ fn storage(unsafe_no_fsync: bool, group_interval_us: Option<u64>) -> Storage {
     }
 }
 
+/// The coordinator's slots sit half an interval after the participants' (see
+/// [`Storage::group_phase`]).
+fn coordinator_storage(storage: Storage) -> Storage {
+    Storage { group_phase: storage.group_interval / 2, ..storage }
+}
+
 fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptions> {
     let file: ParticipantFile = read_config(args.config.as_deref())?;
     let name = required(args.id.or(file.id), "id")?;
@@ -224,10 +231,10 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         participants: names::parse_participants(&specs)?,
         prepare_timeout: Duration::from_millis(args.prepare_timeout_ms.or(file.prepare_timeout_ms).unwrap_or(2000)),
         max_in_flight,
-        storage: storage(
+        storage: coordinator_storage(storage(
             args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
             args.group_interval_us.or(file.group_interval_us),
-        ),
+        )),
         pin_core: args.pin_core.or(file.pin_core),
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
     })
@@ -283,6 +290,27 @@ mod tests {
         let Command::Participant(args) = cli.command else { panic!() };
         let err = format!("{:#}", participant_options(args).err().unwrap());
         assert!(err.contains("not a valid config file"), "{err}");
+    }
+
+    #[test]
+    fn the_coordinator_slots_sit_half_an_interval_after_the_participants() {
+        let coordinator = |extra: &[&str]| {
+            let base = ["twophase", "coordinator", "--data-dir", "/tmp/c", "--participant", "p1=127.0.0.1:1"];
+            let cli = Cli::parse_from(base.iter().chain(extra));
+            let Command::Coordinator(args) = cli.command else { panic!() };
+            let storage = coordinator_options(args).unwrap().storage;
+            (storage.group_interval, storage.group_phase)
+        };
+        let participant = || {
+            let cli = Cli::parse_from(["twophase", "participant", "--id", "p1", "--data-dir", "/tmp/p"]);
+            let Command::Participant(args) = cli.command else { panic!() };
+            let storage = participant_options(args).unwrap().storage;
+            (storage.group_interval, storage.group_phase)
+        };
+        let us = Duration::from_micros;
+        assert_eq!(participant(), (us(1500), Duration::ZERO));
+        assert_eq!(coordinator(&[]), (us(1500), us(750)));
+        assert_eq!(coordinator(&["--group-interval-us", "2000"]), (us(2000), us(1000)));
     }
 
     #[test]

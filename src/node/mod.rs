@@ -72,11 +72,21 @@ pub struct Storage {
     /// While the log is busy, at most one group commit (one device flush) per this long, on
     /// multiples of it on the monotonic clock (shared by every process on the machine).
     pub group_interval: Duration,
+    /// Where in the interval this node's slots sit (past the multiples of it on the
+    /// monotonic clock). Zero for participants; half an interval for the coordinator, whose
+    /// `Commit` records wait for the votes that leave the participants just after their
+    /// slots: its own slot then comes as they arrive, not an interval later.
+    pub group_phase: Duration,
 }
 
 impl Default for Storage {
     fn default() -> Storage {
-        Storage { unsafe_no_fsync: false, segment_size_bytes: 64 << 20, group_interval: DEFAULT_GROUP_INTERVAL }
+        Storage {
+            unsafe_no_fsync: false,
+            segment_size_bytes: 64 << 20,
+            group_interval: DEFAULT_GROUP_INTERVAL,
+            group_phase: Duration::ZERO,
+        }
     }
 }
 
@@ -101,6 +111,7 @@ pub fn open_storage(data_dir: &Path, storage: &Storage) -> anyhow::Result<(File,
         sync: if storage.unsafe_no_fsync { SyncMode::None } else { SyncMode::Fdatasync },
         crash_mid_group_after: crate::failpoint::wal_crash_mid_group_after(),
         busy_group_interval: storage.group_interval,
+        busy_group_phase: storage.group_phase,
         ..WalOptions::default()
     };
     let wal_dir = data_dir.join("wal");

@@ -20,8 +20,9 @@
 //!   A record appended with [`Wal::append`] starts a group at once when the log is idle;
 //!   one appended with [`Wal::append_lazy`] rides with the next group, or is synced on its
 //!   own after [`WalOptions::lazy_sync_within`]. While the log is busy (urgent records
-//!   arrived during the previous group's write) groups start only on the slots of
-//!   [`WalOptions::busy_group_interval`], multiples of it on the machine's monotonic clock
+//!   arrived during the previous group's write, and until a slot finds no urgent record
+//!   waiting) groups start only on the slots of [`WalOptions::busy_group_interval`],
+//!   multiples of it on the machine's monotonic clock plus [`WalOptions::busy_group_phase`]
 //!   (the same slots in every process, so logs sharing a disk sync together and the
 //!   kernel merges their flushes): a device flush is the scarce resource, so under load
 //!   fewer, larger groups. Groups are bounded to 4 MiB of records; the rest goes in
@@ -153,12 +154,18 @@ pub struct WalOptions {
     pub writer_spin: std::time::Duration,
     /// Longest a record appended with [`Wal::append_lazy`] waits for a group (default 10 ms).
     pub lazy_sync_within: std::time::Duration,
-    /// While the log is busy (urgent records arrived during the previous group's write),
-    /// groups start only on multiples of this interval on the monotonic clock, at least half
-    /// an interval after the previous group (default zero: never held back). Caps the flush
-    /// rate under load and lines up the flushes of logs on one machine; a lone record on an
-    /// idle log is never held back.
+    /// While the log is busy (urgent records arrived during the previous group's write, or
+    /// the previous group waited for its slot with urgent records queued), groups start only
+    /// on multiples of this interval on the monotonic clock (plus `busy_group_phase`), at
+    /// least half an interval after the previous group (default zero: never held back).
+    /// Caps the flush rate under load and lines up the flushes of logs on one machine; a
+    /// lone record on an idle log is never held back.
     pub busy_group_interval: std::time::Duration,
+    /// Where the busy slots sit: at `busy_group_phase` past the multiples of
+    /// `busy_group_interval` on the monotonic clock (default zero). Logs whose records
+    /// follow another log's flush (a coordinator's after its participants') can sit later
+    /// in the interval than it.
+    pub busy_group_phase: std::time::Duration,
     /// **Test hook** (crash tests of the process that owns the log): write this many groups
     /// of records whole, then write only part of the next group's bytes (no sync) and kill
     /// the process with SIGKILL, leaving a torn tail for recovery to cut. Default `None`.
@@ -176,6 +183,7 @@ impl Default for WalOptions {
             writer_spin: std::time::Duration::ZERO,
             lazy_sync_within: std::time::Duration::from_millis(10),
             busy_group_interval: std::time::Duration::ZERO,
+            busy_group_phase: std::time::Duration::ZERO,
             crash_mid_group_after: None,
         }
     }

@@ -293,7 +293,7 @@ pub(crate) fn open_inner(
         segment_size: options.segment_size_bytes,
         sync: options.sync == SyncMode::Fdatasync,
         spin: options.writer_spin,
-        timing: GroupTiming::new(options.lazy_sync_within, options.busy_group_interval),
+        timing: GroupTiming::new(options.lazy_sync_within, options.busy_group_interval, options.busy_group_phase),
         crash_mid_group_after: options.crash_mid_group_after,
         active_meta,
         active_file,
@@ -400,8 +400,8 @@ struct GroupTiming {
 }
 
 impl GroupTiming {
-    fn new(lazy_within: Duration, busy_interval: Duration) -> Self {
-        Self { lazy_within, busy_interval, grid_origin: monotonic_grid_origin(busy_interval) }
+    fn new(lazy_within: Duration, busy_interval: Duration, phase: Duration) -> Self {
+        Self { lazy_within, busy_interval, grid_origin: monotonic_grid_origin(busy_interval, phase) }
     }
 
     /// When the group after one that started at `started` may start if the log is busy:
@@ -419,6 +419,17 @@ impl GroupTiming {
         let slot = self.grid_origin + Duration::from_nanos(u64::try_from(slots * interval_ns).ok()?);
         debug_assert!(slot >= earliest && slot < earliest + self.busy_interval);
         Some(slot)
+    }
+
+    /// Whether the group after one that started at `started` is held for a slot, and which:
+    /// the log is busy if urgent records arrived while that group was written, and stays
+    /// busy while every slot finds urgent records waiting (`held`: the group itself waited
+    /// for its slot with urgent records queued). So under steady load every group starts on
+    /// a slot, in step with the other logs on the machine, rather than the ones that found
+    /// the log quiet starting between slots; the first slot with nothing urgent waiting
+    /// ends it.
+    fn next_busy_slot(&self, started: Instant, urgent_during_write: bool, held: bool) -> Option<Instant> {
+        if urgent_during_write || held { self.busy_slot_after(started) } else { None }
     }
 
     /// `Awake` when a group is due now; otherwise what to wait for and until when.
@@ -441,14 +452,16 @@ impl GroupTiming {
 
 /// An instant whose CLOCK_MONOTONIC reading is a multiple of `interval` (`Instant` reads
 /// CLOCK_MONOTONIC on Linux), so that slots counted from it are the same in every process.
-fn monotonic_grid_origin(interval: Duration) -> Instant {
+fn monotonic_grid_origin(interval: Duration, phase: Duration) -> Instant {
     let now = Instant::now();
     if interval.is_zero() {
         return now;
     }
     let Some(now_ns) = monotonic_ns() else { return now };
-    let phase_ns = u64::try_from(now_ns % interval.as_nanos()).unwrap_or(0);
-    now.checked_sub(Duration::from_nanos(phase_ns)).unwrap_or(now)
+    let interval_ns = interval.as_nanos();
+    let phase_ns = phase.as_nanos() % interval_ns;
+    let since_slot_ns = u64::try_from((now_ns + interval_ns - phase_ns) % interval_ns).unwrap_or(0);
+    now.checked_sub(Duration::from_nanos(since_slot_ns)).unwrap_or(now)
 }
 
 /// The CLOCK_MONOTONIC reading in nanoseconds.
@@ -508,6 +521,8 @@ struct Writer<B: IoBackend> {
     timing: GroupTiming,
     /// Set after a busy group: the next group starts no earlier than this.
     busy_until: Option<Instant>,
+    /// The group being taken or written held urgent records back for its slot.
+    group_held: bool,
     /// The `WalOptions::crash_mid_group_after` test hook, and the groups of records
     /// written so far (it counts nothing else).
     crash_mid_group_after: Option<u64>,
@@ -533,6 +548,7 @@ impl<B: IoBackend> Writer<B> {
             spin: s.spin,
             timing: s.timing,
             busy_until: None,
+            group_held: false,
             crash_mid_group_after: s.crash_mid_group_after,
             groups_written: 0,
             active: Active { meta: s.active_meta, file, offset: s.active_end, capacity: s.capacity },
@@ -571,6 +587,7 @@ impl<B: IoBackend> Writer<B> {
     /// `taken`. `None` when a crash is being simulated.
     fn take_group(&mut self, taken: &mut Vec<u8>) -> Option<StopMode> {
         let mut q = lock(&self.shared.queue);
+        self.group_held = false;
         loop {
             if q.stop == StopMode::Crash {
                 return None;
@@ -583,6 +600,7 @@ impl<B: IoBackend> Writer<B> {
             if reason == WriterWait::Awake {
                 break;
             }
+            self.group_held |= reason == WriterWait::Busy && q.urgent_queued;
             q.writer = reason;
             q = match until {
                 Some(until) => wait_until(&self.shared.writer_cv, q, until),
@@ -598,13 +616,12 @@ impl<B: IoBackend> Writer<B> {
         Some(q.stop)
     }
 
-    /// After a group: if urgent records queued up while it was written, the log is busy and
-    /// the next group waits out the busy interval, counted from this group's start.
+    /// After a group: see [`GroupTiming::next_busy_slot`].
     fn note_group_done(&mut self, started: Instant) {
         let mut q = lock(&self.shared.queue);
         q.writing = false;
-        let busy = std::mem::take(&mut q.urgent_during_write);
-        self.busy_until = if busy { self.timing.busy_slot_after(started) } else { None };
+        let urgent_during_write = std::mem::take(&mut q.urgent_during_write);
+        self.busy_until = self.timing.next_busy_slot(started, urgent_during_write, self.group_held);
     }
 
     /// Spins (without the lock) for up to `WalOptions::writer_spin` until a record is appended that is
@@ -959,7 +976,7 @@ mod group_timing_tests {
     const BUSY: Duration = Duration::from_micros(1500);
 
     fn timing() -> GroupTiming {
-        GroupTiming::new(LAZY, BUSY)
+        GroupTiming::new(LAZY, BUSY, Duration::ZERO)
     }
 
     fn queue(bytes: usize, urgent: bool, oldest: Option<Instant>) -> Queue {
@@ -1011,7 +1028,7 @@ mod group_timing_tests {
         assert_eq!(t.busy_slot_after(at(0.3)), Some(at(1.0)), "early in a slot: the next one");
         assert_eq!(t.busy_slot_after(at(0.6)), Some(at(2.0)), "late in a slot: never under half an interval");
         assert_eq!(t.busy_slot_after(at(5.5)), Some(at(6.0)));
-        let unheld = GroupTiming::new(LAZY, Duration::ZERO);
+        let unheld = GroupTiming::new(LAZY, Duration::ZERO, Duration::ZERO);
         assert_eq!(unheld.busy_slot_after(origin), None);
     }
 
@@ -1020,12 +1037,27 @@ mod group_timing_tests {
         // So that every process computes the same slots. A 1 s interval makes a wrong
         // origin stand out from the microseconds between the clock reads.
         let interval = Duration::from_secs(1);
-        let origin = GroupTiming::new(LAZY, interval).grid_origin;
-        let since_origin_ns = origin.elapsed().as_nanos();
-        let now_ns = monotonic_ns().expect("CLOCK_MONOTONIC");
-        let origin_phase_ns = (now_ns - since_origin_ns) % interval.as_nanos();
-        let off_ns = origin_phase_ns.min(interval.as_nanos() - origin_phase_ns);
-        assert!(off_ns < 20_000_000, "origin is {off_ns} ns off a multiple of 1 s");
+        for phase_ms in [0, 250, 1250] {
+            let origin = GroupTiming::new(LAZY, interval, Duration::from_millis(phase_ms)).grid_origin;
+            let since_origin_ns = origin.elapsed().as_nanos();
+            let now_ns = monotonic_ns().expect("CLOCK_MONOTONIC");
+            let wanted_ns = u128::from(phase_ms % 1000) * 1_000_000;
+            let off_ns = (now_ns - since_origin_ns + interval.as_nanos() - wanted_ns) % interval.as_nanos();
+            let off_ns = off_ns.min(interval.as_nanos() - off_ns);
+            assert!(off_ns < 20_000_000, "phase {phase_ms} ms: origin is {off_ns} ns off its slot");
+        }
+    }
+
+    #[test]
+    fn a_log_stays_on_the_slots_while_every_slot_finds_urgent_records_waiting() {
+        let origin = Instant::now();
+        let t = GroupTiming { grid_origin: origin, ..timing() };
+        let started = origin + BUSY;
+        let next = t.busy_slot_after(started);
+        assert_eq!(next, Some(origin + 2 * BUSY));
+        assert_eq!(t.next_busy_slot(started, true, false), next, "urgent records came during the write");
+        assert_eq!(t.next_busy_slot(started, false, true), next, "the group waited for its slot");
+        assert_eq!(t.next_busy_slot(started, false, false), None, "a quiet log writes the next record at once");
     }
 
     #[test]
