@@ -450,8 +450,9 @@ impl GroupTiming {
     }
 }
 
-/// An instant whose CLOCK_MONOTONIC reading is a multiple of `interval` (`Instant` reads
-/// CLOCK_MONOTONIC on Linux), so that slots counted from it are the same in every process.
+/// An instant whose CLOCK_MONOTONIC reading is `phase` past a multiple of `interval`
+/// (`Instant` reads CLOCK_MONOTONIC on Linux), so that slots counted from it are the same in
+/// every process with the same interval and phase.
 fn monotonic_grid_origin(interval: Duration, phase: Duration) -> Instant {
     let now = Instant::now();
     if interval.is_zero() {
