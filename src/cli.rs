@@ -188,12 +188,6 @@ fn storage(unsafe_no_fsync: bool, group_interval_us: Option<u64>) -> Storage {
     }
 }
 
-/// The coordinator's slots sit half an interval after the participants' (see
-/// [`Storage::group_phase`]).
-fn coordinator_storage(storage: Storage) -> Storage {
-    Storage { group_phase: storage.group_interval / 2, ..storage }
-}
-
 fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptions> {
     let file: ParticipantFile = read_config(args.config.as_deref())?;
     let name = required(args.id.or(file.id), "id")?;
@@ -231,10 +225,12 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         participants: names::parse_participants(&specs)?,
         prepare_timeout: Duration::from_millis(args.prepare_timeout_ms.or(file.prepare_timeout_ms).unwrap_or(2000)),
         max_in_flight,
-        storage: coordinator_storage(storage(
+        // On the participants' slots (phase zero): its `Staged` records are then durable
+        // by the time the votes of the prepares sent with them come back.
+        storage: storage(
             args.unsafe_no_fsync || file.unsafe_no_fsync.unwrap_or(false),
             args.group_interval_us.or(file.group_interval_us),
-        )),
+        ),
         pin_core: args.pin_core.or(file.pin_core),
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
     })
@@ -293,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn the_coordinator_slots_sit_half_an_interval_after_the_participants() {
+    fn the_coordinator_slots_are_the_participants_slots() {
         let coordinator = |extra: &[&str]| {
             let base = ["twophase", "coordinator", "--data-dir", "/tmp/c", "--participant", "p1=127.0.0.1:1"];
             let cli = Cli::parse_from(base.iter().chain(extra));
@@ -309,8 +305,8 @@ mod tests {
         };
         let us = Duration::from_micros;
         assert_eq!(participant(), (us(1500), Duration::ZERO));
-        assert_eq!(coordinator(&[]), (us(1500), us(750)));
-        assert_eq!(coordinator(&["--group-interval-us", "2000"]), (us(2000), us(1000)));
+        assert_eq!(coordinator(&[]), (us(1500), Duration::ZERO));
+        assert_eq!(coordinator(&["--group-interval-us", "2000"]), (us(2000), Duration::ZERO));
     }
 
     #[test]

@@ -28,12 +28,11 @@ pub enum Failpoint {
     /// yet. Hit per Commit record appended.
     CoordinatorCommitAppended,
     /// Coordinator: the Commit record is durable and no Commit message of that
-    /// transaction (nor the client's reply) has been handed to the network. Hit per Commit
-    /// message released.
+    /// transaction has been handed to the network (the client's reply, gated on the earlier
+    /// Staged record, usually has). Hit per Commit message released.
     CoordinatorCommitDurable,
     /// Coordinator: one Commit message has been written to its participant's socket and the
-    /// transaction's other Commit messages (and the client's reply) have not. Hit per
-    /// Commit message released.
+    /// transaction's other Commit messages have not. Hit per Commit message released.
     CoordinatorCommitSentPartial,
     /// Participant: the Prepared record is durable and the Yes vote has not been handed to
     /// the network. Hit per Yes vote released.

@@ -216,8 +216,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The participants' states once every acknowledged commit has reached them (the
-/// coordinator acknowledges once its Commit record is durable, before the participants
-/// apply it); a run whose transactions stay prepared fails.
+/// coordinator acknowledges once its Staged record and every participant's Prepared record
+/// are durable, before the participants apply it); a run whose transactions stay prepared
+/// fails.
 fn settled_states(target: &Target) -> anyhow::Result<(States, bool)> {
     let settled = settle::wait(target)?;
     if !settled.left.is_empty() {

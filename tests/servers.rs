@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use common::{Cluster, add, read_ints};
+use common::{Cluster, add, eventually, read_ints};
 use twophase_engine::{AbortReason, Op, OpKind, Outcome, ParticipantId};
 
 #[test]
@@ -182,7 +182,12 @@ fn operators_can_list_participants_and_dump_their_state() {
     let names: Vec<&str> = topology.iter().map(|(_, name, _)| name.as_str()).collect();
     assert_eq!(names, vec!["p1", "p2"]);
     assert_eq!(topology[1].2, cluster.participants[1].1);
-    let (entries, end) = twophase_net::admin::dump(topology[1].2, "local").unwrap();
+    // A dump reads the store as it is: the client hears Committed before the participants
+    // apply (they do once the coordinator's Commit record is durable), so wait for that.
+    let (entries, end) = eventually("p2 to apply the commit", Duration::from_secs(10), || {
+        let (entries, end) = twophase_net::admin::dump(topology[1].2, "local").unwrap();
+        (end.prepared == 0).then_some((entries, end))
+    });
     assert_eq!(entries, vec![(bytes::Bytes::from_static(b"b"), bytes::Bytes::copy_from_slice(&7i64.to_le_bytes()))]);
     assert_eq!((end.keys, end.prepared, end.in_doubt), (1, 0, 0));
     cluster.stop();

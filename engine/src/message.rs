@@ -2,7 +2,8 @@
 //! How messages are batched into frames belongs to the net crate.
 //!
 //! Layouts (tags are the first byte):
-//! - to a participant: 0 Prepare `u64 txid | list of local ops`, 1 Commit `u64 txid`, 2 Abort `u64 txid`
+//! - to a participant: 0 Prepare `u64 txid | list of local ops`, 1 Commit `u64 txid`, 2 Abort `u64 txid`,
+//!   3 Query `u64 txid`
 //! - to the coordinator: 0 Vote `u64 txid | vote`, 1 Ack `u64 txid`, 2 Inquiry `u64 txid`
 //! - submit: `u64 client | u64 seq | list of ops`
 //! - reply: 0 Outcome `u64 client | u64 seq | outcome`, 1 Rejected `u64 client | u64 seq | u8 reason`
@@ -17,17 +18,30 @@ use crate::types::{ClientId, Seq, TxId};
 /// simulator with each message, on the wire once per frame).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ToParticipant {
-    Prepare { txid: TxId, ops: Vec<LocalOp> },
-    Commit { txid: TxId },
-    Abort { txid: TxId },
+    Prepare {
+        txid: TxId,
+        ops: Vec<LocalOp>,
+    },
+    Commit {
+        txid: TxId,
+    },
+    Abort {
+        txid: TxId,
+    },
+    /// A restarted coordinator resolving a transaction staged by an earlier incarnation:
+    /// answer Yes if it is prepared here, No otherwise (and never prepare it afterwards).
+    Query {
+        txid: TxId,
+    },
 }
 
 impl ToParticipant {
     pub fn txid(&self) -> TxId {
         match self {
-            ToParticipant::Prepare { txid, .. } | ToParticipant::Commit { txid } | ToParticipant::Abort { txid } => {
-                *txid
-            }
+            ToParticipant::Prepare { txid, .. }
+            | ToParticipant::Commit { txid }
+            | ToParticipant::Abort { txid }
+            | ToParticipant::Query { txid } => *txid,
         }
     }
 }
@@ -115,6 +129,10 @@ impl Encode for ToParticipant {
                 out.put_u8(2);
                 out.put_u64_le(txid.0);
             }
+            ToParticipant::Query { txid } => {
+                out.put_u8(3);
+                out.put_u64_le(txid.0);
+            }
         }
     }
 }
@@ -129,6 +147,7 @@ impl Decode for ToParticipant {
             }
             1 => Ok(ToParticipant::Commit { txid: read_txid(reader)? }),
             2 => Ok(ToParticipant::Abort { txid: read_txid(reader)? }),
+            3 => Ok(ToParticipant::Query { txid: read_txid(reader)? }),
             other => Err(reader.error(format!("unknown participant message {other}"))),
         }
     }
@@ -241,6 +260,7 @@ mod tests {
         round_trip(&ToParticipant::Prepare { txid, ops });
         round_trip(&ToParticipant::Commit { txid });
         round_trip(&ToParticipant::Abort { txid });
+        round_trip(&ToParticipant::Query { txid });
         round_trip(&ToCoordinator::Vote { txid, vote: Vote::Yes { reads: vec![Read { index: 2, value: None }] } });
         round_trip(&ToCoordinator::Ack { txid });
         round_trip(&ToCoordinator::Inquiry { txid });

@@ -7,6 +7,8 @@
 //! | 1 | coordinator Epoch | `u32 epoch` |
 //! | 2 | coordinator Commit | `u64 txid \| u64 client \| u64 seq \| list of u16 participants \| list of reads` |
 //! | 3 | coordinator End | `u64 txid` |
+//! | 4 | coordinator Staged | `u64 txid \| u64 client \| u64 seq \| list of u16 participants` |
+//! | 5 | coordinator Abort | `u64 txid` |
 //! | 16 | participant Epoch | `u32 highest coordinator epoch seen` |
 //! | 17 | participant Prepared | `u64 txid \| list of writes (key, optional value)` |
 //! | 18 | participant Committed | `u64 txid` |
@@ -31,11 +33,21 @@ pub const RECORD_LIMITS: Limits =
 pub enum CoordRecord {
     /// Written (forced) at every start; the new incarnation's epoch.
     Epoch { epoch: Epoch },
-    /// The commit decision (forced before anyone hears of it). Holds what is needed to
-    /// re-drive phase two and to answer a client's retry after a restart.
+    /// The commit decision (forced before a participant hears `Commit`; a client may hear
+    /// of it earlier, see `Staged`). Holds what is needed to re-drive phase two and to
+    /// answer a client's retry after a restart.
     Commit { txid: TxId, client: ClientId, seq: Seq, participants: Vec<ParticipantId>, reads: Vec<Read> },
     /// Every participant acknowledged; the transaction may be forgotten (not forced).
     End { txid: TxId },
+    /// A transaction that writes was started and its prepares sent (forced, in parallel with
+    /// the participants' `Prepared` records). Once it is durable and every participant it
+    /// names voted Yes the transaction is committed, before any `Commit` record exists: the
+    /// client may hear so. A restart that finds it without an outcome asks those
+    /// participants (`Query`) and commits only if all of them are prepared.
+    Staged { txid: TxId, client: ClientId, seq: Seq, participants: Vec<ParticipantId> },
+    /// A staged transaction was aborted (forced before the client hears it); it may be
+    /// forgotten.
+    Abort { txid: TxId },
 }
 
 /// One write of a prepared transaction: the final value (None deletes the key).
@@ -61,6 +73,8 @@ pub enum PartRecord {
 pub const KIND_COORD_EPOCH: u8 = 1;
 pub const KIND_COORD_COMMIT: u8 = 2;
 pub const KIND_COORD_END: u8 = 3;
+pub const KIND_COORD_STAGED: u8 = 4;
+pub const KIND_COORD_ABORT: u8 = 5;
 pub const KIND_PART_EPOCH: u8 = 16;
 pub const KIND_PART_PREPARED: u8 = 17;
 pub const KIND_PART_COMMITTED: u8 = 18;
@@ -70,9 +84,10 @@ pub const KIND_PART_ABORTED: u8 = 19;
 pub trait LogRecord: Sized {
     fn kind(&self) -> u8;
     /// Whether a client's answer waits on this record's durability, so the runtime should
-    /// sync it at once. Other records (an `End`, a participant's `Committed`) still gate
-    /// whatever depends on them, but may wait for the next group commit: one device flush
-    /// fewer per transaction. Never affects safety, only when a sync happens.
+    /// sync it at once. Other records (an `End`, the coordinator's `Commit`, a participant's
+    /// `Committed`) still gate whatever depends on them, but may wait for the next group
+    /// commit: one device flush fewer per transaction. Never affects safety, only when a
+    /// sync happens.
     fn urgent(&self) -> bool;
     fn encode_payload(&self, out: &mut Vec<u8>);
     fn decode(kind: u8, payload: Bytes) -> Result<Self, DecodeError>;
@@ -121,9 +136,24 @@ impl Decode for Write {
     }
 }
 
+/// The request part shared by `Commit` and `Staged`.
+fn put_request(out: &mut Vec<u8>, txid: TxId, client: ClientId, seq: Seq, participants: &[ParticipantId]) {
+    out.put_u64_le(txid.0);
+    out.put_u64_le(client.0);
+    out.put_u64_le(seq);
+    put_count(out, participants.len());
+    for participant in participants {
+        participant.encode(out);
+    }
+}
+
 impl LogRecord for CoordRecord {
+    /// `Commit` is not urgent: no client waits on it (the `Staged` record and the votes
+    /// carry the commit), only the participants' `Commit` messages and so their locks. It
+    /// rides with the next `Staged` group; forcing it on its own made the next request of a
+    /// client that waits for each answer find the log busy and wait for a slot.
     fn urgent(&self) -> bool {
-        !matches!(self, CoordRecord::End { .. })
+        !matches!(self, CoordRecord::End { .. } | CoordRecord::Commit { .. })
     }
 
     fn kind(&self) -> u8 {
@@ -131,6 +161,8 @@ impl LogRecord for CoordRecord {
             CoordRecord::Epoch { .. } => KIND_COORD_EPOCH,
             CoordRecord::Commit { .. } => KIND_COORD_COMMIT,
             CoordRecord::End { .. } => KIND_COORD_END,
+            CoordRecord::Staged { .. } => KIND_COORD_STAGED,
+            CoordRecord::Abort { .. } => KIND_COORD_ABORT,
         }
     }
 
@@ -138,16 +170,13 @@ impl LogRecord for CoordRecord {
         match self {
             CoordRecord::Epoch { epoch } => out.put_u32_le(epoch.0),
             CoordRecord::Commit { txid, client, seq, participants, reads } => {
-                out.put_u64_le(txid.0);
-                out.put_u64_le(client.0);
-                out.put_u64_le(*seq);
-                put_count(out, participants.len());
-                for participant in participants {
-                    participant.encode(out);
-                }
+                put_request(out, *txid, *client, *seq, participants);
                 put_reads(out, reads);
             }
-            CoordRecord::End { txid } => out.put_u64_le(txid.0),
+            CoordRecord::Staged { txid, client, seq, participants } => {
+                put_request(out, *txid, *client, *seq, participants)
+            }
+            CoordRecord::End { txid } | CoordRecord::Abort { txid } => out.put_u64_le(txid.0),
         }
     }
 
@@ -164,6 +193,15 @@ impl LogRecord for CoordRecord {
                 })
             }),
             KIND_COORD_END => decode_payload(payload, |r| Ok(CoordRecord::End { txid: read_txid(r)? })),
+            KIND_COORD_STAGED => decode_payload(payload, |r| {
+                Ok(CoordRecord::Staged {
+                    txid: read_txid(r)?,
+                    client: ClientId(r.u64("client")?),
+                    seq: r.u64("seq")?,
+                    participants: read_list(r, u16::MAX as usize, 2, "participants")?,
+                })
+            }),
+            KIND_COORD_ABORT => decode_payload(payload, |r| Ok(CoordRecord::Abort { txid: read_txid(r)? })),
             other => unknown_kind(other, "coordinator"),
         }
     }
@@ -242,6 +280,11 @@ impl fmt::Display for AnyRecord {
                 )
             }
             AnyRecord::Coordinator(CoordRecord::End { txid }) => write!(f, "END {txid}"),
+            AnyRecord::Coordinator(CoordRecord::Staged { txid, client, seq, participants }) => {
+                let names: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
+                write!(f, "STAGED {txid} client={} seq={seq} participants=[{}]", client.0, names.join(","))
+            }
+            AnyRecord::Coordinator(CoordRecord::Abort { txid }) => write!(f, "ABORT {txid}"),
             AnyRecord::Participant(PartRecord::Epoch { epoch }) => write!(f, "EPOCH-SEEN {}", epoch.0),
             AnyRecord::Participant(PartRecord::Prepared { txid, writes }) => {
                 write!(f, "PREPARED {txid} writes={}", writes.len())
@@ -282,6 +325,13 @@ mod tests {
             reads: vec![Read { index: 1, value: Some(key("v")) }],
         });
         round_trip(CoordRecord::End { txid });
+        round_trip(CoordRecord::Staged {
+            txid,
+            client: ClientId(5),
+            seq: 8,
+            participants: vec![ParticipantId(2), ParticipantId(3)],
+        });
+        round_trip(CoordRecord::Abort { txid });
         round_trip(PartRecord::Epoch { epoch: Epoch(4) });
         round_trip(PartRecord::Prepared {
             txid,

@@ -73,9 +73,10 @@ pub struct Storage {
     /// multiples of it on the monotonic clock (shared by every process on the machine).
     pub group_interval: Duration,
     /// Where in the interval this node's slots sit (past the multiples of it on the
-    /// monotonic clock). Zero for participants; half an interval for the coordinator, whose
-    /// `Commit` records wait for the votes that leave the participants just after their
-    /// slots: its own slot then comes as they arrive, not an interval later.
+    /// monotonic clock). Zero for every node today: the coordinator's `Staged` records are
+    /// written as the prepares leave and must be durable when the votes return, so its slots
+    /// coincide with the participants'. (Before the parallel commit point the coordinator sat
+    /// half an interval later, where its `Commit` records met the arriving votes.)
     pub group_phase: Duration,
 }
 

@@ -1,12 +1,23 @@
-//! The coordinator: runs two-phase commit with presumed abort for each client transaction.
+//! The coordinator: runs two-phase commit with presumed abort for each client transaction,
+//! with the commit point moved off the critical path ("parallel commit").
 //!
 //! Invariants:
-//! - A client hears `Committed` and a participant hears `Commit` only after the `Commit`
-//!   record is durable (both outputs are gated on its LSN).
-//! - Aborts are never logged and never acknowledged; an unknown transaction is aborted.
-//!   That answer is safe because a transaction is unknown only when it has no durable or
-//!   pending `Commit` record: every transaction with one stays in `txs` until all its
-//!   participants acknowledged (and so will never ask again).
+//! - A transaction that writes is `Staged` (a forced record naming its writing
+//!   participants) in the same step that sends its prepares, so the coordinator's sync runs
+//!   alongside the participants'. It is committed once that record is durable and every
+//!   participant it names voted Yes (each Yes leaves only after its `Prepared` record is
+//!   durable): the client hears `Committed` then, gated on the `Staged` LSN.
+//! - A participant hears `Commit` only after the `Commit` record is durable, so a prepared
+//!   participant stays prepared while the decision lives only in the `Staged` record and
+//!   the participants' logs. A restart that finds a `Staged` record without an outcome
+//!   resolves it from there: it asks every named participant (`Query`) and commits only if
+//!   all are prepared; one that is not proves no client heard `Committed`.
+//! - A staged transaction that aborts logs `Abort` (forced) before its client hears so, so
+//!   a later resolution cannot commit what a client was told aborted. Aborts are never
+//!   acknowledged; an unknown transaction is aborted. That answer is safe because a
+//!   transaction is unknown only when it has no durable or pending `Staged` or `Commit`
+//!   record without an outcome: every such transaction stays in `txs` until it is aborted
+//!   or all its participants acknowledged its commit (and so will never ask again).
 //! - Transaction ids carry the epoch, which is durable before any prepare of that epoch
 //!   leaves (prepares are gated on the epoch record), so ids never repeat across restarts.
 
@@ -44,6 +55,10 @@ pub type CoordEffects = Effects<CoordRecord, CoordOutput>;
 pub struct CoordinatorBugs {
     /// Send `Commit` to participants before the commit record is durable.
     pub commit_before_durable: bool,
+    /// Tell the client `Committed` before the `Staged` record is durable.
+    pub reply_before_staged: bool,
+    /// After a restart, abort staged transactions without asking their participants.
+    pub presume_staged_aborted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -100,18 +115,40 @@ enum VoteState {
 struct Shard {
     participant: ParticipantId,
     vote: VoteState,
+    /// Named in the `Staged` record (it has writes here): its Yes is part of the commit.
+    staged: bool,
 }
 
 #[derive(Debug)]
 enum Phase {
-    Preparing { deadline: Time },
-    Committing { lsn: Lsn, next_redrive: Time, backoff: Duration },
+    Preparing {
+        deadline: Time,
+    },
+    /// Staged by an earlier incarnation without an outcome: asking its participants.
+    /// Never times out into an abort (its client may have heard `Committed`).
+    Resolving {
+        next_query: Time,
+        backoff: Duration,
+    },
+    Committing {
+        lsn: Lsn,
+        next_redrive: Time,
+        backoff: Duration,
+    },
+}
+
+impl Phase {
+    fn is_undecided(&self) -> bool {
+        matches!(self, Phase::Preparing { .. } | Phase::Resolving { .. })
+    }
 }
 
 #[derive(Debug)]
 struct Tx {
     client: ClientId,
     seq: Seq,
+    /// The `Staged` record's LSN; `Lsn::NONE` for a transaction without writes.
+    staged: Lsn,
     phase: Phase,
     /// Inline for up to four participants: every vote and ack reads it, and a separate
     /// allocation was a cache miss on each (the hottest loads of `on_vote` and `on_ack`).
@@ -139,8 +176,25 @@ impl Tx {
         }
     }
 
+    /// The `Staged` record this transaction was logged with.
+    fn staged_record(&self, txid: TxId) -> CoordRecord {
+        CoordRecord::Staged {
+            txid,
+            client: self.client,
+            seq: self.seq,
+            participants: self.shards.iter().filter(|s| s.staged).map(|s| s.participant).collect(),
+        }
+    }
+
     fn yes_voters(&self) -> impl Iterator<Item = ParticipantId> + '_ {
         self.shards.iter().filter(|s| matches!(s.vote, VoteState::Yes | VoteState::Acked)).map(|s| s.participant)
+    }
+
+    /// Whether the `Staged` record alone carries the commit: every participant it names
+    /// voted Yes (always so when staged, since a participant with writes never votes
+    /// read-only; checked anyway, and the `Commit` record is waited for otherwise).
+    fn committed_by_staging(&self) -> bool {
+        self.staged != Lsn::NONE && self.shards.iter().all(|s| !s.staged || s.vote == VoteState::Yes)
     }
 }
 
@@ -174,8 +228,8 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Rebuilds the coordinator from its log (oldest first; empty for a new node) and starts a
-    /// new epoch. The epoch record and the re-driven commits of unfinished transactions are
-    /// in `fx`.
+    /// new epoch. The epoch record, the re-driven commits of unfinished transactions and the
+    /// queries about staged ones without an outcome are in `fx`.
     pub fn recover(
         config: CoordinatorConfig,
         log: impl IntoIterator<Item = (Lsn, CoordRecord)>,
@@ -198,6 +252,8 @@ impl Coordinator {
         let mut sessions = Sessions::new(config.max_client_sessions, config.outcomes_per_client, config.hash_seed);
         let mut unfinished: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
             HashMap::with_hasher(SeededState::new(config.hash_seed));
+        let mut staged: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
+            HashMap::with_hasher(SeededState::new(config.hash_seed));
         let mut last_epoch = Epoch(0);
         let mut last_lsn = Lsn::NONE;
         let covered = checkpoint.as_ref().map_or(Lsn::NONE, |checkpoint| checkpoint.lsn);
@@ -206,8 +262,11 @@ impl Coordinator {
             last_lsn = checkpoint.lsn;
             sessions.import(checkpoint.sessions);
             for (lsn, record) in checkpoint.unfinished {
-                let CoordRecord::Commit { txid, .. } = record else { unreachable!("checked when decoded") };
-                unfinished.insert(txid, (lsn, record));
+                match record {
+                    CoordRecord::Commit { txid, .. } => unfinished.insert(txid, (lsn, record)),
+                    CoordRecord::Staged { txid, .. } => staged.insert(txid, (lsn, record)),
+                    _ => unreachable!("checked when decoded"),
+                };
             }
         }
         for (lsn, record) in log {
@@ -221,11 +280,16 @@ impl Coordinator {
             last_lsn = lsn;
             match record {
                 CoordRecord::Epoch { epoch } => last_epoch = last_epoch.max(epoch),
+                CoordRecord::Staged { txid, .. } => {
+                    staged.insert(txid, (lsn, record));
+                }
                 CoordRecord::Commit { txid, client, seq, ref reads, .. } => {
                     sessions.finish(client, seq, Outcome::Committed { reads: reads.clone() }, lsn);
+                    staged.remove(&txid);
                     unfinished.insert(txid, (lsn, record));
                 }
-                CoordRecord::End { txid } => {
+                CoordRecord::End { txid } | CoordRecord::Abort { txid } => {
+                    staged.remove(&txid);
                     unfinished.remove(&txid);
                 }
             }
@@ -252,6 +316,12 @@ impl Coordinator {
         for (lsn, record) in redrive {
             coordinator.resume_commit(now, lsn, record, fx);
         }
+        let mut resolve: Vec<(Lsn, CoordRecord)> = staged.into_values().collect();
+        coordinator.planted_presumed_abort(&mut resolve);
+        resolve.sort_by_key(|(lsn, _)| *lsn);
+        for (lsn, record) in resolve {
+            coordinator.resume_staged(now, lsn, record, fx);
+        }
         coordinator
     }
 
@@ -264,7 +334,10 @@ impl Coordinator {
             .iter()
             .filter_map(|(txid, tx)| match tx.phase {
                 Phase::Committing { lsn, .. } => Some((lsn, tx.commit_record(txid))),
-                Phase::Preparing { .. } => None,
+                Phase::Preparing { .. } | Phase::Resolving { .. } if tx.staged != Lsn::NONE => {
+                    Some((tx.staged, tx.staged_record(txid)))
+                }
+                Phase::Preparing { .. } | Phase::Resolving { .. } => None,
             })
             .collect();
         unfinished.sort_by_key(|(lsn, _)| *lsn);
@@ -280,11 +353,36 @@ impl Coordinator {
         let CoordRecord::Commit { txid, client, seq, participants, reads } = record else {
             unreachable!("only commit records are resumed")
         };
-        let shards = participants.iter().map(|&participant| Shard { participant, vote: VoteState::Yes }).collect();
+        let shards =
+            participants.iter().map(|&participant| Shard { participant, vote: VoteState::Yes, staged: true }).collect();
         let phase = Phase::Committing { lsn, next_redrive: now, backoff: self.config.redrive_initial };
-        self.txs.insert(txid, Tx { client, seq, phase, shards, reads });
+        self.txs.insert(txid, Tx { client, seq, staged: Lsn::NONE, phase, shards, reads });
         self.committing += 1;
         self.redrive(now, txid, fx);
+    }
+
+    /// A transaction an earlier incarnation staged and did not decide: its client may have
+    /// heard `Committed` (if every participant had voted Yes), so it is resolved from the
+    /// participants, never presumed aborted.
+    fn resume_staged(&mut self, now: Time, lsn: Lsn, record: CoordRecord, fx: &mut CoordEffects) {
+        let CoordRecord::Staged { txid, client, seq, participants } = record else {
+            unreachable!("only staged records are resolved")
+        };
+        let shards = participants
+            .iter()
+            .map(|&participant| Shard { participant, vote: VoteState::Pending, staged: true })
+            .collect();
+        let phase = Phase::Resolving { next_query: now, backoff: self.config.redrive_initial };
+        self.txs.insert(txid, Tx { client, seq, staged: lsn, phase, shards, reads: Vec::new() });
+        self.preparing += 1;
+        if matches!(self.sessions.lookup(client, seq), Known::New) {
+            // A retry waits for the resolution instead of running the request again. This
+            // fails only if the client already has the table's whole window in flight, which
+            // the staged requests of two crashed incarnations together could reach; a retry
+            // of this request would then run again, as one the table forgot does.
+            let _ = self.sessions.begin(client, seq, txid);
+        }
+        self.query(now, txid, fx);
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -430,15 +528,26 @@ impl Coordinator {
                 None => per_participant.push((op.participant, vec![local])),
             }
         }
-        let shards = per_participant
+        let shards: SmallVec<[Shard; 4]> = per_participant
             .iter()
-            .map(|(participant, _)| Shard { participant: *participant, vote: VoteState::Pending })
+            .map(|(participant, ops)| Shard {
+                participant: *participant,
+                vote: VoteState::Pending,
+                staged: ops.iter().any(|op| op.kind.is_write()),
+            })
             .collect();
+        let staged = if shards.iter().any(|shard| shard.staged) {
+            let participants = shards.iter().filter(|s| s.staged).map(|s| s.participant).collect();
+            self.log.append(fx, CoordRecord::Staged { txid, client, seq, participants })
+        } else {
+            Lsn::NONE // Reads only: nothing to stage, nothing to resolve after a crash.
+        };
         for (participant, ops) in per_participant {
             self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops });
         }
         let deadline = now + self.config.prepare_timeout;
-        self.txs.insert(txid, Tx { client, seq, phase: Phase::Preparing { deadline }, shards, reads: Vec::new() });
+        let phase = Phase::Preparing { deadline };
+        self.txs.insert(txid, Tx { client, seq, staged, phase, shards, reads: Vec::new() });
         self.preparing += 1;
         self.timers.schedule(now, self.config.prepare_timeout, txid);
     }
@@ -460,7 +569,7 @@ impl Coordinator {
             }
             return;
         };
-        if !matches!(tx.phase, Phase::Preparing { .. }) {
+        if !tx.phase.is_undecided() {
             return; // A duplicate of a vote already counted.
         }
         let Some(shard) = tx.shard_mut(from) else { return };
@@ -488,17 +597,22 @@ impl Coordinator {
 
     fn abort(&mut self, txid: TxId, reason: AbortReason, fx: &mut CoordEffects) {
         let tx = self.txs.remove(txid).expect("aborting a known transaction");
-        debug_assert!(matches!(tx.phase, Phase::Preparing { .. }), "a committed transaction never aborts");
+        debug_assert!(tx.phase.is_undecided(), "a committed transaction never aborts");
         self.preparing -= 1;
         self.stats.aborted += 1;
+        // Participants may hear it at once: one that aborts answers No to any later query,
+        // so the transaction resolves to abort whether or not the record below survives.
         for shard in &tx.shards {
             if matches!(shard.vote, VoteState::Pending | VoteState::Yes) {
                 self.send(fx, Lsn::NONE, shard.participant, ToParticipant::Abort { txid });
             }
         }
+        // The client only once a restart can no longer resolve the staged record to commit
+        // (every participant may have prepared while a vote was lost, say).
+        let after = if tx.staged == Lsn::NONE { Lsn::NONE } else { self.log.append(fx, CoordRecord::Abort { txid }) };
         let outcome = Outcome::Aborted { reason };
-        self.sessions.finish(tx.client, tx.seq, outcome.clone(), Lsn::NONE);
-        self.reply(fx, Lsn::NONE, Reply::Outcome { client: tx.client, seq: tx.seq, outcome });
+        self.sessions.finish(tx.client, tx.seq, outcome.clone(), after);
+        self.reply(fx, after, Reply::Outcome { client: tx.client, seq: tx.seq, outcome });
     }
 
     fn commit(&mut self, now: Time, txid: TxId, fx: &mut CoordEffects) {
@@ -510,19 +624,25 @@ impl Coordinator {
         self.stats.committed += 1;
         let outcome = Outcome::Committed { reads: reads.clone() };
         if participants.is_empty() {
-            // Read-only everywhere: nothing to log, nothing to finish.
+            // Read-only everywhere: nothing to commit, nothing to finish.
+            let staged = tx.staged;
             self.txs.remove(txid);
+            if staged != Lsn::NONE {
+                self.log.append(fx, CoordRecord::End { txid }); // Spares a restart a resolution.
+            }
             self.sessions.finish(client, seq, outcome.clone(), Lsn::NONE);
             return self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
         }
+        let by_staging = tx.committed_by_staging().then_some(tx.staged);
         let lsn =
             self.log.append(fx, CoordRecord::Commit { txid, client, seq, participants: participants.clone(), reads });
         let next_redrive = now + self.config.redrive_initial;
         tx.phase = Phase::Committing { lsn, next_redrive, backoff: self.config.redrive_initial };
         self.committing += 1;
         self.timers.schedule(now, self.config.redrive_initial, txid);
-        self.sessions.finish(client, seq, outcome.clone(), lsn);
-        self.reply(fx, lsn, Reply::Outcome { client, seq, outcome });
+        let reply_gate = self.reply_gate(by_staging.unwrap_or(lsn));
+        self.sessions.finish(client, seq, outcome.clone(), reply_gate);
+        self.reply(fx, reply_gate, Reply::Outcome { client, seq, outcome });
         let gate = self.commit_gate(lsn);
         for participant in participants {
             self.send(fx, gate, participant, ToParticipant::Commit { txid });
@@ -537,6 +657,26 @@ impl Coordinator {
     #[cfg(test)]
     fn commit_gate(&self, lsn: Lsn) -> Lsn {
         if self.config.bugs.commit_before_durable { Lsn::NONE } else { lsn }
+    }
+
+    #[cfg(not(test))]
+    fn planted_presumed_abort(&self, _staged: &mut Vec<(Lsn, CoordRecord)>) {}
+
+    #[cfg(test)]
+    fn planted_presumed_abort(&self, staged: &mut Vec<(Lsn, CoordRecord)>) {
+        if self.config.bugs.presume_staged_aborted {
+            staged.clear();
+        }
+    }
+
+    #[cfg(not(test))]
+    fn reply_gate(&self, lsn: Lsn) -> Lsn {
+        lsn
+    }
+
+    #[cfg(test)]
+    fn reply_gate(&self, lsn: Lsn) -> Lsn {
+        if self.config.bugs.reply_before_staged { Lsn::NONE } else { lsn }
     }
 
     fn on_ack(&mut self, from: ParticipantId, txid: TxId, fx: &mut CoordEffects) {
@@ -565,6 +705,8 @@ impl Coordinator {
                 self.send(fx, gate, from, ToParticipant::Commit { txid });
             }
             Some(Phase::Preparing { .. }) => {} // Undecided: the decision will be sent.
+            // Only a prepared participant asks: ask it back, in case the query was lost.
+            Some(Phase::Resolving { .. }) => self.send(fx, self.epoch_lsn, from, ToParticipant::Query { txid }),
             None => self.send(fx, Lsn::NONE, from, ToParticipant::Abort { txid }),
         }
     }
@@ -580,8 +722,28 @@ impl Coordinator {
                     self.abort(txid, reason, fx);
                 }
                 Phase::Committing { next_redrive, .. } if next_redrive <= now => self.redrive(now, txid, fx),
+                Phase::Resolving { next_query, .. } if next_query <= now => self.query(now, txid, fx),
                 _ => {} // A stale timer entry.
             }
+        }
+    }
+
+    /// Asks the participants of a transaction being resolved that have not answered yet,
+    /// again after a backoff. Gated on the epoch record, like prepares: the answer is only
+    /// good once the participant knows this incarnation's epoch.
+    fn query(&mut self, now: Time, txid: TxId, fx: &mut CoordEffects) {
+        let tx = self.txs.get_mut(txid).expect("resolving a known transaction");
+        let Phase::Resolving { next_query, backoff } = &mut tx.phase else {
+            unreachable!("a query about a transaction not being resolved")
+        };
+        *next_query = now + *backoff;
+        let delay = *backoff;
+        *backoff = (*backoff * 2).min(self.config.redrive_max);
+        let silent: SmallVec<[ParticipantId; 4]> =
+            tx.shards.iter().filter(|s| s.vote == VoteState::Pending).map(|s| s.participant).collect();
+        self.timers.schedule(now, delay, txid);
+        for participant in silent {
+            self.send(fx, self.epoch_lsn, participant, ToParticipant::Query { txid });
         }
     }
 

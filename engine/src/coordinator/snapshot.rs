@@ -5,19 +5,20 @@
 //! What the log is needed for after the fact, and so what a checkpoint keeps: the epochs
 //! used so far (txids must keep rising), the committed outcomes still in the exactly-once
 //! window (a retry must get the outcome, never a second execution) with each client's
-//! window floor, and every committed transaction not yet acknowledged by all its
-//! participants (its `Commit` must be re-driven after a restart). Aborts are never logged
-//! (presumed abort), so nothing about them is kept.
+//! window floor, every committed transaction not yet acknowledged by all its participants
+//! (its `Commit` must be re-driven after a restart), and every staged transaction not yet
+//! decided (a restart must resolve it). Decided aborts are forgotten (presumed abort).
 //!
 //! Layout: `u64 lsn | u32 max_epoch | u32 clients | (u64 client | u64 floor | u32 count |
-//! (u64 seq | reads) × count) × clients | u32 unfinished | (u64 commit lsn | commit record
-//! payload as u32 length + bytes) × unfinished`.
+//! (u64 seq | reads) × count) × clients | u32 unfinished | (u64 record lsn | u8 record kind
+//! | record payload as u32 length + bytes) × unfinished`, the records being `Commit` or
+//! `Staged`.
 
 use bytes::{BufMut, Bytes};
 
 use crate::codec::{DecodeError, Reader, put_reads, read_reads};
 use crate::ops::Read;
-use crate::record::{CoordRecord, LogRecord, RECORD_LIMITS};
+use crate::record::{CoordRecord, KIND_COORD_COMMIT, KIND_COORD_STAGED, LogRecord, RECORD_LIMITS};
 use crate::types::{ClientId, Epoch, Lsn, Seq};
 
 /// One client's retained committed outcomes.
@@ -38,8 +39,9 @@ pub struct CoordinatorSnapshot {
     pub max_epoch: Epoch,
     /// Sorted by client, so equal states give equal bytes.
     pub sessions: Vec<SessionSnapshot>,
-    /// Committed transactions without an `End` as of `lsn`: the `Commit` record and its LSN,
-    /// sorted by LSN.
+    /// Transactions without an outcome's end as of `lsn`, with the record a restart carries
+    /// on from and its LSN, sorted by LSN: committed ones not yet acknowledged (their
+    /// `Commit`) and undecided staged ones (their `Staged`).
     pub unfinished: Vec<(Lsn, CoordRecord)>,
 }
 
@@ -58,13 +60,14 @@ impl CoordinatorSnapshot {
                 put_reads(&mut out, reads);
             }
         }
-        out.put_u32_le(u32::try_from(self.unfinished.len()).expect("unfinished commits are bounded"));
+        out.put_u32_le(u32::try_from(self.unfinished.len()).expect("unfinished transactions are bounded"));
         let mut payload = Vec::new();
         for (lsn, record) in &self.unfinished {
-            assert!(matches!(record, CoordRecord::Commit { .. }), "only commits are unfinished");
+            assert!(is_unfinished_kind(record.kind()), "only commits and staged records are unfinished");
             payload.clear();
             record.encode_payload(&mut payload);
             out.put_u64_le(lsn.0);
+            out.put_u8(record.kind());
             out.put_u32_le(payload.len() as u32);
             out.put_slice(&payload);
         }
@@ -80,18 +83,25 @@ impl CoordinatorSnapshot {
         for _ in 0..clients {
             sessions.push(decode_session(&mut reader)?);
         }
-        let unfinished_count = bounded_count(&mut reader, "unfinished commits", 12)?;
+        let unfinished_count = bounded_count(&mut reader, "unfinished transactions", 13)?;
         let mut unfinished = Vec::with_capacity(unfinished_count);
         for _ in 0..unfinished_count {
-            let commit_lsn = Lsn(reader.u64("commit lsn")?);
-            let length = reader.u32("commit record length")? as usize;
-            let payload = reader.slice(length, "commit record")?;
-            let record = CoordRecord::decode(crate::record::KIND_COORD_COMMIT, payload)?;
-            unfinished.push((commit_lsn, record));
+            let record_lsn = Lsn(reader.u64("unfinished record lsn")?);
+            let kind = reader.u8("unfinished record kind")?;
+            if !is_unfinished_kind(kind) {
+                return Err(reader.error(format!("record kind {kind} cannot be unfinished")));
+            }
+            let length = reader.u32("unfinished record length")? as usize;
+            let payload = reader.slice(length, "unfinished record")?;
+            unfinished.push((record_lsn, CoordRecord::decode(kind, payload)?));
         }
         reader.finish()?;
         Ok(CoordinatorSnapshot { lsn, max_epoch, sessions, unfinished })
     }
+}
+
+fn is_unfinished_kind(kind: u8) -> bool {
+    kind == KIND_COORD_COMMIT || kind == KIND_COORD_STAGED
 }
 
 fn decode_session(reader: &mut Reader) -> Result<SessionSnapshot, DecodeError> {
@@ -129,6 +139,12 @@ mod tests {
             participants: vec![ParticipantId(1), ParticipantId(2)],
             reads: vec![Read { index: 1, value: Some(Bytes::from_static(b"v")) }],
         };
+        let staged = CoordRecord::Staged {
+            txid: TxId::new(Epoch(2), 8),
+            client: ClientId(9),
+            seq: 5,
+            participants: vec![ParticipantId(3)],
+        };
         CoordinatorSnapshot {
             lsn: Lsn(40),
             max_epoch: Epoch(2),
@@ -137,7 +153,7 @@ mod tests {
                 floor: 2,
                 committed: vec![(3, vec![]), (4, vec![Read { index: 1, value: None }])],
             }],
-            unfinished: vec![(Lsn(38), commit)],
+            unfinished: vec![(Lsn(38), commit), (Lsn(39), staged)],
         }
     }
 
@@ -152,5 +168,23 @@ mod tests {
         let mut huge = bytes.to_vec();
         huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(CoordinatorSnapshot::decode(Bytes::from(huge)).unwrap_err().reason.contains("cannot fit"));
+    }
+
+    #[test]
+    fn a_checkpoint_naming_another_record_kind_is_refused() {
+        let mut snapshot = sample();
+        snapshot.unfinished.truncate(1);
+        let mut bytes = snapshot.encode();
+        let kind_at = bytes.len() - 4 - commit_payload_len(&snapshot) - 1;
+        assert_eq!(bytes[kind_at], KIND_COORD_COMMIT);
+        bytes[kind_at] = crate::record::KIND_COORD_END;
+        let err = CoordinatorSnapshot::decode(Bytes::from(bytes)).unwrap_err();
+        assert!(err.reason.contains("cannot be unfinished"), "{err:?}");
+    }
+
+    fn commit_payload_len(snapshot: &CoordinatorSnapshot) -> usize {
+        let mut payload = Vec::new();
+        snapshot.unfinished[0].1.encode_payload(&mut payload);
+        payload.len()
     }
 }

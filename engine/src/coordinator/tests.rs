@@ -55,11 +55,53 @@ fn a_fresh_coordinator_logs_its_epoch_and_gates_prepares_on_it() {
     assert_eq!(prepared_txid(&fx).epoch(), Epoch(1));
 }
 
+/// The LSN of the `Staged` record `fx` holds.
+fn staged_lsn(fx: &CoordEffects) -> Lsn {
+    fx.appends.iter().find(|(_, r)| matches!(r, CoordRecord::Staged { .. })).expect("a staged record").0
+}
+
+fn reply_gates(fx: &CoordEffects) -> Vec<Lsn> {
+    fx.outputs.iter().filter(|g| matches!(g.item, CoordOutput::ToClient(_))).map(|g| g.after).collect()
+}
+
 #[test]
-fn all_yes_commits_durably_then_ends_after_every_ack() {
+fn a_transaction_is_staged_alongside_its_prepares() {
+    let (mut coordinator, mut fx) = fresh();
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    let txid = prepared_txid(&fx);
+    assert_eq!(fx.appends, vec![(Lsn(2), CoordRecord::Staged { txid, client: C, seq: 1, participants: vec![P1, P2] })]);
+    assert!(fx.outputs.iter().all(|g| g.after == Lsn(1)), "prepares wait for the epoch only, not for staging");
+}
+
+#[test]
+fn only_participants_with_writes_are_staged_and_reads_alone_stage_nothing() {
+    let (mut coordinator, mut fx) = fresh();
+    fx.clear();
+    let mut mixed = transfer(1);
+    mixed.ops[0].kind = OpKind::Get;
+    coordinator.on_submit(Time::ZERO, mixed, &mut fx);
+    let txid = prepared_txid(&fx);
+    assert_eq!(fx.appends, vec![(Lsn(2), CoordRecord::Staged { txid, client: C, seq: 1, participants: vec![P2] })]);
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, reads(2), &mut fx);
+    assert!(fx.appends.is_empty(), "a read-only request logs nothing");
+}
+
+fn reads(seq: Seq) -> Submit {
+    let mut submit = transfer(seq);
+    for op in &mut submit.ops {
+        op.kind = OpKind::Get;
+    }
+    submit
+}
+
+#[test]
+fn all_yes_commits_once_staged_then_ends_after_every_ack() {
     let (mut coordinator, mut fx) = fresh();
     coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
     let txid = prepared_txid(&fx);
+    let staged = staged_lsn(&fx);
     fx.clear();
     coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
     assert!(fx.is_empty(), "one vote decides nothing");
@@ -67,7 +109,9 @@ fn all_yes_commits_durably_then_ends_after_every_ack() {
     let (lsn, record) = &fx.appends[0];
     assert!(matches!(record, CoordRecord::Commit { participants, .. } if participants == &vec![P1, P2]));
     assert_eq!(fx.outputs.len(), 3, "reply and two commits");
-    assert!(fx.outputs.iter().all(|g| g.after == *lsn), "nothing leaves before the commit record is durable");
+    assert_eq!(reply_gates(&fx), vec![staged], "the client hears it once the staged record is durable");
+    let commits = fx.outputs.iter().filter(|g| matches!(g.item, CoordOutput::ToParticipant(..)));
+    assert!(commits.map(|g| g.after).all(|after| after == *lsn), "no Commit before the commit record is durable");
     fx.clear();
     coordinator.on_message(Time::ZERO, P1, ToCoordinator::Ack { txid }, &mut fx);
     assert!(fx.appends.is_empty());
@@ -77,7 +121,7 @@ fn all_yes_commits_durably_then_ends_after_every_ack() {
 }
 
 #[test]
-fn a_no_vote_aborts_without_logging_and_tells_the_others() {
+fn a_no_vote_tells_the_others_at_once_and_the_client_once_the_abort_is_logged() {
     let (mut coordinator, mut fx) = fresh();
     coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
     let txid = prepared_txid(&fx);
@@ -89,11 +133,12 @@ fn a_no_vote_aborts_without_logging_and_tells_the_others() {
         ToCoordinator::Vote { txid, vote: Vote::No { reason: reason.clone() } },
         &mut fx,
     );
-    assert!(fx.appends.is_empty(), "presumed abort logs nothing");
+    let [(abort_lsn, CoordRecord::Abort { txid: logged })] = fx.appends[..] else { panic!("{:?}", fx.appends) };
+    assert_eq!(logged, txid);
     let items: Vec<_> = fx.outputs.iter().map(|g| (g.after, g.item.clone())).collect();
     assert!(items.contains(&(Lsn::NONE, CoordOutput::ToParticipant(P2, ToParticipant::Abort { txid }))));
     assert!(items.contains(&(
-        Lsn::NONE,
+        abort_lsn,
         CoordOutput::ToClient(Reply::Outcome { client: C, seq: 1, outcome: Outcome::Aborted { reason } })
     )));
     assert_eq!(coordinator.unfinished(), 0);
@@ -102,7 +147,7 @@ fn a_no_vote_aborts_without_logging_and_tells_the_others() {
 #[test]
 fn read_only_everywhere_commits_without_a_record() {
     let (mut coordinator, mut fx) = fresh();
-    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    coordinator.on_submit(Time::ZERO, reads(1), &mut fx);
     let txid = prepared_txid(&fx);
     fx.clear();
     let read = |index| Vote::ReadOnly { reads: vec![Read { index, value: None }] };
@@ -149,13 +194,13 @@ fn retries_attach_to_the_running_request_and_then_get_its_outcome() {
     assert!(fx.is_empty(), "a retry of a running request starts nothing");
     coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
     coordinator.on_message(Time::ZERO, P2, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
-    let commit_lsn = fx.appends[0].0;
+    let [staged] = reply_gates(&fx)[..] else { panic!("one reply") };
     fx.clear();
     coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
     assert_eq!(
         fx.outputs,
         vec![Gated {
-            after: commit_lsn,
+            after: staged,
             item: CoordOutput::ToClient(Reply::Outcome {
                 client: C,
                 seq: 1,
@@ -273,14 +318,17 @@ fn unacknowledged_commits_are_resent_with_backoff() {
 
 /// Commits `seq` all the way (both Yes, durable); acks from `acked` only.
 fn commit_one(coordinator: &mut Coordinator, seq: Seq, acked: &[ParticipantId]) -> TxId {
-    let mut fx = CoordEffects::default();
-    coordinator.on_submit(Time::ZERO, transfer(seq), &mut fx);
-    let txid = prepared_txid(&fx);
+    commit_one_into(coordinator, seq, acked, &mut CoordEffects::default())
+}
+
+fn commit_one_into(coordinator: &mut Coordinator, seq: Seq, acked: &[ParticipantId], fx: &mut CoordEffects) -> TxId {
+    coordinator.on_submit(Time::ZERO, transfer(seq), fx);
+    let txid = prepared_txid(fx);
     for participant in [P1, P2] {
-        coordinator.on_message(Time::ZERO, participant, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+        coordinator.on_message(Time::ZERO, participant, ToCoordinator::Vote { txid, vote: yes() }, fx);
     }
     for &participant in acked {
-        coordinator.on_message(Time::ZERO, participant, ToCoordinator::Ack { txid }, &mut fx);
+        coordinator.on_message(Time::ZERO, participant, ToCoordinator::Ack { txid }, fx);
     }
     txid
 }
@@ -291,24 +339,31 @@ fn a_checkpoint_plus_the_log_after_it_recovers_what_the_whole_log_does() {
     let unacked = commit_one(&mut coordinator, 1, &[P1]);
     commit_one(&mut coordinator, 2, &[P1, P2]);
     let mut step = CoordEffects::default();
-    coordinator.on_submit(Time::ZERO, transfer(3), &mut step); // Still preparing: not in the checkpoint.
+    coordinator.on_submit(Time::ZERO, transfer(3), &mut step); // Still preparing: staged, undecided.
+    let preparing = prepared_txid(&step);
     let checkpoint = coordinator.snapshot();
     assert_eq!(checkpoint.lsn, coordinator.last_lsn());
-    assert_eq!(checkpoint.unfinished.len(), 1, "only the commit still waiting for an ack");
+    let kept: Vec<&CoordRecord> = checkpoint.unfinished.iter().map(|(_, record)| record).collect();
     assert_eq!(
-        checkpoint.unfinished[0].1,
-        CoordRecord::Commit { txid: unacked, client: C, seq: 1, participants: vec![P1, P2], reads: vec![] }
+        kept,
+        vec![
+            &CoordRecord::Commit { txid: unacked, client: C, seq: 1, participants: vec![P1, P2], reads: vec![] },
+            &CoordRecord::Staged { txid: preparing, client: C, seq: 3, participants: vec![P1, P2] },
+        ],
+        "the commit still waiting for an ack and the undecided staged transaction"
     );
-    let after = commit_one(&mut coordinator, 4, &[]);
-    assert_eq!(coordinator.last_lsn(), checkpoint.lsn.next(), "one Commit record after the checkpoint");
-    let log_after: Vec<(Lsn, CoordRecord)> = vec![(
-        Lsn(checkpoint.lsn.0 + 1),
-        CoordRecord::Commit { txid: after, client: C, seq: 4, participants: vec![P1, P2], reads: vec![] },
-    )];
+    let mut step = CoordEffects::default();
+    let after = commit_one_into(&mut coordinator, 4, &[], &mut step);
+    assert_eq!(coordinator.last_lsn(), Lsn(checkpoint.lsn.0 + 2), "Staged and Commit after the checkpoint");
+    let log_after = step.appends.clone();
     let mut fx = CoordEffects::default();
     let mut recovered = Coordinator::recover_from(config(), Some(checkpoint.clone()), log_after, Time::ZERO, &mut fx);
     assert_eq!(recovered.epoch(), Epoch(2), "a new epoch after the checkpoint's");
-    assert_eq!(recovered.unfinished(), 2, "the checkpoint's unacked commit and the one after it");
+    assert_eq!(recovered.unfinished(), 3, "the checkpoint's unacked commit and staged one, and the commit after");
+    assert!(
+        fx.outputs.iter().any(|g| g.item == CoordOutput::ToParticipant(P1, ToParticipant::Query { txid: preparing })),
+        "the staged transaction is resolved"
+    );
     let redriven: Vec<TxId> = fx
         .outputs
         .iter()
@@ -332,7 +387,7 @@ fn a_checkpoint_plus_the_log_after_it_recovers_what_the_whole_log_does() {
     let mut fx = CoordEffects::default();
     let stale = vec![(Lsn(2), CoordRecord::End { txid: unacked })];
     let recovered = Coordinator::recover_from(config(), Some(checkpoint), stale, Time::ZERO, &mut fx);
-    assert_eq!(recovered.unfinished(), 1, "a covered End record does not finish a commit the checkpoint holds");
+    assert_eq!(recovered.unfinished(), 2, "a covered End record does not finish a commit the checkpoint holds");
 }
 
 #[test]
@@ -345,20 +400,25 @@ fn losing_a_participant_aborts_what_waits_for_its_vote_at_once_and_refuses_new_w
     fx.clear();
     coordinator.participant_unreachable(P2, &mut fx);
     let unavailable = AbortReason::Unavailable { participant: P2 };
-    let outputs: Vec<_> = fx.outputs.iter().map(|g| g.item.clone()).collect();
+    let outputs: Vec<_> = fx.outputs.iter().map(|g| (g.after, g.item.clone())).collect();
+    let abort_lsn = fx.appends[0].0;
+    assert_eq!(fx.appends, vec![(abort_lsn, CoordRecord::Abort { txid })]);
     assert_eq!(
         outputs,
         vec![
-            CoordOutput::ToParticipant(P1, ToParticipant::Abort { txid }),
-            CoordOutput::ToParticipant(P2, ToParticipant::Abort { txid }),
-            CoordOutput::ToClient(Reply::Outcome {
-                client: C,
-                seq: 1,
-                outcome: Outcome::Aborted { reason: unavailable.clone() }
-            }),
-        ]
+            (Lsn::NONE, CoordOutput::ToParticipant(P1, ToParticipant::Abort { txid })),
+            (Lsn::NONE, CoordOutput::ToParticipant(P2, ToParticipant::Abort { txid })),
+            (
+                abort_lsn,
+                CoordOutput::ToClient(Reply::Outcome {
+                    client: C,
+                    seq: 1,
+                    outcome: Outcome::Aborted { reason: unavailable.clone() }
+                })
+            ),
+        ],
+        "P1 may have prepared and P2's vote may be lost: a restart must find the abort"
     );
-    assert!(fx.appends.is_empty(), "presumed abort: nothing logged");
     fx.clear();
     coordinator.on_submit(Time::ZERO, transfer(2), &mut fx);
     assert!(
@@ -370,4 +430,86 @@ fn losing_a_participant_aborts_what_waits_for_its_vote_at_once_and_refuses_new_w
     coordinator.participant_reachable(P2);
     coordinator.on_submit(Time::ZERO, transfer(3), &mut fx);
     assert_eq!(fx.outputs.len(), 2, "prepares to both participants again");
+}
+
+fn staged(txid: TxId, seq: Seq) -> CoordRecord {
+    CoordRecord::Staged { txid, client: C, seq, participants: vec![P1, P2] }
+}
+
+fn queries(fx: &CoordEffects) -> Vec<(ParticipantId, TxId)> {
+    fx.outputs
+        .iter()
+        .filter_map(|g| match g.item {
+            CoordOutput::ToParticipant(to, ToParticipant::Query { txid }) => Some((to, txid)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_resolves_staged_transactions_from_their_participants() {
+    let t = |counter| TxId::new(Epoch(1), counter);
+    let log = vec![
+        (Lsn(1), CoordRecord::Epoch { epoch: Epoch(1) }),
+        (Lsn(2), staged(t(1), 1)),
+        (Lsn(3), staged(t(2), 2)),
+        (Lsn(4), staged(t(3), 3)),
+        (Lsn(5), CoordRecord::Abort { txid: t(3) }),
+    ];
+    let mut fx = CoordEffects::default();
+    let mut coordinator = Coordinator::recover(config(), log, Time::ZERO, &mut fx);
+    let epoch_lsn = Lsn(6);
+    assert_eq!(queries(&fx), vec![(P1, t(1)), (P2, t(1)), (P1, t(2)), (P2, t(2))], "not the aborted one");
+    assert!(fx.outputs.iter().all(|g| g.after == epoch_lsn), "asked once the new epoch is durable");
+    fx.clear();
+    coordinator.on_submit(Time::ZERO, transfer(1), &mut fx);
+    assert!(fx.is_empty(), "a retry waits for the resolution instead of running again");
+
+    // All prepared: commit (the client may have heard so already).
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid: t(1), vote: yes() }, &mut fx);
+    coordinator.on_message(Time::ZERO, P2, ToCoordinator::Vote { txid: t(1), vote: yes() }, &mut fx);
+    assert!(matches!(fx.appends[..], [(_, CoordRecord::Commit { txid, .. })] if txid == t(1)));
+    assert!(fx.outputs.iter().any(|g| g.item == CoordOutput::ToParticipant(P2, ToParticipant::Commit { txid: t(1) })));
+    assert!(fx.outputs.iter().any(
+        |g| matches!(&g.item, CoordOutput::ToClient(Reply::Outcome { seq: 1, outcome, .. }) if outcome.is_committed())
+    ));
+    fx.clear();
+
+    // One not prepared: no client can have heard Committed; abort, logged before the client hears.
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid: t(2), vote: yes() }, &mut fx);
+    let stale = AbortReason::Stale { participant: P2 };
+    coordinator.on_message(
+        Time::ZERO,
+        P2,
+        ToCoordinator::Vote { txid: t(2), vote: Vote::No { reason: stale } },
+        &mut fx,
+    );
+    let [(abort_lsn, CoordRecord::Abort { txid })] = fx.appends[..] else { panic!("{:?}", fx.appends) };
+    assert_eq!(txid, t(2));
+    assert!(fx.outputs.iter().any(|g| g.item == CoordOutput::ToParticipant(P1, ToParticipant::Abort { txid: t(2) })));
+    assert_eq!(reply_gates(&fx), vec![abort_lsn]);
+    assert_eq!(coordinator.unfinished(), 1, "the commit awaiting its acks");
+}
+
+#[test]
+fn a_resolution_never_times_out_into_an_abort_and_asks_again_whoever_is_silent() {
+    let txid = TxId::new(Epoch(1), 1);
+    let log = vec![(Lsn(1), CoordRecord::Epoch { epoch: Epoch(1) }), (Lsn(2), staged(txid, 1))];
+    let mut fx = CoordEffects::default();
+    let mut coordinator = Coordinator::recover(config(), log, Time::ZERO, &mut fx);
+    coordinator.on_message(Time::ZERO, P1, ToCoordinator::Vote { txid, vote: yes() }, &mut fx);
+    let mut now = Time::ZERO;
+    for _ in 0..6 {
+        fx.clear();
+        now = coordinator.next_deadline().expect("a query is pending");
+        coordinator.on_tick(now, &mut fx);
+        assert!(fx.appends.is_empty(), "no decision without every answer");
+        assert!(queries(&fx).iter().all(|&(to, _)| to == P2), "only the silent one: {:?}", fx.outputs);
+    }
+    assert!(now >= Time::ZERO + config().prepare_timeout, "past any prepare timeout");
+    fx.clear();
+    // A participant that asks about it is asked back at once.
+    coordinator.on_message(now, P2, ToCoordinator::Inquiry { txid }, &mut fx);
+    assert_eq!(queries(&fx), vec![(P2, txid)]);
+    assert_eq!(coordinator.unfinished(), 1);
 }

@@ -9,9 +9,15 @@
 //! - Prepares are accepted only with a transaction id above every one seen before, so a
 //!   duplicated or delayed prepare can never run a transaction a second time. Ids rise
 //!   across coordinator epochs, so the same check refuses a deposed coordinator.
+//! - Locks never wait, except that a prepare finding its key held by an older prepared
+//!   transaction (not in doubt) waits for that decision (`parked`, bounded): the
+//!   coordinator's early `Committed` lets a client's next transaction overtake the
+//!   previous one's `Commit`. Waits point only to older transactions: no deadlock.
+//! - A restarted coordinator's `Query` is answered only once the new epoch is durable here.
 
 mod kv;
 mod locks;
+mod parked;
 mod snapshot;
 
 use std::time::Duration;
@@ -19,6 +25,7 @@ use std::time::Duration;
 use kv::Slot;
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
 pub use locks::{LockMode, LockTable};
+use parked::Parked;
 pub use snapshot::{KvImage, ParticipantSnapshot};
 
 use crate::effects::{Effects, LogCursor, Timers};
@@ -50,6 +57,9 @@ pub struct ParticipantConfig {
     pub inquiry_max: Duration,
     /// Bound on prepared transactions; beyond it prepares are refused (vote No).
     pub max_prepared: usize,
+    /// Bound on prepares waiting for an older prepared transaction's decision; beyond it a
+    /// conflicting prepare is refused at once (vote No, conflict).
+    pub max_parked: usize,
     pub limits: Limits,
     pub hash_seed: u64,
     #[cfg(test)]
@@ -63,6 +73,7 @@ impl ParticipantConfig {
             inquiry_after: Duration::from_secs(1),
             inquiry_max: Duration::from_secs(5),
             max_prepared: 200_000,
+            max_parked: 65_536,
             limits: Limits::default(),
             hash_seed: 0,
             #[cfg(test)]
@@ -95,6 +106,8 @@ pub struct ParticipantStats {
     pub aborted: u64,
     pub voted_no: u64,
     pub read_only: u64,
+    /// Prepares that waited for an older prepared transaction's decision.
+    pub waited: u64,
     pub inquiries: u64,
 }
 
@@ -104,6 +117,7 @@ pub struct Participant {
     kv: KvStore,
     locks: LockTable,
     prepared: TxTable<Prepared>,
+    parked: Parked,
     max_epoch: Epoch,
     max_txid_seen: TxId,
     log: LogCursor,
@@ -128,6 +142,7 @@ impl Participant {
             kv: KvStore::new(seed),
             locks: LockTable::new(seed),
             prepared: TxTable::new(seed),
+            parked: Parked::new(config.max_parked, seed),
             max_epoch: Epoch(0),
             max_txid_seen: TxId(0),
             log: LogCursor::after(Lsn::NONE),
@@ -247,6 +262,11 @@ impl Participant {
         self.prepared.len()
     }
 
+    /// Prepares waiting for an older prepared transaction's decision.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
     pub fn in_doubt(&self) -> usize {
         self.prepared.values().filter(|p| p.in_doubt).count()
     }
@@ -285,10 +305,28 @@ impl Participant {
             self.on_new_epoch(now, epoch, fx);
         }
         match message {
-            ToParticipant::Prepare { txid, ops } => self.on_prepare(now, txid, &ops, fx),
-            ToParticipant::Commit { txid } => self.on_commit(txid, fx),
-            ToParticipant::Abort { txid } => self.on_abort(txid, fx),
+            ToParticipant::Prepare { txid, ops } => self.on_prepare(now, txid, ops, fx),
+            ToParticipant::Commit { txid } => self.on_commit(now, txid, fx),
+            ToParticipant::Abort { txid } => self.on_abort(now, txid, fx),
+            ToParticipant::Query { txid } => self.on_query(txid, fx),
         }
+    }
+
+    /// A restarted coordinator asks whether `txid` (staged by an earlier incarnation) is
+    /// prepared here. The answer is gated on everything logged so far, which includes the
+    /// new epoch (logged by `on_message` before this): once the coordinator counts it, this
+    /// participant refuses the older epoch's messages even after a restart, so a No can never
+    /// turn into a prepare, nor a Yes into that epoch's abort.
+    fn on_query(&mut self, txid: TxId, fx: &mut PartEffects) {
+        let gate = self.log.last();
+        let vote = match self.prepared.get(txid) {
+            Some(prepared) => Vote::Yes { reads: prepared.reads.clone().unwrap_or_default() },
+            None => {
+                self.stats.voted_no += 1;
+                Vote::No { reason: AbortReason::Stale { participant: self.config.id } }
+            }
+        };
+        self.send(fx, gate, ToCoordinator::Vote { txid, vote });
     }
 
     /// A new coordinator incarnation: transactions prepared under older ones will not be
@@ -296,6 +334,9 @@ impl Participant {
     fn on_new_epoch(&mut self, now: Time, epoch: Epoch, fx: &mut PartEffects) {
         self.max_epoch = epoch;
         self.log.append(fx, PartRecord::Epoch { epoch });
+        for txid in self.parked.remove_older_than(epoch) {
+            self.vote_no(txid, AbortReason::Stale { participant: self.config.id }, fx);
+        }
         let older: Vec<TxId> = self.prepared.keys().filter(|txid| txid.epoch() < epoch).collect();
         for txid in older {
             let prepared = self.prepared.get_mut(txid).expect("listed");
@@ -333,7 +374,10 @@ impl Participant {
         self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::No { reason } });
     }
 
-    fn on_prepare(&mut self, now: Time, txid: TxId, ops: &[LocalOp], fx: &mut PartEffects) {
+    fn on_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
+        if self.parked.contains(txid) {
+            return; // A duplicate of a prepare that waits: it votes once it runs.
+        }
         if let Some(prepared) = self.prepared.get(txid) {
             // A duplicate: repeat the vote. After a restart the reads are gone, so stay
             // silent; the coordinator either decided already or times out and aborts.
@@ -348,14 +392,25 @@ impl Participant {
             return self.vote_no(txid, AbortReason::Stale { participant }, fx);
         }
         self.max_txid_seen = txid;
+        self.run_prepare(now, txid, ops, fx);
+    }
+
+    /// Locks, evaluates, logs and votes for an admitted prepare, or parks it behind an older
+    /// prepared transaction holding one of its keys (see [`parked`]).
+    fn run_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
+        let participant = self.config.id;
         if self.prepared.len() >= self.config.max_prepared {
             return self.vote_no(txid, AbortReason::ParticipantBusy { participant }, fx);
         }
-        let locked = match self.lock_all(txid, ops) {
+        let locked = match self.lock_all(txid, &ops) {
             Ok(locked) => locked,
-            Err(reason) => return self.vote_no(txid, reason, fx),
+            Err((holder, _)) if self.may_wait_for(txid, holder) => {
+                self.stats.waited += 1;
+                return self.parked.park(holder, txid, ops);
+            }
+            Err((holder, key)) => return self.vote_no(txid, self.conflict_reason(holder, key), fx),
         };
-        let evaluation = match self.kv.evaluate(participant, ops) {
+        let evaluation = match self.kv.evaluate(participant, &ops) {
             Ok(evaluation) => evaluation,
             Err(reason) => {
                 self.unlock_all(txid, &locked);
@@ -386,8 +441,22 @@ impl Participant {
         self.planted_early_release(txid);
     }
 
-    /// Locks every key of `ops` (no-wait). On conflict nothing stays locked.
-    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Slot>, AbortReason> {
+    /// A conflicting prepare may wait for a holder that is prepared here, not in doubt (its
+    /// decision is on its way) and older than it.
+    fn may_wait_for(&self, txid: TxId, holder: TxId) -> bool {
+        self.prepared.get(holder).is_some_and(|prepared| !prepared.in_doubt) && self.parked.may_wait(txid, holder)
+    }
+
+    /// Runs the prepares that waited for `holder`, which was just decided.
+    fn wake_waiters(&mut self, now: Time, holder: TxId, fx: &mut PartEffects) {
+        for (txid, ops) in self.parked.take_waiters(holder) {
+            self.run_prepare(now, txid, ops, fx);
+        }
+    }
+
+    /// Locks every key of `ops` (no-wait). On conflict nothing stays locked, and the
+    /// holder and key are returned.
+    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Slot>, (TxId, Key)> {
         let mut locked = Vec::with_capacity(ops.len());
         for op in ops {
             let mode = if op.kind.is_write() { LockMode::Exclusive } else { LockMode::Shared };
@@ -396,16 +465,15 @@ impl Participant {
                 Ok(false) => {}
                 Err(holder) => {
                     self.unlock_all(txid, &locked);
-                    return Err(self.conflict_reason(holder, &op.key));
+                    return Err((holder, op.key.clone()));
                 }
             }
         }
         Ok(locked)
     }
 
-    fn conflict_reason(&self, holder: TxId, key: &Key) -> AbortReason {
+    fn conflict_reason(&self, holder: TxId, key: Key) -> AbortReason {
         let participant = self.config.id;
-        let key = key.clone();
         match self.prepared.get(holder) {
             Some(prepared) if prepared.in_doubt => AbortReason::InDoubt { participant, key },
             _ => AbortReason::Conflict { participant, key },
@@ -418,7 +486,7 @@ impl Participant {
         }
     }
 
-    fn on_commit(&mut self, txid: TxId, fx: &mut PartEffects) {
+    fn on_commit(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) {
         let Some(prepared) = self.prepared.remove(txid) else {
             // Already committed (a duplicate or a re-drive): acknowledge once everything
             // logged so far, which includes that commit, is durable.
@@ -430,14 +498,19 @@ impl Participant {
         let lsn = self.log.append(fx, PartRecord::Committed { txid });
         self.stats.committed += 1;
         self.send(fx, lsn, ToCoordinator::Ack { txid });
+        self.wake_waiters(now, txid, fx);
     }
 
-    fn on_abort(&mut self, txid: TxId, fx: &mut PartEffects) {
+    fn on_abort(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) {
+        if self.parked.remove(txid) {
+            return; // It never ran here.
+        }
         let Some(prepared) = self.prepared.remove(txid) else { return };
         self.unlock_all(txid, &prepared.locked);
         self.stats.aborted += 1;
         // Not forced (presumed abort); it only spares a question after a restart.
         self.log.append(fx, PartRecord::Aborted { txid });
+        self.wake_waiters(now, txid, fx);
     }
 
     /// Time passed: ask the coordinator about transactions whose decision is late.
@@ -447,7 +520,7 @@ impl Participant {
             if prepared.next_inquiry > now {
                 continue; // A stale timer entry.
             }
-            if self.planted_abort_alone(txid, fx) {
+            if self.planted_abort_alone(now, txid, fx) {
                 continue;
             }
             let prepared = self.prepared.get_mut(txid).expect("present");
@@ -483,16 +556,16 @@ impl Participant {
     }
 
     #[cfg(not(test))]
-    fn planted_abort_alone(&mut self, _txid: TxId, _fx: &mut PartEffects) -> bool {
+    fn planted_abort_alone(&mut self, _now: Time, _txid: TxId, _fx: &mut PartEffects) -> bool {
         false
     }
 
     #[cfg(test)]
-    fn planted_abort_alone(&mut self, txid: TxId, fx: &mut PartEffects) -> bool {
+    fn planted_abort_alone(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) -> bool {
         if !self.config.bugs.abort_alone_after_yes {
             return false;
         }
-        self.on_abort(txid, fx);
+        self.on_abort(now, txid, fx);
         true
     }
 }

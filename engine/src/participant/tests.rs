@@ -7,10 +7,21 @@ const ME: ParticipantId = ParticipantId(1);
 const EPOCH: Epoch = Epoch(1);
 
 fn fresh() -> Participant {
+    fresh_with(ParticipantConfig::new(ME))
+}
+
+fn fresh_with(config: ParticipantConfig) -> Participant {
     let mut fx = PartEffects::default();
-    let participant = Participant::recover(ParticipantConfig::new(ME), None, Vec::new(), Time::ZERO, &mut fx);
+    let participant = Participant::recover(config, None, Vec::new(), Time::ZERO, &mut fx);
     assert!(fx.is_empty());
     participant
+}
+
+/// A participant where no prepare may wait for a lock: conflicts are refused at once.
+fn no_waiting() -> Participant {
+    let mut config = ParticipantConfig::new(ME);
+    config.max_parked = 0;
+    fresh_with(config)
 }
 
 fn txid(counter: u64) -> TxId {
@@ -60,7 +71,7 @@ fn prepare_logs_then_votes_yes_and_commit_applies_then_acks() {
 
 #[test]
 fn conflicts_constraints_and_read_only_votes() {
-    let mut participant = fresh();
+    let mut participant = no_waiting();
     let mut fx = PartEffects::default();
     participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(5))]), &mut fx);
     fx.clear();
@@ -159,7 +170,7 @@ fn after_a_restart_prepared_work_is_in_doubt_locked_and_asked_about() {
 
 #[test]
 fn a_participant_whose_coordinator_is_silent_keeps_its_locks_asks_with_backoff_and_answers_in_doubt() {
-    let mut participant = fresh();
+    let mut participant = no_waiting();
     let mut fx = PartEffects::default();
     participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(5))]), &mut fx);
     fx.clear();
@@ -222,4 +233,63 @@ fn a_restarted_coordinator_is_asked_at_once_about_older_epochs_only() {
     participant.on_coordinator_connected(Time::ZERO, Epoch(2), &mut fx);
     assert_eq!(fx.outputs, vec![Gated { after: Lsn::NONE, item: ToCoordinator::Inquiry { txid: txid(1) } }]);
     assert_eq!(participant.in_doubt(), 1);
+}
+
+#[test]
+fn a_query_from_a_restarted_coordinator_is_answered_once_its_epoch_is_durable_and_fences_the_old_one() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(5))]), &mut fx);
+    fx.clear();
+    let answers = |participant: &mut Participant, counter, fx: &mut PartEffects| {
+        participant.on_message(Time::ZERO, Epoch(2), ToParticipant::Query { txid: txid(counter) }, fx);
+        let vote = fx.outputs.iter().find_map(|g| match &g.item {
+            ToCoordinator::Vote { txid: asked, vote } if *asked == txid(counter) => Some((g.after, vote.clone())),
+            _ => None,
+        });
+        vote.expect("an answer")
+    };
+    // Prepared here: Yes, gated on the record of the new epoch (logged in the same step).
+    let (after, vote) = answers(&mut participant, 1, &mut fx);
+    let epoch_lsn = fx.appends.iter().find(|(_, r)| *r == PartRecord::Epoch { epoch: Epoch(2) }).expect("logged").0;
+    assert_eq!(after, epoch_lsn);
+    assert!(matches!(vote, Vote::Yes { .. }), "{vote:?}");
+    fx.clear();
+    // Never prepared here (its prepare is still on the way): No ...
+    let (_, vote) = answers(&mut participant, 2, &mut fx);
+    assert_eq!(vote, Vote::No { reason: AbortReason::Stale { participant: ME } });
+    fx.clear();
+    // ... and the old epoch's prepare, arriving late, is refused rather than run.
+    participant.on_message(Time::ZERO, EPOCH, prepare(2, vec![("b", add(1))]), &mut fx);
+    assert!(matches!(vote_of(&fx).1, Vote::No { reason: AbortReason::Stale { .. } }));
+    assert_eq!(participant.prepared(), 1, "only the one prepared before");
+}
+
+#[test]
+fn a_prepare_behind_an_older_prepared_holder_waits_for_its_decision_instead_of_aborting() {
+    let mut participant = fresh();
+    let mut fx = PartEffects::default();
+    participant.on_message(Time::ZERO, EPOCH, prepare(1, vec![("a", add(5))]), &mut fx);
+    fx.clear();
+    // The client heard t1 committed and sent t2 on the same key; t2 overtook t1's Commit.
+    participant.on_message(Time::ZERO, EPOCH, prepare(2, vec![("a", add(1))]), &mut fx);
+    assert!(fx.outputs.is_empty(), "no vote while it waits: {fx:?}");
+    assert_eq!(participant.parked(), 1);
+    participant.on_message(Time::ZERO, EPOCH, ToParticipant::Commit { txid: txid(1) }, &mut fx);
+    let vote = fx.outputs.iter().find_map(|g| match &g.item {
+        ToCoordinator::Vote { txid: voted, vote } if *voted == txid(2) => Some(vote.clone()),
+        _ => None,
+    });
+    assert!(matches!(vote, Some(Vote::Yes { .. })), "t2 runs once t1 is decided: {vote:?}");
+    assert_eq!((participant.parked(), participant.prepared()), (0, 1));
+    assert_eq!(participant.stats().waited, 1);
+    // Its abort (say the coordinator's prepare timeout) while waiting just forgets it.
+    fx.clear();
+    participant.on_message(Time::ZERO, EPOCH, prepare(3, vec![("a", add(1))]), &mut fx);
+    assert_eq!(participant.parked(), 1);
+    participant.on_message(Time::ZERO, EPOCH, ToParticipant::Abort { txid: txid(3) }, &mut fx);
+    assert_eq!(participant.parked(), 0);
+    participant.on_message(Time::ZERO, EPOCH, ToParticipant::Commit { txid: txid(2) }, &mut fx);
+    assert_eq!(decode_int(participant.kv().get(b"a")), Some(6));
+    assert!(fx.outputs.iter().all(|g| g.item.txid() != txid(3)), "the aborted waiter never votes");
 }

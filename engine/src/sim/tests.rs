@@ -51,6 +51,26 @@ fn planted_commit_before_durable_is_caught() {
 }
 
 #[test]
+fn planted_reply_before_staged_is_caught() {
+    assert_caught(
+        "coordinator tells the client Committed before the staged record is durable",
+        200,
+        |b| b.coordinator.reply_before_staged = true,
+        &["durability", "atomicity"],
+    );
+}
+
+#[test]
+fn planted_presumed_abort_of_staged_transactions_is_caught() {
+    assert_caught(
+        "a restarted coordinator presumes staged transactions aborted",
+        200,
+        |b| b.coordinator.presume_staged_aborted = true,
+        &["durability", "atomicity"],
+    );
+}
+
+#[test]
 fn planted_vote_before_durable_is_caught() {
     assert_caught(
         "participant votes Yes before Prepared is durable",

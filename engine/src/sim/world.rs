@@ -151,6 +151,11 @@ type PartNode = Node<Participant, PartRecord, ToCoordinator>;
 /// Simulated latencies, in microseconds.
 const NET_DELAY_US: (u64, u64) = (20, 1500);
 const SYNC_US: (u64, u64) = (100, 1000);
+/// Now and then a device stalls a sync for much longer (real virtual disks do, for
+/// milliseconds): it lets a crash fall between records the protocol assumes are usually
+/// durable in order, such as a coordinator's `Staged` record and the votes it overlaps.
+const STALLED_SYNC_US: (u64, u64) = (3_000, 20_000);
+const STALLED_SYNC_PERCENT: u32 = 3;
 const RELEASE_US: (u64, u64) = (0, 100);
 const CLIENT_TIMEOUT: Duration = Duration::from_millis(400);
 const DOWNTIME_MS: (u64, u64) = (1, 300);
@@ -425,7 +430,8 @@ impl World {
             NodeId::Participant(index) => self.participants[index as usize].sync_in_flight = true,
             NodeId::Client(_) => unreachable!(),
         }
-        let at = self.after_us(SYNC_US);
+        let stalled = self.rng.gen_range(0..100) < STALLED_SYNC_PERCENT;
+        let at = self.after_us(if stalled { STALLED_SYNC_US } else { SYNC_US });
         self.schedule(at, Event::SyncDone { node, incarnation, upto });
     }
 
