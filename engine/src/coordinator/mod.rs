@@ -736,9 +736,7 @@ impl Coordinator {
         let Phase::Resolving { next_query, backoff } = &mut tx.phase else {
             unreachable!("a query about a transaction not being resolved")
         };
-        *next_query = now + *backoff;
-        let delay = *backoff;
-        *backoff = (*backoff * 2).min(self.config.redrive_max);
+        let delay = step_backoff(now, next_query, backoff, self.config.redrive_max);
         let silent: SmallVec<[ParticipantId; 4]> =
             tx.shards.iter().filter(|s| s.vote == VoteState::Pending).map(|s| s.participant).collect();
         self.timers.schedule(now, delay, txid);
@@ -752,9 +750,7 @@ impl Coordinator {
         let Phase::Committing { lsn, next_redrive, backoff } = &mut tx.phase else {
             unreachable!("re-drive of an undecided transaction")
         };
-        *next_redrive = now + *backoff;
-        let delay = *backoff;
-        *backoff = (*backoff * 2).min(self.config.redrive_max);
+        let delay = step_backoff(now, next_redrive, backoff, self.config.redrive_max);
         let lsn = *lsn;
         let pending: Vec<ParticipantId> =
             tx.shards.iter().filter(|s| s.vote == VoteState::Yes).map(|s| s.participant).collect();
@@ -764,6 +760,15 @@ impl Coordinator {
             self.send(fx, lsn, participant, ToParticipant::Commit { txid });
         }
     }
+}
+
+/// One step of a resend's backoff: the next attempt is due `backoff` from `now` (returned,
+/// to schedule its timer), and the step after waits twice as long, at most `max`.
+fn step_backoff(now: Time, next: &mut Time, backoff: &mut Duration, max: Duration) -> Duration {
+    let delay = *backoff;
+    *next = now + delay;
+    *backoff = (delay * 2).min(max);
+    delay
 }
 
 #[cfg(test)]

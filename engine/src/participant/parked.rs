@@ -43,8 +43,9 @@ impl Parked {
         self.holder_of.len()
     }
 
+    /// Asked for every prepare: nearly always empty, so that is checked before hashing.
     pub(super) fn contains(&self, txid: TxId) -> bool {
-        self.holder_of.contains_key(&txid)
+        !self.holder_of.is_empty() && self.holder_of.contains_key(&txid)
     }
 
     /// Whether `txid` may wait for `holder`: younger than it, and room left.
