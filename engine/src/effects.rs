@@ -203,6 +203,16 @@ impl Timers {
     }
 }
 
+/// One step of a resend's backoff (a coordinator's re-drive or query, a participant's
+/// inquiry): the next attempt is due `backoff` from `now` (returned, to schedule its timer),
+/// and the step after waits twice as long, at most `max`.
+pub(crate) fn step_backoff(now: Time, next: &mut Time, backoff: &mut Duration, max: Duration) -> Duration {
+    let delay = *backoff;
+    *next = now + delay;
+    *backoff = (delay * 2).min(max);
+    delay
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

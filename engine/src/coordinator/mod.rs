@@ -32,7 +32,7 @@ use smallvec::SmallVec;
 pub use sessions::{Known, Sessions};
 pub use snapshot::{CoordinatorSnapshot, SessionSnapshot};
 
-use crate::effects::{Effects, LogCursor, Timers};
+use crate::effects::{Effects, LogCursor, Timers, step_backoff};
 use crate::hash::SeededState;
 use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
 use crate::ops::{AbortReason, Limits, LocalOp, Op, Outcome, Read, Vote};
@@ -536,18 +536,16 @@ impl Coordinator {
                 staged: ops.iter().any(|op| op.kind.is_write()),
             })
             .collect();
-        let staged = if shards.iter().any(|shard| shard.staged) {
-            let participants = shards.iter().filter(|s| s.staged).map(|s| s.participant).collect();
-            self.log.append(fx, CoordRecord::Staged { txid, client, seq, participants })
-        } else {
-            Lsn::NONE // Reads only: nothing to stage, nothing to resolve after a crash.
-        };
+        let phase = Phase::Preparing { deadline: now + self.config.prepare_timeout };
+        let mut tx = Tx { client, seq, staged: Lsn::NONE, phase, shards, reads: Vec::new() };
+        // Reads only: nothing to stage, nothing to resolve after a crash.
+        if tx.shards.iter().any(|shard| shard.staged) {
+            tx.staged = self.log.append(fx, tx.staged_record(txid));
+        }
         for (participant, ops) in per_participant {
             self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops });
         }
-        let deadline = now + self.config.prepare_timeout;
-        let phase = Phase::Preparing { deadline };
-        self.txs.insert(txid, Tx { client, seq, staged, phase, shards, reads: Vec::new() });
+        self.txs.insert(txid, tx);
         self.preparing += 1;
         self.timers.schedule(now, self.config.prepare_timeout, txid);
     }
@@ -760,15 +758,6 @@ impl Coordinator {
             self.send(fx, lsn, participant, ToParticipant::Commit { txid });
         }
     }
-}
-
-/// One step of a resend's backoff: the next attempt is due `backoff` from `now` (returned,
-/// to schedule its timer), and the step after waits twice as long, at most `max`.
-fn step_backoff(now: Time, next: &mut Time, backoff: &mut Duration, max: Duration) -> Duration {
-    let delay = *backoff;
-    *next = now + delay;
-    *backoff = (delay * 2).min(max);
-    delay
 }
 
 #[cfg(test)]

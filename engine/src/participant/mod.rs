@@ -28,7 +28,7 @@ pub use locks::{LockMode, LockTable};
 use parked::Parked;
 pub use snapshot::{KvImage, ParticipantSnapshot};
 
-use crate::effects::{Effects, LogCursor, Timers};
+use crate::effects::{Effects, LogCursor, Timers, step_backoff};
 use crate::message::{ToCoordinator, ToParticipant};
 use crate::ops::{AbortReason, Key, Limits, LocalOp, Read, Vote};
 use crate::record::{PartRecord, Write};
@@ -525,9 +525,7 @@ impl Participant {
             }
             let prepared = self.prepared.get_mut(txid).expect("present");
             prepared.in_doubt = true;
-            prepared.next_inquiry = now + prepared.backoff;
-            let delay = prepared.backoff;
-            prepared.backoff = (prepared.backoff * 2).min(self.config.inquiry_max);
+            let delay = step_backoff(now, &mut prepared.next_inquiry, &mut prepared.backoff, self.config.inquiry_max);
             self.timers.schedule(now, delay, txid);
             self.stats.inquiries += 1;
             self.send(fx, Lsn::NONE, ToCoordinator::Inquiry { txid });
