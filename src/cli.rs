@@ -15,7 +15,8 @@ use serde::Deserialize;
 use crate::node::Storage;
 use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
-use crate::{chaos, cluster, inspect, loadgen, names, node, tx};
+use crate::security::{SecurityArgs, SecurityKeys};
+use crate::{certs, chaos, cluster, inspect, loadgen, names, node, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -42,6 +43,8 @@ enum Command {
     Bench(loadgen::BenchArgs),
     /// The demo with a random process killed (SIGKILL) and restarted every interval; audit.
     Chaos(chaos::ChaosArgs),
+    /// Make a cluster's CA (or reuse the one in --dir) and certificates for its members.
+    Certs(certs::CertsArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +77,8 @@ struct ParticipantArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -87,6 +92,10 @@ struct ParticipantFile {
     group_interval_us: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure_plaintext: Option<bool>,
 }
 
 #[derive(Args)]
@@ -129,6 +138,8 @@ struct CoordinatorArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -145,6 +156,10 @@ struct CoordinatorFile {
     group_interval_us: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure_plaintext: Option<bool>,
 }
 
 #[derive(Args)]
@@ -167,6 +182,10 @@ struct ClusterArgs {
     /// Every node's `--group-interval-us` [default: the nodes' own, 1500].
     #[arg(long)]
     group_interval_us: Option<u64>,
+    /// Run every node and the printed client without TLS (otherwise a CA and every
+    /// certificate are made in DATA_DIR/certs).
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -191,6 +210,8 @@ fn storage(unsafe_no_fsync: bool, group_interval_us: Option<u64>) -> Storage {
 fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptions> {
     let file: ParticipantFile = read_config(args.config.as_deref())?;
     let name = required(args.id.or(file.id), "id")?;
+    let keys =
+        SecurityKeys { ca: file.ca, cert: file.cert, key: file.key, insecure_plaintext: file.insecure_plaintext };
     Ok(ParticipantOptions {
         id: names::participant_id(&name)?,
         name,
@@ -203,6 +224,7 @@ fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptio
             args.group_interval_us.or(file.group_interval_us),
         ),
         pin_core: args.pin_core.or(file.pin_core),
+        security: args.security.resolve(keys)?,
     })
 }
 
@@ -217,6 +239,8 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
     if max_in_flight == 0 {
         bail!("--max-in-flight must be at least 1");
     }
+    let keys =
+        SecurityKeys { ca: file.ca, cert: file.cert, key: file.key, insecure_plaintext: file.insecure_plaintext };
     Ok(CoordinatorOptions {
         id: args.id.or(file.id).unwrap_or_else(|| "c1".into()),
         listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7000".parse().expect("address")),
@@ -233,6 +257,7 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         ),
         pin_core: args.pin_core.or(file.pin_core),
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
+        security: args.security.resolve(keys)?,
     })
 }
 
@@ -248,6 +273,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cluster: args.cluster,
                 unsafe_no_fsync: args.unsafe_no_fsync,
                 group_interval_us: args.group_interval_us,
+                plaintext: args.insecure_plaintext,
             };
             return cluster::run_until_stopped(options);
         }
@@ -256,6 +282,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => return loadgen::demo(args),
         Command::Bench(args) => return loadgen::bench(args),
         Command::Chaos(args) => return chaos::run(args),
+        Command::Certs(args) => certs::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -263,6 +290,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::TlsFiles;
 
     #[test]
     fn a_config_file_fills_what_flags_leave_out() {
@@ -273,7 +301,15 @@ mod tests {
             "listen = \"127.0.0.1:7555\"\ndata_dir = \"/tmp/x\"\nprepare_timeout_ms = 50\n[participants]\np1 = \"127.0.0.1:1\"\np2 = \"127.0.0.1:2\"\n",
         )
         .unwrap();
-        let cli = Cli::parse_from(["twophase", "coordinator", "--config", path.to_str().unwrap(), "--id", "c9"]);
+        let cli = Cli::parse_from([
+            "twophase",
+            "coordinator",
+            "--config",
+            path.to_str().unwrap(),
+            "--id",
+            "c9",
+            "--insecure-plaintext",
+        ]);
         let Command::Coordinator(args) = cli.command else { panic!() };
         let options = coordinator_options(args).unwrap();
         assert_eq!(options.id, "c9");
@@ -291,14 +327,30 @@ mod tests {
     #[test]
     fn the_coordinator_slots_are_the_participants_slots() {
         let coordinator = |extra: &[&str]| {
-            let base = ["twophase", "coordinator", "--data-dir", "/tmp/c", "--participant", "p1=127.0.0.1:1"];
+            let base = [
+                "twophase",
+                "coordinator",
+                "--data-dir",
+                "/tmp/c",
+                "--participant",
+                "p1=127.0.0.1:1",
+                "--insecure-plaintext",
+            ];
             let cli = Cli::parse_from(base.iter().chain(extra));
             let Command::Coordinator(args) = cli.command else { panic!() };
             let storage = coordinator_options(args).unwrap().storage;
             (storage.group_interval, storage.group_phase)
         };
         let participant = || {
-            let cli = Cli::parse_from(["twophase", "participant", "--id", "p1", "--data-dir", "/tmp/p"]);
+            let cli = Cli::parse_from([
+                "twophase",
+                "participant",
+                "--id",
+                "p1",
+                "--data-dir",
+                "/tmp/p",
+                "--insecure-plaintext",
+            ]);
             let Command::Participant(args) = cli.command else { panic!() };
             let storage = participant_options(args).unwrap().storage;
             (storage.group_interval, storage.group_phase)
@@ -314,5 +366,22 @@ mod tests {
         let cli = Cli::parse_from(["twophase", "participant", "--id", "p1"]);
         let Command::Participant(args) = cli.command else { panic!() };
         assert!(participant_options(args).err().unwrap().to_string().contains("--data-dir is required"));
+    }
+
+    #[test]
+    fn a_server_without_certificates_or_plaintext_refuses_to_start() {
+        let cli = Cli::parse_from(["twophase", "participant", "--id", "p1", "--data-dir", "/tmp/p"]);
+        let Command::Participant(args) = cli.command else { panic!() };
+        let err = participant_options(args).err().unwrap().to_string();
+        assert!(err.contains("no TLS certificate given"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "data_dir = \"/tmp/c\"\nparticipants = { p1 = \"127.0.0.1:1\" }\nca = \"/x/ca.pem\"\ncert = \"/x/c1.pem\"\nkey = \"/x/c1.key\"\n").unwrap();
+        let cli = Cli::parse_from(["twophase", "coordinator", "--config", path.to_str().unwrap()]);
+        let Command::Coordinator(args) = cli.command else { panic!() };
+        let security = coordinator_options(args).unwrap().security;
+        let expected = TlsFiles::Tls { ca: "/x/ca.pem".into(), cert: "/x/c1.pem".into(), key: "/x/c1.key".into() };
+        assert_eq!(security, expected);
     }
 }

@@ -15,9 +15,16 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use twophase_net::Role;
+
+use crate::certs;
+use crate::client_config::ClientFile;
+use crate::security::TlsFiles;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The coordinator's name.
+pub const COORDINATOR_NAME: &str = "c1";
 
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -28,7 +35,15 @@ pub struct ClusterOptions {
     pub unsafe_no_fsync: bool,
     /// Every node's `--group-interval-us`; `None` leaves their default.
     pub group_interval_us: Option<u64>,
+    /// Every node and the launcher's own connections without TLS. Otherwise a CA (reused
+    /// if the data directory has one) and every certificate are made in `DATA_DIR/certs`.
+    pub plaintext: bool,
 }
+
+/// The client certificate's name for the launcher's load and for `client.toml`.
+pub const CLIENT_NAME: &str = "local-client";
+/// The admin certificate's name for the launcher's audit reads (participants' `Dump`).
+pub const ADMIN_NAME: &str = "local-admin";
 
 struct Node {
     name: String,
@@ -50,6 +65,10 @@ pub struct Restarted {
 pub struct LocalCluster {
     pub coordinator: SocketAddr,
     pub participants: Vec<(String, SocketAddr)>,
+    /// What the launcher's client connections (transactions) present.
+    pub client: TlsFiles,
+    /// What the launcher's admin connections (state dumps, topology) present.
+    pub admin: TlsFiles,
     nodes: Vec<Node>,
 }
 
@@ -122,11 +141,43 @@ impl Node {
     }
 }
 
-/// The arguments every node of the cluster gets: its data directory and the cluster-wide
-/// storage options.
-fn common_node_args(options: &ClusterOptions, data_dir: &Path) -> Vec<String> {
+/// Where a cluster keeps its CA and certificates.
+pub fn certs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("certs")
+}
+
+/// What `role`/`name` of the cluster presents: its certificate in [`certs_dir`], or nothing.
+fn identity(options: &ClusterOptions, role: Role, name: &str) -> TlsFiles {
+    if options.plaintext {
+        return TlsFiles::InsecurePlaintext;
+    }
+    let dir = certs_dir(&options.data_dir);
+    let (cert, key) = certs::cert_paths(&dir, role, name);
+    TlsFiles::in_dir(&dir, cert, key)
+}
+
+/// Makes the CA (or reuses the one there) and the certificate of every node, of the
+/// launcher's client and of its admin.
+fn make_certs(options: &ClusterOptions) -> anyhow::Result<()> {
+    if options.plaintext {
+        return Ok(());
+    }
+    let mut holders = vec![(Role::Coordinator, COORDINATOR_NAME.to_string())];
+    holders.extend((1..=options.participants).map(|index| (Role::Participant, format!("p{index}"))));
+    holders.push((Role::Client, CLIENT_NAME.into()));
+    holders.push((Role::Admin, ADMIN_NAME.into()));
+    certs::make_all(&certs_dir(&options.data_dir), &options.cluster, &holders)
+        .context("making the cluster's certificates")?;
+    Ok(())
+}
+
+/// The arguments every node of the cluster gets: its data directory, the cluster-wide
+/// storage options and its own certificate (or `--insecure-plaintext`).
+fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> Vec<String> {
+    let data_dir = options.data_dir.join(name);
     let mut args =
         vec!["--data-dir".to_string(), data_dir.display().to_string(), "--cluster".into(), options.cluster.clone()];
+    args.extend(identity(options, role, name).to_args());
     if options.unsafe_no_fsync {
         args.push("--unsafe-no-fsync".into());
     }
@@ -138,24 +189,36 @@ fn common_node_args(options: &ClusterOptions, data_dir: &Path) -> Vec<String> {
 
 impl LocalCluster {
     pub fn start(options: &ClusterOptions) -> anyhow::Result<LocalCluster> {
-        let mut cluster = LocalCluster { coordinator: options.listen, participants: Vec::new(), nodes: Vec::new() };
+        make_certs(options)?;
+        let mut cluster = LocalCluster {
+            coordinator: options.listen,
+            participants: Vec::new(),
+            client: identity(options, Role::Client, CLIENT_NAME),
+            admin: identity(options, Role::Admin, ADMIN_NAME),
+            nodes: Vec::new(),
+        };
         for index in 1..=options.participants {
             let name = format!("p{index}");
             let mut args =
                 vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), "127.0.0.1:0".into()];
-            args.extend(common_node_args(options, &options.data_dir.join(&name)));
+            args.extend(common_node_args(options, Role::Participant, &name));
             let node = Node::start(&name, args)?;
             cluster.participants.push((name, node.addr));
             cluster.nodes.push(node);
         }
-        let mut args =
-            vec!["coordinator".to_string(), "--id".into(), "c1".into(), "--listen".into(), options.listen.to_string()];
-        args.extend(common_node_args(options, &options.data_dir.join("c1")));
+        let mut args = vec![
+            "coordinator".to_string(),
+            "--id".into(),
+            COORDINATOR_NAME.into(),
+            "--listen".into(),
+            options.listen.to_string(),
+        ];
+        args.extend(common_node_args(options, Role::Coordinator, COORDINATOR_NAME));
         for (name, addr) in &cluster.participants {
             args.push("--participant".into());
             args.push(format!("{name}={addr}"));
         }
-        let node = Node::start("c1", args)?;
+        let node = Node::start(COORDINATOR_NAME, args)?;
         cluster.coordinator = node.addr;
         cluster.nodes.push(node);
         Ok(cluster)
@@ -255,14 +318,21 @@ impl Drop for LocalCluster {
 }
 
 /// `twophase cluster`: runs until Ctrl-C (or until a node dies), then stops every node.
-pub fn run_until_stopped(options: ClusterOptions) -> anyhow::Result<ExitCode> {
+pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode> {
     let stop = crate::node::stop_on_signal()?;
+    std::fs::create_dir_all(&options.data_dir).with_context(|| format!("creating {}", options.data_dir.display()))?;
+    // Absolute, so that client.toml works from any directory.
+    options.data_dir = std::fs::canonicalize(&options.data_dir)
+        .with_context(|| format!("resolving {}", options.data_dir.display()))?;
     let mut cluster = LocalCluster::start(&options)?;
     for (name, addr) in &cluster.participants {
         println!("participant {name} listening on {addr}");
     }
-    println!("coordinator c1 listening on {}", cluster.coordinator);
-    println!("cluster running; Ctrl-C stops it");
+    println!("coordinator {COORDINATOR_NAME} listening on {}", cluster.coordinator);
+    let config = options.data_dir.join("client.toml");
+    ClientFile::for_cluster(cluster.coordinator, &options.cluster, &cluster.client, &cluster.admin).write(&config)?;
+    println!("cluster running; Ctrl-C stops it. Submit transactions with:");
+    println!("  twophase tx --config {} add p1:alice=100", config.display());
     let mut code = ExitCode::SUCCESS;
     while !stop.load(Ordering::SeqCst) {
         if let Some(exit) = cluster.exited() {
@@ -282,7 +352,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn options(unsafe_no_fsync: bool, group_interval_us: Option<u64>) -> ClusterOptions {
+    fn options(unsafe_no_fsync: bool, group_interval_us: Option<u64>, plaintext: bool) -> ClusterOptions {
         ClusterOptions {
             participants: 3,
             data_dir: "/data".into(),
@@ -290,25 +360,75 @@ mod tests {
             cluster: "demo".into(),
             unsafe_no_fsync,
             group_interval_us,
+            plaintext,
         }
     }
 
     #[test]
     fn nodes_get_the_cluster_wide_storage_options() {
-        let args = common_node_args(&options(true, Some(2500)), Path::new("/data/p1"));
+        let args = common_node_args(&options(true, Some(2500), true), Role::Participant, "p1");
         assert_eq!(
             args,
-            ["--data-dir", "/data/p1", "--cluster", "demo", "--unsafe-no-fsync", "--group-interval-us", "2500"]
+            [
+                "--data-dir",
+                "/data/p1",
+                "--cluster",
+                "demo",
+                "--insecure-plaintext",
+                "--unsafe-no-fsync",
+                "--group-interval-us",
+                "2500"
+            ]
         );
-        let defaults = common_node_args(&options(false, None), Path::new("/data/c1"));
-        assert_eq!(defaults, ["--data-dir", "/data/c1", "--cluster", "demo"]);
+    }
+
+    #[test]
+    fn every_node_gets_its_own_certificate_from_the_cluster_ca() {
+        let args = common_node_args(&options(false, None, false), Role::Coordinator, "c1");
+        assert_eq!(
+            args,
+            [
+                "--data-dir",
+                "/data/c1",
+                "--cluster",
+                "demo",
+                "--ca",
+                "/data/certs/ca.pem",
+                "--cert",
+                "/data/certs/coordinator-c1.pem",
+                "--key",
+                "/data/certs/coordinator-c1.key"
+            ]
+        );
     }
 
     #[test]
     fn the_node_command_lines_parse() {
-        let common = common_node_args(&options(false, Some(0)), Path::new("/data/p1"));
-        let participant = ["twophase", "participant", "--id", "p1", "--listen", "127.0.0.1:0"];
-        let argv = participant.iter().map(|a| a.to_string()).chain(common);
-        crate::cli::Cli::try_parse_from(argv).expect("a participant command line");
+        for plaintext in [false, true] {
+            let common = common_node_args(&options(false, Some(0), plaintext), Role::Participant, "p1");
+            let participant = ["twophase", "participant", "--id", "p1", "--listen", "127.0.0.1:0"];
+            let argv = participant.iter().map(|a| a.to_string()).chain(common);
+            crate::cli::Cli::try_parse_from(argv).expect("a participant command line");
+        }
+    }
+
+    #[test]
+    fn the_certificates_are_made_for_every_node_and_the_launcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ClusterOptions { data_dir: dir.path().to_path_buf(), ..options(false, None, false) };
+        make_certs(&options).unwrap();
+        let holders = [
+            (Role::Coordinator, "c1"),
+            (Role::Participant, "p1"),
+            (Role::Participant, "p3"),
+            (Role::Client, CLIENT_NAME),
+            (Role::Admin, ADMIN_NAME),
+        ];
+        for (role, name) in holders {
+            let TlsFiles::Tls { ca, cert, key } = identity(&options, role, name) else { panic!("plaintext") };
+            assert!(ca.exists() && cert.exists() && key.exists(), "{role} {name}");
+        }
+        let plain = ClusterOptions { plaintext: true, ..options };
+        assert_eq!(identity(&plain, Role::Client, CLIENT_NAME), TlsFiles::InsecurePlaintext);
     }
 }

@@ -13,7 +13,9 @@ use clap::Args;
 use twophase_bench::{Audit, BankLayout, LoadOptions, LoadResult, Report, audit, audit_with_baseline};
 use twophase_net::admin;
 
+use crate::client_config::ClientFile;
 use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::security::{SecurityArgs, TlsFiles};
 use crate::settle;
 
 /// Participant states as the audit reads them: name, every key and value.
@@ -85,18 +87,61 @@ pub struct DemoArgs {
     /// per this many microseconds [default: the nodes' own, 1500].
     #[arg(long)]
     group_interval_us: Option<u64>,
+    /// Run the cluster and the load without TLS (otherwise a CA and every certificate are
+    /// made in the data directory); the report says so.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
     workload: WorkloadArgs,
+    /// Client config file with any of coordinator, cluster, ca, cert, key, admin_cert,
+    /// admin_key (e.g. the client.toml that `twophase cluster` writes); flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The coordinator of the running cluster.
     #[arg(long)]
+    coordinator: Option<SocketAddr>,
+    /// Its cluster name [default: local].
+    #[arg(long)]
+    cluster: Option<String>,
+    #[command(flatten)]
+    security: SecurityArgs,
+    /// An admin certificate (PEM, signed by the same CA as --cert) for reading the
+    /// participants' state before and after the load (the audit).
+    #[arg(long, value_name = "FILE")]
+    admin_cert: Option<PathBuf>,
+    /// The admin certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    admin_key: Option<PathBuf>,
+}
+
+/// What `bench` connects to and as whom, from its flags and `--config`.
+struct BenchTarget {
     coordinator: SocketAddr,
-    /// Its cluster name.
-    #[arg(long, default_value = "local")]
     cluster: String,
+    client: TlsFiles,
+    admin: TlsFiles,
+}
+
+impl BenchArgs {
+    fn target(&self) -> anyhow::Result<BenchTarget> {
+        let file = ClientFile::read(self.config.as_deref())?;
+        let coordinator = match (&self.coordinator, &file.coordinator) {
+            (Some(addr), _) => *addr,
+            (None, Some(addr)) => addr.parse().with_context(|| format!("coordinator {addr:?} in --config"))?,
+            (None, None) => bail!("--coordinator is required (on the command line or in --config)"),
+        };
+        let cluster = self.cluster.clone().or(file.cluster.clone()).unwrap_or_else(|| "local".into());
+        let client = self.security.clone().resolve(file.security())?;
+        let admin_flags =
+            SecurityArgs { cert: self.admin_cert.clone(), key: self.admin_key.clone(), ..self.security.clone() };
+        let admin =
+            admin_flags.resolve(file.admin_security()).context("the admin certificate (--admin-cert, --admin-key)")?;
+        Ok(BenchTarget { coordinator, cluster, client, admin })
+    }
 }
 
 /// The cluster a run talks to, as the coordinator describes it.
@@ -164,6 +209,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cluster: "demo".into(),
         unsafe_no_fsync: args.unsafe_no_fsync,
         group_interval_us: args.group_interval_us,
+        plaintext: args.insecure_plaintext,
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
@@ -191,7 +237,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// exist yet are created first (with the initial balance); the audit compares against the balances read right before
 /// the load, so nothing else may write to the accounts during the run.
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let target = Target::discover(args.coordinator, &args.cluster, &args.workload)?;
+    let bench = args.target()?;
+    let target = Target::discover(bench.coordinator, &bench.cluster, &args.workload)?;
     let (mut before, _) = settled_states(&target)?;
     let present = present_accounts(&target.layout, &before);
     let missing = present.iter().filter(|held| !**held).count();
@@ -206,8 +253,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let verdict = audit_with_baseline(&target.layout, &result, &before, &after);
     let description = format!(
         "bench: coordinator {} (cluster '{}'), {} participants, {} accounts",
-        args.coordinator,
-        args.cluster,
+        bench.coordinator,
+        bench.cluster,
         target.participants.len(),
         args.workload.accounts
     );

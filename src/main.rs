@@ -1,8 +1,10 @@
 //! `twophase`: the coordinator and participant servers, a local cluster launcher, a
 //! one-shot transaction client and a log inspector. See `twophase --help`.
 
+mod certs;
 mod chaos;
 mod cli;
+mod client_config;
 mod cluster;
 mod failpoint;
 mod inspect;
@@ -10,6 +12,7 @@ mod loadgen;
 mod names;
 mod node;
 mod opsyntax;
+mod security;
 mod settle;
 mod tx;
 

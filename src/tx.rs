@@ -1,5 +1,6 @@
 //! `twophase tx`: one transaction from the shell.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,16 +9,24 @@ use serde_json::json;
 use twophase_engine::{OpKind, Outcome};
 use twophase_net::{Client, ClientOptions};
 
+use crate::client_config::ClientFile;
 use crate::opsyntax::{self, NamedOp};
+use crate::security::SecurityArgs;
 
 #[derive(Args)]
 pub struct TxArgs {
-    /// The coordinator's address, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    coordinator: String,
-    /// Cluster name.
-    #[arg(long, default_value = "local")]
-    cluster: String,
+    /// Client config file with any of coordinator, cluster, ca, cert, key (e.g. the
+    /// client.toml that `twophase cluster` writes); flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The coordinator's address, HOST:PORT [default: 127.0.0.1:7000].
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Cluster name [default: local].
+    #[arg(long)]
+    cluster: Option<String>,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
@@ -32,13 +41,14 @@ pub struct TxArgs {
 /// Exit status: 0 committed, 1 aborted, 2 the transaction could not be run.
 pub fn run(args: TxArgs) -> anyhow::Result<ExitCode> {
     let named = opsyntax::parse_ops(&args.ops)?;
-    let options = ClientOptions {
-        cluster: args.cluster.clone(),
-        request_timeout: Duration::from_millis(args.timeout_ms),
-        ..ClientOptions::default()
-    };
-    let mut client = Client::connect(args.coordinator.as_str(), options)
-        .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {}: {err}", args.coordinator))?;
+    let file = ClientFile::read(args.config.as_deref())?;
+    let coordinator = args.coordinator.or(file.coordinator.clone()).unwrap_or_else(|| "127.0.0.1:7000".into());
+    let cluster = args.cluster.or(file.cluster.clone()).unwrap_or_else(|| "local".into());
+    let _security = args.security.resolve(file.security())?;
+    let options =
+        ClientOptions { cluster, request_timeout: Duration::from_millis(args.timeout_ms), ..ClientOptions::default() };
+    let mut client = Client::connect(coordinator.as_str(), options)
+        .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {err}"))?;
     let ops = opsyntax::resolve(named.clone(), client.directory().participants())?;
     let outcome = client.submit(ops).map_err(|err| anyhow::anyhow!("{err}"))?;
     if args.json {

@@ -61,6 +61,10 @@ pub struct ChaosArgs {
     /// Keep the cluster's data here instead of in a temporary directory that is removed.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run the cluster and the load without TLS (otherwise a CA and every certificate are
+    /// made in the data directory); the report says so.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 type LoadThread = JoinHandle<anyhow::Result<LoadResult>>;
@@ -88,6 +92,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         cluster: "chaos".into(),
         unsafe_no_fsync: false,
         group_interval_us: None,
+        plaintext: args.insecure_plaintext,
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;

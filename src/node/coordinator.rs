@@ -39,6 +39,8 @@ pub struct CoordinatorOptions {
     pub pin_core: Option<usize>,
     /// Checkpoint (and truncate the log) every this many records; 0 never.
     pub checkpoint_every_records: u64,
+    /// The cluster CA, this node's certificate and key, or no TLS at all.
+    pub security: crate::security::TlsFiles,
 }
 
 pub struct CoordinatorRole {

@@ -13,6 +13,7 @@
 //! (write or fsync error) stops the process — it is never retried.
 
 pub mod coordinator;
+mod coordinator_links;
 pub mod participant;
 pub mod snapshot;
 

@@ -14,6 +14,7 @@ use twophase_net::{
     AdminOp, BatchWriter, ConnId, DumpEnd, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig,
 };
 
+use super::coordinator_links::CoordinatorLinks;
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
@@ -32,15 +33,16 @@ pub struct ParticipantOptions {
     pub snapshot_every_records: u64,
     pub storage: Storage,
     pub pin_core: Option<usize>,
+    /// The cluster CA, this node's certificate and key, or no TLS at all.
+    pub security: crate::security::TlsFiles,
 }
 
 pub struct ParticipantRole {
     engine: Participant,
     transport: Reactor,
-    coordinators: HashSet<ConnId>,
+    /// Messages go to the serving one: the live coordinator connection of the highest epoch.
+    coordinators: CoordinatorLinks,
     admins: HashSet<ConnId>,
-    /// Messages go to the coordinator that connected last.
-    coordinator: Option<ConnId>,
     to_coordinator: BatchWriter<ToCoordinator>,
     snapshots: SnapshotPolicy<ParticipantSnapshot>,
     /// Whether the log is fdatasynced (reported in dumps, so a load report can say so).
@@ -50,7 +52,7 @@ pub struct ParticipantRole {
 impl ParticipantRole {
     fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame, fx: &mut PartEffects) {
         match frame {
-            Frame::ToParticipant { epoch, messages } if self.coordinators.contains(&conn) => {
+            Frame::ToParticipant { epoch, messages } if self.coordinators.contains(conn) => {
                 for message in messages {
                     self.engine.on_message(now, epoch, message, fx);
                 }
@@ -105,11 +107,12 @@ impl Role for ParticipantRole {
     fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut PartEffects) {
         match inbound {
             Inbound::Accepted { conn, hello } if hello.role == NetRole::Coordinator => {
-                tracing::info!(conn, coordinator = %hello.node, epoch = hello.epoch.0, "coordinator connected");
-                self.coordinators.insert(conn);
-                self.coordinator = Some(conn);
-                // Whatever is in doubt can be resolved now rather than at the next backoff step.
-                self.engine.on_coordinator_connected(now, hello.epoch, fx);
+                let serving = self.coordinators.accept(conn, hello.epoch);
+                tracing::info!(conn, coordinator = %hello.node, epoch = hello.epoch.0, serving, "coordinator connected");
+                if serving {
+                    // Whatever is in doubt can be resolved now rather than at the next backoff step.
+                    self.engine.on_coordinator_connected(now, hello.epoch, fx);
+                }
             }
             Inbound::Accepted { conn, hello } if hello.role == NetRole::Admin => {
                 self.admins.insert(conn);
@@ -118,9 +121,12 @@ impl Role for ParticipantRole {
             Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
             Inbound::Closed { conn } => {
                 self.admins.remove(&conn);
-                self.coordinators.remove(&conn);
-                if self.coordinator == Some(conn) {
-                    self.coordinator = None;
+                if let Some(next) = self.coordinators.close(conn) {
+                    tracing::info!(
+                        closed = conn,
+                        serving = next,
+                        "the serving coordinator connection closed; answering another"
+                    );
                 }
             }
         }
@@ -151,7 +157,7 @@ impl Role for ParticipantRole {
         }
         let frames = self.to_coordinator.take();
         // With no coordinator connected the messages are lost; it re-drives and we re-ask.
-        if let Some(conn) = self.coordinator
+        if let Some(conn) = self.coordinators.serving()
             && !frames.is_empty()
         {
             self.transport.send(conn, frames);
@@ -207,9 +213,8 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let mut role = ParticipantRole {
         engine,
         transport,
-        coordinators: HashSet::new(),
+        coordinators: CoordinatorLinks::default(),
         admins: HashSet::new(),
-        coordinator: None,
         to_coordinator: BatchWriter::new(&limits),
         snapshots,
         fsync: !options.storage.unsafe_no_fsync,
