@@ -256,7 +256,7 @@ impl Connection {
                 stream.set_write_timeout(Some(options.request_timeout))?;
                 let mut tls = rustls::StreamOwned::new(material.connect()?, stream);
                 while tls.conn.is_handshaking() {
-                    tls.conn.complete_io(&mut tls.sock)?;
+                    tls.conn.complete_io(&mut tls.sock).map_err(tls_handshake_error)?;
                 }
                 let identity = material.identity();
                 (Stream::Tls(Box::new(tls)), identity.cluster.clone(), identity.name.clone())
@@ -334,6 +334,16 @@ impl Connection {
             frames.push(frame);
         }
         Ok(())
+    }
+}
+
+/// A failed TLS handshake, with a hint when the server does not speak TLS at all.
+fn tls_handshake_error(err: io::Error) -> ClientError {
+    match ClientError::from(err) {
+        ClientError::Tls(message) if message.contains("corrupt message") => {
+            ClientError::Tls(format!("{message} (is the server running with --insecure-plaintext?)"))
+        }
+        other => other,
     }
 }
 

@@ -408,3 +408,15 @@ fn material_without_an_identity_or_with_a_foreign_key_is_refused_at_load() {
     let err = TlsMaterial::from_pem(ca.pem.as_bytes(), ca.pem.as_bytes(), key.as_bytes()).unwrap_err();
     assert!(err.to_string().contains("own certificate"), "{err}");
 }
+
+#[test]
+fn a_tls_client_of_a_plaintext_server_gets_a_clear_error() {
+    let ca = Ca::new("cluster CA");
+    let config = server_config(Role::Coordinator, "c1", vec![Role::Client], Security::InsecurePlaintext);
+    let (tx, _rx) = crossbeam_channel::bounded(16);
+    let (transport, addr) = spawn(config, tx).unwrap();
+    let err = Client::connect(addr, options(ca.material("local", Role::Client, "alice"))).err().unwrap();
+    let ClientError::Tls(message) = &err else { panic!("{err}") };
+    assert!(message.contains("is the server running with --insecure-plaintext?"), "{message}");
+    transport.shutdown();
+}

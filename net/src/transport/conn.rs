@@ -149,6 +149,8 @@ impl Reactor {
                                 break;
                             }
                             TlsInput::Failed(reason) => {
+                                // Certificates that do not verify end here: operators must see it.
+                                tracing::warn!(conn = id, peer = ?conn.peer, "TLS failure: {reason}");
                                 lost = Some(format!("TLS: {reason}"));
                                 break;
                             }
