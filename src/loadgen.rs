@@ -156,7 +156,7 @@ pub(crate) struct Target {
 impl Target {
     /// Asks the coordinator for its participants and lays the bank out over all of them.
     pub(crate) fn discover(coordinator: SocketAddr, cluster: &str, args: &WorkloadArgs) -> anyhow::Result<Target> {
-        let topology = admin::topology(coordinator, cluster)
+        let topology = admin::topology(coordinator, cluster, &twophase_net::Security::InsecurePlaintext)
             .with_context(|| format!("asking the coordinator at {coordinator} for its participants"))?;
         if topology.is_empty() {
             bail!("the coordinator at {coordinator} has no participants");

@@ -178,14 +178,17 @@ fn operators_can_list_participants_and_dump_their_state() {
     let cluster = Cluster::start(2, dir.path());
     let mut client = cluster.client();
     assert!(client.submit(vec![add(1, "a", 5, 0), add(2, "b", 7, 0)]).unwrap().is_committed());
-    let topology = twophase_net::admin::topology(cluster.coordinator, "local").unwrap();
+    let topology =
+        twophase_net::admin::topology(cluster.coordinator, "local", &twophase_net::Security::InsecurePlaintext)
+            .unwrap();
     let names: Vec<&str> = topology.iter().map(|(_, name, _)| name.as_str()).collect();
     assert_eq!(names, vec!["p1", "p2"]);
     assert_eq!(topology[1].2, cluster.participants[1].1);
     // A dump reads the store as it is: the client hears Committed before the participants
     // apply (they do once the coordinator's Commit record is durable), so wait for that.
     let (entries, end) = eventually("p2 to apply the commit", Duration::from_secs(10), || {
-        let (entries, end) = twophase_net::admin::dump(topology[1].2, "local").unwrap();
+        let (entries, end) =
+            twophase_net::admin::dump(topology[1].2, "local", &twophase_net::Security::InsecurePlaintext).unwrap();
         (end.prepared == 0).then_some((entries, end))
     });
     assert_eq!(entries, vec![(bytes::Bytes::from_static(b"b"), bytes::Bytes::copy_from_slice(&7i64.to_le_bytes()))]);

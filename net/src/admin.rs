@@ -1,7 +1,9 @@
 //! Admin requests for operators and the load generator's audit: a participant's whole state
 //! (`Dump`) and a coordinator's participants with their addresses (`Topology`).
+//!
+//! Both connect with the `admin` role: with TLS the certificate must be an admin's (a
+//! client's is refused as `Forbidden`).
 
-use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -10,13 +12,18 @@ use twophase_engine::{ClientId, ParticipantId};
 
 use crate::client::{ClientError, ClientOptions, Connection, resolve};
 use crate::frame::{AdminOp, DumpEnd, ErrorCode, Frame, ProtocolError, Role};
+use crate::tls::Security;
 
 /// Give up on an admin request after this long without progress.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn connect(addr: impl ToSocketAddrs, cluster: &str) -> Result<Connection, ClientError> {
-    let options =
-        ClientOptions { cluster: cluster.to_string(), request_timeout: ADMIN_TIMEOUT, ..ClientOptions::default() };
+fn connect(addr: impl ToSocketAddrs, cluster: &str, security: &Security) -> Result<Connection, ClientError> {
+    let options = ClientOptions {
+        cluster: cluster.to_string(),
+        request_timeout: ADMIN_TIMEOUT,
+        security: security.clone(),
+        ..ClientOptions::default()
+    };
     Connection::open(&resolve(addr)?, &options, ClientId(rand::random()), Role::Admin)
 }
 
@@ -36,7 +43,7 @@ fn request(
     op: AdminOp,
     mut take: impl FnMut(Frame) -> Result<bool, ClientError>,
 ) -> Result<(), ClientError> {
-    conn.stream.write_all(&Frame::AdminRequest(op).to_bytes())?;
+    conn.stream.send(&Frame::AdminRequest(op).to_bytes())?;
     let mut frames = Vec::new();
     let mut deadline = Instant::now() + ADMIN_TIMEOUT;
     loop {
@@ -54,10 +61,14 @@ fn request(
 }
 
 /// Every key and value a participant holds, and its counts at the time.
-pub fn dump(addr: impl ToSocketAddrs, cluster: &str) -> Result<(Vec<(Bytes, Bytes)>, DumpEnd), ClientError> {
+pub fn dump(
+    addr: impl ToSocketAddrs,
+    cluster: &str,
+    security: &Security,
+) -> Result<(Vec<(Bytes, Bytes)>, DumpEnd), ClientError> {
     let mut entries = Vec::new();
     let mut end = None;
-    request(connect(addr, cluster)?, AdminOp::Dump, |frame| match frame {
+    request(connect(addr, cluster, security)?, AdminOp::Dump, |frame| match frame {
         Frame::DumpChunk(chunk) => {
             entries.extend(chunk);
             Ok(false)
@@ -82,9 +93,10 @@ pub fn dump(addr: impl ToSocketAddrs, cluster: &str) -> Result<(Vec<(Bytes, Byte
 pub fn topology(
     addr: impl ToSocketAddrs,
     cluster: &str,
+    security: &Security,
 ) -> Result<Vec<(ParticipantId, String, SocketAddr)>, ClientError> {
     let mut participants = Vec::new();
-    request(connect(addr, cluster)?, AdminOp::Topology, |frame| match frame {
+    request(connect(addr, cluster, security)?, AdminOp::Topology, |frame| match frame {
         Frame::Topology(list) => {
             participants = list;
             Ok(true)

@@ -9,6 +9,11 @@
 //! Hot path (the load generator drives ~100,000 transactions/s through a few pipelines):
 //! submits are encoded straight into one reused buffer and written with one `write` per
 //! flush; replies are read in 64 KiB chunks and decoded a whole frame at a time.
+//!
+//! Security ([`ClientOptions::security`]): with TLS the connection is a blocking
+//! `rustls::StreamOwned` over the `TcpStream`, the server is verified against the cluster CA
+//! under the name [`SERVER_NAME`](crate::SERVER_NAME), and the `Hello` claims the cluster and
+//! name of the client's certificate (the server refuses any other claim).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -22,6 +27,7 @@ use twophase_engine::{ClientId, Epoch, Op, Outcome, ParticipantId, RejectReason,
 use crate::frame::{
     BatchWriter, ErrorCode, Frame, FrameDecoder, Hello, MessageTooLarge, NetLimits, ProtocolError, Role,
 };
+use crate::tls::Security;
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -38,6 +44,10 @@ pub struct ClientOptions {
     /// Sends of one request (client), or consecutive failed connections (pipeline), before
     /// giving up.
     pub max_attempts: u32,
+    /// Mutual TLS with a certificate whose role the server accepts, or insecure plaintext
+    /// (the default, which a TLS server refuses with `Unauthenticated`). With TLS the
+    /// cluster and the name sent in `Hello` are the certificate's; `cluster` is not used.
+    pub security: Security,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +58,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(5),
             busy_backoff: Duration::from_millis(10),
             max_attempts: 10,
+            security: Security::InsecurePlaintext,
         }
     }
 }
@@ -77,6 +88,9 @@ pub enum ClientError {
     SeqTooOld {
         seq: Seq,
     },
+    /// The TLS handshake or a TLS record failed (e.g. the server's certificate is not signed
+    /// by our CA); retrying does not help.
+    Tls(String),
     /// Every attempt failed; `last` is the last failure.
     GaveUp {
         attempts: u32,
@@ -95,6 +109,7 @@ impl fmt::Display for ClientError {
             ClientError::Io(err) => write!(f, "I/O error: {err}"),
             ClientError::Protocol(err) => write!(f, "protocol error from the server: {err}"),
             ClientError::TooLarge(err) => write!(f, "transaction too large: {err}"),
+            ClientError::Tls(message) => write!(f, "TLS failure: {message}"),
             ClientError::SeqTooOld { seq } => {
                 write!(f, "the coordinator no longer remembers the outcome of request {seq}")
             }
@@ -116,8 +131,13 @@ impl std::error::Error for ClientError {
 }
 
 impl From<io::Error> for ClientError {
+    /// rustls reports its own failures as `io::Error`s wrapping a `rustls::Error`; those
+    /// become [`ClientError::Tls`].
     fn from(err: io::Error) -> ClientError {
-        ClientError::Io(err)
+        match err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(tls) => ClientError::Tls(tls.to_string()),
+            None => ClientError::Io(err),
+        }
     }
 }
 
@@ -146,9 +166,53 @@ impl ClientError {
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The byte stream under a connection.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+
+    /// Whether rustls holds decrypted input already, readable without the socket.
+    fn has_buffered_input(&mut self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            // An error is reported by the next read.
+            Stream::Tls(tls) => {
+                tls.conn.process_new_packets().map_or(true, |state| state.plaintext_bytes_to_read() > 0)
+            }
+        }
+    }
+
+    /// Writes all of `bytes` (and, with TLS, every record they make) to the socket.
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(stream) => stream.write_all(bytes),
+            Stream::Tls(tls) => {
+                tls.write_all(bytes)?;
+                tls.flush()
+            }
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
 /// One handshaken connection to a coordinator.
 pub(crate) struct Connection {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     decoder: FrameDecoder,
     inbuf: BytesMut,
     scratch: Vec<u8>,
@@ -182,6 +246,22 @@ impl Connection {
         role: Role,
     ) -> Result<Connection, ClientError> {
         stream.set_nodelay(true)?;
+        let (stream, cluster, node) = match &options.security {
+            Security::InsecurePlaintext => {
+                (Stream::Plain(stream), options.cluster.clone(), format!("client-{:016x}", client.0))
+            }
+            Security::Tls(material) => {
+                // rustls reads whole records; a server that stops mid-record must not hang us.
+                stream.set_read_timeout(Some(options.request_timeout))?;
+                stream.set_write_timeout(Some(options.request_timeout))?;
+                let mut tls = rustls::StreamOwned::new(material.connect()?, stream);
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock).map_err(tls_handshake_error)?;
+                }
+                let identity = material.identity();
+                (Stream::Tls(Box::new(tls)), identity.cluster.clone(), identity.name.clone())
+            }
+        };
         let mut conn = Connection {
             stream,
             decoder: FrameDecoder::new(NetLimits::default()),
@@ -190,13 +270,8 @@ impl Connection {
             server_limits: NetLimits::default(),
             directory: Directory::default(),
         };
-        let hello = Hello {
-            role,
-            cluster: options.cluster.clone(),
-            node: format!("client-{:016x}", client.0),
-            epoch: Epoch(0),
-        };
-        conn.stream.write_all(&Frame::Hello(hello).to_bytes())?;
+        let hello = Hello { role, cluster: cluster.clone(), node, epoch: Epoch(0) };
+        conn.stream.send(&Frame::Hello(hello).to_bytes())?;
         let deadline = Instant::now() + options.request_timeout;
         let mut frames = Vec::new();
         loop {
@@ -204,10 +279,10 @@ impl Connection {
             if let Some(frame) = frames.drain(..).next() {
                 return match frame {
                     Frame::Welcome(welcome) => {
-                        if welcome.cluster != options.cluster {
+                        if welcome.cluster != cluster {
                             return Err(ClientError::Protocol(ProtocolError::new(
                                 ErrorCode::HandshakeRefused,
-                                format!("server is in cluster '{}', not '{}'", welcome.cluster, options.cluster),
+                                format!("server is in cluster '{}', not '{cluster}'", welcome.cluster),
                             )));
                         }
                         conn.server_limits = welcome.limits;
@@ -237,7 +312,9 @@ impl Connection {
             }
             return Ok(());
         }
-        if !wait_readable(&self.stream, deadline.saturating_duration_since(Instant::now()))? {
+        if !self.stream.has_buffered_input()
+            && !wait_readable(self.stream.tcp(), deadline.saturating_duration_since(Instant::now()))?
+        {
             return Ok(());
         }
         match self.stream.read(&mut self.scratch) {
@@ -251,12 +328,22 @@ impl Connection {
             {
                 return Ok(());
             }
-            Err(err) => return Err(ClientError::Io(err)),
+            Err(err) => return Err(err.into()),
         }
         while let Some(frame) = self.decoder.decode(&mut self.inbuf)? {
             frames.push(frame);
         }
         Ok(())
+    }
+}
+
+/// A failed TLS handshake, with a hint when the server does not speak TLS at all.
+fn tls_handshake_error(err: io::Error) -> ClientError {
+    match ClientError::from(err) {
+        ClientError::Tls(message) if message.contains("corrupt message") => {
+            ClientError::Tls(format!("{message} (is the server running with --insecure-plaintext?)"))
+        }
+        other => other,
     }
 }
 
@@ -389,7 +476,7 @@ impl Client {
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected");
-        conn.stream.write_all(self.writer.finish())?;
+        conn.stream.send(self.writer.finish())?;
         let deadline = Instant::now() + self.options.request_timeout;
         loop {
             conn.read_frames(deadline, &mut self.frames)?;
@@ -530,7 +617,7 @@ impl Pipeline {
             return Ok(());
         }
         let result = match self.conn.as_mut() {
-            Some(conn) => conn.stream.write_all(self.writer.finish()).map_err(ClientError::Io),
+            Some(conn) => conn.stream.send(self.writer.finish()).map_err(ClientError::from),
             None => Err(ClientError::Io(io::Error::new(io::ErrorKind::NotConnected, "not connected"))),
         };
         self.writer.clear();
@@ -681,7 +768,7 @@ impl Pipeline {
                     for seq in seqs {
                         self.writer.push(&self.outstanding[&seq])?;
                     }
-                    let written = conn.stream.write_all(self.writer.finish());
+                    let written = conn.stream.send(self.writer.finish());
                     self.writer.clear();
                     match written {
                         Ok(()) => {
@@ -689,7 +776,7 @@ impl Pipeline {
                             self.last_progress = Instant::now();
                             return Ok(());
                         }
-                        Err(err) => last = ClientError::Io(err),
+                        Err(err) => last = err.into(),
                     }
                 }
                 Err(err) if err.is_transient() => last = err,

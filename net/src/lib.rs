@@ -6,6 +6,10 @@
 //!   (hot-path encoder that rolls over to a new frame before the limits);
 //! - the handshake (`Hello` → `Welcome`, or `Error` and close) and the limits it announces
 //!   ([`NetLimits`]);
+//! - identity on every connection ([`tls`]): mutual TLS (rustls, `ring` provider, TLS 1.3)
+//!   with the cluster CA ([`TlsMaterial`], [`Security`]), and the [`PeerIdentity`] a
+//!   certificate names in its `twophase://<cluster>/<role>/<name>` URI SAN, handed to the
+//!   runtime with each accepted connection;
 //! - the TCP transport for servers and their peer links ([`transport`]): one `mio` event-loop
 //!   thread per process, batches in and out over crossbeam channels, reconnect with backoff;
 //! - the blocking client library ([`client`]): [`Client`] (one transaction at a time, retries
@@ -21,17 +25,24 @@
 //!   `Reader` likewise. Decoded keys and values are zero-copy slices of the frame.
 //! - Malformed input from the network is an error, never a panic: the transport answers it
 //!   with an `Error` frame, closes that connection and keeps serving every other one.
+//! - With TLS, no byte of a connection reaches the frame decoder before the peer's
+//!   certificate passed the full chain check, and a `Hello` is accepted only when it claims
+//!   exactly the certificate's cluster, role and name and that role may connect
+//!   (`Unauthenticated` / `Forbidden` otherwise; refusals never name the server's cluster).
+//!   On an accepted connection each role sends only its own data frame kinds.
 //! - Buffers are bounded: inbound by the frame limit and a per-poll read budget, outbound by
 //!   `max_outbound_bytes_per_conn` (a slower reader is disconnected), the inbound channel by
 //!   its capacity (the loop blocks, which pushes back through TCP).
 //!
-//! Must not: make protocol decisions (it never interprets a transaction, vote or outcome;
+//! Must not: fall back to plaintext on its own (a [`TransportConfig`] names its
+//! [`Security`]), make protocol decisions (it never interprets a transaction, vote or outcome;
 //! deduplication, busy replies and epochs belong to the engine and the runtime), depend on
 //! the wal or the node runtime, or block the engine thread (sending is a channel push).
 
 pub mod admin;
 pub mod client;
 pub mod frame;
+pub mod tls;
 pub mod transport;
 
 #[cfg(test)]
@@ -42,4 +53,5 @@ pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
     Hello, MAX_HELLO_FRAME_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError, Role, Welcome,
 };
+pub use tls::{PeerIdentity, SERVER_NAME, Security, TlsMaterial};
 pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};

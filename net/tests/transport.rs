@@ -15,16 +15,14 @@ use twophase_engine::{
 };
 use twophase_net::{
     BatchWriter, Client, ClientError, ClientOptions, ErrorCode, ErrorFrame, Frame, FrameDecoder, Hello, Inbound,
-    NetLimits, PeerId, Pipeline, Role, Transport, TransportConfig, spawn,
+    NetLimits, PeerId, Pipeline, Role, Security, Transport, TransportConfig, spawn,
 };
 
 fn coordinator_config() -> TransportConfig {
-    let mut config = TransportConfig::new(Hello {
-        role: Role::Coordinator,
-        cluster: "local".into(),
-        node: "c1".into(),
-        epoch: Epoch(1),
-    });
+    let mut config = TransportConfig::new(
+        Hello { role: Role::Coordinator, cluster: "local".into(), node: "c1".into(), epoch: Epoch(1) },
+        Security::InsecurePlaintext,
+    );
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.accept_roles = vec![Role::Client];
     config.directory = vec![(ParticipantId(1), "p1".into()), (ParticipantId(2), "p2".into())];
@@ -197,6 +195,12 @@ fn clients_are_served_and_bad_connections_get_an_error_and_a_close() {
     let frames = raw_exchange(addr, &bad_batch, false);
     assert!(matches!(frames[0], Frame::Welcome(_)), "{frames:?}");
     expect_error(&frames, ErrorCode::BatchTooLarge, "exceeds the limit of 65536");
+    // A frame the client's role may not send (votes and acks are a participant's).
+    let mut wrong_kind = hello(Role::Client, "local");
+    wrong_kind.extend_from_slice(&Frame::ToCoordinator(vec![ToCoordinator::Ack { txid: TxId(1) }]).to_bytes());
+    let frames = raw_exchange(addr, &wrong_kind, false);
+    assert!(matches!(frames[0], Frame::Welcome(_)), "{frames:?}");
+    expect_error(&frames, ErrorCode::UnexpectedFrame, "a client may not send ToCoordinator frames");
 
     // The client library reports a refusal with the server's words.
     let err = Client::connect(addr, ClientOptions { cluster: "prod".into(), ..options() }).err().unwrap();
@@ -264,24 +268,20 @@ fn recv_until(rx: &Receiver<Vec<Inbound>>, mut want: impl FnMut(&Inbound) -> boo
 #[test]
 fn peers_connect_exchange_batches_and_report_down() {
     // A participant that accepts coordinators.
-    let mut participant_config = TransportConfig::new(Hello {
-        role: Role::Participant,
-        cluster: "local".into(),
-        node: "p1".into(),
-        epoch: Epoch(0),
-    });
+    let mut participant_config = TransportConfig::new(
+        Hello { role: Role::Participant, cluster: "local".into(), node: "p1".into(), epoch: Epoch(0) },
+        Security::InsecurePlaintext,
+    );
     participant_config.listen = Some("127.0.0.1:0".parse().unwrap());
     participant_config.accept_roles = vec![Role::Coordinator];
     let (participant_tx, participant_rx) = crossbeam_channel::bounded(16);
     let (participant, participant_addr) = spawn(participant_config, participant_tx).unwrap();
 
     // A coordinator that only connects out.
-    let coordinator_config = TransportConfig::new(Hello {
-        role: Role::Coordinator,
-        cluster: "local".into(),
-        node: "c1".into(),
-        epoch: Epoch(4),
-    });
+    let coordinator_config = TransportConfig::new(
+        Hello { role: Role::Coordinator, cluster: "local".into(), node: "c1".into(), epoch: Epoch(4) },
+        Security::InsecurePlaintext,
+    );
     let (coordinator_tx, coordinator_rx) = crossbeam_channel::bounded(16);
     let (coordinator, _) = spawn(coordinator_config, coordinator_tx).unwrap();
     coordinator.add_peer(PeerId(1), participant_addr, "p1".into());
@@ -292,12 +292,13 @@ fn peers_connect_exchange_batches_and_report_down() {
     };
     assert_eq!((peer, welcome.node.as_str(), welcome.role), (PeerId(1), "p1", Role::Participant));
 
-    let Inbound::Accepted { conn: coordinator_conn, hello } =
+    let Inbound::Accepted { conn: coordinator_conn, hello, identity } =
         recv_until(&participant_rx, |event| matches!(event, Inbound::Accepted { .. }))
     else {
         unreachable!()
     };
     assert_eq!((hello.role, hello.epoch), (Role::Coordinator, Epoch(4)));
+    assert_eq!((identity.role, identity.name.as_str(), identity.authenticated), (Role::Coordinator, "c1", false));
 
     let txid = TxId::new(Epoch(4), 1);
     let mut writer = BatchWriter::<ToParticipant>::new(&welcome.limits);

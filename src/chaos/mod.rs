@@ -77,6 +77,7 @@ fn client_options(cluster: &str) -> ClientOptions {
         request_timeout: REQUEST_TIMEOUT,
         busy_backoff: RECONNECT_PAUSE,
         max_attempts: (RECONNECT_FOR.as_millis() / RECONNECT_PAUSE.as_millis()) as u32,
+        security: twophase_net::Security::InsecurePlaintext,
     }
 }
 

@@ -311,7 +311,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         node: options.id.clone(),
         epoch: engine.epoch(),
     };
-    let mut transport_config = TransportConfig::new(me);
+    let mut transport_config = TransportConfig::new(me, twophase_net::Security::InsecurePlaintext);
     transport_config.listen = Some(options.listen);
     transport_config.accept_roles = vec![NetRole::Client, NetRole::Admin];
     transport_config.directory = options.participants.iter().map(|(id, name, _)| (*id, name.clone())).collect();

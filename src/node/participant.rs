@@ -106,7 +106,7 @@ impl Role for ParticipantRole {
 
     fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut PartEffects) {
         match inbound {
-            Inbound::Accepted { conn, hello } if hello.role == NetRole::Coordinator => {
+            Inbound::Accepted { conn, hello, .. } if hello.role == NetRole::Coordinator => {
                 let serving = self.coordinators.accept(conn, hello.epoch);
                 tracing::info!(conn, coordinator = %hello.node, epoch = hello.epoch.0, serving, "coordinator connected");
                 if serving {
@@ -114,7 +114,7 @@ impl Role for ParticipantRole {
                     self.engine.on_coordinator_connected(now, hello.epoch, fx);
                 }
             }
-            Inbound::Accepted { conn, hello } if hello.role == NetRole::Admin => {
+            Inbound::Accepted { conn, hello, .. } if hello.role == NetRole::Admin => {
                 self.admins.insert(conn);
             }
             Inbound::Accepted { .. } | Inbound::PeerUp { .. } | Inbound::PeerDown { .. } => {}
@@ -199,7 +199,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         node: options.name.clone(),
         epoch: Default::default(),
     };
-    let mut transport_config = TransportConfig::new(me);
+    let mut transport_config = TransportConfig::new(me, twophase_net::Security::InsecurePlaintext);
     transport_config.listen = Some(options.listen);
     transport_config.accept_roles = vec![NetRole::Coordinator, NetRole::Admin];
     transport_config.limits = limits;

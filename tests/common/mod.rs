@@ -285,7 +285,8 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
 /// A participant's state through the admin `Dump` frame: its integer values by key, and
 /// (prepared, in doubt) transaction counts.
 pub fn dump_ints(addr: SocketAddr) -> (std::collections::BTreeMap<String, i64>, (u32, u32)) {
-    let (entries, end) = twophase_net::admin::dump(addr, "local").unwrap_or_else(|err| panic!("dump of {addr}: {err}"));
+    let (entries, end) = twophase_net::admin::dump(addr, "local", &twophase_net::Security::InsecurePlaintext)
+        .unwrap_or_else(|err| panic!("dump of {addr}: {err}"));
     let values = entries
         .into_iter()
         .map(|(key, value)| {

@@ -16,6 +16,14 @@ pub enum ErrorCode {
     HandshakeRefused,
     UnexpectedFrame,
     Overloaded,
+    /// TLS: no client certificate, one not signed by the cluster CA (or expired, or not for
+    /// client authentication), one without a twophase identity, or one of another cluster;
+    /// also a plaintext connection to a TLS server. The message never names the server's
+    /// cluster.
+    Unauthenticated,
+    /// TLS: the certificate is valid but its role may not connect to this server, or the
+    /// `Hello` claims another cluster, role or name than the certificate.
+    Forbidden,
     /// A code this build does not know (sent by a newer peer).
     Other(u16),
 }
@@ -30,6 +38,8 @@ impl ErrorCode {
             ErrorCode::HandshakeRefused => 5,
             ErrorCode::UnexpectedFrame => 6,
             ErrorCode::Overloaded => 7,
+            ErrorCode::Unauthenticated => 8,
+            ErrorCode::Forbidden => 9,
             ErrorCode::Other(code) => code,
         }
     }
@@ -43,6 +53,8 @@ impl ErrorCode {
             5 => ErrorCode::HandshakeRefused,
             6 => ErrorCode::UnexpectedFrame,
             7 => ErrorCode::Overloaded,
+            8 => ErrorCode::Unauthenticated,
+            9 => ErrorCode::Forbidden,
             other => ErrorCode::Other(other),
         }
     }
@@ -56,6 +68,8 @@ impl ErrorCode {
             ErrorCode::HandshakeRefused => "handshake refused",
             ErrorCode::UnexpectedFrame => "unexpected frame",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Other(_) => "unknown error",
         }
     }

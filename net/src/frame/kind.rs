@@ -22,6 +22,11 @@ impl Role {
         })
     }
 
+    /// The role called `name` (as [`Role::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::Client, Role::Coordinator, Role::Participant, Role::Admin].into_iter().find(|role| role.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Client => "client",

@@ -269,3 +269,15 @@ proptest::proptest! {
         let _ = decode_one(&data, NetLimits::default());
     }
 }
+
+#[test]
+fn every_error_code_round_trips_through_its_number() {
+    for number in 0..=12u16 {
+        let code = ErrorCode::from_code(number);
+        assert_eq!(code.code(), number);
+        assert_eq!(matches!(code, ErrorCode::Other(_)), !(1..=9).contains(&number), "{code}");
+    }
+    assert_eq!(ErrorCode::from_code(8), ErrorCode::Unauthenticated);
+    assert_eq!(ErrorCode::from_code(9), ErrorCode::Forbidden);
+    assert_eq!(ErrorCode::Forbidden.to_string(), "forbidden (9)");
+}

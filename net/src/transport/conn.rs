@@ -10,8 +10,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 
 use super::reactor::Reactor;
+use super::tls_io::{self, TlsInput};
 use super::{ConnId, Inbound, PeerId};
 use crate::frame::{ErrorCode, FrameDecoder, ProtocolError};
+use crate::tls::PeerIdentity;
 
 /// Bytes read from one connection per loop iteration before the others get a turn.
 const READ_BUDGET: usize = 1024 * 1024;
@@ -47,6 +49,42 @@ pub(super) struct Conn {
     pub(super) out_bytes: usize,
     pub(super) dirty: bool,
     pub(super) write_shut: bool,
+    /// The TLS session (server side when accepted, client side when dialled); `None` on an
+    /// insecure plaintext transport.
+    pub(super) tls: Option<rustls::Connection>,
+    /// Nothing was received yet (a TLS server tells a plaintext client from the first bytes).
+    pub(super) awaiting_first_input: bool,
+    pub(super) close_notify_sent: bool,
+    /// Who the peer is. TLS: from its certificate, set the moment the TLS handshake
+    /// completes (before any frame is decoded). Plaintext: the accepted `Hello`'s claim.
+    pub(super) identity: Option<PeerIdentity>,
+}
+
+impl Conn {
+    /// Output not yet handed to the kernel: queued frames or encrypted records.
+    pub(super) fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Takes bytes just read from the socket: plaintext straight into the input buffer,
+    /// TLS records through rustls.
+    fn take_input(&mut self, bytes: &[u8]) -> TlsInput {
+        let first_input = std::mem::replace(&mut self.awaiting_first_input, false);
+        match self.tls.as_mut() {
+            None => {
+                self.inbuf.extend_from_slice(bytes);
+                TlsInput::Fed
+            }
+            Some(tls) => {
+                let input = tls_io::feed(tls, bytes, first_input, &mut self.inbuf);
+                if let TlsInput::Failed(_) = input {
+                    // Best effort: the alert rustls queued tells the peer why.
+                    let _ = tls.write_tls(&mut self.stream);
+                }
+                input
+            }
+        }
+    }
 }
 
 impl Reactor {
@@ -91,6 +129,7 @@ impl Reactor {
         }
         let mut budget = READ_BUDGET;
         let mut lost = None;
+        let mut not_tls = false;
         loop {
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
@@ -99,7 +138,23 @@ impl Reactor {
                 }
                 Ok(n) => {
                     if conn.state != State::Closing {
-                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                        match conn.take_input(&self.scratch[..n]) {
+                            TlsInput::Fed => {}
+                            TlsInput::PeerClosed => {
+                                lost = Some("closed by peer (TLS close_notify)".to_string());
+                                break;
+                            }
+                            TlsInput::NotTls => {
+                                not_tls = true;
+                                break;
+                            }
+                            TlsInput::Failed(reason) => {
+                                // Certificates that do not verify end here: operators must see it.
+                                tracing::warn!(conn = id, peer = ?conn.peer, "TLS failure: {reason}");
+                                lost = Some(format!("TLS: {reason}"));
+                                break;
+                            }
+                        }
                     }
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
@@ -118,15 +173,20 @@ impl Reactor {
                 }
             }
         }
-        // Frames that arrived before an EOF still count.
-        self.decode_frames(id);
+        if not_tls {
+            return self.refuse_plaintext_client(id);
+        }
+        // Frames that arrived before an EOF still count (once the peer's certificate passed).
+        if self.after_tls_input(id) {
+            self.decode_frames(id);
+        }
         let Some(reason) = lost else { return };
         let Some(conn) = self.conns.get(&id) else { return };
         if conn.state != State::Closing && !conn.inbuf.is_empty() {
             // The peer may still read: tell it its last frame was cut short.
             let message = format!("connection closed in the middle of a frame ({} bytes buffered)", conn.inbuf.len());
             self.fail(id, ProtocolError::new(ErrorCode::Malformed, message));
-            if self.conns.get(&id).is_some_and(|conn| !conn.out.is_empty()) {
+            if self.conns.get(&id).is_some_and(Conn::has_output) {
                 return; // the linger deadline closes it
             }
         }
@@ -152,11 +212,27 @@ impl Reactor {
         }
     }
 
+    /// A plaintext client dialled this TLS server: it is told so in plaintext, since it
+    /// cannot read anything else.
+    fn refuse_plaintext_client(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.tls = None;
+        conn.inbuf.clear();
+        tracing::warn!(conn = id, "refusing a plaintext connection: this server requires TLS");
+        let message = "this server requires TLS with a client certificate signed by the cluster's CA";
+        self.fail(id, ProtocolError::new(ErrorCode::Unauthenticated, message));
+    }
+
     /// Sends an error frame and closes the connection once it is flushed.
     pub(super) fn fail(&mut self, id: ConnId, error: ProtocolError) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.state == State::Closing {
             return;
+        }
+        if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+            // No frame can reach a peer before the TLS handshake completes.
+            tracing::debug!(conn = id, "closing during the TLS handshake: {error}");
+            return self.drop_conn(id);
         }
         conn.state = State::Closing;
         conn.inbuf = BytesMut::new();
@@ -183,6 +259,15 @@ impl Reactor {
         conn.dirty = false;
         if conn.state == State::Connecting {
             return;
+        }
+        if let Some(tls) = conn.tls.as_mut() {
+            let mut written = tls_io::write_through(tls, &mut conn.stream, &mut conn.out, &mut conn.out_bytes);
+            if written.is_ok() && conn.state == State::Closing && conn.out.is_empty() && !conn.close_notify_sent {
+                conn.close_notify_sent = true;
+                tls.send_close_notify();
+                written = tls_io::write_through(tls, &mut conn.stream, &mut conn.out, &mut conn.out_bytes);
+            }
+            return self.after_write(id, written.err());
         }
         let mut failed = None;
         while !conn.out.is_empty() {
@@ -218,7 +303,14 @@ impl Reactor {
                 }
             }
         }
-        if failed.is_none() && conn.state == State::Closing && conn.out.is_empty() && !conn.write_shut {
+        self.after_write(id, failed);
+    }
+
+    /// Once a closing connection's output is all in the kernel, shuts its write side; a
+    /// failed write drops the connection.
+    fn after_write(&mut self, id: ConnId, failed: Option<String>) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if failed.is_none() && conn.state == State::Closing && !conn.has_output() && !conn.write_shut {
             conn.write_shut = true;
             let _ = conn.stream.shutdown(Shutdown::Write);
         }

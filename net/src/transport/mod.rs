@@ -23,12 +23,14 @@ mod handle;
 mod handshake;
 mod peer;
 mod reactor;
+mod tls_io;
 
 use std::net::SocketAddr;
 
 use twophase_engine::ParticipantId;
 
 use crate::frame::{Frame, Hello, NetLimits, Role, Welcome};
+use crate::tls::{PeerIdentity, Security};
 
 pub use handle::{Transport, spawn};
 pub use reactor::Reactor;
@@ -56,11 +58,15 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// A connection whose unsent output grows beyond this is a slow reader: disconnected.
     pub max_outbound_bytes_per_conn: usize,
+    /// Mutual TLS (the certificate must name `me`) or insecure plaintext, for accepted and
+    /// dialled connections alike.
+    pub security: Security,
 }
 
 impl TransportConfig {
-    /// A configuration with default limits, listening nowhere and accepting no role.
-    pub fn new(me: Hello) -> TransportConfig {
+    /// A configuration with default limits, listening nowhere and accepting no role. No
+    /// default security: a server never falls back to plaintext by omission.
+    pub fn new(me: Hello, security: Security) -> TransportConfig {
         TransportConfig {
             listen: None,
             me,
@@ -69,6 +75,7 @@ impl TransportConfig {
             limits: NetLimits::default(),
             max_connections: 4096,
             max_outbound_bytes_per_conn: 64 * 1024 * 1024,
+            security,
         }
     }
 }
@@ -76,8 +83,9 @@ impl TransportConfig {
 /// What the transport hands the runtime, in batches.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A connecting side completed its handshake.
-    Accepted { conn: ConnId, hello: Hello },
+    /// A connecting side completed its handshake. `identity`: who it is — proved by its
+    /// certificate with TLS (`authenticated`), the `Hello`'s claim on plaintext.
+    Accepted { conn: ConnId, hello: Hello, identity: PeerIdentity },
     /// An outbound peer connection completed its handshake.
     PeerUp { peer: PeerId, conn: ConnId, welcome: Welcome },
     /// A peer that was up lost its connection; the transport is reconnecting.

@@ -16,6 +16,7 @@ use super::handshake::HANDSHAKE_TIMEOUT;
 use super::peer::Peer;
 use super::{ConnId, Inbound, PeerId, TransportConfig};
 use crate::frame::{ErrorCode, Frame, FrameDecoder, MAX_HELLO_FRAME_BYTES, ProtocolError, Welcome};
+use crate::tls::Security;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -52,6 +53,19 @@ pub struct Reactor {
 impl Reactor {
     /// Binds the listener (if any). Returns the reactor and the bound address.
     pub fn new(config: TransportConfig) -> io::Result<(Reactor, SocketAddr)> {
+        if let Security::Tls(material) = &config.security
+            && !material.identity().matches(&config.me)
+        {
+            let me = &config.me;
+            let message = format!(
+                "this node is {} '{}' of cluster '{}' but its certificate names {}",
+                me.role,
+                me.node,
+                me.cluster,
+                material.identity()
+            );
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (listener, bound) = match config.listen {
@@ -176,12 +190,11 @@ impl Reactor {
     /// every open connection's output is in the kernel.
     pub fn write_out(&mut self) -> bool {
         self.flush_dirty();
-        let pending: Vec<ConnId> =
-            self.conns.iter().filter(|(_, conn)| !conn.out.is_empty()).map(|(id, _)| *id).collect();
+        let pending: Vec<ConnId> = self.conns.iter().filter(|(_, conn)| conn.has_output()).map(|(id, _)| *id).collect();
         for id in pending {
             self.flush_conn(id);
         }
-        self.conns.values().filter(|conn| conn.state == State::Open).all(|conn| conn.out.is_empty())
+        self.conns.values().filter(|conn| conn.state == State::Open).all(|conn| !conn.has_output())
     }
 
     /// Blocks until [`Reactor::write_out`] succeeds or `timeout` passes; returns which.
@@ -205,6 +218,7 @@ impl Reactor {
     }
 
     pub(super) fn new_conn(&mut self, mut stream: TcpStream, state: State, peer: Option<PeerId>) -> io::Result<ConnId> {
+        let tls = self.new_tls(state == State::AwaitHello)?;
         let id = self.next_conn;
         self.next_conn += 1;
         self.poll.registry().register(&mut stream, Token(id as usize), Interest::READABLE | Interest::WRITABLE)?;
@@ -225,6 +239,10 @@ impl Reactor {
                 out_bytes: 0,
                 dirty: false,
                 write_shut: false,
+                tls,
+                awaiting_first_input: true,
+                close_notify_sent: false,
+                identity: None,
             },
         );
         self.handshake_deadlines.push_back((Instant::now() + HANDSHAKE_TIMEOUT, id));
