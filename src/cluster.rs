@@ -325,12 +325,13 @@ pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode
     options.data_dir = std::fs::canonicalize(&options.data_dir)
         .with_context(|| format!("resolving {}", options.data_dir.display()))?;
     let mut cluster = LocalCluster::start(&options)?;
+    // Written before the addresses are printed: whoever waits for them may use it at once.
+    let config = options.data_dir.join("client.toml");
+    ClientFile::for_cluster(cluster.coordinator, &options.cluster, &cluster.client, &cluster.admin).write(&config)?;
     for (name, addr) in &cluster.participants {
         println!("participant {name} listening on {addr}");
     }
     println!("coordinator {COORDINATOR_NAME} listening on {}", cluster.coordinator);
-    let config = options.data_dir.join("client.toml");
-    ClientFile::for_cluster(cluster.coordinator, &options.cluster, &cluster.client, &cluster.admin).write(&config)?;
     println!("cluster running; Ctrl-C stops it. Submit transactions with:");
     println!("  twophase tx --config {} add p1:alice=100", config.display());
     let mut code = ExitCode::SUCCESS;

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
 use twophase_bench::{Audit, BankLayout, LoadOptions, LoadResult, Report, audit, audit_with_baseline};
-use twophase_net::admin;
+use twophase_net::{ClientOptions, Security, admin};
 
 use crate::client_config::ClientFile;
 use crate::cluster::{ClusterOptions, LocalCluster};
@@ -151,12 +151,21 @@ pub(crate) struct Target {
     pub(crate) layout: BankLayout,
     /// Participant name and the address its dump is read from.
     pub(crate) participants: Vec<(String, SocketAddr)>,
+    /// What the load's client connections present.
+    pub(crate) client: Security,
+    /// What the topology and state reads (admin connections) present.
+    pub(crate) admin: Security,
 }
 
 impl Target {
     /// Asks the coordinator for its participants and lays the bank out over all of them.
-    pub(crate) fn discover(coordinator: SocketAddr, cluster: &str, args: &WorkloadArgs) -> anyhow::Result<Target> {
-        let topology = admin::topology(coordinator, cluster, &twophase_net::Security::InsecurePlaintext)
+    pub(crate) fn discover(
+        coordinator: SocketAddr,
+        cluster: &str,
+        (client, admin): (Security, Security),
+        args: &WorkloadArgs,
+    ) -> anyhow::Result<Target> {
+        let topology = admin::topology(coordinator, cluster, &admin)
             .with_context(|| format!("asking the coordinator at {coordinator} for its participants"))?;
         if topology.is_empty() {
             bail!("the coordinator at {coordinator} has no participants");
@@ -168,11 +177,17 @@ impl Target {
         };
         layout.validate()?;
         let participants = topology.into_iter().map(|(_, name, addr)| (name, addr)).collect();
-        Ok(Target { coordinator, cluster: cluster.to_string(), layout, participants })
+        Ok(Target { coordinator, cluster: cluster.to_string(), layout, participants, client, admin })
+    }
+
+    /// How the run's client connections connect (its cluster, its certificate).
+    pub(crate) fn client_options(&self) -> ClientOptions {
+        ClientOptions { cluster: self.cluster.clone(), security: self.client.clone(), ..ClientOptions::default() }
     }
 
     pub(crate) fn load_options(&self, args: &WorkloadArgs, sample_pids: Vec<(String, u32)>) -> LoadOptions {
         let mut options = LoadOptions::new(self.coordinator, self.cluster.clone(), self.layout.clone());
+        options.client.security = self.client.clone();
         options.duration = args.duration;
         options.connections = args.connections;
         options.outstanding = args.outstanding;
@@ -213,9 +228,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
-    let target = Target::discover(cluster.coordinator, "demo", &args.workload)?;
+    let identities = (cluster.client.load("the demo's load")?, cluster.admin.load("the demo's audit")?);
+    let target = Target::discover(cluster.coordinator, "demo", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
-    twophase_bench::setup_accounts(target.coordinator, &target.cluster, &target.layout)?;
+    twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
     let mut pids = cluster.pids();
     pids.push(("loadgen".into(), std::process::id()));
     let result = twophase_bench::run_load(&target.load_options(&args.workload, pids))?;
@@ -238,14 +254,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// the load, so nothing else may write to the accounts during the run.
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let bench = args.target()?;
-    let target = Target::discover(bench.coordinator, &bench.cluster, &args.workload)?;
+    let identities = (bench.client.load("the bench's load")?, bench.admin.load("the bench's audit")?);
+    let target = Target::discover(bench.coordinator, &bench.cluster, identities, &args.workload)?;
     let (mut before, _) = settled_states(&target)?;
     let present = present_accounts(&target.layout, &before);
     let missing = present.iter().filter(|held| !**held).count();
     if missing > 0 {
         eprintln!("creating {missing} accounts of {}", args.workload.initial_balance);
         let wanted = |account: u64| !present[account as usize];
-        twophase_bench::setup_accounts_where(target.coordinator, &target.cluster, &target.layout, wanted)?;
+        twophase_bench::setup_accounts_where(target.coordinator, &target.client_options(), &target.layout, wanted)?;
         before = settled_states(&target)?.0;
     }
     let result = twophase_bench::run_load(&target.load_options(&args.workload, Vec::new()))?;

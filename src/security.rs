@@ -8,10 +8,12 @@
 //! crate's `TlsMaterial` does).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
+use twophase_net::{Security, TlsMaterial};
 
 /// The flags every server and client command takes.
 #[derive(Args, Clone, Debug, Default)]
@@ -82,8 +84,29 @@ impl TlsFiles {
         TlsFiles::Tls { ca: crate::certs::ca_path(dir), cert, key }
     }
 
-    pub fn is_plaintext(&self) -> bool {
-        matches!(self, TlsFiles::InsecurePlaintext)
+    /// Reads the files for the transport or the client library (a bad file is an error
+    /// here, at start). Plaintext is logged loudly: `what` says who runs without TLS.
+    pub fn load(&self, what: &str) -> anyhow::Result<Security> {
+        match self {
+            TlsFiles::Tls { ca, cert, key } => {
+                let material = TlsMaterial::load(ca, cert, key).with_context(|| {
+                    format!(
+                        "loading the TLS files --ca {} --cert {} --key {}",
+                        ca.display(),
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+                Ok(Security::Tls(Arc::new(material)))
+            }
+            TlsFiles::InsecurePlaintext => {
+                tracing::warn!(
+                    "INSECURE PLAINTEXT: {what} runs without TLS (--insecure-plaintext): its connections are neither \
+                     encrypted nor authenticated, and any process that reaches it may claim any identity"
+                );
+                Ok(Security::InsecurePlaintext)
+            }
+        }
     }
 
     /// The flags that give a child process this choice.

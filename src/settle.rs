@@ -50,7 +50,7 @@ fn read_all(target: &Target) -> anyhow::Result<(States, bool, Vec<String>)> {
     let mut fsync = true;
     let mut left = Vec::new();
     for (name, addr) in &target.participants {
-        let (entries, end) = admin::dump(addr, &target.cluster, &twophase_net::Security::InsecurePlaintext)
+        let (entries, end) = admin::dump(addr, &target.cluster, &target.admin)
             .map_err(|err| anyhow::anyhow!("reading the state of participant {name} at {addr}: {err}"))?;
         fsync &= end.fsync;
         if end.prepared > 0 || end.in_doubt > 0 {

@@ -44,9 +44,13 @@ pub fn run(args: TxArgs) -> anyhow::Result<ExitCode> {
     let file = ClientFile::read(args.config.as_deref())?;
     let coordinator = args.coordinator.or(file.coordinator.clone()).unwrap_or_else(|| "127.0.0.1:7000".into());
     let cluster = args.cluster.or(file.cluster.clone()).unwrap_or_else(|| "local".into());
-    let _security = args.security.resolve(file.security())?;
-    let options =
-        ClientOptions { cluster, request_timeout: Duration::from_millis(args.timeout_ms), ..ClientOptions::default() };
+    let security = args.security.resolve(file.security())?.load("this client")?;
+    let options = ClientOptions {
+        cluster,
+        request_timeout: Duration::from_millis(args.timeout_ms),
+        security,
+        ..ClientOptions::default()
+    };
     let mut client = Client::connect(coordinator.as_str(), options)
         .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {err}"))?;
     let ops = opsyntax::resolve(named.clone(), client.directory().participants())?;

@@ -16,13 +16,16 @@ const EVERY: &str = "40";
 const TRANSFERS: i64 = 150;
 
 fn client(coordinator: &Node) -> Client {
-    let options =
-        ClientOptions { client_id: Some(CLIENT), request_timeout: Duration::from_secs(20), ..ClientOptions::default() };
+    let options = ClientOptions {
+        client_id: Some(CLIENT),
+        request_timeout: Duration::from_secs(20),
+        ..common::client_options(&coordinator.data_dir)
+    };
     Client::connect(coordinator.addr, options).expect("connecting to the coordinator")
 }
 
 fn balances(p1: &Node, p2: &Node) -> (Option<i64>, Option<i64>) {
-    (dump_ints(p1.addr).0.get("a").copied(), dump_ints(p2.addr).0.get("b").copied())
+    (dump_ints(p1).0.get("a").copied(), dump_ints(p2).0.get("b").copied())
 }
 
 #[test]

@@ -51,7 +51,7 @@ struct Side {
 
 impl Side {
     fn read(participant: &Node, key: &str) -> Side {
-        let (values, (prepared, in_doubt)) = dump_ints(participant.addr);
+        let (values, (prepared, in_doubt)) = dump_ints(participant);
         Side { value: values.get(key).copied(), prepared, in_doubt }
     }
 
@@ -115,31 +115,31 @@ impl Nodes {
     }
 }
 
-fn options(attempts: u32) -> ClientOptions {
+fn options(data_dir: &std::path::Path, attempts: u32) -> ClientOptions {
     ClientOptions {
         client_id: Some(CLIENT),
         request_timeout: Duration::from_secs(20),
         busy_backoff: Duration::from_millis(50),
         max_attempts: attempts,
-        ..ClientOptions::default()
+        ..common::client_options(data_dir)
     }
 }
 
 /// Submits the transfer as request 1 of [`CLIENT`] on a new connection.
-fn submit(coordinator: std::net::SocketAddr, attempts: u32) -> Result<Outcome, ClientError> {
-    Client::connect(coordinator, options(attempts))?.submit(transfer())
+fn submit(coordinator: &Node, attempts: u32) -> Result<Outcome, ClientError> {
+    Client::connect(coordinator.addr, options(&coordinator.data_dir, attempts))?.submit(transfer())
 }
 
 /// Submits the transfer in the background, trying once: the coordinator is about to die.
 fn submit_once_in_background(nodes: &Nodes) -> std::thread::JoinHandle<Result<Outcome, ClientError>> {
-    let coordinator = nodes.c1.addr;
-    std::thread::spawn(move || submit(coordinator, 1))
+    let (coordinator, options) = (nodes.c1.addr, options(&nodes.c1.data_dir, 1));
+    std::thread::spawn(move || Client::connect(coordinator, options)?.submit(transfer()))
 }
 
 /// The retry of `(CLIENT, 1)` after a restart: the outcome, the same on every ask.
 fn retry(nodes: &Nodes) -> Outcome {
-    let outcome = submit(nodes.c1.addr, 10).expect("the retry gets an outcome");
-    let again = submit(nodes.c1.addr, 10).expect("a second retry gets an outcome");
+    let outcome = submit(&nodes.c1, 10).expect("the retry gets an outcome");
+    let again = submit(&nodes.c1, 10).expect("a second retry gets an outcome");
     assert_eq!(again, outcome, "the coordinator answers a retried (client, seq) with one outcome");
     outcome
 }
@@ -232,11 +232,11 @@ fn coordinator_dies_after_its_commit_record_is_durable_and_the_commit_completes_
 fn participant_dies_while_prepared_and_commits_on_restart_once_the_coordinator_says_so() {
     let mut nodes = Nodes::start(Victim::P1, "participant-vote-sent", PATIENT);
     // Both Yes votes arrived, so the coordinator commits and tells the client at once.
-    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
     assert!(outcome.is_committed(), "{outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     let (b, _) = eventually("p2 to apply the commit", SETTLE_TIMEOUT, || {
-        let (values, counts) = dump_ints(nodes.p2.addr);
+        let (values, counts) = dump_ints(&nodes.p2);
         (counts.0 == 0).then(|| (values.get("b").copied(), counts))
     });
     assert_eq!(b, Some(10));
@@ -251,7 +251,7 @@ fn participant_dies_while_prepared_and_commits_on_restart_once_the_coordinator_s
 #[test]
 fn participant_dies_before_voting_and_the_transaction_aborts() {
     let mut nodes = Nodes::start(Victim::P1, "participant-prepared-durable", QUICK_ABORT);
-    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
     assert!(is_abort_for_silent_p1(&outcome), "p1 never voted, so the transaction aborts: {outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     nodes.p1.restart(&[]);
@@ -300,7 +300,7 @@ fn coordinator_dies_after_sending_commit_to_one_participant_and_the_other_commit
 #[test]
 fn participant_dies_after_applying_a_commit_before_acking_and_stays_committed() {
     let mut nodes = Nodes::start(Victim::P1, "participant-committed-applied", PATIENT);
-    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
     assert!(outcome.is_committed(), "{outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     nodes.p1.restart(&[]);
@@ -342,7 +342,7 @@ fn coordinator_dies_in_the_middle_of_writing_its_commit_record_and_the_restart_c
 fn participant_dies_in_the_middle_of_writing_its_prepared_record_and_the_transaction_aborts() {
     // p1's first group of records holds the transfer's Prepared (and the coordinator's epoch).
     let mut nodes = Nodes::start(Victim::P1, "wal-mid-group@1", QUICK_ABORT);
-    let outcome = submit(nodes.c1.addr, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
     assert!(is_abort_for_silent_p1(&outcome), "{outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     nodes.p1.restart(&[]);
@@ -370,7 +370,7 @@ fn in_doubt_participants_keep_their_locks_until_the_coordinator_returns_then_the
     let committed = nodes.settled();
     eprintln!("resolved {:?} after the coordinator's restart began (committed: {committed})", restarted.elapsed());
     // The locks are gone: a new transaction on the same keys commits.
-    let mut client = Client::connect(nodes.c1.addr, ClientOptions::default()).unwrap();
+    let mut client = Client::connect(nodes.c1.addr, common::client_options(&nodes.c1.data_dir)).unwrap();
     assert!(client.submit(transfer()).unwrap().is_committed(), "the keys are usable again");
     // Applied once the Commit record is durable, which may be just after the client heard.
     let moved = if committed { 20 } else { 10 };

@@ -40,6 +40,8 @@ fn a_short_demo_commits_transfers_audits_and_writes_both_reports() {
     assert!(json["throughput_tps"].as_f64().unwrap() > 0.0);
     assert_eq!(json["audit"]["passed"], true);
     assert_eq!(json["fsync"], true);
+    assert_eq!(json["settings"]["tls"], true, "the demo runs over mutual TLS by default");
+    assert!(stdout.contains("transport   mutual TLS"), "{stdout}");
     for field in ["p50", "p90", "p99", "p999", "max"] {
         assert!(json["latency_us"][field].as_u64().unwrap() > 0, "latency_us.{field}");
     }
@@ -52,6 +54,7 @@ fn an_unsafe_demo_says_so_in_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(binary())
         .args(["demo", "--duration", "1s", "--accounts", "500", "--connections", "1", "--quiet", "--unsafe-no-fsync"])
+        .arg("--insecure-plaintext")
         .arg("--report")
         .arg(dir.path())
         .env("RUST_LOG", "error")
@@ -60,7 +63,10 @@ fn an_unsafe_demo_says_so_in_its_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("UNSAFE: fsync OFF"), "{stdout}");
-    assert_eq!(report(dir.path())["fsync"], false);
+    assert!(stdout.contains("!!! INSECURE PLAINTEXT"), "{stdout}");
+    let json = report(dir.path());
+    assert_eq!(json["fsync"], false);
+    assert_eq!(json["settings"]["tls"], false);
 }
 
 #[test]
@@ -72,7 +78,8 @@ fn bench_against_a_running_cluster_audits_against_the_balances_before() {
     assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stdout));
     let run = |reports: &std::path::Path| {
         Command::new(binary())
-            .args(["bench", "--coordinator", &cluster.coordinator.to_string()])
+            .args(["bench", "--config"])
+            .arg(cluster.client_config())
             .args(["--duration", "1s", "--accounts", "300", "--connections", "2", "--outstanding", "8", "--quiet"])
             .arg("--report")
             .arg(reports)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{Cluster, add, eventually, read_ints};
 use twophase_engine::{AbortReason, Op, OpKind, Outcome, ParticipantId};
+use twophase_net::{ErrorCode, Frame};
 
 #[test]
 fn a_transfer_across_three_participants_commits_and_an_overdraft_aborts() {
@@ -110,11 +111,27 @@ fn garbage_on_every_port_gets_an_error_and_a_close_and_others_are_still_served()
         ("an oversized length", vec![0xff, 0xff, 0xff, 0xff, 1, 1], false),
         ("a wrong protocol version", wrong_version, false),
     ];
+    let certs = common::certs_dir(dir.path());
+    let admin = (certs.join("admin-local-admin.pem"), certs.join("admin-local-admin.key"));
     for port in cluster.ports() {
+        // Plaintext on a TLS port: refused in a plaintext Error frame before anything is parsed.
+        let answer = exchange(port, b"GET / HTTP/1.1\r\nHost: twophase\r\n\r\n", false);
+        assert_eq!(error_code(&answer), ErrorCode::Unauthenticated.code(), "plaintext to {port}");
+        // Inside an authenticated TLS connection the garbage reaches the frame decoder.
         for (name, bytes, close_write) in &cases {
-            let answer = exchange(port, bytes, *close_write);
-            let code = error_code(&answer);
-            assert!((1..=7).contains(&code), "{name} to {port}: error code {code}");
+            let mut stream = common::tls_connect(port, &certs.join("ca.pem"), Some(&admin));
+            let _ = stream.write_all(bytes).and_then(|()| stream.flush());
+            if *close_write {
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+                let _ = stream.sock.shutdown(Shutdown::Write);
+            }
+            match &common::read_frames(&mut stream, |_| false)[..] {
+                [Frame::Error(error)] => {
+                    assert!((1..=7).contains(&error.code.code()), "{name} to {port}: {error}");
+                }
+                other => panic!("{name} to {port}: expected one Error frame, got {other:?}"),
+            }
         }
     }
     let mut client = cluster.client();
@@ -178,17 +195,14 @@ fn operators_can_list_participants_and_dump_their_state() {
     let cluster = Cluster::start(2, dir.path());
     let mut client = cluster.client();
     assert!(client.submit(vec![add(1, "a", 5, 0), add(2, "b", 7, 0)]).unwrap().is_committed());
-    let topology =
-        twophase_net::admin::topology(cluster.coordinator, "local", &twophase_net::Security::InsecurePlaintext)
-            .unwrap();
+    let topology = twophase_net::admin::topology(cluster.coordinator, "local", &cluster.admin_security()).unwrap();
     let names: Vec<&str> = topology.iter().map(|(_, name, _)| name.as_str()).collect();
     assert_eq!(names, vec!["p1", "p2"]);
     assert_eq!(topology[1].2, cluster.participants[1].1);
     // A dump reads the store as it is: the client hears Committed before the participants
     // apply (they do once the coordinator's Commit record is durable), so wait for that.
     let (entries, end) = eventually("p2 to apply the commit", Duration::from_secs(10), || {
-        let (entries, end) =
-            twophase_net::admin::dump(topology[1].2, "local", &twophase_net::Security::InsecurePlaintext).unwrap();
+        let (entries, end) = twophase_net::admin::dump(topology[1].2, "local", &cluster.admin_security()).unwrap();
         (end.prepared == 0).then_some((entries, end))
     });
     assert_eq!(entries, vec![(bytes::Bytes::from_static(b"b"), bytes::Bytes::copy_from_slice(&7i64.to_le_bytes()))]);

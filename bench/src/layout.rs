@@ -173,15 +173,17 @@ pub(crate) fn client_options(cluster: &str) -> ClientOptions {
 ///
 /// On a cluster that already holds the accounts this adds the initial balance again; the
 /// audit then needs the balances from before (see [`crate::audit_with_baseline`]).
-pub fn setup_accounts(coordinator: SocketAddr, cluster: &str, layout: &BankLayout) -> anyhow::Result<()> {
-    setup_accounts_where(coordinator, cluster, layout, |_| true)
+///
+/// `client` says how to connect (its cluster and security; the bench's own timeouts apply).
+pub fn setup_accounts(coordinator: SocketAddr, client: &ClientOptions, layout: &BankLayout) -> anyhow::Result<()> {
+    setup_accounts_where(coordinator, client, layout, |_| true)
 }
 
 /// Like [`setup_accounts`], for the accounts `wanted` names only (e.g. those a running
 /// cluster does not hold yet).
 pub fn setup_accounts_where(
     coordinator: SocketAddr,
-    cluster: &str,
+    client: &ClientOptions,
     layout: &BankLayout,
     wanted: impl Fn(u64) -> bool,
 ) -> anyhow::Result<()> {
@@ -189,7 +191,9 @@ pub fn setup_accounts_where(
     if layout.initial_balance == 0 {
         return Ok(()); // Every account already reads as 0.
     }
-    let mut pipeline = Pipeline::connect(coordinator, client_options(cluster))
+    let cluster = &client.cluster;
+    let options = ClientOptions { security: client.security.clone(), ..client_options(cluster) };
+    let mut pipeline = Pipeline::connect(coordinator, options)
         .with_context(|| format!("connecting to the coordinator at {coordinator} (cluster '{cluster}')"))?;
     check_directory(pipeline.directory().participants(), layout)?;
     let keys = KeyTable::new(layout.accounts);

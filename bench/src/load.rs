@@ -150,6 +150,7 @@ impl LoadOptions {
             max_amount: self.max_amount,
             seed: self.seed,
             sampled_processes: self.sample_pids.iter().map(|(label, pid)| format!("{label} (pid {pid})")).collect(),
+            tls: self.client.security.is_tls(),
         }
     }
 }
@@ -175,6 +176,8 @@ pub struct LoadSettings {
     pub max_amount: i64,
     pub seed: u64,
     pub sampled_processes: Vec<String>,
+    /// Whether the load's connections were mutual TLS (false: insecure plaintext).
+    pub tls: bool,
 }
 
 /// One second of the run (by the time outcomes arrived; the last one may be partial).

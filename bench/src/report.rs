@@ -52,6 +52,8 @@ pub struct Report {
     /// Whether the cluster fsyncs its logs. `false` means the numbers are not durable commits.
     pub fsync: bool,
     pub durability: String,
+    /// How the load's connections were secured; starts with `INSECURE PLAINTEXT` when not.
+    pub transport: String,
     pub mode: String,
     pub throughput_tps: f64,
     pub committed: u64,
@@ -128,6 +130,13 @@ impl Report {
                  these numbers are not comparable with durable ones"
                     .to_string()
             },
+            transport: if settings.tls {
+                "mutual TLS: every connection authenticated by the cluster's CA".to_string()
+            } else {
+                "INSECURE PLAINTEXT (--insecure-plaintext): connections were neither encrypted nor \
+                 authenticated"
+                    .to_string()
+            },
             mode: match settings.rate {
                 Some(rate) => {
                     let ticks = match settings.send_tick_us {
@@ -179,6 +188,11 @@ impl Report {
             let _ = writeln!(out, "durability  {}", self.durability);
         } else {
             let _ = writeln!(out, "!!! {} !!!", self.durability);
+        }
+        if self.settings.tls {
+            let _ = writeln!(out, "transport   {}", self.transport);
+        } else {
+            let _ = writeln!(out, "!!! {} !!!", self.transport);
         }
         let _ = writeln!(
             out,
@@ -267,6 +281,9 @@ impl Report {
         } else {
             let _ = writeln!(h, "<p class=\"unsafe\">&#9888; {}</p>", esc(&self.durability));
         }
+        if !self.settings.tls {
+            let _ = writeln!(h, "<p class=\"unsafe\">&#9888; {}</p>", esc(&self.transport));
+        }
         match &self.audit {
             None => {
                 let _ = writeln!(h, "<p class=\"neutral\">Audit: not run.</p>");
@@ -338,6 +355,7 @@ impl Report {
         let rows = [
             ("Cluster", self.cluster.clone()),
             ("Durability", if self.fsync { "fsync on".to_string() } else { "UNSAFE: fsync off".to_string() }),
+            ("Transport", self.transport.clone()),
             ("Coordinator", format!("{} (cluster name '{}')", s.coordinator, s.cluster)),
             ("Mode", self.mode.clone()),
             ("Duration", format!("{:.1} s", s.duration_s)),
@@ -487,3 +505,26 @@ th{background:#f6f8fa;font-weight:600}.safe{background:#dafbe1;border:1px solid 
 .unsafe{background:#ffebe9;border:2px solid #d1242f;padding:8px 12px;border-radius:6px;font-weight:700;color:#a40e26}\
 .neutral{background:#f6f8fa;border:1px solid #d0d7de;padding:8px 12px;border-radius:6px}svg{display:block;margin:8px 0}\
 ul{margin:4px 0 0 0;font-weight:400}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::tests::{layout, result};
+
+    #[test]
+    fn a_plaintext_run_says_so_in_capitals_and_a_tls_run_names_its_transport() {
+        let l = layout();
+        let mut plaintext = result(&l, vec![0; 10]);
+        plaintext.settings.tls = false;
+        let report = Report::new(&plaintext, None, true, "demo".into());
+        assert!(report.summary().contains("!!! INSECURE PLAINTEXT"), "{}", report.summary());
+        assert!(report.html().contains("<p class=\"unsafe\">&#9888; INSECURE PLAINTEXT"));
+        assert!(serde_json::to_value(&report).unwrap()["settings"]["tls"] == false);
+
+        let mut tls = result(&l, vec![0; 10]);
+        tls.settings.tls = true;
+        let report = Report::new(&tls, None, true, "demo".into());
+        assert!(report.summary().contains("transport   mutual TLS"), "{}", report.summary());
+        assert!(!report.summary().contains("PLAINTEXT") && !report.html().contains("PLAINTEXT"));
+    }
+}

@@ -70,14 +70,14 @@ pub struct ChaosArgs {
 type LoadThread = JoinHandle<anyhow::Result<LoadResult>>;
 
 /// The client the load connections use: one that outlasts a coordinator restart.
-fn client_options(cluster: &str) -> ClientOptions {
+fn client_options(target: &Target) -> ClientOptions {
     ClientOptions {
-        cluster: cluster.to_string(),
+        cluster: target.cluster.clone(),
+        security: target.client.clone(),
         client_id: None,
         request_timeout: REQUEST_TIMEOUT,
         busy_backoff: RECONNECT_PAUSE,
         max_attempts: (RECONNECT_FOR.as_millis() / RECONNECT_PAUSE.as_millis()) as u32,
-        security: twophase_net::Security::InsecurePlaintext,
     }
 }
 
@@ -97,9 +97,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
-    let target = Target::discover(cluster.coordinator, "chaos", &args.workload)?;
+    let identities = (cluster.client.load("the chaos run's load")?, cluster.admin.load("the chaos run's audit")?);
+    let target = Target::discover(cluster.coordinator, "chaos", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
-    twophase_bench::setup_accounts(target.coordinator, &target.cluster, &target.layout)?;
+    twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
 
     let schedule = Schedule { every: args.kill_every, window: args.workload.duration, seed: args.workload.seed };
     let (load, probe, sends_for) = start_load(&args, &target)?;
@@ -151,7 +152,7 @@ fn start_load(args: &ChaosArgs, target: &Target) -> anyhow::Result<(LoadThread, 
     // Node pids change at every restart, so only this process's memory is sampled.
     let mut options = target.load_options(&args.workload, vec![("loadgen".into(), std::process::id())]);
     options.duration = args.workload.duration + args.settle;
-    options.client = client_options(&target.cluster);
+    options.client = client_options(target);
     options.probe = Some(probe.clone());
     // The kill loop's one line per kill is the progress display: a live progress line
     // redrawn underneath would garble it.

@@ -311,7 +311,8 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         node: options.id.clone(),
         epoch: engine.epoch(),
     };
-    let mut transport_config = TransportConfig::new(me, twophase_net::Security::InsecurePlaintext);
+    let security = options.security.load(&format!("coordinator {}", options.id))?;
+    let mut transport_config = TransportConfig::new(me, security);
     transport_config.listen = Some(options.listen);
     transport_config.accept_roles = vec![NetRole::Client, NetRole::Admin];
     transport_config.directory = options.participants.iter().map(|(id, name, _)| (*id, name.clone())).collect();

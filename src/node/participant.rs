@@ -47,6 +47,8 @@ pub struct ParticipantRole {
     snapshots: SnapshotPolicy<ParticipantSnapshot>,
     /// Whether the log is fdatasynced (reported in dumps, so a load report can say so).
     fsync: bool,
+    /// Whether connections are mutual TLS (then every peer must be authenticated).
+    tls: bool,
 }
 
 impl ParticipantRole {
@@ -106,15 +108,19 @@ impl Role for ParticipantRole {
 
     fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut PartEffects) {
         match inbound {
-            Inbound::Accepted { conn, hello, .. } if hello.role == NetRole::Coordinator => {
+            Inbound::Accepted { conn, identity, .. } if self.tls && !identity.authenticated => {
+                // The transport admits no unauthenticated peer under TLS; never serve one.
+                super::refuse(&mut self.transport, conn, format!("{identity} is not authenticated"));
+            }
+            Inbound::Accepted { conn, hello, identity } if identity.role == NetRole::Coordinator => {
                 let serving = self.coordinators.accept(conn, hello.epoch);
-                tracing::info!(conn, coordinator = %hello.node, epoch = hello.epoch.0, serving, "coordinator connected");
+                tracing::info!(conn, coordinator = %identity, epoch = hello.epoch.0, serving, "coordinator connected");
                 if serving {
                     // Whatever is in doubt can be resolved now rather than at the next backoff step.
                     self.engine.on_coordinator_connected(now, hello.epoch, fx);
                 }
             }
-            Inbound::Accepted { conn, hello, .. } if hello.role == NetRole::Admin => {
+            Inbound::Accepted { conn, identity, .. } if identity.role == NetRole::Admin => {
                 self.admins.insert(conn);
             }
             Inbound::Accepted { .. } | Inbound::PeerUp { .. } | Inbound::PeerDown { .. } => {}
@@ -199,7 +205,9 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         node: options.name.clone(),
         epoch: Default::default(),
     };
-    let mut transport_config = TransportConfig::new(me, twophase_net::Security::InsecurePlaintext);
+    let security = options.security.load(&format!("participant {}", options.name))?;
+    let tls = security.is_tls();
+    let mut transport_config = TransportConfig::new(me, security);
     transport_config.listen = Some(options.listen);
     transport_config.accept_roles = vec![NetRole::Coordinator, NetRole::Admin];
     transport_config.limits = limits;
@@ -218,6 +226,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         to_coordinator: BatchWriter::new(&limits),
         snapshots,
         fsync: !options.storage.unsafe_no_fsync,
+        tls,
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     drop(role.transport);

@@ -2,20 +2,72 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use twophase_engine::{Op, OpKind, Outcome, ParticipantId};
-use twophase_net::{Client, ClientOptions};
+use twophase_net::{Client, ClientOptions, Frame, FrameDecoder, NetLimits, Security, TlsMaterial};
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_twophase")
+}
+
+/// The cluster name every test node uses.
+pub const CLUSTER: &str = "local";
+
+/// Where the test's certificates live under its data directory (the same place
+/// `twophase cluster` makes them).
+pub fn certs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("certs")
+}
+
+/// Makes (with `twophase certs`, reusing the CA in `dir`) the certificate of `role`/`name`
+/// of `cluster`, and returns the `--ca --cert --key` arguments that present it.
+pub fn make_cert(dir: &Path, cluster: &str, role: &str, name: &str) -> Vec<String> {
+    let out = Command::new(binary())
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(["--cluster", cluster, &format!("--{role}"), name])
+        .output()
+        .expect("running twophase certs");
+    assert!(out.status.success(), "twophase certs failed: {}", String::from_utf8_lossy(&out.stderr));
+    let file = |ext: &str| dir.join(format!("{role}-{name}.{ext}")).display().to_string();
+    vec![
+        "--ca".into(),
+        dir.join("ca.pem").display().to_string(),
+        "--cert".into(),
+        file("pem"),
+        "--key".into(),
+        file("key"),
+    ]
+}
+
+/// The TLS material of `role`/`name` of `cluster` in `dir` (made if missing).
+pub fn security(dir: &Path, cluster: &str, role: &str, name: &str) -> Security {
+    let (cert, key) = (dir.join(format!("{role}-{name}.pem")), dir.join(format!("{role}-{name}.key")));
+    if !cert.exists() {
+        make_cert(dir, cluster, role, name);
+    }
+    let material = TlsMaterial::load(&dir.join("ca.pem"), &cert, &key).expect("loading test certificates");
+    Security::Tls(Arc::new(material))
+}
+
+/// A test client's options for the nodes of `data_dir` (certificate `client-tester`).
+pub fn client_options(data_dir: &Path) -> ClientOptions {
+    ClientOptions { security: security(&certs_dir(data_dir), CLUSTER, "client", "tester"), ..ClientOptions::default() }
+}
+
+/// An admin's security for the nodes of `data_dir` (certificate `admin-tester`).
+pub fn admin_security(data_dir: &Path) -> Security {
+    security(&certs_dir(data_dir), CLUSTER, "admin", "tester")
 }
 
 /// A `twophase cluster` child process on ephemeral loopback ports.
@@ -60,9 +112,27 @@ impl Cluster {
         assert!(status.success(), "cluster exited with {status}");
     }
 
+    /// The client options of the certificate the cluster made for its client.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            request_timeout: Duration::from_secs(10),
+            security: security(&certs_dir(&self.data_dir), CLUSTER, "client", "local-client"),
+            ..ClientOptions::default()
+        }
+    }
+
+    /// The security of the certificate the cluster made for its admin.
+    pub fn admin_security(&self) -> Security {
+        security(&certs_dir(&self.data_dir), CLUSTER, "admin", "local-admin")
+    }
+
     pub fn client(&self) -> Client {
-        let options = ClientOptions { request_timeout: Duration::from_secs(10), ..ClientOptions::default() };
-        Client::connect(self.coordinator, options).expect("connecting to the coordinator")
+        Client::connect(self.coordinator, self.client_options()).expect("connecting to the coordinator")
+    }
+
+    /// The client config file the cluster wrote.
+    pub fn client_config(&self) -> PathBuf {
+        self.data_dir.join("client.toml")
     }
 
     /// Every server port: the coordinator's and each participant's.
@@ -70,10 +140,11 @@ impl Cluster {
         std::iter::once(self.coordinator).chain(self.participants.iter().map(|(_, addr)| *addr)).collect()
     }
 
-    /// Runs `twophase tx` against this cluster.
+    /// Runs `twophase tx` against this cluster (with the client config it wrote).
     pub fn tx(&self, args: &[&str]) -> Output {
         Command::new(binary())
-            .args(["tx", "--coordinator", &self.coordinator.to_string()])
+            .args(["tx", "--config"])
+            .arg(self.client_config())
             .args(args)
             .output()
             .expect("running twophase tx")
@@ -128,6 +199,9 @@ pub struct Node {
     pub name: String,
     /// The address it listens on; kept across restarts.
     pub addr: SocketAddr,
+    /// The test's data directory (the node's own is `data_dir/NAME`; certificates in
+    /// `data_dir/certs`).
+    pub data_dir: PathBuf,
     /// Every argument but `--listen`.
     args: Vec<String>,
     process: Child,
@@ -136,11 +210,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// `twophase participant --id NAME` with its data in `data_dir/NAME`, on a free port.
+    /// `twophase participant --id NAME` with its data in `data_dir/NAME`, on a free port,
+    /// with its certificate from `data_dir/certs`.
     pub fn participant(name: &str, data_dir: &Path, env: &[(&str, &str)]) -> Node {
-        let args =
+        let mut args =
             vec!["participant".to_string(), "--id".into(), name.into(), "--data-dir".into(), path(data_dir, name)];
-        Node::start(name, args, "127.0.0.1:0".parse().unwrap(), env)
+        args.extend(make_cert(&certs_dir(data_dir), CLUSTER, "participant", name));
+        Node::start(name, data_dir, args, "127.0.0.1:0".parse().unwrap(), env)
     }
 
     /// `twophase coordinator --id c1` with its data in `data_dir/c1`, connecting to
@@ -148,17 +224,18 @@ impl Node {
     pub fn coordinator(data_dir: &Path, participants: &[&Node], extra: &[&str], env: &[(&str, &str)]) -> Node {
         let mut args =
             vec!["coordinator".to_string(), "--id".into(), "c1".into(), "--data-dir".into(), path(data_dir, "c1")];
+        args.extend(make_cert(&certs_dir(data_dir), CLUSTER, "coordinator", "c1"));
         for participant in participants {
             args.push("--participant".into());
             args.push(format!("{}={}", participant.name, participant.addr));
         }
         args.extend(extra.iter().map(|arg| arg.to_string()));
-        Node::start("c1", args, "127.0.0.1:0".parse().unwrap(), env)
+        Node::start("c1", data_dir, args, "127.0.0.1:0".parse().unwrap(), env)
     }
 
-    fn start(name: &str, args: Vec<String>, listen: SocketAddr, env: &[(&str, &str)]) -> Node {
+    fn start(name: &str, data_dir: &Path, args: Vec<String>, listen: SocketAddr, env: &[(&str, &str)]) -> Node {
         let (process, addr, stderr) = spawn_node(name, &args, listen, env);
-        Node { name: name.to_string(), addr, args, process, stderr }
+        Node { name: name.to_string(), addr, data_dir: data_dir.to_path_buf(), args, process, stderr }
     }
 
     /// Starts the node again (it must have exited) at the same address, with `env` only.
@@ -284,8 +361,9 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
 
 /// A participant's state through the admin `Dump` frame: its integer values by key, and
 /// (prepared, in doubt) transaction counts.
-pub fn dump_ints(addr: SocketAddr) -> (std::collections::BTreeMap<String, i64>, (u32, u32)) {
-    let (entries, end) = twophase_net::admin::dump(addr, "local", &twophase_net::Security::InsecurePlaintext)
+pub fn dump_ints(participant: &Node) -> (std::collections::BTreeMap<String, i64>, (u32, u32)) {
+    let addr = participant.addr;
+    let (entries, end) = twophase_net::admin::dump(addr, CLUSTER, &admin_security(&participant.data_dir))
         .unwrap_or_else(|err| panic!("dump of {addr}: {err}"));
     let values = entries
         .into_iter()
@@ -295,4 +373,54 @@ pub fn dump_ints(addr: SocketAddr) -> (std::collections::BTreeMap<String, i64>, 
         })
         .collect();
     (values, (end.prepared, end.in_doubt))
+}
+
+/// A TLS connection made by hand (not through the net crate): the server is verified
+/// against `ca` under the name `localhost`; `client` is the certificate presented, if any.
+pub fn tls_connect(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap()).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let server = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Reads frames until the server closes, or until `enough` says so.
+pub fn read_frames(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    enough: impl Fn(&[Frame]) -> bool,
+) -> Vec<Frame> {
+    let mut decoder = FrameDecoder::new(NetLimits::default());
+    let (mut buf, mut frames, mut chunk) = (BytesMut::new(), Vec::new(), [0u8; 4096]);
+    while !enough(&frames) {
+        // A close without close_notify (or a reset) ends the answer just the same.
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(frame) = decoder.decode(&mut buf).expect("the server sends valid frames") {
+            frames.push(frame);
+        }
+    }
+    frames
 }
