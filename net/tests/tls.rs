@@ -420,3 +420,22 @@ fn a_tls_client_of_a_plaintext_server_gets_a_clear_error() {
     assert!(message.contains("is the server running with --insecure-plaintext?"), "{message}");
     transport.shutdown();
 }
+
+#[test]
+fn a_tls_peer_link_to_a_plaintext_participant_never_comes_up() {
+    let ca = Ca::new("cluster CA");
+    let config = server_config(Role::Participant, "p1", vec![Role::Coordinator], Security::InsecurePlaintext);
+    let (participant_tx, participant_rx) = crossbeam_channel::bounded(16);
+    let (participant, addr) = spawn(config, participant_tx).unwrap();
+    let me = Hello { role: Role::Coordinator, cluster: "local".into(), node: "c1".into(), epoch: Epoch(1) };
+    let (coordinator_tx, coordinator_rx) = crossbeam_channel::bounded(16);
+    let security = ca.material("local", Role::Coordinator, "c1");
+    let (coordinator, _) = spawn(TransportConfig::new(me, security), coordinator_tx).unwrap();
+    coordinator.add_peer(PeerId(1), addr, "p1".into());
+    // Several reconnect attempts (50 ms doubling) happen meanwhile; none may come up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(coordinator_rx.try_iter().flatten().all(|event| !matches!(event, Inbound::PeerUp { .. })));
+    assert!(participant_rx.try_iter().flatten().all(|event| !matches!(event, Inbound::Accepted { .. })));
+    coordinator.shutdown();
+    participant.shutdown();
+}
