@@ -13,6 +13,7 @@
 //! (write or fsync error) stops the process — it is never retried.
 
 pub mod coordinator;
+pub mod dump;
 pub mod participant;
 pub mod snapshot;
 
