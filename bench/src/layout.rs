@@ -297,7 +297,7 @@ impl Iterator for SetupBatches {
         let batch = SetupBatch { first: self.next, attempts: 0 };
         // After the last participant's batch of a block, jump to the next block.
         let block = SETUP_OPS_PER_TX as u64 * self.participants;
-        self.next = if (self.next + 1) % self.participants == 0 {
+        self.next = if (self.next + 1).is_multiple_of(self.participants) {
             self.next + 1 + block - self.participants
         } else {
             self.next + 1
