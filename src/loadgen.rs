@@ -5,21 +5,17 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Args;
-use twophase_bench::{Audit, BankLayout, LoadOptions, LoadResult, Report, audit, audit_with_baseline};
+use twophase_bench::{Audit, Balances, BankLayout, LoadOptions, LoadResult, Report, audit, audit_with_baseline};
 use twophase_net::{ClientOptions, Security, admin};
 
 use crate::client_config::ClientFile;
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::security::{SecurityArgs, TlsFiles};
 use crate::settle;
-
-/// Participant states as the audit reads them: name, every key and value.
-pub(crate) type States = Vec<(String, Vec<(Bytes, Bytes)>)>;
 
 /// The workload flags `demo` and `bench` share.
 #[derive(Args, Clone, Debug)]
@@ -231,15 +227,19 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let identities = (cluster.client.load("the demo's load")?, cluster.admin.load("the demo's audit")?);
     let target = Target::discover(cluster.coordinator, "demo", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
+    let setup_began = Instant::now();
     twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
+    eprintln!("created {} accounts in {:.1} s", args.workload.accounts, setup_began.elapsed().as_secs_f64());
     let mut pids = cluster.pids();
     pids.push(("loadgen".into(), std::process::id()));
     let result = twophase_bench::run_load(&target.load_options(&args.workload, pids))?;
     if let Some(exit) = cluster.exited() {
         bail!("{exit} during the run; the audit cannot be trusted");
     }
-    let (states, fsync) = settled_states(&target)?;
-    let verdict = audit(&target.layout, &result, &states);
+    let audit_began = Instant::now();
+    let (balances, fsync) = settled_balances(&target)?;
+    let verdict = audit(&target.layout, &result, &balances);
+    eprintln!("read and audited {} accounts in {:.1} s", args.workload.accounts, audit_began.elapsed().as_secs_f64());
     let description = format!(
         "demo: local cluster, 1 coordinator + {} participants, {} accounts",
         args.participants, args.workload.accounts
@@ -256,17 +256,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let bench = args.target()?;
     let identities = (bench.client.load("the bench's load")?, bench.admin.load("the bench's audit")?);
     let target = Target::discover(bench.coordinator, &bench.cluster, identities, &args.workload)?;
-    let (mut before, _) = settled_states(&target)?;
-    let present = present_accounts(&target.layout, &before);
-    let missing = present.iter().filter(|held| !**held).count();
+    let (mut before, _) = settled_balances(&target)?;
+    let missing = (0..target.layout.accounts).filter(|&account| !before.is_present(account)).count();
     if missing > 0 {
         eprintln!("creating {missing} accounts of {}", args.workload.initial_balance);
-        let wanted = |account: u64| !present[account as usize];
+        let wanted = |account: u64| !before.is_present(account);
         twophase_bench::setup_accounts_where(target.coordinator, &target.client_options(), &target.layout, wanted)?;
-        before = settled_states(&target)?.0;
+        before = settled_balances(&target)?.0;
     }
     let result = twophase_bench::run_load(&target.load_options(&args.workload, Vec::new()))?;
-    let (after, fsync) = settled_states(&target)?;
+    let (after, fsync) = settled_balances(&target)?;
     let verdict = audit_with_baseline(&target.layout, &result, &before, &after);
     let description = format!(
         "bench: coordinator {} (cluster '{}'), {} participants, {} accounts",
@@ -279,29 +278,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(passed))
 }
 
-/// The participants' states once every acknowledged commit has reached them (the
+/// The participants' balances once every acknowledged commit has reached them (the
 /// coordinator acknowledges once its Staged record and every participant's Prepared record
 /// are durable, before the participants apply it); a run whose transactions stay prepared
 /// fails.
-fn settled_states(target: &Target) -> anyhow::Result<(States, bool)> {
+fn settled_balances(target: &Target) -> anyhow::Result<(Balances, bool)> {
     let settled = settle::wait(target)?;
     if !settled.left.is_empty() {
         bail!("still unresolved {:?} after the load: {}", settle::SETTLE_LIMIT, settled.left.join("; "));
     }
-    Ok((settled.states, settled.fsync))
-}
-
-/// Which of the layout's accounts some participant already holds.
-fn present_accounts(layout: &BankLayout, states: &States) -> Vec<bool> {
-    let mut present = vec![false; layout.accounts as usize];
-    for (_, entries) in states {
-        for (key, _) in entries {
-            if let Some(account) = BankLayout::parse_key(key).filter(|&n| n < layout.accounts) {
-                present[account as usize] = true;
-            }
-        }
-    }
-    present
+    Ok((settled.balances, settled.fsync))
 }
 
 /// Prints the report, writes it, and says whether the audit passed.

@@ -9,18 +9,19 @@
 
 use std::time::{Duration, Instant};
 
+use twophase_bench::Balances;
 use twophase_net::admin;
 
-use crate::loadgen::{States, Target};
+use crate::loadgen::Target;
 
 /// Longest to wait for every prepared transaction to be resolved.
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 const POLL: Duration = Duration::from_millis(100);
 
-/// The participants' states once settled (or as last read).
+/// The participants' balances once settled (or as last read).
 pub struct Settled {
-    pub states: States,
+    pub balances: Balances,
     pub fsync: bool,
     /// From the call until nothing was prepared anywhere; `None`: not within the limit.
     pub after: Option<Duration>,
@@ -36,27 +37,29 @@ pub fn wait(target: &Target) -> anyhow::Result<Settled> {
         let read = read_all(target);
         let settled = read.as_ref().is_ok_and(|(_, _, left)| left.is_empty());
         if settled || begin.elapsed() >= SETTLE_LIMIT {
-            let (states, fsync, left) = read?;
+            let (balances, fsync, left) = read?;
             let after = settled.then(|| begin.elapsed());
-            return Ok(Settled { states, fsync, after, left });
+            return Ok(Settled { balances, fsync, after, left });
         }
         std::thread::sleep(POLL);
     }
 }
 
-/// Every participant's state, whether all fsync, and which still hold prepared transactions.
-fn read_all(target: &Target) -> anyhow::Result<(States, bool, Vec<String>)> {
-    let mut states = Vec::with_capacity(target.participants.len());
+/// Every participant's balances (streamed: nothing but the balances is kept), whether all
+/// fsync, and which still hold prepared transactions. A participant that applied a commit
+/// while its dump streamed refuses it; that counts as not settled yet.
+fn read_all(target: &Target) -> anyhow::Result<(Balances, bool, Vec<String>)> {
+    let mut balances = Balances::new(&target.layout);
     let mut fsync = true;
     let mut left = Vec::new();
     for (name, addr) in &target.participants {
-        let (entries, end) = admin::dump(addr, &target.cluster, &target.admin)
+        balances.mark_read(name);
+        let end = admin::dump_each(addr, &target.cluster, &target.admin, |key, value| balances.take(name, key, value))
             .map_err(|err| anyhow::anyhow!("reading the state of participant {name} at {addr}: {err}"))?;
         fsync &= end.fsync;
         if end.prepared > 0 || end.in_doubt > 0 {
             left.push(format!("{name}: {} prepared, {} in doubt", end.prepared, end.in_doubt));
         }
-        states.push((name.clone(), entries));
     }
-    Ok((states, fsync, left))
+    Ok((balances, fsync, left))
 }

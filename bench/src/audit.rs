@@ -1,7 +1,6 @@
 //! The bank audit: every account's balance must be exactly its initial balance plus the
 //! effect of the acknowledged commits that touched it.
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::layout::BankLayout;
@@ -26,90 +25,147 @@ pub struct Audit {
     pub detail: String,
 }
 
+/// Every account's balance as read from the participants' dumps, filled one entry at a
+/// time as the dumps stream in: 9 bytes per account (balance, presence) whatever the size of
+/// the states, and at most [`AUDIT_EXAMPLES`] problems quoted (all counted).
+#[derive(Clone, Debug)]
+pub struct Balances {
+    layout: BankLayout,
+    /// Per participant of the layout: whether its state was read.
+    read: Vec<bool>,
+    found: Vec<i64>,
+    present: Vec<bool>,
+    problems: Vec<String>,
+    problem_count: u64,
+}
+
+impl Balances {
+    /// No participant read yet: every account reads as 0 and absent.
+    pub fn new(layout: &BankLayout) -> Balances {
+        let accounts = usize::try_from(layout.accounts).expect("the accounts fit in memory");
+        Balances {
+            layout: layout.clone(),
+            read: vec![false; layout.participants.len()],
+            found: vec![0; accounts],
+            present: vec![false; accounts],
+            problems: Vec::new(),
+            problem_count: 0,
+        }
+    }
+
+    /// From whole states in memory (participant name, every key and value): small clusters
+    /// and tests.
+    pub fn from_states<'a>(
+        layout: &BankLayout,
+        states: impl IntoIterator<Item = (&'a str, &'a [(bytes::Bytes, bytes::Bytes)])>,
+    ) -> Balances {
+        let mut balances = Balances::new(layout);
+        for (name, entries) in states {
+            balances.mark_read(name);
+            for (key, value) in entries {
+                balances.take(name, key, value);
+            }
+        }
+        balances
+    }
+
+    /// Records that participant `name`'s whole state is being (or was) read.
+    pub fn mark_read(&mut self, name: &str) {
+        if let Some(at) = self.layout.participants.iter().position(|(_, known)| known == name) {
+            self.read[at] = true;
+        }
+    }
+
+    /// Takes one entry of participant `from`'s state; keys that are not account keys are
+    /// ignored, misplaced, unknown and unreadable account keys are problems.
+    pub fn take(&mut self, from: &str, key: &[u8], value: &[u8]) {
+        let Some(account) = BankLayout::parse_key(key) else { return };
+        let layout = &self.layout;
+        if account >= layout.accounts {
+            let problem = format!(
+                "acct/{account} on {from}: beyond the bank's {} accounts (left over from another run?)",
+                layout.accounts
+            );
+            return self.problem(problem);
+        }
+        let home = layout.participant_index(account);
+        if layout.participants[home].1 != from {
+            let problem = format!("acct/{account} found on {from}, but it belongs on {}", layout.participants[home].1);
+            return self.problem(problem);
+        }
+        match <[u8; 8]>::try_from(value) {
+            Ok(bytes) => {
+                self.found[account as usize] = i64::from_le_bytes(bytes);
+                self.present[account as usize] = true;
+            }
+            Err(_) => self
+                .problem(format!("acct/{account} on {from}: value of {} bytes is not an 8-byte integer", value.len())),
+        }
+    }
+
+    /// Whether some participant holds `account`.
+    pub fn is_present(&self, account: u64) -> bool {
+        self.present.get(account as usize).copied().unwrap_or(false)
+    }
+
+    /// Problems so far, including a participant of the layout that was not read.
+    fn problems(&self) -> (u64, Vec<String>) {
+        let mut count = self.problem_count;
+        let mut examples = self.problems.clone();
+        for ((_, name), read) in self.layout.participants.iter().zip(&self.read) {
+            if !read {
+                count += 1;
+                if examples.len() < AUDIT_EXAMPLES {
+                    examples.push(format!("no state was read from participant {name}"));
+                }
+            }
+        }
+        (count, examples)
+    }
+
+    fn problem(&mut self, problem: String) {
+        self.problem_count += 1;
+        if self.problems.len() < AUDIT_EXAMPLES {
+            self.problems.push(problem);
+        }
+    }
+}
+
 /// Audits the bank after a run on a cluster whose accounts were created by
 /// [`crate::setup_accounts`] (each at `initial_balance`) right before it: passes iff every
 /// account's balance equals `initial_balance` plus its expected delta and none is negative.
 /// That covers conservation (the deltas sum to zero), durability (every acknowledged commit
 /// applied on every participant it touched) and atomicity (nothing half applied).
 ///
-/// `states` holds, per participant name, every key and value it holds; keys that are not
-/// account keys are ignored.
-pub fn audit(layout: &BankLayout, result: &LoadResult, states: &[(String, Vec<(Bytes, Bytes)>)]) -> Audit {
+/// `found` holds the balances read from every participant once the run settled.
+pub fn audit(layout: &BankLayout, result: &LoadResult, found: &Balances) -> Audit {
     let baseline = vec![layout.initial_balance; usize::try_from(layout.accounts).unwrap_or(0)];
-    audit_balances(layout, &baseline, &result.expected_deltas, states)
+    audit_balances(layout, &baseline, &result.expected_deltas, found)
 }
 
-/// Like [`audit`], with the balances as they were right before the run (read from `before`,
-/// the participants' states then) instead of `initial_balance`: for a cluster that already
-/// held accounts.
-pub fn audit_with_baseline(
-    layout: &BankLayout,
-    result: &LoadResult,
-    before: &[(String, Vec<(Bytes, Bytes)>)],
-    after: &[(String, Vec<(Bytes, Bytes)>)],
-) -> Audit {
-    let mut problems = Vec::new();
-    let baseline = read_balances(layout, before, &mut problems);
-    if !problems.is_empty() {
+/// Like [`audit`], with the balances as they were right before the run (`before`) instead
+/// of `initial_balance`: for a cluster that already held accounts.
+pub fn audit_with_baseline(layout: &BankLayout, result: &LoadResult, before: &Balances, after: &Balances) -> Audit {
+    let (count, examples) = before.problems();
+    if count > 0 {
         return Audit {
             passed: false,
             total_expected: 0,
             total_found: 0,
             mismatched_accounts: 0,
-            examples: problems.into_iter().take(AUDIT_EXAMPLES).collect(),
+            examples,
             detail: "the balances before the run could not be read".to_string(),
         };
     }
-    audit_balances(layout, &baseline, &result.expected_deltas, after)
+    audit_balances(layout, &before.found, &result.expected_deltas, after)
 }
 
-/// Balances of every account as found in `states` (0 when absent); problems (misplaced,
-/// unreadable or unknown account keys, missing participants) go to `problems`.
-fn read_balances(
-    layout: &BankLayout,
-    states: &[(String, Vec<(Bytes, Bytes)>)],
-    problems: &mut Vec<String>,
-) -> Vec<i64> {
-    let mut found = vec![0i64; usize::try_from(layout.accounts).unwrap_or(0)];
-    for (_, name) in &layout.participants {
-        if !states.iter().any(|(state_name, _)| state_name == name) {
-            problems.push(format!("no state was read from participant {name}"));
-        }
-    }
-    for (name, kvs) in states {
-        let here = layout.participants.iter().position(|(_, known)| known == name);
-        for (key, value) in kvs {
-            let Some(account) = BankLayout::parse_key(key) else { continue };
-            if account >= layout.accounts {
-                problems.push(format!(
-                    "acct/{account} on {name}: beyond the bank's {} accounts (left over from another run?)",
-                    layout.accounts
-                ));
-                continue;
-            }
-            let home = &layout.participants[layout.participant_index(account)].1;
-            if here != Some(layout.participant_index(account)) {
-                problems.push(format!("acct/{account} found on {name}, but it belongs on {home}"));
-                continue;
-            }
-            match <[u8; 8]>::try_from(&value[..]) {
-                Ok(bytes) => found[account as usize] = i64::from_le_bytes(bytes),
-                Err(_) => problems
-                    .push(format!("acct/{account} on {name}: value of {} bytes is not an 8-byte integer", value.len())),
-            }
-        }
-    }
-    found
-}
-
-fn audit_balances(
-    layout: &BankLayout,
-    baseline: &[i64],
-    deltas: &[i64],
-    states: &[(String, Vec<(Bytes, Bytes)>)],
-) -> Audit {
+fn audit_balances(layout: &BankLayout, baseline: &[i64], deltas: &[i64], balances: &Balances) -> Audit {
     let mut problems = Vec::new();
-    if deltas.len() as u64 != layout.accounts || baseline.len() as u64 != layout.accounts {
+    if deltas.len() as u64 != layout.accounts
+        || baseline.len() as u64 != layout.accounts
+        || balances.found.len() as u64 != layout.accounts
+    {
         problems.push(format!(
             "the run tracked {} accounts, the layout has {}: this result is not from this bank",
             deltas.len(),
@@ -124,8 +180,8 @@ fn audit_balances(
             detail: "audit impossible: layout and result disagree".to_string(),
         };
     }
-    let found = read_balances(layout, states, &mut problems);
-    let placement_problems = problems.len();
+    let found = &balances.found;
+    let (placement_problems, problems) = balances.problems();
     let mut total_expected: i128 = 0;
     let mut total_found: i128 = 0;
     let mut delta_sum: i128 = 0;
@@ -207,6 +263,8 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
+    use bytes::Bytes;
+
     use twophase_engine::ParticipantId;
 
     use super::*;
@@ -268,6 +326,11 @@ pub(crate) mod tests {
         states
     }
 
+    /// The balances the audit reads from `states`.
+    pub(crate) fn found(layout: &BankLayout, states: &[(String, Vec<(Bytes, Bytes)>)]) -> Balances {
+        Balances::from_states(layout, states.iter().map(|(name, entries)| (name.as_str(), &entries[..])))
+    }
+
     fn deltas() -> Vec<i64> {
         vec![-30, 30, 5, -5, 0, 0, 100, -100, 7, -7]
     }
@@ -279,7 +342,7 @@ pub(crate) mod tests {
     #[test]
     fn passes_on_a_consistent_state() {
         let l = layout();
-        let a = audit(&l, &result(&l, deltas()), &states(&l, &consistent(&l)));
+        let a = audit(&l, &result(&l, deltas()), &found(&l, &states(&l, &consistent(&l))));
         assert!(a.passed, "{a:?}");
         assert_eq!(a.total_expected, 1000);
         assert_eq!(a.total_found, 1000);
@@ -296,7 +359,7 @@ pub(crate) mod tests {
         // less... i.e. a half-applied transfer. Here: acct/3 is 10 short and acct/2 10 over.
         balances[3] = Some(l.initial_balance - 5 - 10);
         balances[2] = Some(l.initial_balance + 5 + 10);
-        let a = audit(&l, &result(&l, deltas()), &states(&l, &balances));
+        let a = audit(&l, &result(&l, deltas()), &found(&l, &states(&l, &balances)));
         assert!(!a.passed);
         assert_eq!(a.mismatched_accounts, 2);
         assert_eq!(a.total_found, a.total_expected, "conserved, yet wrong");
@@ -316,7 +379,7 @@ pub(crate) mod tests {
         let l = layout();
         let mut balances = consistent(&l);
         balances[9] = None; // A lost account: reads as 0.
-        let a = audit(&l, &result(&l, deltas()), &states(&l, &balances));
+        let a = audit(&l, &result(&l, deltas()), &found(&l, &states(&l, &balances)));
         assert!(!a.passed);
         assert_eq!(a.total_expected, 1000);
         assert_eq!(a.total_found, 1000 - 93);
@@ -331,7 +394,7 @@ pub(crate) mod tests {
         d[0] = -200;
         d[1] = 200;
         let balances: Vec<Option<i64>> = d.iter().map(|d| Some(l.initial_balance + d)).collect();
-        let a = audit(&l, &result(&l, d), &states(&l, &balances));
+        let a = audit(&l, &result(&l, d), &found(&l, &states(&l, &balances)));
         assert!(!a.passed);
         assert!(a.examples[0].contains("negative"), "{:?}", a.examples);
     }
@@ -342,11 +405,32 @@ pub(crate) mod tests {
         let mut s = states(&l, &consistent(&l));
         let moved = s[1].1.pop().unwrap();
         s[0].1.push(moved);
-        let a = audit(&l, &result(&l, deltas()), &s);
+        let a = audit(&l, &result(&l, deltas()), &found(&l, &s));
         assert!(!a.passed);
         assert!(a.examples.iter().any(|e| e.contains("found on p1, but it belongs on p2")), "{:?}", a.examples);
-        let a = audit(&l, &result(&l, deltas()), &s[..1]);
+        let a = audit(&l, &result(&l, deltas()), &found(&l, &s[..1]));
         assert!(a.examples.iter().any(|e| e.contains("no state was read from participant p2")), "{:?}", a.examples);
+    }
+
+    #[test]
+    fn problems_are_all_counted_but_only_a_few_quoted() {
+        let l = layout();
+        let mut s = states(&l, &consistent(&l));
+        // Every account of p2 also shows up on p1, where it does not belong.
+        let strays: Vec<_> = s[1].1.clone();
+        s[0].1.extend(strays);
+        let a = audit(&l, &result(&l, deltas()), &found(&l, &s));
+        assert!(!a.passed);
+        assert_eq!(a.examples.len(), AUDIT_EXAMPLES, "{:?}", a.examples);
+        assert!(a.detail.contains("5 account keys are misplaced"), "{}", a.detail);
+        let mut balances = found(&l, &states(&l, &consistent(&l)));
+        for n in 0..1000u64 {
+            balances.take("p1", format!("acct/{}", 1000 + n).as_bytes(), &[0; 8]);
+        }
+        let a = audit(&l, &result(&l, deltas()), &balances);
+        assert_eq!(a.examples.len(), AUDIT_EXAMPLES);
+        assert!(a.detail.contains("1000 account keys are misplaced"), "{}", a.detail);
+        assert!(balances.is_present(9) && !balances.is_present(10));
     }
 
     #[test]
@@ -354,8 +438,13 @@ pub(crate) mod tests {
         let l = layout();
         let before: Vec<Option<i64>> = (0..10).map(|n| Some(500 + n)).collect();
         let after: Vec<Option<i64>> = before.iter().zip(deltas()).map(|(b, d)| Some(b.unwrap() + d)).collect();
-        let a = audit_with_baseline(&l, &result(&l, deltas()), &states(&l, &before), &states(&l, &after));
+        let a = audit_with_baseline(
+            &l,
+            &result(&l, deltas()),
+            &found(&l, &states(&l, &before)),
+            &found(&l, &states(&l, &after)),
+        );
         assert!(a.passed, "{a:?}");
-        assert!(!audit(&l, &result(&l, deltas()), &states(&l, &after)).passed);
+        assert!(!audit(&l, &result(&l, deltas()), &found(&l, &states(&l, &after))).passed);
     }
 }

@@ -14,11 +14,15 @@ pub const ACCOUNT_PREFIX: &[u8] = b"acct/";
 /// Longest account key: the prefix and the 20 digits of `u64::MAX`.
 pub const MAX_ACCOUNT_KEY_BYTES: usize = ACCOUNT_PREFIX.len() + 20;
 
-/// Ops per setup transaction (the engine allows 256).
-pub const SETUP_OPS_PER_TX: usize = 200;
+/// Ops per setup transaction: the most a server accepts by default (`max_ops_per_tx`).
+pub const SETUP_OPS_PER_TX: usize = 256;
 
 /// Setup transactions in flight at once.
-const SETUP_PIPELINE_DEPTH: usize = 32;
+const SETUP_PIPELINE_DEPTH: usize = 64;
+
+/// Attempts at one setup transaction that aborts for a reason a retry may cure (a prepare
+/// timeout while a participant's table grows, a conflict with another client).
+const SETUP_ATTEMPTS_MAX: u32 = 10;
 
 /// Up to this many accounts, a run precomputes every key into one buffer, so that a key in
 /// a transaction is a slice of it (a reference count, no allocation, no formatting).
@@ -168,8 +172,11 @@ pub(crate) fn client_options(cluster: &str) -> ClientOptions {
 }
 
 /// Gives every account `layout.initial_balance` with `Add` ops (a missing key counts as 0,
-/// so on a fresh cluster this creates the accounts): at most 200 ops per transaction, up to
-/// 32 transactions in flight. Fails on the first abort, naming its reason.
+/// so on a fresh cluster this creates the accounts): [`SETUP_OPS_PER_TX`] accounts of one
+/// participant per transaction (so each commits on one participant alone), up to
+/// `SETUP_PIPELINE_DEPTH` transactions in flight over one connection. A transaction that
+/// aborts for a retryable reason is sent again under a new seq (an abort had no effect), at
+/// most `SETUP_ATTEMPTS_MAX` times; any other abort fails the setup, naming its reason.
 ///
 /// On a cluster that already holds the accounts this adds the initial balance again; the
 /// audit then needs the balances from before (see [`crate::audit_with_baseline`]).
@@ -197,14 +204,16 @@ pub fn setup_accounts_where(
         .with_context(|| format!("connecting to the coordinator at {coordinator} (cluster '{cluster}')"))?;
     check_directory(pipeline.directory().participants(), layout)?;
     let keys = KeyTable::new(layout.accounts);
-    let mut next_account = 0u64;
-    let mut in_flight: Vec<(Seq, u64)> = Vec::new(); // (seq, first account of the chunk)
+    let mut batches = SetupBatches::new(layout);
+    let mut retries: Vec<SetupBatch> = Vec::new();
+    let mut in_flight: Vec<(Seq, SetupBatch)> = Vec::with_capacity(SETUP_PIPELINE_DEPTH);
     let mut last_progress = Instant::now();
     let stall_limit = Duration::from_secs(60);
-    while next_account < layout.accounts || !in_flight.is_empty() {
-        while next_account < layout.accounts && in_flight.len() < SETUP_PIPELINE_DEPTH {
-            let end = (next_account + SETUP_OPS_PER_TX as u64).min(layout.accounts);
-            let ops: Vec<Op> = (next_account..end)
+    loop {
+        while in_flight.len() < SETUP_PIPELINE_DEPTH {
+            let Some(batch) = retries.pop().or_else(|| batches.next()) else { break };
+            let ops: Vec<Op> = batch
+                .accounts(layout)
                 .filter(|&n| wanted(n))
                 .map(|n| Op {
                     participant: layout.participant_of(n),
@@ -213,12 +222,13 @@ pub fn setup_accounts_where(
                 })
                 .collect();
             if ops.is_empty() {
-                next_account = end;
                 continue;
             }
             let seq = pipeline.send(ops).context("sending an account-setup transaction")?;
-            in_flight.push((seq, next_account));
-            next_account = end;
+            in_flight.push((seq, batch));
+        }
+        if in_flight.is_empty() {
+            return Ok(());
         }
         pipeline.flush().context("sending account-setup transactions")?;
         let outcomes = pipeline.poll(Duration::from_millis(50)).context("waiting for account-setup outcomes")?;
@@ -229,17 +239,75 @@ pub fn setup_accounts_where(
         }
         for (seq, outcome) in outcomes {
             let Some(at) = in_flight.iter().position(|(s, _)| *s == seq) else { continue };
-            let (_, first) = in_flight.swap_remove(at);
-            if let Outcome::Aborted { reason } = outcome {
-                let last = (first + SETUP_OPS_PER_TX as u64).min(layout.accounts) - 1;
+            let (_, mut batch) = in_flight.swap_remove(at);
+            let Outcome::Aborted { reason } = outcome else { continue };
+            batch.attempts += 1;
+            if !reason.is_retryable() || batch.attempts >= SETUP_ATTEMPTS_MAX {
                 bail!(
-                    "account setup aborted for accounts {first}..={last}: {reason} \
-                     (is another load running against this cluster?)"
+                    "account setup aborted for {} (attempt {}): {reason} (is another load running against this \
+                     cluster?)",
+                    batch.describe(layout),
+                    batch.attempts
                 );
             }
+            retries.push(batch);
         }
     }
-    Ok(())
+}
+
+/// One setup transaction: up to [`SETUP_OPS_PER_TX`] accounts of one participant, `first`,
+/// `first + P`, `first + 2P`, … (P participants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SetupBatch {
+    first: u64,
+    attempts: u32,
+}
+
+impl SetupBatch {
+    fn accounts(&self, layout: &BankLayout) -> impl Iterator<Item = u64> {
+        let step = layout.participants.len() as u64;
+        (0..SETUP_OPS_PER_TX as u64).map(move |k| self.first + k * step).take_while(move |&n| n < layout.accounts)
+    }
+
+    fn describe(&self, layout: &BankLayout) -> String {
+        let last = self.accounts(layout).last().unwrap_or(self.first);
+        let step = layout.participants.len();
+        format!("accounts {}, {}, …, {last} (every {step}th)", self.first, self.first + step as u64)
+    }
+}
+
+/// Every account exactly once: blocks of [`SETUP_OPS_PER_TX`] × P accounts, one batch per
+/// participant each.
+struct SetupBatches {
+    /// The next batch's first account.
+    next: u64,
+    accounts: u64,
+    participants: u64,
+}
+
+impl SetupBatches {
+    fn new(layout: &BankLayout) -> SetupBatches {
+        SetupBatches { next: 0, accounts: layout.accounts, participants: layout.participants.len() as u64 }
+    }
+}
+
+impl Iterator for SetupBatches {
+    type Item = SetupBatch;
+
+    fn next(&mut self) -> Option<SetupBatch> {
+        if self.next >= self.accounts {
+            return None;
+        }
+        let batch = SetupBatch { first: self.next, attempts: 0 };
+        // After the last participant's batch of a block, jump to the next block.
+        let block = SETUP_OPS_PER_TX as u64 * self.participants;
+        self.next = if (self.next + 1).is_multiple_of(self.participants) {
+            self.next + 1 + block - self.participants
+        } else {
+            self.next + 1
+        };
+        Some(batch)
+    }
 }
 
 /// A bank over participants p1..pN (ids 1..N), for tests.
@@ -305,6 +373,24 @@ mod tests {
         assert!(check_directory(&swapped, &l).unwrap_err().to_string().contains("'p1' is p2"));
         let missing = vec![(ParticipantId(1), "p1".to_string())];
         assert!(check_directory(&missing, &l).unwrap_err().to_string().contains("'p2' is unknown"));
+    }
+
+    #[test]
+    fn setup_batches_cover_every_account_once_one_participant_each() {
+        for (accounts, parts) in [(2u64, 1usize), (10, 3), (2000, 3), (SETUP_OPS_PER_TX as u64 * 3 + 1, 3), (777, 4)] {
+            let l = layout(accounts, parts);
+            let mut seen = vec![0u32; accounts as usize];
+            for batch in SetupBatches::new(&l) {
+                let members: Vec<u64> = batch.accounts(&l).collect();
+                assert!(!members.is_empty() && members.len() <= SETUP_OPS_PER_TX, "{batch:?}");
+                let home = l.participant_index(batch.first);
+                assert!(members.iter().all(|&n| l.participant_index(n) == home), "{batch:?} spans participants");
+                for n in members {
+                    seen[n as usize] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&times| times == 1), "{accounts} accounts over {parts}: {seen:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `acct/<n>`. [`setup_accounts`] gives each its initial balance; [`run_load`] runs transfers
 //! (debit with a floor of 0, credit) and optional read-only audits, closed loop or open loop
 //! at a fixed rate, and tracks the balance change every acknowledged commit implies;
-//! [`audit`] checks the participants' final states against that; [`Report`] prints a
+//! [`audit`] checks the participants' final balances ([`Balances`], filled entry by entry
+//! as their dumps stream in) against that; [`Report`] prints a
 //! summary and writes `report.json` and a self-contained `report.html`.
 //!
 //! Invariants:
@@ -14,8 +15,9 @@
 //!   so nothing is executed twice); otherwise the run fails.
 //! - Open loop measures latency from the intended send time: a cluster that falls behind
 //!   shows it as latency (and, past the end, as a counted backlog), never as skipped sends.
-//! - Memory is bounded whatever the duration: fixed-size histograms, one timeline entry per
-//!   second, one `i64` per account.
+//! - Memory is bounded whatever the duration and the state's size: fixed-size histograms,
+//!   one timeline entry per second, one `i64` per account (the audit keeps a balance and a
+//!   presence flag per account, never the participants' states).
 //!
 //! Must not: decide anything about the protocol (it is a client like any other) or depend on
 //! the node runtime.
@@ -29,7 +31,7 @@ mod report;
 mod svg;
 mod workload;
 
-pub use audit::{AUDIT_EXAMPLES, Audit, audit, audit_with_baseline};
+pub use audit::{AUDIT_EXAMPLES, Audit, Balances, audit, audit_with_baseline};
 pub use chaos_report::{ChaosReport, KillEvent, PhaseThroughput, RecoveryStats};
 pub use layout::{
     ACCOUNT_PREFIX, BankLayout, KeyTable, MAX_ACCOUNT_KEY_BYTES, SETUP_OPS_PER_TX, check_directory, setup_accounts,

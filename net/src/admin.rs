@@ -1,5 +1,6 @@
 //! Admin requests for operators and the load generator's audit: a participant's whole state
-//! (`Dump`) and a coordinator's participants with their addresses (`Topology`).
+//! (`Dump`, streamed in chunks and consumed as they arrive) and a coordinator's participants
+//! with their addresses (`Topology`).
 //!
 //! Both connect with the `admin` role: with TLS the certificate must be an admin's (a
 //! client's is refused as `Forbidden`).
@@ -60,17 +61,28 @@ fn request(
     }
 }
 
-/// Every key and value a participant holds, and its counts at the time.
-pub fn dump(
+/// Streams a participant's state: hands every key and value to `each` as its chunk arrives
+/// (keeping none of them), and returns the participant's counts from the `DumpEnd` once the
+/// number of entries received matched it.
+///
+/// The state read is consistent: a participant that applied a commit while the dump streamed
+/// answers with `Error` (code 7) instead of `DumpEnd`, and this returns
+/// [`ClientError::Refused`]; dump again. Take the dump once the load settled (no transaction
+/// prepared, `DumpEnd::prepared == 0`), as the audit does.
+pub fn dump_each(
     addr: impl ToSocketAddrs,
     cluster: &str,
     security: &Security,
-) -> Result<(Vec<(Bytes, Bytes)>, DumpEnd), ClientError> {
-    let mut entries = Vec::new();
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> Result<DumpEnd, ClientError> {
+    let mut received = 0u64;
     let mut end = None;
     request(connect(addr, cluster, security)?, AdminOp::Dump, |frame| match frame {
         Frame::DumpChunk(chunk) => {
-            entries.extend(chunk);
+            received += chunk.len() as u64;
+            for (key, value) in &chunk {
+                each(key, value);
+            }
             Ok(false)
         }
         Frame::DumpEnd(last) => {
@@ -80,12 +92,26 @@ pub fn dump(
         other => Err(unexpected(&other)),
     })?;
     let end = end.expect("the request ends with DumpEnd");
-    if end.keys != entries.len() as u64 {
+    if end.keys != received {
         return Err(ClientError::Protocol(ProtocolError::new(
             ErrorCode::Malformed,
-            format!("dump announced {} keys but sent {}", end.keys, entries.len()),
+            format!("dump announced {} keys but sent {received}", end.keys),
         )));
     }
+    Ok(end)
+}
+
+/// Every key and value a participant holds, and its counts at the time, collected in memory:
+/// for small states (tests, operators). Large states: [`dump_each`].
+pub fn dump(
+    addr: impl ToSocketAddrs,
+    cluster: &str,
+    security: &Security,
+) -> Result<(Vec<(Bytes, Bytes)>, DumpEnd), ClientError> {
+    let mut entries = Vec::new();
+    let end = dump_each(addr, cluster, security, |key, value| {
+        entries.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
+    })?;
     Ok((entries, end))
 }
 

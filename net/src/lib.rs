@@ -13,7 +13,9 @@
 //! - the TCP transport for servers and their peer links ([`transport`]): one `mio` event-loop
 //!   thread per process, batches in and out over crossbeam channels, reconnect with backoff;
 //! - the blocking client library ([`client`]): [`Client`] (one transaction at a time, retries
-//!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection).
+//!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection);
+//! - admin requests ([`admin`]): a coordinator's topology, and a participant's dump consumed
+//!   chunk by chunk as it streams ([`admin::dump_each`]).
 //!
 //! The byte-by-byte layout is documented in `docs/PROTOCOL.md`; a unit test checks the
 //! document's worked example against this code.

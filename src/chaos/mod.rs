@@ -126,7 +126,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         let left = settled.left.join("; ");
         violations.push(format!("still unresolved {:?} after the load: {left}", settle::SETTLE_LIMIT));
     }
-    let verdict = audit(&target.layout, &result, &settled.states);
+    let verdict = audit(&target.layout, &result, &settled.balances);
     let measured = summary::Measured { start, sends_end, settled_after: settled.after, violations };
     let chaos = summary::build(&schedule, &log, measured);
     let passed = verdict.passed && chaos.passed();

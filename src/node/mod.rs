@@ -14,6 +14,7 @@
 
 pub mod coordinator;
 mod coordinator_links;
+pub mod dump;
 pub mod participant;
 pub mod snapshot;
 

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use twophase_engine::participant::{PartEffects, Participant, ParticipantConfig, ParticipantSnapshot};
 use twophase_engine::{Lsn, PartRecord, ParticipantId, Time, ToCoordinator, Vote};
 use twophase_net::{
-    AdminOp, BatchWriter, ConnId, DumpEnd, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig,
+    AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig,
 };
 
 use super::coordinator_links::CoordinatorLinks;
+use super::dump::DumpStreams;
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
@@ -49,6 +49,7 @@ pub struct ParticipantRole {
     fsync: bool,
     /// Whether connections are mutual TLS (then every peer must be authenticated).
     tls: bool,
+    dumps: DumpStreams,
 }
 
 impl ParticipantRole {
@@ -59,7 +60,9 @@ impl ParticipantRole {
                     self.engine.on_message(now, epoch, message, fx);
                 }
             }
-            Frame::AdminRequest(AdminOp::Dump) if self.admins.contains(&conn) => self.send_dump(conn),
+            Frame::AdminRequest(AdminOp::Dump) if self.admins.contains(&conn) => {
+                self.dumps.start(&mut self.transport, conn)
+            }
             other => super::refuse(
                 &mut self.transport,
                 conn,
@@ -68,35 +71,6 @@ impl ParticipantRole {
         }
     }
 }
-
-impl ParticipantRole {
-    /// The whole key-value state, in frames of about [`DUMP_CHUNK_BYTES`], then the counts.
-    fn send_dump(&mut self, conn: ConnId) {
-        let mut frames = Vec::new();
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = 0;
-        for (key, value) in self.engine.kv().iter() {
-            chunk_bytes += key.len() + value.len() + 6;
-            chunk.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
-            if chunk_bytes >= DUMP_CHUNK_BYTES {
-                Frame::DumpChunk(std::mem::take(&mut chunk)).encode(&mut frames);
-                chunk_bytes = 0;
-            }
-        }
-        Frame::DumpChunk(chunk).encode(&mut frames);
-        let end = DumpEnd {
-            keys: self.engine.kv().len() as u64,
-            prepared: self.engine.prepared() as u32,
-            in_doubt: self.engine.in_doubt() as u32,
-            fsync: self.fsync,
-        };
-        Frame::DumpEnd(end).encode(&mut frames);
-        self.transport.send(conn, Bytes::from(frames));
-    }
-}
-
-/// Dump frames stay far below the 16 MiB frame limit.
-const DUMP_CHUNK_BYTES: usize = 1 << 20;
 
 impl Role for ParticipantRole {
     type Record = PartRecord;
@@ -127,6 +101,7 @@ impl Role for ParticipantRole {
             Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
             Inbound::Closed { conn } => {
                 self.admins.remove(&conn);
+                self.dumps.forget(conn);
                 if let Some(next) = self.coordinators.close(conn) {
                     tracing::info!(
                         closed = conn,
@@ -143,7 +118,10 @@ impl Role for ParticipantRole {
     }
 
     fn next_deadline(&self) -> Option<Time> {
-        self.engine.next_deadline()
+        match (self.engine.next_deadline(), self.dumps.next_deadline()) {
+            (Some(engine), Some(dump)) => Some(engine.min(dump)),
+            (engine, dump) => engine.or(dump),
+        }
     }
 
     fn route(&mut self, released: &mut Vec<ToCoordinator>) {
@@ -179,6 +157,11 @@ impl Role for ParticipantRole {
     fn after_step(&mut self, durable: Lsn) {
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
+        self.dumps.pump(&self.engine, &mut self.transport, self.fsync);
+    }
+
+    fn appended(&mut self, record: &PartRecord) {
+        self.dumps.on_record(record);
     }
 }
 
@@ -227,6 +210,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         snapshots,
         fsync: !options.storage.unsafe_no_fsync,
         tls,
+        dumps: DumpStreams::new(clock),
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     drop(role.transport);
