@@ -44,12 +44,13 @@ fn a_state_beyond_the_outbound_bound_streams_whole_and_a_commit_meanwhile_refuse
     let cluster = Cluster::start(1, dir.path());
     fill_p1(&cluster);
     let p1 = cluster.participants[0].1;
+    let admin_security = cluster.admin_security();
 
     // Whole: every key once with its value, the count matching DumpEnd, nothing prepared.
     let (seen, end) = eventually("p1 to apply every commit", Duration::from_secs(20), || {
         let mut seen = vec![0u32; KEYS];
         let mut bytes = 0usize;
-        let end = admin::dump_each(p1, "local", |k, v| {
+        let end = admin::dump_each(p1, "local", &admin_security, |k, v| {
             let n: usize = std::str::from_utf8(k).unwrap().strip_prefix("big/").unwrap().parse().unwrap();
             assert_eq!(v, &value(n)[..], "the value of {}", key(n));
             seen[n] += 1;
@@ -67,7 +68,7 @@ fn a_state_beyond_the_outbound_bound_streams_whole_and_a_commit_meanwhile_refuse
     // must end with Error 7 instead of DumpEnd.
     let mut writer = cluster.client();
     let mut committed = false;
-    let result = admin::dump_each(p1, "local", |_, _| {
+    let result = admin::dump_each(p1, "local", &admin_security, |_, _| {
         if !committed {
             committed = true;
             let put =
@@ -84,7 +85,7 @@ fn a_state_beyond_the_outbound_bound_streams_whole_and_a_commit_meanwhile_refuse
         other => panic!("a dump across a commit must be refused, got {other:?}"),
     }
     // The participant keeps serving: a dump now is whole again.
-    let end = admin::dump_each(p1, "local", |_, _| {}).unwrap();
+    let end = admin::dump_each(p1, "local", &admin_security, |_, _| {}).unwrap();
     assert_eq!(end.keys, KEYS as u64 + 1);
     cluster.stop();
 }
