@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::node::Storage;
 use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
+use crate::trace::TraceArgs;
 use crate::{chaos, cluster, inspect, loadgen, names, node, tx};
 
 #[derive(Parser)]
@@ -74,6 +75,8 @@ struct ParticipantArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -129,6 +132,8 @@ struct CoordinatorArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +172,9 @@ struct ClusterArgs {
     /// Every node's `--group-interval-us` [default: the nodes' own, 1500].
     #[arg(long)]
     group_interval_us: Option<u64>,
+    /// Every node's tracing flags.
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -203,6 +211,7 @@ fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptio
             args.group_interval_us.or(file.group_interval_us),
         ),
         pin_core: args.pin_core.or(file.pin_core),
+        trace: args.trace,
     })
 }
 
@@ -233,6 +242,7 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         ),
         pin_core: args.pin_core.or(file.pin_core),
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
+        trace: args.trace,
     })
 }
 
@@ -248,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cluster: args.cluster,
                 unsafe_no_fsync: args.unsafe_no_fsync,
                 group_interval_us: args.group_interval_us,
+                trace: args.trace,
             };
             return cluster::run_until_stopped(options);
         }

@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub unsafe_no_fsync: bool,
     /// Every node's `--group-interval-us`; `None` leaves their default.
     pub group_interval_us: Option<u64>,
+    /// Every node's `--trace-sample` and `--otlp-endpoint`.
+    pub trace: crate::trace::TraceArgs,
 }
 
 struct Node {
@@ -133,6 +135,7 @@ fn common_node_args(options: &ClusterOptions, data_dir: &Path) -> Vec<String> {
     if let Some(interval_us) = options.group_interval_us {
         args.extend(["--group-interval-us".to_string(), interval_us.to_string()]);
     }
+    args.extend(options.trace.to_args());
     args
 }
 
@@ -290,6 +293,7 @@ mod tests {
             cluster: "demo".into(),
             unsafe_no_fsync,
             group_interval_us,
+            trace: Default::default(),
         }
     }
 
@@ -306,7 +310,10 @@ mod tests {
 
     #[test]
     fn the_node_command_lines_parse() {
-        let common = common_node_args(&options(false, Some(0)), Path::new("/data/p1"));
+        let mut traced = options(false, Some(0));
+        traced.trace = crate::trace::TraceArgs { trace_sample: Some(0.5), otlp_endpoint: Some("http://h:4318".into()) };
+        let common = common_node_args(&traced, Path::new("/data/p1"));
+        assert!(common.ends_with(&["--trace-sample", "0.5", "--otlp-endpoint", "http://h:4318"].map(String::from)));
         let participant = ["twophase", "participant", "--id", "p1", "--listen", "127.0.0.1:0"];
         let argv = participant.iter().map(|a| a.to_string()).chain(common);
         crate::cli::Cli::try_parse_from(argv).expect("a participant command line");

@@ -85,6 +85,9 @@ pub struct DemoArgs {
     /// per this many microseconds [default: the nodes' own, 1500].
     #[arg(long)]
     group_interval_us: Option<u64>,
+    /// Every node's tracing flags (the cluster's spans of sampled transactions).
+    #[command(flatten)]
+    trace: crate::trace::TraceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +167,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cluster: "demo".into(),
         unsafe_no_fsync: args.unsafe_no_fsync,
         group_interval_us: args.group_interval_us,
+        trace: args.trace.clone(),
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;

@@ -11,6 +11,7 @@ mod names;
 mod node;
 mod opsyntax;
 mod settle;
+mod trace;
 mod tx;
 
 use std::process::ExitCode;

@@ -40,6 +40,7 @@ mod doc_example;
 pub use client::{Client, ClientError, ClientOptions, Directory, Pipeline};
 pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
-    Hello, MAX_HELLO_FRAME_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError, Role, Welcome,
+    Hello, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError,
+    Role, TraceEntry, TraceKey, Welcome, encode_trace_context,
 };
 pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};

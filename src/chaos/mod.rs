@@ -88,6 +88,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         cluster: "chaos".into(),
         unsafe_no_fsync: false,
         group_interval_us: None,
+        trace: Default::default(),
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;

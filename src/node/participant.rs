@@ -17,6 +17,8 @@ use twophase_net::{
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
+use crate::trace::participant::ParticipantTrace;
+use crate::trace::{Exporter, TraceArgs};
 
 /// Longest a failpoint that fires after a send waits for the bytes to leave.
 const FAILPOINT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -32,6 +34,7 @@ pub struct ParticipantOptions {
     pub snapshot_every_records: u64,
     pub storage: Storage,
     pub pin_core: Option<usize>,
+    pub trace: TraceArgs,
 }
 
 pub struct ParticipantRole {
@@ -45,6 +48,8 @@ pub struct ParticipantRole {
     snapshots: SnapshotPolicy<ParticipantSnapshot>,
     /// Whether the log is fdatasynced (reported in dumps, so a load report can say so).
     fsync: bool,
+    /// Spans of sampled transactions; `None` when tracing is off.
+    trace: Option<ParticipantTrace>,
 }
 
 impl ParticipantRole {
@@ -52,7 +57,15 @@ impl ParticipantRole {
         match frame {
             Frame::ToParticipant { epoch, messages } if self.coordinators.contains(&conn) => {
                 for message in messages {
+                    if let Some(trace) = &mut self.trace {
+                        trace.on_message(&message);
+                    }
                     self.engine.on_message(now, epoch, message, fx);
+                }
+            }
+            Frame::TraceContext(entries) if self.coordinators.contains(&conn) => {
+                if let Some(trace) = &mut self.trace {
+                    trace.on_trace_context(entries);
                 }
             }
             Frame::AdminRequest(AdminOp::Dump) if self.admins.contains(&conn) => self.send_dump(conn),
@@ -134,7 +147,16 @@ impl Role for ParticipantRole {
         self.engine.next_deadline()
     }
 
+    fn observe(&mut self, fx: &PartEffects) {
+        if let Some(trace) = &mut self.trace {
+            trace.observe(fx);
+        }
+    }
+
     fn route(&mut self, released: &mut Vec<ToCoordinator>) {
+        if let Some(trace) = &mut self.trace {
+            trace.released(released);
+        }
         let mut die_once_sent = false;
         for message in released.drain(..) {
             match &message {
@@ -165,6 +187,9 @@ impl Role for ParticipantRole {
     }
 
     fn after_step(&mut self, durable: Lsn) {
+        if let Some(trace) = &mut self.trace {
+            trace.after_step(durable);
+        }
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
     }
@@ -198,6 +223,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     transport_config.accept_roles = vec![NetRole::Coordinator, NetRole::Admin];
     transport_config.limits = limits;
     let (transport, addr) = Reactor::new(transport_config).context("starting the network")?;
+    let trace = Exporter::start(&options.trace, "twophase-participant", &options.name)?.map(ParticipantTrace::new);
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
 
@@ -213,6 +239,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         to_coordinator: BatchWriter::new(&limits),
         snapshots,
         fsync: !options.storage.unsafe_no_fsync,
+        trace,
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     drop(role.transport);
