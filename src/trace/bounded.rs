@@ -3,11 +3,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
+use twophase_engine::hash::SeededState;
+
 /// Insertion-ordered eviction: when full, inserting drops the oldest entry still present
 /// (and returns it, so its spans can be ended). Removing is by key; the order queue is
-/// compacted once stale keys make it twice the capacity.
+/// compacted once stale keys make it twice the capacity. Hashed with the engine's fast
+/// seeded hasher (keys come from the wire: the seed is random, so no one can aim collisions).
 pub(crate) struct BoundedMap<K, V> {
-    map: HashMap<K, V>,
+    map: HashMap<K, V, SeededState>,
     order: VecDeque<K>,
     capacity: usize,
 }
@@ -15,7 +18,8 @@ pub(crate) struct BoundedMap<K, V> {
 impl<K: Copy + Eq + Hash, V> BoundedMap<K, V> {
     pub(crate) fn new(capacity: usize) -> BoundedMap<K, V> {
         assert!(capacity > 0, "a bounded map needs room for one entry");
-        BoundedMap { map: HashMap::new(), order: VecDeque::new(), capacity }
+        let hasher = SeededState::new(rand::random());
+        BoundedMap { map: HashMap::with_hasher(hasher), order: VecDeque::new(), capacity }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
