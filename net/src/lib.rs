@@ -3,7 +3,9 @@
 //! Owns:
 //! - the frame codec ([`frame`]): `u32 length | u8 version | u8 kind | payload`, each data
 //!   frame a batch of engine messages; [`FrameDecoder`] (streaming) and [`BatchWriter`]
-//!   (hot-path encoder that rolls over to a new frame before the limits);
+//!   (hot-path encoder that rolls over to a new frame before the limits); the
+//!   `TraceContext` frame (W3C `traceparent` per request or transaction, opaque here: the
+//!   runtime parses it);
 //! - the handshake (`Hello` → `Welcome`, or `Error` and close) and the limits it announces
 //!   ([`NetLimits`]);
 //! - the TCP transport for servers and their peer links ([`transport`]): one `mio` event-loop
