@@ -16,6 +16,7 @@ use crate::node::Storage;
 use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
 use crate::security::{SecurityArgs, SecurityKeys};
+use crate::trace::TraceArgs;
 use crate::{certs, chaos, cluster, inspect, loadgen, names, node, tx};
 
 #[derive(Parser)]
@@ -79,6 +80,8 @@ struct ParticipantArgs {
     pin_core: Option<usize>,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -140,6 +143,8 @@ struct CoordinatorArgs {
     pin_core: Option<usize>,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 #[derive(Deserialize, Default)]
@@ -186,6 +191,9 @@ struct ClusterArgs {
     /// certificate are made in DATA_DIR/certs).
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Every node's tracing flags.
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -225,6 +233,7 @@ fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptio
         ),
         pin_core: args.pin_core.or(file.pin_core),
         security: args.security.resolve(keys)?,
+        trace: args.trace,
     })
 }
 
@@ -258,6 +267,7 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         pin_core: args.pin_core.or(file.pin_core),
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
         security: args.security.resolve(keys)?,
+        trace: args.trace,
     })
 }
 
@@ -274,6 +284,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 unsafe_no_fsync: args.unsafe_no_fsync,
                 group_interval_us: args.group_interval_us,
                 plaintext: args.insecure_plaintext,
+                trace: args.trace,
             };
             return cluster::run_until_stopped(options);
         }

@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     /// Every node and the launcher's own connections without TLS. Otherwise a CA (reused
     /// if the data directory has one) and every certificate are made in `DATA_DIR/certs`.
     pub plaintext: bool,
+    /// Every node's `--trace-sample` and `--otlp-endpoint`.
+    pub trace: crate::trace::TraceArgs,
 }
 
 /// The client certificate's name for the launcher's load and for `client.toml`.
@@ -184,6 +186,7 @@ fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> Vec<Str
     if let Some(interval_us) = options.group_interval_us {
         args.extend(["--group-interval-us".to_string(), interval_us.to_string()]);
     }
+    args.extend(options.trace.to_args());
     args
 }
 
@@ -362,6 +365,7 @@ mod tests {
             unsafe_no_fsync,
             group_interval_us,
             plaintext,
+            trace: Default::default(),
         }
     }
 
@@ -431,5 +435,17 @@ mod tests {
         }
         let plain = ClusterOptions { plaintext: true, ..options };
         assert_eq!(identity(&plain, Role::Client, CLIENT_NAME), TlsFiles::InsecurePlaintext);
+    }
+
+    #[test]
+    fn the_trace_flags_reach_every_node() {
+        let mut traced = options(false, Some(0), true);
+        traced.trace = crate::trace::TraceArgs { trace_sample: Some(0.5), otlp_endpoint: Some("http://h:4318".into()) };
+        let common = common_node_args(&traced, Role::Participant, "p1");
+        let flags = ["--trace-sample", "0.5", "--otlp-endpoint", "http://h:4318"].map(String::from);
+        assert!(common.windows(flags.len()).any(|window| window == flags), "{common:?}");
+        let participant = ["twophase", "participant", "--id", "p1", "--listen", "127.0.0.1:0"];
+        let argv = participant.iter().map(|a| a.to_string()).chain(common);
+        crate::cli::Cli::try_parse_from(argv).expect("a participant command line");
     }
 }

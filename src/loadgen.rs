@@ -87,6 +87,9 @@ pub struct DemoArgs {
     /// made in the data directory); the report says so.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Every node's tracing flags (the cluster's spans of sampled transactions).
+    #[command(flatten)]
+    trace: crate::trace::TraceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -221,6 +224,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         unsafe_no_fsync: args.unsafe_no_fsync,
         group_interval_us: args.group_interval_us,
         plaintext: args.insecure_plaintext,
+        trace: args.trace.clone(),
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;

@@ -14,6 +14,7 @@ mod node;
 mod opsyntax;
 mod security;
 mod settle;
+mod trace;
 mod tx;
 
 use std::process::ExitCode;

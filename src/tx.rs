@@ -5,13 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, Status};
 use serde_json::json;
-use twophase_engine::{OpKind, Outcome};
+use twophase_engine::{Op, OpKind, Outcome};
 use twophase_net::{Client, ClientOptions};
 
 use crate::client_config::ClientFile;
 use crate::opsyntax::{self, NamedOp};
 use crate::security::SecurityArgs;
+use crate::trace::{Exporter, TraceArgs, context};
 
 #[derive(Args)]
 pub struct TxArgs {
@@ -33,6 +36,10 @@ pub struct TxArgs {
     /// Give up after this many milliseconds per attempt.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Trace this transaction (with that probability) as the root of the coordinator's and
+    /// participants' spans.
+    #[command(flatten)]
+    trace: TraceArgs,
     /// Operations: get P:KEY | put P:KEY=TEXT | del P:KEY | add P:KEY=DELTA[,floor=F]
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "OP")]
     ops: Vec<String>,
@@ -54,13 +61,35 @@ pub fn run(args: TxArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(coordinator.as_str(), options)
         .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {err}"))?;
     let ops = opsyntax::resolve(named.clone(), client.directory().participants())?;
-    let outcome = client.submit(ops).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let outcome = submit(&mut client, ops, &args.trace)?;
     if args.json {
         println!("{}", outcome_json(&named, &outcome));
     } else {
         print_outcome(&named, &outcome);
     }
     Ok(if outcome.is_committed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Submits `ops`, as a traced `transaction` span (the root of the cluster's spans) when
+/// sampled; the exporter sends the span before this returns.
+fn submit(client: &mut Client, ops: Vec<Op>, trace: &TraceArgs) -> anyhow::Result<Outcome> {
+    let exporter = Exporter::start(trace, "twophase-client", &format!("client-{:016x}", client.client_id().0))?;
+    let Some(exporter) = exporter.filter(Exporter::sample_root) else {
+        return client.submit(ops).map_err(|err| anyhow::anyhow!("{err}"));
+    };
+    let attributes = vec![KeyValue::new("twophase.client", client.client_id().0 as i64)];
+    let mut span = exporter.span("transaction", None, None, attributes);
+    let result = client.submit_traced(ops, context::format(span.span_context()));
+    match &result {
+        Ok(Outcome::Committed { .. }) => span.set_attribute(KeyValue::new("twophase.outcome", "committed")),
+        Ok(Outcome::Aborted { reason }) => {
+            span.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
+            span.set_attribute(KeyValue::new("twophase.abort_reason", reason.label()));
+        }
+        Err(err) => span.set_status(Status::error(err.to_string())),
+    }
+    span.end();
+    result.map_err(|err| anyhow::anyhow!("{err}"))
 }
 
 fn reads<'a>(named: &'a [NamedOp], outcome: &'a Outcome) -> Vec<(&'a NamedOp, Option<&'a [u8]>)> {

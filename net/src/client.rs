@@ -394,6 +394,8 @@ pub struct Client {
     directory: Directory,
     writer: BatchWriter<Submit>,
     frames: Vec<Frame>,
+    /// A `TraceContext` frame sent before the request on every attempt (empty: none).
+    trace_frame: Vec<u8>,
 }
 
 impl Client {
@@ -411,6 +413,7 @@ impl Client {
             conn: Some(conn),
             options,
             frames: Vec::new(),
+            trace_frame: Vec::new(),
         })
     }
 
@@ -421,6 +424,22 @@ impl Client {
     /// The coordinator's participants, as of the latest handshake.
     pub fn directory(&self) -> &Directory {
         &self.directory
+    }
+
+    /// [`submit`](Self::submit) with a W3C `traceparent` (at most
+    /// [`MAX_TRACEPARENT_BYTES`](crate::MAX_TRACEPARENT_BYTES)) sent in a `TraceContext`
+    /// frame just before the request on every attempt, so the coordinator's spans of this
+    /// transaction become children of the caller's span.
+    pub fn submit_traced(&mut self, ops: Vec<Op>, traceparent: bytes::Bytes) -> Result<Outcome, ClientError> {
+        if traceparent.len() > crate::MAX_TRACEPARENT_BYTES {
+            let message = format!("a traceparent of {} bytes is longer than the frame allows", traceparent.len());
+            return Err(ClientError::Protocol(ProtocolError::new(ErrorCode::Malformed, message)));
+        }
+        let key = crate::TraceKey::Submit { client: self.client, seq: self.last_seq + 1 };
+        crate::encode_trace_context(&mut self.trace_frame, &[crate::TraceEntry { key, traceparent }]);
+        let result = self.submit(ops);
+        self.trace_frame.clear();
+        result
     }
 
     /// Runs one transaction under the next sequence number. `Busy` → waits `busy_backoff`
@@ -476,6 +495,9 @@ impl Client {
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected");
+        if !self.trace_frame.is_empty() {
+            conn.stream.send(&self.trace_frame)?;
+        }
         conn.stream.send(self.writer.finish())?;
         let deadline = Instant::now() + self.options.request_timeout;
         loop {

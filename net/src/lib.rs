@@ -3,7 +3,9 @@
 //! Owns:
 //! - the frame codec ([`frame`]): `u32 length | u8 version | u8 kind | payload`, each data
 //!   frame a batch of engine messages; [`FrameDecoder`] (streaming) and [`BatchWriter`]
-//!   (hot-path encoder that rolls over to a new frame before the limits);
+//!   (hot-path encoder that rolls over to a new frame before the limits); the
+//!   `TraceContext` frame (W3C `traceparent` per request or transaction, opaque here: the
+//!   runtime parses it);
 //! - the handshake (`Hello` → `Welcome`, or `Error` and close) and the limits it announces
 //!   ([`NetLimits`]);
 //! - identity on every connection ([`tls`]): mutual TLS (rustls, `ring` provider, TLS 1.3)
@@ -53,7 +55,8 @@ mod doc_example;
 pub use client::{Client, ClientError, ClientOptions, Directory, Pipeline};
 pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
-    Hello, MAX_HELLO_FRAME_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError, Role, Welcome,
+    Hello, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError,
+    Role, TraceEntry, TraceKey, Welcome, encode_trace_context,
 };
 pub use tls::{PeerIdentity, SERVER_NAME, Security, TlsMaterial};
 pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};

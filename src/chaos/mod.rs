@@ -94,6 +94,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         unsafe_no_fsync: false,
         group_interval_us: None,
         plaintext: args.insecure_plaintext,
+        trace: Default::default(),
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;

@@ -17,6 +17,8 @@ use twophase_net::{
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
+use crate::trace::coordinator::CoordinatorTrace;
+use crate::trace::{Exporter, TraceArgs};
 
 /// A connection may speak for this many distinct client ids at most.
 const MAX_CLIENTS_PER_CONN: usize = 4096;
@@ -41,6 +43,7 @@ pub struct CoordinatorOptions {
     pub checkpoint_every_records: u64,
     /// The cluster CA, this node's certificate and key, or no TLS at all.
     pub security: crate::security::TlsFiles,
+    pub trace: TraceArgs,
 }
 
 pub struct CoordinatorRole {
@@ -60,6 +63,8 @@ pub struct CoordinatorRole {
     /// the coordinator's own connections.
     announcement: Option<(String, Instant)>,
     checkpoints: SnapshotPolicy<CoordinatorSnapshot>,
+    /// Spans of sampled transactions; `None` when tracing is off.
+    trace: Option<CoordinatorTrace>,
 }
 
 impl CoordinatorRole {
@@ -90,7 +95,16 @@ impl CoordinatorRole {
                         let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
                         return super::refuse(&mut self.transport, conn, message);
                     }
+                    let traced = self.trace.as_mut().and_then(|trace| trace.before_submit(&submit, fx));
                     self.engine.on_submit(now, submit, fx);
+                    if let (Some(trace), Some(pending)) = (&mut self.trace, traced) {
+                        trace.after_submit(pending, fx);
+                    }
+                }
+            }
+            Frame::TraceContext(entries) if !self.peer_of_conn.contains_key(&conn) => {
+                if let Some(trace) = &mut self.trace {
+                    trace.on_trace_context(entries);
                 }
             }
             Frame::AdminRequest(AdminOp::Topology) if !self.peer_of_conn.contains_key(&conn) => {
@@ -106,6 +120,9 @@ impl CoordinatorRole {
                     return self.transport.close(conn);
                 };
                 for message in messages {
+                    if let Some(trace) = &mut self.trace {
+                        trace.on_message(from, &message);
+                    }
                     self.engine.on_message(now, from, message, fx);
                 }
             }
@@ -183,9 +200,18 @@ impl Role for CoordinatorRole {
     }
 
     fn after_step(&mut self, durable: Lsn) {
+        if let Some(trace) = &mut self.trace {
+            trace.after_step(durable);
+        }
         self.announce_when_ready();
         let engine = &self.engine;
         self.checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
+    }
+
+    fn observe(&mut self, fx: &CoordEffects) {
+        if let Some(trace) = &mut self.trace {
+            trace.observe(fx);
+        }
     }
 
     fn appended(&mut self, record: &CoordRecord) {
@@ -198,6 +224,12 @@ impl Role for CoordinatorRole {
         let epoch = self.engine.epoch();
         let limits = self.limits;
         let mut die_once_sent = None;
+        // Trace contexts go to each participant before the data frame they describe.
+        for (participant, frame) in self.trace.as_mut().map(|trace| trace.released(released)).unwrap_or_default() {
+            if let Some(&conn) = self.peer_conn.get(&participant) {
+                self.transport.send(conn, frame);
+            }
+        }
         for output in released.drain(..) {
             match output {
                 CoordOutput::ToParticipant(to, message) => {
@@ -325,6 +357,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         topology.push((*id, name.clone(), resolved.to_string()));
     }
     let announcement = format!("twophase coordinator {} listening on {addr}", options.id);
+    let trace = Exporter::start(&options.trace, "twophase-coordinator", &options.id)?.map(CoordinatorTrace::new);
     super::pin_current_thread(options.pin_core);
 
     let mut role = CoordinatorRole {
@@ -344,6 +377,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
             covered,
             Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
         ),
+        trace,
     };
     role.announce_when_ready();
     let result = super::run(&mut role, fx, &wal, clock, &stop);

@@ -64,6 +64,8 @@ pub trait Role {
     fn after_step(&mut self, _durable: Lsn) {}
     /// Called right after `record` was handed to the log, before it is durable (failpoints).
     fn appended(&mut self, _record: &Self::Record) {}
+    /// Sees a step's appends and outputs before they are logged and gated (tracing).
+    fn observe(&mut self, _fx: &Effects<Self::Record, Self::Output>) {}
 }
 
 /// Options every node shares.
@@ -218,6 +220,7 @@ fn apply_effects<R: Role>(
     released: &mut Vec<R::Output>,
     payload: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
+    role.observe(fx);
     for (lsn, record) in fx.appends.drain(..) {
         payload.clear();
         record.encode_payload(payload);

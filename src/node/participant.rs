@@ -18,6 +18,8 @@ use super::dump::DumpStreams;
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
+use crate::trace::participant::ParticipantTrace;
+use crate::trace::{Exporter, TraceArgs};
 
 /// Longest a failpoint that fires after a send waits for the bytes to leave.
 const FAILPOINT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -35,6 +37,7 @@ pub struct ParticipantOptions {
     pub pin_core: Option<usize>,
     /// The cluster CA, this node's certificate and key, or no TLS at all.
     pub security: crate::security::TlsFiles,
+    pub trace: TraceArgs,
 }
 
 pub struct ParticipantRole {
@@ -50,6 +53,8 @@ pub struct ParticipantRole {
     /// Whether connections are mutual TLS (then every peer must be authenticated).
     tls: bool,
     dumps: DumpStreams,
+    /// Spans of sampled transactions; `None` when tracing is off.
+    trace: Option<ParticipantTrace>,
 }
 
 impl ParticipantRole {
@@ -57,7 +62,15 @@ impl ParticipantRole {
         match frame {
             Frame::ToParticipant { epoch, messages } if self.coordinators.contains(conn) => {
                 for message in messages {
+                    if let Some(trace) = &mut self.trace {
+                        trace.on_message(&message);
+                    }
                     self.engine.on_message(now, epoch, message, fx);
+                }
+            }
+            Frame::TraceContext(entries) if self.coordinators.contains(conn) => {
+                if let Some(trace) = &mut self.trace {
+                    trace.on_trace_context(entries);
                 }
             }
             Frame::AdminRequest(AdminOp::Dump) if self.admins.contains(&conn) => {
@@ -124,7 +137,16 @@ impl Role for ParticipantRole {
         }
     }
 
+    fn observe(&mut self, fx: &PartEffects) {
+        if let Some(trace) = &mut self.trace {
+            trace.observe(fx);
+        }
+    }
+
     fn route(&mut self, released: &mut Vec<ToCoordinator>) {
+        if let Some(trace) = &mut self.trace {
+            trace.released(released);
+        }
         let mut die_once_sent = false;
         for message in released.drain(..) {
             match &message {
@@ -155,6 +177,9 @@ impl Role for ParticipantRole {
     }
 
     fn after_step(&mut self, durable: Lsn) {
+        if let Some(trace) = &mut self.trace {
+            trace.after_step(durable);
+        }
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
         self.dumps.pump(&self.engine, &mut self.transport, self.fsync);
@@ -195,6 +220,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     transport_config.accept_roles = vec![NetRole::Coordinator, NetRole::Admin];
     transport_config.limits = limits;
     let (transport, addr) = Reactor::new(transport_config).context("starting the network")?;
+    let trace = Exporter::start(&options.trace, "twophase-participant", &options.name)?.map(ParticipantTrace::new);
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
 
@@ -211,6 +237,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         fsync: !options.storage.unsafe_no_fsync,
         tls,
         dumps: DumpStreams::new(clock),
+        trace,
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     drop(role.transport);

@@ -213,9 +213,15 @@ impl Node {
     /// `twophase participant --id NAME` with its data in `data_dir/NAME`, on a free port,
     /// with its certificate from `data_dir/certs`.
     pub fn participant(name: &str, data_dir: &Path, env: &[(&str, &str)]) -> Node {
+        Node::participant_with(name, data_dir, &[], env)
+    }
+
+    /// Like [`participant`](Self::participant), with `extra` flags appended.
+    pub fn participant_with(name: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let mut args =
             vec!["participant".to_string(), "--id".into(), name.into(), "--data-dir".into(), path(data_dir, name)];
         args.extend(make_cert(&certs_dir(data_dir), CLUSTER, "participant", name));
+        args.extend(extra.iter().map(|arg| arg.to_string()));
         Node::start(name, data_dir, args, "127.0.0.1:0".parse().unwrap(), env)
     }
 

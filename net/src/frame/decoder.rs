@@ -132,6 +132,9 @@ impl FrameDecoder {
                 Frame::ToParticipant { epoch, messages: self.read_batch(&mut reader)? }
             }
             FrameKind::ToCoordinator => Frame::ToCoordinator(self.read_batch(&mut reader)?),
+            FrameKind::TraceContext => {
+                Frame::TraceContext(super::trace_context::decode(&mut reader, self.limits.max_batch)?)
+            }
             FrameKind::AdminRequest => match reader.u8("admin op")? {
                 1 => Frame::AdminRequest(AdminOp::Dump),
                 2 => Frame::AdminRequest(AdminOp::Topology),

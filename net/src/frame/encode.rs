@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes};
 use twophase_engine::codec::{Decode, Encode, put_key, put_string, put_value};
 use twophase_engine::{Epoch, Key, ParticipantId, Reply, Submit, ToCoordinator, ToParticipant, Value};
 
-use super::{AdminOp, DumpEnd, ErrorFrame, FrameKind, Hello, PROTOCOL_VERSION, Welcome};
+use super::{AdminOp, DumpEnd, ErrorFrame, FrameKind, Hello, PROTOCOL_VERSION, TraceEntry, Welcome};
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Frame {
@@ -19,6 +19,8 @@ pub enum Frame {
         messages: Vec<ToParticipant>,
     },
     ToCoordinator(Vec<ToCoordinator>),
+    /// `(key, traceparent)` pairs for the data frame that follows (see `trace_context`).
+    TraceContext(Vec<TraceEntry>),
     AdminRequest(AdminOp),
     /// Key-value pairs of a dump: `u32 count | (key, value) × count`.
     DumpChunk(Vec<(Key, Value)>),
@@ -37,6 +39,7 @@ impl Frame {
             Frame::Replies(_) => FrameKind::Replies,
             Frame::ToParticipant { .. } => FrameKind::ToParticipant,
             Frame::ToCoordinator(_) => FrameKind::ToCoordinator,
+            Frame::TraceContext(_) => FrameKind::TraceContext,
             Frame::AdminRequest(_) => FrameKind::AdminRequest,
             Frame::DumpChunk(_) => FrameKind::DumpChunk,
             Frame::DumpEnd(_) => FrameKind::DumpEnd,
@@ -86,6 +89,7 @@ impl Frame {
                 put_batch(out, messages);
             }
             Frame::ToCoordinator(items) => put_batch(out, items),
+            Frame::TraceContext(entries) => super::trace_context::encode(out, entries),
             Frame::AdminRequest(op) => out.put_u8(*op as u8),
             Frame::DumpChunk(entries) => {
                 out.put_u32_le(u32::try_from(entries.len()).expect("chunk of more than 2^32 entries"));

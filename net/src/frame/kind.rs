@@ -54,6 +54,9 @@ pub enum FrameKind {
     Replies = 17,
     ToParticipant = 18,
     ToCoordinator = 19,
+    /// W3C trace context of sampled transactions (`trace_context`); a build older than
+    /// this kind refuses it as unknown, like any kind it does not know.
+    TraceContext = 20,
     AdminRequest = 32,
     DumpChunk = 33,
     DumpEnd = 34,
@@ -70,6 +73,7 @@ impl FrameKind {
             17 => FrameKind::Replies,
             18 => FrameKind::ToParticipant,
             19 => FrameKind::ToCoordinator,
+            20 => FrameKind::TraceContext,
             32 => FrameKind::AdminRequest,
             33 => FrameKind::DumpChunk,
             34 => FrameKind::DumpEnd,

@@ -16,6 +16,7 @@ mod handshake;
 mod kind;
 #[cfg(test)]
 pub(crate) mod tests;
+mod trace_context;
 
 use twophase_engine::Limits;
 
@@ -26,6 +27,7 @@ pub use encode::{BatchItem, Frame};
 pub use error::{ErrorCode, ProtocolError};
 pub use handshake::{ErrorFrame, Hello, Welcome};
 pub use kind::{FrameKind, Role};
+pub use trace_context::{MAX_TRACEPARENT_BYTES, TraceEntry, TraceKey, encode_frame as encode_trace_context};
 
 /// The protocol version this build speaks; every frame carries it.
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -70,6 +70,10 @@ pub fn sample_frames() -> Vec<Frame> {
             ToCoordinator::Ack { txid },
             ToCoordinator::Inquiry { txid },
         ]),
+        Frame::TraceContext(vec![
+            TraceEntry { key: TraceKey::Submit { client: ClientId(7), seq: 1 }, traceparent: key("00-ab-cd-01") },
+            TraceEntry { key: TraceKey::Tx(txid), traceparent: Bytes::new() },
+        ]),
     ]
 }
 

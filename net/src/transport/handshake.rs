@@ -135,13 +135,14 @@ impl Reactor {
 
 /// Whether a connecting side of `role` may send data frames of `kind` on an accepted
 /// connection: clients submit, admins ask, coordinators prepare and decide, participants vote
-/// and acknowledge.
+/// and acknowledge; clients and coordinators may precede their data with the trace context of
+/// sampled transactions.
 pub(super) fn may_send(role: Role, kind: FrameKind) -> bool {
     matches!(
         (role, kind),
-        (Role::Client, FrameKind::Submits)
+        (Role::Client, FrameKind::Submits | FrameKind::TraceContext)
             | (Role::Admin, FrameKind::AdminRequest)
-            | (Role::Coordinator, FrameKind::ToParticipant)
+            | (Role::Coordinator, FrameKind::ToParticipant | FrameKind::TraceContext)
             | (Role::Participant, FrameKind::ToCoordinator)
     )
 }

@@ -1,0 +1,323 @@
+//! The coordinator's spans of a sampled transaction, derived from what its runtime sees:
+//!
+//! - `submit`: from the request's arrival until its reply leaves (the root, or a child of
+//!   the client's span when the client sent a trace context);
+//! - `prepare` per participant: from its Prepare leaving until its vote arrives;
+//! - `log sync` per record (`Staged`, `Commit`, `Abort`): from the append until durable;
+//! - `decision`: from the engine's decision until the client's reply leaves (it waits for
+//!   the Staged or Abort record);
+//! - `commit` per participant: from its Commit leaving until its ack arrives.
+//!
+//! The participants' spans are children of `prepare` and `commit`: their contexts travel in
+//! a `TraceContext` frame just before the data frame that carries the Prepare or Commit.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use opentelemetry::trace::{Span as _, SpanContext, Status};
+use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry_sdk::trace::Span;
+use twophase_engine::coordinator::{CoordEffects, CoordOutput};
+use twophase_engine::{
+    AbortReason, ClientId, CoordRecord, Lsn, Outcome, ParticipantId, Reply, Seq, Submit, ToCoordinator, ToParticipant,
+    TxId, Vote,
+};
+use twophase_net::{TraceEntry, TraceKey, encode_trace_context};
+
+use super::bounded::BoundedMap;
+use super::{Exporter, TRACED_TXS_MAX, context};
+
+/// Client contexts waiting for their request at most (a client sends one just before it).
+const WAITING_CONTEXTS_MAX: usize = 4096;
+
+/// A sampled request between `before_submit` and `after_submit`.
+pub struct PendingSubmit {
+    client: ClientId,
+    seq: Seq,
+    parent: Option<SpanContext>,
+    start: SystemTime,
+    outputs_before: usize,
+}
+
+struct TracedTx {
+    client: ClientId,
+    seq: Seq,
+    /// The `submit` span's context: every other span of the transaction is its child.
+    root: SpanContext,
+    submit: Option<Span>,
+    prepares: Vec<(ParticipantId, Span)>,
+    decision: Option<Span>,
+    commits: Vec<(ParticipantId, Span)>,
+    /// A Commit record was appended: the transaction ends with its End record.
+    committing: bool,
+}
+
+pub struct CoordinatorTrace {
+    exporter: Exporter,
+    waiting: BoundedMap<(ClientId, Seq), SpanContext>,
+    txs: BoundedMap<TxId, TracedTx>,
+    by_request: BoundedMap<(ClientId, Seq), TxId>,
+    /// Open `log sync` spans in LSN order.
+    syncs: VecDeque<(Lsn, Span)>,
+}
+
+impl CoordinatorTrace {
+    pub fn new(exporter: Exporter) -> CoordinatorTrace {
+        CoordinatorTrace {
+            exporter,
+            waiting: BoundedMap::new(WAITING_CONTEXTS_MAX),
+            txs: BoundedMap::new(TRACED_TXS_MAX),
+            by_request: BoundedMap::new(TRACED_TXS_MAX),
+            syncs: VecDeque::new(),
+        }
+    }
+
+    /// A client's `TraceContext` frame: contexts for the requests that follow it.
+    pub fn on_trace_context(&mut self, entries: Vec<TraceEntry>) {
+        for entry in entries {
+            let TraceKey::Submit { client, seq } = entry.key else { continue };
+            if let Some(parent) = context::parse(&entry.traceparent) {
+                self.waiting.insert((client, seq), parent);
+            }
+        }
+    }
+
+    /// Decides whether `submit` is traced: the client's sampled flag when it sent a
+    /// context, the sampling rate otherwise.
+    pub fn before_submit(&mut self, submit: &Submit, fx: &CoordEffects) -> Option<PendingSubmit> {
+        let parent = if self.waiting.is_empty() { None } else { self.waiting.remove(&(submit.client, submit.seq)) };
+        let sampled = match &parent {
+            Some(parent) => parent.is_sampled(),
+            None => self.exporter.sample_root(),
+        };
+        sampled.then(|| PendingSubmit {
+            client: submit.client,
+            seq: submit.seq,
+            parent,
+            start: SystemTime::now(),
+            outputs_before: fx.outputs.len(),
+        })
+    }
+
+    /// After the engine took the request: its first Prepare names the transaction; a reply
+    /// at once (rejected, invalid, a retry of a finished request) is a one-span trace.
+    pub fn after_submit(&mut self, pending: PendingSubmit, fx: &CoordEffects) {
+        let mut txid = None;
+        let mut participants = Vec::new();
+        let mut reply = None;
+        for output in &fx.outputs[pending.outputs_before..] {
+            match &output.item {
+                CoordOutput::ToParticipant(to, ToParticipant::Prepare { txid: id, .. }) => {
+                    txid = Some(*id);
+                    participants.push(i64::from(to.0));
+                }
+                CoordOutput::ToClient(r) if r.client() == pending.client && r.seq() == pending.seq => reply = Some(r),
+                _ => {}
+            }
+        }
+        let mut attributes = vec![KeyValue::new("twophase.client", pending.client.0 as i64)];
+        attributes.push(KeyValue::new("twophase.seq", pending.seq as i64));
+        let Some(txid) = txid else {
+            // A retry of a request in flight gets no span: the first attempt has one.
+            let Some(reply) = reply else { return };
+            let mut span = self.exporter.span("submit", pending.parent.as_ref(), Some(pending.start), attributes);
+            set_reply(&mut span, reply);
+            return;
+        };
+        attributes.push(KeyValue::new("twophase.txid", txid.0 as i64));
+        attributes.push(KeyValue::new("twophase.participants", Value::Array(Array::I64(participants))));
+        let submit = self.exporter.span("submit", pending.parent.as_ref(), Some(pending.start), attributes);
+        let tx = TracedTx {
+            client: pending.client,
+            seq: pending.seq,
+            root: submit.span_context().clone(),
+            submit: Some(submit),
+            prepares: Vec::new(),
+            decision: None,
+            commits: Vec::new(),
+            committing: false,
+        };
+        if let Some((_, evicted)) = self.txs.insert(txid, tx) {
+            self.by_request.remove(&(evicted.client, evicted.seq));
+        }
+        self.by_request.insert((pending.client, pending.seq), txid);
+    }
+
+    /// A participant's message, before the engine takes it: a vote ends that participant's
+    /// `prepare`, an ack its `commit`.
+    pub fn on_message(&mut self, from: ParticipantId, message: &ToCoordinator) {
+        if self.txs.is_empty() {
+            return;
+        }
+        let Some(tx) = self.txs.get_mut(&message.txid()) else { return };
+        match message {
+            ToCoordinator::Vote { vote, .. } => {
+                if let Some(mut span) = take_for(&mut tx.prepares, from) {
+                    set_vote(&mut span, vote);
+                }
+            }
+            ToCoordinator::Ack { .. } => drop(take_for(&mut tx.commits, from)),
+            ToCoordinator::Inquiry { .. } => {}
+        }
+    }
+
+    /// A step's appends and outputs, before they are logged and gated.
+    pub fn observe(&mut self, fx: &CoordEffects) {
+        if self.txs.is_empty() {
+            return;
+        }
+        for (lsn, record) in &fx.appends {
+            self.on_append(*lsn, record);
+        }
+        for output in &fx.outputs {
+            if let CoordOutput::ToClient(reply @ Reply::Outcome { client, seq, .. }) = &output.item {
+                self.on_decided(*client, *seq, reply);
+            }
+        }
+    }
+
+    fn on_append(&mut self, lsn: Lsn, record: &CoordRecord) {
+        let (txid, name) = match record {
+            CoordRecord::Staged { txid, .. } => (*txid, "Staged"),
+            CoordRecord::Commit { txid, .. } => (*txid, "Commit"),
+            CoordRecord::Abort { txid } => (*txid, "Abort"),
+            CoordRecord::End { txid } => {
+                // Every participant acknowledged (or none had anything to commit).
+                self.txs.remove(txid);
+                return;
+            }
+            CoordRecord::Epoch { .. } => return,
+        };
+        let Some(tx) = self.txs.get_mut(&txid) else { return };
+        if let CoordRecord::Commit { .. } = record {
+            tx.committing = true;
+        }
+        let attributes = vec![KeyValue::new("twophase.record", name), KeyValue::new("twophase.lsn", lsn.0 as i64)];
+        let span = self.exporter.span("log sync", Some(&tx.root), None, attributes);
+        if self.syncs.len() >= TRACED_TXS_MAX {
+            self.syncs.pop_front();
+        }
+        self.syncs.push_back((lsn, span));
+    }
+
+    fn on_decided(&mut self, client: ClientId, seq: Seq, reply: &Reply) {
+        let Some(txid) = self.by_request.get_mut(&(client, seq)).copied() else { return };
+        let Some(tx) = self.txs.get_mut(&txid) else { return };
+        if tx.decision.is_some() {
+            return;
+        }
+        let mut decision = self.exporter.span("decision", Some(&tx.root), None, Vec::new());
+        set_reply(&mut decision, reply);
+        tx.decision = Some(decision);
+    }
+
+    /// The log is durable up to `durable`: its `log sync` spans end.
+    pub fn after_step(&mut self, durable: Lsn) {
+        while self.syncs.front().is_some_and(|(lsn, _)| *lsn <= durable) {
+            self.syncs.pop_front();
+        }
+    }
+
+    /// Outputs about to leave: Prepares and Commits of traced transactions open their
+    /// per-participant spans, whose contexts are returned as `TraceContext` frames to send
+    /// to each participant before the data frame; a reply ends `decision` and `submit`.
+    pub fn released(&mut self, released: &[CoordOutput]) -> Vec<(ParticipantId, Bytes)> {
+        if self.txs.is_empty() {
+            return Vec::new();
+        }
+        let mut entries: Vec<(ParticipantId, TraceEntry)> = Vec::new();
+        for output in released {
+            match output {
+                CoordOutput::ToParticipant(
+                    to,
+                    message @ (ToParticipant::Prepare { .. } | ToParticipant::Commit { .. }),
+                ) => {
+                    let txid = message.txid();
+                    let Some(tx) = self.txs.get_mut(&txid) else { continue };
+                    let is_prepare = matches!(message, ToParticipant::Prepare { .. });
+                    let name = if is_prepare { "prepare" } else { "commit" };
+                    let attributes = vec![
+                        KeyValue::new("twophase.txid", txid.0 as i64),
+                        KeyValue::new("twophase.participant", i64::from(to.0)),
+                    ];
+                    let span = self.exporter.span(name, Some(&tx.root), None, attributes);
+                    let traceparent = context::format(span.span_context());
+                    let open = if is_prepare { &mut tx.prepares } else { &mut tx.commits };
+                    open.push((*to, span));
+                    entries.push((*to, TraceEntry { key: TraceKey::Tx(txid), traceparent }));
+                }
+                CoordOutput::ToClient(reply @ Reply::Outcome { client, seq, .. }) => {
+                    self.on_replied(*client, *seq, reply)
+                }
+                _ => {}
+            }
+        }
+        frames_per_participant(entries)
+    }
+
+    fn on_replied(&mut self, client: ClientId, seq: Seq, reply: &Reply) {
+        let Some(txid) = self.by_request.remove(&(client, seq)) else { return };
+        let Some(tx) = self.txs.get_mut(&txid) else { return };
+        tx.decision = None;
+        if let Some(mut submit) = tx.submit.take() {
+            set_reply(&mut submit, reply);
+        }
+        if !tx.committing {
+            // Aborted, or read only everywhere: nothing follows the reply.
+            self.txs.remove(&txid);
+        }
+    }
+}
+
+/// Removes and returns the span of `participant` (dropping a span ends it).
+fn take_for(spans: &mut Vec<(ParticipantId, Span)>, participant: ParticipantId) -> Option<Span> {
+    let at = spans.iter().position(|(p, _)| *p == participant)?;
+    Some(spans.swap_remove(at).1)
+}
+
+fn frames_per_participant(mut entries: Vec<(ParticipantId, TraceEntry)>) -> Vec<(ParticipantId, Bytes)> {
+    entries.sort_by_key(|(participant, _)| *participant);
+    let mut frames = Vec::new();
+    for group in entries.chunk_by(|a, b| a.0 == b.0) {
+        let batch: Vec<TraceEntry> = group.iter().map(|(_, entry)| entry.clone()).collect();
+        let mut bytes = Vec::new();
+        encode_trace_context(&mut bytes, &batch);
+        frames.push((group[0].0, Bytes::from(bytes)));
+    }
+    frames
+}
+
+fn set_vote(span: &mut Span, vote: &Vote) {
+    let (label, reason) = match vote {
+        Vote::Yes { .. } => ("yes", None),
+        Vote::ReadOnly { .. } => ("read-only", None),
+        Vote::No { reason } => ("no", Some(reason)),
+    };
+    span.set_attribute(KeyValue::new("twophase.vote", label));
+    if let Some(reason) = reason {
+        set_abort_reason(span, reason);
+    }
+}
+
+fn set_reply(span: &mut Span, reply: &Reply) {
+    match reply {
+        Reply::Outcome { outcome: Outcome::Committed { .. }, .. } => {
+            span.set_attribute(KeyValue::new("twophase.outcome", "committed"));
+        }
+        Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => {
+            span.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
+            set_abort_reason(span, reason);
+        }
+        Reply::Rejected { reason, .. } => {
+            span.set_attribute(KeyValue::new("twophase.outcome", "rejected"));
+            span.set_attribute(KeyValue::new("twophase.reject_reason", format!("{reason:?}")));
+        }
+    }
+}
+
+fn set_abort_reason(span: &mut Span, reason: &AbortReason) {
+    span.set_attribute(KeyValue::new("twophase.abort_reason", reason.label()));
+    span.set_attribute(KeyValue::new("twophase.abort_detail", reason.to_string()));
+    span.set_status(Status::error(reason.label()));
+}

@@ -1,0 +1,244 @@
+//! OpenTelemetry traces across real processes: an in-test OTLP/HTTP receiver collects the
+//! spans of a coordinator, two participants and `twophase tx`, all with `--trace-sample 1`,
+//! and the test checks the tree one cross-participant transaction makes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Node, binary, eventually};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message;
+
+/// One span as received, with the process that sent it.
+#[derive(Clone, Debug)]
+struct Received {
+    service: String,
+    node: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    attributes: HashMap<String, any_value::Value>,
+}
+
+impl Received {
+    fn int(&self, key: &str) -> Option<i64> {
+        match self.attributes.get(key) {
+            Some(any_value::Value::IntValue(value)) => Some(*value),
+            _ => None,
+        }
+    }
+
+    fn text(&self, key: &str) -> Option<&str> {
+        match self.attributes.get(key) {
+            Some(any_value::Value::StringValue(value)) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// A tiny OTLP/HTTP receiver: every POST body is an `ExportTraceServiceRequest`.
+struct Receiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let collected = spans.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let collected = collected.clone();
+                std::thread::spawn(move || serve_connection(stream, &collected));
+            }
+        });
+        Receiver { addr, spans }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}/v1/traces", self.addr)
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Answers each request on a keep-alive connection with 200 until the client closes it.
+fn serve_connection(stream: TcpStream, spans: &Mutex<Vec<Received>>) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut content_length = None;
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = Some(value.trim().parse::<usize>().expect("a content length"));
+            }
+        }
+        assert!(request_line.starts_with("POST /v1/traces "), "unexpected request {request_line:?}");
+        let mut body = vec![0; content_length.expect("the exporter sends a content length")];
+        reader.read_exact(&mut body).unwrap();
+        let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP trace export");
+        spans.lock().unwrap().extend(received(request));
+        writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+    }
+}
+
+fn received(request: ExportTraceServiceRequest) -> Vec<Received> {
+    let mut spans = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource = attributes(resource_spans.resource.map(|r| r.attributes).unwrap_or_default());
+        let text = |key: &str| match resource.get(key) {
+            Some(any_value::Value::StringValue(value)) => value.clone(),
+            _ => String::new(),
+        };
+        for span in resource_spans.scope_spans.into_iter().flat_map(|scope| scope.spans) {
+            spans.push(Received {
+                service: text("service.name"),
+                node: text("service.instance.id"),
+                name: span.name,
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                parent_span_id: span.parent_span_id,
+                attributes: attributes(span.attributes),
+            });
+        }
+    }
+    spans
+}
+
+fn attributes(list: Vec<KeyValue>) -> HashMap<String, any_value::Value> {
+    list.into_iter()
+        .filter_map(|kv| match kv.value {
+            Some(AnyValue { value: Some(value) }) => Some((kv.key, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn find<'a>(spans: &'a [Received], service: &str, name: &str) -> Vec<&'a Received> {
+    spans.iter().filter(|span| span.service == service && span.name == name).collect()
+}
+
+fn tx(coordinator: SocketAddr, extra: &[&str], ops: &[&str]) {
+    let out = Command::new(binary())
+        .args(["tx", "--coordinator", &coordinator.to_string()])
+        .args(extra)
+        .args(ops)
+        .output()
+        .expect("running twophase tx");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "committed");
+}
+
+/// Every span a two-participant commit makes: the client's, the coordinator's five kinds and
+/// each participant's three.
+fn complete(spans: &[Received], trace_id: &[u8], with_client: bool) -> bool {
+    let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect();
+    let count = |service: &str, name: &str| find(&of_trace, service, name).len();
+    (!with_client || count("twophase-client", "transaction") == 1)
+        && count("twophase-coordinator", "submit") == 1
+        && count("twophase-coordinator", "prepare") == 2
+        && count("twophase-coordinator", "decision") == 1
+        && count("twophase-coordinator", "commit") == 2
+        && count("twophase-coordinator", "log sync") >= 2
+        && count("twophase-participant", "prepare") == 2
+        && count("twophase-participant", "log sync") == 2
+        && count("twophase-participant", "commit") == 2
+}
+
+/// The participants' spans hang under the coordinator's span for that participant.
+fn check_tree(spans: &[Received], trace_id: &[u8]) {
+    let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect();
+    let submit = find(&of_trace, "twophase-coordinator", "submit")[0];
+    assert_eq!(submit.text("twophase.outcome"), Some("committed"), "{submit:?}");
+    assert!(submit.int("twophase.txid").is_some(), "{submit:?}");
+    match submit.attributes.get("twophase.participants") {
+        Some(any_value::Value::ArrayValue(array)) => assert_eq!(array.values.len(), 2, "{submit:?}"),
+        other => panic!("participants attribute {other:?}"),
+    }
+    for span in of_trace.iter().filter(|span| span.service == "twophase-coordinator" && span.name != "submit") {
+        assert_eq!(span.parent_span_id, submit.span_id, "{span:?} is not under submit");
+    }
+    let coordinator_span = |name: &str, participant: i64| {
+        let found = find(&of_trace, "twophase-coordinator", name);
+        found.into_iter().find(|span| span.int("twophase.participant") == Some(participant)).cloned().unwrap()
+    };
+    for (node, participant) in [("p1", 1), ("p2", 2)] {
+        let mine = |name: &str| {
+            let found = find(&of_trace, "twophase-participant", name);
+            found.into_iter().find(|span| span.node == node).cloned().unwrap_or_else(|| panic!("no {name} from {node}"))
+        };
+        let prepare = coordinator_span("prepare", participant);
+        assert_eq!(prepare.text("twophase.vote"), Some("yes"));
+        assert_eq!(mine("prepare").parent_span_id, prepare.span_id, "{node}'s prepare");
+        assert_eq!(mine("log sync").parent_span_id, prepare.span_id, "{node}'s log sync");
+        assert_eq!(mine("log sync").text("twophase.record"), Some("Prepared"));
+        assert_eq!(mine("commit").parent_span_id, coordinator_span("commit", participant).span_id, "{node}'s commit");
+    }
+}
+
+#[test]
+fn a_sampled_transaction_is_one_trace_across_every_process() {
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let flags = ["--trace-sample", "1", "--otlp-endpoint", endpoint.as_str()];
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
+    let p2 = Node::participant_with("p2", dir.path(), &flags, &[]);
+    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+
+    // The client starts the trace.
+    tx(coordinator.addr, &flags, &["put", "p1:x=1", "put", "p2:y=2"]);
+    let client_span = eventually("the client's span", Duration::from_secs(30), || {
+        find(&receiver.spans(), "twophase-client", "transaction").first().map(|span| (*span).clone())
+    });
+    assert!(client_span.parent_span_id.is_empty(), "the client's span is the root");
+    let trace_id = client_span.trace_id.clone();
+    let spans = eventually("every process's spans", Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        complete(&spans, &trace_id, true).then_some(spans)
+    });
+    let submit = find(&spans, "twophase-coordinator", "submit")[0];
+    assert_eq!(submit.parent_span_id, client_span.span_id, "the coordinator's submit is the client's child");
+    check_tree(&spans, &trace_id);
+
+    // A client that sends no context: the coordinator's submit is the root.
+    tx(coordinator.addr, &[], &["put", "p1:x=2", "put", "p2:y=3"]);
+    let (spans, root) = eventually("a trace rooted at the coordinator", Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        let root = find(&spans, "twophase-coordinator", "submit")
+            .into_iter()
+            .find(|span| span.parent_span_id.is_empty())
+            .cloned()?;
+        complete(&spans, &root.trace_id, false).then_some((spans, root))
+    });
+    assert_ne!(root.trace_id, trace_id);
+    check_tree(&spans, &root.trace_id);
+}
