@@ -403,6 +403,15 @@ fn material_without_an_identity_or_with_a_foreign_key_is_refused_at_load() {
     assert!(err.to_string().contains("do not go together"), "{err}");
     let err = TlsMaterial::from_pem(ca.pem.as_bytes(), b"not pem", b"").unwrap_err();
     assert!(err.to_string().contains("no certificate"), "{err}");
+    // Two identities in one certificate are one too many.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    for uri in ["twophase://local/client/alice", "twophase://local/admin/alice"] {
+        params.subject_alt_names.push(SanType::URI(Ia5String::try_from(uri).unwrap()));
+    }
+    let two = params.signed_by(&key, &ca.issuer).unwrap().pem();
+    let err = TlsMaterial::from_pem(ca.pem.as_bytes(), two.as_bytes(), key.serialize_pem().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("2 twophase:// identities; exactly one is allowed"), "{err}");
     // The CA's own certificate carries no twophase identity.
     let (_, key) = ca.issue("local", Role::Client, "alice");
     let err = TlsMaterial::from_pem(ca.pem.as_bytes(), ca.pem.as_bytes(), key.as_bytes()).unwrap_err();
@@ -419,4 +428,23 @@ fn a_tls_client_of_a_plaintext_server_gets_a_clear_error() {
     let ClientError::Tls(message) = &err else { panic!("{err}") };
     assert!(message.contains("is the server running with --insecure-plaintext?"), "{message}");
     transport.shutdown();
+}
+
+#[test]
+fn a_tls_peer_link_to_a_plaintext_participant_never_comes_up() {
+    let ca = Ca::new("cluster CA");
+    let config = server_config(Role::Participant, "p1", vec![Role::Coordinator], Security::InsecurePlaintext);
+    let (participant_tx, participant_rx) = crossbeam_channel::bounded(16);
+    let (participant, addr) = spawn(config, participant_tx).unwrap();
+    let me = Hello { role: Role::Coordinator, cluster: "local".into(), node: "c1".into(), epoch: Epoch(1) };
+    let (coordinator_tx, coordinator_rx) = crossbeam_channel::bounded(16);
+    let security = ca.material("local", Role::Coordinator, "c1");
+    let (coordinator, _) = spawn(TransportConfig::new(me, security), coordinator_tx).unwrap();
+    coordinator.add_peer(PeerId(1), addr, "p1".into());
+    // Several reconnect attempts (50 ms doubling) happen meanwhile; none may come up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(coordinator_rx.try_iter().flatten().all(|event| !matches!(event, Inbound::PeerUp { .. })));
+    assert!(participant_rx.try_iter().flatten().all(|event| !matches!(event, Inbound::Accepted { .. })));
+    coordinator.shutdown();
+    participant.shutdown();
 }

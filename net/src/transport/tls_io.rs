@@ -38,7 +38,7 @@ pub(super) enum TlsInput {
     Fed,
     /// The peer sent close_notify: it sends nothing more.
     PeerClosed,
-    /// The peer does not speak TLS at all (a plaintext client dialled a TLS server).
+    /// An accepted peer does not speak TLS at all (a plaintext client dialled a TLS server).
     NotTls,
     /// A TLS failure (bad record, alert from the peer, handshake failure).
     Failed(String),
@@ -59,7 +59,12 @@ pub(super) fn feed(
     inbuf: &mut BytesMut,
 ) -> TlsInput {
     if first_input && tls.is_handshaking() && !looks_like_tls(bytes) {
-        return TlsInput::NotTls;
+        return match tls {
+            rustls::Connection::Server(_) => TlsInput::NotTls,
+            rustls::Connection::Client(_) => {
+                TlsInput::Failed("the server answered in plaintext (is it running with --insecure-plaintext?)".into())
+            }
+        };
     }
     while !bytes.is_empty() {
         match tls.read_tls(&mut bytes) {
