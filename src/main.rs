@@ -1,5 +1,6 @@
 //! `twophase`: the coordinator and participant servers, a local cluster launcher, a
-//! one-shot transaction client and a log inspector. See `twophase --help`.
+//! certificate maker, a one-shot transaction client and a log inspector. Every connection
+//! is mutual TLS unless a command is told `--insecure-plaintext`. See `twophase --help`.
 
 mod certs;
 mod chaos;

@@ -403,6 +403,15 @@ fn material_without_an_identity_or_with_a_foreign_key_is_refused_at_load() {
     assert!(err.to_string().contains("do not go together"), "{err}");
     let err = TlsMaterial::from_pem(ca.pem.as_bytes(), b"not pem", b"").unwrap_err();
     assert!(err.to_string().contains("no certificate"), "{err}");
+    // Two identities in one certificate are one too many.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    for uri in ["twophase://local/client/alice", "twophase://local/admin/alice"] {
+        params.subject_alt_names.push(SanType::URI(Ia5String::try_from(uri).unwrap()));
+    }
+    let two = params.signed_by(&key, &ca.issuer).unwrap().pem();
+    let err = TlsMaterial::from_pem(ca.pem.as_bytes(), two.as_bytes(), key.serialize_pem().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("2 twophase:// identities; exactly one is allowed"), "{err}");
     // The CA's own certificate carries no twophase identity.
     let (_, key) = ca.issue("local", Role::Client, "alice");
     let err = TlsMaterial::from_pem(ca.pem.as_bytes(), ca.pem.as_bytes(), key.as_bytes()).unwrap_err();
