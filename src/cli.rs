@@ -74,6 +74,9 @@ struct ParticipantArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -87,6 +90,7 @@ struct ParticipantFile {
     group_interval_us: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -129,6 +133,9 @@ struct CoordinatorArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -145,6 +152,7 @@ struct CoordinatorFile {
     group_interval_us: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -167,6 +175,9 @@ struct ClusterArgs {
     /// Every node's `--group-interval-us` [default: the nodes' own, 1500].
     #[arg(long)]
     group_interval_us: Option<u64>,
+    /// Do not serve metrics (by default every node serves them on a free loopback port).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -203,6 +214,7 @@ fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptio
             args.group_interval_us.or(file.group_interval_us),
         ),
         pin_core: args.pin_core.or(file.pin_core),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -233,6 +245,7 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         ),
         pin_core: args.pin_core.or(file.pin_core),
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -248,6 +261,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cluster: args.cluster,
                 unsafe_no_fsync: args.unsafe_no_fsync,
                 group_interval_us: args.group_interval_us,
+                metrics: !args.no_metrics,
+                log_dir: None,
             };
             return cluster::run_until_stopped(options);
         }

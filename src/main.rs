@@ -7,6 +7,7 @@ mod cluster;
 mod failpoint;
 mod inspect;
 mod loadgen;
+mod metrics;
 mod names;
 mod node;
 mod opsyntax;

@@ -6,7 +6,8 @@
 //! (debit with a floor of 0, credit) and optional read-only audits, closed loop or open loop
 //! at a fixed rate, and tracks the balance change every acknowledged commit implies;
 //! [`audit`] checks the participants' final states against that; [`Report`] prints a
-//! summary and writes `report.json` and a self-contained `report.html`.
+//! summary and writes `report.json` and a self-contained `report.html`. [`scrape`] reads a
+//! node's metrics endpoint (for `twophase top` and tests).
 //!
 //! Invariants:
 //! - Expected balances come from acknowledged commits only, and a run ends only once every
@@ -26,6 +27,7 @@ mod layout;
 mod load;
 mod probe;
 mod report;
+pub mod scrape;
 mod svg;
 mod workload;
 

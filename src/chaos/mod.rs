@@ -27,7 +27,7 @@ use twophase_bench::{LoadProbe, LoadResult, Report, audit};
 use twophase_net::ClientOptions;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
-use crate::loadgen::{Target, WorkloadArgs, exit_code};
+use crate::loadgen::{Target, WorkloadArgs, announce_metrics, exit_code, logs_dir, print_logs_line};
 use crate::settle;
 use monkey::{KillLog, Schedule};
 
@@ -61,6 +61,9 @@ pub struct ChaosArgs {
     /// Keep the cluster's data here instead of in a temporary directory that is removed.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Do not serve metrics (by default every node serves them on a free loopback port).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 type LoadThread = JoinHandle<anyhow::Result<LoadResult>>;
@@ -88,9 +91,12 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         cluster: "chaos".into(),
         unsafe_no_fsync: false,
         group_interval_us: None,
+        metrics: !args.no_metrics,
+        log_dir: Some(logs_dir(&args.workload.report)),
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
+    announce_metrics(&cluster);
     let target = Target::discover(cluster.coordinator, "chaos", &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
     twophase_bench::setup_accounts(target.coordinator, &target.cluster, &target.layout)?;
@@ -125,6 +131,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let passed = verdict.passed && chaos.passed();
     write_report(&args, &result, verdict, settled.fsync, chaos)?;
     cluster.stop();
+    print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
 }
 

@@ -17,6 +17,7 @@ use twophase_net::{
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
+use crate::metrics::{CoordinatorMetrics, NodeInfo};
 
 /// A connection may speak for this many distinct client ids at most.
 const MAX_CLIENTS_PER_CONN: usize = 4096;
@@ -39,6 +40,8 @@ pub struct CoordinatorOptions {
     pub pin_core: Option<usize>,
     /// Checkpoint (and truncate the log) every this many records; 0 never.
     pub checkpoint_every_records: u64,
+    /// Serve Prometheus metrics here (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub struct CoordinatorRole {
@@ -58,6 +61,7 @@ pub struct CoordinatorRole {
     /// the coordinator's own connections.
     announcement: Option<(String, Instant)>,
     checkpoints: SnapshotPolicy<CoordinatorSnapshot>,
+    metrics: CoordinatorMetrics,
 }
 
 impl CoordinatorRole {
@@ -88,6 +92,7 @@ impl CoordinatorRole {
                         let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
                         return super::refuse(&mut self.transport, conn, message);
                     }
+                    self.metrics.submitted(submit.client, submit.seq);
                     self.engine.on_submit(now, submit, fx);
                 }
             }
@@ -104,6 +109,7 @@ impl CoordinatorRole {
                     return self.transport.close(conn);
                 };
                 for message in messages {
+                    self.metrics.received(from, &message);
                     self.engine.on_message(now, from, message, fx);
                 }
             }
@@ -156,6 +162,7 @@ impl Role for CoordinatorRole {
                 self.peer_conn.insert(participant, conn);
                 self.peer_of_conn.insert(conn, participant);
                 self.engine.participant_reachable(participant);
+                self.metrics.participant_up(participant);
                 self.announce_when_ready();
             }
             Inbound::PeerDown { peer } => {
@@ -164,10 +171,14 @@ impl Role for CoordinatorRole {
                 if let Some(conn) = self.peer_conn.remove(&participant) {
                     self.peer_of_conn.remove(&conn);
                 }
+                self.metrics.participant_down(participant);
                 // Its transactions abort now rather than at their prepare timeout.
                 self.engine.participant_unreachable(participant, fx);
             }
-            Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
+            Inbound::Frame { conn, frame } => {
+                self.metrics.frame_in(self.peer_of_conn.get(&conn).copied());
+                self.on_frame(now, conn, frame, fx)
+            }
             Inbound::Closed { conn } => self.forget_conn(conn),
         }
     }
@@ -184,6 +195,11 @@ impl Role for CoordinatorRole {
         self.announce_when_ready();
         let engine = &self.engine;
         self.checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
+        self.metrics.after_step(engine, durable);
+    }
+
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        self.metrics.log()
     }
 
     fn appended(&mut self, record: &CoordRecord) {
@@ -207,6 +223,7 @@ impl Role for CoordinatorRole {
                     {
                         die_once_sent = Some(Failpoint::CoordinatorPrepareSent);
                     }
+                    self.metrics.sent(to, &message);
                     let writer = self.to_participants.entry(to).or_insert_with(|| BatchWriter::new(&limits));
                     writer.set_epoch(epoch);
                     if let Err(err) = writer.push(&message) {
@@ -220,6 +237,7 @@ impl Role for CoordinatorRole {
                 CoordOutput::ToClient(reply) => {
                     // A client that went away retries on a new connection and gets its outcome then.
                     let Some(&conn) = self.client_conn.get(&reply.client()) else { continue };
+                    self.metrics.replied(&reply);
                     let writer = self.to_clients.entry(conn).or_insert_with(|| BatchWriter::new(&limits));
                     if let Err(err) = writer.push(&reply) {
                         tracing::error!("dropping a reply to client {}: {err:?}", reply.client().0);
@@ -235,12 +253,15 @@ impl Role for CoordinatorRole {
             let bytes = writer.take();
             // A participant that is down misses these; prepares time out, commits are re-driven.
             if let Some(&conn) = self.peer_conn.get(participant) {
+                self.metrics.frame_out(Some(*participant), bytes.len());
                 frames.push((conn, bytes));
             }
         }
         for (conn, writer) in &mut self.to_clients {
             if !writer.is_empty() {
-                frames.push((*conn, writer.take()));
+                let bytes = writer.take();
+                self.metrics.frame_out(None, bytes.len());
+                frames.push((*conn, bytes));
             }
         }
         if !frames.is_empty() {
@@ -285,6 +306,7 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 /// Runs a coordinator until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let stop = super::stop_on_signal()?;
+    let started = Instant::now();
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
     let wal = Arc::new(wal);
     let checkpoint: Option<CoordinatorSnapshot> = snapshot::load(&options.data_dir)?;
@@ -292,6 +314,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let first_lsn = recovery.records.first().map(|record| Lsn(record.lsn.0));
     snapshot::check_log_continues(covered, first_lsn)?;
     let log = super::decode_log::<CoordRecord>(recovery, covered)?;
+    let recovered_records = log.len() as u64;
     let ids: Vec<ParticipantId> = options.participants.iter().map(|(id, _, _)| *id).collect();
     let mut config = CoordinatorConfig::new(ids);
     config.prepare_timeout = options.prepare_timeout;
@@ -324,6 +347,25 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let announcement = format!("twophase coordinator {} listening on {addr}", options.id);
     super::pin_current_thread(options.pin_core);
 
+    let checkpoints = SnapshotPolicy::new(
+        options.checkpoint_every_records,
+        covered,
+        Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
+    );
+    let metrics = match options.metrics_listen {
+        Some(listen) => {
+            let info = NodeInfo {
+                node: options.id.clone(),
+                role: "coordinator",
+                recovery: started.elapsed(),
+                recovered_records,
+            };
+            let (metrics, addr) = CoordinatorMetrics::start(listen, info, &options.participants, checkpoints.stats())?;
+            println!("twophase coordinator {} metrics on {addr}", options.id);
+            metrics
+        }
+        None => CoordinatorMetrics::off(),
+    };
     let mut role = CoordinatorRole {
         engine,
         transport,
@@ -336,11 +378,8 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         to_clients: HashMap::new(),
         topology,
         announcement: Some((announcement, Instant::now() + READY_WAIT)),
-        checkpoints: SnapshotPolicy::new(
-            options.checkpoint_every_records,
-            covered,
-            Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
-        ),
+        checkpoints,
+        metrics,
     };
     role.announce_when_ready();
     let result = super::run(&mut role, fx, &wal, clock, &stop);

@@ -17,6 +17,7 @@ use twophase_net::{
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
+use crate::metrics::{NodeInfo, ParticipantMetrics};
 
 /// Longest a failpoint that fires after a send waits for the bytes to leave.
 const FAILPOINT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -32,6 +33,8 @@ pub struct ParticipantOptions {
     pub snapshot_every_records: u64,
     pub storage: Storage,
     pub pin_core: Option<usize>,
+    /// Serve Prometheus metrics here (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub struct ParticipantRole {
@@ -45,6 +48,7 @@ pub struct ParticipantRole {
     snapshots: SnapshotPolicy<ParticipantSnapshot>,
     /// Whether the log is fdatasynced (reported in dumps, so a load report can say so).
     fsync: bool,
+    metrics: ParticipantMetrics,
 }
 
 impl ParticipantRole {
@@ -52,6 +56,7 @@ impl ParticipantRole {
         match frame {
             Frame::ToParticipant { epoch, messages } if self.coordinators.contains(&conn) => {
                 for message in messages {
+                    self.metrics.received(&message);
                     self.engine.on_message(now, epoch, message, fx);
                 }
             }
@@ -108,6 +113,7 @@ impl Role for ParticipantRole {
                 tracing::info!(conn, coordinator = %hello.node, epoch = hello.epoch.0, "coordinator connected");
                 self.coordinators.insert(conn);
                 self.coordinator = Some(conn);
+                self.metrics.coordinator_connected(true);
                 // Whatever is in doubt can be resolved now rather than at the next backoff step.
                 self.engine.on_coordinator_connected(now, hello.epoch, fx);
             }
@@ -115,12 +121,18 @@ impl Role for ParticipantRole {
                 self.admins.insert(conn);
             }
             Inbound::Accepted { .. } | Inbound::PeerUp { .. } | Inbound::PeerDown { .. } => {}
-            Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
+            Inbound::Frame { conn, frame } => {
+                if self.coordinators.contains(&conn) {
+                    self.metrics.frame_in();
+                }
+                self.on_frame(now, conn, frame, fx)
+            }
             Inbound::Closed { conn } => {
                 self.admins.remove(&conn);
                 self.coordinators.remove(&conn);
                 if self.coordinator == Some(conn) {
                     self.coordinator = None;
+                    self.metrics.coordinator_connected(false);
                 }
             }
         }
@@ -145,6 +157,7 @@ impl Role for ParticipantRole {
                 ToCoordinator::Ack { .. } => failpoint::hit(Failpoint::ParticipantCommittedApplied),
                 _ => {}
             }
+            self.metrics.sent(&message);
             if let Err(err) = self.to_coordinator.push(&message) {
                 tracing::error!("dropping a message to the coordinator: {err:?}");
             }
@@ -154,6 +167,7 @@ impl Role for ParticipantRole {
         if let Some(conn) = self.coordinator
             && !frames.is_empty()
         {
+            self.metrics.frame_out(frames.len());
             self.transport.send(conn, frames);
         }
         if die_once_sent {
@@ -167,18 +181,25 @@ impl Role for ParticipantRole {
     fn after_step(&mut self, durable: Lsn) {
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
+        self.metrics.after_step(engine, durable);
+    }
+
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        self.metrics.log()
     }
 }
 
 /// Runs a participant until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let stop = super::stop_on_signal()?;
+    let started = std::time::Instant::now();
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
     let snapshot: Option<ParticipantSnapshot> = snapshot::load(&options.data_dir)?;
     let covered = snapshot.as_ref().map_or(Lsn::NONE, |s| s.lsn);
     let first_lsn = recovery.records.first().map(|record| Lsn(record.lsn.0));
     snapshot::check_log_continues(covered, first_lsn)?;
     let log = super::decode_log::<PartRecord>(recovery, covered)?;
+    let recovered_records = log.len() as u64;
     let mut config = ParticipantConfig::new(options.id);
     config.hash_seed = rand::random();
     let clock = Clock::new();
@@ -198,12 +219,26 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     transport_config.accept_roles = vec![NetRole::Coordinator, NetRole::Admin];
     transport_config.limits = limits;
     let (transport, addr) = Reactor::new(transport_config).context("starting the network")?;
-    println!("twophase participant {} listening on {addr}", options.name);
-    super::pin_current_thread(options.pin_core);
-
     let wal = Arc::new(wal);
     let writer = Snapshotter::spawn(options.data_dir.clone(), wal.clone());
     let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
+    let metrics = match options.metrics_listen {
+        Some(listen) => {
+            let info = NodeInfo {
+                node: options.name.clone(),
+                role: "participant",
+                recovery: started.elapsed(),
+                recovered_records,
+            };
+            let (metrics, metrics_addr) = ParticipantMetrics::start(listen, info, snapshots.stats())?;
+            println!("twophase participant {} metrics on {metrics_addr}", options.name);
+            metrics
+        }
+        None => ParticipantMetrics::off(),
+    };
+    println!("twophase participant {} listening on {addr}", options.name);
+    super::pin_current_thread(options.pin_core);
+
     let mut role = ParticipantRole {
         engine,
         transport,
@@ -213,6 +248,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         to_coordinator: BatchWriter::new(&limits),
         snapshots,
         fsync: !options.storage.unsafe_no_fsync,
+        metrics,
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     drop(role.transport);
