@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::node::Storage;
 use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
-use crate::{chaos, cluster, inspect, loadgen, names, node, tx};
+use crate::{chaos, cluster, inspect, loadgen, names, node, top, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -42,6 +42,8 @@ enum Command {
     Bench(loadgen::BenchArgs),
     /// The demo with a random process killed (SIGKILL) and restarted every interval; audit.
     Chaos(chaos::ChaosArgs),
+    /// A live terminal view of a running cluster, from its nodes' metrics endpoints.
+    Top(top::TopArgs),
 }
 
 #[derive(Args)]
@@ -271,6 +273,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => return loadgen::demo(args),
         Command::Bench(args) => return loadgen::bench(args),
         Command::Chaos(args) => return chaos::run(args),
+        Command::Top(args) => return top::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }

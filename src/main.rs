@@ -12,6 +12,7 @@ mod names;
 mod node;
 mod opsyntax;
 mod settle;
+mod top;
 mod tx;
 
 use std::process::ExitCode;

@@ -146,6 +146,7 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
     }
     assert!(c1.find("twophase_transactions_total", &[("node", "c1"), ("role", "coordinator")]).count() == 2);
 
+    let mut scraped = vec![c1];
     for participant in ["p1", "p2"] {
         // Each transfer touched both participants: each voted on every one.
         let p = cluster.scrape_until(participant, |s| decided(s, "committed") == Some(committed as f64));
@@ -161,7 +162,33 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
         check_histogram(&p, "twophase_vote_wait_seconds");
         check_histogram(&p, "twophase_log_sync_seconds");
         assert!(p.find("twophase_votes_total", &[("node", participant), ("role", "participant")]).count() == 3);
+        scraped.push(p);
     }
+    every_dashboard_metric_exists(&scraped);
+}
+
+/// Every `twophase_...` name the Grafana dashboard's queries use is a sample some node serves.
+fn every_dashboard_metric_exists(scraped: &[Scrape]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/twophase.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().expect("a PromQL expression").to_string());
+        }
+    }
+    assert!(exprs.len() >= 10, "the dashboard has its queries: {}", exprs.len());
+    let served = |name: &str| scraped.iter().any(|scrape| scrape.samples.iter().any(|sample| sample.name == name));
+    let mut names = 0;
+    for expr in &exprs {
+        for (at, _) in expr.match_indices("twophase_") {
+            let name: String =
+                expr[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            assert!(served(&name), "the dashboard queries {name}, which no node serves ({expr})");
+            names += 1;
+        }
+    }
+    assert!(names >= exprs.len(), "every query names a metric");
 }
 
 /// A histogram's `_count` equals its `+Inf` bucket, its buckets never decrease, and it has
