@@ -331,3 +331,63 @@ impl CoordinatorExport {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use twophase_engine::coordinator::CoordEffects;
+    use twophase_engine::{AbortReason, CoordinatorConfig, Time};
+
+    use super::*;
+
+    #[test]
+    fn replies_and_links_show_in_the_scrape_once_published() {
+        let participants =
+            [(ParticipantId(1), "p1".to_string(), String::new()), (ParticipantId(2), "p2".into(), "".into())];
+        let info = NodeInfo { node: "c1".into(), role: "coordinator", recovery: Duration::ZERO, recovered_records: 0 };
+        let snapshots = Arc::new(SnapshotStats::default());
+        let (mut metrics, addr) =
+            CoordinatorMetrics::start("127.0.0.1:0".parse().unwrap(), info, &participants, snapshots).unwrap();
+        let abort = |reason| Reply::Outcome { client: ClientId(7), seq: 3, outcome: Outcome::Aborted { reason } };
+        metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(1), key: Default::default() }));
+        metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(2), key: Default::default() }));
+        metrics.replied(&abort(AbortReason::Timeout { participant: ParticipantId(2) }));
+        metrics.participant_up(ParticipantId(1));
+        metrics.participant_up(ParticipantId(2));
+        metrics.participant_down(ParticipantId(2));
+        metrics.frame_out(Some(ParticipantId(1)), 100);
+        metrics.frame_out(None, 40);
+
+        let scrape = || twophase_bench::scrape::fetch(addr, Duration::from_secs(5)).unwrap();
+        assert_eq!(scrape().value("twophase_aborts_total", &[("reason", "conflict")]), None, "not published yet");
+        let mut fx = CoordEffects::default();
+        let engine = Coordinator::recover(
+            CoordinatorConfig::new(vec![ParticipantId(1), ParticipantId(2)]),
+            [],
+            Time(0),
+            &mut fx,
+        );
+        let live = metrics.0.as_mut().unwrap();
+        live.publisher.last -= super::super::PUBLISH_EVERY; // as if the interval had passed
+        metrics.after_step(&engine, Lsn::NONE);
+
+        let scrape = scrape();
+        assert_eq!(scrape.value("twophase_aborts_total", &[("reason", "conflict"), ("node", "c1")]), Some(2.0));
+        assert_eq!(scrape.value("twophase_aborts_total", &[("reason", "timeout")]), Some(1.0));
+        assert_eq!(scrape.value("twophase_participant_connected", &[("participant", "p1")]), Some(1.0));
+        assert_eq!(scrape.value("twophase_participant_connected", &[("participant", "p2")]), Some(0.0));
+        assert_eq!(scrape.value("twophase_participant_disconnects_total", &[("participant", "p2")]), Some(1.0));
+        assert_eq!(scrape.value("twophase_net_bytes_out_total", &[("peer", "p1")]), Some(100.0));
+        assert_eq!(scrape.value("twophase_net_bytes_out_total", &[("peer", "clients")]), Some(40.0));
+        assert_eq!(scrape.value("twophase_coordinator_epoch", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn hooks_do_nothing_when_off() {
+        let mut metrics = CoordinatorMetrics::off();
+        metrics.submitted(ClientId(1), 8);
+        metrics.participant_down(ParticipantId(1));
+        assert!(metrics.log().is_none() && metrics.0.is_none());
+    }
+}

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use twophase_engine::hash::SeededState;
+
 /// Time one request in this many.
 pub const SAMPLE_ONE_IN: u64 = 8;
 /// Requests timed at once at most, per round.
@@ -22,12 +24,14 @@ pub fn sampled(number: u64) -> bool {
 
 #[derive(Debug)]
 pub struct Sampler<K> {
-    started: HashMap<K, Instant>,
+    /// Foldhash with a random seed: fast on the engine thread, and the keys (client ids,
+    /// sequence numbers) cannot be chosen to collide.
+    started: HashMap<K, Instant, SeededState>,
 }
 
 impl<K: Hash + Eq> Default for Sampler<K> {
     fn default() -> Self {
-        Sampler { started: HashMap::new() }
+        Sampler { started: HashMap::with_hasher(SeededState::new(rand::random())) }
     }
 }
 
