@@ -72,6 +72,21 @@ impl CoordinatorMetrics {
         CoordinatorMetrics(None)
     }
 
+    /// Off without an address; otherwise starts the listener and prints
+    /// `twophase coordinator NAME metrics on ADDR` (before the node's `listening on` line).
+    pub fn serve(
+        listen: Option<SocketAddr>,
+        info: NodeInfo,
+        participants: &[(ParticipantId, String, String)],
+        snapshots: Arc<SnapshotStats>,
+    ) -> anyhow::Result<CoordinatorMetrics> {
+        let Some(listen) = listen else { return Ok(CoordinatorMetrics::off()) };
+        let announce = info.announcement();
+        let (metrics, addr) = CoordinatorMetrics::start(listen, info, participants, snapshots)?;
+        println!("{announce} {addr}");
+        Ok(metrics)
+    }
+
     /// Starts the listener on `listen`; returns the hooks and the bound address.
     pub fn start(
         listen: SocketAddr,

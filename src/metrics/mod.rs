@@ -52,6 +52,13 @@ pub struct NodeInfo {
     pub recovered_records: u64,
 }
 
+impl NodeInfo {
+    /// The start of the line a node prints with its metrics address (`cluster` reads it).
+    fn announcement(&self) -> String {
+        format!("twophase {} {} metrics on", self.role, self.node)
+    }
+}
+
 /// The engine thread's side of publishing: a copy of its export every [`PUBLISH_EVERY`].
 #[derive(Debug)]
 struct Publisher<E> {

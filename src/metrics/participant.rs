@@ -49,6 +49,20 @@ impl ParticipantMetrics {
         ParticipantMetrics(None)
     }
 
+    /// Off without an address; otherwise starts the listener and prints
+    /// `twophase participant NAME metrics on ADDR` (before the node's `listening on` line).
+    pub fn serve(
+        listen: Option<SocketAddr>,
+        info: NodeInfo,
+        snapshots: Arc<SnapshotStats>,
+    ) -> anyhow::Result<ParticipantMetrics> {
+        let Some(listen) = listen else { return Ok(ParticipantMetrics::off()) };
+        let announce = info.announcement();
+        let (metrics, addr) = ParticipantMetrics::start(listen, info, snapshots)?;
+        println!("{announce} {addr}");
+        Ok(metrics)
+    }
+
     /// Starts the listener on `listen`; returns the hooks and the bound address.
     pub fn start(
         listen: SocketAddr,

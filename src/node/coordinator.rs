@@ -352,20 +352,9 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         covered,
         Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
     );
-    let metrics = match options.metrics_listen {
-        Some(listen) => {
-            let info = NodeInfo {
-                node: options.id.clone(),
-                role: "coordinator",
-                recovery: started.elapsed(),
-                recovered_records,
-            };
-            let (metrics, addr) = CoordinatorMetrics::start(listen, info, &options.participants, checkpoints.stats())?;
-            println!("twophase coordinator {} metrics on {addr}", options.id);
-            metrics
-        }
-        None => CoordinatorMetrics::off(),
-    };
+    let info =
+        NodeInfo { node: options.id.clone(), role: "coordinator", recovery: started.elapsed(), recovered_records };
+    let metrics = CoordinatorMetrics::serve(options.metrics_listen, info, &options.participants, checkpoints.stats())?;
     let mut role = CoordinatorRole {
         engine,
         transport,

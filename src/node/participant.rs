@@ -222,20 +222,9 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let wal = Arc::new(wal);
     let writer = Snapshotter::spawn(options.data_dir.clone(), wal.clone());
     let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
-    let metrics = match options.metrics_listen {
-        Some(listen) => {
-            let info = NodeInfo {
-                node: options.name.clone(),
-                role: "participant",
-                recovery: started.elapsed(),
-                recovered_records,
-            };
-            let (metrics, metrics_addr) = ParticipantMetrics::start(listen, info, snapshots.stats())?;
-            println!("twophase participant {} metrics on {metrics_addr}", options.name);
-            metrics
-        }
-        None => ParticipantMetrics::off(),
-    };
+    let info =
+        NodeInfo { node: options.name.clone(), role: "participant", recovery: started.elapsed(), recovered_records };
+    let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.stats())?;
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
 
