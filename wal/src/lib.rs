@@ -78,6 +78,7 @@ mod frame;
 mod io;
 mod recovery;
 mod segment;
+mod timing;
 mod wal;
 
 use std::fmt;
