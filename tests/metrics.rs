@@ -135,7 +135,14 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
     let transactions = committed + constraint;
     let timed = c1.value("twophase_transaction_seconds_count", &[]).unwrap();
     assert!(timed >= (transactions / 8 - 1) as f64 && timed <= transactions as f64, "{timed} timed");
-    for histogram in ["twophase_transaction_seconds", "twophase_prepare_round_seconds", "twophase_log_sync_seconds"] {
+    let histograms = [
+        "twophase_transaction_seconds",
+        "twophase_prepare_round_seconds",
+        "twophase_log_sync_seconds",
+        "twophase_log_fsync_seconds",
+        "twophase_log_group_records",
+    ];
+    for histogram in histograms {
         check_histogram(&c1, histogram);
     }
     // Every transaction's Staged record is appended and synced: the log saw them all.
@@ -161,6 +168,8 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
         assert!(p.value("twophase_log_records_total", &[]) >= Some(committed as f64));
         check_histogram(&p, "twophase_vote_wait_seconds");
         check_histogram(&p, "twophase_log_sync_seconds");
+        check_histogram(&p, "twophase_log_fsync_seconds");
+        check_histogram(&p, "twophase_log_group_records");
         assert!(p.find("twophase_votes_total", &[("node", participant), ("role", "participant")]).count() == 3);
         scraped.push(p);
     }

@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::encoding::DescriptorEncoder;
@@ -16,8 +15,7 @@ use twophase_engine::{
 use super::histogram::LatencyHistogram;
 use super::log::{LogExport, LogMetrics};
 use super::sampler::{Sampler, sampled};
-use super::{Export, NodeInfo, Publisher, encode};
-use crate::node::snapshot::SnapshotStats;
+use super::{Export, NodeInfo, Publisher, Sources, encode};
 
 /// The coordinator's metrics hooks; all of them do nothing when metrics are off.
 #[derive(Debug, Default)]
@@ -78,11 +76,11 @@ impl CoordinatorMetrics {
         listen: Option<SocketAddr>,
         info: NodeInfo,
         participants: &[(ParticipantId, String, String)],
-        snapshots: Arc<SnapshotStats>,
+        sources: Sources,
     ) -> anyhow::Result<CoordinatorMetrics> {
         let Some(listen) = listen else { return Ok(CoordinatorMetrics::off()) };
         let announce = info.announcement();
-        let (metrics, addr) = CoordinatorMetrics::start(listen, info, participants, snapshots)?;
+        let (metrics, addr) = CoordinatorMetrics::start(listen, info, participants, sources)?;
         println!("{announce} {addr}");
         Ok(metrics)
     }
@@ -92,7 +90,7 @@ impl CoordinatorMetrics {
         listen: SocketAddr,
         info: NodeInfo,
         participants: &[(ParticipantId, String, String)],
-        snapshots: Arc<SnapshotStats>,
+        sources: Sources,
     ) -> anyhow::Result<(CoordinatorMetrics, SocketAddr)> {
         let export = CoordinatorExport {
             participants: participants
@@ -102,7 +100,7 @@ impl CoordinatorMetrics {
             ..CoordinatorExport::default()
         };
         let log = LogMetrics::default();
-        let (publisher, addr) = super::start(listen, info, export.clone(), snapshots, log.groups_counter())?;
+        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter())?;
         let live = Live {
             export,
             submitted: Sampler::default(),
@@ -361,9 +359,9 @@ mod tests {
         let participants =
             [(ParticipantId(1), "p1".to_string(), String::new()), (ParticipantId(2), "p2".into(), "".into())];
         let info = NodeInfo { node: "c1".into(), role: "coordinator", recovery: Duration::ZERO, recovered_records: 0 };
-        let snapshots = Arc::new(SnapshotStats::default());
+        let sources = Sources { snapshots: Default::default(), wal: Default::default() };
         let (mut metrics, addr) =
-            CoordinatorMetrics::start("127.0.0.1:0".parse().unwrap(), info, &participants, snapshots).unwrap();
+            CoordinatorMetrics::start("127.0.0.1:0".parse().unwrap(), info, &participants, sources).unwrap();
         let abort = |reason| Reply::Outcome { client: ClientId(7), seq: 3, outcome: Outcome::Aborted { reason } };
         metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(1), key: Default::default() }));
         metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(2), key: Default::default() }));

@@ -51,6 +51,22 @@ pub fn gauges<'a>(
     Ok(())
 }
 
+/// A histogram read from the wal (its buckets are per-bucket counts, `+Inf` last).
+pub fn wal_histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    histogram: &twophase_wal::WalHistogram,
+) -> fmt::Result {
+    let buckets: Vec<(f64, u64)> = histogram
+        .buckets
+        .iter()
+        .map(|&(bound, count)| (if bound.is_finite() { bound } else { f64::MAX }, count))
+        .collect();
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<NoLabelSet>(histogram.sum, histogram.count, &buckets, None)
+}
+
 /// A histogram in seconds (`name` should end in `_seconds`).
 pub fn histogram(encoder: &mut DescriptorEncoder, name: &str, help: &str, histogram: &LatencyHistogram) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;

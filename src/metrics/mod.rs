@@ -59,6 +59,13 @@ impl NodeInfo {
     }
 }
 
+/// What other threads of the node count themselves, read at each scrape.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub snapshots: Arc<SnapshotStats>,
+    pub wal: Arc<twophase_wal::WalStats>,
+}
+
 /// The engine thread's side of publishing: a copy of its export every [`PUBLISH_EVERY`].
 #[derive(Debug)]
 struct Publisher<E> {
@@ -91,6 +98,7 @@ struct NodeCollector<E> {
     published: Arc<Mutex<E>>,
     snapshots: Arc<SnapshotStats>,
     groups: Arc<std::sync::atomic::AtomicU64>,
+    wal: Arc<twophase_wal::WalStats>,
     info: NodeInfo,
     started_unix_s: f64,
 }
@@ -119,6 +127,18 @@ impl<E: Export> Collector for NodeCollector<E> {
             "Log records replayed at start (after the snapshot or checkpoint)",
             self.info.recovered_records as f64,
         )?;
+        encode::wal_histogram(
+            &mut encoder,
+            "twophase_log_fsync_seconds",
+            "How long the log's writer took to write and fdatasync one group",
+            &self.wal.sync_seconds(),
+        )?;
+        encode::wal_histogram(
+            &mut encoder,
+            "twophase_log_group_records",
+            "Records per group the log's writer wrote",
+            &self.wal.group_records(),
+        )?;
         let groups = self.groups.load(std::sync::atomic::Ordering::Relaxed);
         encode::counter(
             &mut encoder,
@@ -135,14 +155,15 @@ fn start<E: Export>(
     listen: SocketAddr,
     info: NodeInfo,
     initial: E,
-    snapshots: Arc<SnapshotStats>,
+    sources: Sources,
     groups: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<(Publisher<E>, SocketAddr)> {
+    let Sources { snapshots, wal } = sources;
     let published = Arc::new(Mutex::new(initial));
     let labels = [("node".into(), info.node.clone().into()), ("role".into(), info.role.into())];
     let mut registry = Registry::with_labels(labels.into_iter());
     let started_unix_s = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let collector = NodeCollector { published: published.clone(), snapshots, groups, info, started_unix_s };
+    let collector = NodeCollector { published: published.clone(), snapshots, groups, wal, info, started_unix_s };
     registry.register_collector(Box::new(collector));
     let addr = http::spawn(listen, registry)?;
     Ok((Publisher { shared: published, last: Instant::now() }, addr))

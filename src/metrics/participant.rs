@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::encoding::DescriptorEncoder;
@@ -14,8 +13,7 @@ use twophase_engine::{Lsn, Participant, ToCoordinator, ToParticipant, Vote};
 use super::histogram::LatencyHistogram;
 use super::log::{LogExport, LogMetrics};
 use super::sampler::{Sampler, sampled};
-use super::{Export, NodeInfo, Publisher, encode};
-use crate::node::snapshot::SnapshotStats;
+use super::{Export, NodeInfo, Publisher, Sources, encode};
 
 /// The participant's metrics hooks; all of them do nothing when metrics are off.
 #[derive(Debug, Default)]
@@ -51,14 +49,10 @@ impl ParticipantMetrics {
 
     /// Off without an address; otherwise starts the listener and prints
     /// `twophase participant NAME metrics on ADDR` (before the node's `listening on` line).
-    pub fn serve(
-        listen: Option<SocketAddr>,
-        info: NodeInfo,
-        snapshots: Arc<SnapshotStats>,
-    ) -> anyhow::Result<ParticipantMetrics> {
+    pub fn serve(listen: Option<SocketAddr>, info: NodeInfo, sources: Sources) -> anyhow::Result<ParticipantMetrics> {
         let Some(listen) = listen else { return Ok(ParticipantMetrics::off()) };
         let announce = info.announcement();
-        let (metrics, addr) = ParticipantMetrics::start(listen, info, snapshots)?;
+        let (metrics, addr) = ParticipantMetrics::start(listen, info, sources)?;
         println!("{announce} {addr}");
         Ok(metrics)
     }
@@ -67,11 +61,11 @@ impl ParticipantMetrics {
     pub fn start(
         listen: SocketAddr,
         info: NodeInfo,
-        snapshots: Arc<SnapshotStats>,
+        sources: Sources,
     ) -> anyhow::Result<(ParticipantMetrics, SocketAddr)> {
         let export = ParticipantExport::default();
         let log = LogMetrics::default();
-        let (publisher, addr) = super::start(listen, info, export.clone(), snapshots, log.groups_counter())?;
+        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter())?;
         let live = Live { export, voted_yes: Sampler::default(), log, publisher };
         Ok((ParticipantMetrics(Some(Box::new(live))), addr))
     }

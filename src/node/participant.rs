@@ -224,7 +224,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
     let info =
         NodeInfo { node: options.name.clone(), role: "participant", recovery: started.elapsed(), recovered_records };
-    let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.stats())?;
+    let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.sources(&wal))?;
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
 

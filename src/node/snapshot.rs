@@ -249,9 +249,9 @@ impl<S: SnapshotFile> SnapshotPolicy<S> {
         self.writer.shutdown();
     }
 
-    /// What the writer thread did so far (for metrics).
-    pub fn stats(&self) -> Arc<SnapshotStats> {
-        self.writer.stats.clone()
+    /// What this writer thread and the log's writer measure, for metrics.
+    pub fn sources(&self, wal: &Wal) -> crate::metrics::Sources {
+        crate::metrics::Sources { snapshots: self.writer.stats.clone(), wal: wal.stats() }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::frame::{self, HEADER_LEN, MARKER_FRAME_LEN, MARKER_KIND, PRECOMPUTE_C
 use crate::io::{IoBackend, Portable, WriteOp};
 use crate::recovery;
 use crate::segment::{self, SegmentMeta};
+use crate::stats::WalStats;
 use crate::timing::GroupTiming;
 use crate::{Backend, BackendKind, Lsn, Recovery, SyncMode, WalOptions};
 
@@ -89,6 +90,8 @@ struct Shared {
     doorbell_rx: Receiver<()>,
     /// Called after each group becomes durable and on failure (see [`Wal::on_durable`]).
     notify: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// What the writer measured (group write + sync time and size).
+    stats: Arc<WalStats>,
     segments: Mutex<Vec<SegmentMeta>>,
     durable_point: Mutex<DurablePoint>,
 }
@@ -280,6 +283,7 @@ pub(crate) fn open_inner(
         doorbell_tx,
         doorbell_rx,
         notify: OnceLock::new(),
+        stats: Arc::default(),
         segments: Mutex::new(segments),
         durable_point: Mutex::new(DurablePoint {
             lsn: next_lsn - 1,
@@ -609,6 +613,7 @@ impl<B: IoBackend> Writer<B> {
         if !frames.is_empty() && self.crash_mid_group_after == Some(self.groups_written) {
             self.crash_mid_group(writes, first, last);
         }
+        let started = Instant::now();
         if let Err(f) = self.io.write_group(&mut writes, self.sync) {
             let seg = self.dir.join(segment::segment_file_name(paths[f.index.min(paths.len() - 1)]));
             return Err(WalError::io(
@@ -619,6 +624,9 @@ impl<B: IoBackend> Writer<B> {
         self.next_lsn = last + 1;
         self.protected = frames.is_empty();
         self.groups_written += u64::from(!frames.is_empty());
+        if !frames.is_empty() {
+            self.shared.stats.record_group(last + 1 - first, started.elapsed());
+        }
         for w in writes {
             let mut buf = w.buf;
             if self.pool.len() < 4 && buf.capacity() <= 2 * GROUP_MAX_BYTES {
@@ -812,6 +820,11 @@ impl Wal {
     /// The backend really in use (after `Backend::Auto` probing).
     pub fn backend(&self) -> BackendKind {
         self.backend
+    }
+
+    /// The writer's measurements, shared: they outlive the log (a metrics reader may hold them).
+    pub fn stats(&self) -> Arc<WalStats> {
+        self.shared.stats.clone()
     }
 
     /// The log's directory.
