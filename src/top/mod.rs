@@ -122,6 +122,8 @@ mod tests {
              twophase_log_sync_seconds_bucket{{node=\"c1\",role=\"coordinator\",le=\"0.001\"}} 0\n\
              twophase_log_sync_seconds_bucket{{node=\"c1\",role=\"coordinator\",le=\"0.002\"}} {sync_ms}\n\
              twophase_log_sync_seconds_bucket{{node=\"c1\",role=\"coordinator\",le=\"+Inf\"}} {sync_ms}\n\
+             twophase_log_fsync_seconds_bucket{{node=\"c1\",role=\"coordinator\",le=\"0.0005\"}} {busy_bucket}\n\
+             twophase_log_fsync_seconds_bucket{{node=\"c1\",role=\"coordinator\",le=\"+Inf\"}} {busy_bucket}\n\
              # EOF\n",
             committed / 50
         )
@@ -174,6 +176,8 @@ mod tests {
             .chunks(110)
             .map(|row| row.iter().map(|cell| cell.symbol()).collect::<String>() + "\n")
             .collect();
+        let c1_row = screen.lines().find(|line| line.contains("c1 ")).expect("a row for c1");
+        assert!(c1_row.contains("coordinator") && c1_row.contains("495 µs"), "fsync p99 of c1: {c1_row}");
         for expected in ["2000 commits/s", "in flight   17", "p50   1.50 ms", "coordinator epoch 2", "DOWN", "lost"] {
             assert!(screen.contains(expected), "{expected:?} missing from\n{screen}");
         }

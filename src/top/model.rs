@@ -51,6 +51,8 @@ pub struct NodeView {
     pub in_doubt: Option<f64>,
     pub prepared: Option<f64>,
     pub log_sync: Percentiles,
+    /// The writer's write + fdatasync of one group.
+    pub fsync: Percentiles,
     /// Records per durable group over the interval.
     pub group_records: Option<f64>,
     pub records_per_s: Option<f64>,
@@ -127,6 +129,7 @@ fn fill_node(node: &mut NodeView, before: Option<&Scrape>, now: &Scrape, interva
         node.prepared = now.value("twophase_transactions_prepared", &[]);
     }
     node.log_sync = percentiles(before, now, "twophase_log_sync_seconds");
+    node.fsync = percentiles(before, now, "twophase_log_fsync_seconds");
     node.records_per_s = rate(before, now, interval_s, "twophase_log_records_total", &[]);
     let delta = |name: &str| now.sum(name, &[]) - before.map_or(0.0, |b| b.sum(name, &[]));
     let groups = delta("twophase_log_groups_total");

@@ -50,8 +50,19 @@ fn summary_paragraph<'a>(view: &View, title: &'a str) -> Paragraph<'a> {
 }
 
 fn node_table(view: &View) -> Table<'static> {
-    let header =
-        ["node", "role", "metrics", "link", "in doubt", "prepared", "log sync p50", "p99", "group", "records/s"];
+    let header = [
+        "node",
+        "role",
+        "metrics",
+        "link",
+        "in doubt",
+        "prepared",
+        "log sync p50",
+        "p99",
+        "fsync p99",
+        "group",
+        "records/s",
+    ];
     let rows = view.nodes.iter().map(|node| {
         let (link, link_style) = match node.linked {
             Some(false) => ("lost", Style::new().fg(Color::Yellow)),
@@ -73,11 +84,12 @@ fn node_table(view: &View) -> Table<'static> {
             optional(node.prepared).into(),
             seconds(node.log_sync.p50).into(),
             seconds(node.log_sync.p99).into(),
+            seconds(node.fsync.p99).into(),
             node.group_records.map_or("-".to_string(), |g| format!("{g:.1}")).into(),
             per_s(node.records_per_s).into(),
         ])
     });
-    let widths = [4, 11, 21, 4, 8, 8, 12, 9, 6, 9].map(Constraint::Length);
+    let widths = [4, 11, 21, 4, 8, 8, 12, 9, 9, 6, 9].map(Constraint::Length);
     Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
         .block(Block::new().borders(Borders::ALL).title("nodes"))
