@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn quantiles_interpolate_inside_the_bucket() {
         let buckets = [(0.001, 4.0), (0.002, 8.0), (f64::INFINITY, 10.0)];
-        assert_eq!(quantile(&buckets, 0.5), Some(0.0015)); // rank 5 of 10: a quarter into (1, 2] ms
+        assert_eq!(quantile(&buckets, 0.5), Some(0.00125)); // rank 5 of 10: a quarter into (1, 2] ms
         assert_eq!(quantile(&buckets, 0.2), Some(0.0005));
         assert_eq!(quantile(&buckets, 0.99), Some(0.002), "the +Inf bucket reports its lower bound");
         assert_eq!(quantile(&[(0.001, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
