@@ -17,7 +17,7 @@ use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
 use crate::security::{SecurityArgs, SecurityKeys};
 use crate::trace::TraceArgs;
-use crate::{certs, chaos, cluster, inspect, loadgen, names, node, tx};
+use crate::{certs, chaos, cluster, inspect, loadgen, names, node, top, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -46,6 +46,8 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Make a cluster's CA (or reuse the one in --dir) and certificates for its members.
     Certs(certs::CertsArgs),
+    /// A live terminal view of a running cluster, from its nodes' metrics endpoints.
+    Top(top::TopArgs),
 }
 
 #[derive(Args)]
@@ -82,6 +84,9 @@ struct ParticipantArgs {
     security: SecurityArgs,
     #[command(flatten)]
     trace: TraceArgs,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -99,6 +104,7 @@ struct ParticipantFile {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -145,6 +151,9 @@ struct CoordinatorArgs {
     security: SecurityArgs,
     #[command(flatten)]
     trace: TraceArgs,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,6 +174,7 @@ struct CoordinatorFile {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -194,6 +204,9 @@ struct ClusterArgs {
     /// Every node's tracing flags.
     #[command(flatten)]
     trace: TraceArgs,
+    /// Do not serve metrics (by default every node serves them on a free loopback port).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -234,6 +247,7 @@ fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptio
         pin_core: args.pin_core.or(file.pin_core),
         security: args.security.resolve(keys)?,
         trace: args.trace,
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -268,6 +282,7 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         checkpoint_every_records: args.checkpoint_every.or(file.checkpoint_every).unwrap_or(1_000_000),
         security: args.security.resolve(keys)?,
         trace: args.trace,
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -285,6 +300,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 group_interval_us: args.group_interval_us,
                 plaintext: args.insecure_plaintext,
                 trace: args.trace,
+                metrics: !args.no_metrics,
+                log_dir: None,
             };
             return cluster::run_until_stopped(options);
         }
@@ -294,6 +311,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => return loadgen::bench(args),
         Command::Chaos(args) => return chaos::run(args),
         Command::Certs(args) => certs::run(args)?,
+        Command::Top(args) => return top::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,11 @@ pub struct ClusterOptions {
     pub plaintext: bool,
     /// Every node's `--trace-sample` and `--otlp-endpoint`.
     pub trace: crate::trace::TraceArgs,
+    /// Every node serves metrics on a free loopback port (kept across restarts).
+    pub metrics: bool,
+    /// Each node's log messages (stderr) go to `NAME.log` here, appended across restarts;
+    /// `None`: to this process's stderr.
+    pub log_dir: Option<PathBuf>,
 }
 
 /// The client certificate's name for the launcher's load and for `client.toml`.
@@ -52,6 +57,10 @@ struct Node {
     /// The arguments it was started with, its listen address made concrete.
     args: Vec<String>,
     addr: SocketAddr,
+    /// Where it serves metrics, if it does.
+    metrics: Option<SocketAddr>,
+    /// Where its stderr goes (`None`: inherited).
+    log_file: Option<PathBuf>,
     /// `None` while it is killed and not restarted.
     process: Option<Child>,
 }
@@ -74,42 +83,77 @@ pub struct LocalCluster {
     nodes: Vec<Node>,
 }
 
-/// Starts `args` and waits for its `... listening on ADDR` line on stdout.
-fn start_node(name: &str, args: &[String]) -> anyhow::Result<(Child, SocketAddr)> {
+/// A node's stdout lines before it serves: an optional `... metrics on ADDR`, then
+/// `... listening on ADDR`.
+const START_LINES_MAX: usize = 4;
+
+/// What a started node printed about itself.
+struct Started {
+    process: Child,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+}
+
+/// Starts `args` and waits for its `... listening on ADDR` line on stdout (reading its
+/// `... metrics on ADDR` line on the way). Its stderr goes to `log_file` if given.
+fn start_node(name: &str, args: &[String], log_file: Option<&Path>) -> anyhow::Result<Started> {
     let exe = std::env::current_exe().context("locating the twophase binary")?;
+    let stderr = match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+            Stdio::from(file.with_context(|| format!("opening {}", path.display()))?)
+        }
+        None => Stdio::inherit(),
+    };
     let mut process = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
     let stdout = process.stdout.take().expect("piped stdout");
-    let (lines, line) = crossbeam_channel::bounded(1);
+    let (lines, line) = crossbeam_channel::bounded(START_LINES_MAX);
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
-        let mut first = String::new();
-        let _ = reader.read_line(&mut first);
-        let _ = lines.send(first);
+        for _ in 0..START_LINES_MAX {
+            let mut next = String::new();
+            let _ = reader.read_line(&mut next);
+            let done = next.is_empty() || next.contains("listening on ");
+            let _ = lines.send(next);
+            if done {
+                break;
+            }
+        }
         // Keep draining so the child never blocks on a full pipe.
         std::io::copy(&mut reader, &mut std::io::sink()).ok();
     });
-    let first = match line.recv_timeout(START_TIMEOUT) {
-        Ok(first) if !first.is_empty() => first,
-        _ => {
-            let status = process.try_wait().ok().flatten();
+    let seen = where_to_look(log_file);
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut metrics = None;
+    loop {
+        let next = match line.recv_deadline(deadline) {
+            Ok(next) if !next.is_empty() => next,
+            _ => {
+                let status = process.try_wait().ok().flatten();
+                reap(&mut process);
+                bail!("{name} did not start (exit status {status:?}); see its messages {seen}");
+            }
+        };
+        let printed = |marker: &str| next.trim().rsplit_once(marker).and_then(|(_, addr)| addr.parse().ok());
+        if let Some(addr) = printed(" metrics on ") {
+            metrics = Some(addr);
+        } else if let Some(addr) = printed("listening on ") {
+            return Ok(Started { process, addr, metrics });
+        } else {
             reap(&mut process);
-            bail!("{name} did not start (exit status {status:?}); see its messages above");
-        }
-    };
-    let addr = first.trim().rsplit_once("listening on ").and_then(|(_, addr)| addr.parse().ok());
-    match addr {
-        Some(addr) => Ok((process, addr)),
-        None => {
-            reap(&mut process);
-            bail!("{name} printed {first:?}, not its address")
+            bail!("{name} printed {next:?}, not its address");
         }
     }
+}
+
+fn where_to_look(log_file: Option<&Path>) -> String {
+    log_file.map_or_else(|| "above".to_string(), |path| format!("in {}", path.display()))
 }
 
 /// SIGKILL (a no-op if it already exited) and wait, so no zombie is left.
@@ -127,11 +171,16 @@ fn with_flag(mut args: Vec<String>, flag: &str, value: String) -> Vec<String> {
 }
 
 impl Node {
-    /// Starts a node and makes its listen address concrete in `args`.
-    fn start(name: &str, args: Vec<String>) -> anyhow::Result<Node> {
-        let (process, addr) = start_node(name, &args)?;
-        let args = with_flag(args, "--listen", addr.to_string());
-        Ok(Node { name: name.to_string(), args, addr, process: Some(process) })
+    /// Starts a node and makes its listen (and metrics) address concrete in `args`.
+    fn start(name: &str, args: Vec<String>, log_dir: Option<&Path>) -> anyhow::Result<Node> {
+        let log_file = log_dir.map(|dir| dir.join(format!("{name}.log")));
+        let started = start_node(name, &args, log_file.as_deref())?;
+        let mut args = with_flag(args, "--listen", started.addr.to_string());
+        if let Some(metrics) = started.metrics {
+            args = with_flag(args, "--metrics-listen", metrics.to_string());
+        }
+        let process = Some(started.process);
+        Ok(Node { name: name.to_string(), args, addr: started.addr, metrics: started.metrics, log_file, process })
     }
 
     fn signal(&self, signal: i32) {
@@ -187,12 +236,19 @@ fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> Vec<Str
         args.extend(["--group-interval-us".to_string(), interval_us.to_string()]);
     }
     args.extend(options.trace.to_args());
+    if options.metrics {
+        args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+    }
     args
 }
 
 impl LocalCluster {
     pub fn start(options: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         make_certs(options)?;
+        if let Some(dir) = &options.log_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let log_dir = options.log_dir.as_deref();
         let mut cluster = LocalCluster {
             coordinator: options.listen,
             participants: Vec::new(),
@@ -205,7 +261,7 @@ impl LocalCluster {
             let mut args =
                 vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), "127.0.0.1:0".into()];
             args.extend(common_node_args(options, Role::Participant, &name));
-            let node = Node::start(&name, args)?;
+            let node = Node::start(&name, args, log_dir)?;
             cluster.participants.push((name, node.addr));
             cluster.nodes.push(node);
         }
@@ -221,10 +277,25 @@ impl LocalCluster {
             args.push("--participant".into());
             args.push(format!("{name}={addr}"));
         }
-        let node = Node::start(COORDINATOR_NAME, args)?;
+        let node = Node::start(COORDINATOR_NAME, args, log_dir)?;
         cluster.coordinator = node.addr;
         cluster.nodes.push(node);
         Ok(cluster)
+    }
+
+    /// Every node's name and metrics address (participants in order, then the coordinator),
+    /// for the nodes that serve metrics.
+    pub fn metrics(&self) -> Vec<(String, SocketAddr)> {
+        self.nodes.iter().filter_map(|node| Some((node.name.clone(), node.metrics?))).collect()
+    }
+
+    /// The `twophase top` command line that watches this cluster, if its nodes serve metrics.
+    pub fn top_command(&self) -> Option<String> {
+        let metrics = self.metrics();
+        let (_, coordinator) = metrics.iter().find(|(name, _)| name == "c1")?;
+        let participants: Vec<String> =
+            metrics.iter().filter(|(name, _)| name != "c1").map(|(name, addr)| format!("{name}={addr}")).collect();
+        Some(format!("twophase top --coordinator {coordinator} --metrics {}", participants.join(",")))
     }
 
     /// Every node's name: the participants in order, then the coordinator.
@@ -283,7 +354,7 @@ impl LocalCluster {
         if node.process.is_some() {
             bail!("{name} is running; kill it first");
         }
-        let (mut process, addr) = start_node(name, &node.args)?;
+        let Started { mut process, addr, .. } = start_node(name, &node.args, node.log_file.as_deref())?;
         let listening = Instant::now();
         if addr != node.addr {
             reap(&mut process);
@@ -335,6 +406,12 @@ pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode
         println!("participant {name} listening on {addr}");
     }
     println!("coordinator {COORDINATOR_NAME} listening on {}", cluster.coordinator);
+    for (name, addr) in cluster.metrics() {
+        println!("metrics of {name} on http://{addr}/metrics");
+    }
+    if let Some(top) = cluster.top_command() {
+        println!("watch it: {top}");
+    }
     println!("cluster running; Ctrl-C stops it. Submit transactions with:");
     println!("  twophase tx --config {} add p1:alice=100", config.display());
     let mut code = ExitCode::SUCCESS;
@@ -366,6 +443,8 @@ mod tests {
             group_interval_us,
             plaintext,
             trace: Default::default(),
+            metrics: false,
+            log_dir: None,
         }
     }
 
@@ -405,6 +484,13 @@ mod tests {
                 "/data/certs/coordinator-c1.key"
             ]
         );
+    }
+
+    #[test]
+    fn metrics_ask_for_a_free_port() {
+        let options = ClusterOptions { metrics: true, ..options(false, None, true) };
+        let args = common_node_args(&options, Role::Coordinator, "c1");
+        assert_eq!(args[args.len() - 2..], ["--metrics-listen", "127.0.0.1:0"]);
     }
 
     #[test]

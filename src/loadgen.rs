@@ -90,6 +90,9 @@ pub struct DemoArgs {
     /// Every node's tracing flags (the cluster's spans of sampled transactions).
     #[command(flatten)]
     trace: crate::trace::TraceArgs,
+    /// Do not serve metrics (by default every node serves them on a free loopback port).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 #[derive(Args, Debug)]
@@ -225,9 +228,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         group_interval_us: args.group_interval_us,
         plaintext: args.insecure_plaintext,
         trace: args.trace.clone(),
+        metrics: !args.no_metrics,
+        log_dir: Some(logs_dir(&args.workload.report)),
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
+    announce_metrics(&cluster);
     let identities = (cluster.client.load("the demo's load")?, cluster.admin.load("the demo's audit")?);
     let target = Target::discover(cluster.coordinator, "demo", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
@@ -250,7 +256,28 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
     cluster.stop();
+    print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
+}
+
+/// Where a run that starts its own cluster (demo, chaos) puts the nodes' log files: next
+/// to its report, so they outlive a temporary data directory.
+pub(crate) fn logs_dir(report: &Path) -> PathBuf {
+    report.join("logs")
+}
+
+/// Tells where each node serves metrics and how to watch the cluster live.
+pub(crate) fn announce_metrics(cluster: &LocalCluster) {
+    for (name, addr) in cluster.metrics() {
+        eprintln!("metrics of {name} on http://{addr}/metrics");
+    }
+    if let Some(top) = cluster.top_command() {
+        eprintln!("watch it live: {top}");
+    }
+}
+
+pub(crate) fn print_logs_line(report: &Path) {
+    println!("logs        {}/ (one NAME.log per node)", logs_dir(report).display());
 }
 
 /// `twophase bench`: the same workload against a running cluster. Accounts that do not

@@ -10,11 +10,13 @@ mod cluster;
 mod failpoint;
 mod inspect;
 mod loadgen;
+mod metrics;
 mod names;
 mod node;
 mod opsyntax;
 mod security;
 mod settle;
+mod top;
 mod trace;
 mod tx;
 

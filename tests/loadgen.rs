@@ -47,6 +47,11 @@ fn a_short_demo_commits_transfers_audits_and_writes_both_reports() {
     }
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("</html>"), "a self-contained page with charts");
+    // The nodes' messages went to files next to the report, not to the terminal.
+    for node in ["c1", "p1", "p2", "p3"] {
+        assert!(dir.path().join("logs").join(format!("{node}.log")).is_file(), "{node}.log written");
+    }
+    assert!(stdout.contains("logs        "), "the summary says where the logs are: {stdout}");
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! at a fixed rate, and tracks the balance change every acknowledged commit implies;
 //! [`audit`] checks the participants' final balances ([`Balances`], filled entry by entry
 //! as their dumps stream in) against that; [`Report`] prints a
-//! summary and writes `report.json` and a self-contained `report.html`.
+//! summary and writes `report.json` and a self-contained `report.html`. [`scrape`] reads a
+//! node's metrics endpoint (for `twophase top` and tests).
 //!
 //! Invariants:
 //! - Expected balances come from acknowledged commits only, and a run ends only once every
@@ -28,6 +29,7 @@ mod layout;
 mod load;
 mod probe;
 mod report;
+pub mod scrape;
 mod svg;
 mod workload;
 

@@ -27,7 +27,7 @@ use twophase_bench::{LoadProbe, LoadResult, Report, audit};
 use twophase_net::ClientOptions;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
-use crate::loadgen::{Target, WorkloadArgs, exit_code};
+use crate::loadgen::{Target, WorkloadArgs, announce_metrics, exit_code, logs_dir, print_logs_line};
 use crate::settle;
 use monkey::{KillLog, Schedule};
 
@@ -65,6 +65,9 @@ pub struct ChaosArgs {
     /// made in the data directory); the report says so.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Do not serve metrics (by default every node serves them on a free loopback port).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 type LoadThread = JoinHandle<anyhow::Result<LoadResult>>;
@@ -95,9 +98,12 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         group_interval_us: None,
         plaintext: args.insecure_plaintext,
         trace: Default::default(),
+        metrics: !args.no_metrics,
+        log_dir: Some(logs_dir(&args.workload.report)),
     };
     eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
+    announce_metrics(&cluster);
     let identities = (cluster.client.load("the chaos run's load")?, cluster.admin.load("the chaos run's audit")?);
     let target = Target::discover(cluster.coordinator, "chaos", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
@@ -133,6 +139,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let passed = verdict.passed && chaos.passed();
     write_report(&args, &result, verdict, settled.fsync, chaos)?;
     cluster.stop();
+    print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
 }
 

@@ -17,6 +17,7 @@ use twophase_net::{
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
+use crate::metrics::{CoordinatorMetrics, NodeInfo};
 use crate::trace::coordinator::CoordinatorTrace;
 use crate::trace::{Exporter, TraceArgs};
 
@@ -44,6 +45,8 @@ pub struct CoordinatorOptions {
     /// The cluster CA, this node's certificate and key, or no TLS at all.
     pub security: crate::security::TlsFiles,
     pub trace: TraceArgs,
+    /// Serve Prometheus metrics here (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub struct CoordinatorRole {
@@ -65,6 +68,7 @@ pub struct CoordinatorRole {
     checkpoints: SnapshotPolicy<CoordinatorSnapshot>,
     /// Spans of sampled transactions; `None` when tracing is off.
     trace: Option<CoordinatorTrace>,
+    metrics: CoordinatorMetrics,
 }
 
 impl CoordinatorRole {
@@ -96,6 +100,7 @@ impl CoordinatorRole {
                         return super::refuse(&mut self.transport, conn, message);
                     }
                     let traced = self.trace.as_mut().and_then(|trace| trace.before_submit(&submit, fx));
+                    self.metrics.submitted(submit.client, submit.seq);
                     self.engine.on_submit(now, submit, fx);
                     if let (Some(trace), Some(pending)) = (&mut self.trace, traced) {
                         trace.after_submit(pending, fx);
@@ -123,6 +128,7 @@ impl CoordinatorRole {
                     if let Some(trace) = &mut self.trace {
                         trace.on_message(from, &message);
                     }
+                    self.metrics.received(from, &message);
                     self.engine.on_message(now, from, message, fx);
                 }
             }
@@ -175,6 +181,7 @@ impl Role for CoordinatorRole {
                 self.peer_conn.insert(participant, conn);
                 self.peer_of_conn.insert(conn, participant);
                 self.engine.participant_reachable(participant);
+                self.metrics.participant_up(participant);
                 self.announce_when_ready();
             }
             Inbound::PeerDown { peer } => {
@@ -183,10 +190,14 @@ impl Role for CoordinatorRole {
                 if let Some(conn) = self.peer_conn.remove(&participant) {
                     self.peer_of_conn.remove(&conn);
                 }
+                self.metrics.participant_down(participant);
                 // Its transactions abort now rather than at their prepare timeout.
                 self.engine.participant_unreachable(participant, fx);
             }
-            Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
+            Inbound::Frame { conn, frame } => {
+                self.metrics.frame_in(self.peer_of_conn.get(&conn).copied());
+                self.on_frame(now, conn, frame, fx)
+            }
             Inbound::Closed { conn } => self.forget_conn(conn),
         }
     }
@@ -206,6 +217,11 @@ impl Role for CoordinatorRole {
         self.announce_when_ready();
         let engine = &self.engine;
         self.checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
+        self.metrics.after_step(engine, durable);
+    }
+
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        self.metrics.log()
     }
 
     fn observe(&mut self, fx: &CoordEffects) {
@@ -241,6 +257,7 @@ impl Role for CoordinatorRole {
                     {
                         die_once_sent = Some(Failpoint::CoordinatorPrepareSent);
                     }
+                    self.metrics.sent(to, &message);
                     let writer = self.to_participants.entry(to).or_insert_with(|| BatchWriter::new(&limits));
                     writer.set_epoch(epoch);
                     if let Err(err) = writer.push(&message) {
@@ -254,6 +271,7 @@ impl Role for CoordinatorRole {
                 CoordOutput::ToClient(reply) => {
                     // A client that went away retries on a new connection and gets its outcome then.
                     let Some(&conn) = self.client_conn.get(&reply.client()) else { continue };
+                    self.metrics.replied(&reply);
                     let writer = self.to_clients.entry(conn).or_insert_with(|| BatchWriter::new(&limits));
                     if let Err(err) = writer.push(&reply) {
                         tracing::error!("dropping a reply to client {}: {err:?}", reply.client().0);
@@ -269,12 +287,15 @@ impl Role for CoordinatorRole {
             let bytes = writer.take();
             // A participant that is down misses these; prepares time out, commits are re-driven.
             if let Some(&conn) = self.peer_conn.get(participant) {
+                self.metrics.frame_out(Some(*participant), bytes.len());
                 frames.push((conn, bytes));
             }
         }
         for (conn, writer) in &mut self.to_clients {
             if !writer.is_empty() {
-                frames.push((*conn, writer.take()));
+                let bytes = writer.take();
+                self.metrics.frame_out(None, bytes.len());
+                frames.push((*conn, bytes));
             }
         }
         if !frames.is_empty() {
@@ -319,6 +340,7 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 /// Runs a coordinator until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let stop = super::stop_on_signal()?;
+    let started = Instant::now();
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
     let wal = Arc::new(wal);
     let checkpoint: Option<CoordinatorSnapshot> = snapshot::load(&options.data_dir)?;
@@ -326,6 +348,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let first_lsn = recovery.records.first().map(|record| Lsn(record.lsn.0));
     snapshot::check_log_continues(covered, first_lsn)?;
     let log = super::decode_log::<CoordRecord>(recovery, covered)?;
+    let recovered_records = log.len() as u64;
     let ids: Vec<ParticipantId> = options.participants.iter().map(|(id, _, _)| *id).collect();
     let mut config = CoordinatorConfig::new(ids);
     config.prepare_timeout = options.prepare_timeout;
@@ -360,6 +383,15 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let trace = Exporter::start(&options.trace, "twophase-coordinator", &options.id)?.map(CoordinatorTrace::new);
     super::pin_current_thread(options.pin_core);
 
+    let checkpoints = SnapshotPolicy::new(
+        options.checkpoint_every_records,
+        covered,
+        Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
+    );
+    let info =
+        NodeInfo { node: options.id.clone(), role: "coordinator", recovery: started.elapsed(), recovered_records };
+    let metrics =
+        CoordinatorMetrics::serve(options.metrics_listen, info, &options.participants, checkpoints.sources(&wal))?;
     let mut role = CoordinatorRole {
         engine,
         transport,
@@ -372,12 +404,9 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         to_clients: HashMap::new(),
         topology,
         announcement: Some((announcement, Instant::now() + READY_WAIT)),
-        checkpoints: SnapshotPolicy::new(
-            options.checkpoint_every_records,
-            covered,
-            Snapshotter::spawn(options.data_dir.clone(), wal.clone()),
-        ),
+        checkpoints,
         trace,
+        metrics,
     };
     role.announce_when_ready();
     let result = super::run(&mut role, fx, &wal, clock, &stop);

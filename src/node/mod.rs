@@ -66,6 +66,10 @@ pub trait Role {
     fn appended(&mut self, _record: &Self::Record) {}
     /// Sees a step's appends and outputs before they are logged and gated (tracing).
     fn observe(&mut self, _fx: &Effects<Self::Record, Self::Output>) {}
+    /// The log's metrics, when metrics are on.
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        None
+    }
 }
 
 /// Options every node shares.
@@ -182,7 +186,11 @@ pub fn run<R: Role>(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let waker = role.reactor().waker();
+    let groups = role.log_metrics().map(|log| log.groups_counter());
     wal.on_durable(Box::new(move || {
+        if let Some(groups) = &groups {
+            groups.fetch_add(1, Ordering::Relaxed);
+        }
         // A failed wake means the reactor is gone: nobody is left to tell.
         let _ = waker.wake();
     }));
@@ -228,6 +236,9 @@ fn apply_effects<R: Role>(
             if record.urgent() { wal.append(record.kind(), payload) } else { wal.append_lazy(record.kind(), payload) }
                 .context("appending to the log")?;
         assert_eq!(assigned.0, lsn.0, "the log and the engine disagree on LSNs");
+        if let Some(log) = role.log_metrics() {
+            log.appended(lsn, payload.len(), record.urgent());
+        }
         role.appended(&record);
     }
     for output in fx.outputs.drain(..) {

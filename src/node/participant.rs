@@ -18,6 +18,7 @@ use super::dump::DumpStreams;
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
+use crate::metrics::{NodeInfo, ParticipantMetrics};
 use crate::trace::participant::ParticipantTrace;
 use crate::trace::{Exporter, TraceArgs};
 
@@ -38,6 +39,8 @@ pub struct ParticipantOptions {
     /// The cluster CA, this node's certificate and key, or no TLS at all.
     pub security: crate::security::TlsFiles,
     pub trace: TraceArgs,
+    /// Serve Prometheus metrics here (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub struct ParticipantRole {
@@ -55,6 +58,7 @@ pub struct ParticipantRole {
     dumps: DumpStreams,
     /// Spans of sampled transactions; `None` when tracing is off.
     trace: Option<ParticipantTrace>,
+    metrics: ParticipantMetrics,
 }
 
 impl ParticipantRole {
@@ -65,6 +69,7 @@ impl ParticipantRole {
                     if let Some(trace) = &mut self.trace {
                         trace.on_message(&message);
                     }
+                    self.metrics.received(&message);
                     self.engine.on_message(now, epoch, message, fx);
                 }
             }
@@ -101,6 +106,7 @@ impl Role for ParticipantRole {
             }
             Inbound::Accepted { conn, hello, identity } if identity.role == NetRole::Coordinator => {
                 let serving = self.coordinators.accept(conn, hello.epoch);
+                self.metrics.coordinator_connected(true);
                 tracing::info!(conn, coordinator = %identity, epoch = hello.epoch.0, serving, "coordinator connected");
                 if serving {
                     // Whatever is in doubt can be resolved now rather than at the next backoff step.
@@ -111,11 +117,18 @@ impl Role for ParticipantRole {
                 self.admins.insert(conn);
             }
             Inbound::Accepted { .. } | Inbound::PeerUp { .. } | Inbound::PeerDown { .. } => {}
-            Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
+            Inbound::Frame { conn, frame } => {
+                if self.coordinators.contains(conn) {
+                    self.metrics.frame_in();
+                }
+                self.on_frame(now, conn, frame, fx)
+            }
             Inbound::Closed { conn } => {
                 self.admins.remove(&conn);
                 self.dumps.forget(conn);
-                if let Some(next) = self.coordinators.close(conn) {
+                let closed = self.coordinators.close(conn);
+                self.metrics.coordinator_connected(self.coordinators.serving().is_some());
+                if let Some(next) = closed {
                     tracing::info!(
                         closed = conn,
                         serving = next,
@@ -157,6 +170,7 @@ impl Role for ParticipantRole {
                 ToCoordinator::Ack { .. } => failpoint::hit(Failpoint::ParticipantCommittedApplied),
                 _ => {}
             }
+            self.metrics.sent(&message);
             if let Err(err) = self.to_coordinator.push(&message) {
                 tracing::error!("dropping a message to the coordinator: {err:?}");
             }
@@ -166,6 +180,7 @@ impl Role for ParticipantRole {
         if let Some(conn) = self.coordinators.serving()
             && !frames.is_empty()
         {
+            self.metrics.frame_out(frames.len());
             self.transport.send(conn, frames);
         }
         if die_once_sent {
@@ -182,23 +197,30 @@ impl Role for ParticipantRole {
         }
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
+        self.metrics.after_step(engine, durable);
         self.dumps.pump(&self.engine, &mut self.transport, self.fsync);
     }
 
     fn appended(&mut self, record: &PartRecord) {
         self.dumps.on_record(record);
     }
+
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        self.metrics.log()
+    }
 }
 
 /// Runs a participant until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let stop = super::stop_on_signal()?;
+    let started = std::time::Instant::now();
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
     let snapshot: Option<ParticipantSnapshot> = snapshot::load(&options.data_dir)?;
     let covered = snapshot.as_ref().map_or(Lsn::NONE, |s| s.lsn);
     let first_lsn = recovery.records.first().map(|record| Lsn(record.lsn.0));
     snapshot::check_log_continues(covered, first_lsn)?;
     let log = super::decode_log::<PartRecord>(recovery, covered)?;
+    let recovered_records = log.len() as u64;
     let mut config = ParticipantConfig::new(options.id);
     config.hash_seed = rand::random();
     let clock = Clock::new();
@@ -221,12 +243,15 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     transport_config.limits = limits;
     let (transport, addr) = Reactor::new(transport_config).context("starting the network")?;
     let trace = Exporter::start(&options.trace, "twophase-participant", &options.name)?.map(ParticipantTrace::new);
-    println!("twophase participant {} listening on {addr}", options.name);
-    super::pin_current_thread(options.pin_core);
-
     let wal = Arc::new(wal);
     let writer = Snapshotter::spawn(options.data_dir.clone(), wal.clone());
     let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
+    let info =
+        NodeInfo { node: options.name.clone(), role: "participant", recovery: started.elapsed(), recovered_records };
+    let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.sources(&wal))?;
+    println!("twophase participant {} listening on {addr}", options.name);
+    super::pin_current_thread(options.pin_core);
+
     let mut role = ParticipantRole {
         engine,
         transport,
@@ -238,6 +263,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
         tls,
         dumps: DumpStreams::new(clock),
         trace,
+        metrics,
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     drop(role.transport);

@@ -11,15 +11,21 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use prometheus_client::encoding::DescriptorEncoder;
 use twophase_engine::Lsn;
 use twophase_engine::codec::DecodeError;
 use twophase_engine::coordinator::CoordinatorSnapshot;
 use twophase_engine::participant::ParticipantSnapshot;
 use twophase_wal::{Lsn as WalLsn, Wal};
+
+use crate::metrics::histogram::LatencyHistogram;
 
 const HEADER: usize = 8 + 4 + 8;
 
@@ -127,20 +133,51 @@ pub fn check_log_continues(snapshot_lsn: Lsn, first_log_lsn: Option<Lsn>) -> any
     Ok(())
 }
 
+/// What the snapshot thread did, for metrics (written by that thread only).
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    pub written: AtomicU64,
+    pub failed: AtomicU64,
+    /// How long writing each file took (encode, write, fsync, rename).
+    pub duration: Mutex<LatencyHistogram>,
+}
+
+impl SnapshotStats {
+    fn record(&self, started: Instant, result: &anyhow::Result<()>) {
+        let count = if result.is_ok() { &self.written } else { &self.failed };
+        count.fetch_add(1, Ordering::Relaxed);
+        self.duration.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).observe(started.elapsed());
+    }
+
+    /// `twophase_snapshots_total{result}` and `twophase_snapshot_seconds`.
+    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let help = "Snapshots (participant) or checkpoints (coordinator) written or failed";
+        let counts =
+            [("written", self.written.load(Ordering::Relaxed)), ("failed", self.failed.load(Ordering::Relaxed))];
+        crate::metrics::encode::counters(encoder, "twophase_snapshots", help, "result", counts)?;
+        let duration = *self.duration.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let help = "How long writing a snapshot or checkpoint file took (encode, write, fsync, rename)";
+        crate::metrics::encode::histogram(encoder, "twophase_snapshot_seconds", help, &duration)
+    }
+}
+
 /// Writes snapshots on a thread of its own, then lets the log drop what they cover.
 pub struct Snapshotter<S: SnapshotFile> {
     queue: Sender<S>,
     thread: std::thread::JoinHandle<()>,
+    stats: Arc<SnapshotStats>,
 }
 
 impl<S: SnapshotFile> Snapshotter<S> {
     pub fn spawn(data_dir: PathBuf, wal: std::sync::Arc<Wal>) -> Snapshotter<S> {
         let (queue, jobs) = crossbeam_channel::bounded(1);
+        let stats = Arc::new(SnapshotStats::default());
+        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
-            .spawn(move || write_snapshots(&data_dir, &wal, jobs))
+            .spawn(move || write_snapshots(&data_dir, &wal, jobs, &thread_stats))
             .expect("spawning the snapshot thread");
-        Snapshotter { queue, thread }
+        Snapshotter { queue, thread, stats }
     }
 
     /// Finishes the snapshot being written, if any, and stops the thread.
@@ -162,10 +199,13 @@ impl<S: SnapshotFile> Snapshotter<S> {
     }
 }
 
-fn write_snapshots<S: SnapshotFile>(data_dir: &Path, wal: &Wal, jobs: Receiver<S>) {
+fn write_snapshots<S: SnapshotFile>(data_dir: &Path, wal: &Wal, jobs: Receiver<S>, stats: &SnapshotStats) {
     for snapshot in jobs {
         let lsn = snapshot.lsn();
-        if let Err(err) = store(data_dir, &snapshot) {
+        let started = Instant::now();
+        let stored = store(data_dir, &snapshot);
+        stats.record(started, &stored);
+        if let Err(err) = stored {
             // The old snapshot and the full log are intact; keep serving and try again later.
             tracing::error!("{} at LSN {} failed: {err:#}", S::FILE_NAME, lsn.0);
             continue;
@@ -207,6 +247,11 @@ impl<S: SnapshotFile> SnapshotPolicy<S> {
 
     pub fn shutdown(self) {
         self.writer.shutdown();
+    }
+
+    /// What this writer thread and the log's writer measure, for metrics.
+    pub fn sources(&self, wal: &Wal) -> crate::metrics::Sources {
+        crate::metrics::Sources { snapshots: self.writer.stats.clone(), wal: wal.stats() }
     }
 }
 

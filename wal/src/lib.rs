@@ -38,6 +38,9 @@
 //!   [`recovery`](crate::Recovery) and the rule below.
 //! * **Truncation**: [`Wal::truncate_before`] deletes whole old segments so that restart
 //!   time stays bounded.
+//! * **Statistics**: [`Wal::stats`] shares [`WalStats`]: each group's write + fdatasync
+//!   time and its size in records, kept by the writer thread in relaxed atomics (nothing
+//!   waits on them).
 //!
 //! # Invariants
 //!
@@ -78,12 +81,15 @@ mod frame;
 mod io;
 mod recovery;
 mod segment;
+mod stats;
+mod timing;
 mod wal;
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use error::WalError;
+pub use stats::{Histogram as WalHistogram, WalStats};
 pub use wal::{CrashPoint, Wal, open};
 
 /// Log sequence number. LSN 0 means "none"; the first record of an empty log is LSN 1.

@@ -1,0 +1,406 @@
+//! The coordinator's metrics: outcomes by abort reason, Busy rejections, in-flight
+//! transactions, the end-to-end, prepare-round and commit-round latencies (sampled, see
+//! [`super::sampler`]), and per participant its connection and the traffic to it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use prometheus_client::encoding::DescriptorEncoder;
+use twophase_engine::coordinator::CoordinatorStats;
+use twophase_engine::{
+    ClientId, Coordinator, Lsn, Outcome, ParticipantId, RejectReason, Reply, Seq, ToCoordinator, ToParticipant,
+};
+
+use super::histogram::LatencyHistogram;
+use super::log::{LogExport, LogMetrics};
+use super::sampler::{Sampler, sampled};
+use super::{Export, NodeInfo, Publisher, Sources, encode};
+
+/// The coordinator's metrics hooks; all of them do nothing when metrics are off.
+#[derive(Debug, Default)]
+pub struct CoordinatorMetrics(Option<Box<Live>>);
+
+#[derive(Debug)]
+struct Live {
+    export: CoordinatorExport,
+    submitted: Sampler<(ClientId, Seq)>,
+    prepares: Sampler<(ParticipantId, u64)>,
+    commits: Sampler<(ParticipantId, u64)>,
+    log: LogMetrics,
+    publisher: Publisher<CoordinatorExport>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CoordinatorExport {
+    stats: CoordinatorStats,
+    in_flight: u64,
+    preparing: u64,
+    epoch: u64,
+    /// Abort replies by reason (one entry per `AbortReason::label` seen: bounded by the enum).
+    aborts: Vec<(&'static str, u64)>,
+    rejected_seq_too_old: u64,
+    transaction: LatencyHistogram,
+    prepare_round: LatencyHistogram,
+    commit_round: LatencyHistogram,
+    participants: Vec<Peer>,
+    clients: Traffic,
+    log: LogExport,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Peer {
+    id: ParticipantId,
+    name: String,
+    connected: bool,
+    disconnects: u64,
+    traffic: Traffic,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Traffic {
+    frames_in: u64,
+    frames_out: u64,
+    bytes_out: u64,
+}
+
+impl CoordinatorMetrics {
+    /// Metrics off: every hook is a no-op.
+    pub fn off() -> CoordinatorMetrics {
+        CoordinatorMetrics(None)
+    }
+
+    /// Off without an address; otherwise starts the listener and prints
+    /// `twophase coordinator NAME metrics on ADDR` (before the node's `listening on` line).
+    pub fn serve(
+        listen: Option<SocketAddr>,
+        info: NodeInfo,
+        participants: &[(ParticipantId, String, String)],
+        sources: Sources,
+    ) -> anyhow::Result<CoordinatorMetrics> {
+        let Some(listen) = listen else { return Ok(CoordinatorMetrics::off()) };
+        let announce = info.announcement();
+        let (metrics, addr) = CoordinatorMetrics::start(listen, info, participants, sources)?;
+        println!("{announce} {addr}");
+        Ok(metrics)
+    }
+
+    /// Starts the listener on `listen`; returns the hooks and the bound address.
+    pub fn start(
+        listen: SocketAddr,
+        info: NodeInfo,
+        participants: &[(ParticipantId, String, String)],
+        sources: Sources,
+    ) -> anyhow::Result<(CoordinatorMetrics, SocketAddr)> {
+        let export = CoordinatorExport {
+            participants: participants
+                .iter()
+                .map(|(id, name, _)| Peer { id: *id, name: name.clone(), ..Peer::default() })
+                .collect(),
+            ..CoordinatorExport::default()
+        };
+        let log = LogMetrics::default();
+        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter())?;
+        let live = Live {
+            export,
+            submitted: Sampler::default(),
+            prepares: Sampler::default(),
+            commits: Sampler::default(),
+            log,
+            publisher,
+        };
+        Ok((CoordinatorMetrics(Some(Box::new(live))), addr))
+    }
+
+    pub fn log(&mut self) -> Option<&mut LogMetrics> {
+        self.0.as_mut().map(|live| &mut live.log)
+    }
+
+    pub fn submitted(&mut self, client: ClientId, seq: Seq) {
+        let Some(live) = &mut self.0 else { return };
+        if sampled(seq) {
+            live.submitted.start((client, seq), Instant::now());
+        }
+    }
+
+    /// A frame arrived from participant `from` (or from a client when `None`).
+    pub fn frame_in(&mut self, from: Option<ParticipantId>) {
+        let Some(live) = &mut self.0 else { return };
+        live.traffic(from).frames_in += 1;
+    }
+
+    /// A frame of `bytes` was handed to the network for participant `to` (or a client).
+    pub fn frame_out(&mut self, to: Option<ParticipantId>, bytes: usize) {
+        let Some(live) = &mut self.0 else { return };
+        let traffic = live.traffic(to);
+        traffic.frames_out += 1;
+        traffic.bytes_out += bytes as u64;
+    }
+
+    pub fn sent(&mut self, to: ParticipantId, message: &ToParticipant) {
+        let Some(live) = &mut self.0 else { return };
+        match message {
+            ToParticipant::Prepare { txid, .. } if sampled(txid.0) => live.prepares.start((to, txid.0), Instant::now()),
+            ToParticipant::Commit { txid } if sampled(txid.0) => live.commits.start((to, txid.0), Instant::now()),
+            _ => {}
+        }
+    }
+
+    pub fn received(&mut self, from: ParticipantId, message: &ToCoordinator) {
+        let Some(live) = &mut self.0 else { return };
+        match message {
+            ToCoordinator::Vote { txid, .. } if sampled(txid.0) => {
+                if let Some(elapsed) = live.prepares.finish(&(from, txid.0), Instant::now()) {
+                    live.export.prepare_round.observe(elapsed);
+                }
+            }
+            ToCoordinator::Ack { txid } if sampled(txid.0) => {
+                if let Some(elapsed) = live.commits.finish(&(from, txid.0), Instant::now()) {
+                    live.export.commit_round.observe(elapsed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A reply is about to go to its client.
+    pub fn replied(&mut self, reply: &Reply) {
+        let Some(live) = &mut self.0 else { return };
+        match reply {
+            Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => live.count_abort(reason.label()),
+            Reply::Rejected { reason: RejectReason::SeqTooOld, .. } => live.export.rejected_seq_too_old += 1,
+            _ => {}
+        }
+        if sampled(reply.seq())
+            && let Some(elapsed) = live.submitted.finish(&(reply.client(), reply.seq()), Instant::now())
+        {
+            live.export.transaction.observe(elapsed);
+        }
+    }
+
+    pub fn participant_up(&mut self, participant: ParticipantId) {
+        if let Some(peer) = self.0.as_mut().and_then(|live| live.peer(participant)) {
+            peer.connected = true;
+        }
+    }
+
+    pub fn participant_down(&mut self, participant: ParticipantId) {
+        if let Some(peer) = self.0.as_mut().and_then(|live| live.peer(participant)) {
+            peer.connected = false;
+            peer.disconnects += 1;
+        }
+    }
+
+    /// Called after every step: publishes the counters every [`super::PUBLISH_EVERY`].
+    pub fn after_step(&mut self, engine: &Coordinator, durable: Lsn) {
+        let Some(live) = &mut self.0 else { return };
+        live.log.durable(durable);
+        if !live.publisher.due() {
+            return;
+        }
+        live.export.stats = engine.stats();
+        live.export.in_flight = engine.unfinished() as u64;
+        live.export.preparing = engine.preparing() as u64;
+        live.export.epoch = u64::from(engine.epoch().0);
+        live.export.log = live.log.export();
+        let export = &live.export;
+        live.publisher.publish(|| export.clone());
+    }
+}
+
+impl Live {
+    fn peer(&mut self, id: ParticipantId) -> Option<&mut Peer> {
+        self.export.participants.iter_mut().find(|peer| peer.id == id)
+    }
+
+    fn traffic(&mut self, peer: Option<ParticipantId>) -> &mut Traffic {
+        match peer.and_then(|id| self.export.participants.iter().position(|p| p.id == id)) {
+            Some(at) => &mut self.export.participants[at].traffic,
+            None => &mut self.export.clients,
+        }
+    }
+
+    fn count_abort(&mut self, reason: &'static str) {
+        match self.export.aborts.iter_mut().find(|(label, _)| *label == reason) {
+            Some((_, count)) => *count += 1,
+            None => self.export.aborts.push((reason, 1)),
+        }
+    }
+}
+
+impl Export for CoordinatorExport {
+    fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let stats = &self.stats;
+        encode::counters(
+            e,
+            "twophase_transactions",
+            "Transactions the coordinator decided, by outcome",
+            "outcome",
+            [("committed", stats.committed), ("aborted", stats.aborted)],
+        )?;
+        let aborts = self.aborts.iter().map(|(reason, count)| (*reason, *count));
+        encode::counters(e, "twophase_aborts", "Abort replies sent to clients, by reason", "reason", aborts)?;
+        encode::counters(
+            e,
+            "twophase_rejections",
+            "Submissions refused without running (busy: too many in flight; seq_too_old: outside the exactly-once window)",
+            "reason",
+            [("busy", stats.rejected_busy), ("seq_too_old", self.rejected_seq_too_old)],
+        )?;
+        encode::counter(
+            e,
+            "twophase_commit_redrives",
+            "Commit messages sent again to participants that had not acknowledged",
+            stats.redrives,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_transactions_in_flight",
+            "Transactions not yet forgotten (preparing, or committed and awaiting acks)",
+            self.in_flight as f64,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_transactions_preparing",
+            "Transactions in the prepare phase (Busy beyond --max-in-flight)",
+            self.preparing as f64,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_coordinator_epoch",
+            "The coordinator's epoch: it rises by one at every start",
+            self.epoch as f64,
+        )?;
+        let sampled_note = "; one transaction in 8 is timed";
+        encode::histogram(
+            e,
+            "twophase_transaction_seconds",
+            &format!("From a submission's arrival until its reply leaves the coordinator{sampled_note}"),
+            &self.transaction,
+        )?;
+        encode::histogram(
+            e,
+            "twophase_prepare_round_seconds",
+            &format!("From a Prepare handed to the network until that participant's vote arrives{sampled_note}"),
+            &self.prepare_round,
+        )?;
+        encode::histogram(
+            e,
+            "twophase_commit_round_seconds",
+            &format!("From a Commit handed to the network until that participant's ack arrives{sampled_note}"),
+            &self.commit_round,
+        )?;
+        let names = || self.participants.iter().map(|peer| peer.name.as_str());
+        let connected = names().zip(self.participants.iter().map(|peer| f64::from(u8::from(peer.connected))));
+        encode::gauges(
+            e,
+            "twophase_participant_connected",
+            "1 while the coordinator holds a connection to the participant",
+            "participant",
+            connected,
+        )?;
+        let disconnects = names().zip(self.participants.iter().map(|peer| peer.disconnects));
+        encode::counters(
+            e,
+            "twophase_participant_disconnects",
+            "Connections to the participant that were lost",
+            "participant",
+            disconnects,
+        )?;
+        self.encode_traffic(e)?;
+        self.log.encode(e)
+    }
+}
+
+impl CoordinatorExport {
+    /// Frames and bytes per peer: one label value per participant, `clients` for the rest.
+    fn encode_traffic(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let peers = || {
+            self.participants
+                .iter()
+                .map(|peer| (peer.name.as_str(), peer.traffic))
+                .chain(std::iter::once(("clients", self.clients)))
+        };
+        encode::counters(
+            e,
+            "twophase_net_frames_in",
+            "Frames received, by peer",
+            "peer",
+            peers().map(|(p, t)| (p, t.frames_in)),
+        )?;
+        encode::counters(
+            e,
+            "twophase_net_frames_out",
+            "Frames handed to the network, by peer",
+            "peer",
+            peers().map(|(p, t)| (p, t.frames_out)),
+        )?;
+        encode::counters(
+            e,
+            "twophase_net_bytes_out",
+            "Bytes handed to the network, by peer",
+            "peer",
+            peers().map(|(p, t)| (p, t.bytes_out)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use twophase_engine::coordinator::CoordEffects;
+    use twophase_engine::{AbortReason, CoordinatorConfig, Time};
+
+    use super::*;
+
+    #[test]
+    fn replies_and_links_show_in_the_scrape_once_published() {
+        let participants =
+            [(ParticipantId(1), "p1".to_string(), String::new()), (ParticipantId(2), "p2".into(), "".into())];
+        let info = NodeInfo { node: "c1".into(), role: "coordinator", recovery: Duration::ZERO, recovered_records: 0 };
+        let sources = Sources { snapshots: Default::default(), wal: Default::default() };
+        let (mut metrics, addr) =
+            CoordinatorMetrics::start("127.0.0.1:0".parse().unwrap(), info, &participants, sources).unwrap();
+        let abort = |reason| Reply::Outcome { client: ClientId(7), seq: 3, outcome: Outcome::Aborted { reason } };
+        metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(1), key: Default::default() }));
+        metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(2), key: Default::default() }));
+        metrics.replied(&abort(AbortReason::Timeout { participant: ParticipantId(2) }));
+        metrics.participant_up(ParticipantId(1));
+        metrics.participant_up(ParticipantId(2));
+        metrics.participant_down(ParticipantId(2));
+        metrics.frame_out(Some(ParticipantId(1)), 100);
+        metrics.frame_out(None, 40);
+
+        let scrape = || twophase_bench::scrape::fetch(addr, Duration::from_secs(5)).unwrap();
+        assert_eq!(scrape().value("twophase_aborts_total", &[("reason", "conflict")]), None, "not published yet");
+        let mut fx = CoordEffects::default();
+        let engine = Coordinator::recover(
+            CoordinatorConfig::new(vec![ParticipantId(1), ParticipantId(2)]),
+            [],
+            Time(0),
+            &mut fx,
+        );
+        let live = metrics.0.as_mut().unwrap();
+        live.publisher.last -= super::super::PUBLISH_EVERY; // as if the interval had passed
+        metrics.after_step(&engine, Lsn::NONE);
+
+        let scrape = scrape();
+        assert_eq!(scrape.value("twophase_aborts_total", &[("reason", "conflict"), ("node", "c1")]), Some(2.0));
+        assert_eq!(scrape.value("twophase_aborts_total", &[("reason", "timeout")]), Some(1.0));
+        assert_eq!(scrape.value("twophase_participant_connected", &[("participant", "p1")]), Some(1.0));
+        assert_eq!(scrape.value("twophase_participant_connected", &[("participant", "p2")]), Some(0.0));
+        assert_eq!(scrape.value("twophase_participant_disconnects_total", &[("participant", "p2")]), Some(1.0));
+        assert_eq!(scrape.value("twophase_net_bytes_out_total", &[("peer", "p1")]), Some(100.0));
+        assert_eq!(scrape.value("twophase_net_bytes_out_total", &[("peer", "clients")]), Some(40.0));
+        assert_eq!(scrape.value("twophase_coordinator_epoch", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn hooks_do_nothing_when_off() {
+        let mut metrics = CoordinatorMetrics::off();
+        metrics.submitted(ClientId(1), 8);
+        metrics.participant_down(ParticipantId(1));
+        assert!(metrics.log().is_none() && metrics.0.is_none());
+    }
+}

@@ -1,0 +1,216 @@
+//! The participant's metrics: votes, decisions applied, prepared and in-doubt transactions,
+//! how long a Yes vote waits for the decision (sampled, see [`super::sampler`]), the
+//! coordinator's connection and the traffic to it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use prometheus_client::encoding::DescriptorEncoder;
+use twophase_engine::participant::ParticipantStats;
+use twophase_engine::{Lsn, Participant, ToCoordinator, ToParticipant, Vote};
+
+use super::histogram::LatencyHistogram;
+use super::log::{LogExport, LogMetrics};
+use super::sampler::{Sampler, sampled};
+use super::{Export, NodeInfo, Publisher, Sources, encode};
+
+/// The participant's metrics hooks; all of them do nothing when metrics are off.
+#[derive(Debug, Default)]
+pub struct ParticipantMetrics(Option<Box<Live>>);
+
+#[derive(Debug)]
+struct Live {
+    export: ParticipantExport,
+    voted_yes: Sampler<u64>,
+    log: LogMetrics,
+    publisher: Publisher<ParticipantExport>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ParticipantExport {
+    stats: ParticipantStats,
+    prepared: u64,
+    in_doubt: u64,
+    parked: u64,
+    vote_wait: LatencyHistogram,
+    coordinator_connected: bool,
+    coordinator_connects: u64,
+    frames_in: u64,
+    frames_out: u64,
+    bytes_out: u64,
+    log: LogExport,
+}
+
+impl ParticipantMetrics {
+    pub fn off() -> ParticipantMetrics {
+        ParticipantMetrics(None)
+    }
+
+    /// Off without an address; otherwise starts the listener and prints
+    /// `twophase participant NAME metrics on ADDR` (before the node's `listening on` line).
+    pub fn serve(listen: Option<SocketAddr>, info: NodeInfo, sources: Sources) -> anyhow::Result<ParticipantMetrics> {
+        let Some(listen) = listen else { return Ok(ParticipantMetrics::off()) };
+        let announce = info.announcement();
+        let (metrics, addr) = ParticipantMetrics::start(listen, info, sources)?;
+        println!("{announce} {addr}");
+        Ok(metrics)
+    }
+
+    /// Starts the listener on `listen`; returns the hooks and the bound address.
+    pub fn start(
+        listen: SocketAddr,
+        info: NodeInfo,
+        sources: Sources,
+    ) -> anyhow::Result<(ParticipantMetrics, SocketAddr)> {
+        let export = ParticipantExport::default();
+        let log = LogMetrics::default();
+        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter())?;
+        let live = Live { export, voted_yes: Sampler::default(), log, publisher };
+        Ok((ParticipantMetrics(Some(Box::new(live))), addr))
+    }
+
+    pub fn log(&mut self) -> Option<&mut LogMetrics> {
+        self.0.as_mut().map(|live| &mut live.log)
+    }
+
+    pub fn coordinator_connected(&mut self, connected: bool) {
+        let Some(live) = &mut self.0 else { return };
+        live.export.coordinator_connects += u64::from(connected && !live.export.coordinator_connected);
+        live.export.coordinator_connected = connected;
+    }
+
+    /// A frame of the coordinator's arrived.
+    pub fn frame_in(&mut self) {
+        let Some(live) = &mut self.0 else { return };
+        live.export.frames_in += 1;
+    }
+
+    pub fn received(&mut self, message: &ToParticipant) {
+        let Some(live) = &mut self.0 else { return };
+        if let ToParticipant::Commit { txid } | ToParticipant::Abort { txid } = message
+            && sampled(txid.0)
+            && let Some(elapsed) = live.voted_yes.finish(&txid.0, Instant::now())
+        {
+            live.export.vote_wait.observe(elapsed);
+        }
+    }
+
+    /// A message is about to go to the coordinator.
+    pub fn sent(&mut self, message: &ToCoordinator) {
+        let Some(live) = &mut self.0 else { return };
+        if let ToCoordinator::Vote { txid, vote: Vote::Yes { .. } } = message
+            && sampled(txid.0)
+        {
+            live.voted_yes.start(txid.0, Instant::now());
+        }
+    }
+
+    /// A frame of `bytes` was handed to the network for the coordinator.
+    pub fn frame_out(&mut self, bytes: usize) {
+        let Some(live) = &mut self.0 else { return };
+        live.export.frames_out += 1;
+        live.export.bytes_out += bytes as u64;
+    }
+
+    /// Called after every step: publishes the counters every [`super::PUBLISH_EVERY`].
+    pub fn after_step(&mut self, engine: &Participant, durable: Lsn) {
+        let Some(live) = &mut self.0 else { return };
+        live.log.durable(durable);
+        if !live.publisher.due() {
+            return;
+        }
+        live.export.stats = engine.stats();
+        live.export.prepared = engine.prepared() as u64;
+        live.export.in_doubt = engine.in_doubt() as u64;
+        live.export.parked = engine.parked() as u64;
+        live.export.log = live.log.export();
+        let export = &live.export;
+        live.publisher.publish(|| export.clone());
+    }
+}
+
+impl Export for ParticipantExport {
+    fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let stats = &self.stats;
+        encode::counters(
+            e,
+            "twophase_transactions",
+            "Prepared transactions this participant finished, by outcome",
+            "outcome",
+            [("committed", stats.committed), ("aborted", stats.aborted)],
+        )?;
+        encode::counters(
+            e,
+            "twophase_votes",
+            "Votes sent to the coordinator",
+            "vote",
+            [("yes", stats.prepared), ("no", stats.voted_no), ("read_only", stats.read_only)],
+        )?;
+        encode::counter(
+            e,
+            "twophase_prepares_waited",
+            "Prepares that waited for an older prepared transaction's decision",
+            stats.waited,
+        )?;
+        encode::counter(
+            e,
+            "twophase_inquiries",
+            "Questions sent to the coordinator about in-doubt transactions",
+            stats.inquiries,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_transactions_prepared",
+            "Prepared transactions awaiting a decision",
+            self.prepared as f64,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_transactions_in_doubt",
+            "Prepared transactions whose decision this participant is asking for",
+            self.in_doubt as f64,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_prepares_parked",
+            "Prepares waiting for an older prepared transaction's decision",
+            self.parked as f64,
+        )?;
+        encode::histogram(
+            e,
+            "twophase_vote_wait_seconds",
+            "From a Yes vote handed to the network until the decision arrives; one transaction in 8 is timed",
+            &self.vote_wait,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_coordinator_connected",
+            "1 while a coordinator is connected",
+            f64::from(u8::from(self.coordinator_connected)),
+        )?;
+        encode::counter(
+            e,
+            "twophase_coordinator_connects",
+            "Coordinator connections accepted",
+            self.coordinator_connects,
+        )?;
+        let peer = "coordinator";
+        encode::counters(e, "twophase_net_frames_in", "Frames received, by peer", "peer", [(peer, self.frames_in)])?;
+        encode::counters(
+            e,
+            "twophase_net_frames_out",
+            "Frames handed to the network, by peer",
+            "peer",
+            [(peer, self.frames_out)],
+        )?;
+        encode::counters(
+            e,
+            "twophase_net_bytes_out",
+            "Bytes handed to the network, by peer",
+            "peer",
+            [(peer, self.bytes_out)],
+        )?;
+        self.log.encode(e)
+    }
+}
