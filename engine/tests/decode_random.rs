@@ -14,15 +14,15 @@ fn run(name: &str, target: fn(&[u8]), seed: u64, inputs: usize, max_len_bytes: u
 
 #[test]
 fn engine_messages_random() {
-    run("engine_messages", engine_messages, 0xe1, 20_000, 64 << 10);
+    run("engine_messages", engine_messages, 0xe1, 6_000, 64 << 10);
 }
 
 #[test]
 fn engine_records_random() {
-    run("engine_records", engine_records, 0xe2, 20_000, 64 << 10);
+    run("engine_records", engine_records, 0xe2, 6_000, 64 << 10);
 }
 
 #[test]
 fn engine_snapshots_random() {
-    run("engine_snapshots", engine_snapshots, 0xe3, 10_000, 64 << 10);
+    run("engine_snapshots", engine_snapshots, 0xe3, 4_000, 64 << 10);
 }
