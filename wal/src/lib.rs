@@ -38,6 +38,8 @@
 //!   [`recovery`](crate::Recovery) and the rule below.
 //! * **Truncation**: [`Wal::truncate_before`] deletes whole old segments so that restart
 //!   time stays bounded.
+//! * **Fuzz bodies** (`fuzz_targets`, hidden): the framing and recovery-scan targets shared
+//!   by `fuzz/` and the stable random-input harness.
 //!
 //! # Invariants
 //!
@@ -75,6 +77,8 @@
 
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod io;
 mod recovery;
 mod segment;
