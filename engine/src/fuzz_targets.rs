@@ -379,9 +379,7 @@ pub fn gen_coord_record(g: &mut Gen) -> CoordRecord {
 
 fn gen_writes(g: &mut Gen) -> Vec<Write> {
     let count = g.len(u16::MAX as usize);
-    (0..count)
-        .map(|_| Write { key: gen_key(g, RECORD_LIMITS), value: gen_optional_value(g, RECORD_LIMITS) })
-        .collect()
+    (0..count).map(|_| Write { key: gen_key(g, RECORD_LIMITS), value: gen_optional_value(g, RECORD_LIMITS) }).collect()
 }
 
 pub fn gen_part_record(g: &mut Gen) -> PartRecord {
@@ -445,9 +443,8 @@ pub fn engine_records(data: &[u8]) {
 
 pub fn gen_participant_snapshot(g: &mut Gen) -> ParticipantSnapshot {
     let (lsn, max_epoch, max_txid_seen) = (Lsn(g.u64()), Epoch(g.u32()), TxId(g.u64()));
-    let pairs: Vec<(Key, Value)> = (0..g.len(64))
-        .map(|_| (gen_key(g, RECORD_LIMITS), gen_value(g, RECORD_LIMITS)))
-        .collect();
+    let pairs: Vec<(Key, Value)> =
+        (0..g.len(64)).map(|_| (gen_key(g, RECORD_LIMITS), gen_value(g, RECORD_LIMITS))).collect();
     let kv = KvImage::from_pairs(pairs.iter().map(|(key, value)| (&key[..], &value[..])));
     let prepared = (0..g.len(16)).map(|_| (TxId(g.u64()), gen_writes(g))).collect();
     ParticipantSnapshot { lsn, max_epoch, max_txid_seen, kv, prepared }

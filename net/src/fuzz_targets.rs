@@ -62,7 +62,11 @@ pub fn gen_welcome(g: &mut Gen) -> Welcome {
     let limits = NetLimits {
         max_frame_bytes: g.u32(),
         max_batch: g.u32(),
-        engine: Limits { max_ops_per_tx: g.u16() as usize, max_key_bytes: g.u16() as usize, max_value_bytes: g.u32() as usize },
+        engine: Limits {
+            max_ops_per_tx: g.u16() as usize,
+            max_key_bytes: g.u16() as usize,
+            max_value_bytes: g.u32() as usize,
+        },
     };
     Welcome { role, cluster, node, directory, limits }
 }

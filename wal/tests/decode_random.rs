@@ -9,8 +9,15 @@ use twophase_wal::fuzz_targets::{seed_inputs, wal_frames, wal_recovery};
 /// The valid seeds first, then `inputs` pseudo-random ones (mostly short, one in ten up to
 /// `max_len_bytes`), each once structured (selector bit 7 set) and once raw.
 fn drive(name: &str, target: &mut dyn FnMut(&[u8]), seed: u64, inputs: usize, max_len_bytes: usize) {
-    for (_, input) in seed_inputs().into_iter().filter(|(of, _)| *of == name) {
+    for (i, (_, input)) in seed_inputs().into_iter().filter(|(of, _)| *of == name).enumerate() {
         target(&input);
+        // `TWOPHASE_FUZZ_SEEDS_DIR=$PWD/fuzz/corpus cargo test --test decode_random`
+        // regenerates the fuzz crate's committed seeds from these.
+        if let Some(dir) = std::env::var_os("TWOPHASE_FUZZ_SEEDS_DIR") {
+            let dir = std::path::Path::new(&dir).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{i}")), &input).unwrap();
+        }
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut input = Vec::new();
