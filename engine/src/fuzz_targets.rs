@@ -219,7 +219,7 @@ pub fn gen_value(g: &mut Gen, limits: Limits) -> Value {
 }
 
 fn gen_optional_value(g: &mut Gen, limits: Limits) -> Option<Value> {
-    if g.u8() % 2 == 0 { None } else { Some(gen_value(g, limits)) }
+    if g.u8().is_multiple_of(2) { None } else { Some(gen_value(g, limits)) }
 }
 
 pub fn gen_op_kind(g: &mut Gen, limits: Limits) -> OpKind {
@@ -276,7 +276,7 @@ pub fn gen_vote(g: &mut Gen, limits: Limits) -> Vote {
 }
 
 pub fn gen_outcome(g: &mut Gen, limits: Limits) -> Outcome {
-    if g.u8() % 2 == 0 {
+    if g.u8().is_multiple_of(2) {
         Outcome::Committed { reads: gen_reads(g, limits) }
     } else {
         Outcome::Aborted { reason: gen_abort_reason(g, limits) }
@@ -463,7 +463,7 @@ pub fn gen_coordinator_snapshot(g: &mut Gen) -> CoordinatorSnapshot {
         .map(|_| {
             let txid = TxId(g.u64());
             let (client, seq) = (ClientId(g.u64()), g.u64());
-            let record = if g.u8() % 2 == 0 {
+            let record = if g.u8().is_multiple_of(2) {
                 CoordRecord::Commit {
                     txid,
                     client,

@@ -87,9 +87,9 @@ pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
             messages: (0..batch(g)).map(|_| gen_to_participant(g, engine)).collect(),
         },
         6 => Frame::ToCoordinator((0..batch(g)).map(|_| gen_to_coordinator(g, engine)).collect()),
-        7 => Frame::AdminRequest(if g.u8() % 2 == 0 { AdminOp::Dump } else { AdminOp::Topology }),
+        7 => Frame::AdminRequest(if g.u8().is_multiple_of(2) { AdminOp::Dump } else { AdminOp::Topology }),
         8 => Frame::DumpChunk((0..g.len(1 << 16)).map(|_| (gen_key(g, engine), gen_value(g, engine))).collect()),
-        9 => Frame::DumpEnd(DumpEnd { keys: g.u64(), prepared: g.u32(), in_doubt: g.u32(), fsync: g.u8() % 2 == 0 }),
+        9 => Frame::DumpEnd(DumpEnd { keys: g.u64(), prepared: g.u32(), in_doubt: g.u32(), fsync: g.u8().is_multiple_of(2) }),
         _ => Frame::Topology((0..gen_u16_count(g)).map(|_| (ParticipantId(g.u16()), g.text(64), g.text(64))).collect()),
     }
 }
@@ -210,7 +210,7 @@ pub fn net_handshake(data: &[u8]) {
     let selector = g.u8();
     let (to_server, to_client) = if selector & 0x80 != 0 {
         let mut hello = Frame::Hello(gen_hello(&mut g)).to_bytes().to_vec();
-        let mut welcome = if g.u8() % 8 == 0 {
+        let mut welcome = if g.u8().is_multiple_of(8) {
             Frame::Error(ErrorFrame { code: ErrorCode::from_code(g.u16()), message: g.text(256) }).to_bytes().to_vec()
         } else {
             Frame::Welcome(gen_welcome(&mut g)).to_bytes().to_vec()

@@ -17,6 +17,9 @@ use crate::frame::{self, Decoded, MARKER_KIND};
 use crate::recovery::{self, Scan};
 use crate::segment::segment_file_name;
 
+/// Records as `(lsn, kind, payload)`.
+type Records = Vec<(u64, u8, Vec<u8>)>;
+
 /// Reads the fuzzer's bytes as numbers, zeros once they run out.
 struct Input<'a> {
     data: &'a [u8],
@@ -65,7 +68,7 @@ fn max_payload_for(selector: u8) -> u32 {
 /// Valid write groups from `input`: each a marker and 0..=7 records with consecutive LSNs
 /// from `first_lsn`; payload sizes up to `max_payload` (sometimes exactly it). Returns the
 /// bytes and the `(lsn, kind, payload)` of every record.
-fn gen_groups(input: &mut Input, first_lsn: u64, max_payload: u32) -> (Vec<u8>, Vec<(u64, u8, Vec<u8>)>) {
+fn gen_groups(input: &mut Input, first_lsn: u64, max_payload: u32) -> (Vec<u8>, Records) {
     let mut bytes = Vec::new();
     let mut records = Vec::new();
     let mut lsn = Some(first_lsn);
@@ -116,7 +119,7 @@ fn mutate(input: &mut Input, bytes: &mut Vec<u8>) {
 /// Scans `buf` from offset 0 as recovery does, checking each record, then the marker
 /// search and the end-of-data scan. Returns the records decoded before the first
 /// non-record.
-fn scan_frames(buf: &[u8], max_payload: u32, min_durable: u64) -> Vec<(u64, u8, Vec<u8>)> {
+fn scan_frames(buf: &[u8], max_payload: u32, min_durable: u64) -> Records {
     let mut off = 0;
     let mut records = Vec::new();
     while let Decoded::Record { lsn, kind, payload, next } = frame::decode_at(buf, off, max_payload) {
@@ -165,7 +168,7 @@ pub fn wal_frames(data: &[u8]) {
 }
 
 /// What recovery found, comparable across two runs.
-fn summary(scan: &Scan) -> (Vec<(u64, u8, Vec<u8>)>, u64) {
+fn summary(scan: &Scan) -> (Records, u64) {
     let records = scan.records.iter().map(|r| (r.lsn.0, r.kind, r.payload.to_vec())).collect();
     (records, scan.next_lsn)
 }
@@ -190,7 +193,7 @@ pub fn wal_recovery(dir: &Path, data: &[u8]) {
     let mut intact = true;
     let mut names = Vec::new();
     for _ in 0..segments {
-        let name = if structured && input.u8() % 4 != 0 { next_lsn } else { input.u64() };
+        let name = if structured && !input.u8().is_multiple_of(4) { next_lsn } else { input.u64() };
         if names.contains(&name) {
             continue;
         }
