@@ -41,8 +41,11 @@ pub struct Gen<'a> {
 /// Enough for one value of the largest record size (16 MiB) and then some.
 const GEN_BUDGET: usize = 17 << 20;
 
-/// Lengths above this need two marker bytes in a row (see [`Gen::len`]).
+/// Lengths above this need two marker bytes in a row (see [`Gen::pick`]).
 const HUGE_BYTES: usize = 1 << 20;
+
+/// What one list item is charged to the budget: about what it takes decoded.
+pub const ITEM_BYTES: usize = 64;
 
 impl<'a> Gen<'a> {
     pub fn new(data: &'a [u8]) -> Gen<'a> {
@@ -86,14 +89,35 @@ impl<'a> Gen<'a> {
         raw % (max + 1)
     }
 
-    /// A length or count in `0..=max`: mostly short, sometimes anywhere, and now and then
-    /// exactly `max` or one below it, so the real limits get exercised. Zero once the
-    /// input or the budget is used up.
+    /// A byte length in `0..=max` (see [`Gen::pick`]), charged to the budget byte for byte.
     pub fn len(&mut self, max: usize) -> usize {
+        self.charged(max, 1)
+    }
+
+    /// A list count in `0..=max` (see [`Gen::pick`]), charged to the budget at
+    /// [`ITEM_BYTES`] per item: what each decoded item costs in memory and time.
+    pub fn count(&mut self, max: usize) -> usize {
+        self.charged(max, ITEM_BYTES)
+    }
+
+    fn charged(&mut self, max: usize, unit_bytes: usize) -> usize {
+        let n = self.pick(max);
+        let cost = n.saturating_mul(unit_bytes);
+        if cost > self.budget {
+            return 0;
+        }
+        self.budget -= cost;
+        n
+    }
+
+    /// A number in `0..=max`: mostly up to 8, sometimes anywhere (log-uniform), and now and
+    /// then exactly `max` or one below it, so the real limits get exercised. Zero once the
+    /// input is used up.
+    fn pick(&mut self, max: usize) -> usize {
         // Sizes above a MiB (the 16 MiB record limit) cost real time to build and check:
         // they take a second confirming byte.
         let huge_ok = |g: &mut Gen| max <= HUGE_BYTES || g.u8() == 255;
-        let len = match self.u8() {
+        match self.u8() {
             255 if huge_ok(self) => max,
             254 if huge_ok(self) => max.saturating_sub(1),
             // Log-uniform: every order of magnitude up to the limit (or a MiB) as likely.
@@ -103,12 +127,7 @@ impl<'a> Gen<'a> {
                 self.up_to(cap.min((1usize << bits).saturating_sub(1)))
             }
             _ => self.up_to(max.min(8)),
-        };
-        if len > self.budget {
-            return 0;
         }
-        self.budget -= len;
-        len
     }
 
     /// `len` bytes: taken from the input while it lasts, then one repeated byte (so a value
@@ -240,7 +259,7 @@ pub fn gen_local_op(g: &mut Gen, limits: Limits) -> LocalOp {
 }
 
 pub fn gen_reads(g: &mut Gen, limits: Limits) -> Vec<Read> {
-    let count = g.len(limits.max_ops_per_tx);
+    let count = g.count(limits.max_ops_per_tx);
     (0..count).map(|_| Read { index: g.u16(), value: gen_optional_value(g, limits) }).collect()
 }
 
@@ -285,7 +304,7 @@ pub fn gen_outcome(g: &mut Gen, limits: Limits) -> Outcome {
 
 pub fn gen_submit(g: &mut Gen, limits: Limits) -> Submit {
     let (client, seq) = (ClientId(g.u64()), g.u64());
-    let count = g.len(limits.max_ops_per_tx);
+    let count = g.count(limits.max_ops_per_tx);
     Submit { client, seq, ops: (0..count).map(|_| gen_op(g, limits)).collect() }
 }
 
@@ -302,7 +321,7 @@ pub fn gen_to_participant(g: &mut Gen, limits: Limits) -> ToParticipant {
     let txid = TxId(g.u64());
     match g.u8() % 4 {
         0 => {
-            let count = g.len(limits.max_ops_per_tx);
+            let count = g.count(limits.max_ops_per_tx);
             ToParticipant::Prepare { txid, ops: (0..count).map(|_| gen_local_op(g, limits)).collect() }
         }
         1 => ToParticipant::Commit { txid },
@@ -356,7 +375,7 @@ pub fn engine_messages(data: &[u8]) {
 }
 
 fn gen_participants(g: &mut Gen) -> Vec<ParticipantId> {
-    let count = g.len(u16::MAX as usize);
+    let count = g.count(u16::MAX as usize);
     (0..count).map(|_| ParticipantId(g.u16())).collect()
 }
 
@@ -378,7 +397,7 @@ pub fn gen_coord_record(g: &mut Gen) -> CoordRecord {
 }
 
 fn gen_writes(g: &mut Gen) -> Vec<Write> {
-    let count = g.len(u16::MAX as usize);
+    let count = g.count(u16::MAX as usize);
     (0..count).map(|_| Write { key: gen_key(g, RECORD_LIMITS), value: gen_optional_value(g, RECORD_LIMITS) }).collect()
 }
 
@@ -444,22 +463,22 @@ pub fn engine_records(data: &[u8]) {
 pub fn gen_participant_snapshot(g: &mut Gen) -> ParticipantSnapshot {
     let (lsn, max_epoch, max_txid_seen) = (Lsn(g.u64()), Epoch(g.u32()), TxId(g.u64()));
     let pairs: Vec<(Key, Value)> =
-        (0..g.len(64)).map(|_| (gen_key(g, RECORD_LIMITS), gen_value(g, RECORD_LIMITS))).collect();
+        (0..g.count(64)).map(|_| (gen_key(g, RECORD_LIMITS), gen_value(g, RECORD_LIMITS))).collect();
     let kv = KvImage::from_pairs(pairs.iter().map(|(key, value)| (&key[..], &value[..])));
-    let prepared = (0..g.len(16)).map(|_| (TxId(g.u64()), gen_writes(g))).collect();
+    let prepared = (0..g.count(16)).map(|_| (TxId(g.u64()), gen_writes(g))).collect();
     ParticipantSnapshot { lsn, max_epoch, max_txid_seen, kv, prepared }
 }
 
 pub fn gen_coordinator_snapshot(g: &mut Gen) -> CoordinatorSnapshot {
     let (lsn, max_epoch) = (Lsn(g.u64()), Epoch(g.u32()));
-    let sessions = (0..g.len(16))
+    let sessions = (0..g.count(16))
         .map(|_| SessionSnapshot {
             client: ClientId(g.u64()),
             floor: g.u64(),
-            committed: (0..g.len(16)).map(|_| (g.u64(), gen_reads(g, RECORD_LIMITS))).collect(),
+            committed: (0..g.count(16)).map(|_| (g.u64(), gen_reads(g, RECORD_LIMITS))).collect(),
         })
         .collect();
-    let unfinished = (0..g.len(16))
+    let unfinished = (0..g.count(16))
         .map(|_| {
             let txid = TxId(g.u64());
             let (client, seq) = (ClientId(g.u64()), g.u64());

@@ -44,7 +44,7 @@ fn gen_role(g: &mut Gen) -> Role {
 
 /// A count for a list whose length prefix is a `u16`.
 fn gen_u16_count(g: &mut Gen) -> usize {
-    g.len(u16::MAX as usize)
+    g.count(u16::MAX as usize)
 }
 
 pub fn gen_hello(g: &mut Gen) -> Hello {
@@ -75,7 +75,7 @@ pub fn gen_welcome(g: &mut Gen) -> Welcome {
 /// may still exceed `limits` (see [`fits`]).
 pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
     let engine = limits.engine;
-    let batch = |g: &mut Gen| g.len(limits.max_batch.min(1 << 16) as usize);
+    let batch = |g: &mut Gen| g.count(limits.max_batch.min(1 << 16) as usize);
     match g.u8() % 11 {
         0 => Frame::Hello(gen_hello(g)),
         1 => Frame::Welcome(gen_welcome(g)),
@@ -88,8 +88,13 @@ pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
         },
         6 => Frame::ToCoordinator((0..batch(g)).map(|_| gen_to_coordinator(g, engine)).collect()),
         7 => Frame::AdminRequest(if g.u8().is_multiple_of(2) { AdminOp::Dump } else { AdminOp::Topology }),
-        8 => Frame::DumpChunk((0..g.len(1 << 16)).map(|_| (gen_key(g, engine), gen_value(g, engine))).collect()),
-        9 => Frame::DumpEnd(DumpEnd { keys: g.u64(), prepared: g.u32(), in_doubt: g.u32(), fsync: g.u8().is_multiple_of(2) }),
+        8 => Frame::DumpChunk((0..g.count(1 << 16)).map(|_| (gen_key(g, engine), gen_value(g, engine))).collect()),
+        9 => Frame::DumpEnd(DumpEnd {
+            keys: g.u64(),
+            prepared: g.u32(),
+            in_doubt: g.u32(),
+            fsync: g.u8().is_multiple_of(2),
+        }),
         _ => Frame::Topology((0..gen_u16_count(g)).map(|_| (ParticipantId(g.u16()), g.text(64), g.text(64))).collect()),
     }
 }
@@ -176,7 +181,7 @@ pub fn net_frames(data: &[u8]) {
     let limits = limits_for(selector);
     let reads = gen_reads(&mut g);
     let stream = if selector & 0x80 != 0 {
-        let frames: Vec<Frame> = (0..g.len(8)).map(|_| gen_frame(&mut g, &limits)).collect();
+        let frames: Vec<Frame> = (0..g.count(8)).map(|_| gen_frame(&mut g, &limits)).collect();
         let mut stream = Vec::new();
         let mut within = Vec::new();
         for frame in &frames {
@@ -226,7 +231,7 @@ pub fn net_handshake(data: &[u8]) {
     check_stream(&to_server, server_limits, &[]);
     let answer = check_stream(&to_client, NetLimits::default(), &[]);
     if let Some((Frame::Welcome(welcome), _)) = answer.frames.first() {
-        let submits = (0..g.len(32)).map(|_| gen_submit(&mut g, Limits::default())).collect();
+        let submits = (0..g.count(32)).map(|_| gen_submit(&mut g, Limits::default())).collect();
         send_within(&welcome.limits, submits);
     }
 }
