@@ -5,6 +5,8 @@
 //! machines ([`coordinator`], [`participant`]) with the built-in key-value resource manager and
 //! lock table, the table of transactions in flight by txid (`txtable`), the durability gate
 //! ([`effects`]), and the deterministic simulator with its invariant checker ([`sim`]).
+//! `fuzz_targets` (hidden) holds the decoder fuzz bodies shared by `fuzz/` and the stable
+//! random-input harness.
 //!
 //! Invariants:
 //! - Deterministic: the same inputs in the same order give the same outputs. Time comes in
@@ -20,6 +22,8 @@
 pub mod codec;
 pub mod coordinator;
 pub mod effects;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod hash;
 pub mod message;
 pub mod ops;

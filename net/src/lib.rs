@@ -18,6 +18,8 @@
 //!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection);
 //! - admin requests ([`admin`]): a coordinator's topology, and a participant's dump consumed
 //!   chunk by chunk as it streams ([`admin::dump_each`]).
+//! - `fuzz_targets` (hidden): the decoder fuzz bodies shared by `fuzz/` and the stable
+//!   random-input harness.
 //!
 //! The byte-by-byte layout is documented in `docs/PROTOCOL.md`; a unit test checks the
 //! document's worked example against this code.
@@ -46,6 +48,8 @@
 pub mod admin;
 pub mod client;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod tls;
 pub mod transport;
 

@@ -41,6 +41,8 @@
 //! * **Statistics**: [`Wal::stats`] shares [`WalStats`]: each group's write + fdatasync
 //!   time and its size in records, kept by the writer thread in relaxed atomics (nothing
 //!   waits on them).
+//! * **Fuzz bodies** (`fuzz_targets`, hidden): the framing and recovery-scan targets shared
+//!   by `fuzz/` and the stable random-input harness.
 //!
 //! # Invariants
 //!
@@ -78,6 +80,8 @@
 
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzz_targets;
 mod io;
 mod recovery;
 mod segment;

@@ -127,8 +127,18 @@ pub(crate) fn recover(dir: &Path, max_payload: u32) -> Result<Scan, WalError> {
                             stopped_here = Some(format!("record carries LSN {lsn}"));
                             break;
                         }
+                        // A record at the last LSN there is leaves none for the next
+                        // append: refuse to open (nothing is cut) rather than wrap to 0.
+                        let Some(after) = expected.checked_add(1) else {
+                            return Err(WalError::Corrupt {
+                                segment: segments[i].path.clone(),
+                                offset: off as u64,
+                                expected_lsn: Lsn(expected),
+                                reason: format!("record carries LSN {lsn}, the last there is: no LSN can follow it"),
+                            });
+                        };
                         found.push((lsn, kind, payload));
-                        expected += 1;
+                        expected = after;
                         protected = false;
                     }
                     off = next;

@@ -12,6 +12,18 @@ fn opts() -> WalOptions {
     WalOptions { segment_size_bytes: 1 << 20, ..WalOptions::default() }
 }
 
+/// A log opened with `Backend::Auto` and no fault plan runs on io_uring where the kernel
+/// allows it; under `TWOPHASE_REQUIRE_IO_URING=1` (`.ci/run`) falling back to pwrite would
+/// test another writer than the one meant, so it fails.
+fn check_backend(wal: &crate::Wal) {
+    let required = std::env::var("TWOPHASE_REQUIRE_IO_URING").is_ok_and(|v| !v.is_empty() && v != "0");
+    if required {
+        assert_eq!(wal.backend(), crate::BackendKind::IoUring, "TWOPHASE_REQUIRE_IO_URING is set, but Auto fell back");
+    } else if wal.backend() != crate::BackendKind::IoUring {
+        eprintln!("Auto fell back to {:?} here; TWOPHASE_REQUIRE_IO_URING=1 makes this a failure", wal.backend());
+    }
+}
+
 #[test]
 fn failed_write_reaches_every_caller_and_is_not_retried() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,6 +103,7 @@ fn records_before_a_failure_survive_reopen() {
     assert!(wal.wait_durable(l).is_err());
     drop(wal);
     let (wal, rec) = crate::open(dir.path(), opts()).unwrap();
+    check_backend(&wal);
     let payloads: Vec<&[u8]> = rec.records.iter().map(|r| &r.payload[..]).collect();
     assert_eq!(payloads, vec![&[0u8][..], &[1u8][..]]);
     assert_eq!(rec.next_lsn, Lsn(3));
@@ -137,6 +150,7 @@ fn a_lone_lazy_record_is_synced_within_its_bound_and_on_close() {
     let dir = tempfile::tempdir().unwrap();
     let options = WalOptions { lazy_sync_within: Duration::from_millis(5), ..opts() };
     let (wal, _) = open_inner(dir.path(), options.clone(), None).unwrap();
+    check_backend(&wal);
     let lazy = wal.append_lazy(1, b"ack").unwrap();
     wal.wait_durable(lazy).unwrap();
     // A crash, not a close: the record must be on disk because of its bound alone.

@@ -2,7 +2,8 @@
 //! success. A tiny tmpfs is mounted and filled; `DiskFull` must reach appenders, waiters
 //! and `durable_lsn`. If mounting is not permitted, the test says so on stderr and checks a
 //! segment-creation failure instead (it does not silently pass). `WAL_TEST_NO_TMPFS=1`
-//! forces that fallback.
+//! forces that fallback; `TWOPHASE_REQUIRE_TMPFS=1` (set by `.ci/run` where a tmpfs mount
+//! works) makes falling back a failure.
 
 mod common;
 
@@ -115,6 +116,8 @@ fn disk_full_reaches_every_waiter(backend: Backend) {
             drop(mount);
         }
         Err(why) => {
+            let required = common::REQUIRE_TMPFS_ENV;
+            assert!(!common::env_flag(required), "{required} is set, but the tmpfs variant cannot run: {why}");
             eprintln!("tmpfs variant SKIPPED ({why}); checking a segment-creation failure instead");
             let Some((wal, _)) = open_or_skip(&dir, small(backend)) else { return };
             // Occupy every name the next segment could get, so that rotation fails.

@@ -10,13 +10,31 @@ pub fn options(backend: Backend) -> WalOptions {
     WalOptions { backend, segment_size_bytes: 256 << 10, ..WalOptions::default() }
 }
 
+/// Set to 1 (by `.ci/run`, when the kernel allows io_uring) to make every io_uring variant
+/// run for real: a skip becomes a failure, and so does `Backend::Auto` falling back.
+pub const REQUIRE_IO_URING_ENV: &str = "TWOPHASE_REQUIRE_IO_URING";
+
+/// Set to 1 (by `.ci/run`, where mounting a tmpfs works) to make `disk_full`'s tmpfs
+/// variant run for real instead of falling back to a segment-creation failure.
+pub const REQUIRE_TMPFS_ENV: &str = "TWOPHASE_REQUIRE_TMPFS";
+
+/// Whether the flag `name` is set (to anything but empty or `0`).
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|value| !value.is_empty() && value != "0")
+}
+
+pub fn io_uring_required() -> bool {
+    env_flag(REQUIRE_IO_URING_ENV)
+}
+
 /// Opens the log; `None` (with a printed notice) if io_uring was asked for and the kernel
-/// refuses it, unless `WAL_REQUIRE_IO_URING` is set.
+/// refuses it. Under [`REQUIRE_IO_URING_ENV`] that refusal fails the test instead.
 pub fn open_or_skip(dir: &Path, options: WalOptions) -> Option<(Wal, Recovery)> {
     match twophase_wal::open(dir, options) {
         Ok(x) => Some(x),
-        Err(WalError::Unsupported(why)) if std::env::var_os("WAL_REQUIRE_IO_URING").is_none() => {
-            eprintln!("SKIPPED: io_uring unavailable here ({why})");
+        Err(WalError::Unsupported(why)) => {
+            assert!(!io_uring_required(), "{REQUIRE_IO_URING_ENV} is set, but io_uring is refused: {why}");
+            eprintln!("SKIPPED: io_uring unavailable here ({why}); {REQUIRE_IO_URING_ENV}=1 makes this a failure");
             None
         }
         Err(e) => panic!("open failed: {e}"),

@@ -1,0 +1,7 @@
+#![no_main]
+//! `twophase_engine::fuzz_targets::engine_records` under libFuzzer (the body's doc says what it
+//! checks), with the capped allocator of `twophase_fuzz`.
+
+use twophase_fuzz as _;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| twophase_engine::fuzz_targets::engine_records(data));
