@@ -68,6 +68,9 @@ fn print_outcome(named: &[NamedOp], outcome: &Outcome) {
             }
         }
         Outcome::Aborted { reason } => println!("aborted: {reason}"),
+        Outcome::CommittedReadsUnavailable => {
+            println!("committed (the values read are unavailable: a restarted coordinator resolved it)")
+        }
     }
 }
 
@@ -91,5 +94,6 @@ fn outcome_json(named: &[NamedOp], outcome: &Outcome) -> serde_json::Value {
         Outcome::Aborted { reason } => {
             json!({ "outcome": "aborted", "reason": reason.label(), "detail": reason.to_string() })
         }
+        Outcome::CommittedReadsUnavailable => json!({ "outcome": "committed", "reads_unavailable": true }),
     }
 }

@@ -670,7 +670,8 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
             totals.latency.saturating_record(micros);
             bucket.latency.saturating_record(micros);
             match outcome {
-                Outcome::Committed { .. } => {
+                // A transfer has no reads to lose; an audit that lost its reads still committed.
+                Outcome::Committed { .. } | Outcome::CommittedReadsUnavailable => {
                     totals.committed += 1;
                     bucket.commits += 1;
                     if let Some(probe) = &options.probe {

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use twophase_engine::{ClientId, ParticipantId};
+use twophase_engine::ParticipantId;
 
 use crate::client::{ClientError, ClientOptions, Connection, resolve};
 use crate::frame::{AdminOp, DumpEnd, ErrorCode, Frame, ProtocolError, Role};
@@ -17,7 +17,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 fn connect(addr: impl ToSocketAddrs, cluster: &str) -> Result<Connection, ClientError> {
     let options =
         ClientOptions { cluster: cluster.to_string(), request_timeout: ADMIN_TIMEOUT, ..ClientOptions::default() };
-    Connection::open(&resolve(addr)?, &options, ClientId(rand::random()), Role::Admin)
+    Connection::open(&resolve(addr)?, &options, &format!("client-{:016x}", rand::random::<u64>()), Role::Admin)
 }
 
 fn unexpected(frame: &Frame) -> ClientError {

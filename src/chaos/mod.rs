@@ -70,6 +70,7 @@ fn client_options(cluster: &str) -> ClientOptions {
     ClientOptions {
         cluster: cluster.to_string(),
         client_id: None,
+        identity: None,
         request_timeout: REQUEST_TIMEOUT,
         busy_backoff: RECONNECT_PAUSE,
         max_attempts: (RECONNECT_FOR.as_millis() / RECONNECT_PAUSE.as_millis()) as u32,

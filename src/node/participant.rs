@@ -51,8 +51,14 @@ impl ParticipantRole {
     fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame, fx: &mut PartEffects) {
         match frame {
             Frame::ToParticipant { epoch, messages } if self.coordinators.contains(&conn) => {
+                if let Err(refused) = self.engine.check_frame(epoch, &messages) {
+                    tracing::warn!(conn, "refusing a coordinator frame: {refused}");
+                    return super::refuse(&mut self.transport, conn, format!("frame refused: {refused}"));
+                }
                 for message in messages {
-                    self.engine.on_message(now, epoch, message, fx);
+                    if let Err(refused) = self.engine.on_message(now, epoch, message, fx) {
+                        tracing::warn!(conn, "refusing a coordinator message: {refused}");
+                    }
                 }
             }
             Frame::AdminRequest(AdminOp::Dump) if self.admins.contains(&conn) => self.send_dump(conn),

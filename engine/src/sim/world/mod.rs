@@ -20,10 +20,10 @@ use rand_chacha::ChaCha8Rng;
 use super::checker::{self, Observed};
 use super::workload::{self, Client, participant_id};
 use super::{FaultCounts, SimConfig, SimReport};
-use crate::coordinator::{CoordEffects, Coordinator, CoordinatorConfig, CoordinatorSnapshot};
+use crate::coordinator::{CoordEffects, Coordinator, CoordinatorConfig, CoordinatorSnapshot, SessionLimits};
 use crate::participant::{PartEffects, Participant, ParticipantConfig, ParticipantSnapshot};
 use crate::record::{CoordRecord, PartRecord};
-use crate::types::{Lsn, Time};
+use crate::types::{ClientId, Lsn, Time};
 use events::{Event, Scheduled};
 use nodes::{CoordNode, Node, PartNode};
 
@@ -46,6 +46,8 @@ pub(super) struct World {
     coordinator: CoordNode,
     participants: Vec<PartNode>,
     clients: Vec<Client>,
+    /// Which client holds each session, to route a session's replies.
+    client_of_session: BTreeMap<ClientId, u16>,
     /// Links deliver in order: the last delivery time per direction.
     link_clock: BTreeMap<(NodeId, NodeId), Time>,
     isolated: Option<(NodeId, Time)>,
@@ -77,6 +79,7 @@ impl World {
             participants: (0..config.participants).map(|_| Node::new()).collect(),
             coordinator: Node::new(),
             clients,
+            client_of_session: BTreeMap::new(),
             rng,
             now: Time::ZERO,
             queue: BinaryHeap::new(),
@@ -105,8 +108,12 @@ impl World {
         config.prepare_timeout = Duration::from_millis(50);
         config.redrive_initial = Duration::from_millis(20);
         config.redrive_max = Duration::from_millis(200);
-        config.max_client_sessions = 64;
-        config.outcomes_per_client = 64;
+        config.sessions = SessionLimits {
+            sessions_max: 64,
+            sessions_per_identity_max: 2,
+            outcomes_per_session: 64,
+            session_bytes_max: 64 * 1024,
+        };
         config.hash_seed = self.config.seed;
         #[cfg(test)]
         {

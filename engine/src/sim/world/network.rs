@@ -7,7 +7,7 @@ use rand::Rng;
 
 use super::events::Event;
 use super::{NodeId, World};
-use crate::coordinator::{CoordOutput, Coordinator};
+use crate::coordinator::{ClientOrigin, CoordOutput, Coordinator};
 use crate::message::{Reply, Submit, ToCoordinator, ToParticipant};
 use crate::sim::workload::participant_id;
 use crate::types::{Epoch, ParticipantId, Time};
@@ -48,9 +48,15 @@ impl World {
                     self.send(NodeId::Coordinator, to, Payload::ToParticipant { epoch, message });
                 }
                 CoordOutput::ToClient(reply) => {
-                    let to = NodeId::Client((reply.client().0 - 1) as u16);
+                    let Some((client, _)) = reply.request() else { continue };
+                    let Some(&index) = self.client_of_session.get(&client) else { continue };
+                    self.send(NodeId::Coordinator, NodeId::Client(index), Payload::Reply(reply));
+                }
+                CoordOutput::ToConnection { conn, reply } => {
+                    let to = NodeId::Client(u16::try_from(conn).expect("a client index"));
                     self.send(NodeId::Coordinator, to, Payload::Reply(reply));
                 }
+                CoordOutput::Warning(_) => {}
             }
         }
     }
@@ -113,7 +119,9 @@ impl World {
             (NodeId::Participant(index), Payload::ToParticipant { epoch, message }) => {
                 let n = &mut self.participants[index as usize];
                 let Some(engine) = n.engine.as_mut() else { return };
-                engine.on_message(now, epoch, message, &mut n.fx);
+                if let Err(refused) = engine.on_message(now, epoch, message, &mut n.fx) {
+                    unreachable!("the simulated coordinator sent a message a participant refuses: {refused}");
+                }
             }
             (NodeId::Coordinator, Payload::ToCoordinator { from, message }) => {
                 let n = &mut self.coordinator;
@@ -121,9 +129,11 @@ impl World {
                 engine.on_message(now, from, message, &mut n.fx);
             }
             (NodeId::Coordinator, Payload::Submit(submit)) => {
+                let NodeId::Client(index) = from else { unreachable!("submits come from clients") };
                 let n = &mut self.coordinator;
                 let Some(engine) = n.engine.as_mut() else { return };
-                engine.on_submit(now, submit, &mut n.fx);
+                let origin = ClientOrigin { conn: u64::from(index), identity: &self.clients[index as usize].identity };
+                engine.on_submit(now, origin, submit, &mut n.fx);
             }
             (NodeId::Client(index), Payload::Reply(reply)) => return self.client_reply(index, reply),
             (to, payload) => unreachable!("{payload:?} misrouted to {to:?}"),
