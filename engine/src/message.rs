@@ -8,9 +8,10 @@
 //! - submit: `u64 client | u64 seq | list of ops`; a registration is a submit with client 0
 //!   and no ops, its seq field carrying the client's nonce (see [`Submit::register`])
 //! - reply: 0 Outcome `u64 client | u64 seq | outcome`, 1 Rejected `u64 client | u64 seq |
-//!   u8 reason` (0 Busy, 1 SeqTooOld, 2 SessionExpired, 3 NotSessionOwner), 2 Registered
-//!   `u64 nonce | u64 client`, 3 RegisterRefused `u64 nonce | u8 reason` (0 TableFull,
-//!   1 IdentityBusy, 2 BadIdentity)
+//!   u8 reason` (0 Busy, 1 SeqTooOld, 2 SessionExpired, 3 NotSessionOwner), 2 Registration
+//!   `u64 client | u64 nonce | u8 status` (0 registered as `client`; refused with client 0:
+//!   1 TableFull, 2 IdentityBusy, 3 BadIdentity). Every reply is at least 18 bytes, the
+//!   smallest item a Replies frame counts on.
 
 use bytes::BufMut;
 
@@ -277,16 +278,18 @@ impl Encode for Reply {
             }
             Reply::Registered { nonce, client } => {
                 out.put_u8(2);
-                out.put_u64_le(*nonce);
                 out.put_u64_le(client.0);
+                out.put_u64_le(*nonce);
+                out.put_u8(0);
             }
             Reply::RegisterRefused { nonce, reason } => {
-                out.put_u8(3);
+                out.put_u8(2);
+                out.put_u64_le(ClientId::NONE.0);
                 out.put_u64_le(*nonce);
                 out.put_u8(match reason {
-                    RegisterRefusal::TableFull => 0,
-                    RegisterRefusal::IdentityBusy => 1,
-                    RegisterRefusal::BadIdentity => 2,
+                    RegisterRefusal::TableFull => 1,
+                    RegisterRefusal::IdentityBusy => 2,
+                    RegisterRefusal::BadIdentity => 3,
                 });
             }
         }
@@ -299,16 +302,14 @@ impl Decode for Reply {
         match tag {
             0 | 1 => {}
             2 => {
+                let client = ClientId(reader.u64("client id")?);
                 let nonce = reader.u64("registration nonce")?;
-                return Ok(Reply::Registered { nonce, client: ClientId(reader.u64("client id")?) });
-            }
-            3 => {
-                let nonce = reader.u64("registration nonce")?;
-                let reason = match reader.u8("registration refusal")? {
-                    0 => RegisterRefusal::TableFull,
-                    1 => RegisterRefusal::IdentityBusy,
-                    2 => RegisterRefusal::BadIdentity,
-                    other => return Err(reader.error(format!("unknown registration refusal {other}"))),
+                let reason = match reader.u8("registration status")? {
+                    0 if client != ClientId::NONE => return Ok(Reply::Registered { nonce, client }),
+                    1 => RegisterRefusal::TableFull,
+                    2 => RegisterRefusal::IdentityBusy,
+                    3 => RegisterRefusal::BadIdentity,
+                    other => return Err(reader.error(format!("bad registration status {other} for client {}", client.0))),
                 };
                 return Ok(Reply::RegisterRefused { nonce, reason });
             }
@@ -367,6 +368,13 @@ mod tests {
             round_trip(&Reply::Rejected { client: ClientId(1), seq: 2, reason });
         }
         round_trip(&Reply::Registered { nonce: 9, client: ClientId(1 << 40 | 3) });
+        for reply in [
+            Reply::Registered { nonce: 9, client: ClientId(1) },
+            Reply::RegisterRefused { nonce: 9, reason: RegisterRefusal::BadIdentity },
+            Reply::Rejected { client: ClientId(1), seq: 2, reason: RejectReason::Busy },
+        ] {
+            assert!(reply.to_bytes().len() >= 18, "the smallest reply a Replies frame counts on");
+        }
         round_trip(&Reply::RegisterRefused { nonce: 9, reason: RegisterRefusal::TableFull });
         round_trip(&Reply::RegisterRefused { nonce: 9, reason: RegisterRefusal::IdentityBusy });
         let register = Submit::register(42);
