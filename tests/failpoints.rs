@@ -5,8 +5,9 @@
 //!   nothing left prepared), read through the admin `Dump` frame, and
 //! - the client got the outcome, or learns it by retrying the same `(client, seq)` through a
 //!   new connection (a new `Client` resuming the same session numbers its first request 1,
-//!   like the one that was cut off). The session is registered before the failpoint's
-//!   transaction, so it is the coordinator log's second group (after the Epoch record).
+//!   like the one that was cut off). The session is registered before the failpoint is
+//!   armed (a coordinator that is to die is restarted armed), so the armed process's log
+//!   groups are those of the transaction alone, after its Epoch record.
 //!
 //! The transaction moves 10 from `a` on p1 to `b` on p2, both starting absent (0), so
 //! "committed" is a = -10, b = 10 and "aborted" is both absent. Waits poll with generous
@@ -73,20 +74,20 @@ struct Nodes {
 }
 
 impl Nodes {
-    /// Starts everything, arming `failpoint` in `victim` only.
+    /// Starts everything, registers the test's session, and arms `failpoint` in `victim`
+    /// only (a coordinator is restarted armed, so the registration is no hit of it).
     fn start(victim: Victim, failpoint: &str, prepare_timeout_ms: &str) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         let armed = [("TWOPHASE_FAILPOINT", failpoint)];
         let env = |who: Victim| if who == victim { &armed[..] } else { &[][..] };
         let p1 = Node::participant("p1", dir.path(), env(Victim::P1));
         let p2 = Node::participant("p2", dir.path(), &[]);
-        let c1 = Node::coordinator(
-            dir.path(),
-            &[&p1, &p2],
-            &["--prepare-timeout-ms", prepare_timeout_ms],
-            env(Victim::Coordinator),
-        );
+        let mut c1 = Node::coordinator(dir.path(), &[&p1, &p2], &["--prepare-timeout-ms", prepare_timeout_ms], &[]);
         let session = Client::connect(c1.addr, options(None, 10)).expect("registering a session").client_id();
+        if victim == Victim::Coordinator {
+            c1.stop();
+            c1.restart(&armed);
+        }
         Nodes { _dir: dir, p1, p2, c1, session }
     }
 
@@ -332,9 +333,9 @@ fn participant_dies_after_applying_a_commit_before_acking_and_stays_committed() 
 
 #[test]
 fn coordinator_dies_in_the_middle_of_writing_its_staged_record_and_the_transaction_aborts() {
-    // Group 1 of the coordinator's log is its Epoch record, written at start; group 2 the
-    // test client's Register record; group 3 is the transfer's Staged record, cut in half.
-    let mut nodes = Nodes::start(Victim::Coordinator, "wal-mid-group@3", PATIENT);
+    // Group 1 of the coordinator's log is its Epoch record, written at start; group 2 is the
+    // transfer's Staged record, cut in half.
+    let mut nodes = Nodes::start(Victim::Coordinator, "wal-mid-group@2", PATIENT);
     let (committed, outcome) = kill_coordinator_and_restart(&mut nodes);
     expect_torn_tail(&nodes.c1);
     // Settled before the retry: the torn Staged record is no record at all, so nobody
@@ -346,8 +347,8 @@ fn coordinator_dies_in_the_middle_of_writing_its_staged_record_and_the_transacti
 
 #[test]
 fn coordinator_dies_in_the_middle_of_writing_its_commit_record_and_the_restart_commits() {
-    // Group 3 is the durable Staged record; group 4 is the Commit record, cut in half.
-    let mut nodes = Nodes::start(Victim::Coordinator, "wal-mid-group@4", PATIENT);
+    // Group 2 is the durable Staged record; group 3 is the Commit record, cut in half.
+    let mut nodes = Nodes::start(Victim::Coordinator, "wal-mid-group@3", PATIENT);
     let (committed, outcome) = kill_coordinator_and_restart(&mut nodes);
     expect_torn_tail(&nodes.c1);
     // Both participants were prepared and the Staged record durable: the transaction was
@@ -424,6 +425,11 @@ fn coordinator_dies_between_staged_and_commit_and_the_retry_gets_the_reads() {
     let mut nodes = Nodes::start(Victim::Coordinator, "coordinator-prepare-sent@2", PATIENT);
     let mut setup = Client::connect(nodes.c1.addr, options(None, 10)).unwrap();
     assert!(setup.submit(vec![add(1, "c", 42, i64::MIN)]).unwrap().is_committed());
+    // Applied (its Commit may follow the client's answer), so the transfer prepares at once.
+    eventually("p1 to apply the set-up", SETTLE_TIMEOUT, || {
+        let (values, (prepared, _)) = dump_ints(nodes.p1.addr);
+        (values.get("c") == Some(&42) && prepared == 0).then_some(())
+    });
     // The transfer also reads c on p1, which has writes here, so stays prepared and keeps
     // what it read.
     let mut ops = transfer();
@@ -436,15 +442,17 @@ fn coordinator_dies_between_staged_and_commit_and_the_retry_gets_the_reads() {
     });
     nodes.c1.restart(&[]);
     // Committed if the Staged record reached the file before the kill (resolved from the
-    // participants, with p1's read); aborted if not, and the retry then runs it afresh.
+    // participants, with p1's read, which p1 still holds); aborted if not, and the retry
+    // then runs it afresh.
     let committed = nodes.settled();
     eprintln!("the Staged record {} the kill", if committed { "survived" } else { "did not survive" });
     let outcome = retry_ops(&nodes, ops);
     let read_c = twophase_engine::Read { index: 2, value: Some(bytes::Bytes::copy_from_slice(&42i64.to_le_bytes())) };
     match &outcome {
         Outcome::Committed { reads } => assert_eq!(reads, &vec![read_c], "the read survives the restart"),
-        other => panic!("expected Committed with the read, got {other:?}"),
+        Outcome::Aborted { reason } => assert!(!committed, "told aborted ({reason}) but it committed"),
+        Outcome::CommittedReadsUnavailable => panic!("p1 kept its read, so the resolution must bring it back"),
     }
-    assert!(nodes.settled(), "the retry's outcome is what the participants hold");
+    assert_eq!(nodes.settled(), outcome.is_committed(), "the retry's outcome is what the participants hold");
     nodes.stop();
 }

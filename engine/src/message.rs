@@ -309,7 +309,9 @@ impl Decode for Reply {
                     1 => RegisterRefusal::TableFull,
                     2 => RegisterRefusal::IdentityBusy,
                     3 => RegisterRefusal::BadIdentity,
-                    other => return Err(reader.error(format!("bad registration status {other} for client {}", client.0))),
+                    other => {
+                        return Err(reader.error(format!("bad registration status {other} for client {}", client.0)));
+                    }
                 };
                 return Ok(Reply::RegisterRefused { nonce, reason });
             }

@@ -9,7 +9,9 @@
 //! - the TCP transport for servers and their peer links ([`transport`]): one `mio` event-loop
 //!   thread per process, batches in and out over crossbeam channels, reconnect with backoff;
 //! - the blocking client library ([`client`]): [`Client`] (one transaction at a time, retries
-//!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection).
+//!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection),
+//!   each registering one coordinator session when it connects and keeping it across
+//!   reconnects.
 //!
 //! The byte-by-byte layout is documented in `docs/PROTOCOL.md`; a unit test checks the
 //! document's worked example against this code.
