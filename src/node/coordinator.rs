@@ -113,7 +113,7 @@ impl CoordinatorRole {
                         let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
                         return super::refuse(&mut self.transport, conn, message);
                     }
-                    let origin = ClientOrigin { conn: conn as u64, identity: &identity };
+                    let origin = ClientOrigin { conn, identity: &identity };
                     self.engine.on_submit(now, origin, submit, fx);
                 }
             }
@@ -263,7 +263,6 @@ impl Role for CoordinatorRole {
                     self.reply_on(conn, &reply);
                 }
                 CoordOutput::ToConnection { conn, reply } => {
-                    let conn = conn as ConnId;
                     if self.identity_of_conn.contains_key(&conn) {
                         self.reply_on(conn, &reply);
                     }
