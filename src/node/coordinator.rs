@@ -107,8 +107,11 @@ impl CoordinatorRole {
                 for submit in submits {
                     // A session's replies go only to connections of its own identity; the
                     // engine refuses anyone else's requests on it.
-                    let owned =
-                        submit.registration_nonce().is_none() && self.engine.session_owner_is(submit.client, &identity);
+                    // Bound to this connection already means checked already (session ids
+                    // are never reused): the hot path skips the second lookup.
+                    let owned = submit.registration_nonce().is_none()
+                        && (self.client_conn.get(&submit.client) == Some(&conn)
+                            || self.engine.session_owner_is(submit.client, &identity));
                     if owned && !self.bind_client(conn, submit.client) {
                         let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
                         return super::refuse(&mut self.transport, conn, message);
