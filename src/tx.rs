@@ -82,6 +82,9 @@ fn submit(client: &mut Client, ops: Vec<Op>, trace: &TraceArgs) -> anyhow::Resul
     let result = client.submit_traced(ops, context::format(span.span_context()));
     match &result {
         Ok(Outcome::Committed { .. }) => span.set_attribute(KeyValue::new("twophase.outcome", "committed")),
+        Ok(Outcome::CommittedReadsUnavailable) => {
+            span.set_attribute(KeyValue::new("twophase.outcome", "committed_reads_unavailable"))
+        }
         Ok(Outcome::Aborted { reason }) => {
             span.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
             span.set_attribute(KeyValue::new("twophase.abort_reason", reason.label()));
@@ -111,6 +114,9 @@ fn print_outcome(named: &[NamedOp], outcome: &Outcome) {
             }
         }
         Outcome::Aborted { reason } => println!("aborted: {reason}"),
+        Outcome::CommittedReadsUnavailable => {
+            println!("committed (the values read are unavailable: a restarted coordinator resolved it)")
+        }
     }
 }
 
@@ -134,5 +140,6 @@ fn outcome_json(named: &[NamedOp], outcome: &Outcome) -> serde_json::Value {
         Outcome::Aborted { reason } => {
             json!({ "outcome": "aborted", "reason": reason.label(), "detail": reason.to_string() })
         }
+        Outcome::CommittedReadsUnavailable => json!({ "outcome": "committed", "reads_unavailable": true }),
     }
 }

@@ -11,13 +11,16 @@ use common::{Node, add, dump_ints, eventually};
 use twophase_engine::{ClientId, Outcome};
 use twophase_net::{Client, ClientOptions};
 
-const CLIENT: ClientId = ClientId(0x5eed_c0de);
+/// The identity the client's session is bound to; a later client resumes it.
+const IDENTITY: &str = "checkpoints-test";
 const EVERY: &str = "40";
 const TRANSFERS: i64 = 150;
 
-fn client(coordinator: &Node) -> Client {
+/// A client of [`IDENTITY`]: a new session, or `session` resumed.
+fn client(coordinator: &Node, session: Option<ClientId>) -> Client {
     let options = ClientOptions {
-        client_id: Some(CLIENT),
+        client_id: session,
+        identity: Some(IDENTITY.into()),
         request_timeout: Duration::from_secs(20),
         ..common::client_options(&coordinator.data_dir)
     };
@@ -41,7 +44,8 @@ fn nodes_restart_from_their_snapshots_and_keep_balances_and_outcomes() {
     }
     let mut coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &["--checkpoint-every", EVERY], &[]);
 
-    let mut first = client(&coordinator);
+    let mut first = client(&coordinator, None);
+    let session = first.client_id();
     for seq in 1..=TRANSFERS {
         let outcome = first.submit(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)]).unwrap();
         assert!(outcome.is_committed(), "transfer {seq}: {outcome:?}");
@@ -67,7 +71,7 @@ fn nodes_restart_from_their_snapshots_and_keep_balances_and_outcomes() {
 
     // The same client again: its first request is seq 1, committed long before the last
     // checkpoint. It must get that outcome back, not run a second time.
-    let mut again = client(&coordinator);
+    let mut again = client(&coordinator, Some(session));
     let outcome = again.submit(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)]).unwrap();
     assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");
     assert_eq!(balances(&p1, &p2), (Some(TRANSFERS), Some(TRANSFERS)), "a retry never executes twice");

@@ -4,8 +4,10 @@
 //! - the transaction ends the same way on every participant (both applied or neither,
 //!   nothing left prepared), read through the admin `Dump` frame, and
 //! - the client got the outcome, or learns it by retrying the same `(client, seq)` through a
-//!   new connection (a new `Client` with the same `ClientId` numbers its first request 1,
-//!   like the one that was cut off).
+//!   new connection (a new `Client` resuming the same session numbers its first request 1,
+//!   like the one that was cut off). The session is registered before the failpoint is
+//!   armed (a coordinator that is to die is restarted armed), so the armed process's log
+//!   groups are those of the transaction alone, after its Epoch record.
 //!
 //! The transaction moves 10 from `a` on p1 to `b` on p2, both starting absent (0), so
 //! "committed" is a = -10, b = 10 and "aborted" is both absent. Waits poll with generous
@@ -27,8 +29,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUICK_ABORT: &str = "1000";
 /// Prepare timeout when every vote is expected: never hit by a slow but healthy machine.
 const PATIENT: &str = "10000";
-/// The client whose transaction is interrupted; the same id retries it.
-const CLIENT: ClientId = ClientId(0x2bc_f00d);
+/// The identity of the client whose transaction is interrupted; its session retries it.
+const IDENTITY: &str = "failpoints-test";
 
 fn transfer() -> Vec<Op> {
     vec![add(1, "a", -10, i64::MIN), add(2, "b", 10, i64::MIN)]
@@ -67,23 +69,27 @@ struct Nodes {
     p1: Node,
     p2: Node,
     c1: Node,
+    /// The session of [`IDENTITY`], registered once everything is up.
+    session: ClientId,
 }
 
 impl Nodes {
-    /// Starts everything, arming `failpoint` in `victim` only.
+    /// Starts everything, registers the test's session, and arms `failpoint` in `victim`
+    /// only (a coordinator is restarted armed, so the registration is no hit of it).
     fn start(victim: Victim, failpoint: &str, prepare_timeout_ms: &str) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         let armed = [("TWOPHASE_FAILPOINT", failpoint)];
         let env = |who: Victim| if who == victim { &armed[..] } else { &[][..] };
         let p1 = Node::participant("p1", dir.path(), env(Victim::P1));
         let p2 = Node::participant("p2", dir.path(), &[]);
-        let c1 = Node::coordinator(
-            dir.path(),
-            &[&p1, &p2],
-            &["--prepare-timeout-ms", prepare_timeout_ms],
-            env(Victim::Coordinator),
-        );
-        Nodes { _dir: dir, p1, p2, c1 }
+        let mut c1 = Node::coordinator(dir.path(), &[&p1, &p2], &["--prepare-timeout-ms", prepare_timeout_ms], &[]);
+        let session =
+            Client::connect(c1.addr, options(&c1.data_dir, None, 10)).expect("registering a session").client_id();
+        if victim == Victim::Coordinator {
+            c1.stop();
+            c1.restart(&armed);
+        }
+        Nodes { _dir: dir, p1, p2, c1, session }
     }
 
     /// `a` on p1 and `b` on p2 with each participant's (prepared, in doubt) counts.
@@ -115,9 +121,11 @@ impl Nodes {
     }
 }
 
-fn options(data_dir: &std::path::Path, attempts: u32) -> ClientOptions {
+/// Options of a client of [`IDENTITY`] resuming `session` (a new one when None).
+fn options(data_dir: &std::path::Path, session: Option<ClientId>, attempts: u32) -> ClientOptions {
     ClientOptions {
-        client_id: Some(CLIENT),
+        client_id: session,
+        identity: Some(IDENTITY.into()),
         request_timeout: Duration::from_secs(20),
         busy_backoff: Duration::from_millis(50),
         max_attempts: attempts,
@@ -125,21 +133,35 @@ fn options(data_dir: &std::path::Path, attempts: u32) -> ClientOptions {
     }
 }
 
-/// Submits the transfer as request 1 of [`CLIENT`] on a new connection.
-fn submit(coordinator: &Node, attempts: u32) -> Result<Outcome, ClientError> {
-    Client::connect(coordinator.addr, options(&coordinator.data_dir, attempts))?.submit(transfer())
+/// Submits `ops` as request 1 of the session on a new connection.
+fn submit_ops(nodes: &Nodes, ops: Vec<Op>, attempts: u32) -> Result<Outcome, ClientError> {
+    Client::connect(nodes.c1.addr, options(&nodes.c1.data_dir, Some(nodes.session), attempts))?.submit(ops)
+}
+
+/// Submits the transfer as request 1 of the session on a new connection.
+fn submit(nodes: &Nodes, attempts: u32) -> Result<Outcome, ClientError> {
+    submit_ops(nodes, transfer(), attempts)
+}
+
+/// Submits `ops` in the background, trying once: the coordinator is about to die.
+fn submit_once_in_background_ops(nodes: &Nodes, ops: Vec<Op>) -> std::thread::JoinHandle<Result<Outcome, ClientError>> {
+    let (addr, options) = (nodes.c1.addr, options(&nodes.c1.data_dir, Some(nodes.session), 1));
+    std::thread::spawn(move || Client::connect(addr, options)?.submit(ops))
 }
 
 /// Submits the transfer in the background, trying once: the coordinator is about to die.
 fn submit_once_in_background(nodes: &Nodes) -> std::thread::JoinHandle<Result<Outcome, ClientError>> {
-    let (coordinator, options) = (nodes.c1.addr, options(&nodes.c1.data_dir, 1));
-    std::thread::spawn(move || Client::connect(coordinator, options)?.submit(transfer()))
+    submit_once_in_background_ops(nodes, transfer())
 }
 
-/// The retry of `(CLIENT, 1)` after a restart: the outcome, the same on every ask.
+/// The retry of request 1 of the session after a restart: the outcome, the same on every ask.
 fn retry(nodes: &Nodes) -> Outcome {
-    let outcome = submit(&nodes.c1, 10).expect("the retry gets an outcome");
-    let again = submit(&nodes.c1, 10).expect("a second retry gets an outcome");
+    retry_ops(nodes, transfer())
+}
+
+fn retry_ops(nodes: &Nodes, ops: Vec<Op>) -> Outcome {
+    let outcome = submit_ops(nodes, ops.clone(), 10).expect("the retry gets an outcome");
+    let again = submit_ops(nodes, ops, 10).expect("a second retry gets an outcome");
     assert_eq!(again, outcome, "the coordinator answers a retried (client, seq) with one outcome");
     outcome
 }
@@ -232,7 +254,7 @@ fn coordinator_dies_after_its_commit_record_is_durable_and_the_commit_completes_
 fn participant_dies_while_prepared_and_commits_on_restart_once_the_coordinator_says_so() {
     let mut nodes = Nodes::start(Victim::P1, "participant-vote-sent", PATIENT);
     // Both Yes votes arrived, so the coordinator commits and tells the client at once.
-    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes, 1).expect("the coordinator stays up");
     assert!(outcome.is_committed(), "{outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     let (b, _) = eventually("p2 to apply the commit", SETTLE_TIMEOUT, || {
@@ -251,7 +273,7 @@ fn participant_dies_while_prepared_and_commits_on_restart_once_the_coordinator_s
 #[test]
 fn participant_dies_before_voting_and_the_transaction_aborts() {
     let mut nodes = Nodes::start(Victim::P1, "participant-prepared-durable", QUICK_ABORT);
-    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes, 1).expect("the coordinator stays up");
     assert!(is_abort_for_silent_p1(&outcome), "p1 never voted, so the transaction aborts: {outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     nodes.p1.restart(&[]);
@@ -300,7 +322,7 @@ fn coordinator_dies_after_sending_commit_to_one_participant_and_the_other_commit
 #[test]
 fn participant_dies_after_applying_a_commit_before_acking_and_stays_committed() {
     let mut nodes = Nodes::start(Victim::P1, "participant-committed-applied", PATIENT);
-    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes, 1).expect("the coordinator stays up");
     assert!(outcome.is_committed(), "{outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     nodes.p1.restart(&[]);
@@ -342,7 +364,7 @@ fn coordinator_dies_in_the_middle_of_writing_its_commit_record_and_the_restart_c
 fn participant_dies_in_the_middle_of_writing_its_prepared_record_and_the_transaction_aborts() {
     // p1's first group of records holds the transfer's Prepared (and the coordinator's epoch).
     let mut nodes = Nodes::start(Victim::P1, "wal-mid-group@1", QUICK_ABORT);
-    let outcome = submit(&nodes.c1, 1).expect("the coordinator stays up");
+    let outcome = submit(&nodes, 1).expect("the coordinator stays up");
     assert!(is_abort_for_silent_p1(&outcome), "{outcome:?}");
     nodes.p1.expect_killed(DIE_TIMEOUT);
     nodes.p1.restart(&[]);
@@ -396,4 +418,42 @@ fn an_unknown_failpoint_stops_the_process_before_it_serves() {
     assert!(stderr.contains("valid names: coordinator-prepare-sent, coordinator-commit-appended"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "it must not serve");
     assert!(!dir.path().join("p1").exists(), "it must not touch its data directory");
+}
+
+#[test]
+fn coordinator_dies_between_staged_and_commit_and_the_retry_gets_the_reads() {
+    // Hit 1 is the set-up transaction's one prepare; hit 2 the first of the transfer's.
+    let mut nodes = Nodes::start(Victim::Coordinator, "coordinator-prepare-sent@2", PATIENT);
+    let mut setup = Client::connect(nodes.c1.addr, options(&nodes.c1.data_dir, None, 10)).unwrap();
+    assert!(setup.submit(vec![add(1, "c", 42, i64::MIN)]).unwrap().is_committed());
+    // Applied (its Commit may follow the client's answer), so the transfer prepares at once.
+    eventually("p1 to apply the set-up", SETTLE_TIMEOUT, || {
+        let (values, (prepared, _)) = dump_ints(&nodes.p1);
+        (values.get("c") == Some(&42) && prepared == 0).then_some(())
+    });
+    // The transfer also reads c on p1, which has writes here, so stays prepared and keeps
+    // what it read.
+    let mut ops = transfer();
+    ops.push(common::get(1, "c"));
+    let first = submit_once_in_background_ops(&nodes, ops.clone());
+    nodes.c1.expect_killed(DIE_TIMEOUT);
+    assert!(first.join().unwrap().is_err(), "nobody could have decided");
+    eventually("both participants to prepare", DIE_TIMEOUT, || {
+        Some(nodes.state()).filter(|(p1, p2)| p1.prepared + p2.prepared == 2)
+    });
+    nodes.c1.restart(&[]);
+    // Committed if the Staged record reached the file before the kill (resolved from the
+    // participants, with p1's read, which p1 still holds); aborted if not, and the retry
+    // then runs it afresh.
+    let committed = nodes.settled();
+    eprintln!("the Staged record {} the kill", if committed { "survived" } else { "did not survive" });
+    let outcome = retry_ops(&nodes, ops);
+    let read_c = twophase_engine::Read { index: 2, value: Some(bytes::Bytes::copy_from_slice(&42i64.to_le_bytes())) };
+    match &outcome {
+        Outcome::Committed { reads } => assert_eq!(reads, &vec![read_c], "the read survives the restart"),
+        Outcome::Aborted { reason } => assert!(!committed, "told aborted ({reason}) but it committed"),
+        Outcome::CommittedReadsUnavailable => panic!("p1 kept its read, so the resolution must bring it back"),
+    }
+    assert_eq!(nodes.settled(), outcome.is_committed(), "the retry's outcome is what the participants hold");
+    nodes.stop();
 }

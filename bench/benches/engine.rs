@@ -31,9 +31,9 @@ use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use twophase_engine::participant::{KvImage, LockMode, LockTable, ParticipantSnapshot, encode_int};
 use twophase_engine::{
-    ClientId, CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, DurabilityGate, Effects, Epoch, Key, LocalOp,
-    Lsn, Op, OpKind, Outcome, PartEffects, Participant, ParticipantConfig, ParticipantId, Reply, Submit, Time,
-    ToCoordinator, ToParticipant, TxId, Vote,
+    ClientId, ClientOrigin, CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, DurabilityGate, Effects, Epoch,
+    Key, LocalOp, Lsn, Op, OpKind, Outcome, PartEffects, Participant, ParticipantConfig, ParticipantId, Reply, Submit,
+    Time, ToCoordinator, ToParticipant, TxId, Vote,
 };
 
 const P1: ParticipantId = ParticipantId(1);
@@ -85,7 +85,12 @@ struct CoordBench {
     now: Time,
     last_lsn: Lsn,
     transactions: u64,
+    /// The sessions registered for clients 1..=CLIENTS.
+    sessions: Vec<ClientId>,
 }
+
+/// The identity the benchmark's clients register under.
+const ORIGIN: ClientOrigin<'static> = ClientOrigin { conn: 1, identity: "bench" };
 
 impl CoordBench {
     fn new() -> CoordBench {
@@ -99,9 +104,19 @@ impl CoordBench {
             now: Time::ZERO,
             last_lsn: Lsn::NONE,
             transactions: 0,
+            sessions: Vec::new(),
         };
         bench.make_durable(); // The epoch record.
         assert!(bench.released.is_empty());
+        for nonce in 0..CLIENTS {
+            bench.coordinator.on_submit(bench.now, ORIGIN, Submit::register(nonce), &mut bench.fx);
+            bench.make_durable();
+            let Some(CoordOutput::ToConnection { reply: Reply::Registered { client, .. }, .. }) = bench.released.pop()
+            else {
+                panic!("a registered session")
+            };
+            bench.sessions.push(client);
+        }
         bench
     }
 
@@ -127,9 +142,10 @@ impl CoordBench {
     }
 
     /// One transfer from submit to `End`. Releases 2 prepares, the reply and 2 commits.
-    fn transfer(&mut self, submit: Submit) {
+    fn transfer(&mut self, mut submit: Submit) {
         self.tick();
-        self.coordinator.on_submit(self.now, submit, &mut self.fx);
+        submit.client = self.sessions[(submit.client.0 - 1) as usize];
+        self.coordinator.on_submit(self.now, ORIGIN, submit, &mut self.fx);
         let txid = prepared_txid(&self.fx);
         self.make_durable();
         self.vote_yes(P1, txid);
@@ -234,7 +250,7 @@ impl PartBench {
     }
 
     fn receive(&mut self, message: ToParticipant) {
-        self.participant.on_message(self.now, EPOCH, message, &mut self.fx);
+        self.participant.on_message(self.now, EPOCH, message, &mut self.fx).expect("a well-formed message");
     }
 
     fn tick(&mut self) {

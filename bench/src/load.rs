@@ -72,7 +72,7 @@ pub struct LoadOptions {
     pub sample_pids: Vec<(String, u32)>,
     /// How each connection's [`Pipeline`] reconnects and times out (default: the client
     /// library's defaults for `cluster`). Its `cluster` must be `cluster` and its
-    /// `client_id` unset (every connection picks its own).
+    /// `client_id` unset (every connection registers its own session).
     pub client: ClientOptions,
     /// A live view of the run for a harness that acts while it runs (e.g. the chaos run).
     pub probe: Option<Arc<LoadProbe>>,
@@ -117,7 +117,7 @@ impl LoadOptions {
             self.cluster
         );
         // Connections sharing an id would also share sequence numbers: not exactly-once.
-        ensure!(self.client.client_id.is_none(), "every connection picks its own client id; do not set one");
+        ensure!(self.client.client_id.is_none(), "every connection registers its own session; do not set one");
         Ok(())
     }
 
@@ -673,7 +673,8 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
             totals.latency.saturating_record(micros);
             bucket.latency.saturating_record(micros);
             match outcome {
-                Outcome::Committed { .. } => {
+                // A transfer has no reads to lose; an audit that lost its reads still committed.
+                Outcome::Committed { .. } | Outcome::CommittedReadsUnavailable => {
                     totals.committed += 1;
                     bucket.commits += 1;
                     if let Some(probe) = &options.probe {

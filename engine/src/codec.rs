@@ -347,6 +347,10 @@ impl Encode for AbortReason {
                 put_string(out, detail);
             }
             AbortReason::Unavailable { participant } => put_tagged(out, 10, *participant),
+            AbortReason::BadVote { participant, detail } => {
+                put_tagged(out, 11, *participant);
+                put_string(out, detail);
+            }
         }
     }
 }
@@ -367,10 +371,13 @@ impl Decode for AbortReason {
         if tag == 9 {
             return Ok(AbortReason::Invalid { detail: reader.string("invalid-request detail")? });
         }
-        if tag > 10 {
+        if tag > 11 {
             return Err(reader.error(format!("unknown abort reason {tag}")));
         }
         let participant = reader.participant()?;
+        if tag == 11 {
+            return Ok(AbortReason::BadVote { participant, detail: reader.string("bad-vote detail")? });
+        }
         Ok(match tag {
             0 => AbortReason::Conflict { participant, key: reader.key()? },
             1 => AbortReason::InDoubt { participant, key: reader.key()? },
@@ -433,6 +440,7 @@ impl Encode for Outcome {
                 out.put_u8(1);
                 reason.encode(out);
             }
+            Outcome::CommittedReadsUnavailable => out.put_u8(2),
         }
     }
 }
@@ -442,6 +450,7 @@ impl Decode for Outcome {
         match reader.u8("outcome")? {
             0 => Ok(Outcome::Committed { reads: read_reads(reader)? }),
             1 => Ok(Outcome::Aborted { reason: AbortReason::decode(reader)? }),
+            2 => Ok(Outcome::CommittedReadsUnavailable),
             other => Err(reader.error(format!("unknown outcome {other}"))),
         }
     }
@@ -479,6 +488,7 @@ pub(crate) mod tests {
             AbortReason::Stale { participant: p },
             AbortReason::Invalid { detail: "no ops".into() },
             AbortReason::Unavailable { participant: p },
+            AbortReason::BadVote { participant: p, detail: "read for op 7, which is no Get".into() },
         ]
     }
 
@@ -493,6 +503,7 @@ pub(crate) mod tests {
         round_trip(&Vote::Yes { reads: reads.clone() });
         round_trip(&Vote::ReadOnly { reads: reads.clone() });
         round_trip(&Outcome::Committed { reads });
+        round_trip(&Outcome::CommittedReadsUnavailable);
         for kind in [OpKind::Get, OpKind::Put(key("value")), OpKind::Delete, OpKind::Add { delta: -5, floor: i64::MIN }]
         {
             round_trip(&Op { participant: ParticipantId(9), key: key("k"), kind: kind.clone() });

@@ -22,10 +22,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::codec::{Decode, Encode};
 use crate::coordinator::{CoordinatorSnapshot, SessionSnapshot};
-use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
+use crate::message::{RegisterRefusal, RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
 use crate::ops::{AbortReason, Key, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote};
 use crate::participant::{KvImage, ParticipantSnapshot};
-use crate::record::{AnyRecord, CoordRecord, LogRecord, PartRecord, RECORD_LIMITS, Write};
+use crate::record::{AnyRecord, CoordRecord, GetAt, LogRecord, PartRecord, RECORD_LIMITS, Write};
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, TxId};
 
 /// Builds values out of fuzzer bytes, reading zeros once they run out (zeros pick the
@@ -265,7 +265,7 @@ pub fn gen_reads(g: &mut Gen, limits: Limits) -> Vec<Read> {
 
 pub fn gen_abort_reason(g: &mut Gen, limits: Limits) -> AbortReason {
     let participant = ParticipantId(g.u16());
-    match g.u8() % 11 {
+    match g.u8() % 12 {
         0 => AbortReason::Conflict { participant, key: gen_key(g, limits) },
         1 => AbortReason::InDoubt { participant, key: gen_key(g, limits) },
         2 => AbortReason::Constraint {
@@ -282,6 +282,7 @@ pub fn gen_abort_reason(g: &mut Gen, limits: Limits) -> AbortReason {
         7 => AbortReason::ParticipantBusy { participant },
         8 => AbortReason::Stale { participant },
         9 => AbortReason::Invalid { detail: g.text(u16::MAX as usize) },
+        10 => AbortReason::BadVote { participant, detail: g.text(u16::MAX as usize) },
         _ => AbortReason::Unavailable { participant },
     }
 }
@@ -295,10 +296,10 @@ pub fn gen_vote(g: &mut Gen, limits: Limits) -> Vote {
 }
 
 pub fn gen_outcome(g: &mut Gen, limits: Limits) -> Outcome {
-    if g.u8().is_multiple_of(2) {
-        Outcome::Committed { reads: gen_reads(g, limits) }
-    } else {
-        Outcome::Aborted { reason: gen_abort_reason(g, limits) }
+    match g.u8() % 3 {
+        0 => Outcome::Committed { reads: gen_reads(g, limits) },
+        1 => Outcome::CommittedReadsUnavailable,
+        _ => Outcome::Aborted { reason: gen_abort_reason(g, limits) },
     }
 }
 
@@ -310,9 +311,15 @@ pub fn gen_submit(g: &mut Gen, limits: Limits) -> Submit {
 
 pub fn gen_reply(g: &mut Gen, limits: Limits) -> Reply {
     let (client, seq) = (ClientId(g.u64()), g.u64());
-    match g.u8() % 3 {
+    let refusals = [RegisterRefusal::TableFull, RegisterRefusal::IdentityBusy, RegisterRefusal::BadIdentity];
+    match g.u8() % 7 {
         0 => Reply::Rejected { client, seq, reason: RejectReason::Busy },
         1 => Reply::Rejected { client, seq, reason: RejectReason::SeqTooOld },
+        2 => Reply::Rejected { client, seq, reason: RejectReason::SessionExpired },
+        3 => Reply::Rejected { client, seq, reason: RejectReason::NotSessionOwner },
+        // A registered session is never 0 (0 is the registration request's client).
+        4 => Reply::Registered { nonce: seq, client: ClientId(client.0.max(1)) },
+        5 => Reply::RegisterRefused { nonce: seq, reason: refusals[usize::from(g.u8()) % refusals.len()] },
         _ => Reply::Outcome { client, seq, outcome: gen_outcome(g, limits) },
     }
 }
@@ -381,7 +388,7 @@ fn gen_participants(g: &mut Gen) -> Vec<ParticipantId> {
 
 pub fn gen_coord_record(g: &mut Gen) -> CoordRecord {
     let txid = TxId(g.u64());
-    match g.u8() % 5 {
+    match g.u8() % 6 {
         0 => CoordRecord::Epoch { epoch: Epoch(g.u32()) },
         1 => CoordRecord::Commit {
             txid,
@@ -389,11 +396,35 @@ pub fn gen_coord_record(g: &mut Gen) -> CoordRecord {
             seq: g.u64(),
             participants: gen_participants(g),
             reads: gen_reads(g, RECORD_LIMITS),
+            reads_lost: g.u8().is_multiple_of(2),
         },
         2 => CoordRecord::End { txid },
-        3 => CoordRecord::Staged { txid, client: ClientId(g.u64()), seq: g.u64(), participants: gen_participants(g) },
+        3 => CoordRecord::Staged {
+            txid,
+            client: ClientId(g.u64()),
+            seq: g.u64(),
+            participants: gen_participants(g),
+            gets: gen_gets(g),
+        },
+        4 => CoordRecord::Register { client: ClientId(g.u64()), identity: gen_identity(g), expired: gen_expired(g) },
         _ => CoordRecord::Abort { txid },
     }
+}
+
+fn gen_gets(g: &mut Gen) -> Vec<GetAt> {
+    let count = g.count(u16::MAX as usize);
+    (0..count).map(|_| GetAt { index: g.u16(), participant: ParticipantId(g.u16()) }).collect()
+}
+
+fn gen_identity(g: &mut Gen) -> String {
+    let len = g.count(255);
+    (0..len).map(|_| char::from(b'a' + g.u8() % 26)).collect()
+}
+
+/// `None` or a session id other than 0 (the encoding's "none").
+fn gen_expired(g: &mut Gen) -> Option<ClientId> {
+    let id = g.u64();
+    (id != 0).then_some(ClientId(id))
 }
 
 fn gen_writes(g: &mut Gen) -> Vec<Write> {
@@ -469,13 +500,23 @@ pub fn gen_participant_snapshot(g: &mut Gen) -> ParticipantSnapshot {
     ParticipantSnapshot { lsn, max_epoch, max_txid_seen, kv, prepared }
 }
 
+/// What a checkpoint keeps of a session: committed outcomes only.
+fn gen_committed_outcome(g: &mut Gen) -> Outcome {
+    if g.u8().is_multiple_of(2) {
+        Outcome::Committed { reads: gen_reads(g, RECORD_LIMITS) }
+    } else {
+        Outcome::CommittedReadsUnavailable
+    }
+}
+
 pub fn gen_coordinator_snapshot(g: &mut Gen) -> CoordinatorSnapshot {
     let (lsn, max_epoch) = (Lsn(g.u64()), Epoch(g.u32()));
     let sessions = (0..g.count(16))
         .map(|_| SessionSnapshot {
             client: ClientId(g.u64()),
+            identity: gen_identity(g),
             floor: g.u64(),
-            committed: (0..g.count(16)).map(|_| (g.u64(), gen_reads(g, RECORD_LIMITS))).collect(),
+            committed: (0..g.count(16)).map(|_| (g.u64(), gen_committed_outcome(g))).collect(),
         })
         .collect();
     let unfinished = (0..g.count(16))
@@ -489,9 +530,10 @@ pub fn gen_coordinator_snapshot(g: &mut Gen) -> CoordinatorSnapshot {
                     seq,
                     participants: gen_participants(g),
                     reads: gen_reads(g, RECORD_LIMITS),
+                    reads_lost: g.u8().is_multiple_of(2),
                 }
             } else {
-                CoordRecord::Staged { txid, client, seq, participants: gen_participants(g) }
+                CoordRecord::Staged { txid, client, seq, participants: gen_participants(g), gets: gen_gets(g) }
             };
             (Lsn(g.u64()), record)
         })

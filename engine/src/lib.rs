@@ -33,10 +33,10 @@ pub mod sim;
 mod txtable;
 pub mod types;
 
-pub use coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};
+pub use coordinator::{ClientOrigin, CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};
 pub use effects::{DurabilityGate, Effects, Gated};
-pub use message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
+pub use message::{RegisterRefusal, RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
 pub use ops::{AbortReason, Key, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote};
 pub use participant::{PartEffects, Participant, ParticipantConfig};
-pub use record::{AnyRecord, CoordRecord, LogRecord, PartRecord, Write};
+pub use record::{AnyRecord, CoordRecord, GetAt, LogRecord, PartRecord, Write};
 pub use types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};

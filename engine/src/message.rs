@@ -5,8 +5,13 @@
 //! - to a participant: 0 Prepare `u64 txid | list of local ops`, 1 Commit `u64 txid`, 2 Abort `u64 txid`,
 //!   3 Query `u64 txid`
 //! - to the coordinator: 0 Vote `u64 txid | vote`, 1 Ack `u64 txid`, 2 Inquiry `u64 txid`
-//! - submit: `u64 client | u64 seq | list of ops`
-//! - reply: 0 Outcome `u64 client | u64 seq | outcome`, 1 Rejected `u64 client | u64 seq | u8 reason`
+//! - submit: `u64 client | u64 seq | list of ops`; a registration is a submit with client 0
+//!   and no ops, its seq field carrying the client's nonce (see [`Submit::register`])
+//! - reply: 0 Outcome `u64 client | u64 seq | outcome`, 1 Rejected `u64 client | u64 seq |
+//!   u8 reason` (0 Busy, 1 SeqTooOld, 2 SessionExpired, 3 NotSessionOwner), 2 Registration
+//!   `u64 client | u64 nonce | u8 status` (0 registered as `client`; refused with client 0:
+//!   1 TableFull, 2 IdentityBusy, 3 BadIdentity). Every reply is at least 18 bytes, the
+//!   smallest item a Replies frame counts on.
 
 use bytes::BufMut;
 
@@ -71,7 +76,12 @@ impl ToCoordinator {
     }
 }
 
-/// A client's transaction request. `(client, seq)` identifies it across retries.
+/// A client's transaction request. `(client, seq)` identifies it across retries; `client`
+/// is a session the coordinator assigned at registration.
+///
+/// A registration travels in the same item: client id 0 ([`ClientId::NONE`], never
+/// assigned) and no ops, the seq field carrying a nonce the answer echoes. A transaction
+/// without ops is invalid anyway, so the two never mix, and the hot path pays nothing.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Submit {
     pub client: ClientId,
@@ -79,32 +89,77 @@ pub struct Submit {
     pub ops: Vec<Op>,
 }
 
+impl Submit {
+    /// A request to open a session, answered `Registered { nonce, client }` once the
+    /// session is durable (or `RegisterRefused`).
+    pub fn register(nonce: u64) -> Submit {
+        Submit { client: ClientId::NONE, seq: nonce, ops: Vec::new() }
+    }
+
+    /// The nonce, if this is a registration.
+    pub fn registration_nonce(&self) -> Option<u64> {
+        (self.client == ClientId::NONE && self.ops.is_empty()).then_some(self.seq)
+    }
+}
+
 /// Why a request was turned away without being executed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum RejectReason {
     /// Too many transactions in flight: retry the same `(client, seq)` after a backoff.
     Busy,
-    /// The sequence number is older than the window of outcomes kept for this client.
+    /// The sequence number is older than the window of outcomes kept for this client: its
+    /// outcome is forgotten (the client sent it long ago and must have heard it, or gave up).
     SeqTooOld,
+    /// The session does not exist (never registered, or expired: its identity registered
+    /// more sessions than it may keep). Whether the request ran is unknown to the
+    /// coordinator; it was not run now and never will be under this session.
+    SessionExpired,
+    /// The session belongs to another identity: this connection may neither submit on it nor
+    /// hear its outcomes.
+    NotSessionOwner,
+}
+
+/// Why a registration was refused (nothing was recorded).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RegisterRefusal {
+    /// The session table is full.
+    TableFull,
+    /// The identity holds its maximum of sessions and every one has requests in flight.
+    IdentityBusy,
+    /// The connection's identity is longer than a session may be bound to.
+    BadIdentity,
 }
 
 /// Coordinator → client.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Reply {
-    Outcome { client: ClientId, seq: Seq, outcome: Outcome },
-    Rejected { client: ClientId, seq: Seq, reason: RejectReason },
+    Outcome {
+        client: ClientId,
+        seq: Seq,
+        outcome: Outcome,
+    },
+    Rejected {
+        client: ClientId,
+        seq: Seq,
+        reason: RejectReason,
+    },
+    /// The session `client` is open (its registration record is durable).
+    Registered {
+        nonce: u64,
+        client: ClientId,
+    },
+    RegisterRefused {
+        nonce: u64,
+        reason: RegisterRefusal,
+    },
 }
 
 impl Reply {
-    pub fn client(&self) -> ClientId {
+    /// The request answered: `(client, seq)` of a transaction, None for a registration.
+    pub fn request(&self) -> Option<(ClientId, Seq)> {
         match self {
-            Reply::Outcome { client, .. } | Reply::Rejected { client, .. } => *client,
-        }
-    }
-
-    pub fn seq(&self) -> Seq {
-        match self {
-            Reply::Outcome { seq, .. } | Reply::Rejected { seq, .. } => *seq,
+            Reply::Outcome { client, seq, .. } | Reply::Rejected { client, seq, .. } => Some((*client, *seq)),
+            Reply::Registered { .. } | Reply::RegisterRefused { .. } => None,
         }
     }
 }
@@ -217,6 +272,24 @@ impl Encode for Reply {
                 out.put_u8(match reason {
                     RejectReason::Busy => 0,
                     RejectReason::SeqTooOld => 1,
+                    RejectReason::SessionExpired => 2,
+                    RejectReason::NotSessionOwner => 3,
+                });
+            }
+            Reply::Registered { nonce, client } => {
+                out.put_u8(2);
+                out.put_u64_le(client.0);
+                out.put_u64_le(*nonce);
+                out.put_u8(0);
+            }
+            Reply::RegisterRefused { nonce, reason } => {
+                out.put_u8(2);
+                out.put_u64_le(ClientId::NONE.0);
+                out.put_u64_le(*nonce);
+                out.put_u8(match reason {
+                    RegisterRefusal::TableFull => 1,
+                    RegisterRefusal::IdentityBusy => 2,
+                    RegisterRefusal::BadIdentity => 3,
                 });
             }
         }
@@ -226,8 +299,23 @@ impl Encode for Reply {
 impl Decode for Reply {
     fn decode(reader: &mut Reader) -> Result<Reply, DecodeError> {
         let tag = reader.u8("reply")?;
-        if tag > 1 {
-            return Err(reader.error(format!("unknown reply {tag}")));
+        match tag {
+            0 | 1 => {}
+            2 => {
+                let client = ClientId(reader.u64("client id")?);
+                let nonce = reader.u64("registration nonce")?;
+                let reason = match reader.u8("registration status")? {
+                    0 if client != ClientId::NONE => return Ok(Reply::Registered { nonce, client }),
+                    1 => RegisterRefusal::TableFull,
+                    2 => RegisterRefusal::IdentityBusy,
+                    3 => RegisterRefusal::BadIdentity,
+                    other => {
+                        return Err(reader.error(format!("bad registration status {other} for client {}", client.0)));
+                    }
+                };
+                return Ok(Reply::RegisterRefused { nonce, reason });
+            }
+            other => return Err(reader.error(format!("unknown reply {other}"))),
         }
         let client = ClientId(reader.u64("client id")?);
         let seq = reader.u64("sequence number")?;
@@ -237,6 +325,8 @@ impl Decode for Reply {
         let reason = match reader.u8("reject reason")? {
             0 => RejectReason::Busy,
             1 => RejectReason::SeqTooOld,
+            2 => RejectReason::SessionExpired,
+            3 => RejectReason::NotSessionOwner,
             other => return Err(reader.error(format!("unknown reject reason {other}"))),
         };
         Ok(Reply::Rejected { client, seq, reason })
@@ -276,6 +366,22 @@ mod tests {
             outcome: Outcome::Aborted { reason: AbortReason::Timeout { participant: ParticipantId(2) } },
         });
         round_trip(&Reply::Rejected { client: ClientId(1), seq: 2, reason: RejectReason::Busy });
-        round_trip(&Reply::Rejected { client: ClientId(1), seq: 2, reason: RejectReason::SeqTooOld });
+        for reason in [RejectReason::SeqTooOld, RejectReason::SessionExpired, RejectReason::NotSessionOwner] {
+            round_trip(&Reply::Rejected { client: ClientId(1), seq: 2, reason });
+        }
+        round_trip(&Reply::Registered { nonce: 9, client: ClientId(1 << 40 | 3) });
+        for reply in [
+            Reply::Registered { nonce: 9, client: ClientId(1) },
+            Reply::RegisterRefused { nonce: 9, reason: RegisterRefusal::BadIdentity },
+            Reply::Rejected { client: ClientId(1), seq: 2, reason: RejectReason::Busy },
+        ] {
+            assert!(reply.to_bytes().len() >= 18, "the smallest reply a Replies frame counts on");
+        }
+        round_trip(&Reply::RegisterRefused { nonce: 9, reason: RegisterRefusal::TableFull });
+        round_trip(&Reply::RegisterRefused { nonce: 9, reason: RegisterRefusal::IdentityBusy });
+        let register = Submit::register(42);
+        round_trip(&register);
+        assert_eq!(register.registration_nonce(), Some(42));
+        assert_eq!(Submit { client: ClientId(5), seq: 42, ops: vec![] }.registration_nonce(), None);
     }
 }

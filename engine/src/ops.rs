@@ -98,6 +98,9 @@ pub enum AbortReason {
     /// The coordinator has no connection to the participant (it is down or restarting):
     /// decided at once rather than after the prepare timeout.
     Unavailable { participant: ParticipantId },
+    /// The participant's vote broke the protocol (reads that do not match the transaction's
+    /// `Get`s, say): counted as a No. A bug or a forgery on that participant's side.
+    BadVote { participant: ParticipantId, detail: String },
 }
 
 impl AbortReason {
@@ -128,6 +131,7 @@ impl AbortReason {
             AbortReason::Stale { .. } => "stale",
             AbortReason::Invalid { .. } => "invalid",
             AbortReason::Unavailable { .. } => "unavailable",
+            AbortReason::BadVote { .. } => "bad_vote",
         }
     }
 }
@@ -175,6 +179,9 @@ impl fmt::Display for AbortReason {
             AbortReason::Unavailable { participant } => {
                 write!(f, "unavailable: {participant} is not connected to the coordinator; retry later")
             }
+            AbortReason::BadVote { participant, detail } => {
+                write!(f, "protocol error: {participant} sent a vote the coordinator refused ({detail})")
+            }
         }
     }
 }
@@ -189,11 +196,16 @@ pub enum Outcome {
     Aborted {
         reason: AbortReason,
     },
+    /// Committed durably, but the values its `Get`s read are lost: a restarted coordinator
+    /// resolved it from its participants, and a participant that had only read (or had
+    /// restarted too) no longer holds them. Never sent for a transaction without `Get`s.
+    CommittedReadsUnavailable,
 }
 
 impl Outcome {
+    /// Committed, with or without its reads.
     pub fn is_committed(&self) -> bool {
-        matches!(self, Outcome::Committed { .. })
+        matches!(self, Outcome::Committed { .. } | Outcome::CommittedReadsUnavailable)
     }
 }
 

@@ -5,10 +5,11 @@
 //! | kind | record | payload |
 //! | --- | --- | --- |
 //! | 1 | coordinator Epoch | `u32 epoch` |
-//! | 2 | coordinator Commit | `u64 txid \| u64 client \| u64 seq \| list of u16 participants \| list of reads` |
+//! | 2 | coordinator Commit | `u64 txid \| u64 client \| u64 seq \| list of u16 participants \| list of reads \| u8 reads lost (0 or 1)` |
 //! | 3 | coordinator End | `u64 txid` |
-//! | 4 | coordinator Staged | `u64 txid \| u64 client \| u64 seq \| list of u16 participants` |
+//! | 4 | coordinator Staged | `u64 txid \| u64 client \| u64 seq \| list of u16 participants \| list of gets (u16 op index \| u16 participant)` |
 //! | 5 | coordinator Abort | `u64 txid` |
+//! | 6 | coordinator Register | `u64 client \| u16 length \| identity (UTF-8) \| u64 expired client (0: none)` |
 //! | 16 | participant Epoch | `u32 highest coordinator epoch seen` |
 //! | 17 | participant Prepared | `u64 txid \| list of writes (key, optional value)` |
 //! | 18 | participant Committed | `u64 txid` |
@@ -18,7 +19,9 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{Decode, DecodeError, Encode, Reader, put_count, put_key, put_optional_value, read_list};
+use crate::codec::{
+    Decode, DecodeError, Encode, Reader, put_count, put_key, put_list, put_optional_value, put_string, read_list,
+};
 use crate::codec::{put_reads, read_reads};
 use crate::ops::{Key, Limits, Read, Value};
 use crate::types::{ClientId, Epoch, ParticipantId, Seq, TxId};
@@ -36,18 +39,53 @@ pub enum CoordRecord {
     /// The commit decision (forced before a participant hears `Commit`; a client may hear
     /// of it earlier, see `Staged`). Holds what is needed to re-drive phase two and to
     /// answer a client's retry after a restart.
-    Commit { txid: TxId, client: ClientId, seq: Seq, participants: Vec<ParticipantId>, reads: Vec<Read> },
+    /// `reads_lost`: committed by a restarted coordinator that could not recover every read
+    /// (the client hears `CommittedReadsUnavailable`).
+    Commit {
+        txid: TxId,
+        client: ClientId,
+        seq: Seq,
+        participants: Vec<ParticipantId>,
+        reads: Vec<Read>,
+        reads_lost: bool,
+    },
     /// Every participant acknowledged; the transaction may be forgotten (not forced).
     End { txid: TxId },
     /// A transaction that writes was started and its prepares sent (forced, in parallel with
     /// the participants' `Prepared` records). Once it is durable and every participant it
     /// names voted Yes the transaction is committed, before any `Commit` record exists: the
     /// client may hear so. A restart that finds it without an outcome asks those
-    /// participants (`Query`) and commits only if all of them are prepared.
-    Staged { txid: TxId, client: ClientId, seq: Seq, participants: Vec<ParticipantId> },
+    /// participants (`Query`) and commits only if all of them are prepared. `gets` names
+    /// every `Get` of the transaction, so such a restart knows which reads the answers must
+    /// bring back (and that none are due when there are none).
+    Staged { txid: TxId, client: ClientId, seq: Seq, participants: Vec<ParticipantId>, gets: Vec<GetAt> },
     /// A staged transaction was aborted (forced before the client hears it); it may be
     /// forgotten.
     Abort { txid: TxId },
+    /// A client session opened for `identity` (forced before the client hears its id);
+    /// `expired` is the session of the same identity it replaced, if the identity was at
+    /// its bound, so a replay expires exactly the one the live coordinator did.
+    Register { client: ClientId, identity: String, expired: Option<ClientId> },
+}
+
+/// A `Get` of a transaction: its op index and the participant it reads at.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GetAt {
+    pub index: u16,
+    pub participant: ParticipantId,
+}
+
+impl Encode for GetAt {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u16_le(self.index);
+        out.put_u16_le(self.participant.0);
+    }
+}
+
+impl Decode for GetAt {
+    fn decode(reader: &mut Reader) -> Result<GetAt, DecodeError> {
+        Ok(GetAt { index: reader.u16("get index")?, participant: reader.participant()? })
+    }
 }
 
 /// One write of a prepared transaction: the final value (None deletes the key).
@@ -75,6 +113,7 @@ pub const KIND_COORD_COMMIT: u8 = 2;
 pub const KIND_COORD_END: u8 = 3;
 pub const KIND_COORD_STAGED: u8 = 4;
 pub const KIND_COORD_ABORT: u8 = 5;
+pub const KIND_COORD_REGISTER: u8 = 6;
 pub const KIND_PART_EPOCH: u8 = 16;
 pub const KIND_PART_PREPARED: u8 = 17;
 pub const KIND_PART_COMMITTED: u8 = 18;
@@ -163,20 +202,28 @@ impl LogRecord for CoordRecord {
             CoordRecord::End { .. } => KIND_COORD_END,
             CoordRecord::Staged { .. } => KIND_COORD_STAGED,
             CoordRecord::Abort { .. } => KIND_COORD_ABORT,
+            CoordRecord::Register { .. } => KIND_COORD_REGISTER,
         }
     }
 
     fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {
             CoordRecord::Epoch { epoch } => out.put_u32_le(epoch.0),
-            CoordRecord::Commit { txid, client, seq, participants, reads } => {
+            CoordRecord::Commit { txid, client, seq, participants, reads, reads_lost } => {
                 put_request(out, *txid, *client, *seq, participants);
                 put_reads(out, reads);
+                out.put_u8(u8::from(*reads_lost));
             }
-            CoordRecord::Staged { txid, client, seq, participants } => {
-                put_request(out, *txid, *client, *seq, participants)
+            CoordRecord::Staged { txid, client, seq, participants, gets } => {
+                put_request(out, *txid, *client, *seq, participants);
+                put_list(out, gets);
             }
             CoordRecord::End { txid } | CoordRecord::Abort { txid } => out.put_u64_le(txid.0),
+            CoordRecord::Register { client, identity, expired } => {
+                out.put_u64_le(client.0);
+                put_string(out, identity);
+                out.put_u64_le(expired.unwrap_or(ClientId::NONE).0);
+            }
         }
     }
 
@@ -190,6 +237,11 @@ impl LogRecord for CoordRecord {
                     seq: r.u64("seq")?,
                     participants: read_list(r, u16::MAX as usize, 2, "participants")?,
                     reads: read_reads(r)?,
+                    reads_lost: match r.u8("reads lost")? {
+                        0 => false,
+                        1 => true,
+                        other => return Err(r.error(format!("reads-lost flag {other} is neither 0 nor 1"))),
+                    },
                 })
             }),
             KIND_COORD_END => decode_payload(payload, |r| Ok(CoordRecord::End { txid: read_txid(r)? })),
@@ -199,9 +251,16 @@ impl LogRecord for CoordRecord {
                     client: ClientId(r.u64("client")?),
                     seq: r.u64("seq")?,
                     participants: read_list(r, u16::MAX as usize, 2, "participants")?,
+                    gets: read_list(r, u16::MAX as usize, 4, "gets")?,
                 })
             }),
             KIND_COORD_ABORT => decode_payload(payload, |r| Ok(CoordRecord::Abort { txid: read_txid(r)? })),
+            KIND_COORD_REGISTER => decode_payload(payload, |r| {
+                let client = ClientId(r.u64("client")?);
+                let identity = r.string("identity")?;
+                let expired = Some(ClientId(r.u64("expired client")?)).filter(|c| *c != ClientId::NONE);
+                Ok(CoordRecord::Register { client, identity, expired })
+            }),
             other => unknown_kind(other, "coordinator"),
         }
     }
@@ -269,22 +328,36 @@ impl fmt::Display for AnyRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AnyRecord::Coordinator(CoordRecord::Epoch { epoch }) => write!(f, "EPOCH {}", epoch.0),
-            AnyRecord::Coordinator(CoordRecord::Commit { txid, client, seq, participants, reads }) => {
+            AnyRecord::Coordinator(CoordRecord::Commit { txid, client, seq, participants, reads, reads_lost }) => {
                 let names: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
                 write!(
                     f,
-                    "COMMIT {txid} client={} seq={seq} participants=[{}] reads={}",
+                    "COMMIT {txid} client={} seq={seq} participants=[{}] reads={}{}",
                     client.0,
                     names.join(","),
-                    reads.len()
+                    reads.len(),
+                    if *reads_lost { " reads-lost" } else { "" }
                 )
             }
             AnyRecord::Coordinator(CoordRecord::End { txid }) => write!(f, "END {txid}"),
-            AnyRecord::Coordinator(CoordRecord::Staged { txid, client, seq, participants }) => {
+            AnyRecord::Coordinator(CoordRecord::Staged { txid, client, seq, participants, gets }) => {
                 let names: Vec<String> = participants.iter().map(|p| p.to_string()).collect();
-                write!(f, "STAGED {txid} client={} seq={seq} participants=[{}]", client.0, names.join(","))
+                write!(
+                    f,
+                    "STAGED {txid} client={} seq={seq} participants=[{}] gets={}",
+                    client.0,
+                    names.join(","),
+                    gets.len()
+                )
             }
             AnyRecord::Coordinator(CoordRecord::Abort { txid }) => write!(f, "ABORT {txid}"),
+            AnyRecord::Coordinator(CoordRecord::Register { client, identity, expired }) => {
+                write!(f, "REGISTER client={} identity={identity:?}", client.0)?;
+                match expired {
+                    Some(expired) => write!(f, " expired={}", expired.0),
+                    None => Ok(()),
+                }
+            }
             AnyRecord::Participant(PartRecord::Epoch { epoch }) => write!(f, "EPOCH-SEEN {}", epoch.0),
             AnyRecord::Participant(PartRecord::Prepared { txid, writes }) => {
                 write!(f, "PREPARED {txid} writes={}", writes.len())
@@ -323,6 +396,15 @@ mod tests {
             seq: 8,
             participants: vec![ParticipantId(1), ParticipantId(3)],
             reads: vec![Read { index: 1, value: Some(key("v")) }],
+            reads_lost: false,
+        });
+        round_trip(CoordRecord::Commit {
+            txid,
+            client: ClientId(5),
+            seq: 8,
+            participants: vec![ParticipantId(1)],
+            reads: vec![],
+            reads_lost: true,
         });
         round_trip(CoordRecord::End { txid });
         round_trip(CoordRecord::Staged {
@@ -330,8 +412,15 @@ mod tests {
             client: ClientId(5),
             seq: 8,
             participants: vec![ParticipantId(2), ParticipantId(3)],
+            gets: vec![GetAt { index: 1, participant: ParticipantId(3) }],
         });
         round_trip(CoordRecord::Abort { txid });
+        round_trip(CoordRecord::Register { client: ClientId(1 << 40 | 9), identity: "bench-1".into(), expired: None });
+        round_trip(CoordRecord::Register {
+            client: ClientId(1 << 40 | 9),
+            identity: "é".into(),
+            expired: Some(ClientId(1 << 40 | 2)),
+        });
         round_trip(PartRecord::Epoch { epoch: Epoch(4) });
         round_trip(PartRecord::Prepared {
             txid,

@@ -68,10 +68,16 @@ impl fmt::Display for ParticipantId {
     }
 }
 
-/// A client, chosen by the client (random 64 bits); with [`Seq`] it names one request for
-/// exactly-once execution.
+/// A client session, assigned by the coordinator when the client registers (a value of its
+/// txid space, so ids rise across restarts and are never handed out twice); with [`Seq`] it
+/// names one request for exactly-once execution.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct ClientId(pub u64);
+
+impl ClientId {
+    /// Never assigned: marks a registration request.
+    pub const NONE: ClientId = ClientId(0);
+}
 
 /// A client's request number. A retry reuses it; the coordinator never executes one
 /// `(client, seq)` twice.

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use twophase_engine::{ClientId, ParticipantId};
+use twophase_engine::ParticipantId;
 
 use crate::client::{ClientError, ClientOptions, Connection, resolve};
 use crate::frame::{AdminOp, DumpEnd, ErrorCode, Frame, ProtocolError, Role};
@@ -25,7 +25,7 @@ fn connect(addr: impl ToSocketAddrs, cluster: &str, security: &Security) -> Resu
         security: security.clone(),
         ..ClientOptions::default()
     };
-    Connection::open(&resolve(addr)?, &options, ClientId(rand::random()), Role::Admin)
+    Connection::open(&resolve(addr)?, &options, &format!("client-{:016x}", rand::random::<u64>()), Role::Admin)
 }
 
 fn unexpected(frame: &Frame) -> ClientError {

@@ -2,9 +2,13 @@
 //!
 //! [`Client`] runs one transaction at a time and retries it until it has an outcome;
 //! [`Pipeline`] keeps many transactions outstanding on one connection for load generation.
-//! Both keep a transaction's `(client, seq)` across every retry, resend and reconnect, so the
-//! coordinator's exactly-once table turns a retry into the recorded outcome, never a second
-//! execution.
+//! Each registers a session once, when it connects (the coordinator assigns the `ClientId`,
+//! bound to the connection's identity: for now the Hello's node name, kept across
+//! reconnects), and keeps a transaction's `(client, seq)` across every retry, resend and
+//! reconnect, so the coordinator's session table turns a retry into the recorded outcome,
+//! never a second execution. A session the coordinator no longer has is reported as
+//! [`ClientError::SessionExpired`]: whether its requests ran is then unknown, and they never
+//! run again.
 //!
 //! Hot path (the load generator drives ~100,000 transactions/s through a few pipelines):
 //! submits are encoded straight into one reused buffer and written with one `write` per
@@ -22,7 +26,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use twophase_engine::{ClientId, Epoch, Op, Outcome, ParticipantId, RejectReason, Reply, Seq, Submit};
+use twophase_engine::{ClientId, Epoch, Op, Outcome, ParticipantId, RegisterRefusal, RejectReason, Reply, Seq, Submit};
 
 use crate::frame::{
     BatchWriter, ErrorCode, Frame, FrameDecoder, Hello, MessageTooLarge, NetLimits, ProtocolError, Role,
@@ -33,9 +37,14 @@ use crate::tls::Security;
 pub struct ClientOptions {
     /// The cluster name the server must have (default `local`).
     pub cluster: String,
-    /// This client's id; random when `None`. Reusing an id across processes is only safe
-    /// when sequence numbers continue where the previous process stopped.
+    /// A session to resume instead of registering one (requests number from 1 again: only
+    /// for retrying the requests of a client that was cut off). It must have been registered
+    /// under the same `identity`.
     pub client_id: Option<ClientId>,
+    /// Under `InsecurePlaintext`: the name this client presents (the Hello's node name),
+    /// which its sessions are bound to; `client-<random>` when `None`. Kept across
+    /// reconnects. With TLS it is ignored: the identity is the name the certificate proves.
+    pub identity: Option<String>,
     /// How long to wait for a reply (or, for a pipeline, for any progress) before the
     /// connection is presumed dead and the request resent on a new one.
     pub request_timeout: Duration,
@@ -55,6 +64,7 @@ impl Default for ClientOptions {
         ClientOptions {
             cluster: "local".into(),
             client_id: None,
+            identity: None,
             request_timeout: Duration::from_secs(5),
             busy_backoff: Duration::from_millis(10),
             max_attempts: 10,
@@ -91,6 +101,20 @@ pub enum ClientError {
     /// The TLS handshake or a TLS record failed (e.g. the server's certificate is not signed
     /// by our CA); retrying does not help.
     Tls(String),
+    /// The coordinator has no such session (it expired, or was never registered): whether
+    /// the request ran before is unknown, and it never runs under this session.
+    SessionExpired {
+        client: ClientId,
+        seq: Seq,
+    },
+    /// The session belongs to another identity than this connection's.
+    NotSessionOwner {
+        client: ClientId,
+    },
+    /// The coordinator refused to open a session.
+    RegisterRefused {
+        reason: RegisterRefusal,
+    },
     /// Every attempt failed; `last` is the last failure.
     GaveUp {
         attempts: u32,
@@ -113,6 +137,15 @@ impl fmt::Display for ClientError {
             ClientError::SeqTooOld { seq } => {
                 write!(f, "the coordinator no longer remembers the outcome of request {seq}")
             }
+            ClientError::SessionExpired { client, seq } => write!(
+                f,
+                "session {:#x} expired (request {seq} was not run now; whether it ran before is unknown)",
+                client.0
+            ),
+            ClientError::NotSessionOwner { client } => {
+                write!(f, "session {:#x} belongs to another identity than this connection's", client.0)
+            }
+            ClientError::RegisterRefused { reason } => write!(f, "the coordinator refused a session: {reason:?}"),
             ClientError::GaveUp { attempts, last } => {
                 write!(f, "gave up after {attempts} attempts; last error: {last}")
             }
@@ -224,13 +257,13 @@ impl Connection {
     pub(crate) fn open(
         addrs: &[SocketAddr],
         options: &ClientOptions,
-        client: ClientId,
+        identity: &str,
         role: Role,
     ) -> Result<Connection, ClientError> {
         let mut last = None;
         for addr in addrs {
             match TcpStream::connect_timeout(addr, options.request_timeout) {
-                Ok(stream) => return Connection::handshake(stream, options, client, role),
+                Ok(stream) => return Connection::handshake(stream, options, identity, role),
                 Err(err) => last = Some(err),
             }
         }
@@ -242,14 +275,12 @@ impl Connection {
     fn handshake(
         stream: TcpStream,
         options: &ClientOptions,
-        client: ClientId,
+        identity: &str,
         role: Role,
     ) -> Result<Connection, ClientError> {
         stream.set_nodelay(true)?;
         let (stream, cluster, node) = match &options.security {
-            Security::InsecurePlaintext => {
-                (Stream::Plain(stream), options.cluster.clone(), format!("client-{:016x}", client.0))
-            }
+            Security::InsecurePlaintext => (Stream::Plain(stream), options.cluster.clone(), identity.to_string()),
             Security::Tls(material) => {
                 // rustls reads whole records; a server that stops mid-record must not hang us.
                 stream.set_read_timeout(Some(options.request_timeout))?;
@@ -355,8 +386,65 @@ pub(crate) fn resolve(addr: impl ToSocketAddrs) -> Result<Vec<SocketAddr>, Clien
     Ok(addrs)
 }
 
-fn pick_client_id(options: &ClientOptions) -> ClientId {
-    options.client_id.unwrap_or_else(|| ClientId(rand::random()))
+/// The identity a client presents: the configured one, or a fresh random name.
+fn pick_identity(options: &ClientOptions) -> String {
+    options.identity.clone().unwrap_or_else(|| format!("client-{:016x}", rand::random::<u64>()))
+}
+
+/// The session to use on a fresh connection: the one to resume, or a new one registered now
+/// (once per `Client` or `Pipeline`; reconnects keep it).
+fn open_session(conn: &mut Connection, options: &ClientOptions) -> Result<ClientId, ClientError> {
+    if let Some(client) = options.client_id {
+        return Ok(client);
+    }
+    let nonce: u64 = rand::random();
+    let mut writer = BatchWriter::<Submit>::new(&conn.server_limits);
+    writer.push(&Submit::register(nonce))?;
+    conn.stream.send(writer.finish())?;
+    let deadline = Instant::now() + options.request_timeout;
+    let mut frames = Vec::new();
+    loop {
+        conn.read_frames(deadline, &mut frames)?;
+        for frame in frames.drain(..) {
+            match frame {
+                Frame::Replies(replies) => {
+                    for reply in replies {
+                        match reply {
+                            Reply::Registered { nonce: answered, client } if answered == nonce => return Ok(client),
+                            Reply::RegisterRefused { nonce: answered, reason } if answered == nonce => {
+                                return Err(ClientError::RegisterRefused { reason });
+                            }
+                            _ => {} // Not ours.
+                        }
+                    }
+                }
+                Frame::Error(error) => return Err(ClientError::Refused { code: error.code, message: error.message }),
+                other => {
+                    return Err(ClientError::Protocol(ProtocolError::new(
+                        ErrorCode::UnexpectedFrame,
+                        format!("expected Replies, got {:?}", other.kind()),
+                    )));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::Timeout { after: options.request_timeout });
+        }
+    }
+}
+
+/// A reply's error for the client, if it is a refusal of `(client, seq)` no retry can fix.
+fn refusal(reply: &Reply) -> Option<ClientError> {
+    match reply {
+        Reply::Rejected { seq, reason: RejectReason::SeqTooOld, .. } => Some(ClientError::SeqTooOld { seq: *seq }),
+        Reply::Rejected { client, seq, reason: RejectReason::SessionExpired } => {
+            Some(ClientError::SessionExpired { client: *client, seq: *seq })
+        }
+        Reply::Rejected { client, reason: RejectReason::NotSessionOwner, .. } => {
+            Some(ClientError::NotSessionOwner { client: *client })
+        }
+        _ => None,
+    }
 }
 
 /// The participants the coordinator announced in its `Welcome`, by id and name.
@@ -388,6 +476,7 @@ impl Directory {
 pub struct Client {
     addrs: Vec<SocketAddr>,
     options: ClientOptions,
+    identity: String,
     client: ClientId,
     last_seq: Seq,
     conn: Option<Connection>,
@@ -399,13 +488,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and handshakes as a client; learns the participant directory and limits.
+    /// Connects and handshakes as a client, learns the participant directory and limits, and
+    /// registers a session (or resumes `options.client_id`).
     pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client, ClientError> {
         let addrs = resolve(addr)?;
-        let client = pick_client_id(&options);
-        let conn = Connection::open(&addrs, &options, client, Role::Client)?;
+        let identity = pick_identity(&options);
+        let mut conn = Connection::open(&addrs, &options, &identity, Role::Client)?;
+        let client = open_session(&mut conn, &options)?;
         Ok(Client {
             addrs,
+            identity,
             client,
             last_seq: 0,
             directory: conn.directory.clone(),
@@ -419,6 +511,11 @@ impl Client {
 
     pub fn client_id(&self) -> ClientId {
         self.client
+    }
+
+    /// The identity this client's connections present.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// The coordinator's participants, as of the latest handshake.
@@ -490,7 +587,7 @@ impl Client {
     /// One send and wait: `Ok(None)` means Busy.
     fn attempt(&mut self, seq: Seq) -> Result<Option<Outcome>, ClientError> {
         if self.conn.is_none() {
-            let conn = Connection::open(&self.addrs, &self.options, self.client, Role::Client)?;
+            let conn = Connection::open(&self.addrs, &self.options, &self.identity, Role::Client)?;
             self.directory = conn.directory.clone();
             self.conn = Some(conn);
         }
@@ -506,15 +603,15 @@ impl Client {
                 match frame {
                     Frame::Replies(replies) => {
                         for reply in replies {
-                            if reply.client() != self.client || reply.seq() != seq {
+                            if reply.request() != Some((self.client, seq)) {
                                 continue; // a late answer to an earlier attempt
+                            }
+                            if let Some(err) = refusal(&reply) {
+                                return Err(err);
                             }
                             return match reply {
                                 Reply::Outcome { outcome, .. } => Ok(Some(outcome)),
-                                Reply::Rejected { reason: RejectReason::Busy, .. } => Ok(None),
-                                Reply::Rejected { reason: RejectReason::SeqTooOld, .. } => {
-                                    Err(ClientError::SeqTooOld { seq })
-                                }
+                                _ => Ok(None), // Busy
                             };
                         }
                     }
@@ -565,6 +662,7 @@ fn wait_readable(stream: &TcpStream, wait: Duration) -> io::Result<bool> {
 pub struct Pipeline {
     addrs: Vec<SocketAddr>,
     options: ClientOptions,
+    identity: String,
     client: ClientId,
     last_seq: Seq,
     conn: Option<Connection>,
@@ -582,12 +680,15 @@ pub struct Pipeline {
 const PIPELINE_AUTO_FLUSH_BYTES: usize = 1024 * 1024;
 
 impl Pipeline {
+    /// Connects, handshakes and registers a session (or resumes `options.client_id`).
     pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Pipeline, ClientError> {
         let addrs = resolve(addr)?;
-        let client = pick_client_id(&options);
-        let conn = Connection::open(&addrs, &options, client, Role::Client)?;
+        let identity = pick_identity(&options);
+        let mut conn = Connection::open(&addrs, &options, &identity, Role::Client)?;
+        let client = open_session(&mut conn, &options)?;
         Ok(Pipeline {
             addrs,
+            identity,
             client,
             last_seq: 0,
             directory: conn.directory.clone(),
@@ -600,6 +701,11 @@ impl Pipeline {
             last_progress: Instant::now(),
             deferred: None,
         })
+    }
+
+    /// The identity this pipeline's connections present.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     pub fn client_id(&self) -> ClientId {
@@ -731,25 +837,21 @@ impl Pipeline {
     }
 
     fn on_reply(&mut self, reply: Reply, results: &mut Vec<(Seq, Outcome)>) {
-        if reply.client() != self.client {
-            return;
+        let Some((client, seq)) = reply.request() else { return };
+        if client != self.client || !self.outstanding.contains_key(&seq) {
+            return; // not ours, or answered already (a resend's duplicate answer)
         }
-        let seq = reply.seq();
-        if !self.outstanding.contains_key(&seq) {
-            return; // answered already (a resend's duplicate answer)
+        if let Some(err) = refusal(&reply) {
+            self.outstanding.remove(&seq);
+            self.deferred.get_or_insert(err);
+            return;
         }
         match reply {
             Reply::Outcome { outcome, .. } => {
                 self.outstanding.remove(&seq);
                 results.push((seq, outcome));
             }
-            Reply::Rejected { reason: RejectReason::Busy, .. } => {
-                self.busy.push_back((Instant::now() + self.options.busy_backoff, seq));
-            }
-            Reply::Rejected { reason: RejectReason::SeqTooOld, .. } => {
-                self.outstanding.remove(&seq);
-                self.deferred.get_or_insert(ClientError::SeqTooOld { seq });
-            }
+            _ => self.busy.push_back((Instant::now() + self.options.busy_backoff, seq)),
         }
     }
 
@@ -780,7 +882,7 @@ impl Pipeline {
             if attempt > 1 {
                 std::thread::sleep(self.options.busy_backoff);
             }
-            match Connection::open(&self.addrs, &self.options, self.client, Role::Client) {
+            match Connection::open(&self.addrs, &self.options, &self.identity, Role::Client) {
                 Ok(mut conn) => {
                     self.directory = conn.directory.clone();
                     self.writer = BatchWriter::new(&conn.server_limits);

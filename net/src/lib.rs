@@ -15,7 +15,9 @@
 //! - the TCP transport for servers and their peer links ([`transport`]): one `mio` event-loop
 //!   thread per process, batches in and out over crossbeam channels, reconnect with backoff;
 //! - the blocking client library ([`client`]): [`Client`] (one transaction at a time, retries
-//!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection);
+//!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection),
+//!   each registering one coordinator session when it connects and keeping it across
+//!   reconnects;
 //! - admin requests ([`admin`]): a coordinator's topology, and a participant's dump consumed
 //!   chunk by chunk as it streams ([`admin::dump_each`]).
 //! - `fuzz_targets` (hidden): the decoder fuzz bodies shared by `fuzz/` and the stable

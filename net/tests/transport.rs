@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use twophase_engine::{
-    Epoch, Op, OpKind, Outcome, ParticipantId, RejectReason, Reply, ToCoordinator, ToParticipant, TxId,
+    ClientId, Epoch, Op, OpKind, Outcome, ParticipantId, RejectReason, Reply, ToCoordinator, ToParticipant, TxId,
 };
 use twophase_net::{
     BatchWriter, Client, ClientError, ClientOptions, ErrorCode, ErrorFrame, Frame, FrameDecoder, Hello, Inbound,
@@ -49,6 +49,11 @@ fn serve(transport: Transport, inbound: Receiver<Vec<Inbound>>) -> usize {
         for event in batch {
             let Inbound::Frame { conn, frame: Frame::Submits(submits) } = event else { continue };
             for submit in submits {
+                if let Some(nonce) = submit.registration_nonce() {
+                    // Each client registers one session when it connects.
+                    writer.push(&Reply::Registered { nonce, client: ClientId(1000 + conn) }).unwrap();
+                    continue;
+                }
                 let busy = submit.ops.first().is_some_and(|op| op.key.starts_with(b"busy"));
                 let reply = if busy && seen.insert((submit.client, submit.seq)) {
                     Reply::Rejected { client: submit.client, seq: submit.seq, reason: RejectReason::Busy }

@@ -78,6 +78,7 @@ fn client_options(target: &Target) -> ClientOptions {
         cluster: target.cluster.clone(),
         security: target.client.clone(),
         client_id: None,
+        identity: None,
         request_timeout: REQUEST_TIMEOUT,
         busy_backoff: RECONNECT_PAUSE,
         max_attempts: (RECONNECT_FOR.as_millis() / RECONNECT_PAUSE.as_millis()) as u32,

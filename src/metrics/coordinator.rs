@@ -171,8 +171,9 @@ impl CoordinatorMetrics {
             Reply::Rejected { reason: RejectReason::SeqTooOld, .. } => live.export.rejected_seq_too_old += 1,
             _ => {}
         }
-        if sampled(reply.seq())
-            && let Some(elapsed) = live.submitted.finish(&(reply.client(), reply.seq()), Instant::now())
+        if let Some((client, seq)) = reply.request()
+            && sampled(seq)
+            && let Some(elapsed) = live.submitted.finish(&(client, seq), Instant::now())
         {
             live.export.transaction.observe(elapsed);
         }

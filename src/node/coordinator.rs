@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use twophase_engine::coordinator::{CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, CoordinatorSnapshot};
+use twophase_engine::coordinator::{
+    ClientOrigin, CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, CoordinatorSnapshot,
+};
 use twophase_engine::{ClientId, CoordRecord, Lsn, ParticipantId, Reply, Time, ToParticipant};
 use twophase_net::{
-    AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, Reactor, Role as NetRole, TransportConfig,
+    AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, PeerIdentity, Reactor, Role as NetRole,
+    TransportConfig,
 };
 
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
@@ -21,8 +24,18 @@ use crate::metrics::{CoordinatorMetrics, NodeInfo};
 use crate::trace::coordinator::CoordinatorTrace;
 use crate::trace::{Exporter, TraceArgs};
 
-/// A connection may speak for this many distinct client ids at most.
+/// A connection may speak for this many distinct client sessions at most.
 const MAX_CLIENTS_PER_CONN: usize = 4096;
+/// Room a `Replies` frame needs besides one encoded outcome: frame header, batch count, and
+/// the reply's tag, client and seq (with margin).
+const REPLY_OVERHEAD_BYTES: usize = 64;
+
+/// The identity a client connection speaks for, which its sessions are bound to: the name its
+/// certificate proves (with TLS the transport admitted it only if its Hello claims the same),
+/// or, under `--insecure-plaintext`, the name its Hello claims.
+fn connection_identity(identity: &PeerIdentity) -> String {
+    identity.name.clone()
+}
 /// Longest the `listening on` line waits for every participant to be connected.
 const READY_WAIT: Duration = Duration::from_secs(5);
 /// Longest a failpoint that fires after a send waits for the bytes to leave.
@@ -57,6 +70,8 @@ pub struct CoordinatorRole {
     peer_of_conn: HashMap<ConnId, ParticipantId>,
     client_conn: HashMap<ClientId, ConnId>,
     clients_of_conn: HashMap<ConnId, Vec<ClientId>>,
+    /// Each open client connection's identity ([`connection_identity`]).
+    identity_of_conn: HashMap<ConnId, String>,
     to_participants: HashMap<ParticipantId, BatchWriter<ToParticipant>>,
     to_clients: HashMap<ConnId, BatchWriter<Reply>>,
     /// Every participant's id, name and address, for admin `Topology` requests.
@@ -94,14 +109,29 @@ impl CoordinatorRole {
     fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame, fx: &mut CoordEffects) {
         match frame {
             Frame::Submits(submits) if !self.peer_of_conn.contains_key(&conn) => {
+                let Some(identity) = self.identity_of_conn.get(&conn).cloned() else {
+                    return super::refuse(
+                        &mut self.transport,
+                        conn,
+                        "submits from a connection that is no client".into(),
+                    );
+                };
                 for submit in submits {
-                    if !self.bind_client(conn, submit.client) {
+                    // A session's replies go only to connections of its own identity; the
+                    // engine refuses anyone else's requests on it.
+                    // Bound to this connection already means checked already (session ids
+                    // are never reused): the hot path skips the second lookup.
+                    let owned = submit.registration_nonce().is_none()
+                        && (self.client_conn.get(&submit.client) == Some(&conn)
+                            || self.engine.session_owner_is(submit.client, &identity));
+                    if owned && !self.bind_client(conn, submit.client) {
                         let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
                         return super::refuse(&mut self.transport, conn, message);
                     }
                     let traced = self.trace.as_mut().and_then(|trace| trace.before_submit(&submit, fx));
                     self.metrics.submitted(submit.client, submit.seq);
-                    self.engine.on_submit(now, submit, fx);
+                    let origin = ClientOrigin { conn, identity: &identity };
+                    self.engine.on_submit(now, origin, submit, fx);
                     if let (Some(trace), Some(pending)) = (&mut self.trace, traced) {
                         trace.after_submit(pending, fx);
                     }
@@ -161,6 +191,16 @@ impl CoordinatorRole {
             }
         }
         self.to_clients.remove(&conn);
+        self.identity_of_conn.remove(&conn);
+    }
+
+    /// Queues `reply` on client connection `conn`.
+    fn reply_on(&mut self, conn: ConnId, reply: &Reply) {
+        let limits = self.limits;
+        let writer = self.to_clients.entry(conn).or_insert_with(|| BatchWriter::new(&limits));
+        if let Err(err) = writer.push(reply) {
+            tracing::error!("dropping a reply on connection {conn}: {err:?}");
+        }
     }
 }
 
@@ -174,6 +214,9 @@ impl Role for CoordinatorRole {
 
     fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut CoordEffects) {
         match inbound {
+            Inbound::Accepted { conn, identity, .. } if identity.role == NetRole::Client => {
+                self.identity_of_conn.insert(conn, connection_identity(&identity));
+            }
             Inbound::Accepted { .. } => {}
             Inbound::PeerUp { peer, conn, .. } => {
                 let participant = ParticipantId(peer.0 as u16);
@@ -270,13 +313,18 @@ impl Role for CoordinatorRole {
                 }
                 CoordOutput::ToClient(reply) => {
                     // A client that went away retries on a new connection and gets its outcome then.
-                    let Some(&conn) = self.client_conn.get(&reply.client()) else { continue };
+                    let Some((client, _)) = reply.request() else { continue };
+                    let Some(&conn) = self.client_conn.get(&client) else { continue };
                     self.metrics.replied(&reply);
-                    let writer = self.to_clients.entry(conn).or_insert_with(|| BatchWriter::new(&limits));
-                    if let Err(err) = writer.push(&reply) {
-                        tracing::error!("dropping a reply to client {}: {err:?}", reply.client().0);
+                    self.reply_on(conn, &reply);
+                }
+                CoordOutput::ToConnection { conn, reply } => {
+                    if self.identity_of_conn.contains_key(&conn) {
+                        self.metrics.replied(&reply);
+                        self.reply_on(conn, &reply);
                     }
                 }
+                CoordOutput::Warning(warning) => tracing::warn!("{warning}"),
             }
         }
         let mut frames: Vec<(ConnId, Bytes)> = Vec::new();
@@ -353,6 +401,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(ids);
     config.prepare_timeout = options.prepare_timeout;
     config.max_preparing = options.max_in_flight;
+    config.max_outcome_bytes = (NetLimits::default().max_frame_bytes as usize).saturating_sub(REPLY_OVERHEAD_BYTES);
     config.hash_seed = rand::random();
     let clock = Clock::new();
     let mut fx = CoordEffects::default();
@@ -400,6 +449,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         peer_of_conn: HashMap::new(),
         client_conn: HashMap::new(),
         clients_of_conn: HashMap::new(),
+        identity_of_conn: HashMap::new(),
         to_participants: HashMap::new(),
         to_clients: HashMap::new(),
         topology,

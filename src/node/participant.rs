@@ -65,12 +65,18 @@ impl ParticipantRole {
     fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame, fx: &mut PartEffects) {
         match frame {
             Frame::ToParticipant { epoch, messages } if self.coordinators.contains(conn) => {
+                if let Err(refused) = self.engine.check_frame(epoch, &messages) {
+                    tracing::warn!(conn, "refusing a coordinator frame: {refused}");
+                    return super::refuse(&mut self.transport, conn, format!("frame refused: {refused}"));
+                }
                 for message in messages {
                     if let Some(trace) = &mut self.trace {
                         trace.on_message(&message);
                     }
                     self.metrics.received(&message);
-                    self.engine.on_message(now, epoch, message, fx);
+                    if let Err(refused) = self.engine.on_message(now, epoch, message, fx) {
+                        tracing::warn!(conn, "refusing a coordinator message: {refused}");
+                    }
                 }
             }
             Frame::TraceContext(entries) if self.coordinators.contains(conn) => {

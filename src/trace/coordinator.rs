@@ -112,7 +112,7 @@ impl CoordinatorTrace {
                     txid = Some(*id);
                     participants.push(i64::from(to.0));
                 }
-                CoordOutput::ToClient(r) if r.client() == pending.client && r.seq() == pending.seq => reply = Some(r),
+                CoordOutput::ToClient(r) if r.request() == Some((pending.client, pending.seq)) => reply = Some(r),
                 _ => {}
             }
         }
@@ -187,7 +187,7 @@ impl CoordinatorTrace {
                 self.txs.remove(txid);
                 return;
             }
-            CoordRecord::Epoch { .. } => return,
+            CoordRecord::Epoch { .. } | CoordRecord::Register { .. } => return,
         };
         let Some(tx) = self.txs.get_mut(&txid) else { return };
         if let CoordRecord::Commit { .. } = record {
@@ -305,6 +305,9 @@ fn set_reply(span: &mut Span, reply: &Reply) {
         Reply::Outcome { outcome: Outcome::Committed { .. }, .. } => {
             span.set_attribute(KeyValue::new("twophase.outcome", "committed"));
         }
+        Reply::Outcome { outcome: Outcome::CommittedReadsUnavailable, .. } => {
+            span.set_attribute(KeyValue::new("twophase.outcome", "committed_reads_unavailable"));
+        }
         Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => {
             span.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
             set_abort_reason(span, reason);
@@ -313,6 +316,8 @@ fn set_reply(span: &mut Span, reply: &Reply) {
             span.set_attribute(KeyValue::new("twophase.outcome", "rejected"));
             span.set_attribute(KeyValue::new("twophase.reject_reason", format!("{reason:?}")));
         }
+        // Registrations are not transactions: no span waits for them.
+        Reply::Registered { .. } | Reply::RegisterRefused { .. } => {}
     }
 }
 

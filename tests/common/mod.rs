@@ -181,6 +181,7 @@ pub fn read_ints(client: &mut Client, keys: &[(u16, &str)]) -> Vec<Option<i64>> 
             .map(|read| read.value.as_ref().map(|v| i64::from_le_bytes(v.as_ref().try_into().expect("8-byte integer"))))
             .collect(),
         Outcome::Aborted { reason } => panic!("read aborted: {reason}"),
+        Outcome::CommittedReadsUnavailable => panic!("a read-only transaction is never resolved after a restart"),
     }
 }
 

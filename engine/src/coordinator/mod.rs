@@ -20,6 +20,13 @@
 //!   or all its participants acknowledged its commit (and so will never ask again).
 //! - Transaction ids carry the epoch, which is durable before any prepare of that epoch
 //!   leaves (prepares are gated on the epoch record), so ids never repeat across restarts.
+//!   Client session ids are drawn from the same space, so they never repeat either.
+//! - Exactly-once: a request runs only on a registered session of the identity that asks
+//!   (`sessions`); a request on an unknown or expired session is refused `SessionExpired`,
+//!   never executed. A client hears `Committed` only with every read its `Get`s made, or
+//!   `CommittedReadsUnavailable` when a restart resolved the transaction without them.
+//! - A participant's vote is checked against the transaction (its reads must be exactly one
+//!   per `Get` sent there, within limits); one that does not match counts as No.
 
 mod sessions;
 mod snapshot;
@@ -29,14 +36,14 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-pub use sessions::{Known, Sessions};
+pub use sessions::{IDENTITY_BYTES_MAX, Known, SessionLimits, Sessions};
 pub use snapshot::{CoordinatorSnapshot, SessionSnapshot};
 
 use crate::effects::{Effects, LogCursor, Timers, step_backoff};
 use crate::hash::SeededState;
 use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
-use crate::ops::{AbortReason, Limits, LocalOp, Op, Outcome, Read, Vote};
-use crate::record::CoordRecord;
+use crate::ops::{AbortReason, Limits, LocalOp, Op, OpKind, Outcome, Read, Vote};
+use crate::record::{CoordRecord, GetAt};
 use crate::txtable::TxTable;
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
 
@@ -44,7 +51,25 @@ use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum CoordOutput {
     ToParticipant(ParticipantId, ToParticipant),
+    /// A reply about a session's request: to the connection that session last submitted on
+    /// (one of its own identity).
     ToClient(Reply),
+    /// A reply to the connection a request came in on, whatever session it named: answers to
+    /// registrations and refusals of requests on sessions that are not the asker's.
+    ToConnection {
+        conn: u64,
+        reply: Reply,
+    },
+    /// Something a peer did wrong that an operator should see (the driver logs it).
+    Warning(String),
+}
+
+/// Where a client request came from: the driver's connection and that connection's identity
+/// (whom a session belongs to).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOrigin<'a> {
+    pub conn: u64,
+    pub identity: &'a str,
 }
 
 pub type CoordEffects = Effects<CoordRecord, CoordOutput>;
@@ -59,6 +84,8 @@ pub struct CoordinatorBugs {
     pub reply_before_staged: bool,
     /// After a restart, abort staged transactions without asking their participants.
     pub presume_staged_aborted: bool,
+    /// Drop the last read of a committed outcome.
+    pub drop_a_read: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -74,9 +101,11 @@ pub struct CoordinatorConfig {
     pub max_preparing: usize,
     /// Bound on committed transactions awaiting acknowledgements; beyond it clients get `Busy`.
     pub max_committing: usize,
-    /// Bounds of the exactly-once table.
-    pub max_client_sessions: usize,
-    pub outcomes_per_client: usize,
+    /// Bounds of the client session table.
+    pub sessions: SessionLimits,
+    /// Largest encoded outcome a reply may carry (the client frame's limit less its headers):
+    /// a transaction whose reads would not fit aborts instead of committing unanswerably.
+    pub max_outcome_bytes: usize,
     pub limits: Limits,
     pub hash_seed: u64,
     #[cfg(test)]
@@ -92,8 +121,13 @@ impl CoordinatorConfig {
             redrive_max: Duration::from_secs(5),
             max_preparing: 200_000,
             max_committing: 1_000_000,
-            max_client_sessions: 100_000,
-            outcomes_per_client: 4096,
+            sessions: SessionLimits {
+                sessions_max: 4096,
+                sessions_per_identity_max: 64,
+                outcomes_per_session: 4096,
+                session_bytes_max: 512 * 1024,
+            },
+            max_outcome_bytes: 8 * 1024 * 1024,
             limits: Limits::default(),
             hash_seed: 0,
             #[cfg(test)]
@@ -153,7 +187,12 @@ struct Tx {
     /// Inline for up to four participants: every vote and ack reads it, and a separate
     /// allocation was a cache miss on each (the hottest loads of `on_vote` and `on_ack`).
     shards: SmallVec<[Shard; 4]>,
+    /// Every `Get` of the transaction (empty, without allocating, for a transfer): each
+    /// vote's reads are checked against it, and a restart learns it from `Staged`.
+    gets: Vec<GetAt>,
     reads: Vec<Read>,
+    /// Committed without every read (resolved after a restart).
+    reads_lost: bool,
 }
 
 impl Tx {
@@ -173,6 +212,16 @@ impl Tx {
             seq: self.seq,
             participants: self.yes_voters().collect(),
             reads: self.reads.clone(),
+            reads_lost: self.reads_lost,
+        }
+    }
+
+    /// What the client hears when this transaction commits.
+    fn committed_outcome(&self) -> Outcome {
+        if self.reads_lost {
+            Outcome::CommittedReadsUnavailable
+        } else {
+            Outcome::Committed { reads: self.reads.clone() }
         }
     }
 
@@ -183,6 +232,7 @@ impl Tx {
             client: self.client,
             seq: self.seq,
             participants: self.shards.iter().filter(|s| s.staged).map(|s| s.participant).collect(),
+            gets: self.gets.clone(),
         }
     }
 
@@ -205,6 +255,12 @@ pub struct CoordinatorStats {
     pub aborted: u64,
     pub rejected_busy: u64,
     pub redrives: u64,
+    /// Votes refused as not matching their transaction (counted as No).
+    pub bad_votes: u64,
+    /// Transactions committed without their reads (resolved after a restart).
+    pub reads_lost: u64,
+    pub sessions_registered: u64,
+    pub sessions_expired: u64,
 }
 
 #[derive(Debug)]
@@ -249,7 +305,7 @@ impl Coordinator {
         now: Time,
         fx: &mut CoordEffects,
     ) -> Coordinator {
-        let mut sessions = Sessions::new(config.max_client_sessions, config.outcomes_per_client, config.hash_seed);
+        let mut sessions = Sessions::new(config.sessions, config.hash_seed);
         let mut unfinished: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
             HashMap::with_hasher(SeededState::new(config.hash_seed));
         let mut staged: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
@@ -283,10 +339,18 @@ impl Coordinator {
                 CoordRecord::Staged { txid, .. } => {
                     staged.insert(txid, (lsn, record));
                 }
-                CoordRecord::Commit { txid, client, seq, ref reads, .. } => {
-                    sessions.finish(client, seq, Outcome::Committed { reads: reads.clone() }, lsn);
+                CoordRecord::Commit { txid, client, seq, ref reads, reads_lost, .. } => {
+                    let outcome = if reads_lost {
+                        Outcome::CommittedReadsUnavailable
+                    } else {
+                        Outcome::Committed { reads: reads.clone() }
+                    };
+                    sessions.finish(client, seq, &outcome, lsn);
                     staged.remove(&txid);
                     unfinished.insert(txid, (lsn, record));
+                }
+                CoordRecord::Register { client, ref identity, expired } => {
+                    sessions.register(client, identity, expired);
                 }
                 CoordRecord::End { txid } | CoordRecord::Abort { txid } => {
                     staged.remove(&txid);
@@ -350,22 +414,26 @@ impl Coordinator {
     }
 
     fn resume_commit(&mut self, now: Time, lsn: Lsn, record: CoordRecord, fx: &mut CoordEffects) {
-        let CoordRecord::Commit { txid, client, seq, participants, reads } = record else {
+        let CoordRecord::Commit { txid, client, seq, participants, reads, reads_lost } = record else {
             unreachable!("only commit records are resumed")
         };
         let shards =
             participants.iter().map(|&participant| Shard { participant, vote: VoteState::Yes, staged: true }).collect();
         let phase = Phase::Committing { lsn, next_redrive: now, backoff: self.config.redrive_initial };
-        self.txs.insert(txid, Tx { client, seq, staged: Lsn::NONE, phase, shards, reads });
+        let tx = Tx { client, seq, staged: Lsn::NONE, phase, shards, gets: Vec::new(), reads, reads_lost };
+        self.txs.insert(txid, tx);
         self.committing += 1;
         self.redrive(now, txid, fx);
     }
 
     /// A transaction an earlier incarnation staged and did not decide: its client may have
     /// heard `Committed` (if every participant had voted Yes), so it is resolved from the
-    /// participants, never presumed aborted.
+    /// participants, never presumed aborted. Their answers bring back the reads they still
+    /// hold; if any `Get` stays unanswered (a read-only participant released everything, a
+    /// participant restarted) the commit is `CommittedReadsUnavailable`, never a `Committed`
+    /// lacking a read.
     fn resume_staged(&mut self, now: Time, lsn: Lsn, record: CoordRecord, fx: &mut CoordEffects) {
-        let CoordRecord::Staged { txid, client, seq, participants } = record else {
+        let CoordRecord::Staged { txid, client, seq, participants, gets } = record else {
             unreachable!("only staged records are resolved")
         };
         let shards = participants
@@ -373,9 +441,10 @@ impl Coordinator {
             .map(|&participant| Shard { participant, vote: VoteState::Pending, staged: true })
             .collect();
         let phase = Phase::Resolving { next_query: now, backoff: self.config.redrive_initial };
-        self.txs.insert(txid, Tx { client, seq, staged: lsn, phase, shards, reads: Vec::new() });
+        let tx = Tx { client, seq, staged: lsn, phase, shards, gets, reads: Vec::new(), reads_lost: false };
+        self.txs.insert(txid, tx);
         self.preparing += 1;
-        if matches!(self.sessions.lookup(client, seq), Known::New) {
+        if self.sessions.is_new(client, seq) {
             // A retry waits for the resolution instead of running the request again. This
             // fails only if the client already has the table's whole window in flight, which
             // the staged requests of two crashed incarnations together could reach; a retry
@@ -450,19 +519,75 @@ impl Coordinator {
         fx.send(after, CoordOutput::ToClient(reply));
     }
 
+    fn reply_to_conn(&self, fx: &mut CoordEffects, after: Lsn, conn: u64, reply: Reply) {
+        fx.send(after, CoordOutput::ToConnection { conn, reply });
+    }
+
+    fn warn(&self, fx: &mut CoordEffects, warning: String) {
+        fx.send(Lsn::NONE, CoordOutput::Warning(warning));
+    }
+
+    /// Whether `client` is a session of `identity`: the driver routes a session's replies
+    /// only to connections for which this held when they submitted.
+    pub fn session_owner_is(&self, client: ClientId, identity: &str) -> bool {
+        self.sessions.owner_is(client, identity)
+    }
+
+    /// Opens session `client` without a record, for tests that start from a fresh table.
+    #[cfg(test)]
+    pub(crate) fn adopt_session(&mut self, client: ClientId, identity: &str) {
+        self.sessions.register(client, identity, None);
+    }
+
+    /// The session table (for metrics and tests).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// A client asks for a session, bound to its connection's identity. The answer waits for
+    /// the `Register` record; nothing is recorded when it is refused.
+    fn on_register(&mut self, origin: ClientOrigin, nonce: u64, fx: &mut CoordEffects) {
+        let expired = match self.sessions.plan_registration(origin.identity) {
+            Ok(expired) => expired,
+            Err(reason) => {
+                return self.reply_to_conn(fx, Lsn::NONE, origin.conn, Reply::RegisterRefused { nonce, reason });
+            }
+        };
+        let client = ClientId(self.allocate_txid(fx).0);
+        let record = CoordRecord::Register { client, identity: origin.identity.to_string(), expired };
+        let lsn = self.log.append(fx, record);
+        self.sessions.register(client, origin.identity, expired);
+        self.stats.sessions_registered += 1;
+        self.stats.sessions_expired += u64::from(expired.is_some());
+        self.reply_to_conn(fx, lsn, origin.conn, Reply::Registered { nonce, client });
+    }
+
     fn send(&self, fx: &mut CoordEffects, after: Lsn, to: ParticipantId, message: ToParticipant) {
         fx.send(after, CoordOutput::ToParticipant(to, message));
     }
 
-    /// A client asks for a transaction.
-    pub fn on_submit(&mut self, now: Time, submit: Submit, fx: &mut CoordEffects) {
+    /// A client's request from `origin`: a registration or a transaction on a session.
+    pub fn on_submit(&mut self, now: Time, origin: ClientOrigin, submit: Submit, fx: &mut CoordEffects) {
+        if let Some(nonce) = submit.registration_nonce() {
+            return self.on_register(origin, nonce, fx);
+        }
         let Submit { client, seq, ops } = submit;
-        match self.sessions.lookup(client, seq) {
+        match self.sessions.lookup(client, origin.identity, seq) {
             Known::New => {}
             Known::InFlight(_) => return, // A retry: the reply follows the decision.
             Known::Done { outcome, after } => return self.reply(fx, after, Reply::Outcome { client, seq, outcome }),
             Known::TooOld => {
                 return self.reply(fx, Lsn::NONE, Reply::Rejected { client, seq, reason: RejectReason::SeqTooOld });
+            }
+            Known::Expired => {
+                // After everything logged so far: a `Register` that expired the session may
+                // still be on its way to the disk, and a restart must not revive it.
+                let reply = Reply::Rejected { client, seq, reason: RejectReason::SessionExpired };
+                return self.reply_to_conn(fx, self.log.last(), origin.conn, reply);
+            }
+            Known::NotOwner => {
+                let reply = Reply::Rejected { client, seq, reason: RejectReason::NotSessionOwner };
+                return self.reply_to_conn(fx, Lsn::NONE, origin.conn, reply);
             }
         }
         if let Err(detail) = self.config.limits.check_ops(&ops) {
@@ -494,7 +619,7 @@ impl Coordinator {
     fn finish_unexecuted(&mut self, client: ClientId, seq: Seq, reason: AbortReason, fx: &mut CoordEffects) {
         self.stats.aborted += 1;
         let outcome = Outcome::Aborted { reason };
-        self.sessions.finish(client, seq, outcome.clone(), Lsn::NONE);
+        self.sessions.finish(client, seq, &outcome, Lsn::NONE);
         self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
     }
 
@@ -521,7 +646,11 @@ impl Coordinator {
         fx: &mut CoordEffects,
     ) {
         let mut per_participant: Vec<(ParticipantId, Vec<LocalOp>)> = Vec::with_capacity(4);
+        let mut gets = Vec::new();
         for (index, op) in ops.into_iter().enumerate() {
+            if matches!(op.kind, OpKind::Get) {
+                gets.push(GetAt { index: index as u16, participant: op.participant });
+            }
             let local = LocalOp { index: index as u16, key: op.key, kind: op.kind };
             match per_participant.iter_mut().find(|(p, _)| *p == op.participant) {
                 Some((_, list)) => list.push(local),
@@ -537,7 +666,7 @@ impl Coordinator {
             })
             .collect();
         let phase = Phase::Preparing { deadline: now + self.config.prepare_timeout };
-        let mut tx = Tx { client, seq, staged: Lsn::NONE, phase, shards, reads: Vec::new() };
+        let mut tx = Tx { client, seq, staged: Lsn::NONE, phase, shards, gets, reads: Vec::new(), reads_lost: false };
         // Reads only: nothing to stage, nothing to resolve after a crash.
         if tx.shards.iter().any(|shard| shard.staged) {
             tx.staged = self.log.append(fx, tx.staged_record(txid));
@@ -560,6 +689,7 @@ impl Coordinator {
     }
 
     fn on_vote(&mut self, now: Time, from: ParticipantId, txid: TxId, vote: Vote, fx: &mut CoordEffects) {
+        let value_bytes_max = self.config.limits.max_value_bytes;
         let Some(tx) = self.txs.get_mut(txid) else {
             // Decided and forgotten, or from before a restart: it can never commit.
             if matches!(vote, Vote::Yes { .. }) {
@@ -570,22 +700,35 @@ impl Coordinator {
         if !tx.phase.is_undecided() {
             return; // A duplicate of a vote already counted.
         }
-        let Some(shard) = tx.shard_mut(from) else { return };
-        if shard.vote != VoteState::Pending {
+        let resolving = matches!(tx.phase, Phase::Resolving { .. });
+        let Some(at) = tx.shards.iter().position(|shard| shard.participant == from) else { return };
+        if tx.shards[at].vote != VoteState::Pending {
             return;
         }
-        match vote {
-            Vote::Yes { reads } => {
-                shard.vote = VoteState::Yes;
-                tx.reads.extend(reads);
-            }
-            Vote::ReadOnly { reads } => {
-                shard.vote = VoteState::ReadOnly;
-                tx.reads.extend(reads);
-            }
+        let (state, reads) = match vote {
+            Vote::Yes { reads } => (VoteState::Yes, reads),
+            Vote::ReadOnly { reads } => (VoteState::ReadOnly, reads),
             Vote::No { reason } => {
-                shard.vote = VoteState::No;
+                tx.shards[at].vote = VoteState::No;
                 return self.abort(txid, reason, fx);
+            }
+        };
+        match check_reads(from, &tx.gets, &reads, value_bytes_max) {
+            Ok(()) => {
+                tx.shards[at].vote = state;
+                tx.reads.extend(reads);
+            }
+            // Prepared, so it counts as Yes: the client may have heard Committed already.
+            // Only the reads are not trusted.
+            Err(_) if resolving && state == VoteState::Yes => {
+                tx.shards[at].vote = state;
+                tx.reads_lost = true;
+            }
+            Err(detail) => {
+                tx.shards[at].vote = VoteState::No;
+                self.stats.bad_votes += 1;
+                self.warn(fx, format!("{from} voted on {txid} with reads that do not match it: {detail}"));
+                return self.abort(txid, AbortReason::BadVote { participant: from, detail }, fx);
             }
         }
         if tx.all_voted() {
@@ -609,18 +752,35 @@ impl Coordinator {
         // (every participant may have prepared while a vote was lost, say).
         let after = if tx.staged == Lsn::NONE { Lsn::NONE } else { self.log.append(fx, CoordRecord::Abort { txid }) };
         let outcome = Outcome::Aborted { reason };
-        self.sessions.finish(tx.client, tx.seq, outcome.clone(), after);
+        self.sessions.finish(tx.client, tx.seq, &outcome, after);
         self.reply(fx, after, Reply::Outcome { client: tx.client, seq: tx.seq, outcome });
     }
 
     fn commit(&mut self, now: Time, txid: TxId, fx: &mut CoordEffects) {
+        let max_outcome_bytes = self.config.max_outcome_bytes;
         let tx = self.txs.get_mut(txid).expect("committing a known transaction");
+        let resolving = matches!(tx.phase, Phase::Resolving { .. });
+        let reads_bytes = encoded_reads_bytes(&tx.reads);
+        if reads_bytes > max_outcome_bytes && !resolving {
+            let detail = format!("the reads take {reads_bytes} bytes, more than a reply holds ({max_outcome_bytes})");
+            return self.abort(txid, AbortReason::Invalid { detail }, fx);
+        }
         tx.reads.sort_by_key(|read| read.index);
+        // Each read passed `check_reads`: one per Get, no two alike, so the count tells.
+        if tx.reads.len() != tx.gets.len() || reads_bytes > max_outcome_bytes {
+            tx.reads_lost = true;
+        }
+        if tx.reads_lost {
+            tx.reads = Vec::new();
+            self.stats.reads_lost += 1;
+        }
+        self.planted_dropped_read(txid);
+        let tx = self.txs.get_mut(txid).expect("committing a known transaction");
         let participants: Vec<ParticipantId> = tx.yes_voters().collect();
-        let (client, seq, reads) = (tx.client, tx.seq, tx.reads.clone());
+        let (client, seq, reads, reads_lost) = (tx.client, tx.seq, tx.reads.clone(), tx.reads_lost);
         self.preparing -= 1;
         self.stats.committed += 1;
-        let outcome = Outcome::Committed { reads: reads.clone() };
+        let outcome = tx.committed_outcome();
         if participants.is_empty() {
             // Read-only everywhere: nothing to commit, nothing to finish.
             let staged = tx.staged;
@@ -628,18 +788,18 @@ impl Coordinator {
             if staged != Lsn::NONE {
                 self.log.append(fx, CoordRecord::End { txid }); // Spares a restart a resolution.
             }
-            self.sessions.finish(client, seq, outcome.clone(), Lsn::NONE);
+            self.sessions.finish(client, seq, &outcome, Lsn::NONE);
             return self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
         }
         let by_staging = tx.committed_by_staging().then_some(tx.staged);
-        let lsn =
-            self.log.append(fx, CoordRecord::Commit { txid, client, seq, participants: participants.clone(), reads });
+        let record = CoordRecord::Commit { txid, client, seq, participants: participants.clone(), reads, reads_lost };
+        let lsn = self.log.append(fx, record);
         let next_redrive = now + self.config.redrive_initial;
         tx.phase = Phase::Committing { lsn, next_redrive, backoff: self.config.redrive_initial };
         self.committing += 1;
         self.timers.schedule(now, self.config.redrive_initial, txid);
         let reply_gate = self.reply_gate(by_staging.unwrap_or(lsn));
-        self.sessions.finish(client, seq, outcome.clone(), reply_gate);
+        self.sessions.finish(client, seq, &outcome, reply_gate);
         self.reply(fx, reply_gate, Reply::Outcome { client, seq, outcome });
         let gate = self.commit_gate(lsn);
         for participant in participants {
@@ -655,6 +815,16 @@ impl Coordinator {
     #[cfg(test)]
     fn commit_gate(&self, lsn: Lsn) -> Lsn {
         if self.config.bugs.commit_before_durable { Lsn::NONE } else { lsn }
+    }
+
+    #[cfg(not(test))]
+    fn planted_dropped_read(&mut self, _txid: TxId) {}
+
+    #[cfg(test)]
+    fn planted_dropped_read(&mut self, txid: TxId) {
+        if self.config.bugs.drop_a_read {
+            self.txs.get_mut(txid).expect("committing").reads.pop();
+        }
     }
 
     #[cfg(not(test))]
@@ -758,6 +928,38 @@ impl Coordinator {
             self.send(fx, lsn, participant, ToParticipant::Commit { txid });
         }
     }
+}
+
+/// Checks the reads a participant voted with against the transaction's `Get`s there: one
+/// read per `Get`, each naming one of them, none twice, values within the limit.
+fn check_reads(from: ParticipantId, gets: &[GetAt], reads: &[Read], value_bytes_max: usize) -> Result<(), String> {
+    let expected = gets.iter().filter(|get| get.participant == from).count();
+    if reads.len() != expected {
+        return Err(format!("{} reads for the {expected} Gets sent there", reads.len()));
+    }
+    for (position, read) in reads.iter().enumerate() {
+        if !gets.iter().any(|get| get.participant == from && get.index == read.index) {
+            return Err(format!("a read for op {}, which is no Get sent there", read.index));
+        }
+        if reads[..position].iter().any(|earlier| earlier.index == read.index) {
+            return Err(format!("two reads for op {}", read.index));
+        }
+        if let Some(value) = &read.value
+            && value.len() > value_bytes_max
+        {
+            return Err(format!(
+                "a read of {} bytes for op {}, above the limit of {value_bytes_max}",
+                value.len(),
+                read.index
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes the reads take in an encoded outcome (tag, count, then each read).
+fn encoded_reads_bytes(reads: &[Read]) -> usize {
+    3 + reads.iter().map(|read| 3 + read.value.as_ref().map_or(0, |value| 4 + value.len())).sum::<usize>()
 }
 
 #[cfg(test)]

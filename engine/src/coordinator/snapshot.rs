@@ -3,32 +3,33 @@
 //! boundary and kept only once that LSN is durable (the driver's job).
 //!
 //! What the log is needed for after the fact, and so what a checkpoint keeps: the epochs
-//! used so far (txids must keep rising), the committed outcomes still in the exactly-once
-//! window (a retry must get the outcome, never a second execution) with each client's
-//! window floor, every committed transaction not yet acknowledged by all its participants
+//! used so far (txids must keep rising; session ids come from the same space), every client
+//! session with its identity, the committed outcomes still in its exactly-once window (a
+//! retry must get the outcome, never a second execution) and its window floor, every committed transaction not yet acknowledged by all its participants
 //! (its `Commit` must be re-driven after a restart), and every staged transaction not yet
 //! decided (a restart must resolve it). Decided aborts are forgotten (presumed abort).
 //!
-//! Layout: `u64 lsn | u32 max_epoch | u32 clients | (u64 client | u64 floor | u32 count |
-//! (u64 seq | reads) × count) × clients | u32 unfinished | (u64 record lsn | u8 record kind
+//! Layout: `u64 lsn | u32 max_epoch | u32 sessions | (u64 client | u16 length | identity |
+//! u64 floor | u32 count | (u64 seq | outcome) × count) × sessions | u32 unfinished | (u64 record lsn | u8 record kind
 //! | record payload as u32 length + bytes) × unfinished`, the records being `Commit` or
 //! `Staged`.
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{DecodeError, Reader, put_reads, read_reads};
-use crate::ops::Read;
+use crate::codec::{Decode, DecodeError, Encode, Reader, put_string};
+use crate::ops::Outcome;
 use crate::record::{CoordRecord, KIND_COORD_COMMIT, KIND_COORD_STAGED, LogRecord, RECORD_LIMITS};
 use crate::types::{ClientId, Epoch, Lsn, Seq};
 
-/// One client's retained committed outcomes.
+/// One client session: its identity and retained committed outcomes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSnapshot {
     pub client: ClientId,
-    /// Requests below this seq were evicted from the window: a retry gets `SeqTooOld`.
+    pub identity: String,
+    /// Requests below this seq were dropped from the window: a retry gets `SeqTooOld`.
     pub floor: Seq,
-    /// Committed outcomes (seq, reads), sorted by seq.
-    pub committed: Vec<(Seq, Vec<Read>)>,
+    /// Committed outcomes (`Committed` or `CommittedReadsUnavailable`), sorted by seq.
+    pub committed: Vec<(Seq, Outcome)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,11 +54,12 @@ impl CoordinatorSnapshot {
         out.put_u32_le(u32::try_from(self.sessions.len()).expect("sessions are bounded"));
         for session in &self.sessions {
             out.put_u64_le(session.client.0);
+            put_string(&mut out, &session.identity);
             out.put_u64_le(session.floor);
             out.put_u32_le(u32::try_from(session.committed.len()).expect("the window is bounded"));
-            for (seq, reads) in &session.committed {
+            for (seq, outcome) in &session.committed {
                 out.put_u64_le(*seq);
-                put_reads(&mut out, reads);
+                outcome.encode(&mut out);
             }
         }
         out.put_u32_le(u32::try_from(self.unfinished.len()).expect("unfinished transactions are bounded"));
@@ -78,7 +80,7 @@ impl CoordinatorSnapshot {
         let mut reader = Reader::new(bytes, RECORD_LIMITS);
         let lsn = Lsn(reader.u64("checkpoint lsn")?);
         let max_epoch = Epoch(reader.u32("max epoch")?);
-        let clients = bounded_count(&mut reader, "clients", 20)?;
+        let clients = bounded_count(&mut reader, "sessions", 22)?;
         let mut sessions = Vec::with_capacity(clients);
         for _ in 0..clients {
             sessions.push(decode_session(&mut reader)?);
@@ -106,14 +108,19 @@ fn is_unfinished_kind(kind: u8) -> bool {
 
 fn decode_session(reader: &mut Reader) -> Result<SessionSnapshot, DecodeError> {
     let client = ClientId(reader.u64("client")?);
+    let identity = reader.string("identity")?;
     let floor = reader.u64("floor")?;
-    let count = bounded_count(reader, "committed outcomes", 10)?;
+    let count = bounded_count(reader, "committed outcomes", 9)?;
     let mut committed = Vec::with_capacity(count);
     for _ in 0..count {
         let seq = reader.u64("seq")?;
-        committed.push((seq, read_reads(reader)?));
+        let outcome = Outcome::decode(reader)?;
+        if !outcome.is_committed() {
+            return Err(reader.error(format!("session {} keeps a non-committed outcome", client.0)));
+        }
+        committed.push((seq, outcome));
     }
-    Ok(SessionSnapshot { client, floor, committed })
+    Ok(SessionSnapshot { client, identity, floor, committed })
 }
 
 /// A `u32` count, refused before allocating when that many items of at least
@@ -129,6 +136,8 @@ fn bounded_count(reader: &mut Reader, what: &str, min_item_bytes: u64) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::Read;
+    use crate::record::GetAt;
     use crate::types::{ParticipantId, TxId};
 
     pub(crate) fn sample() -> CoordinatorSnapshot {
@@ -138,21 +147,31 @@ mod tests {
             seq: 4,
             participants: vec![ParticipantId(1), ParticipantId(2)],
             reads: vec![Read { index: 1, value: Some(Bytes::from_static(b"v")) }],
+            reads_lost: false,
         };
         let staged = CoordRecord::Staged {
             txid: TxId::new(Epoch(2), 8),
             client: ClientId(9),
             seq: 5,
             participants: vec![ParticipantId(3)],
+            gets: vec![GetAt { index: 0, participant: ParticipantId(3) }],
         };
         CoordinatorSnapshot {
             lsn: Lsn(40),
             max_epoch: Epoch(2),
-            sessions: vec![SessionSnapshot {
-                client: ClientId(9),
-                floor: 2,
-                committed: vec![(3, vec![]), (4, vec![Read { index: 1, value: None }])],
-            }],
+            sessions: vec![
+                SessionSnapshot {
+                    client: ClientId(9),
+                    identity: "bench-0".into(),
+                    floor: 2,
+                    committed: vec![
+                        (3, Outcome::Committed { reads: vec![] }),
+                        (4, Outcome::Committed { reads: vec![Read { index: 1, value: None }] }),
+                        (5, Outcome::CommittedReadsUnavailable),
+                    ],
+                },
+                SessionSnapshot { client: ClientId(10), identity: "idle".into(), floor: 0, committed: vec![] },
+            ],
             unfinished: vec![(Lsn(38), commit), (Lsn(39), staged)],
         }
     }

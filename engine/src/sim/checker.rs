@@ -4,16 +4,20 @@
 //!
 //! Checked: atomicity, durability of acknowledged commits, exactly-once per `(client, seq)`,
 //! conservation of the bank total, no lost update (every key equals its set-up value plus
-//! every committed delta), and (by the world) liveness once faults stop.
+//! every committed delta), reads (a committed outcome carries exactly one read per `Get`,
+//! each absent or a value a committed transaction wrote to that key there), the explicit "reads unavailable" outcome only for a
+//! transaction with `Get`s that a restarted coordinator resolved, and (by the world)
+//! liveness once faults stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::SimConfig;
 use super::workload::{is_account, participant_id};
-use crate::ops::{Key, Op, OpKind, Outcome};
+use crate::ops::Read;
+use crate::ops::{Key, Op, OpKind, Outcome, Value};
 use crate::participant::{Participant, decode_int};
 use crate::record::{CoordRecord, PartRecord};
-use crate::types::{ClientId, Lsn, ParticipantId, Seq, Time, TxId};
+use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
 
 /// At most this many violations of one kind are reported (the first is what matters).
 const MAX_REPORTED: usize = 10;
@@ -31,6 +35,10 @@ pub(super) struct Observed {
 struct Decision {
     request: (ClientId, Seq),
     participants: Vec<ParticipantId>,
+    /// Logged as committed without its reads.
+    reads_lost: bool,
+    /// Logged by a later incarnation than the one that started it (resolved after a restart).
+    resolved: bool,
 }
 
 #[derive(Default)]
@@ -70,19 +78,30 @@ pub(super) fn check(
     let by_request = requests_committed(&decisions, &mut violations);
     let histories: Vec<ParticipantHistory> = participant_logs.iter().map(|log| history(log)).collect();
     check_atomicity(&decisions, &histories, &mut violations);
-    check_client_outcomes(observed, &by_request, &mut violations);
+    let versions = key_versions(&decisions, participant_logs);
+    check_client_outcomes(observed, &by_request, &decisions, &versions, &mut violations);
     check_state(config, observed, &decisions, live, &mut violations);
     violations.list
 }
 
 fn committed_decisions(log: &[(Lsn, CoordRecord)], violations: &mut Violations) -> BTreeMap<TxId, Decision> {
     let mut decisions = BTreeMap::new();
+    let mut epoch = Epoch(0);
     for (_, record) in log {
-        if let CoordRecord::Commit { txid, client, seq, participants, .. } = record {
-            let decision = Decision { request: (*client, *seq), participants: participants.clone() };
-            if decisions.insert(*txid, decision).is_some() {
-                violations.report("log", format!("two commit records for {txid}"));
+        match record {
+            CoordRecord::Epoch { epoch: started } => epoch = *started,
+            CoordRecord::Commit { txid, client, seq, participants, reads_lost, .. } => {
+                let decision = Decision {
+                    request: (*client, *seq),
+                    participants: participants.clone(),
+                    reads_lost: *reads_lost,
+                    resolved: txid.epoch() < epoch,
+                };
+                if decisions.insert(*txid, decision).is_some() {
+                    violations.report("log", format!("two commit records for {txid}"));
+                }
             }
+            _ => {}
         }
     }
     decisions
@@ -168,41 +187,115 @@ fn writes_anything(ops: &[Op]) -> bool {
     ops.iter().any(|op| op.kind.is_write())
 }
 
+/// Every value each key was given by a committed transaction, at each participant: the
+/// final values its durable `Prepared` record holds. Which of them a read sees depends on
+/// when it ran (the order writes to one key apply in is the order their locks were granted,
+/// which waits can make differ from txid order), but it must see one of them.
+type Versions = BTreeMap<(ParticipantId, Key), BTreeSet<Option<Value>>>;
+
+fn key_versions(decisions: &BTreeMap<TxId, Decision>, participant_logs: &[Vec<(Lsn, PartRecord)>]) -> Versions {
+    let mut versions: Versions = BTreeMap::new();
+    for (index, log) in participant_logs.iter().enumerate() {
+        let participant = participant_id(index as u16);
+        for (_, record) in log {
+            let PartRecord::Prepared { txid, writes } = record else { continue };
+            if !decisions.get(txid).is_some_and(|d| d.participants.contains(&participant)) {
+                continue;
+            }
+            for write in writes {
+                versions.entry((participant, write.key.clone())).or_default().insert(write.value.clone());
+            }
+        }
+    }
+    versions
+}
+
 fn check_client_outcomes(
     observed: &Observed,
     by_request: &BTreeMap<(ClientId, Seq), TxId>,
+    decisions: &BTreeMap<TxId, Decision>,
+    versions: &Versions,
     violations: &mut Violations,
 ) {
     for (request, outcome) in &observed.outcomes {
         let (client, seq) = *request;
         let ops = observed.issued.get(request).expect("an outcome for an issued request");
-        let committed = by_request.contains_key(request);
+        let txid = by_request.get(request).copied();
+        let committed = txid.is_some();
+        let has_gets = ops.iter().any(|op| matches!(op.kind, OpKind::Get));
         match outcome {
-            Outcome::Committed { .. } if writes_anything(ops) && !committed => violations.report(
-                "durability",
-                format!("client {} seq {seq} heard Committed but no commit record is durable", client.0),
-            ),
+            Outcome::Committed { .. } | Outcome::CommittedReadsUnavailable if writes_anything(ops) && !committed => {
+                violations.report(
+                    "durability",
+                    format!("client {} seq {seq} heard Committed but no commit record is durable", client.0),
+                )
+            }
             Outcome::Aborted { reason } if committed => violations.report(
                 "atomicity",
                 format!("client {} seq {seq} heard Aborted ({reason}) but the transaction committed", client.0),
             ),
             Outcome::Committed { reads } => {
-                for read in reads {
-                    let op = &ops[read.index as usize];
-                    if !matches!(op.kind, OpKind::Get) {
-                        violations.report(
-                            "reads",
-                            format!("client {} seq {seq}: a read for a non-Get op {}", client.0, read.index),
-                        );
-                    } else if is_account(&op.key) && decode_int(read.value.as_deref()).is_none_or(|v| v < 0) {
-                        violations.report(
-                            "reads",
-                            format!("client {} seq {seq}: read an invalid balance {:?}", client.0, read.value),
-                        );
-                    }
+                check_reads(request, ops, reads, versions, violations);
+            }
+            Outcome::CommittedReadsUnavailable => {
+                let allowed =
+                    has_gets && txid.is_some_and(|txid| decisions[&txid].resolved && decisions[&txid].reads_lost);
+                if !allowed {
+                    violations.report(
+                        "reads",
+                        format!(
+                            "client {} seq {seq}: heard \"committed, reads unavailable\" for a transaction {}",
+                            client.0,
+                            if has_gets {
+                                "no restarted coordinator resolved without its reads"
+                            } else {
+                                "without Gets"
+                            }
+                        ),
+                    );
                 }
             }
             Outcome::Aborted { .. } => {}
+        }
+    }
+}
+
+/// One read per `Get`, in op order, each absent or a value a committed transaction wrote to
+/// that key at that participant.
+fn check_reads(
+    request: &(ClientId, Seq),
+    ops: &[Op],
+    reads: &[Read],
+    versions: &Versions,
+    violations: &mut Violations,
+) {
+    let (client, seq) = *request;
+    let gets: Vec<u16> =
+        ops.iter().enumerate().filter(|(_, op)| matches!(op.kind, OpKind::Get)).map(|(i, _)| i as u16).collect();
+    let indexes: Vec<u16> = reads.iter().map(|read| read.index).collect();
+    if indexes != gets {
+        return violations.report(
+            "reads",
+            format!("client {} seq {seq}: reads for ops {indexes:?}, but its Gets are ops {gets:?}", client.0),
+        );
+    }
+    for read in reads {
+        let op = &ops[read.index as usize];
+        let value = read.value.as_ref().map(|bytes| decode_int(Some(bytes)));
+        let written = versions.get(&(op.participant, op.key.clone()));
+        // Absent is what every key held before its first write.
+        let consistent = read.value.is_none() || written.is_some_and(|values| values.contains(&read.value));
+        if !consistent || (is_account(&op.key) && value.is_some_and(|v| v.is_none_or(|v| v < 0))) {
+            violations.report(
+                "reads",
+                format!(
+                    "client {} seq {seq}: op {} read {value:?} from {} {}, which the serial order of committed writes never gives it there",
+                    client.0,
+                    read.index,
+                    op.participant,
+                    String::from_utf8_lossy(&op.key)
+                ),
+            );
         }
     }
 }

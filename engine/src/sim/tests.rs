@@ -99,3 +99,13 @@ fn planted_early_lock_release_is_caught() {
         &["bank", "lost-update", "conservation"],
     );
 }
+
+#[test]
+fn planted_dropped_read_is_caught() {
+    assert_caught(
+        "the coordinator drops a read from a committed outcome",
+        200,
+        |b| b.coordinator.drop_a_read = true,
+        &["reads"],
+    );
+}

@@ -59,7 +59,7 @@ pub(super) fn random_transaction(config: &SimConfig, rng: &mut impl Rng) -> Vec<
     if roll < mix.transfer {
         let (from, to) = two_participants(config, rng);
         let amount = rng.gen_range(1..=config.initial_balance.max(2) / 2);
-        vec![
+        let mut ops = vec![
             Op {
                 participant: participant_id(from),
                 key: account_key(from, rng.gen_range(0..accounts)),
@@ -70,7 +70,15 @@ pub(super) fn random_transaction(config: &SimConfig, rng: &mut impl Rng) -> Vec<
                 key: account_key(to, rng.gen_range(0..accounts)),
                 kind: OpKind::Add { delta: amount, floor: i64::MIN },
             },
-        ]
+        ];
+        // A third of the transfers also read a hot counter somewhere: reads of a transaction
+        // that writes, which a restarted coordinator must bring back (or say it cannot).
+        if rng.gen_range(0..3) == 0 {
+            let p = rng.gen_range(0..config.participants);
+            let hot = rng.gen_range(0..config.hot_keys);
+            ops.push(Op { participant: participant_id(p), key: hot_key(hot), kind: OpKind::Get });
+        }
+        ops
     } else if roll < mix.transfer + mix.increment {
         let (a, b) = two_participants(config, rng);
         let hot = rng.gen_range(0..config.hot_keys);
@@ -106,7 +114,12 @@ pub(super) struct Pending {
 
 #[derive(Debug)]
 pub(super) struct Client {
-    pub id: ClientId,
+    /// The identity its connection presents (one per simulated client).
+    pub identity: String,
+    /// The session the coordinator assigned; None until registered.
+    pub session: Option<ClientId>,
+    /// Registrations sent so far: the next registration's nonce.
+    pub registrations: u64,
     next_seq: Seq,
     /// Client transactions still to complete.
     pub remaining: usize,
@@ -122,7 +135,9 @@ pub(super) struct Client {
 impl Client {
     pub(super) fn new(index: u16, remaining: usize) -> Client {
         Client {
-            id: ClientId(index as u64 + 1),
+            identity: format!("sim-client-{index}"),
+            session: None,
+            registrations: 0,
             next_seq: 1,
             remaining,
             setup: Vec::new(),
