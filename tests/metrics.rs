@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{add, binary};
+use common::{CLUSTER, add, binary, certs_dir, security};
 use twophase_bench::scrape::{self, Scrape};
 use twophase_engine::Outcome;
 use twophase_net::{Client, ClientOptions};
@@ -84,8 +84,13 @@ impl Drop for MetricsCluster {
 
 /// Runs transfers between p1 and p2, some of which overdraw (abort: constraint). Returns
 /// (committed, aborted by constraint).
-fn run_transactions(coordinator: SocketAddr) -> (u64, u64) {
-    let options = ClientOptions { request_timeout: Duration::from_secs(10), ..ClientOptions::default() };
+fn run_transactions(coordinator: SocketAddr, data_dir: &std::path::Path) -> (u64, u64) {
+    // The client certificate `twophase cluster` made for its own clients.
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(10),
+        security: security(&certs_dir(data_dir), CLUSTER, "client", "local-client"),
+        ..ClientOptions::default()
+    };
     let mut client = Client::connect(coordinator, options).expect("connecting to the coordinator");
     let (mut committed, mut constraint) = (0, 0);
     let outcome = client.submit(vec![add(1, "alice", 100, i64::MIN), add(2, "bob", 100, i64::MIN)]).unwrap();
@@ -110,7 +115,7 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
     let cluster = MetricsCluster::start(dir.path());
     let names: Vec<&str> = cluster.metrics.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["p1", "p2", "c1"], "every node prints its metrics address");
-    let (committed, constraint) = run_transactions(cluster.coordinator);
+    let (committed, constraint) = run_transactions(cluster.coordinator, dir.path());
     assert_eq!((committed, constraint), (46, 15));
 
     let decided = |s: &Scrape, outcome: &str| s.value("twophase_transactions_total", &[("outcome", outcome)]);
