@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Node, binary, eventually};
+use common::{CLUSTER, Node, binary, certs_dir, eventually, make_cert};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
@@ -146,9 +146,11 @@ fn find<'a>(spans: &'a [Received], service: &str, name: &str) -> Vec<&'a Receive
     spans.iter().filter(|span| span.service == service && span.name == name).collect()
 }
 
-fn tx(coordinator: SocketAddr, extra: &[&str], ops: &[&str]) {
+/// `twophase tx` with a client certificate of the test's cluster (made in `data_dir/certs`).
+fn tx(coordinator: SocketAddr, data_dir: &std::path::Path, extra: &[&str], ops: &[&str]) {
     let out = Command::new(binary())
         .args(["tx", "--coordinator", &coordinator.to_string()])
+        .args(make_cert(&certs_dir(data_dir), CLUSTER, "client", "tracer"))
         .args(extra)
         .args(ops)
         .output()
@@ -215,7 +217,7 @@ fn a_sampled_transaction_is_one_trace_across_every_process() {
     let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
 
     // The client starts the trace.
-    tx(coordinator.addr, &flags, &["put", "p1:x=1", "put", "p2:y=2"]);
+    tx(coordinator.addr, dir.path(), &flags, &["put", "p1:x=1", "put", "p2:y=2"]);
     let client_span = eventually("the client's span", Duration::from_secs(30), || {
         find(&receiver.spans(), "twophase-client", "transaction").first().map(|span| (*span).clone())
     });
@@ -230,7 +232,7 @@ fn a_sampled_transaction_is_one_trace_across_every_process() {
     check_tree(&spans, &trace_id);
 
     // A client that sends no context: the coordinator's submit is the root.
-    tx(coordinator.addr, &[], &["put", "p1:x=2", "put", "p2:y=3"]);
+    tx(coordinator.addr, dir.path(), &[], &["put", "p1:x=2", "put", "p2:y=3"]);
     let (spans, root) = eventually("a trace rooted at the coordinator", Duration::from_secs(30), || {
         let spans = receiver.spans();
         let root = find(&spans, "twophase-coordinator", "submit")

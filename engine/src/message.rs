@@ -304,8 +304,14 @@ impl Decode for Reply {
             2 => {
                 let client = ClientId(reader.u64("client id")?);
                 let nonce = reader.u64("registration nonce")?;
-                let reason = match reader.u8("registration status")? {
-                    0 if client != ClientId::NONE => return Ok(Reply::Registered { nonce, client }),
+                let status = reader.u8("registration status")?;
+                // A refusal carries client 0 and a registration never does: anything else is
+                // malformed (and would re-encode to other bytes).
+                if (status == 0) == (client == ClientId::NONE) {
+                    return Err(reader.error(format!("registration status {status} with client {}", client.0)));
+                }
+                let reason = match status {
+                    0 => return Ok(Reply::Registered { nonce, client }),
                     1 => RegisterRefusal::TableFull,
                     2 => RegisterRefusal::IdentityBusy,
                     3 => RegisterRefusal::BadIdentity,

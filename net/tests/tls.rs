@@ -15,7 +15,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
 };
-use twophase_engine::{Epoch, Op, OpKind, Outcome, ParticipantId, Reply, ToCoordinator, ToParticipant, TxId};
+use twophase_engine::{ClientId, Epoch, Op, OpKind, Outcome, ParticipantId, Reply, ToCoordinator, ToParticipant, TxId};
 use twophase_net::{
     BatchWriter, Client, ClientError, ClientOptions, ErrorCode, ErrorFrame, Frame, FrameDecoder, Hello, Inbound,
     NetLimits, PeerId, PeerIdentity, Pipeline, Role, Security, TlsMaterial, Transport, TransportConfig, spawn,
@@ -87,6 +87,11 @@ fn start_coordinator(ca: &Ca) -> (Transport, SocketAddr, Receiver<PeerIdentity>)
                     }
                     Inbound::Frame { conn, frame: Frame::Submits(submits) } => {
                         for submit in submits {
+                            if let Some(nonce) = submit.registration_nonce() {
+                                // Each client registers one session when it connects.
+                                writer.push(&Reply::Registered { nonce, client: ClientId(1000 + conn) }).unwrap();
+                                continue;
+                            }
                             let outcome = Outcome::Committed { reads: vec![] };
                             writer.push(&Reply::Outcome { client: submit.client, seq: submit.seq, outcome }).unwrap();
                         }
