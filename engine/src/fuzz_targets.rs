@@ -621,6 +621,29 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
     seeds
 }
 
+/// The stable harness for one target: its valid seeds from `seeds` first (each must survive
+/// it), then [`drive`]'s pseudo-random inputs. With `TWOPHASE_FUZZ_SEEDS_DIR` set (e.g.
+/// `TWOPHASE_FUZZ_SEEDS_DIR=$PWD/fuzz/corpus cargo test --test decode_random`) it also writes
+/// the seeds there, which is how the fuzz crate's committed seeds are regenerated.
+pub fn run_seeded(
+    name: &str,
+    seeds: Vec<(&str, Vec<u8>)>,
+    target: impl Fn(&[u8]),
+    seed: u64,
+    inputs: usize,
+    max_len_bytes: usize,
+) {
+    for (i, (_, input)) in seeds.into_iter().filter(|(of, _)| *of == name).enumerate() {
+        target(&input);
+        if let Some(dir) = std::env::var_os("TWOPHASE_FUZZ_SEEDS_DIR") {
+            let dir = std::path::Path::new(&dir).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{i}")), &input).unwrap();
+        }
+    }
+    drive(target, seed, inputs, max_len_bytes);
+}
+
 /// The stable harness's input source: runs `target` on `inputs` pseudo-random inputs from
 /// `seed`, most of them short, one in ten up to `max_len_bytes` long, every one also
 /// tried in structured mode (selector bit 7 set) and in raw mode.

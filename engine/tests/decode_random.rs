@@ -2,21 +2,10 @@
 //! structured, up to the real limits) through the same bodies `fuzz/` runs under
 //! libFuzzer, so `cargo test` exercises every decoder even without a nightly toolchain.
 
-use twophase_engine::fuzz_targets::{drive, engine_messages, engine_records, engine_snapshots, seed_inputs};
+use twophase_engine::fuzz_targets::{engine_messages, engine_records, engine_snapshots, run_seeded, seed_inputs};
 
-/// Runs the valid seeds first (each must survive its target), then `inputs` random ones.
 fn run(name: &str, target: fn(&[u8]), seed: u64, inputs: usize, max_len_bytes: usize) {
-    for (i, (_, input)) in seed_inputs().into_iter().filter(|(of, _)| *of == name).enumerate() {
-        target(&input);
-        // `TWOPHASE_FUZZ_SEEDS_DIR=$PWD/fuzz/corpus cargo test --test decode_random`
-        // regenerates the fuzz crate's committed seeds from these.
-        if let Some(dir) = std::env::var_os("TWOPHASE_FUZZ_SEEDS_DIR") {
-            let dir = std::path::Path::new(&dir).join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(format!("seed-{i}")), &input).unwrap();
-        }
-    }
-    drive(target, seed, inputs, max_len_bytes);
+    run_seeded(name, seed_inputs(), target, seed, inputs, max_len_bytes);
 }
 
 #[test]
