@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::SimConfig;
+use super::{history, serial};
 use super::workload::{is_account, participant_id};
 use crate::ops::Read;
 use crate::ops::{Key, Op, OpKind, Outcome, Value};
@@ -26,8 +27,12 @@ const MAX_REPORTED: usize = 10;
 #[derive(Debug, Default)]
 pub(super) struct Observed {
     pub issued: BTreeMap<(ClientId, Seq), Vec<Op>>,
+    /// When each request was first sent.
+    pub submitted_at: BTreeMap<(ClientId, Seq), Time>,
     /// The first outcome each client heard for each request.
     pub outcomes: BTreeMap<(ClientId, Seq), Outcome>,
+    /// When its client heard that first outcome.
+    pub heard_at: BTreeMap<(ClientId, Seq), Time>,
     pub client_anomalies: Vec<String>,
     pub setup_done_at: Time,
 }
@@ -81,6 +86,9 @@ pub(super) fn check(
     let versions = key_versions(&decisions, participant_logs);
     check_client_outcomes(observed, &by_request, &decisions, &versions, &mut violations);
     check_state(config, observed, &decisions, live, &mut violations);
+    for anomaly in serial::check(&history::build(observed, &by_request, participant_logs)) {
+        violations.report(anomaly.kind, anomaly.message);
+    }
     violations.list
 }
 

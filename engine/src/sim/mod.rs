@@ -9,6 +9,8 @@
 
 pub mod checker;
 mod disk;
+mod history;
+mod serial;
 mod workload;
 mod world;
 

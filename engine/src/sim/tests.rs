@@ -109,3 +109,15 @@ fn planted_dropped_read_is_caught() {
         &["reads"],
     );
 }
+
+#[test]
+fn planted_early_lock_release_is_caught_by_the_serializability_check() {
+    // Locks released at prepare let a second Add read the version the first is replacing:
+    // a lost update, which the serialization graph shows as a cycle (rw one way, ww back).
+    assert_caught(
+        "locks released at prepare",
+        200,
+        |b| b.participant.release_locks_at_prepare = true,
+        &["serializability: a cycle"],
+    );
+}

@@ -47,6 +47,7 @@ impl World {
         let pending = client.pending.as_ref().expect("a pending request");
         let submit = Submit { client: session, seq: pending.seq, ops: pending.ops.clone() };
         self.observed.issued.entry((session, pending.seq)).or_insert_with(|| pending.ops.clone());
+        self.observed.submitted_at.entry((session, pending.seq)).or_insert(self.now);
         client.wake_token += 1;
         let token = client.wake_token;
         self.schedule(self.now + CLIENT_TIMEOUT, Event::ClientWake { client: index, token });
@@ -92,6 +93,7 @@ impl World {
                     None => {
                         client.outcomes.insert(seq, outcome.clone());
                         self.observed.outcomes.insert(key, outcome.clone());
+                        self.observed.heard_at.insert(key, self.now);
                     }
                 }
                 if current != Some(seq) {
