@@ -12,7 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::SimConfig;
-use super::{history, serial};
+use super::history::{self, ReadOnlyShares};
+use super::serial;
 use super::workload::{is_account, participant_id};
 use crate::ops::Read;
 use crate::ops::{Key, Op, OpKind, Outcome, Value};
@@ -86,10 +87,21 @@ pub(super) fn check(
     let versions = key_versions(&decisions, participant_logs);
     check_client_outcomes(observed, &by_request, &decisions, &versions, &mut violations);
     check_state(config, observed, &decisions, live, &mut violations);
-    for anomaly in serial::check(&history::build(observed, &by_request, participant_logs)) {
+    let history = history::build(observed, &by_request, participant_logs, read_only_shares(config));
+    for anomaly in serial::check(&history) {
         violations.report(anomaly.kind, anomaly.message);
     }
     violations.list
+}
+
+#[cfg(not(test))]
+fn read_only_shares(_config: &SimConfig) -> ReadOnlyShares {
+    ReadOnlyShares::Split
+}
+
+#[cfg(test)]
+fn read_only_shares(config: &SimConfig) -> ReadOnlyShares {
+    config.read_only_shares
 }
 
 fn committed_decisions(log: &[(Lsn, CoordRecord)], violations: &mut Violations) -> BTreeMap<TxId, Decision> {

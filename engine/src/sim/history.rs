@@ -21,6 +21,16 @@ use crate::types::{ClientId, Lsn, ParticipantId, Seq, TxId};
 
 type Request = (ClientId, Seq);
 
+/// How a transaction's reads at a participant where it writes nothing enter the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadOnlyShares {
+    /// Each such participant's reads are a transaction of their own (see [`shares`]).
+    Split,
+    /// As `Split` for read-only transactions, but a transaction that writes somewhere keeps
+    /// them, as if such a participant held its read locks until the decision.
+    WholeInWriters,
+}
+
 /// Every committed transaction of the run, and each key's version order.
 /// `committed` maps each request the coordinator durably committed to its txid; read-only
 /// transactions have no commit record and count as committed when their client heard so.
@@ -28,31 +38,79 @@ pub(super) fn build(
     observed: &Observed,
     committed: &BTreeMap<Request, TxId>,
     participant_logs: &[Vec<(Lsn, PartRecord)>],
+    read_only_shares: ReadOnlyShares,
 ) -> serial::History {
     let prepared = prepared_writes(participant_logs);
     let mut history = serial::History::default();
     let mut index_of_txid: BTreeMap<TxId, TxIndex> = BTreeMap::new();
-    for (request, txid) in committed {
+    let read_only = observed.outcomes.iter().filter(|(request, outcome)| {
+        outcome.is_committed() && !observed.issued[*request].iter().any(|op| op.kind.is_write())
+    });
+    let requests = committed.iter().map(|(request, txid)| (request, Some(*txid)));
+    for (request, txid) in requests.chain(read_only.map(|(request, _)| (request, None))) {
         let Some(ops) = observed.issued.get(request) else { continue }; // Not ours: reported as atomicity.
         let reads = heard_reads(observed.outcomes.get(request));
-        let name = format!("client {} seq {} ({txid})", request.0.0, request.1);
-        let accesses = accesses(ops, reads, None, |participant| prepared.get(&(*txid, participant)).copied());
-        index_of_txid.insert(*txid, history.transactions.len());
-        history.transactions.push(transaction(observed, request, name, accesses));
-    }
-    for (request, outcome) in &observed.outcomes {
-        let ops = &observed.issued[request];
-        if committed.contains_key(request) || ops.iter().any(|op| op.kind.is_write()) || !outcome.is_committed() {
-            continue; // Only read-only transactions are left: they log nothing anywhere.
-        }
-        let reads = heard_reads(Some(outcome));
-        for (name, only) in read_only_parts(request, ops) {
-            let accesses = accesses(ops, reads, only, |_| None);
-            history.transactions.push(transaction(observed, request, name, accesses));
+        let final_writes = |participant| txid.and_then(|txid| prepared.get(&(txid, participant)).copied());
+        for share in shares(request, txid, ops, read_only_shares) {
+            if share.holds_writes {
+                let txid = txid.expect("only a committed transaction writes");
+                index_of_txid.insert(txid, history.transactions.len());
+            }
+            let accesses = accesses(ops, reads, |participant| (share.keeps)(participant), final_writes);
+            history.transactions.push(transaction(observed, request, share.name, accesses));
         }
     }
     history.version_order = version_order(participant_logs, &prepared, &index_of_txid);
     history
+}
+
+/// A part of a transaction checked as a transaction of its own.
+struct Share {
+    name: String,
+    keeps: Box<dyn Fn(ParticipantId) -> bool>,
+    holds_writes: bool,
+}
+
+/// The shares a transaction is checked as. A participant where it only reads votes
+/// `ReadOnly` and releases its locks at once, logging nothing (docs/ARCHITECTURE.md,
+/// "Read-only optimisation"): its reads there are consistent at that participant but need
+/// not sit at the transaction's point of the serial order, since a younger transaction may
+/// write there what it read, commit, and be seen elsewhere by transactions that come before
+/// it (seed 74 of `SimConfig::standard`, see the test that characterises this). So with
+/// [`ReadOnlyShares::Split`] the
+/// accesses at participants where it writes are one transaction, and each such read-only
+/// participant's reads another, all with the whole transaction's submit and hear times
+/// (which bound each share as well). A transaction at one participant stays whole.
+fn shares(request: &Request, txid: Option<TxId>, ops: &[Op], read_only_shares: ReadOnlyShares) -> Vec<Share> {
+    let (client, seq) = (request.0.0, request.1);
+    let name = match txid {
+        Some(txid) => format!("client {client} seq {seq} ({txid})"),
+        None => format!("client {client} seq {seq} (read-only)"),
+    };
+    let mut reading_only: Vec<ParticipantId> = ops.iter().map(|op| op.participant).collect();
+    reading_only.sort_unstable();
+    reading_only.dedup();
+    let writing: Vec<ParticipantId> = ops.iter().filter(|op| op.kind.is_write()).map(|op| op.participant).collect();
+    reading_only.retain(|participant| !writing.contains(participant));
+    let whole = Share { name: name.clone(), keeps: Box::new(|_| true), holds_writes: !writing.is_empty() };
+    let single_participant = writing.is_empty() && reading_only.len() == 1;
+    let kept = read_only_shares == ReadOnlyShares::WholeInWriters && !writing.is_empty();
+    if kept || reading_only.is_empty() || single_participant {
+        return vec![whole];
+    }
+    let mut shares = Vec::with_capacity(reading_only.len() + 1);
+    if !writing.is_empty() {
+        let keeps = Box::new(move |participant| writing.contains(&participant));
+        shares.push(Share { name: name.clone(), keeps, holds_writes: true });
+    }
+    for participant in reading_only {
+        shares.push(Share {
+            name: format!("{name}, its reads at {participant}"),
+            keeps: Box::new(move |p| p == participant),
+            holds_writes: false,
+        });
+    }
+    shares
 }
 
 fn transaction(observed: &Observed, request: &Request, name: String, accesses: Vec<Access>) -> serial::Transaction {
@@ -73,40 +131,20 @@ fn heard_reads(outcome: Option<&Outcome>) -> Option<&[Read]> {
     }
 }
 
-/// A read-only transaction spanning several participants reads each of them consistently,
-/// but not all of them at one point of the serial order: each participant that only reads
-/// releases its locks at once and logs nothing (docs/ARCHITECTURE.md, "Read-only
-/// optimisation"), so after its restart an older transaction may still write there what
-/// this one read before. So each participant's share is checked as a transaction of its own
-/// (with the whole transaction's submit and hear times, which bound each share as well):
-/// the names of the shares, each with the participant it keeps. A read-only transaction on
-/// one participant stays whole.
-fn read_only_parts(request: &Request, ops: &[Op]) -> Vec<(String, Option<ParticipantId>)> {
-    let (client, seq) = (request.0.0, request.1);
-    let mut participants: Vec<ParticipantId> = ops.iter().map(|op| op.participant).collect();
-    participants.sort_unstable();
-    participants.dedup();
-    if participants.len() <= 1 {
-        return vec![(format!("client {client} seq {seq} (read-only)"), None)];
-    }
-    let share = |participant| (format!("client {client} seq {seq} (read-only, its reads at {participant})"), Some(participant));
-    participants.into_iter().map(share).collect()
-}
-
-/// The transaction's accesses in op order (only those at `only`, if given).
+/// The transaction's accesses in op order, at the participants it `keeps`.
 /// `final_writes(participant)` gives the values its durable `Prepared` record there holds
 /// (None: no such record, reported by the atomicity check; the writes there are then left
 /// out).
 fn accesses<'p>(
     ops: &[Op],
     reads: Option<&[Read]>,
-    only: Option<ParticipantId>,
+    keeps: impl Fn(ParticipantId) -> bool,
     final_writes: impl Fn(ParticipantId) -> Option<&'p [Write]>,
 ) -> Vec<Access> {
     let before_after = values_around_writes(ops, &final_writes);
     let mut accesses = Vec::with_capacity(ops.len() + 1);
     for (index, op) in ops.iter().enumerate() {
-        if only.is_some_and(|only| only != op.participant) {
+        if !keeps(op.participant) {
             continue;
         }
         let key: KeyRef = (op.participant, op.key.clone());

@@ -65,9 +65,15 @@ impl Seen {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Access {
-    Read { key: KeyRef, seen: Seen },
+    Read {
+        key: KeyRef,
+        seen: Seen,
+    },
     /// `value` None deletes the key.
-    Write { key: KeyRef, value: Option<Value> },
+    Write {
+        key: KeyRef,
+        value: Option<Value>,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -17,7 +17,10 @@ fn write(name: &'static str, value: &'static str) -> Access {
 
 /// An `Add`: read `before` as an integer, wrote `after`.
 fn add(name: &'static str, before: i64, after: i64) -> [Access; 2] {
-    [Access::Read { key: key(name), seen: Seen::Int(before) }, Access::Write { key: key(name), value: Some(encode_int(after)) }]
+    [
+        Access::Read { key: key(name), seen: Seen::Int(before) },
+        Access::Write { key: key(name), value: Some(encode_int(after)) },
+    ]
 }
 
 /// A transaction submitted at `submitted` and heard committed at `heard` (nanoseconds).
@@ -106,9 +109,10 @@ fn a_transaction_never_heard_orders_nothing_in_real_time() {
 
 #[test]
 fn a_read_no_committed_version_explains_is_reported() {
-    let h = history(vec![tx("A", 0, 10, vec![write("x", "a")]), tx("B", 20, 30, vec![read("x", Some("zz"))])], &[
-        ("x", &[0]),
-    ]);
+    let h = history(
+        vec![tx("A", 0, 10, vec![write("x", "a")]), tx("B", 20, 30, vec![read("x", Some("zz"))])],
+        &[("x", &[0])],
+    );
     let anomalies = check(&h);
     assert_eq!(kinds(&anomalies), vec![UNEXPLAINED_READ]);
     assert!(anomalies[0].message.contains("B read"), "{anomalies:?}");
@@ -163,9 +167,8 @@ fn long_histories_are_checked_without_recursion() {
     // 200,000 increments of one counter, each heard before the next was submitted: a path as
     // long as the history, which a recursive search would overflow the stack on.
     let count = 200_000u64;
-    let transactions: Vec<Transaction> = (0..count)
-        .map(|i| tx(&format!("T{i}"), 2 * i, 2 * i + 1, add("k", i as i64, i as i64 + 1).to_vec()))
-        .collect();
+    let transactions: Vec<Transaction> =
+        (0..count).map(|i| tx(&format!("T{i}"), 2 * i, 2 * i + 1, add("k", i as i64, i as i64 + 1).to_vec())).collect();
     let writers: Vec<TxIndex> = (0..count as usize).collect();
     let h = History { transactions, version_order: [(key("k"), writers)].into_iter().collect() };
     assert_eq!(check(&h), vec![]);
