@@ -6,8 +6,9 @@
 //! conservation of the bank total, no lost update (every key equals its set-up value plus
 //! every committed delta), reads (a committed outcome carries exactly one read per `Get`,
 //! each absent or a value a committed transaction wrote to that key there), the explicit "reads unavailable" outcome only for a
-//! transaction with `Get`s that a restarted coordinator resolved, and (by the world)
-//! liveness once faults stop.
+//! transaction with `Get`s that a restarted coordinator resolved, strict serializability of
+//! the committed history ([`super::history`] builds it, [`super::serial`] checks it: no cycle
+//! of ww, wr, rw and real-time edges), and (by the world) liveness once faults stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
