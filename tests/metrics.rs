@@ -157,6 +157,19 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
         assert!(c1.declares(family), "c1 declares {family}");
     }
     assert!(c1.find("twophase_transactions_total", &[("node", "c1"), ("role", "coordinator")]).count() == 2);
+    for participant in ["p1", "p2"] {
+        // Each vote and each ack left its participant in a turn of its own (one transaction at
+        // a time), so at least one frame per transaction came from each.
+        let (frames_in, _) = check_connection_counters(&c1, participant, "participant");
+        assert!(frames_in >= transactions as f64, "c1 decoded {frames_in} frames from {participant}");
+    }
+    // The client's connection may be closed by now: then its counts are in `peer="closed"`.
+    let sent_frames = |peer: &str, peer_role: &str| {
+        c1.value("twophase_connection_sent_frames_total", &[("peer", peer), ("peer_role", peer_role)])
+    };
+    let closed = sent_frames("closed", "closed").expect("the closed connections' series is always served");
+    let replies = sent_frames("local-client", "client").unwrap_or(0.0) + closed;
+    assert!(replies >= transactions as f64, "c1 queued {replies} frames for its client");
 
     let mut scraped = vec![c1];
     for participant in ["p1", "p2"] {
@@ -175,6 +188,8 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
         check_histogram(&p, "twophase_log_sync_seconds");
         check_histogram(&p, "twophase_log_fsync_seconds");
         check_histogram(&p, "twophase_log_group_records");
+        let (_, frames_out) = check_connection_counters(&p, "c1", "coordinator");
+        assert!(frames_out >= transactions as f64, "{participant} queued {frames_out} frames for c1");
         assert!(p.find("twophase_votes_total", &[("node", participant), ("role", "participant")]).count() == 3);
         scraped.push(p);
     }
@@ -203,6 +218,25 @@ fn every_dashboard_metric_exists(scraped: &[Scrape]) {
         }
     }
     assert!(names >= exprs.len(), "every query names a metric");
+}
+
+/// The traffic `scrape`'s node counted on its connections to `peer`: bytes and frames both
+/// ways, and never fewer bytes than frame headers. Returns (frames received, frames sent).
+fn check_connection_counters(scrape: &Scrape, peer: &str, peer_role: &str) -> (f64, f64) {
+    let labels = [("peer", peer), ("peer_role", peer_role)];
+    let count = |family: &str| {
+        let value = scrape.value(family, &labels).unwrap_or_else(|| panic!("{family} of {peer} is served"));
+        assert!(value > 0.0, "{family} of {peer} counted traffic");
+        value
+    };
+    let bytes_in = count("twophase_connection_received_bytes_total");
+    let bytes_out = count("twophase_connection_sent_bytes_total");
+    let frames_in = count("twophase_connection_received_frames_total");
+    let frames_out = count("twophase_connection_sent_frames_total");
+    let header_bytes = twophase_net::HEADER_BYTES as f64;
+    assert!(frames_in * header_bytes <= bytes_in, "{peer}: {frames_in} frames in {bytes_in} bytes");
+    assert!(frames_out * header_bytes <= bytes_out, "{peer}: {frames_out} frames in {bytes_out} bytes");
+    (frames_in, frames_out)
 }
 
 /// A histogram's `_count` equals its `+Inf` bucket, its buckets never decrease, and it has

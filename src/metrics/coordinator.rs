@@ -11,7 +11,9 @@ use twophase_engine::coordinator::CoordinatorStats;
 use twophase_engine::{
     ClientId, Coordinator, Lsn, Outcome, ParticipantId, RejectReason, Reply, Seq, ToCoordinator, ToParticipant,
 };
+use twophase_net::Reactor;
 
+use super::connections::ConnectionsExport;
 use super::histogram::LatencyHistogram;
 use super::log::{LogExport, LogMetrics};
 use super::sampler::{Sampler, sampled};
@@ -46,6 +48,7 @@ struct CoordinatorExport {
     participants: Vec<Peer>,
     clients: Traffic,
     log: LogExport,
+    connections: ConnectionsExport,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -192,6 +195,15 @@ impl CoordinatorMetrics {
         }
     }
 
+    /// Copies the transport's per-connection counters when a publish is due; call it right
+    /// before [`Self::after_step`] (which publishes them).
+    pub fn connections(&mut self, transport: &Reactor) {
+        let Some(live) = &mut self.0 else { return };
+        if live.publisher.due() {
+            live.export.connections.update(transport);
+        }
+    }
+
     /// Called after every step: publishes the counters every [`super::PUBLISH_EVERY`].
     pub fn after_step(&mut self, engine: &Coordinator, durable: Lsn) {
         let Some(live) = &mut self.0 else { return };
@@ -309,6 +321,7 @@ impl Export for CoordinatorExport {
             disconnects,
         )?;
         self.encode_traffic(e)?;
+        self.connections.encode(e)?;
         self.log.encode(e)
     }
 }

@@ -2,17 +2,19 @@
 //! of their own.
 //!
 //! Owns: the engine thread's counters and latency histograms ([`CoordinatorMetrics`],
-//! [`ParticipantMetrics`], [`LogMetrics`]), the snapshot of them published every
+//! [`ParticipantMetrics`], [`LogMetrics`]), a copy of the transport's per-connection
+//! traffic counters (`connections`), the snapshot of them published every
 //! [`PUBLISH_EVERY`], and the listener that renders that snapshot (OpenMetrics text through
 //! `prometheus-client`) on each scrape.
 //!
 //! Invariants: the engine thread never blocks on metrics: it updates plain fields it owns
 //! and publishes with `try_lock` (a scrape in progress only delays the next publish); when
 //! metrics are off every hook is one branch on an empty `Option`. Every label set is bounded
-//! (participants of the configuration, abort reasons, peer roles), and so is every map of
+//! (participants of the configuration, abort reasons, peer roles, open connections), and so is every map of
 //! timed requests ([`sampler`]).
 //! Must not: change what the engine decides or when an output leaves.
 
+mod connections;
 mod coordinator;
 pub mod encode;
 pub mod histogram;

@@ -9,7 +9,9 @@ use std::time::Instant;
 use prometheus_client::encoding::DescriptorEncoder;
 use twophase_engine::participant::ParticipantStats;
 use twophase_engine::{Lsn, Participant, ToCoordinator, ToParticipant, Vote};
+use twophase_net::Reactor;
 
+use super::connections::ConnectionsExport;
 use super::histogram::LatencyHistogram;
 use super::log::{LogExport, LogMetrics};
 use super::sampler::{Sampler, sampled};
@@ -40,6 +42,7 @@ struct ParticipantExport {
     frames_out: u64,
     bytes_out: u64,
     log: LogExport,
+    connections: ConnectionsExport,
 }
 
 impl ParticipantMetrics {
@@ -111,6 +114,15 @@ impl ParticipantMetrics {
         let Some(live) = &mut self.0 else { return };
         live.export.frames_out += 1;
         live.export.bytes_out += bytes as u64;
+    }
+
+    /// Copies the transport's per-connection counters when a publish is due; call it right
+    /// before [`Self::after_step`] (which publishes them).
+    pub fn connections(&mut self, transport: &Reactor) {
+        let Some(live) = &mut self.0 else { return };
+        if live.publisher.due() {
+            live.export.connections.update(transport);
+        }
     }
 
     /// Called after every step: publishes the counters every [`super::PUBLISH_EVERY`].
@@ -211,6 +223,7 @@ impl Export for ParticipantExport {
             "peer",
             [(peer, self.bytes_out)],
         )?;
+        self.connections.encode(e)?;
         self.log.encode(e)
     }
 }

@@ -260,6 +260,7 @@ impl Role for CoordinatorRole {
         self.announce_when_ready();
         let engine = &self.engine;
         self.checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
+        self.metrics.connections(&self.transport);
         self.metrics.after_step(engine, durable);
     }
 

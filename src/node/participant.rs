@@ -203,6 +203,7 @@ impl Role for ParticipantRole {
         }
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
+        self.metrics.connections(&self.transport);
         self.metrics.after_step(engine, durable);
         self.dumps.pump(&self.engine, &mut self.transport, self.fsync);
     }

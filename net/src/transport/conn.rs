@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 
 use super::reactor::Reactor;
+use super::stats::{self, ConnCounters};
 use super::tls_io::{self, TlsInput};
 use super::{ConnId, Inbound, PeerId};
 use crate::frame::{ErrorCode, FrameDecoder, ProtocolError};
@@ -18,7 +19,7 @@ use crate::tls::PeerIdentity;
 /// Bytes read from one connection per loop iteration before the others get a turn.
 const READ_BUDGET: usize = 1024 * 1024;
 /// Slices per vectored write.
-const MAX_IOVECS: usize = 64;
+pub(super) const MAX_IOVECS: usize = 64;
 /// How long a connection closed for a protocol error keeps discarding input so that the peer
 /// reads the error frame rather than a reset.
 pub(super) const LINGER: Duration = Duration::from_secs(1);
@@ -58,6 +59,8 @@ pub(super) struct Conn {
     /// Who the peer is. TLS: from its certificate, set the moment the TLS handshake
     /// completes (before any frame is decoded). Plaintext: the accepted `Hello`'s claim.
     pub(super) identity: Option<PeerIdentity>,
+    /// Bytes and frames in and out (see `stats`).
+    pub(super) counters: ConnCounters,
 }
 
 impl Conn {
@@ -104,6 +107,7 @@ impl Reactor {
                 Ok(true) => {
                     let _ = conn.stream.set_nodelay(true);
                     conn.state = State::AwaitWelcome;
+                    conn.counters.frames_out += 1;
                     conn.out_bytes += self.hello.len();
                     conn.out.push_back(self.hello.clone());
                 }
@@ -137,6 +141,7 @@ impl Reactor {
                     break;
                 }
                 Ok(n) => {
+                    conn.counters.bytes_in += n as u64;
                     if conn.state != State::Closing {
                         match conn.take_input(&self.scratch[..n]) {
                             TlsInput::Fed => {}
@@ -201,7 +206,10 @@ impl Reactor {
                 return;
             }
             match conn.decoder.decode(&mut conn.inbuf) {
-                Ok(Some(frame)) => self.on_frame(id, frame),
+                Ok(Some(frame)) => {
+                    conn.counters.frames_in += 1;
+                    self.on_frame(id, frame);
+                }
                 Ok(None) => return,
                 Err(err) => {
                     tracing::warn!(conn = id, "protocol error: {err}");
@@ -237,6 +245,7 @@ impl Reactor {
         conn.state = State::Closing;
         conn.inbuf = BytesMut::new();
         let frame = error.to_frame().to_bytes();
+        conn.counters.frames_out += 1;
         conn.out_bytes += frame.len();
         conn.out.push_back(frame);
         let (peer, reported) = (conn.peer, conn.reported);
@@ -248,6 +257,7 @@ impl Reactor {
     /// Removes a connection at once.
     pub(super) fn drop_conn(&mut self, id: ConnId) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
+        self.closed_counters.add(&conn.counters);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if conn.state != State::Closing {
             self.lost(id, conn.peer, conn.reported);
@@ -261,39 +271,38 @@ impl Reactor {
             return;
         }
         if let Some(tls) = conn.tls.as_mut() {
-            let mut written = tls_io::write_through(tls, &mut conn.stream, &mut conn.out, &mut conn.out_bytes);
+            let mut written = tls_io::write_through(
+                tls,
+                &mut conn.stream,
+                &mut conn.out,
+                &mut conn.out_bytes,
+                &mut conn.counters.bytes_out,
+            );
             if written.is_ok() && conn.state == State::Closing && conn.out.is_empty() && !conn.close_notify_sent {
                 conn.close_notify_sent = true;
                 tls.send_close_notify();
-                written = tls_io::write_through(tls, &mut conn.stream, &mut conn.out, &mut conn.out_bytes);
+                written = tls_io::write_through(
+                    tls,
+                    &mut conn.stream,
+                    &mut conn.out,
+                    &mut conn.out_bytes,
+                    &mut conn.counters.bytes_out,
+                );
             }
             return self.after_write(id, written.err());
         }
         let mut failed = None;
         while !conn.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (slot, chunk) in slices.iter_mut().zip(conn.out.iter()) {
-                *slot = IoSlice::new(chunk);
-                count += 1;
-            }
+            let count = queued_slices(&conn.out, &mut slices);
             match conn.stream.write_vectored(&slices[..count]) {
                 Ok(0) => {
                     failed = Some("write returned 0".to_string());
                     break;
                 }
-                Ok(mut written) => {
-                    conn.out_bytes -= written;
-                    while written > 0 {
-                        let front = conn.out.front_mut().expect("written bytes were queued");
-                        if front.len() <= written {
-                            written -= front.len();
-                            conn.out.pop_front();
-                        } else {
-                            front.advance(written);
-                            written = 0;
-                        }
-                    }
+                Ok(written) => {
+                    conn.counters.bytes_out += written as u64;
+                    consume_queued(&mut conn.out, &mut conn.out_bytes, written);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -352,6 +361,7 @@ impl Reactor {
         if conn.state != State::Open || frame.is_empty() {
             return;
         }
+        conn.counters.frames_out += stats::frames_in(&frame);
         conn.out_bytes += frame.len();
         conn.out.push_back(frame);
         if conn.out_bytes > self.config.max_outbound_bytes_per_conn {
@@ -365,6 +375,31 @@ impl Reactor {
             return;
         }
         mark_dirty(conn, id, &mut self.dirty);
+    }
+}
+
+/// Points `slices` at the front of the output queue; returns how many it filled.
+pub(super) fn queued_slices<'a>(out: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>]) -> usize {
+    let mut count = 0;
+    for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
+        *slot = IoSlice::new(chunk);
+        count += 1;
+    }
+    count
+}
+
+/// Drops the first `written` bytes of the output queue (they were handed on).
+pub(super) fn consume_queued(out: &mut VecDeque<Bytes>, out_bytes: &mut usize, mut written: usize) {
+    *out_bytes -= written;
+    while written > 0 {
+        let front = out.front_mut().expect("written bytes were queued");
+        if front.len() <= written {
+            written -= front.len();
+            out.pop_front();
+        } else {
+            front.advance(written);
+            written = 0;
+        }
     }
 }
 

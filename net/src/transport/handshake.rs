@@ -50,6 +50,15 @@ impl Reactor {
                 }
                 conn.state = State::Open;
                 conn.reported = true;
+                if conn.identity.is_none() {
+                    // Plaintext: the Welcome's claim names the peer (for its traffic counts).
+                    conn.identity = Some(PeerIdentity {
+                        cluster: welcome.cluster.clone(),
+                        role: welcome.role,
+                        name: welcome.node.clone(),
+                        authenticated: false,
+                    });
+                }
                 if let Some(peer) = self.peers.get_mut(&peer_id) {
                     peer.backoff = BACKOFF_MIN;
                 }
@@ -89,6 +98,7 @@ impl Reactor {
                 conn.state = State::Open;
                 conn.reported = true;
                 conn.decoder.set_max_frame_bytes(self.config.limits.max_frame_bytes);
+                conn.counters.frames_out += 1;
                 conn.out_bytes += self.welcome.len();
                 conn.out.push_back(self.welcome.clone());
                 mark_dirty(conn, id, &mut self.dirty);

@@ -17,12 +17,16 @@
 //! Protocol violations (malformed or oversized frames, bad batches, a refused handshake) get
 //! an `Error` frame; the connection then stops reading, flushes, shuts its write side and
 //! lingers briefly discarding input so the peer reads the error before it sees the close.
+//!
+//! Each connection counts the bytes and frames it moves in plain fields (the loop owns them);
+//! [`Reactor::connection_stats`] reads them for metrics (`stats`).
 
 mod conn;
 mod handle;
 mod handshake;
 mod peer;
 mod reactor;
+mod stats;
 mod tls_io;
 
 use std::net::SocketAddr;
@@ -34,6 +38,7 @@ use crate::tls::{PeerIdentity, Security};
 
 pub use handle::{Transport, spawn};
 pub use reactor::Reactor;
+pub use stats::{ConnCounters, ConnStats};
 
 /// A connection, unique for the life of the transport.
 pub type ConnId = u64;

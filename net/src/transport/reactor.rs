@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::conn::{Conn, State};
 use super::handshake::HANDSHAKE_TIMEOUT;
 use super::peer::Peer;
+use super::stats::ConnCounters;
 use super::{ConnId, Inbound, PeerId, TransportConfig};
 use crate::frame::{ErrorCode, Frame, FrameDecoder, MAX_HELLO_FRAME_BYTES, ProtocolError, Welcome};
 use crate::tls::Security;
@@ -48,6 +49,8 @@ pub struct Reactor {
     pub(super) handshake_deadlines: VecDeque<(Instant, ConnId)>,
     pub(super) linger_deadlines: VecDeque<(Instant, ConnId)>,
     pub(super) scratch: Vec<u8>,
+    /// The counts of every connection dropped so far.
+    pub(super) closed_counters: ConnCounters,
 }
 
 impl Reactor {
@@ -103,6 +106,7 @@ impl Reactor {
             handshake_deadlines: VecDeque::new(),
             linger_deadlines: VecDeque::new(),
             scratch: vec![0; READ_CHUNK],
+            closed_counters: ConnCounters::default(),
         };
         Ok((reactor, bound))
     }
@@ -243,6 +247,7 @@ impl Reactor {
                 awaiting_first_input: true,
                 close_notify_sent: false,
                 identity: None,
+                counters: ConnCounters::default(),
             },
         );
         self.handshake_deadlines.push_back((Instant::now() + HANDSHAKE_TIMEOUT, id));

@@ -10,14 +10,14 @@
 //! its chain and name) and compares it with the `Welcome`.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, IoSlice, Write};
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
 
 use super::ConnId;
-use super::conn::{State, mark_dirty};
+use super::conn::{MAX_IOVECS, State, consume_queued, mark_dirty, queued_slices};
 use super::reactor::Reactor;
 use crate::frame::{ErrorCode, ProtocolError};
 use crate::tls::{Security, TlsMaterial, authenticated_identity};
@@ -77,13 +77,8 @@ pub(super) fn feed(
             Ok(state) => state,
             Err(err) => return TlsInput::Failed(err.to_string()),
         };
-        let plaintext = state.plaintext_bytes_to_read();
-        if plaintext > 0 {
-            let start = inbuf.len();
-            inbuf.resize(start + plaintext, 0);
-            if let Err(err) = tls.reader().read_exact(&mut inbuf[start..]) {
-                return TlsInput::Failed(err.to_string());
-            }
+        if let Err(err) = take_plaintext(tls, state.plaintext_bytes_to_read(), inbuf) {
+            return TlsInput::Failed(err.to_string());
         }
         if state.peer_has_closed() {
             return TlsInput::PeerClosed;
@@ -92,34 +87,54 @@ pub(super) fn feed(
     TlsInput::Fed
 }
 
+/// Appends the `plaintext` bytes rustls decrypted to `inbuf`, straight from rustls' buffers
+/// (no zero-filled staging area).
+fn take_plaintext(tls: &mut rustls::Connection, mut plaintext: usize, inbuf: &mut BytesMut) -> io::Result<()> {
+    inbuf.reserve(plaintext);
+    let mut reader = tls.reader();
+    while plaintext > 0 {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "rustls announced more plaintext than it held"));
+        }
+        let taken = chunk.len().min(plaintext);
+        inbuf.extend_from_slice(&chunk[..taken]);
+        reader.consume(taken);
+        plaintext -= taken;
+    }
+    Ok(())
+}
+
 /// Moves queued frame bytes into `tls` and its records into the socket until the queue is
-/// empty or the socket is full. `Err`: the connection is broken.
+/// empty or the socket is full; counts the bytes written in `bytes_written`. `Err`: the
+/// connection is broken.
 pub(super) fn write_through(
     tls: &mut rustls::Connection,
     stream: &mut TcpStream,
     out: &mut VecDeque<Bytes>,
     out_bytes: &mut usize,
+    bytes_written: &mut u64,
 ) -> Result<(), String> {
     loop {
-        while let Some(front) = out.front_mut() {
-            // Accepts as much as fits under the buffer limit (nothing while it is full).
-            let accepted = tls.writer().write(front).map_err(|err| err.to_string())?;
+        while !out.is_empty() {
+            // All queued frames in one vectored write: rustls cuts their concatenation into
+            // full 16 KiB records (one per frame otherwise: an AEAD call, a record header and
+            // an allocation each). Accepts as much as fits under the buffer limit (nothing
+            // while it is full).
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = queued_slices(out, &mut slices);
+            let accepted = tls.writer().write_vectored(&slices[..count]).map_err(|err| err.to_string())?;
             if accepted == 0 {
                 break;
             }
-            *out_bytes -= accepted;
-            if accepted == front.len() {
-                out.pop_front();
-            } else {
-                front.advance(accepted);
-            }
+            consume_queued(out, out_bytes, accepted);
         }
         if !tls.wants_write() {
             return Ok(());
         }
         match tls.write_tls(stream) {
             Ok(0) => return Err("write returned 0".into()),
-            Ok(_) => {}
+            Ok(written) => *bytes_written += written as u64,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err.to_string()),
