@@ -118,6 +118,11 @@ pub struct BenchArgs {
     /// The admin certificate's private key (PEM).
     #[arg(long, value_name = "FILE")]
     admin_key: Option<PathBuf>,
+    /// Trace a share of the load's transactions: the load generator roots their traces
+    /// (a `transaction` span) and sends their context ahead of each; the nodes continue them
+    /// if they run with tracing on.
+    #[command(flatten)]
+    trace: crate::trace::TraceArgs,
 }
 
 /// What `bench` connects to and as whom, from its flags and `--config`.
@@ -295,7 +300,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         twophase_bench::setup_accounts_where(target.coordinator, &target.client_options(), &target.layout, wanted)?;
         before = settled_balances(&target)?.0;
     }
-    let result = twophase_bench::run_load(&target.load_options(&args.workload, Vec::new()))?;
+    let mut options = target.load_options(&args.workload, Vec::new());
+    options.tracer = load_tracer(&args.trace, "bench")?;
+    let result = twophase_bench::run_load(&options)?;
+    drop(options); // the tracer's last spans leave now, before the audit
     let (after, fsync) = settled_balances(&target)?;
     let verdict = audit_with_baseline(&target.layout, &result, &before, &after);
     let description = format!(
@@ -307,6 +315,19 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
     Ok(exit_code(passed))
+}
+
+/// The load generator's tracer (`None` with tracing off): it samples the load's
+/// transactions and roots their traces (service `twophase-loadgen`, instance `run`).
+pub(crate) fn load_tracer(
+    args: &crate::trace::TraceArgs,
+    run: &str,
+) -> anyhow::Result<Option<std::sync::Arc<dyn twophase_bench::TxTracer>>> {
+    let exporter = crate::trace::Exporter::start(args, "twophase-loadgen", run)?;
+    Ok(exporter.map(|exporter| {
+        std::sync::Arc::new(crate::trace::client::LoadTracer::new(exporter))
+            as std::sync::Arc<dyn twophase_bench::TxTracer>
+    }))
 }
 
 /// The participants' balances once every acknowledged commit has reached them (the

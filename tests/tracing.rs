@@ -1,6 +1,7 @@
 //! OpenTelemetry traces across real processes: an in-test OTLP/HTTP receiver collects the
-//! spans of a coordinator, two participants and `twophase tx`, all with `--trace-sample 1`,
-//! and the test checks the tree one cross-participant transaction makes.
+//! spans of a coordinator, two participants and a client (`twophase tx`, or the load
+//! generator `twophase bench` over its pipelines), all with `--trace-sample 1`, and the test
+//! checks the tree one cross-participant transaction makes.
 
 mod common;
 
@@ -26,6 +27,8 @@ struct Received {
     span_id: Vec<u8>,
     parent_span_id: Vec<u8>,
     attributes: HashMap<String, any_value::Value>,
+    /// Events (name, attributes) in the order recorded.
+    events: Vec<(String, HashMap<String, any_value::Value>)>,
 }
 
 impl Received {
@@ -41,6 +44,24 @@ impl Received {
             Some(any_value::Value::StringValue(value)) => Some(value),
             _ => None,
         }
+    }
+
+    /// The records of this span's `log sync` events, each checked for an LSN and a sync time.
+    fn synced_records(&self) -> Vec<String> {
+        let mut records = Vec::new();
+        for (name, attributes) in self.events.iter().filter(|(name, _)| name == "log sync") {
+            let int = |key: &str| match attributes.get(key) {
+                Some(any_value::Value::IntValue(value)) => Some(*value),
+                _ => None,
+            };
+            assert!(int("twophase.lsn").is_some_and(|lsn| lsn > 0), "{name} without an LSN: {self:?}");
+            assert!(int("twophase.sync_us").is_some_and(|us| us >= 0), "{name} without a sync time: {self:?}");
+            match attributes.get("twophase.record") {
+                Some(any_value::Value::StringValue(record)) => records.push(record.clone()),
+                other => panic!("a log sync event names no record ({other:?}): {self:?}"),
+            }
+        }
+        records
     }
 }
 
@@ -127,6 +148,7 @@ fn received(request: ExportTraceServiceRequest) -> Vec<Received> {
                 span_id: span.span_id,
                 parent_span_id: span.parent_span_id,
                 attributes: attributes(span.attributes),
+                events: span.events.into_iter().map(|event| (event.name, attributes(event.attributes))).collect(),
             });
         }
     }
@@ -159,25 +181,26 @@ fn tx(coordinator: SocketAddr, data_dir: &std::path::Path, extra: &[&str], ops: 
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "committed");
 }
 
-/// Every span a two-participant commit makes: the client's, the coordinator's five kinds and
-/// each participant's three.
-fn complete(spans: &[Received], trace_id: &[u8], with_client: bool) -> bool {
+/// Every span a two-participant commit makes: the client's (from `client_service`, if
+/// any), the coordinator's four kinds and each participant's two. Log syncs are events.
+fn complete(spans: &[Received], trace_id: &[u8], client_service: Option<&str>) -> bool {
     let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect();
     let count = |service: &str, name: &str| find(&of_trace, service, name).len();
-    (!with_client || count("twophase-client", "transaction") == 1)
+    client_service.is_none_or(|service| count(service, "transaction") == 1)
         && count("twophase-coordinator", "submit") == 1
         && count("twophase-coordinator", "prepare") == 2
         && count("twophase-coordinator", "decision") == 1
         && count("twophase-coordinator", "commit") == 2
-        && count("twophase-coordinator", "log sync") >= 2
         && count("twophase-participant", "prepare") == 2
-        && count("twophase-participant", "log sync") == 2
         && count("twophase-participant", "commit") == 2
 }
 
-/// The participants' spans hang under the coordinator's span for that participant.
+/// The participants' spans hang under the coordinator's span for that participant; the
+/// coordinator's log syncs (Staged, Commit) are events of its decision, each participant's
+/// (Prepared) an event of its prepare.
 fn check_tree(spans: &[Received], trace_id: &[u8]) {
     let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect();
+    assert!(of_trace.iter().all(|span| span.name != "log sync"), "log syncs are events, not spans");
     let submit = find(&of_trace, "twophase-coordinator", "submit")[0];
     assert_eq!(submit.text("twophase.outcome"), Some("committed"), "{submit:?}");
     assert!(submit.int("twophase.txid").is_some(), "{submit:?}");
@@ -188,6 +211,11 @@ fn check_tree(spans: &[Received], trace_id: &[u8]) {
     for span in of_trace.iter().filter(|span| span.service == "twophase-coordinator" && span.name != "submit") {
         assert_eq!(span.parent_span_id, submit.span_id, "{span:?} is not under submit");
     }
+    let decision = find(&of_trace, "twophase-coordinator", "decision")[0];
+    assert_eq!(decision.text("twophase.outcome"), Some("committed"), "{decision:?}");
+    let mut synced = decision.synced_records();
+    synced.sort();
+    assert_eq!(synced, ["Commit", "Staged"], "{decision:?}");
     let coordinator_span = |name: &str, participant: i64| {
         let found = find(&of_trace, "twophase-coordinator", name);
         found.into_iter().find(|span| span.int("twophase.participant") == Some(participant)).cloned().unwrap()
@@ -200,8 +228,8 @@ fn check_tree(spans: &[Received], trace_id: &[u8]) {
         let prepare = coordinator_span("prepare", participant);
         assert_eq!(prepare.text("twophase.vote"), Some("yes"));
         assert_eq!(mine("prepare").parent_span_id, prepare.span_id, "{node}'s prepare");
-        assert_eq!(mine("log sync").parent_span_id, prepare.span_id, "{node}'s log sync");
-        assert_eq!(mine("log sync").text("twophase.record"), Some("Prepared"));
+        assert_eq!(mine("prepare").text("twophase.vote"), Some("yes"));
+        assert_eq!(mine("prepare").synced_records(), ["Prepared"], "{node}'s prepare");
         assert_eq!(mine("commit").parent_span_id, coordinator_span("commit", participant).span_id, "{node}'s commit");
     }
 }
@@ -225,7 +253,7 @@ fn a_sampled_transaction_is_one_trace_across_every_process() {
     let trace_id = client_span.trace_id.clone();
     let spans = eventually("every process's spans", Duration::from_secs(30), || {
         let spans = receiver.spans();
-        complete(&spans, &trace_id, true).then_some(spans)
+        complete(&spans, &trace_id, Some("twophase-client")).then_some(spans)
     });
     let submit = find(&spans, "twophase-coordinator", "submit")[0];
     assert_eq!(submit.parent_span_id, client_span.span_id, "the coordinator's submit is the client's child");
@@ -239,8 +267,57 @@ fn a_sampled_transaction_is_one_trace_across_every_process() {
             .into_iter()
             .find(|span| span.parent_span_id.is_empty())
             .cloned()?;
-        complete(&spans, &root.trace_id, false).then_some((spans, root))
+        complete(&spans, &root.trace_id, None).then_some((spans, root))
     });
     assert_ne!(root.trace_id, trace_id);
     check_tree(&spans, &root.trace_id);
+}
+
+#[test]
+fn the_load_generator_roots_the_traces_of_its_pipelined_transactions() {
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let flags = ["--trace-sample", "1", "--otlp-endpoint", endpoint.as_str()];
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
+    let p2 = Node::participant_with("p2", dir.path(), &flags, &[]);
+    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+    let certs = certs_dir(dir.path());
+    let client = make_cert(&certs, CLUSTER, "client", "loadgen");
+    let admin = make_cert(&certs, CLUSTER, "admin", "auditor");
+    // make_cert gives --ca CA --cert CERT --key KEY: the admin's go in as --admin-cert/-key.
+    let reports = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .args(["bench", "--coordinator", &coordinator.addr.to_string(), "--cluster", CLUSTER])
+        .args(&client)
+        .args(["--admin-cert", &admin[3], "--admin-key", &admin[5]])
+        .args(["--duration", "1s", "--accounts", "20", "--connections", "1", "--outstanding", "4", "--quiet"])
+        .args(flags)
+        .arg("--report")
+        .arg(reports.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running twophase bench");
+    assert!(out.status.success(), "bench failed: {out:?}");
+
+    // Every transfer was traced at the load generator: one of them, committed, makes the
+    // whole tree, rooted at the load generator's span.
+    let (spans, root) = eventually("a complete trace rooted at the load generator", Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        let root = find(&spans, "twophase-loadgen", "transaction")
+            .into_iter()
+            .filter(|span| span.text("twophase.outcome") == Some("committed"))
+            .find(|span| complete(&spans, &span.trace_id, Some("twophase-loadgen")))
+            .cloned()?;
+        Some((spans, root))
+    });
+    assert!(root.parent_span_id.is_empty(), "the load generator's span is the root");
+    let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == root.trace_id).cloned().collect();
+    let submit = find(&of_trace, "twophase-coordinator", "submit")[0];
+    assert_eq!(submit.parent_span_id, root.span_id, "the coordinator's submit is the load generator's child");
+    check_tree(&spans, &root.trace_id);
+    assert!(
+        find(&spans, "twophase-loadgen", "transaction").len() > 10,
+        "every transaction of the run is traced at rate 1"
+    );
 }

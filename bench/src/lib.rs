@@ -41,7 +41,7 @@ pub use layout::{
 };
 pub use load::{
     BACKLOG_LIMIT, DEFAULT_SEND_TICK, DRAIN_LIMIT, LoadOptions, LoadResult, LoadSettings, MAX_LATENCY_US,
-    TimelinePoint, format_us, read_rss, run_load,
+    TimelinePoint, TracedTx, TxTracer, format_us, read_rss, run_load,
 };
 pub use probe::{CommitFilter, LoadProbe, Seen};
 pub use report::{LatencySummary, PercentilePoint, Report, RssSeries};

@@ -2,16 +2,18 @@
 //! timeline, latency histograms, expected balance changes from acknowledged commits.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use twophase_engine::{Outcome, Seq};
+use twophase_engine::{Op, Outcome, Seq};
 use twophase_net::{ClientOptions, Pipeline};
 
 use crate::layout::{BankLayout, KeyTable, check_directory, client_options};
@@ -76,6 +78,26 @@ pub struct LoadOptions {
     pub client: ClientOptions,
     /// A live view of the run for a harness that acts while it runs (e.g. the chaos run).
     pub probe: Option<Arc<LoadProbe>>,
+    /// Roots the traces of the transactions it samples (`None`: no tracing, no cost).
+    pub tracer: Option<Arc<dyn TxTracer>>,
+}
+
+/// Starts the client's span of the transactions it samples. The binary implements it over
+/// OpenTelemetry; this crate only carries the W3C traceparent ahead of the request
+/// ([`Pipeline::send_traced`]) and reports the outcome.
+pub trait TxTracer: Send + Sync + fmt::Debug {
+    /// Called for every transaction just before it is sent: `Some` (its span, started now)
+    /// when this one is traced. Must be cheap when it is not.
+    fn start(&self) -> Option<Box<dyn TracedTx>>;
+}
+
+/// A traced transaction's span at the client; dropped without [`finish`](Self::finish) (the
+/// run failed first), it ends without an outcome.
+pub trait TracedTx: Send {
+    /// The W3C `traceparent` naming this span, sent ahead of the request.
+    fn traceparent(&self) -> Bytes;
+    /// Records the outcome and ends the span.
+    fn finish(self: Box<Self>, outcome: &Outcome);
 }
 
 impl LoadOptions {
@@ -101,6 +123,7 @@ impl LoadOptions {
             seed: 1,
             sample_pids: Vec::new(),
             probe: None,
+            tracer: None,
         }
     }
 
@@ -280,6 +303,20 @@ struct ThreadCtx {
 struct Flight {
     intended: Instant,
     tx: Tx,
+    /// The client's span, when this transaction is traced.
+    trace: Option<Box<dyn TracedTx>>,
+}
+
+/// Sends `ops`, with a trace context when the tracer samples this transaction.
+fn send(
+    pipeline: &mut Pipeline,
+    ops: Vec<Op>,
+    tracer: Option<&dyn TxTracer>,
+) -> anyhow::Result<(Seq, Option<Box<dyn TracedTx>>)> {
+    match tracer.and_then(TxTracer::start) {
+        Some(span) => Ok((pipeline.send_traced(ops, span.traceparent())?, Some(span))),
+        None => Ok((pipeline.send(ops)?, None)),
+    }
 }
 
 /// Per-second reports queued from the load threads to the collector.
@@ -560,6 +597,7 @@ fn connect(options: &LoadOptions) -> anyhow::Result<Pipeline> {
 
 fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
     let options = ctx.options.clone();
+    let tracer = options.tracer.as_deref();
     let mut pipeline = ctx.pipeline;
     let cap = options.outstanding;
     let end = ctx.start + options.duration;
@@ -594,16 +632,16 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
                 if now < end {
                     while flights.len() < cap {
                         let tx = ctx.workload.next_tx();
-                        let seq = pipeline.send(ctx.workload.ops(&tx))?;
-                        flights.insert(seq, Flight { intended: now, tx });
+                        let (seq, trace) = send(&mut pipeline, ctx.workload.ops(&tx), tracer)?;
+                        flights.insert(seq, Flight { intended: now, tx, trace });
                     }
                 }
             }
             (Some((interval, _)), Some(next)) => {
                 while *next < end && *next <= now && flights.len() < cap && now < backlog_deadline {
                     let tx = ctx.workload.next_tx();
-                    let seq = pipeline.send(ctx.workload.ops(&tx))?;
-                    flights.insert(seq, Flight { intended: *next, tx });
+                    let (seq, trace) = send(&mut pipeline, ctx.workload.ops(&tx), tracer)?;
+                    flights.insert(seq, Flight { intended: *next, tx, trace });
                     *next += *interval;
                 }
             }
@@ -672,6 +710,9 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
             let micros = u64::try_from(micros).unwrap_or(u64::MAX).min(MAX_LATENCY_US);
             totals.latency.saturating_record(micros);
             bucket.latency.saturating_record(micros);
+            if let Some(trace) = flight.trace {
+                trace.finish(&outcome);
+            }
             match outcome {
                 // A transfer has no reads to lose; an audit that lost its reads still committed.
                 Outcome::Committed { .. } | Outcome::CommittedReadsUnavailable => {

@@ -528,10 +528,7 @@ impl Client {
     /// frame just before the request on every attempt, so the coordinator's spans of this
     /// transaction become children of the caller's span.
     pub fn submit_traced(&mut self, ops: Vec<Op>, traceparent: bytes::Bytes) -> Result<Outcome, ClientError> {
-        if traceparent.len() > crate::MAX_TRACEPARENT_BYTES {
-            let message = format!("a traceparent of {} bytes is longer than the frame allows", traceparent.len());
-            return Err(ClientError::Protocol(ProtocolError::new(ErrorCode::Malformed, message)));
-        }
+        check_traceparent(&traceparent)?;
         let key = crate::TraceKey::Submit { client: self.client, seq: self.last_seq + 1 };
         crate::encode_trace_context(&mut self.trace_frame, &[crate::TraceEntry { key, traceparent }]);
         let result = self.submit(ops);
@@ -656,9 +653,34 @@ fn wait_readable(stream: &TcpStream, wait: Duration) -> io::Result<bool> {
     }
 }
 
+/// A traceparent must fit a `TraceContext` entry's one-byte length.
+fn check_traceparent(traceparent: &[u8]) -> Result<(), ClientError> {
+    if traceparent.len() > crate::MAX_TRACEPARENT_BYTES {
+        let message = format!("a traceparent of {} bytes is longer than the frame allows", traceparent.len());
+        return Err(ClientError::Protocol(ProtocolError::new(ErrorCode::Malformed, message)));
+    }
+    Ok(())
+}
+
+/// `u8 tag | u64 client | u64 seq | u8 length | traceparent`: the largest submit entry.
+const TRACE_ENTRY_BYTES_MAX: usize = 1 + 16 + 1 + crate::MAX_TRACEPARENT_BYTES;
+
+/// `TraceContext` frames carrying `entries` (as many as the server's limits need), appended
+/// to `out`.
+fn encode_trace_frames(out: &mut Vec<u8>, entries: &[crate::TraceEntry], limits: &NetLimits) {
+    // Frame header (length, version, kind) and the entry count.
+    let room_bytes = (limits.max_frame_bytes as usize).saturating_sub(2 + 4);
+    let per_frame = (room_bytes / TRACE_ENTRY_BYTES_MAX).min(limits.max_batch as usize).max(1);
+    for chunk in entries.chunks(per_frame) {
+        crate::encode_trace_context(out, chunk);
+    }
+}
+
 /// Many transactions outstanding on one connection. [`send`](Self::send) buffers,
 /// [`flush`](Self::flush) writes every buffered submit in as few frames as the server's
 /// limits allow with one write, [`poll`](Self::poll) collects outcomes.
+/// [`send_traced`](Self::send_traced) sends a request's trace context ahead of it (in a
+/// `TraceContext` frame of the same write, and again with every resend).
 pub struct Pipeline {
     addrs: Vec<SocketAddr>,
     options: ClientOptions,
@@ -674,6 +696,12 @@ pub struct Pipeline {
     frames: Vec<Frame>,
     last_progress: Instant,
     deferred: Option<ClientError>,
+    /// Traceparents of the outstanding traced requests (a subset of `outstanding`).
+    traced: HashMap<Seq, bytes::Bytes>,
+    /// Trace contexts of the buffered submits, sent before them by the next flush.
+    trace_entries: Vec<crate::TraceEntry>,
+    /// Where a flush with trace contexts puts its frames and the submits', for one write.
+    traced_out: Vec<u8>,
 }
 
 /// Buffered submits beyond this many bytes are flushed by `send` itself.
@@ -700,6 +728,9 @@ impl Pipeline {
             frames: Vec::new(),
             last_progress: Instant::now(),
             deferred: None,
+            traced: HashMap::new(),
+            trace_entries: Vec::new(),
+            traced_out: Vec::new(),
         })
     }
 
@@ -738,6 +769,42 @@ impl Pipeline {
         Ok(seq)
     }
 
+    /// [`send`](Self::send) with a W3C `traceparent` (at most
+    /// [`MAX_TRACEPARENT_BYTES`](crate::MAX_TRACEPARENT_BYTES)) sent in a `TraceContext`
+    /// frame just before the request, on every send and resend, so the coordinator's spans
+    /// of this transaction become children of the caller's span. Untraced requests put
+    /// nothing more on the wire.
+    pub fn send_traced(&mut self, ops: Vec<Op>, traceparent: bytes::Bytes) -> Result<Seq, ClientError> {
+        check_traceparent(&traceparent)?;
+        let seq = self.last_seq + 1;
+        let key = crate::TraceKey::Submit { client: self.client, seq };
+        // Queued first: a send that fills the buffer flushes it at once, context first.
+        self.trace_entries.push(crate::TraceEntry { key, traceparent: traceparent.clone() });
+        let result = self.send(ops);
+        if self.outstanding.contains_key(&seq) {
+            self.traced.insert(seq, traceparent);
+        } else {
+            self.trace_entries.retain(|entry| entry.key != key);
+        }
+        result
+    }
+
+    /// Queues the trace context of outstanding request `seq` (if traced) for a resend.
+    fn queue_trace_context(&mut self, seq: Seq) {
+        if let Some(traceparent) = self.traced.get(&seq) {
+            let key = crate::TraceKey::Submit { client: self.client, seq };
+            self.trace_entries.push(crate::TraceEntry { key, traceparent: traceparent.clone() });
+        }
+    }
+
+    /// The request `seq` has its answer: it is no longer outstanding.
+    fn finished(&mut self, seq: Seq) {
+        self.outstanding.remove(&seq);
+        if !self.traced.is_empty() {
+            self.traced.remove(&seq);
+        }
+    }
+
     /// Writes everything buffered. On a broken connection, reconnects and resends every
     /// outstanding transaction (same seqs).
     pub fn flush(&mut self) -> Result<(), ClientError> {
@@ -745,10 +812,11 @@ impl Pipeline {
             return Ok(());
         }
         let result = match self.conn.as_mut() {
-            Some(conn) => conn.stream.send(self.writer.finish()).map_err(ClientError::from),
+            Some(conn) => write_buffered(conn, &mut self.writer, &mut self.trace_entries, &mut self.traced_out),
             None => Err(ClientError::Io(io::Error::new(io::ErrorKind::NotConnected, "not connected"))),
         };
         self.writer.clear();
+        self.trace_entries.clear();
         match result {
             Ok(()) => Ok(()),
             Err(err) => self.reconnect(err),
@@ -842,13 +910,13 @@ impl Pipeline {
             return; // not ours, or answered already (a resend's duplicate answer)
         }
         if let Some(err) = refusal(&reply) {
-            self.outstanding.remove(&seq);
+            self.finished(seq);
             self.deferred.get_or_insert(err);
             return;
         }
         match reply {
             Reply::Outcome { outcome, .. } => {
-                self.outstanding.remove(&seq);
+                self.finished(seq);
                 results.push((seq, outcome));
             }
             _ => self.busy.push_back((Instant::now() + self.options.busy_backoff, seq)),
@@ -864,6 +932,7 @@ impl Pipeline {
             self.busy.pop_front();
             if let Some(submit) = self.outstanding.get(&seq) {
                 self.writer.push(submit)?;
+                self.queue_trace_context(seq);
             }
         }
         self.flush()
@@ -887,20 +956,24 @@ impl Pipeline {
                     self.directory = conn.directory.clone();
                     self.writer = BatchWriter::new(&conn.server_limits);
                     self.busy.clear();
+                    self.trace_entries.clear();
                     let mut seqs: Vec<Seq> = self.outstanding.keys().copied().collect();
                     seqs.sort_unstable();
                     for seq in seqs {
                         self.writer.push(&self.outstanding[&seq])?;
+                        self.queue_trace_context(seq);
                     }
-                    let written = conn.stream.send(self.writer.finish());
+                    let written =
+                        write_buffered(&mut conn, &mut self.writer, &mut self.trace_entries, &mut self.traced_out);
                     self.writer.clear();
+                    self.trace_entries.clear();
                     match written {
                         Ok(()) => {
                             self.conn = Some(conn);
                             self.last_progress = Instant::now();
                             return Ok(());
                         }
-                        Err(err) => last = err.into(),
+                        Err(err) => last = err,
                     }
                 }
                 Err(err) if err.is_transient() => last = err,
@@ -909,4 +982,24 @@ impl Pipeline {
         }
         Err(ClientError::GaveUp { attempts: self.options.max_attempts, last: Box::new(last) })
     }
+}
+
+/// Writes the buffered submits in one write, preceded by `TraceContext` frames for the
+/// traced ones among them (the common, untraced case writes the submits' buffer as it is).
+fn write_buffered(
+    conn: &mut Connection,
+    writer: &mut BatchWriter<Submit>,
+    trace_entries: &mut Vec<crate::TraceEntry>,
+    out: &mut Vec<u8>,
+) -> Result<(), ClientError> {
+    if trace_entries.is_empty() {
+        return conn.stream.send(writer.finish()).map_err(ClientError::from);
+    }
+    out.clear();
+    encode_trace_frames(out, trace_entries, &conn.server_limits);
+    out.extend_from_slice(writer.finish());
+    trace_entries.clear();
+    let result = conn.stream.send(out).map_err(ClientError::from);
+    out.clear();
+    result
 }

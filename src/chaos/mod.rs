@@ -68,6 +68,11 @@ pub struct ChaosArgs {
     /// Do not serve metrics (by default every node serves them on a free loopback port).
     #[arg(long)]
     no_metrics: bool,
+    /// Trace a share of the load's transactions: the load generator roots their traces and
+    /// the nodes, run with the same flags, continue them. The coordinator also roots that
+    /// share of the requests that come without a context, so about twice RATE is traced.
+    #[command(flatten)]
+    trace: crate::trace::TraceArgs,
 }
 
 type LoadThread = JoinHandle<anyhow::Result<LoadResult>>;
@@ -98,7 +103,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         unsafe_no_fsync: false,
         group_interval_us: None,
         plaintext: args.insecure_plaintext,
-        trace: Default::default(),
+        trace: args.trace.clone(),
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
     };
@@ -163,6 +168,7 @@ fn start_load(args: &ChaosArgs, target: &Target) -> anyhow::Result<(LoadThread, 
     options.duration = args.workload.duration + args.settle;
     options.client = client_options(target);
     options.probe = Some(probe.clone());
+    options.tracer = crate::loadgen::load_tracer(&args.trace, "chaos")?;
     // The kill loop's one line per kill is the progress display: a live progress line
     // redrawn underneath would garble it.
     options.progress = false;

@@ -3,20 +3,24 @@
 //! - `submit`: from the request's arrival until its reply leaves (the root, or a child of
 //!   the client's span when the client sent a trace context);
 //! - `prepare` per participant: from its Prepare leaving until its vote arrives;
-//! - `log sync` per record (`Staged`, `Commit`, `Abort`): from the append until durable;
-//! - `decision`: from the engine's decision until the client's reply leaves (it waits for
-//!   the Staged or Abort record);
+//! - `decision`: from the engine's decision until the client's reply has left (it waits for
+//!   the Staged or Abort record) and the decision's record (Commit or Abort) is durable;
+//!   its `log sync` events give each record's (Staged, Commit, Abort) LSN and sync time;
 //! - `commit` per participant: from its Commit leaving until its ack arrives.
 //!
 //! The participants' spans are children of `prepare` and `commit`: their contexts travel in
 //! a `TraceContext` frame just before the data frame that carries the Prepare or Commit.
+//!
+//! Cost: which transactions that start here are traced is a countdown (a geometric gap drawn
+//! per traced one); every hook asks the bounded maps, whose presence filter answers "not
+//! traced" for nearly every other transaction without hashing.
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use opentelemetry::trace::{Span as _, SpanContext, Status};
-use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry::{Array, Context, KeyValue, Value};
 use opentelemetry_sdk::trace::Span;
 use twophase_engine::coordinator::{CoordEffects, CoordOutput};
 use twophase_engine::{
@@ -26,7 +30,7 @@ use twophase_engine::{
 use twophase_net::{TraceEntry, TraceKey, encode_trace_context};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, TRACED_TXS_MAX, context};
+use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context, parent_context};
 
 /// Client contexts waiting for their request at most (a client sends one just before it).
 const WAITING_CONTEXTS_MAX: usize = 4096;
@@ -43,14 +47,29 @@ pub struct PendingSubmit {
 struct TracedTx {
     client: ClientId,
     seq: Seq,
-    /// The `submit` span's context: every other span of the transaction is its child.
-    root: SpanContext,
+    /// The context of the `submit` span, built once: every other span of the transaction
+    /// is its child.
+    root: Context,
     submit: Option<Span>,
     prepares: Vec<(ParticipantId, Span)>,
     decision: Option<Span>,
+    /// Records that became durable before `decision` opened; it gets their events.
+    synced: Vec<SyncDone>,
+    /// The decision's record (Commit or Abort) is appended, not yet durable.
+    decision_record_pending: bool,
+    /// The client's reply has left.
+    replied: bool,
     commits: Vec<(ParticipantId, Span)>,
     /// A Commit record was appended: the transaction ends with its End record.
     committing: bool,
+}
+
+/// A traced transaction's record waiting to become durable.
+struct PendingSync {
+    lsn: Lsn,
+    txid: TxId,
+    record: &'static str,
+    appended: SystemTime,
 }
 
 pub struct CoordinatorTrace {
@@ -58,19 +77,33 @@ pub struct CoordinatorTrace {
     waiting: BoundedMap<(ClientId, Seq), SpanContext>,
     txs: BoundedMap<TxId, TracedTx>,
     by_request: BoundedMap<(ClientId, Seq), TxId>,
-    /// Open `log sync` spans in LSN order.
-    syncs: VecDeque<(Lsn, Span)>,
+    /// Records of traced transactions not yet durable, in LSN order.
+    syncs: VecDeque<PendingSync>,
+    /// Transactions starting here to leave untraced before the next traced one.
+    until_sampled: u64,
 }
 
 impl CoordinatorTrace {
     pub fn new(exporter: Exporter) -> CoordinatorTrace {
+        let until_sampled = exporter.next_sample_gap();
         CoordinatorTrace {
             exporter,
             waiting: BoundedMap::new(WAITING_CONTEXTS_MAX),
             txs: BoundedMap::new(TRACED_TXS_MAX),
             by_request: BoundedMap::new(TRACED_TXS_MAX),
             syncs: VecDeque::new(),
+            until_sampled,
         }
+    }
+
+    /// Whether a transaction without a caller's context is traced: the countdown.
+    fn sample_root(&mut self) -> bool {
+        if self.until_sampled > 0 {
+            self.until_sampled -= 1;
+            return false;
+        }
+        self.until_sampled = self.exporter.next_sample_gap();
+        true
     }
 
     /// A client's `TraceContext` frame: contexts for the requests that follow it.
@@ -89,7 +122,7 @@ impl CoordinatorTrace {
         let parent = if self.waiting.is_empty() { None } else { self.waiting.remove(&(submit.client, submit.seq)) };
         let sampled = match &parent {
             Some(parent) => parent.is_sampled(),
-            None => self.exporter.sample_root(),
+            None => self.sample_root(),
         };
         sampled.then(|| PendingSubmit {
             client: submit.client,
@@ -131,10 +164,13 @@ impl CoordinatorTrace {
         let tx = TracedTx {
             client: pending.client,
             seq: pending.seq,
-            root: submit.span_context().clone(),
+            root: parent_context(Some(submit.span_context())),
             submit: Some(submit),
             prepares: Vec::new(),
             decision: None,
+            synced: Vec::new(),
+            decision_record_pending: false,
+            replied: false,
             commits: Vec::new(),
             committing: false,
         };
@@ -190,15 +226,18 @@ impl CoordinatorTrace {
             CoordRecord::Epoch { .. } | CoordRecord::Register { .. } => return,
         };
         let Some(tx) = self.txs.get_mut(&txid) else { return };
-        if let CoordRecord::Commit { .. } = record {
-            tx.committing = true;
+        match record {
+            CoordRecord::Commit { .. } => {
+                tx.committing = true;
+                tx.decision_record_pending = true;
+            }
+            CoordRecord::Abort { .. } => tx.decision_record_pending = true,
+            _ => {}
         }
-        let attributes = vec![KeyValue::new("twophase.record", name), KeyValue::new("twophase.lsn", lsn.0 as i64)];
-        let span = self.exporter.span("log sync", Some(&tx.root), None, attributes);
         if self.syncs.len() >= TRACED_TXS_MAX {
             self.syncs.pop_front();
         }
-        self.syncs.push_back((lsn, span));
+        self.syncs.push_back(PendingSync { lsn, txid, record: name, appended: SystemTime::now() });
     }
 
     fn on_decided(&mut self, client: ClientId, seq: Seq, reply: &Reply) {
@@ -207,15 +246,45 @@ impl CoordinatorTrace {
         if tx.decision.is_some() {
             return;
         }
-        let mut decision = self.exporter.span("decision", Some(&tx.root), None, Vec::new());
+        let mut decision = self.exporter.span_in("decision", &tx.root, None, Vec::new());
         set_reply(&mut decision, reply);
+        for sync in tx.synced.drain(..) {
+            add_sync_event(&mut decision, &sync);
+        }
         tx.decision = Some(decision);
     }
 
-    /// The log is durable up to `durable`: its `log sync` spans end.
+    /// The log is durable up to `durable`: each traced record now durable becomes a `log
+    /// sync` event (on `decision`, or kept until it opens); a decision whose reply has left
+    /// ends once its record is durable.
     pub fn after_step(&mut self, durable: Lsn) {
-        while self.syncs.front().is_some_and(|(lsn, _)| *lsn <= durable) {
-            self.syncs.pop_front();
+        if self.syncs.front().is_none_or(|pending| pending.lsn > durable) {
+            return;
+        }
+        let now = SystemTime::now();
+        while let Some(pending) = self.syncs.pop_front() {
+            if pending.lsn > durable {
+                self.syncs.push_front(pending);
+                break;
+            }
+            let Some(tx) = self.txs.get_mut(&pending.txid) else { continue };
+            let sync = SyncDone {
+                record: pending.record,
+                lsn: pending.lsn,
+                appended: pending.appended,
+                durable: now,
+                writes: None,
+            };
+            if matches!(pending.record, "Commit" | "Abort") {
+                tx.decision_record_pending = false;
+            }
+            match &mut tx.decision {
+                Some(decision) => add_sync_event(decision, &sync),
+                None => tx.synced.push(sync),
+            }
+            if tx.replied && !tx.decision_record_pending {
+                tx.decision = None;
+            }
         }
     }
 
@@ -237,11 +306,9 @@ impl CoordinatorTrace {
                     let Some(tx) = self.txs.get_mut(&txid) else { continue };
                     let is_prepare = matches!(message, ToParticipant::Prepare { .. });
                     let name = if is_prepare { "prepare" } else { "commit" };
-                    let attributes = vec![
-                        KeyValue::new("twophase.txid", txid.0 as i64),
-                        KeyValue::new("twophase.participant", i64::from(to.0)),
-                    ];
-                    let span = self.exporter.span(name, Some(&tx.root), None, attributes);
+                    // The txid is on `submit`, their parent: one attribute less to export.
+                    let attributes = vec![KeyValue::new("twophase.participant", i64::from(to.0))];
+                    let span = self.exporter.span_in(name, &tx.root, None, attributes);
                     let traceparent = context::format(span.span_context());
                     let open = if is_prepare { &mut tx.prepares } else { &mut tx.commits };
                     open.push((*to, span));
@@ -259,7 +326,10 @@ impl CoordinatorTrace {
     fn on_replied(&mut self, client: ClientId, seq: Seq, reply: &Reply) {
         let Some(txid) = self.by_request.remove(&(client, seq)) else { return };
         let Some(tx) = self.txs.get_mut(&txid) else { return };
-        tx.decision = None;
+        tx.replied = true;
+        if !tx.decision_record_pending {
+            tx.decision = None;
+        }
         if let Some(mut submit) = tx.submit.take() {
             set_reply(&mut submit, reply);
         }

@@ -1,13 +1,13 @@
 //! A participant's spans of a sampled transaction, children of the coordinator's spans whose
 //! contexts arrive in `TraceContext` frames just before the Prepare or Commit:
 //!
-//! - `prepare`: from the Prepare's arrival until it is decided here (locks taken and the
-//!   operations evaluated: the Prepared record is appended, or a No / ReadOnly vote is
-//!   emitted); a prepare parked behind an older holder includes the wait;
-//! - `log sync` (`Prepared`): from the append until durable (then the Yes leaves);
+//! - `prepare`: from the Prepare's arrival until its vote leaves: a No or ReadOnly vote at
+//!   once, a Yes once the Prepared record is durable (a `log sync` event then gives its LSN,
+//!   writes and sync time); a prepare parked behind an older holder includes the wait;
 //! - `commit`: from the Commit's arrival until its ack leaves (the Committed record durable).
 
 use std::collections::VecDeque;
+use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanContext};
@@ -17,14 +17,19 @@ use twophase_engine::{Lsn, PartRecord, ToCoordinator, ToParticipant, TxId, Vote}
 use twophase_net::{TraceEntry, TraceKey};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, TRACED_TXS_MAX, context};
+use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context};
 
 struct TracedTx {
-    /// The coordinator's span this participant's spans are children of (its `prepare`,
-    /// then its `commit`).
-    parent: Option<SpanContext>,
     prepare: Option<Span>,
     commit: Option<Span>,
+}
+
+/// A traced transaction's Prepared record waiting to become durable.
+struct PendingSync {
+    lsn: Lsn,
+    txid: TxId,
+    writes: usize,
+    appended: SystemTime,
 }
 
 pub struct ParticipantTrace {
@@ -32,8 +37,8 @@ pub struct ParticipantTrace {
     /// Contexts for the Prepare or Commit that follows them.
     waiting: BoundedMap<TxId, SpanContext>,
     txs: BoundedMap<TxId, TracedTx>,
-    /// Open `log sync` spans in LSN order.
-    syncs: VecDeque<(Lsn, Span)>,
+    /// Prepared records of traced transactions not yet durable, in LSN order.
+    syncs: VecDeque<PendingSync>,
 }
 
 impl ParticipantTrace {
@@ -70,7 +75,7 @@ impl ParticipantTrace {
                     KeyValue::new("twophase.ops", ops.len() as i64),
                 ];
                 let span = self.exporter.span("prepare", Some(&parent), None, attributes);
-                let tx = TracedTx { parent: Some(parent), prepare: Some(span), commit: None };
+                let tx = TracedTx { prepare: Some(span), commit: None };
                 self.txs.insert(txid, tx);
             }
             ToParticipant::Commit { .. } => {
@@ -83,9 +88,7 @@ impl ParticipantTrace {
                 );
                 match self.txs.get_mut(&txid) {
                     Some(tx) => tx.commit = Some(span),
-                    None => drop(
-                        self.txs.insert(txid, TracedTx { parent: Some(parent), prepare: None, commit: Some(span) }),
-                    ),
+                    None => drop(self.txs.insert(txid, TracedTx { prepare: None, commit: Some(span) })),
                 }
             }
             ToParticipant::Abort { .. } => {
@@ -120,19 +123,12 @@ impl ParticipantTrace {
 
     fn on_prepared(&mut self, lsn: Lsn, txid: TxId, writes: usize) {
         let Some(tx) = self.txs.get_mut(&txid) else { return };
-        if let Some(mut prepare) = tx.prepare.take() {
-            prepare.set_attribute(KeyValue::new("twophase.vote", "yes"));
-        }
-        let attributes = vec![
-            KeyValue::new("twophase.record", "Prepared"),
-            KeyValue::new("twophase.lsn", lsn.0 as i64),
-            KeyValue::new("twophase.writes", writes as i64),
-        ];
-        let span = self.exporter.span("log sync", tx.parent.as_ref(), None, attributes);
+        let Some(prepare) = &mut tx.prepare else { return };
+        prepare.set_attribute(KeyValue::new("twophase.vote", "yes"));
         if self.syncs.len() >= TRACED_TXS_MAX {
             self.syncs.pop_front();
         }
-        self.syncs.push_back((lsn, span));
+        self.syncs.push_back(PendingSync { lsn, txid, writes, appended: SystemTime::now() });
     }
 
     /// A No or ReadOnly vote: nothing more happens here for this transaction.
@@ -149,10 +145,28 @@ impl ParticipantTrace {
         }
     }
 
-    /// The log is durable up to `durable`: its `log sync` spans end.
+    /// The log is durable up to `durable`: a traced Prepared record now durable is a `log
+    /// sync` event on its `prepare`, which ends (the Yes leaves in this step).
     pub fn after_step(&mut self, durable: Lsn) {
-        while self.syncs.front().is_some_and(|(lsn, _)| *lsn <= durable) {
-            self.syncs.pop_front();
+        if self.syncs.front().is_none_or(|pending| pending.lsn > durable) {
+            return;
+        }
+        let now = SystemTime::now();
+        while let Some(pending) = self.syncs.pop_front() {
+            if pending.lsn > durable {
+                self.syncs.push_front(pending);
+                break;
+            }
+            let Some(tx) = self.txs.get_mut(&pending.txid) else { continue };
+            let Some(mut prepare) = tx.prepare.take() else { continue };
+            let sync = SyncDone {
+                record: "Prepared",
+                lsn: pending.lsn,
+                appended: pending.appended,
+                durable: now,
+                writes: Some(pending.writes),
+            };
+            add_sync_event(&mut prepare, &sync);
         }
     }
 
