@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use std::path::Path;
 
-use raft::prelude::{Entry, EntryType, Message, Ready};
+use raft::prelude::{Entry, EntryType, Message, MessageType, Ready};
 use raft::{RawNode, StateRole};
 use twophase_wal::{Lsn, Wal, WalOptions};
 
@@ -162,8 +162,9 @@ impl Replica {
     /// Takes a message from a peer; call [`Replica::poll`] after a batch of them. A refused
     /// message ([`ReplicaError::BadMessage`]) changes nothing; any other error is fatal.
     pub fn step(&mut self, bytes: &[u8]) -> Result<(), ReplicaError> {
-        let message = codec::decode_message(bytes, self.config.message_bytes_max)?;
+        let mut message = codec::decode_message(bytes, self.config.message_bytes_max)?;
         self.check_origin(&message)?;
+        self.guard_heartbeat_commit(&mut message);
         match self.node.step(message) {
             Ok(()) => Ok(()),
             Err(raft::Error::StepPeerNotFound) => Err(ReplicaError::BadMessage("from a peer raft does not track".into())),
@@ -183,6 +184,26 @@ impl Replica {
             return Err(ReplicaError::BadMessage("a local message type".into()));
         }
         Ok(())
+    }
+
+    /// A heartbeat tells a follower to commit up to what the leader believes it holds. Only
+    /// a replica that lost its log (a wiped directory rejoining under its old id) holds less,
+    /// and raft-rs would panic on it; such a heartbeat commits nothing new here instead (not
+    /// "up to our last index": entries of an older copy of the log might not match). The
+    /// leader's next append or snapshot brings the log back.
+    fn guard_heartbeat_commit(&self, message: &mut Message) {
+        let raft_log = &self.node.raft.raft_log;
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > raft_log.last_index() {
+            message.commit = raft_log.committed;
+        }
+    }
+
+    /// Asks this leader to hand leadership to `to` (a graceful handoff, or to make a fresh
+    /// leader re-learn every follower's log from scratch). Ignored on a follower.
+    pub fn transfer_leadership(&mut self, to: u64) {
+        if self.is_leader() && to != self.config.id && self.config.voters.contains(&to) {
+            self.node.transfer_leader(to);
+        }
     }
 
     /// Proposes one batch (a whole group of the application's records) on the leader; call
