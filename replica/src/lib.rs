@@ -54,7 +54,5 @@ pub use codec::{KIND_ENTRIES, KIND_HARD_STATE, KIND_SNAPSHOT};
 pub use config::ReplicaConfig;
 pub use error::{ProposeError, ReplicaError};
 pub use log::{AppendError, DecisionLog, KIND_LOCAL_BATCH, LocalLog};
-pub use replica::{
-    CommittedEntry, Output, Replica, RoleChange, SnapshotInstall, StateMachine, Ticket, TicketOutcome,
-};
+pub use replica::{CommittedEntry, Output, Replica, RoleChange, SnapshotInstall, StateMachine, Ticket, TicketOutcome};
 pub use storage::WalStorage;

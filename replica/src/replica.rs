@@ -167,7 +167,9 @@ impl Replica {
         self.guard_heartbeat_commit(&mut message);
         match self.node.step(message) {
             Ok(()) => Ok(()),
-            Err(raft::Error::StepPeerNotFound) => Err(ReplicaError::BadMessage("from a peer raft does not track".into())),
+            Err(raft::Error::StepPeerNotFound) => {
+                Err(ReplicaError::BadMessage("from a peer raft does not track".into()))
+            }
             Err(raft::Error::StepLocalMsg) => Err(ReplicaError::BadMessage("a local message type".into())),
             Err(e) => Err(ReplicaError::Raft(e)),
         }
@@ -318,7 +320,11 @@ impl Replica {
         assert!(entry.index == self.applied.0 + 1, "entry {} applied after {}", entry.index, self.applied.0);
         self.applied = (entry.index, entry.term);
         if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-            self.outputs.push_back(Output::Apply(CommittedEntry { index: entry.index, term: entry.term, data: entry.data }));
+            self.outputs.push_back(Output::Apply(CommittedEntry {
+                index: entry.index,
+                term: entry.term,
+                data: entry.data,
+            }));
         }
         // Handed out = applied: the application applies the drain in order before it reads
         // further, so a snapshot it takes after this output covers exactly this index.

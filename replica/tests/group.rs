@@ -11,8 +11,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use twophase_replica::{
-    CommittedEntry, Output, ProposeError, Replica, ReplicaConfig, ReplicaError, SnapshotInstall, StateMachine,
-    Ticket, TicketOutcome,
+    CommittedEntry, Output, ProposeError, Replica, ReplicaConfig, ReplicaError, SnapshotInstall, StateMachine, Ticket,
+    TicketOutcome,
 };
 use twophase_wal::WalOptions;
 
@@ -193,9 +193,8 @@ impl Group {
         let [leader] = leaders[..] else { return None };
         let term = self.replica(leader).term();
         let reachable: Vec<u64> = live.into_iter().filter(|&id| !self.cut.contains(&(leader, id))).collect();
-        let agree = reachable
-            .iter()
-            .all(|&id| self.replica(id).leader_id() == Some(leader) && self.replica(id).term() == term);
+        let agree =
+            reachable.iter().all(|&id| self.replica(id).leader_id() == Some(leader) && self.replica(id).term() == term);
         agree.then_some(leader)
     }
 
@@ -430,7 +429,10 @@ fn a_replica_that_lost_its_directory_catches_up_by_snapshot() {
     assert!(group.replica(leader).snapshot_index() > 0, "the leader took no snapshot");
     assert!(group.replica(leader).storage().cached_entries() < expected.len());
     let segments = |dir: &std::path::Path| {
-        std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal")).count()
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
+            .count()
     };
     let leader_dir = group.node(leader).dir.clone();
     group.kill(victim);
