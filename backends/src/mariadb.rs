@@ -124,9 +124,16 @@ impl Connection for MariaConnection {
             }
             (KvOp::Add { delta, floor, .. }, Row::Account(id)) => {
                 // The CHECK refuses a negative balance; a floor above 0 needs the new balance.
-                let sql = "INSERT INTO accounts (id, balance) VALUES (?, ?) \
-                           ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance)";
-                self.run(|c| c.exec_drop(sql, (id, delta)))?;
+                // The CHECK applies to the row proposed for insertion too, so an upsert cannot
+                // add a negative delta: update first, insert only a missing account (absent
+                // counts as 0; a delta of 0 changes no row and inserts or keeps one).
+                let update = "UPDATE accounts SET balance = balance + ? WHERE id = ?";
+                let changed = self.run(|c| c.exec_drop(update, (delta, id)).map(|()| c.affected_rows()))?;
+                if changed == 0 {
+                    let insert = "INSERT INTO accounts (id, balance) VALUES (?, ?) \
+                                  ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance)";
+                    self.run(|c| c.exec_drop(insert, (id, delta)))?;
+                }
                 if *floor > 0 {
                     let sql = "SELECT balance FROM accounts WHERE id = ?";
                     let balance: Option<i64> = self.run(|c| c.exec_first(sql, (id,)))?;

@@ -49,6 +49,7 @@ struct Statements {
     put_account: Statement,
     delete_account: Statement,
     add_account: Statement,
+    insert_account: Statement,
     get_kv: Statement,
     get_kv_for_update: Statement,
     put_kv: Statement,
@@ -77,7 +78,11 @@ impl PgConnection {
                      ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance",
                 )?,
                 delete_account: prepare("DELETE FROM accounts WHERE id = $1")?,
-                add_account: prepare(
+                add_account: prepare("UPDATE accounts SET balance = balance + $2 WHERE id = $1 RETURNING balance")?,
+                // PostgreSQL checks the CHECK on the row proposed for insertion before it
+                // meets the conflict, so an upsert cannot add a negative delta: update first,
+                // insert only a missing account (absent counts as 0).
+                insert_account: prepare(
                     "INSERT INTO accounts (id, balance) VALUES ($1, $2) \
                      ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance \
                      RETURNING balance",
@@ -110,8 +115,9 @@ impl Connection for PgConnection {
 
     fn kv(&mut self, op: &KvOp) -> Result<KvOutcome, DbError> {
         let s = self.statements()?;
-        let (get_account, put_account, delete_account, add_account) =
-            (s.get_account.clone(), s.put_account.clone(), s.delete_account.clone(), s.add_account.clone());
+        let (get_account, put_account, delete_account) =
+            (s.get_account.clone(), s.put_account.clone(), s.delete_account.clone());
+        let (add_account, insert_account) = (s.add_account.clone(), s.insert_account.clone());
         let (get_kv, get_kv_for_update, put_kv, delete_kv) =
             (s.get_kv.clone(), s.get_kv_for_update.clone(), s.put_kv.clone(), s.delete_kv.clone());
         let c = &mut self.client;
@@ -144,7 +150,10 @@ impl Connection for PgConnection {
             (KvOp::Add { delta, floor, .. }, Row::Account(id)) => {
                 // The CHECK refuses a negative balance (also for a new account and a negative
                 // delta); a floor above 0 is checked on the balance the row now holds.
-                let row = c.query_one(&add_account, &[&id, delta]).map_err(map_error)?;
+                let row = match c.query_opt(&add_account, &[&id, delta]).map_err(map_error)? {
+                    Some(row) => row,
+                    None => c.query_one(&insert_account, &[&id, delta]).map_err(map_error)?,
+                };
                 kv::check_floor(row.get(0), *delta, *floor)?;
                 Ok(KvOutcome::Written)
             }

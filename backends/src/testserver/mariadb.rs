@@ -1,7 +1,8 @@
 //! A throwaway MariaDB server (`mariadb-install-db` + `mariadbd`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
@@ -41,7 +42,7 @@ impl MariaServer {
         if is_root() {
             install.arg("--user=root");
         }
-        run(&mut install, "mariadb-install-db")?;
+        install_system_tables(&mut install, &server.data_dir())?;
         server.restart()?;
         let mut conn = server.connect_as_root(None)?;
         conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {DATABASE}"))
@@ -157,6 +158,26 @@ impl MariaServer {
 
     fn log(&self) -> PathBuf {
         self.dir.path().join("error.log")
+    }
+}
+
+/// Runs mariadb-install-db, one at a time in this process and again after a failure: two
+/// bootstraps started together in one test binary now and then fail ("Installation of system
+/// tables failed") with nothing in their logs, where one after the other never does.
+fn install_system_tables(install: &mut Command, data_dir: &Path) -> Result<(), ServerError> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut attempts_left = 3;
+    loop {
+        attempts_left -= 1;
+        match run(install, "mariadb-install-db") {
+            Ok(_) => return Ok(()),
+            Err(error) if attempts_left == 0 => return Err(error),
+            Err(error) => {
+                eprintln!("retrying mariadb-install-db after: {error}");
+                let _ = std::fs::remove_dir_all(data_dir);
+            }
+        }
     }
 }
 
