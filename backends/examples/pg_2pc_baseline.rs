@@ -73,8 +73,9 @@ fn main() -> Result<()> {
         failed += failures;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    for dsn in [&dsn_a, &dsn_b] {
-        audit(dsn, args.accounts)?;
+    let total = audit(&dsn_a, args.accounts)? + audit(&dsn_b, args.accounts)?;
+    if total != 2 * args.accounts * START_BALANCE {
+        bail!("money not conserved: {total} across both instances");
     }
     println!(
         "pg_2pc_baseline: {} clients, {:.1} s: {} transfers, {:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} failed",
@@ -97,14 +98,15 @@ fn setup(dsn: &str, accounts: i64) -> Result<()> {
          CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))",
     )?;
     db.execute(
-        "INSERT INTO accounts SELECT id, $2 FROM generate_series(0, $1 - 1) AS id",
+        "INSERT INTO accounts SELECT id, $2::bigint FROM generate_series(0, $1::bigint - 1) AS id",
         &[&accounts, &START_BALANCE],
     )?;
     Ok(())
 }
 
-/// Money is conserved across the two instances, and nothing is left prepared.
-fn audit(dsn: &str, accounts: i64) -> Result<()> {
+/// Nothing is left prepared; returns the instance's sum of balances (the caller checks that
+/// money is conserved across both).
+fn audit(dsn: &str, accounts: i64) -> Result<i64> {
     let mut db = Client::connect(dsn, NoTls)?;
     let prepared: i64 = db.query_one("SELECT count(*) FROM pg_prepared_xacts", &[])?.get(0);
     if prepared != 0 {
@@ -114,7 +116,7 @@ fn audit(dsn: &str, accounts: i64) -> Result<()> {
     if rows != accounts {
         bail!("{rows} accounts instead of {accounts}");
     }
-    Ok(())
+    Ok(db.query_one("SELECT sum(balance)::bigint FROM accounts", &[])?.get(0))
 }
 
 /// One client: transfers until told to stop. Returns its latencies and failed transfers.
