@@ -1,0 +1,290 @@
+//! MariaDB (InnoDB): `XA START 'gid'` … `XA END` + `XA PREPARE`, `XA COMMIT` / `XA ROLLBACK`,
+//! recovery from `XA RECOVER`. Since MariaDB 10.5 a prepared XA transaction survives its
+//! connection and the server's restart, and any connection may decide it once the one that
+//! prepared it is gone; that one can do nothing else until it decides the branch (error 1399
+//! XAER_RMFAIL otherwise), so the pool keeps it with the prepared transaction.
+//!
+//! Reads take shared locks (`LOCK IN SHARE MODE`) and writes row locks, held until the
+//! decision, like the built-in store. Keys up to 1024 bytes and values up to 32 KiB: the
+//! engine's limits.
+
+use bytes::Bytes;
+use mysql::consts::ColumnType;
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, OptsBuilder, Params, Value};
+
+use crate::conn::{Connection, Connector, gid_literal, gids_of};
+use crate::error::{DbError, Reason, reason_of_mysql_code};
+use crate::gid::Gid;
+use crate::kv::{self, KvOp, KvOutcome, Row};
+use crate::postgres::check_statement;
+use crate::sql::{Rows, SqlLimits, SqlValue};
+
+const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS kv (k VARBINARY(1024) PRIMARY KEY, v VARBINARY(32768) NOT NULL) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL, \
+     CONSTRAINT balance_not_negative CHECK (balance >= 0)) ENGINE=InnoDB",
+];
+
+/// The `binary` character set: a column of bytes, not text.
+const BINARY_CHARSET: u16 = 63;
+
+pub struct MariaConnector {
+    opts: Opts,
+}
+
+impl MariaConnector {
+    /// `mysql://user:password@host:port/db`, or with `?socket=/path/mysqld.sock`.
+    pub fn new(url: &str) -> Result<MariaConnector, DbError> {
+        let opts = Opts::from_url(url).map_err(|e| DbError::invalid(format!("MariaDB URL: {e}")))?;
+        Ok(MariaConnector { opts })
+    }
+
+    pub fn from_opts(opts: impl Into<Opts>) -> MariaConnector {
+        MariaConnector { opts: opts.into() }
+    }
+}
+
+impl Connector for MariaConnector {
+    type Conn = MariaConnection;
+
+    fn connect(&self) -> Result<MariaConnection, DbError> {
+        let opts = OptsBuilder::from_opts(self.opts.clone()).prefer_socket(true);
+        let conn = Conn::new(opts).map_err(|e| map_error(&e))?;
+        Ok(MariaConnection { conn, broken: false })
+    }
+}
+
+pub struct MariaConnection {
+    conn: Conn,
+    broken: bool,
+}
+
+impl MariaConnection {
+    /// The driver's connection, for tests and tools that need plain SQL.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// Runs a driver call, remembering a broken connection.
+    fn run<T>(&mut self, call: impl FnOnce(&mut Conn) -> mysql::Result<T>) -> Result<T, DbError> {
+        call(&mut self.conn).map_err(|e| {
+            let error = map_error(&e);
+            if error.reason == Reason::ConnectionLost {
+                self.broken = true;
+            }
+            error
+        })
+    }
+
+    fn text(&mut self, sql: &str) -> Result<(), DbError> {
+        self.run(|c| c.query_drop(sql))
+    }
+}
+
+impl Connection for MariaConnection {
+    fn ensure_schema(&mut self) -> Result<(), DbError> {
+        SCHEMA.iter().try_for_each(|sql| self.text(sql))
+    }
+
+    fn begin(&mut self, gid: &Gid) -> Result<(), DbError> {
+        self.text(&format!("XA START {}", gid_literal(gid)))
+    }
+
+    fn kv(&mut self, op: &KvOp) -> Result<KvOutcome, DbError> {
+        match (op, kv::row_of(op.key())) {
+            (KvOp::Get { .. }, Row::Account(id)) => {
+                let sql = "SELECT balance FROM accounts WHERE id = ? LOCK IN SHARE MODE";
+                let balance: Option<i64> = self.run(|c| c.exec_first(sql, (id,)))?;
+                Ok(KvOutcome::Read(balance.map(kv::encode_i64)))
+            }
+            (KvOp::Get { .. }, Row::Kv(key)) => {
+                let sql = "SELECT v FROM kv WHERE k = ? LOCK IN SHARE MODE";
+                let value: Option<Vec<u8>> = self.run(|c| c.exec_first(sql, (key,)))?;
+                Ok(KvOutcome::Read(value.map(Bytes::from)))
+            }
+            (KvOp::Put { value, .. }, Row::Account(id)) => {
+                let balance = kv::decode_i64(value)?;
+                let sql = "INSERT INTO accounts (id, balance) VALUES (?, ?) ON DUPLICATE KEY UPDATE balance = VALUES(balance)";
+                self.run(|c| c.exec_drop(sql, (id, balance)))?;
+                Ok(KvOutcome::Written)
+            }
+            (KvOp::Put { value, .. }, Row::Kv(key)) => {
+                let sql = "INSERT INTO kv (k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)";
+                self.run(|c| c.exec_drop(sql, (key, value.as_ref())))?;
+                Ok(KvOutcome::Written)
+            }
+            (KvOp::Delete { .. }, Row::Account(id)) => {
+                self.run(|c| c.exec_drop("DELETE FROM accounts WHERE id = ?", (id,)))?;
+                Ok(KvOutcome::Written)
+            }
+            (KvOp::Delete { .. }, Row::Kv(key)) => {
+                self.run(|c| c.exec_drop("DELETE FROM kv WHERE k = ?", (key,)))?;
+                Ok(KvOutcome::Written)
+            }
+            (KvOp::Add { delta, floor, .. }, Row::Account(id)) => {
+                // The CHECK refuses a negative balance; a floor above 0 needs the new balance.
+                // The CHECK applies to the row proposed for insertion too, so an upsert cannot
+                // add a negative delta: update first, insert only a missing account (absent
+                // counts as 0; a delta of 0 changes no row and inserts or keeps one).
+                let update = "UPDATE accounts SET balance = balance + ? WHERE id = ?";
+                let changed = self.run(|c| c.exec_drop(update, (delta, id)).map(|()| c.affected_rows()))?;
+                if changed == 0 {
+                    let insert = "INSERT INTO accounts (id, balance) VALUES (?, ?) \
+                                  ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance)";
+                    self.run(|c| c.exec_drop(insert, (id, delta)))?;
+                }
+                if *floor > 0 {
+                    let sql = "SELECT balance FROM accounts WHERE id = ?";
+                    let balance: Option<i64> = self.run(|c| c.exec_first(sql, (id,)))?;
+                    kv::check_floor(balance.unwrap_or(0), *delta, *floor)?;
+                }
+                Ok(KvOutcome::Written)
+            }
+            (KvOp::Add { delta, floor, .. }, Row::Kv(key)) => {
+                let sql = "SELECT v FROM kv WHERE k = ? FOR UPDATE";
+                let current: Option<Vec<u8>> = self.run(|c| c.exec_first(sql, (key,)))?;
+                let next = kv::added(current.as_deref(), *delta, *floor)?;
+                let sql = "INSERT INTO kv (k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)";
+                self.run(|c| c.exec_drop(sql, (key, &kv::encode_i64(next)[..])))?;
+                Ok(KvOutcome::Written)
+            }
+        }
+    }
+
+    fn execute(&mut self, sql: &str, params: &[SqlValue], limits: &SqlLimits) -> Result<Rows, DbError> {
+        check_statement(sql, params, limits)?;
+        let statement = self.run(|c| c.prep(sql))?;
+        if usize::from(statement.num_params()) != params.len() {
+            return Err(DbError::invalid(format!(
+                "the statement takes {} parameters, {} given",
+                statement.num_params(),
+                params.len()
+            )));
+        }
+        let columns = statement.columns();
+        let params =
+            if params.is_empty() { Params::Empty } else { Params::Positional(params.iter().map(to_value).collect()) };
+        let rows_max = limits.rows_max;
+        let (rows, affected) = self.run(|c| {
+            let mut result = c.exec_iter(&statement, params)?;
+            let mut rows = Vec::new();
+            for row in result.by_ref() {
+                let row = row?;
+                if rows.len() == rows_max {
+                    return Ok((Err(DbError::invalid(format!("the statement returns more than {rows_max} rows"))), 0));
+                }
+                rows.push(row.unwrap());
+            }
+            Ok((Ok(rows), result.affected_rows()))
+        })?;
+        let rows = rows?
+            .into_iter()
+            .map(|row| row.into_iter().zip(columns.iter()).map(|(v, c)| from_value(v, c)).collect())
+            .collect::<Result<Vec<Vec<SqlValue>>, DbError>>()?;
+        let columns = columns.iter().map(|c| c.name_str().into_owned()).collect();
+        Ok(Rows { columns, rows, affected })
+    }
+
+    fn prepare(&mut self, gid: &Gid) -> Result<(), DbError> {
+        let gid = gid_literal(gid);
+        self.text(&format!("XA END {gid}"))?;
+        self.text(&format!("XA PREPARE {gid}"))
+    }
+
+    fn prepare_detaches(&self) -> bool {
+        false
+    }
+
+    fn rollback(&mut self, gid: &Gid) -> Result<(), DbError> {
+        // After a failed statement the branch may already be rolled back (a deadlock) and XA
+        // END refused; XA ROLLBACK still ends it. A connection where both fail is dropped
+        // by the pool, which rolls the branch back too.
+        let gid = gid_literal(gid);
+        let end = self.text(&format!("XA END {gid}"));
+        let rollback = self.text(&format!("XA ROLLBACK {gid}"));
+        if rollback.is_err() && end.is_err() {
+            self.broken = true;
+        }
+        rollback
+    }
+
+    fn commit_prepared(&mut self, gid: &Gid) -> Result<(), DbError> {
+        self.text(&format!("XA COMMIT {}", gid_literal(gid)))
+    }
+
+    fn rollback_prepared(&mut self, gid: &Gid) -> Result<(), DbError> {
+        self.text(&format!("XA ROLLBACK {}", gid_literal(gid)))
+    }
+
+    fn recover(&mut self, participant: &str) -> Result<Vec<Gid>, DbError> {
+        // Rows: formatID, gtrid_length, bqual_length, data (gtrid then bqual).
+        let rows: Vec<(i64, i64, i64, Vec<u8>)> = self.run(|c| c.query("XA RECOVER"))?;
+        let gtrids: Vec<String> = rows
+            .into_iter()
+            .filter_map(|(_, gtrid_length, _, data)| {
+                let gtrid = data.get(..usize::try_from(gtrid_length).ok()?)?;
+                String::from_utf8(gtrid.to_vec()).ok()
+            })
+            .collect();
+        Ok(gids_of(participant, gtrids.iter().map(String::as_str)))
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+fn map_error(error: &mysql::Error) -> DbError {
+    match error {
+        mysql::Error::MySqlError(e) => DbError::new(reason_of_mysql_code(e.code), format!("{}: {}", e.code, e.message)),
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => {
+            DbError::new(Reason::ConnectionLost, error.to_string())
+        }
+        mysql::Error::DriverError(
+            mysql::DriverError::ConnectTimeout
+            | mysql::DriverError::CouldNotConnect(_)
+            | mysql::DriverError::PacketOutOfSync
+            | mysql::DriverError::UnexpectedPacket,
+        ) => DbError::new(Reason::ConnectionLost, error.to_string()),
+        mysql::Error::DriverError(mysql::DriverError::MismatchedStmtParams(..)) => DbError::invalid(error.to_string()),
+        _ => DbError::new(Reason::Other, error.to_string()),
+    }
+}
+
+fn to_value(value: &SqlValue) -> Value {
+    match value {
+        SqlValue::Null => Value::NULL,
+        SqlValue::Bool(b) => Value::Int((*b).into()),
+        SqlValue::Int(i) => Value::Int(*i),
+        SqlValue::Float(f) => Value::Double(*f),
+        SqlValue::Text(s) => Value::Bytes(s.as_bytes().to_vec()),
+        SqlValue::Bytes(b) => Value::Bytes(b.to_vec()),
+    }
+}
+
+fn from_value(value: Value, column: &mysql::Column) -> Result<SqlValue, DbError> {
+    let name = column.name_str();
+    match value {
+        Value::NULL => Ok(SqlValue::Null),
+        Value::Int(i) => Ok(SqlValue::Int(i)),
+        Value::UInt(u) => i64::try_from(u)
+            .map(SqlValue::Int)
+            .map_err(|_| DbError::invalid(format!("column {name:?}: {u} does not fit an i64"))),
+        Value::Float(f) => Ok(SqlValue::Float(f.into())),
+        Value::Double(f) => Ok(SqlValue::Float(f)),
+        Value::Bytes(bytes) if column.character_set() == BINARY_CHARSET && !is_decimal(column) => {
+            Ok(SqlValue::Bytes(bytes.into()))
+        }
+        Value::Bytes(bytes) => String::from_utf8(bytes)
+            .map(SqlValue::Text)
+            .map_err(|_| DbError::invalid(format!("column {name:?} is text but not UTF-8"))),
+        Value::Date(..) | Value::Time(..) => {
+            Err(DbError::invalid(format!("column {name:?} is a date or time: cast it to CHAR")))
+        }
+    }
+}
+
+fn is_decimal(column: &mysql::Column) -> bool {
+    matches!(column.column_type(), ColumnType::MYSQL_TYPE_NEWDECIMAL | ColumnType::MYSQL_TYPE_DECIMAL)
+}
