@@ -21,6 +21,9 @@ const UNIDENTIFIED: &str = "unidentified";
 /// `peer` and `peer_role` of the counts of every closed connection.
 const CLOSED: &str = "closed";
 
+/// A counter family: its name, its help and which count it reads.
+type Family = (&'static str, &'static str, fn(&ConnCounters) -> u64);
+
 /// One series: the `peer` and `peer_role` labels and the counts of those connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Series {
@@ -56,7 +59,7 @@ impl ConnectionsExport {
     }
 
     pub fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
-        let families: [(&str, &str, fn(&ConnCounters) -> u64); 4] = [
+        let families: [Family; 4] = [
             (
                 "twophase_connection_received_bytes",
                 "Bytes read from the connection's socket (TLS records and handshakes included), by peer",
