@@ -245,8 +245,7 @@ impl WalStorage {
     /// dropped once that record is durable.
     pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<Lsn, ReplicaError> {
         let term = self.term(index).map_err(ReplicaError::Raft)?;
-        let mut snapshot = Snapshot::default();
-        snapshot.data = data.into();
+        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
