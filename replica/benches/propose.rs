@@ -52,7 +52,7 @@ impl Group {
     fn drive(&mut self) {
         loop {
             for r in &mut self.replicas {
-                let last = r.storage().last_lsn();
+                let last = r.storage().last_urgent_lsn();
                 if last.0 > 0 {
                     r.wal().wait_durable(last).unwrap();
                 }

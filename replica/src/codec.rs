@@ -87,11 +87,7 @@ pub fn decode_hard_state(payload: &[u8]) -> Result<HardState, ReplicaError> {
         return Err(corrupt(format!("hard state of {} bytes", payload.len())));
     }
     let word = |k: usize| u64::from_le_bytes(payload[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
-    let mut hs = HardState::default();
-    hs.term = word(0);
-    hs.vote = word(1);
-    hs.commit = word(2);
-    Ok(hs)
+    Ok(HardState { term: word(0), vote: word(1), commit: word(2), ..HardState::default() })
 }
 
 /// Encodes a [`KIND_SNAPSHOT`] payload.
@@ -136,11 +132,7 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry { index, term, data: data.to_vec().into(), ..Entry::default() }
     }
 
     #[test]
@@ -166,21 +158,14 @@ mod tests {
 
     #[test]
     fn hard_state_round_trip_and_length_check() {
-        let mut hs = HardState::default();
-        hs.term = 5;
-        hs.vote = 2;
-        hs.commit = 99;
+        let hs = HardState { term: 5, vote: 2, commit: 99, ..HardState::default() };
         assert_eq!(decode_hard_state(&encode_hard_state(&hs)).unwrap(), hs);
         assert!(decode_hard_state(&[0; 23]).is_err());
     }
 
     #[test]
     fn message_limit_is_checked_before_parsing() {
-        let mut m = Message::default();
-        m.to = 2;
-        m.from = 1;
-        m.term = 4;
-        m.entries = vec![entry(1, 4, &[1; 100])].into();
+        let m = Message { to: 2, from: 1, term: 4, entries: vec![entry(1, 4, &[1; 100])].into(), ..Message::default() };
         let bytes = encode_message(&m);
         assert_eq!(decode_message(&bytes, bytes.len()).unwrap(), m);
         assert!(matches!(decode_message(&bytes, bytes.len() - 1), Err(ReplicaError::BadMessage(_))));

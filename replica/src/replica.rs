@@ -260,19 +260,16 @@ impl Replica {
             self.queue_apply(entry);
         }
         let store = self.node.mut_store();
-        let mut wait_for = store.last_lsn();
         if !ready.entries().is_empty() {
-            wait_for = store.append_entries(ready.entries())?;
+            store.append_entries(ready.entries())?;
         }
         if let Some(hs) = ready.hs() {
-            let lsn = store.set_hard_state(hs, ready.must_sync());
             // A commit-only change may be lost (Raft re-learns it): nothing waits for it.
-            if ready.must_sync() {
-                wait_for = lsn?;
-            } else {
-                lsn?;
-            }
+            store.set_hard_state(hs, ready.must_sync())?;
         }
+        // Readies persist in order: this one is persisted once every record anything waits
+        // for, its own and earlier ones', is durable.
+        let wait_for = store.last_urgent_lsn();
         let messages = ready.take_persisted_messages();
         let number = ready.number();
         self.node.advance_append_async(ready);

@@ -44,6 +44,9 @@ pub struct WalStorage {
     record_bytes_max: usize,
     /// LSN of the last record appended (0: none since open).
     last_lsn: Lsn,
+    /// LSN of the last record appended that something waits for (all but commit-only hard
+    /// states): durable this far, every such record is.
+    last_urgent_lsn: Lsn,
     pending_truncation: Option<PendingTruncation>,
 }
 
@@ -62,6 +65,7 @@ impl WalStorage {
             entries: VecDeque::new(),
             record_bytes_max,
             last_lsn: Lsn(recovery.next_lsn.0.saturating_sub(1)),
+            last_urgent_lsn: Lsn(recovery.next_lsn.0.saturating_sub(1)),
             pending_truncation: None,
         };
         storage.conf_state.voters = voters.to_vec();
@@ -188,6 +192,7 @@ impl WalStorage {
             let end = self.run_end(entries, start)?;
             let lsn = self.wal.append(codec::KIND_ENTRIES, &codec::encode_entries(&entries[start..end]))?;
             self.last_lsn = lsn;
+            self.last_urgent_lsn = lsn;
             self.splice(entries[start..end].to_vec(), lsn);
             start = end;
         }
@@ -220,7 +225,9 @@ impl WalStorage {
     pub fn set_hard_state(&mut self, hs: &HardState, must_sync: bool) -> Result<Lsn, ReplicaError> {
         let payload = codec::encode_hard_state(hs);
         let lsn = if must_sync {
-            self.wal.append(codec::KIND_HARD_STATE, &payload)?
+            let lsn = self.wal.append(codec::KIND_HARD_STATE, &payload)?;
+            self.last_urgent_lsn = lsn;
+            lsn
         } else {
             self.wal.append_lazy(codec::KIND_HARD_STATE, &payload)?
         };
@@ -245,8 +252,7 @@ impl WalStorage {
     /// dropped once that record is durable.
     pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<Lsn, ReplicaError> {
         let term = self.term(index).map_err(ReplicaError::Raft)?;
-        let mut snapshot = Snapshot::default();
-        snapshot.data = data.into();
+        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let meta = snapshot.mut_metadata();
         meta.index = index;
         meta.term = term;
@@ -265,6 +271,7 @@ impl WalStorage {
         }
         let lsn = self.wal.append(codec::KIND_SNAPSHOT, &payload)?;
         self.last_lsn = lsn;
+        self.last_urgent_lsn = lsn;
         Ok(lsn)
     }
 
@@ -287,6 +294,12 @@ impl WalStorage {
     /// LSN of the last record appended (0 if none since open and the log was empty).
     pub fn last_lsn(&self) -> Lsn {
         self.last_lsn
+    }
+
+    /// LSN of the last record something waits for: once it is durable, every Ready handed
+    /// to the wal so far is persisted (commit-only hard states may still be in flight).
+    pub fn last_urgent_lsn(&self) -> Lsn {
+        self.last_urgent_lsn
     }
 
     /// The wal itself (its doorbell, `on_durable`, stats).

@@ -1,7 +1,7 @@
 //! Groups of 3 and 5 replicas with real wals in temporary directories, connected by an
 //! in-memory network that a per-test seed shuffles (every round's messages are delivered in
 //! a seeded random order). Durability is real: each round waits for every wal to be durable
-//! up to its last record before polling, so nothing here depends on timing.
+//! up to the last record anything waits for before polling, so nothing depends on timing.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -117,12 +117,12 @@ impl Group {
         self.nodes.iter().filter(|n| n.replica.is_some()).map(|n| n.config.id).collect()
     }
 
-    /// Waits for the node's wal to be durable up to its last record, polls, and takes its
+    /// Waits for the node's wal to be durable up to its last urgent record, polls, takes its
     /// outputs: applies and snapshots go to its application, messages to the network.
     fn settle_node(&mut self, id: u64) {
         let node = self.node(id);
         let Some(replica) = node.replica.as_mut() else { return };
-        let last = replica.storage().last_lsn();
+        let last = replica.storage().last_urgent_lsn();
         if last.0 > 0 {
             replica.wal().wait_durable(last).unwrap();
         }
