@@ -370,8 +370,12 @@ impl<C: Connector> Shared<C> {
     fn acquire(&self) -> Result<C::Conn, DbError> {
         let mut state = self.lock();
         loop {
-            if let Some(conn) = state.idle.pop() {
-                return Ok(conn);
+            while let Some(conn) = state.idle.pop() {
+                if !conn.is_broken() {
+                    return Ok(conn);
+                }
+                // Closed while idle (the server restarted): replace it.
+                state.connections -= 1;
             }
             if state.connections < self.config.connections_max {
                 state.connections += 1;
