@@ -396,8 +396,8 @@ impl Coordinator {
             return self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
         }
         if self.sessions.begin(client, seq, txid).is_err() {
-            // The session's window is full of requests in flight: the transaction cannot
-            // be tracked to its decision, so it ends (retrying would find it gone anyway).
+            // The session's window is full of requests in flight: the transaction stays
+            // open and the client may retry the Commit after a backoff.
             self.interactive.open.insert(txid, tx);
             return self.reject_busy(client, seq, fx);
         }
