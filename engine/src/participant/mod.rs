@@ -1,5 +1,7 @@
-//! A participant: prepares, commits and aborts its part of each transaction over the
-//! built-in key-value store.
+//! A participant: prepares, commits and aborts its part of each transaction over a
+//! resource manager ([`ResourceManager`]; the built-in key-value store is [`KvResource`]).
+//! This module is the protocol side (votes, prepare durability, stale checks, in-doubt
+//! resolution, inquiries, queries, recovery); the resource manager holds the data and locks.
 //!
 //! Invariants:
 //! - `Yes` leaves only after the `Prepared` record is durable; the ack of a commit only after
@@ -22,15 +24,18 @@
 mod kv;
 mod locks;
 mod parked;
+mod resource;
 mod snapshot;
+mod store;
 
 use std::time::Duration;
 
-use kv::Slot;
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
 pub use locks::{LockMode, LockTable};
 use parked::Parked;
+pub use resource::{Prepare, PrepareResult, ResourceManager};
 pub use snapshot::{KvImage, ParticipantSnapshot};
+pub use store::{KvPrepared, KvResource};
 
 use crate::effects::{Effects, LogCursor, Timers, step_backoff};
 use crate::message::{ToCoordinator, ToParticipant};
@@ -106,11 +111,9 @@ impl ParticipantConfig {
 }
 
 #[derive(Debug)]
-struct Prepared {
-    writes: Vec<Write>,
-    /// Keys this transaction locked (released at the decision), copied: a slice would pin
-    /// its whole network frame until then.
-    locked: Vec<Slot>,
+struct Prepared<P> {
+    /// What the resource manager holds for it (write set, locks).
+    held: P,
     /// The Prepared record's LSN: the Yes vote is gated on it.
     lsn: Lsn,
     /// The reads reported with the vote, to answer a duplicated prepare; None after a restart.
@@ -135,11 +138,13 @@ pub struct ParticipantStats {
 }
 
 #[derive(Debug)]
-pub struct Participant {
+pub struct Participant<R: ResourceManager = KvResource> {
     config: ParticipantConfig,
-    kv: KvStore,
-    locks: LockTable,
-    prepared: TxTable<Prepared>,
+    rm: R,
+    prepared: TxTable<Prepared<R::Prepared>>,
+    /// Prepares the resource manager runs asynchronously (answered `Pending`); bounded by
+    /// `max_prepared` together with the prepared ones.
+    preparing: TxTable<()>,
     parked: Parked,
     max_epoch: Epoch,
     max_txid_seen: TxId,
@@ -148,23 +153,47 @@ pub struct Participant {
     stats: ParticipantStats,
 }
 
-impl Participant {
-    /// Rebuilds the participant from its latest snapshot (if any) and the log (oldest first;
-    /// records the snapshot covers are skipped; both empty for a new node). Prepared
-    /// transactions without an outcome are in doubt: their locks are re-taken and the
-    /// coordinator is asked at once (the inquiries are in `fx`).
+impl Participant<KvResource> {
+    /// Rebuilds a participant over the built-in key-value store from its latest snapshot
+    /// (if any) and the log; see [`recover_with`](Self::recover_with).
     pub fn recover(
         config: ParticipantConfig,
         snapshot: Option<ParticipantSnapshot>,
         log: impl IntoIterator<Item = (Lsn, PartRecord)>,
         now: Time,
         fx: &mut PartEffects,
-    ) -> Participant {
+    ) -> Participant<KvResource> {
+        let rm = KvResource::new(config.hash_seed);
+        Participant::recover_with(rm, config, snapshot, log, now, fx)
+    }
+
+    pub fn kv(&self) -> &KvStore {
+        self.rm.kv()
+    }
+
+    pub fn locked_keys(&self) -> usize {
+        self.rm.locked_keys()
+    }
+}
+
+impl<R: ResourceManager> Participant<R> {
+    /// Rebuilds the participant over `rm` (empty) from its latest snapshot (if any) and the
+    /// log (oldest first; records the snapshot covers are skipped; both empty for a new
+    /// node). Prepared transactions without an outcome are in doubt: their locks are
+    /// re-taken and the coordinator is asked at once (the inquiries are in `fx`).
+    pub fn recover_with(
+        rm: R,
+        config: ParticipantConfig,
+        snapshot: Option<ParticipantSnapshot>,
+        log: impl IntoIterator<Item = (Lsn, PartRecord)>,
+        now: Time,
+        fx: &mut PartEffects,
+    ) -> Participant<R> {
         let seed = config.hash_seed;
         let mut participant = Participant {
-            kv: KvStore::new(seed),
-            locks: LockTable::new(seed),
+            rm,
             prepared: TxTable::new(seed),
+            preparing: TxTable::new(seed),
             parked: Parked::new(config.max_parked, seed),
             max_epoch: Epoch(0),
             max_txid_seen: TxId(0),
@@ -202,9 +231,7 @@ impl Participant {
     fn restore(&mut self, snapshot: ParticipantSnapshot) {
         self.max_epoch = snapshot.max_epoch;
         self.max_txid_seen = snapshot.max_txid_seen;
-        for (key, value) in snapshot.kv.iter() {
-            self.kv.put(&key, &value);
-        }
+        self.rm.restore(&snapshot.kv);
         for (txid, writes) in snapshot.prepared {
             self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes });
         }
@@ -213,9 +240,9 @@ impl Participant {
     /// The whole state as of the last record appended. The driver must keep it until that
     /// LSN is durable before it relies on it (writes it out, truncates the log).
     pub fn snapshot(&self) -> ParticipantSnapshot {
-        let kv = KvImage::from_pairs(self.kv.iter());
+        let kv = self.rm.image();
         let mut prepared: Vec<(TxId, Vec<Write>)> =
-            self.prepared.iter().map(|(txid, p)| (txid, p.writes.clone())).collect();
+            self.prepared.iter().map(|(txid, p)| (txid, R::writes(&p.held).to_vec())).collect();
         prepared.sort_unstable_by_key(|(txid, _)| *txid);
         ParticipantSnapshot {
             lsn: self.log.last(),
@@ -233,8 +260,7 @@ impl Participant {
                 self.max_txid_seen = self.max_txid_seen.max(txid);
                 self.max_epoch = self.max_epoch.max(txid.epoch());
                 let prepared = Prepared {
-                    writes,
-                    locked: Vec::new(),
+                    held: self.rm.recovered(txid, writes),
                     lsn,
                     reads: None,
                     in_doubt: true,
@@ -245,25 +271,20 @@ impl Participant {
             }
             PartRecord::Committed { txid } => {
                 if let Some(prepared) = self.prepared.remove(txid) {
-                    self.kv.apply(&prepared.writes);
+                    self.rm.commit(txid, prepared.held);
                 }
             }
             PartRecord::Aborted { txid } => {
-                self.prepared.remove(txid);
+                if let Some(prepared) = self.prepared.remove(txid) {
+                    self.rm.abort(txid, prepared.held);
+                }
             }
         }
     }
 
     fn relock_in_doubt(&mut self, now: Time, txid: TxId) {
         let prepared = self.prepared.get_mut(txid).expect("in-doubt transaction");
-        for write in &prepared.writes {
-            let taken = self.locks.try_lock(&write.key, txid, LockMode::Exclusive);
-            // Two prepared transactions never held conflicting locks, so neither can now.
-            assert!(taken.is_ok(), "in-doubt {txid} conflicts with {taken:?} on recovery");
-            if taken == Ok(true) {
-                prepared.locked.push(Slot::from_slice(&write.key));
-            }
-        }
+        self.rm.relock(txid, &mut prepared.held);
         prepared.next_inquiry = now;
         self.timers.schedule(now, Duration::ZERO, txid);
     }
@@ -276,8 +297,8 @@ impl Participant {
         self.stats
     }
 
-    pub fn kv(&self) -> &KvStore {
-        &self.kv
+    pub fn resource_manager(&self) -> &R {
+        &self.rm
     }
 
     /// Prepared transactions awaiting a decision.
@@ -292,10 +313,6 @@ impl Participant {
 
     pub fn in_doubt(&self) -> usize {
         self.prepared.values().filter(|p| p.in_doubt).count()
-    }
-
-    pub fn locked_keys(&self) -> usize {
-        self.locks.len()
     }
 
     /// The LSN a snapshot taken now would cover: the last record appended.
@@ -444,8 +461,8 @@ impl Participant {
     }
 
     fn on_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
-        if self.parked.contains(txid) {
-            return; // A duplicate of a prepare that waits: it votes once it runs.
+        if self.parked.contains(txid) || self.is_preparing(txid) {
+            return; // A duplicate of a prepare that waits or runs: it votes once done.
         }
         if let Some(prepared) = self.prepared.get(txid) {
             // A duplicate: repeat the vote. After a restart the reads are gone, so stay
@@ -464,39 +481,53 @@ impl Participant {
         self.run_prepare(now, txid, ops, fx);
     }
 
-    /// Locks, evaluates, logs and votes for an admitted prepare, or parks it behind an older
-    /// prepared transaction holding one of its keys (see [`parked`]).
+    /// Prepares an admitted transaction in the resource manager and votes, or parks it
+    /// behind an older prepared transaction holding one of its keys (see [`parked`]).
     fn run_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
         let participant = self.config.id;
-        if self.prepared.len() >= self.config.max_prepared {
+        if self.prepared.len() + self.preparing.len() >= self.config.max_prepared {
             return self.vote_no(txid, AbortReason::ParticipantBusy { participant }, fx);
         }
-        let locked = match self.lock_all(txid, &ops) {
-            Ok(locked) => locked,
-            Err((holder, _)) if self.may_wait_for(txid, holder) => {
+        match self.rm.prepare(participant, txid, ops) {
+            Prepare::Done(result) => self.finish_prepare(now, txid, result, fx),
+            Prepare::Blocked { holder, ops, .. } if self.may_wait_for(txid, holder) => {
                 self.stats.waited += 1;
-                return self.parked.park(holder, txid, ops);
+                self.parked.park(holder, txid, ops);
             }
-            Err((holder, key)) => return self.vote_no(txid, self.conflict_reason(holder, key), fx),
-        };
-        let evaluation = match self.kv.evaluate(participant, &ops) {
-            Ok(evaluation) => evaluation,
-            Err(reason) => {
-                self.unlock_all(txid, &locked);
-                return self.vote_no(txid, reason, fx);
+            Prepare::Blocked { holder, key, .. } => self.vote_no(txid, self.conflict_reason(holder, key), fx),
+            Prepare::Pending => {
+                self.preparing.insert(txid, ());
             }
-        };
-        let Evaluation { reads, writes } = evaluation;
-        if writes.is_empty() {
-            self.unlock_all(txid, &locked);
-            self.stats.read_only += 1;
-            return self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::ReadOnly { reads } });
         }
-        let lsn = self.log.append(fx, PartRecord::Prepared { txid, writes: writes.clone() });
+    }
+
+    /// A prepare the resource manager ran asynchronously (it answered `Prepare::Pending`)
+    /// finished: log and vote as for a synchronous one. A result for a transaction aborted
+    /// meanwhile is rolled back in the resource manager and not voted.
+    pub fn on_prepare_done(&mut self, now: Time, txid: TxId, result: PrepareResult<R::Prepared>, fx: &mut PartEffects) {
+        if self.preparing.remove(txid).is_none() {
+            if let PrepareResult::Yes { prepared, .. } = result {
+                self.rm.abort(txid, prepared);
+            }
+            return;
+        }
+        self.finish_prepare(now, txid, result, fx);
+    }
+
+    /// Logs and votes on a prepare's result.
+    fn finish_prepare(&mut self, now: Time, txid: TxId, result: PrepareResult<R::Prepared>, fx: &mut PartEffects) {
+        let (reads, held) = match result {
+            PrepareResult::Yes { reads, prepared } => (reads, prepared),
+            PrepareResult::ReadOnly { reads } => {
+                self.stats.read_only += 1;
+                return self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::ReadOnly { reads } });
+            }
+            PrepareResult::No { reason } => return self.vote_no(txid, reason, fx),
+        };
+        let lsn = self.log.append(fx, PartRecord::Prepared { txid, writes: R::writes(&held).to_vec() });
         let next_inquiry = now + self.config.inquiry_after;
         let prepared = Prepared {
-            writes,
-            locked,
+            held,
             lsn,
             reads: Some(reads.clone()),
             in_doubt: false,
@@ -508,6 +539,11 @@ impl Participant {
         self.stats.prepared += 1;
         self.send(fx, self.vote_gate(lsn), ToCoordinator::Vote { txid, vote: Vote::Yes { reads } });
         self.planted_early_release(txid);
+    }
+
+    /// Asked for every prepare: nearly always empty, so that is checked before hashing.
+    fn is_preparing(&self, txid: TxId) -> bool {
+        self.preparing.len() != 0 && self.preparing.get(txid).is_some()
     }
 
     /// A conflicting prepare may wait for a holder that is prepared here, not in doubt (its
@@ -523,35 +559,11 @@ impl Participant {
         }
     }
 
-    /// Locks every key of `ops` (no-wait). On conflict nothing stays locked, and the
-    /// holder and key are returned.
-    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Slot>, (TxId, Key)> {
-        let mut locked = Vec::with_capacity(ops.len());
-        for op in ops {
-            let mode = if op.kind.is_write() { LockMode::Exclusive } else { LockMode::Shared };
-            match self.locks.try_lock(&op.key, txid, mode) {
-                Ok(true) => locked.push(Slot::from_slice(&op.key)),
-                Ok(false) => {}
-                Err(holder) => {
-                    self.unlock_all(txid, &locked);
-                    return Err((holder, op.key.clone()));
-                }
-            }
-        }
-        Ok(locked)
-    }
-
     fn conflict_reason(&self, holder: TxId, key: Key) -> AbortReason {
         let participant = self.config.id;
         match self.prepared.get(holder) {
             Some(prepared) if prepared.in_doubt => AbortReason::InDoubt { participant, key },
             _ => AbortReason::Conflict { participant, key },
-        }
-    }
-
-    fn unlock_all(&mut self, txid: TxId, keys: &[Slot]) {
-        for key in keys {
-            self.locks.unlock(key, txid);
         }
     }
 
@@ -562,8 +574,7 @@ impl Participant {
             let last = self.log.last();
             return self.send(fx, last, ToCoordinator::Ack { txid });
         };
-        self.unlock_all(txid, &prepared.locked);
-        self.kv.apply(&prepared.writes);
+        self.rm.commit(txid, prepared.held);
         let lsn = self.log.append(fx, PartRecord::Committed { txid });
         self.stats.committed += 1;
         self.send(fx, lsn, ToCoordinator::Ack { txid });
@@ -571,11 +582,11 @@ impl Participant {
     }
 
     fn on_abort(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) {
-        if self.parked.remove(txid) {
-            return; // It never ran here.
+        if self.parked.remove(txid) || self.preparing.remove(txid).is_some() {
+            return; // It never ran here, or its result will be rolled back when it comes.
         }
         let Some(prepared) = self.prepared.remove(txid) else { return };
-        self.unlock_all(txid, &prepared.locked);
+        self.rm.abort(txid, prepared.held);
         self.stats.aborted += 1;
         // Not forced (presumed abort); it only spares a question after a restart.
         self.log.append(fx, PartRecord::Aborted { txid });
@@ -617,8 +628,8 @@ impl Participant {
     #[cfg(test)]
     fn planted_early_release(&mut self, txid: TxId) {
         if self.config.bugs.release_locks_at_prepare {
-            let locked = std::mem::take(&mut self.prepared.get_mut(txid).expect("prepared").locked);
-            self.unlock_all(txid, &locked);
+            let prepared = self.prepared.get_mut(txid).expect("prepared");
+            self.rm.release_locks(txid, &mut prepared.held);
         }
     }
 
