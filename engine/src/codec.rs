@@ -8,13 +8,22 @@
 //! - op kind: `u8 tag` then 0 Get, 1 Put `value`, 2 Delete, 3 Add `i64 delta | i64 floor`
 //! - op: `u16 participant | key | kind`; local op: `u16 index | key | kind`
 //! - read: `u16 index | optional value`
+//! - isolation: `u8` 0 Serializable, 1 ReadCommitted, 2 Optimistic
+//! - txid list: `u16 count | u64 txid × count`, at most [`LISTED_TXIDS_MAX`]
+//! - abort reason: `u8 tag` then 0 Conflict, 1 InDoubt, 3 NotANumber, 4 Overflow,
+//!   13 LockTimeout `u16 participant | key`; 2 Constraint `u16 participant | key | i64 value |
+//!   i64 delta | i64 floor`; 5 Timeout, 6 UnknownParticipant, 7 ParticipantBusy, 8 Stale,
+//!   10 Unavailable `u16 participant`; 9 Invalid `string`; 11 BadVote `u16 participant |
+//!   string`; 12 Deadlock `txid list`; 14 IdleTimeout, 15 RolledBack, 16 NotActive (no body)
 
 use std::fmt;
 
 use bytes::{BufMut, Bytes};
 
-use crate::ops::{AbortReason, Key, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote};
-use crate::types::ParticipantId;
+use crate::ops::{
+    AbortReason, Isolation, Key, LISTED_TXIDS_MAX, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote,
+};
+use crate::types::{ParticipantId, TxId};
 
 /// A decoding failure: the byte offset and what was wrong there.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -325,6 +334,38 @@ pub fn read_reads(reader: &mut Reader) -> Result<Vec<Read>, DecodeError> {
     read_list(reader, max, MIN_READ_BYTES, "reads")
 }
 
+impl Encode for Isolation {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u8(self.tag());
+    }
+}
+
+impl Decode for Isolation {
+    fn decode(reader: &mut Reader) -> Result<Isolation, DecodeError> {
+        let tag = reader.u8("isolation")?;
+        Isolation::from_tag(tag).ok_or_else(|| reader.error(format!("unknown isolation {tag}")))
+    }
+}
+
+/// Writes a txid list; callers keep it within [`LISTED_TXIDS_MAX`].
+pub fn put_txids(out: &mut Vec<u8>, txids: &[TxId]) {
+    assert!(txids.len() <= LISTED_TXIDS_MAX, "{} txids listed, at most {LISTED_TXIDS_MAX}", txids.len());
+    put_count(out, txids.len());
+    for txid in txids {
+        out.put_u64_le(txid.0);
+    }
+}
+
+/// Reads a txid list of at most [`LISTED_TXIDS_MAX`], checked before allocating.
+pub fn read_txids(reader: &mut Reader, what: &str) -> Result<Vec<TxId>, DecodeError> {
+    let count = reader.count(LISTED_TXIDS_MAX, 8, what)?;
+    let mut txids = Vec::with_capacity(count);
+    for _ in 0..count {
+        txids.push(TxId(reader.u64(what)?));
+    }
+    Ok(txids)
+}
+
 impl Encode for AbortReason {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
@@ -351,6 +392,14 @@ impl Encode for AbortReason {
                 put_tagged(out, 11, *participant);
                 put_string(out, detail);
             }
+            AbortReason::Deadlock { cycle } => {
+                out.put_u8(12);
+                put_txids(out, cycle);
+            }
+            AbortReason::LockTimeout { participant, key } => put_tagged_key(out, 13, *participant, key),
+            AbortReason::IdleTimeout => out.put_u8(14),
+            AbortReason::RolledBack => out.put_u8(15),
+            AbortReason::NotActive => out.put_u8(16),
         }
     }
 }
@@ -368,11 +417,14 @@ fn put_tagged_key(out: &mut Vec<u8>, tag: u8, participant: ParticipantId, key: &
 impl Decode for AbortReason {
     fn decode(reader: &mut Reader) -> Result<AbortReason, DecodeError> {
         let tag = reader.u8("abort reason")?;
-        if tag == 9 {
-            return Ok(AbortReason::Invalid { detail: reader.string("invalid-request detail")? });
-        }
-        if tag > 11 {
-            return Err(reader.error(format!("unknown abort reason {tag}")));
+        match tag {
+            9 => return Ok(AbortReason::Invalid { detail: reader.string("invalid-request detail")? }),
+            12 => return Ok(AbortReason::Deadlock { cycle: read_txids(reader, "deadlock cycle")? }),
+            14 => return Ok(AbortReason::IdleTimeout),
+            15 => return Ok(AbortReason::RolledBack),
+            16 => return Ok(AbortReason::NotActive),
+            0..=13 => {}
+            _ => return Err(reader.error(format!("unknown abort reason {tag}"))),
         }
         let participant = reader.participant()?;
         if tag == 11 {
@@ -394,6 +446,7 @@ impl Decode for AbortReason {
             6 => AbortReason::UnknownParticipant { participant },
             7 => AbortReason::ParticipantBusy { participant },
             8 => AbortReason::Stale { participant },
+            13 => AbortReason::LockTimeout { participant, key: reader.key()? },
             _ => AbortReason::Unavailable { participant },
         })
     }
@@ -489,6 +542,12 @@ pub(crate) mod tests {
             AbortReason::Invalid { detail: "no ops".into() },
             AbortReason::Unavailable { participant: p },
             AbortReason::BadVote { participant: p, detail: "read for op 7, which is no Get".into() },
+            AbortReason::Deadlock { cycle: vec![TxId(9), TxId(4), TxId(7)] },
+            AbortReason::Deadlock { cycle: (0..LISTED_TXIDS_MAX as u64).map(TxId).collect() },
+            AbortReason::LockTimeout { participant: p, key: key("f") },
+            AbortReason::IdleTimeout,
+            AbortReason::RolledBack,
+            AbortReason::NotActive,
         ]
     }
 
@@ -528,6 +587,20 @@ pub(crate) mod tests {
 
         let err = Outcome::decode_all(Bytes::from_static(&[0, 0, 0, 7]), Limits::default()).unwrap_err();
         assert!(err.reason.contains("trailing"), "{err}");
+
+        // A deadlock cycle longer than listed ones may be is refused before allocating.
+        let mut long_cycle = vec![12u8];
+        long_cycle.extend_from_slice(&(LISTED_TXIDS_MAX as u16 + 1).to_le_bytes());
+        long_cycle.extend(std::iter::repeat_n(0u8, 8 * (LISTED_TXIDS_MAX + 1)));
+        let err = AbortReason::decode_all(Bytes::from(long_cycle), Limits::default()).unwrap_err();
+        assert!(err.reason.contains("exceed the limit"), "{err}");
+        let err = AbortReason::decode_all(Bytes::from_static(&[17]), Limits::default()).unwrap_err();
+        assert!(err.reason.contains("unknown abort reason 17"), "{err}");
+        for isolation in [Isolation::Serializable, Isolation::ReadCommitted, Isolation::Optimistic] {
+            round_trip(&isolation);
+        }
+        let err = Isolation::decode_all(Bytes::from_static(&[3]), Limits::default()).unwrap_err();
+        assert!(err.reason.contains("unknown isolation 3"), "{err}");
     }
 
     #[test]

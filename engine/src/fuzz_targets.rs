@@ -22,8 +22,10 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::codec::{Decode, Encode};
 use crate::coordinator::{CoordinatorSnapshot, SessionSnapshot};
-use crate::message::{RegisterRefusal, RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
-use crate::ops::{AbortReason, Key, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote};
+use crate::message::{Interactive, RegisterRefusal, RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
+use crate::ops::{
+    AbortReason, Isolation, Key, LISTED_TXIDS_MAX, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote,
+};
 use crate::participant::{KvImage, ParticipantSnapshot};
 use crate::record::{AnyRecord, CoordRecord, GetAt, LogRecord, PartRecord, RECORD_LIMITS, Write};
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, TxId};
@@ -265,7 +267,7 @@ pub fn gen_reads(g: &mut Gen, limits: Limits) -> Vec<Read> {
 
 pub fn gen_abort_reason(g: &mut Gen, limits: Limits) -> AbortReason {
     let participant = ParticipantId(g.u16());
-    match g.u8() % 12 {
+    match g.u8() % 17 {
         0 => AbortReason::Conflict { participant, key: gen_key(g, limits) },
         1 => AbortReason::InDoubt { participant, key: gen_key(g, limits) },
         2 => AbortReason::Constraint {
@@ -283,8 +285,22 @@ pub fn gen_abort_reason(g: &mut Gen, limits: Limits) -> AbortReason {
         8 => AbortReason::Stale { participant },
         9 => AbortReason::Invalid { detail: g.text(u16::MAX as usize) },
         10 => AbortReason::BadVote { participant, detail: g.text(u16::MAX as usize) },
+        11 => AbortReason::Deadlock { cycle: gen_txids(g) },
+        12 => AbortReason::LockTimeout { participant, key: gen_key(g, limits) },
+        13 => AbortReason::IdleTimeout,
+        14 => AbortReason::RolledBack,
+        15 => AbortReason::NotActive,
         _ => AbortReason::Unavailable { participant },
     }
+}
+
+fn gen_txids(g: &mut Gen) -> Vec<TxId> {
+    let count = g.up_to(LISTED_TXIDS_MAX);
+    (0..count).map(|_| TxId(g.u64())).collect()
+}
+
+fn gen_isolation(g: &mut Gen) -> Isolation {
+    Isolation::from_tag(g.u8() % 3).expect("tags 0..3 are isolations")
 }
 
 pub fn gen_vote(g: &mut Gen, limits: Limits) -> Vote {
@@ -312,7 +328,7 @@ pub fn gen_submit(g: &mut Gen, limits: Limits) -> Submit {
 pub fn gen_reply(g: &mut Gen, limits: Limits) -> Reply {
     let (client, seq) = (ClientId(g.u64()), g.u64());
     let refusals = [RegisterRefusal::TableFull, RegisterRefusal::IdentityBusy, RegisterRefusal::BadIdentity];
-    match g.u8() % 7 {
+    match g.u8() % 9 {
         0 => Reply::Rejected { client, seq, reason: RejectReason::Busy },
         1 => Reply::Rejected { client, seq, reason: RejectReason::SeqTooOld },
         2 => Reply::Rejected { client, seq, reason: RejectReason::SessionExpired },
@@ -320,17 +336,25 @@ pub fn gen_reply(g: &mut Gen, limits: Limits) -> Reply {
         // A registered session is never 0 (0 is the registration request's client).
         4 => Reply::Registered { nonce: seq, client: ClientId(client.0.max(1)) },
         5 => Reply::RegisterRefused { nonce: seq, reason: refusals[usize::from(g.u8()) % refusals.len()] },
+        6 => Reply::Began { client, seq, txid: TxId(g.u64()) },
+        7 => Reply::Executed { client, seq, reads: gen_reads(g, limits) },
         _ => Reply::Outcome { client, seq, outcome: gen_outcome(g, limits) },
     }
 }
 
 pub fn gen_to_participant(g: &mut Gen, limits: Limits) -> ToParticipant {
     let txid = TxId(g.u64());
-    match g.u8() % 4 {
+    match g.u8() % 6 {
         0 => {
             let count = g.count(limits.max_ops_per_tx);
             ToParticipant::Prepare { txid, ops: (0..count).map(|_| gen_local_op(g, limits)).collect() }
         }
+        4 => {
+            let isolation = gen_isolation(g);
+            let count = g.count(limits.max_ops_per_tx);
+            ToParticipant::Execute { txid, isolation, ops: (0..count).map(|_| gen_local_op(g, limits)).collect() }
+        }
+        5 => ToParticipant::PrepareExecuted { txid },
         1 => ToParticipant::Commit { txid },
         2 => ToParticipant::Abort { txid },
         _ => ToParticipant::Query { txid },
@@ -339,10 +363,28 @@ pub fn gen_to_participant(g: &mut Gen, limits: Limits) -> ToParticipant {
 
 pub fn gen_to_coordinator(g: &mut Gen, limits: Limits) -> ToCoordinator {
     let txid = TxId(g.u64());
-    match g.u8() % 3 {
+    match g.u8() % 5 {
         0 => ToCoordinator::Vote { txid, vote: gen_vote(g, limits) },
+        3 => {
+            let result = if g.u8() % 2 == 0 { Ok(gen_reads(g, limits)) } else { Err(gen_abort_reason(g, limits)) };
+            ToCoordinator::Executed { txid, result }
+        }
+        4 => ToCoordinator::WaitFor { waiter: txid, key: gen_key(g, limits), holders: gen_txids(g) },
         1 => ToCoordinator::Ack { txid },
         _ => ToCoordinator::Inquiry { txid },
+    }
+}
+
+pub fn gen_interactive(g: &mut Gen, limits: Limits) -> Interactive {
+    let (client, seq, txid) = (ClientId(g.u64()), g.u64(), TxId(g.u64()));
+    match g.u8() % 4 {
+        0 => Interactive::Begin { client, seq, isolation: gen_isolation(g), idle_timeout_ms: g.u32() },
+        1 => {
+            let count = g.count(limits.max_ops_per_tx);
+            Interactive::Execute { client, seq, txid, ops: (0..count).map(|_| gen_op(g, limits)).collect() }
+        }
+        2 => Interactive::Commit { client, seq, txid },
+        _ => Interactive::Rollback { client, seq, txid },
     }
 }
 
@@ -366,18 +408,20 @@ fn message_case<T: Encode + Decode + PartialEq + Debug>(
 }
 
 /// Wire messages as the codec decodes them inside data frames. Input: `u8 selector`
-/// (bit 7: structured; low bits: 0 Submit, 1 Reply, 2 ToParticipant, 3 ToCoordinator),
+/// (bit 7: structured; selector % 5: 0 Submit, 1 Reply, 2 ToParticipant, 3 ToCoordinator,
+/// 4 Interactive),
 /// then the message bytes (raw) or the generator's bytes (structured).
 pub fn engine_messages(data: &[u8]) {
     let mut g = Gen::new(data);
     let selector = g.u8();
     let structured = selector & 0x80 != 0;
     let limits = Limits::default();
-    match selector % 4 {
+    match selector % 5 {
         0 => message_case(&mut g, structured, limits, gen_submit),
         1 => message_case(&mut g, structured, limits, gen_reply),
         2 => message_case(&mut g, structured, limits, gen_to_participant),
-        _ => message_case(&mut g, structured, limits, gen_to_coordinator),
+        3 => message_case(&mut g, structured, limits, gen_to_coordinator),
+        _ => message_case(&mut g, structured, limits, gen_interactive),
     }
 }
 

@@ -3,20 +3,31 @@
 //!
 //! Layouts (tags are the first byte):
 //! - to a participant: 0 Prepare `u64 txid | list of local ops`, 1 Commit `u64 txid`, 2 Abort `u64 txid`,
-//!   3 Query `u64 txid`
-//! - to the coordinator: 0 Vote `u64 txid | vote`, 1 Ack `u64 txid`, 2 Inquiry `u64 txid`
+//!   3 Query `u64 txid`, 4 Execute `u64 txid | u8 isolation | list of local ops`,
+//!   5 PrepareExecuted `u64 txid`
+//! - to the coordinator: 0 Vote `u64 txid | vote`, 1 Ack `u64 txid`, 2 Inquiry `u64 txid`,
+//!   3 Executed `u64 txid | u8 0 | list of reads` or `u64 txid | u8 1 | abort reason`,
+//!   4 WaitFor `u64 waiter | key | txid list` (holders, at most 64)
 //! - submit: `u64 client | u64 seq | list of ops`; a registration is a submit with client 0
 //!   and no ops, its seq field carrying the client's nonce (see [`Submit::register`])
+//! - interactive request: `u8 tag | u64 client | u64 seq` then 0 Begin `u8 isolation |
+//!   u32 idle_timeout_ms`, 1 Execute `u64 txid | list of ops`, 2 Commit `u64 txid`,
+//!   3 Rollback `u64 txid`
 //! - reply: 0 Outcome `u64 client | u64 seq | outcome`, 1 Rejected `u64 client | u64 seq |
 //!   u8 reason` (0 Busy, 1 SeqTooOld, 2 SessionExpired, 3 NotSessionOwner), 2 Registration
 //!   `u64 client | u64 nonce | u8 status` (0 registered as `client`; refused with client 0:
-//!   1 TableFull, 2 IdentityBusy, 3 BadIdentity). Every reply is at least 18 bytes, the
-//!   smallest item a Replies frame counts on.
+//!   1 TableFull, 2 IdentityBusy, 3 BadIdentity), 3 Began `u64 client | u64 seq | u64 txid`,
+//!   4 Executed `u64 client | u64 seq | list of reads`. Every reply is at least 18 bytes,
+//!   the smallest item a Replies frame counts on.
 
 use bytes::BufMut;
 
-use crate::codec::{Decode, DecodeError, Encode, MIN_OP_BYTES, Reader, put_list, read_list};
-use crate::ops::{LocalOp, Op, Outcome, Vote};
+use crate::codec::{
+    Decode, DecodeError, Encode, MIN_OP_BYTES, Reader, put_key, put_list, put_reads, put_txids, read_list, read_reads,
+    read_txids,
+};
+use crate::ops::Key;
+use crate::ops::{AbortReason, Isolation, LocalOp, Op, Outcome, Read, Vote};
 use crate::types::{ClientId, Seq, TxId};
 
 /// Coordinator → participant. The sender's epoch travels beside the message (in the
@@ -38,6 +49,19 @@ pub enum ToParticipant {
     Query {
         txid: TxId,
     },
+    /// Run these ops now inside the open interactive transaction `txid` (created here by
+    /// its first Execute); `LocalOp.index` is the op's position in the client's Execute
+    /// request. Answered with Executed; lock requests may wait (reported with WaitFor).
+    Execute {
+        txid: TxId,
+        isolation: Isolation,
+        ops: Vec<LocalOp>,
+    },
+    /// Prepare what the Executes of `txid` did here; answered with a Vote exactly like
+    /// Prepare. (Abort rolls an open transaction back, waking its waiters.)
+    PrepareExecuted {
+        txid: TxId,
+    },
 }
 
 impl ToParticipant {
@@ -46,7 +70,9 @@ impl ToParticipant {
             ToParticipant::Prepare { txid, .. }
             | ToParticipant::Commit { txid }
             | ToParticipant::Abort { txid }
-            | ToParticipant::Query { txid } => *txid,
+            | ToParticipant::Query { txid }
+            | ToParticipant::Execute { txid, .. }
+            | ToParticipant::PrepareExecuted { txid } => *txid,
         }
     }
 }
@@ -66,12 +92,31 @@ pub enum ToCoordinator {
     Inquiry {
         txid: TxId,
     },
+    /// The answer to an Execute: the reads of its Gets (indexed as in the Execute), or why
+    /// it failed, in which case the participant has already rolled `txid` back here.
+    Executed {
+        txid: TxId,
+        result: Result<Vec<Read>, AbortReason>,
+    },
+    /// `waiter`'s Execute now waits here on `key` for `holders` (the lock holders and
+    /// queued requests ahead of it that it conflicts with, at most 64). Replaces any
+    /// earlier WaitFor of this waiter from this participant; empty holders: no longer waiting.
+    WaitFor {
+        waiter: TxId,
+        key: Key,
+        holders: Vec<TxId>,
+    },
 }
 
 impl ToCoordinator {
+    /// The transaction the message is about (the waiter, for WaitFor).
     pub fn txid(&self) -> TxId {
         match self {
-            ToCoordinator::Vote { txid, .. } | ToCoordinator::Ack { txid } | ToCoordinator::Inquiry { txid } => *txid,
+            ToCoordinator::Vote { txid, .. }
+            | ToCoordinator::Ack { txid }
+            | ToCoordinator::Inquiry { txid }
+            | ToCoordinator::Executed { txid, .. } => *txid,
+            ToCoordinator::WaitFor { waiter, .. } => *waiter,
         }
     }
 }
@@ -99,6 +144,44 @@ impl Submit {
     /// The nonce, if this is a registration.
     pub fn registration_nonce(&self) -> Option<u64> {
         (self.client == ClientId::NONE && self.ops.is_empty()).then_some(self.seq)
+    }
+}
+
+/// A client's interactive-transaction request (the one-shot [`Submit`] stays the fast
+/// path). `(client, seq)` gives every request exactly-once execution, as for Submit.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Interactive {
+    /// Open a transaction: answered `Began { txid }`. `idle_timeout_ms` 0 means the
+    /// coordinator's default; larger than its maximum is capped.
+    Begin { client: ClientId, seq: Seq, isolation: Isolation, idle_timeout_ms: u32 },
+    /// Run `ops` (on any participants) inside `txid`: answered `Executed { reads }`, or an
+    /// Outcome Aborted when the transaction is over.
+    Execute { client: ClientId, seq: Seq, txid: TxId, ops: Vec<Op> },
+    /// Commit `txid`: answered with its Outcome.
+    Commit { client: ClientId, seq: Seq, txid: TxId },
+    /// Roll `txid` back: answered Outcome Aborted(RolledBack).
+    Rollback { client: ClientId, seq: Seq, txid: TxId },
+}
+
+impl Interactive {
+    /// The request's `(client, seq)`.
+    pub fn request(&self) -> (ClientId, Seq) {
+        match self {
+            Interactive::Begin { client, seq, .. }
+            | Interactive::Execute { client, seq, .. }
+            | Interactive::Commit { client, seq, .. }
+            | Interactive::Rollback { client, seq, .. } => (*client, *seq),
+        }
+    }
+
+    /// The transaction named, None for Begin.
+    pub fn txid(&self) -> Option<TxId> {
+        match self {
+            Interactive::Begin { .. } => None,
+            Interactive::Execute { txid, .. }
+            | Interactive::Commit { txid, .. }
+            | Interactive::Rollback { txid, .. } => Some(*txid),
+        }
     }
 }
 
@@ -152,13 +235,28 @@ pub enum Reply {
         nonce: u64,
         reason: RegisterRefusal,
     },
+    /// An interactive transaction is open as `txid` (answers Begin).
+    Began {
+        client: ClientId,
+        seq: Seq,
+        txid: TxId,
+    },
+    /// An interactive Execute ran: the reads of its Gets, indexed by op position.
+    Executed {
+        client: ClientId,
+        seq: Seq,
+        reads: Vec<Read>,
+    },
 }
 
 impl Reply {
     /// The request answered: `(client, seq)` of a transaction, None for a registration.
     pub fn request(&self) -> Option<(ClientId, Seq)> {
         match self {
-            Reply::Outcome { client, seq, .. } | Reply::Rejected { client, seq, .. } => Some((*client, *seq)),
+            Reply::Outcome { client, seq, .. }
+            | Reply::Rejected { client, seq, .. }
+            | Reply::Began { client, seq, .. }
+            | Reply::Executed { client, seq, .. } => Some((*client, *seq)),
             Reply::Registered { .. } | Reply::RegisterRefused { .. } => None,
         }
     }
@@ -188,6 +286,16 @@ impl Encode for ToParticipant {
                 out.put_u8(3);
                 out.put_u64_le(txid.0);
             }
+            ToParticipant::Execute { txid, isolation, ops } => {
+                out.put_u8(4);
+                out.put_u64_le(txid.0);
+                isolation.encode(out);
+                put_list(out, ops);
+            }
+            ToParticipant::PrepareExecuted { txid } => {
+                out.put_u8(5);
+                out.put_u64_le(txid.0);
+            }
         }
     }
 }
@@ -203,6 +311,13 @@ impl Decode for ToParticipant {
             1 => Ok(ToParticipant::Commit { txid: read_txid(reader)? }),
             2 => Ok(ToParticipant::Abort { txid: read_txid(reader)? }),
             3 => Ok(ToParticipant::Query { txid: read_txid(reader)? }),
+            4 => {
+                let txid = read_txid(reader)?;
+                let isolation = Isolation::decode(reader)?;
+                let max = reader.limits().max_ops_per_tx;
+                Ok(ToParticipant::Execute { txid, isolation, ops: read_list(reader, max, MIN_OP_BYTES, "ops")? })
+            }
+            5 => Ok(ToParticipant::PrepareExecuted { txid: read_txid(reader)? }),
             other => Err(reader.error(format!("unknown participant message {other}"))),
         }
     }
@@ -224,6 +339,26 @@ impl Encode for ToCoordinator {
                 out.put_u8(2);
                 out.put_u64_le(txid.0);
             }
+            ToCoordinator::Executed { txid, result } => {
+                out.put_u8(3);
+                out.put_u64_le(txid.0);
+                match result {
+                    Ok(reads) => {
+                        out.put_u8(0);
+                        put_reads(out, reads);
+                    }
+                    Err(reason) => {
+                        out.put_u8(1);
+                        reason.encode(out);
+                    }
+                }
+            }
+            ToCoordinator::WaitFor { waiter, key, holders } => {
+                out.put_u8(4);
+                out.put_u64_le(waiter.0);
+                put_key(out, key);
+                put_txids(out, holders);
+            }
         }
     }
 }
@@ -234,6 +369,20 @@ impl Decode for ToCoordinator {
             0 => Ok(ToCoordinator::Vote { txid: read_txid(reader)?, vote: Vote::decode(reader)? }),
             1 => Ok(ToCoordinator::Ack { txid: read_txid(reader)? }),
             2 => Ok(ToCoordinator::Inquiry { txid: read_txid(reader)? }),
+            3 => {
+                let txid = read_txid(reader)?;
+                let result = match reader.u8("execute result")? {
+                    0 => Ok(read_reads(reader)?),
+                    1 => Err(AbortReason::decode(reader)?),
+                    other => return Err(reader.error(format!("unknown execute result {other}"))),
+                };
+                Ok(ToCoordinator::Executed { txid, result })
+            }
+            4 => Ok(ToCoordinator::WaitFor {
+                waiter: read_txid(reader)?,
+                key: reader.key()?,
+                holders: read_txids(reader, "lock holders")?,
+            }),
             other => Err(reader.error(format!("unknown coordinator message {other}"))),
         }
     }
@@ -253,6 +402,58 @@ impl Decode for Submit {
         let seq = reader.u64("sequence number")?;
         let max = reader.limits().max_ops_per_tx;
         Ok(Submit { client, seq, ops: read_list(reader, max, MIN_OP_BYTES, "ops")? })
+    }
+}
+
+impl Encode for Interactive {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let (client, seq) = self.request();
+        let tag = match self {
+            Interactive::Begin { .. } => 0,
+            Interactive::Execute { .. } => 1,
+            Interactive::Commit { .. } => 2,
+            Interactive::Rollback { .. } => 3,
+        };
+        out.put_u8(tag);
+        out.put_u64_le(client.0);
+        out.put_u64_le(seq);
+        match self {
+            Interactive::Begin { isolation, idle_timeout_ms, .. } => {
+                isolation.encode(out);
+                out.put_u32_le(*idle_timeout_ms);
+            }
+            Interactive::Execute { txid, ops, .. } => {
+                out.put_u64_le(txid.0);
+                put_list(out, ops);
+            }
+            Interactive::Commit { txid, .. } | Interactive::Rollback { txid, .. } => out.put_u64_le(txid.0),
+        }
+    }
+}
+
+impl Decode for Interactive {
+    fn decode(reader: &mut Reader) -> Result<Interactive, DecodeError> {
+        let tag = reader.u8("interactive request")?;
+        if tag > 3 {
+            return Err(reader.error(format!("unknown interactive request {tag}")));
+        }
+        let client = ClientId(reader.u64("client id")?);
+        let seq = reader.u64("sequence number")?;
+        Ok(match tag {
+            0 => Interactive::Begin {
+                client,
+                seq,
+                isolation: Isolation::decode(reader)?,
+                idle_timeout_ms: reader.u32("idle timeout")?,
+            },
+            1 => {
+                let txid = read_txid(reader)?;
+                let max = reader.limits().max_ops_per_tx;
+                Interactive::Execute { client, seq, txid, ops: read_list(reader, max, MIN_OP_BYTES, "ops")? }
+            }
+            2 => Interactive::Commit { client, seq, txid: read_txid(reader)? },
+            _ => Interactive::Rollback { client, seq, txid: read_txid(reader)? },
+        })
     }
 }
 
@@ -292,6 +493,18 @@ impl Encode for Reply {
                     RegisterRefusal::BadIdentity => 3,
                 });
             }
+            Reply::Began { client, seq, txid } => {
+                out.put_u8(3);
+                out.put_u64_le(client.0);
+                out.put_u64_le(*seq);
+                out.put_u64_le(txid.0);
+            }
+            Reply::Executed { client, seq, reads } => {
+                out.put_u8(4);
+                out.put_u64_le(client.0);
+                out.put_u64_le(*seq);
+                put_reads(out, reads);
+            }
         }
     }
 }
@@ -301,6 +514,16 @@ impl Decode for Reply {
         let tag = reader.u8("reply")?;
         match tag {
             0 | 1 => {}
+            3 => {
+                let client = ClientId(reader.u64("client id")?);
+                let seq = reader.u64("sequence number")?;
+                return Ok(Reply::Began { client, seq, txid: read_txid(reader)? });
+            }
+            4 => {
+                let client = ClientId(reader.u64("client id")?);
+                let seq = reader.u64("sequence number")?;
+                return Ok(Reply::Executed { client, seq, reads: read_reads(reader)? });
+            }
             2 => {
                 let client = ClientId(reader.u64("client id")?);
                 let nonce = reader.u64("registration nonce")?;
@@ -342,6 +565,8 @@ impl Decode for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
     use crate::codec::tests::{key, round_trip};
     use crate::ops::{AbortReason, OpKind, Read};
     use crate::types::{Epoch, ParticipantId};
@@ -389,5 +614,81 @@ mod tests {
         round_trip(&register);
         assert_eq!(register.registration_nonce(), Some(42));
         assert_eq!(Submit { client: ClientId(5), seq: 42, ops: vec![] }.registration_nonce(), None);
+    }
+
+    #[test]
+    fn interactive_messages_round_trip() {
+        let txid = TxId::new(Epoch(3), 99);
+        let ops = vec![LocalOp { index: 1, key: key("a"), kind: OpKind::Get }];
+        for isolation in [Isolation::Serializable, Isolation::ReadCommitted, Isolation::Optimistic] {
+            round_trip(&ToParticipant::Execute { txid, isolation, ops: ops.clone() });
+            round_trip(&Interactive::Begin { client: ClientId(4), seq: 1, isolation, idle_timeout_ms: 30_000 });
+        }
+        round_trip(&ToParticipant::PrepareExecuted { txid });
+        round_trip(&ToCoordinator::Executed { txid, result: Ok(vec![Read { index: 1, value: Some(key("v")) }]) });
+        round_trip(&ToCoordinator::Executed { txid, result: Ok(vec![]) });
+        let reason = AbortReason::LockTimeout { participant: ParticipantId(2), key: key("a") };
+        round_trip(&ToCoordinator::Executed { txid, result: Err(reason) });
+        round_trip(&ToCoordinator::WaitFor { waiter: txid, key: key("a"), holders: vec![TxId(1), TxId(2)] });
+        round_trip(&ToCoordinator::WaitFor { waiter: txid, key: key("a"), holders: vec![] });
+        let op = Op { participant: ParticipantId(1), key: key("x"), kind: OpKind::Add { delta: 5, floor: 0 } };
+        let (client, seq) = (ClientId(4), 2);
+        let requests = [
+            Interactive::Execute { client, seq, txid, ops: vec![op.clone(), op] },
+            Interactive::Execute { client, seq, txid, ops: vec![] },
+            Interactive::Commit { client, seq, txid },
+            Interactive::Rollback { client, seq, txid },
+        ];
+        for request in &requests {
+            round_trip(request);
+            assert_eq!((request.request(), request.txid()), ((client, seq), Some(txid)));
+        }
+        let began = Reply::Began { client, seq, txid };
+        let executed = Reply::Executed { client, seq, reads: vec![] };
+        for reply in [&began, &executed] {
+            round_trip(reply);
+            assert!(reply.to_bytes().len() >= 18, "the smallest reply a Replies frame counts on");
+            assert_eq!(reply.request(), Some((client, seq)));
+        }
+        round_trip(&Reply::Executed { client, seq, reads: vec![Read { index: 0, value: None }] });
+        round_trip(&Reply::Outcome {
+            client,
+            seq,
+            outcome: Outcome::Aborted { reason: AbortReason::Deadlock { cycle: vec![TxId(5), TxId(3)] } },
+        });
+    }
+
+    #[test]
+    fn interactive_decoders_refuse_bad_tags_and_counts_before_allocating() {
+        let limits = crate::ops::Limits::default();
+        let err = Interactive::decode_all(Bytes::from_static(&[4]), limits).unwrap_err();
+        assert!(err.reason.contains("unknown interactive request 4"), "{err}");
+        // Begin with isolation 9.
+        let mut begin = vec![0u8];
+        begin.extend_from_slice(&[0; 16]);
+        begin.push(9);
+        begin.extend_from_slice(&[0; 4]);
+        let err = Interactive::decode_all(Bytes::from(begin), limits).unwrap_err();
+        assert!(err.reason.contains("unknown isolation 9"), "{err}");
+        // Execute claiming more ops than the limit.
+        let mut execute = vec![1u8];
+        execute.extend_from_slice(&[0; 24]);
+        execute.extend_from_slice(&u16::MAX.to_le_bytes());
+        let err = Interactive::decode_all(Bytes::from(execute), limits).unwrap_err();
+        assert!(err.reason.contains("exceed the limit"), "{err}");
+        // WaitFor claiming 65 holders.
+        let mut wait = vec![4u8];
+        wait.extend_from_slice(&[0; 8]);
+        wait.extend_from_slice(&[1, 0, b'k']);
+        wait.extend_from_slice(&65u16.to_le_bytes());
+        wait.extend(std::iter::repeat_n(0u8, 65 * 8));
+        let err = ToCoordinator::decode_all(Bytes::from(wait), limits).unwrap_err();
+        assert!(err.reason.contains("exceed the limit"), "{err}");
+        // Executed with an unknown result tag.
+        let mut executed = vec![3u8];
+        executed.extend_from_slice(&[0; 8]);
+        executed.push(2);
+        let err = ToCoordinator::decode_all(Bytes::from(executed), limits).unwrap_err();
+        assert!(err.reason.contains("unknown execute result 2"), "{err}");
     }
 }

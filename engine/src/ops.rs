@@ -4,7 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::types::ParticipantId;
+use crate::types::{ParticipantId, TxId};
 
 /// Keys and values are byte strings. `Add` treats a value as a little-endian `i64`
 /// (8 bytes); a missing key counts as 0.
@@ -70,6 +70,52 @@ pub enum Vote {
     },
 }
 
+/// How an interactive transaction isolates itself from concurrent ones (`u8` on the wire).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum Isolation {
+    /// Strict two-phase locking: shared locks for reads, exclusive for writes, all held to
+    /// the end; lock requests wait (bounded by the lock-wait timeout and deadlock detection).
+    #[default]
+    Serializable,
+    /// Reads take no lasting lock and see the latest committed value; writes lock as
+    /// under `Serializable`.
+    ReadCommitted,
+    /// Reads record versions validated at prepare; conflicts abort instead of waiting.
+    Optimistic,
+}
+
+impl Isolation {
+    pub fn tag(self) -> u8 {
+        match self {
+            Isolation::Serializable => 0,
+            Isolation::ReadCommitted => 1,
+            Isolation::Optimistic => 2,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Isolation> {
+        match tag {
+            0 => Some(Isolation::Serializable),
+            1 => Some(Isolation::ReadCommitted),
+            2 => Some(Isolation::Optimistic),
+            _ => None,
+        }
+    }
+
+    /// A short stable name, for the shell, metrics and reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Isolation::Serializable => "serializable",
+            Isolation::ReadCommitted => "read-committed",
+            Isolation::Optimistic => "optimistic",
+        }
+    }
+}
+
+/// At most this many transactions are listed in a [`AbortReason::Deadlock`] cycle (and in
+/// a wait-for report's holders): bounds the reply and the decoder's allocation.
+pub const LISTED_TXIDS_MAX: usize = 64;
+
 /// Why a transaction aborted, in terms a user can act on.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum AbortReason {
@@ -101,6 +147,17 @@ pub enum AbortReason {
     /// The participant's vote broke the protocol (reads that do not match the transaction's
     /// `Get`s, say): counted as a No. A bug or a forgery on that participant's side.
     BadVote { participant: ParticipantId, detail: String },
+    /// The transaction was the youngest in a cycle of lock waits: `cycle` lists it first,
+    /// then the cycle in wait-for order (at most [`LISTED_TXIDS_MAX`]).
+    Deadlock { cycle: Vec<TxId> },
+    /// The transaction waited for a lock on `key` longer than the lock-wait timeout.
+    LockTimeout { participant: ParticipantId, key: Key },
+    /// The client left the interactive transaction idle past its timeout: rolled back.
+    IdleTimeout,
+    /// The client asked for the rollback.
+    RolledBack,
+    /// No such open transaction: finished, rolled back, or never begun.
+    NotActive,
 }
 
 impl AbortReason {
@@ -114,6 +171,8 @@ impl AbortReason {
                 | AbortReason::ParticipantBusy { .. }
                 | AbortReason::Stale { .. }
                 | AbortReason::Unavailable { .. }
+                | AbortReason::Deadlock { .. }
+                | AbortReason::LockTimeout { .. }
         )
     }
 
@@ -132,6 +191,11 @@ impl AbortReason {
             AbortReason::Invalid { .. } => "invalid",
             AbortReason::Unavailable { .. } => "unavailable",
             AbortReason::BadVote { .. } => "bad_vote",
+            AbortReason::Deadlock { .. } => "deadlock",
+            AbortReason::LockTimeout { .. } => "lock_timeout",
+            AbortReason::IdleTimeout => "idle_timeout",
+            AbortReason::RolledBack => "rolled_back",
+            AbortReason::NotActive => "not_active",
         }
     }
 }
@@ -181,6 +245,20 @@ impl fmt::Display for AbortReason {
             }
             AbortReason::BadVote { participant, detail } => {
                 write!(f, "protocol error: {participant} sent a vote the coordinator refused ({detail})")
+            }
+            AbortReason::Deadlock { cycle } => {
+                let listed: Vec<String> = cycle.iter().map(TxId::to_string).collect();
+                write!(f, "deadlock: chosen as the youngest of the lock-wait cycle {}; retry", listed.join(" -> "))
+            }
+            AbortReason::LockTimeout { participant, key } => {
+                write!(f, "lock timeout: waited too long for key {} on {participant}; retry", show_key(key))
+            }
+            AbortReason::IdleTimeout => {
+                write!(f, "idle timeout: the transaction was left idle too long and rolled back")
+            }
+            AbortReason::RolledBack => write!(f, "rolled back at the client's request"),
+            AbortReason::NotActive => {
+                write!(f, "not active: no such open transaction (finished, rolled back, or never begun)")
             }
         }
     }
@@ -297,5 +375,21 @@ mod tests {
             "in doubt: key \"acct/9\" on p3 is held by a transaction awaiting its coordinator's decision; retry later"
         );
         assert_eq!((in_doubt.label(), in_doubt.is_retryable()), ("in_doubt", true));
+        let deadlock = AbortReason::Deadlock { cycle: vec![TxId(9), TxId(4)] };
+        assert_eq!(deadlock.to_string(), "deadlock: chosen as the youngest of the lock-wait cycle t0.9 -> t0.4; retry");
+        assert!(deadlock.is_retryable());
+        assert!(AbortReason::LockTimeout { participant: ParticipantId(1), key: Bytes::new() }.is_retryable());
+        for reason in [AbortReason::IdleTimeout, AbortReason::RolledBack, AbortReason::NotActive] {
+            assert!(!reason.is_retryable(), "{reason}");
+        }
+    }
+
+    #[test]
+    fn isolation_tags_round_trip() {
+        for isolation in [Isolation::Serializable, Isolation::ReadCommitted, Isolation::Optimistic] {
+            assert_eq!(Isolation::from_tag(isolation.tag()), Some(isolation));
+        }
+        assert_eq!(Isolation::from_tag(3), None);
+        assert_eq!(Isolation::default(), Isolation::Serializable);
     }
 }

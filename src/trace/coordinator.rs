@@ -158,7 +158,7 @@ impl CoordinatorTrace {
                 }
             }
             ToCoordinator::Ack { .. } => drop(take_for(&mut tx.commits, from)),
-            ToCoordinator::Inquiry { .. } => {}
+            ToCoordinator::Inquiry { .. } | ToCoordinator::Executed { .. } | ToCoordinator::WaitFor { .. } => {}
         }
     }
 
@@ -317,7 +317,8 @@ fn set_reply(span: &mut Span, reply: &Reply) {
             span.set_attribute(KeyValue::new("twophase.reject_reason", format!("{reason:?}")));
         }
         // Registrations are not transactions: no span waits for them.
-        Reply::Registered { .. } | Reply::RegisterRefused { .. } => {}
+        // Interactive steps before the outcome: the span ends with the transaction's outcome.
+        Reply::Registered { .. } | Reply::RegisterRefused { .. } | Reply::Began { .. } | Reply::Executed { .. } => {}
     }
 }
 

@@ -95,7 +95,7 @@ impl ParticipantTrace {
                     prepare.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
                 }
             }
-            ToParticipant::Query { .. } => {}
+            ToParticipant::Query { .. } | ToParticipant::Execute { .. } | ToParticipant::PrepareExecuted { .. } => {}
         }
     }
 

@@ -685,6 +685,9 @@ impl Coordinator {
             ToCoordinator::Vote { txid, vote } => self.on_vote(now, from, txid, vote, fx),
             ToCoordinator::Ack { txid } => self.on_ack(from, txid, fx),
             ToCoordinator::Inquiry { txid } => self.on_inquiry(from, txid, fx),
+            // Interactive transactions (issue 17): no open ones exist yet, so there is
+            // nothing these could be about.
+            ToCoordinator::Executed { .. } | ToCoordinator::WaitFor { .. } => {}
         }
     }
 

@@ -395,6 +395,16 @@ impl<R: ResourceManager> Participant<R> {
             ToParticipant::Commit { txid } => self.on_commit(now, txid, fx),
             ToParticipant::Abort { txid } => self.on_abort(now, txid, fx),
             ToParticipant::Query { txid } => self.on_query(txid, fx),
+            // Interactive transactions (issue 17) are not served here yet: refuse them
+            // cleanly so the coordinator ends the transaction instead of waiting.
+            ToParticipant::Execute { txid, .. } => {
+                let reason = AbortReason::Invalid { detail: "interactive transactions are not supported yet".into() };
+                self.send(fx, Lsn::NONE, ToCoordinator::Executed { txid, result: Err(reason) });
+            }
+            ToParticipant::PrepareExecuted { txid } => {
+                let reason = AbortReason::Invalid { detail: "interactive transactions are not supported yet".into() };
+                self.vote_no(txid, reason, fx);
+            }
         }
     }
 

@@ -80,6 +80,11 @@ impl World {
                 }
             }
             Reply::Registered { .. } | Reply::RegisterRefused { .. } => {} // A late answer to a retried registration.
+            Reply::Began { seq, .. } | Reply::Executed { seq, .. } => {
+                // Simulated clients send one-shot requests only.
+                let anomaly = format!("client {} seq {seq}: interactive reply to a one-shot request", session.0);
+                self.observed.client_anomalies.push(anomaly);
+            }
             Reply::Outcome { seq, outcome, .. } => {
                 let key = (session, seq);
                 match client.outcomes.get(&seq) {
