@@ -19,9 +19,9 @@
 
 use std::fmt::Debug;
 
-use crate::ops::{AbortReason, Key, LocalOp, Read};
+use crate::ops::{AbortReason, Isolation, Key, LocalOp, Read};
 use crate::record::Write;
-use crate::types::{ParticipantId, TxId};
+use crate::types::TxId;
 
 use super::KvImage;
 
@@ -34,6 +34,28 @@ pub enum PrepareResult<P> {
     ReadOnly { reads: Vec<Read> },
     /// Refused: nothing held.
     No { reason: AbortReason },
+}
+
+/// What a resource manager did with an interactive `Execute`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Execution {
+    /// Every op ran: the reads of its `Get`s.
+    Done { reads: Vec<Read> },
+    /// Waiting for a lock: an [`RmEvent::Waits`] says for whom; an [`RmEvent::Executed`]
+    /// brings the result.
+    Waiting,
+    /// Failed: the transaction is rolled back here (nothing held).
+    Failed { reason: AbortReason },
+}
+
+/// What happened inside the resource manager that the participant must report.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RmEvent {
+    /// `waiter`'s execute waits on `key` for `holders` (the lock holders and queued requests
+    /// ahead of it that it conflicts with), or no longer waits (`holders` empty).
+    Waits { waiter: TxId, key: Key, holders: Vec<TxId> },
+    /// A waiting execute finished; an error means the transaction is rolled back here.
+    Executed { txid: TxId, result: Result<Vec<Read>, AbortReason> },
 }
 
 /// What a resource manager did with a prepare.
@@ -58,7 +80,23 @@ pub trait ResourceManager: Debug {
 
     /// Locks (without waiting) and evaluates a one-shot transaction's `ops`; on `Yes` the
     /// locks stay held until `commit` or `abort`.
-    fn prepare(&mut self, participant: ParticipantId, txid: TxId, ops: Vec<LocalOp>) -> Prepare<Self::Prepared>;
+    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>) -> Prepare<Self::Prepared>;
+
+    /// Runs `ops` inside the open transaction `txid` (opened by its first execute), waiting
+    /// for locks as `isolation` requires. At most one execute per transaction at a time.
+    fn execute(&mut self, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>) -> Execution;
+
+    /// Prepares what the executes of the open transaction `txid` did (it must not be waiting);
+    /// it is no longer open afterwards. `None`: under way, answered through
+    /// [`Participant::on_prepare_done`](super::Participant::on_prepare_done).
+    fn prepare_open(&mut self, txid: TxId) -> Option<PrepareResult<Self::Prepared>>;
+
+    /// Rolls back the open transaction `txid`: drops its writes, releases its locks (waking
+    /// the requests they held up), withdraws its waiting request. Nothing if it is not open.
+    fn rollback(&mut self, txid: TxId);
+
+    /// The next event to report, oldest first.
+    fn pop_event(&mut self) -> Option<RmEvent>;
 
     /// The write set the `Prepared` record logs (and a snapshot keeps) for `prepared`.
     fn writes(prepared: &Self::Prepared) -> &[Write];
