@@ -17,7 +17,7 @@ use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
 use crate::security::{SecurityArgs, SecurityKeys};
 use crate::trace::TraceArgs;
-use crate::{certs, chaos, cluster, inspect, loadgen, names, node, top, tx};
+use crate::{certs, chaos, cluster, inspect, loadgen, names, node, shell, top, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -48,6 +48,8 @@ enum Command {
     Certs(certs::CertsArgs),
     /// A live terminal view of a running cluster, from its nodes' metrics endpoints.
     Top(top::TopArgs),
+    /// An interactive prompt: BEGIN, GET, PUT, ADD, DELETE, COMMIT, ROLLBACK against a coordinator.
+    Shell(shell::ShellArgs),
 }
 
 #[derive(Args)]
@@ -312,6 +314,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chaos(args) => return chaos::run(args),
         Command::Certs(args) => certs::run(args)?,
         Command::Top(args) => return top::run(args),
+        Command::Shell(args) => return shell::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }
