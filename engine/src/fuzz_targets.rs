@@ -366,7 +366,8 @@ pub fn gen_to_coordinator(g: &mut Gen, limits: Limits) -> ToCoordinator {
     match g.u8() % 5 {
         0 => ToCoordinator::Vote { txid, vote: gen_vote(g, limits) },
         3 => {
-            let result = if g.u8() % 2 == 0 { Ok(gen_reads(g, limits)) } else { Err(gen_abort_reason(g, limits)) };
+            let result =
+                if g.u8().is_multiple_of(2) { Ok(gen_reads(g, limits)) } else { Err(gen_abort_reason(g, limits)) };
             ToCoordinator::Executed { txid, result }
         }
         4 => ToCoordinator::WaitFor { waiter: txid, key: gen_key(g, limits), holders: gen_txids(g) },

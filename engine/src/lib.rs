@@ -3,7 +3,7 @@
 //! Owns: identifiers and operations ([`types`], [`ops`]), the binary encoding of log records
 //! and messages ([`codec`], [`record`], [`message`]), the coordinator and participant state
 //! machines ([`coordinator`], [`participant`]) with the built-in key-value resource manager and
-//! lock table, the table of transactions in flight by txid (`txtable`), the durability gate
+//! lock table, the coordinator's wait-for graph of interactive transactions ([`deadlock`]), the table of transactions in flight by txid (`txtable`), the durability gate
 //! ([`effects`]), and the deterministic simulator with its invariant checker ([`sim`]).
 //! `fuzz_targets` (hidden) holds the decoder fuzz bodies shared by `fuzz/` and the stable
 //! random-input harness.
@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod coordinator;
+pub mod deadlock;
 pub mod effects;
 #[doc(hidden)]
 pub mod fuzz_targets;
@@ -35,8 +36,8 @@ pub mod types;
 
 pub use coordinator::{ClientOrigin, CoordEffects, CoordOutput, Coordinator, CoordinatorConfig};
 pub use effects::{DurabilityGate, Effects, Gated};
-pub use message::{RegisterRefusal, RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
-pub use ops::{AbortReason, Key, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote};
+pub use message::{Interactive, RegisterRefusal, RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
+pub use ops::{AbortReason, Isolation, Key, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote};
 pub use participant::{PartEffects, Participant, ParticipantConfig};
 pub use record::{AnyRecord, CoordRecord, GetAt, LogRecord, PartRecord, Write};
 pub use types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};

@@ -27,7 +27,10 @@
 //!   `CommittedReadsUnavailable` when a restart resolved the transaction without them.
 //! - A participant's vote is checked against the transaction (its reads must be exactly one
 //!   per `Get` sent there, within limits); one that does not match counts as No.
+//! - Interactive transactions (`interactive`) stay in memory until their Commit, which
+//!   enters the same commit path through `track_prepare`.
 
+mod interactive;
 mod sessions;
 mod snapshot;
 
@@ -36,7 +39,8 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-pub use sessions::{IDENTITY_BYTES_MAX, Known, SessionLimits, Sessions};
+pub use interactive::{InteractiveConfig, InteractiveStats};
+pub use sessions::{Answer, IDENTITY_BYTES_MAX, Known, SessionLimits, Sessions};
 pub use snapshot::{CoordinatorSnapshot, SessionSnapshot};
 
 use crate::effects::{Effects, LogCursor, Timers, step_backoff};
@@ -46,6 +50,7 @@ use crate::ops::{AbortReason, Limits, LocalOp, Op, OpKind, Outcome, Read, Vote};
 use crate::record::{CoordRecord, GetAt};
 use crate::txtable::TxTable;
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
+use interactive::OpenTxs;
 
 /// An output of the coordinator: a message to a participant or a reply to a client.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -107,6 +112,8 @@ pub struct CoordinatorConfig {
     /// a transaction whose reads would not fit aborts instead of committing unanswerably.
     pub max_outcome_bytes: usize,
     pub limits: Limits,
+    /// Bounds and defaults of interactive transactions.
+    pub interactive: InteractiveConfig,
     pub hash_seed: u64,
     #[cfg(test)]
     pub bugs: CoordinatorBugs,
@@ -129,6 +136,7 @@ impl CoordinatorConfig {
             },
             max_outcome_bytes: 8 * 1024 * 1024,
             limits: Limits::default(),
+            interactive: InteractiveConfig::default(),
             hash_seed: 0,
             #[cfg(test)]
             bugs: CoordinatorBugs::default(),
@@ -193,6 +201,8 @@ struct Tx {
     reads: Vec<Read>,
     /// Committed without every read (resolved after a restart).
     reads_lost: bool,
+    /// Began as an interactive transaction (counted in its own stats).
+    interactive: bool,
 }
 
 impl Tx {
@@ -261,6 +271,8 @@ pub struct CoordinatorStats {
     pub reads_lost: u64,
     pub sessions_registered: u64,
     pub sessions_expired: u64,
+    /// Interactive transactions (also counted in `committed`/`aborted` above).
+    pub interactive: InteractiveStats,
 }
 
 #[derive(Debug)]
@@ -280,6 +292,8 @@ pub struct Coordinator {
     /// Participants the driver reported unreachable (no connection); small, bounded by the
     /// configured participants.
     unreachable: Vec<ParticipantId>,
+    /// Open interactive transactions, their timers and the wait-for graph.
+    interactive: OpenTxs,
 }
 
 impl Coordinator {
@@ -372,6 +386,7 @@ impl Coordinator {
             timers: Timers::default(),
             stats: CoordinatorStats::default(),
             unreachable: Vec::new(),
+            interactive: OpenTxs::new(&config.interactive, config.hash_seed),
             config,
         };
         coordinator.epoch_lsn = coordinator.log.append(fx, CoordRecord::Epoch { epoch });
@@ -420,7 +435,17 @@ impl Coordinator {
         let shards =
             participants.iter().map(|&participant| Shard { participant, vote: VoteState::Yes, staged: true }).collect();
         let phase = Phase::Committing { lsn, next_redrive: now, backoff: self.config.redrive_initial };
-        let tx = Tx { client, seq, staged: Lsn::NONE, phase, shards, gets: Vec::new(), reads, reads_lost };
+        let tx = Tx {
+            client,
+            seq,
+            staged: Lsn::NONE,
+            phase,
+            shards,
+            gets: Vec::new(),
+            reads,
+            reads_lost,
+            interactive: false,
+        };
         self.txs.insert(txid, tx);
         self.committing += 1;
         self.redrive(now, txid, fx);
@@ -441,7 +466,17 @@ impl Coordinator {
             .map(|&participant| Shard { participant, vote: VoteState::Pending, staged: true })
             .collect();
         let phase = Phase::Resolving { next_query: now, backoff: self.config.redrive_initial };
-        let tx = Tx { client, seq, staged: lsn, phase, shards, gets, reads: Vec::new(), reads_lost: false };
+        let tx = Tx {
+            client,
+            seq,
+            staged: lsn,
+            phase,
+            shards,
+            gets,
+            reads: Vec::new(),
+            reads_lost: false,
+            interactive: false,
+        };
         self.txs.insert(txid, tx);
         self.preparing += 1;
         if self.sessions.is_new(client, seq) {
@@ -477,7 +512,10 @@ impl Coordinator {
     }
 
     pub fn next_deadline(&self) -> Option<Time> {
-        self.timers.next_deadline()
+        match (self.timers.next_deadline(), self.interactive.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn config(&self) -> &CoordinatorConfig {
@@ -508,6 +546,7 @@ impl Coordinator {
         for txid in waiting {
             self.abort(txid, AbortReason::Unavailable { participant }, fx);
         }
+        self.lose_open(participant, fx);
     }
 
     /// The driver is connected to `participant` again.
@@ -572,23 +611,8 @@ impl Coordinator {
             return self.on_register(origin, nonce, fx);
         }
         let Submit { client, seq, ops } = submit;
-        match self.sessions.lookup(client, origin.identity, seq) {
-            Known::New => {}
-            Known::InFlight(_) => return, // A retry: the reply follows the decision.
-            Known::Done { outcome, after } => return self.reply(fx, after, Reply::Outcome { client, seq, outcome }),
-            Known::TooOld => {
-                return self.reply(fx, Lsn::NONE, Reply::Rejected { client, seq, reason: RejectReason::SeqTooOld });
-            }
-            Known::Expired => {
-                // After everything logged so far: a `Register` that expired the session may
-                // still be on its way to the disk, and a restart must not revive it.
-                let reply = Reply::Rejected { client, seq, reason: RejectReason::SessionExpired };
-                return self.reply_to_conn(fx, self.log.last(), origin.conn, reply);
-            }
-            Known::NotOwner => {
-                let reply = Reply::Rejected { client, seq, reason: RejectReason::NotSessionOwner };
-                return self.reply_to_conn(fx, Lsn::NONE, origin.conn, reply);
-            }
+        if !self.admit(origin, client, seq, fx) {
+            return;
         }
         if let Err(detail) = self.config.limits.check_ops(&ops) {
             return self.finish_unexecuted(client, seq, AbortReason::Invalid { detail }, fx);
@@ -609,6 +633,32 @@ impl Coordinator {
             return self.reject_busy(client, seq, fx);
         }
         self.start_prepare(now, txid, client, seq, ops, fx);
+    }
+
+    /// Exactly-once admission of request `(client, seq)` from `origin`: true if it is new
+    /// and must run; otherwise it was answered (or its answer will follow the decision).
+    #[inline]
+    fn admit(&mut self, origin: ClientOrigin, client: ClientId, seq: Seq, fx: &mut CoordEffects) -> bool {
+        match self.sessions.lookup(client, origin.identity, seq) {
+            Known::New => return true,
+            Known::InFlight(_) => {} // A retry: the reply follows the decision.
+            Known::Done { outcome, after } => self.reply(fx, after, Reply::Outcome { client, seq, outcome }),
+            Known::Answered { answer, after } => self.reply(fx, after, answer.into_reply(client, seq)),
+            Known::TooOld => {
+                self.reply(fx, Lsn::NONE, Reply::Rejected { client, seq, reason: RejectReason::SeqTooOld });
+            }
+            Known::Expired => {
+                // After everything logged so far: a `Register` that expired the session may
+                // still be on its way to the disk, and a restart must not revive it.
+                let reply = Reply::Rejected { client, seq, reason: RejectReason::SessionExpired };
+                self.reply_to_conn(fx, self.log.last(), origin.conn, reply);
+            }
+            Known::NotOwner => {
+                let reply = Reply::Rejected { client, seq, reason: RejectReason::NotSessionOwner };
+                self.reply_to_conn(fx, Lsn::NONE, origin.conn, reply);
+            }
+        }
+        false
     }
 
     fn reject_busy(&mut self, client: ClientId, seq: Seq, fx: &mut CoordEffects) {
@@ -645,18 +695,7 @@ impl Coordinator {
         ops: Vec<Op>,
         fx: &mut CoordEffects,
     ) {
-        let mut per_participant: Vec<(ParticipantId, Vec<LocalOp>)> = Vec::with_capacity(4);
-        let mut gets = Vec::new();
-        for (index, op) in ops.into_iter().enumerate() {
-            if matches!(op.kind, OpKind::Get) {
-                gets.push(GetAt { index: index as u16, participant: op.participant });
-            }
-            let local = LocalOp { index: index as u16, key: op.key, kind: op.kind };
-            match per_participant.iter_mut().find(|(p, _)| *p == op.participant) {
-                Some((_, list)) => list.push(local),
-                None => per_participant.push((op.participant, vec![local])),
-            }
-        }
+        let (per_participant, gets) = split_ops(ops);
         let shards: SmallVec<[Shard; 4]> = per_participant
             .iter()
             .map(|(participant, ops)| Shard {
@@ -666,13 +705,30 @@ impl Coordinator {
             })
             .collect();
         let phase = Phase::Preparing { deadline: now + self.config.prepare_timeout };
-        let mut tx = Tx { client, seq, staged: Lsn::NONE, phase, shards, gets, reads: Vec::new(), reads_lost: false };
+        let tx = Tx {
+            client,
+            seq,
+            staged: Lsn::NONE,
+            phase,
+            shards,
+            gets,
+            reads: Vec::new(),
+            reads_lost: false,
+            interactive: false,
+        };
+        self.track_prepare(now, txid, tx, fx);
+        for (participant, ops) in per_participant {
+            self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops });
+        }
+    }
+
+    /// Enters `tx` into the prepare phase: staged (if it writes anywhere), tracked, timed.
+    /// The caller sends its prepares (one-shot `Prepare`, or interactive `PrepareExecuted`).
+    #[inline]
+    fn track_prepare(&mut self, now: Time, txid: TxId, mut tx: Tx, fx: &mut CoordEffects) {
         // Reads only: nothing to stage, nothing to resolve after a crash.
         if tx.shards.iter().any(|shard| shard.staged) {
             tx.staged = self.log.append(fx, tx.staged_record(txid));
-        }
-        for (participant, ops) in per_participant {
-            self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops });
         }
         self.txs.insert(txid, tx);
         self.preparing += 1;
@@ -685,9 +741,8 @@ impl Coordinator {
             ToCoordinator::Vote { txid, vote } => self.on_vote(now, from, txid, vote, fx),
             ToCoordinator::Ack { txid } => self.on_ack(from, txid, fx),
             ToCoordinator::Inquiry { txid } => self.on_inquiry(from, txid, fx),
-            // Interactive transactions (issue 17): no open ones exist yet, so there is
-            // nothing these could be about.
-            ToCoordinator::Executed { .. } | ToCoordinator::WaitFor { .. } => {}
+            ToCoordinator::Executed { txid, result } => self.on_executed(now, from, txid, result, fx),
+            ToCoordinator::WaitFor { waiter, key, holders } => self.on_wait_for(now, from, waiter, key, holders, fx),
         }
     }
 
@@ -744,6 +799,9 @@ impl Coordinator {
         debug_assert!(tx.phase.is_undecided(), "a committed transaction never aborts");
         self.preparing -= 1;
         self.stats.aborted += 1;
+        if tx.interactive {
+            self.stats.interactive.count_abort(&reason);
+        }
         // Participants may hear it at once: one that aborts answers No to any later query,
         // so the transaction resolves to abort whether or not the record below survives.
         for shard in &tx.shards {
@@ -783,6 +841,7 @@ impl Coordinator {
         let (client, seq, reads, reads_lost) = (tx.client, tx.seq, tx.reads.clone(), tx.reads_lost);
         self.preparing -= 1;
         self.stats.committed += 1;
+        self.stats.interactive.committed += u64::from(tx.interactive);
         let outcome = tx.committed_outcome();
         if participants.is_empty() {
             // Read-only everywhere: nothing to commit, nothing to finish.
@@ -882,8 +941,10 @@ impl Coordinator {
         }
     }
 
-    /// Time passed: abort prepares that timed out, re-send unacknowledged commits.
+    /// Time passed: abort prepares that timed out, re-send unacknowledged commits, roll back
+    /// idle interactive transactions.
     pub fn on_tick(&mut self, now: Time, fx: &mut CoordEffects) {
+        self.tick_open(now, fx);
         while let Some(txid) = self.timers.pop_due(now) {
             let Some(tx) = self.txs.get(txid) else { continue };
             match tx.phase {
@@ -933,6 +994,24 @@ impl Coordinator {
     }
 }
 
+/// Groups a client's ops by participant, each tagged with its position in the request, and
+/// lists the `Get`s (one-shot Prepares and interactive Executes alike).
+fn split_ops(ops: Vec<Op>) -> (Vec<(ParticipantId, Vec<LocalOp>)>, Vec<GetAt>) {
+    let mut per_participant: Vec<(ParticipantId, Vec<LocalOp>)> = Vec::with_capacity(4);
+    let mut gets = Vec::new();
+    for (index, op) in ops.into_iter().enumerate() {
+        if matches!(op.kind, OpKind::Get) {
+            gets.push(GetAt { index: index as u16, participant: op.participant });
+        }
+        let local = LocalOp { index: index as u16, key: op.key, kind: op.kind };
+        match per_participant.iter_mut().find(|(p, _)| *p == op.participant) {
+            Some((_, list)) => list.push(local),
+            None => per_participant.push((op.participant, vec![local])),
+        }
+    }
+    (per_participant, gets)
+}
+
 /// Checks the reads a participant voted with against the transaction's `Get`s there: one
 /// read per `Get`, each naming one of them, none twice, values within the limit.
 fn check_reads(from: ParticipantId, gets: &[GetAt], reads: &[Read], value_bytes_max: usize) -> Result<(), String> {
@@ -965,5 +1044,7 @@ fn encoded_reads_bytes(reads: &[Read]) -> usize {
     3 + reads.iter().map(|read| 3 + read.value.as_ref().map_or(0, |value| 4 + value.len())).sum::<usize>()
 }
 
+#[cfg(test)]
+mod interactive_tests;
 #[cfg(test)]
 mod tests;

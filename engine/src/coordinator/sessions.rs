@@ -13,7 +13,9 @@
 //! `session_bytes_max` accounted bytes (the oldest decided outcomes go first; a retry of one
 //! gets `SeqTooOld`), with stored outcomes copied into compact owned buffers, so no inbound
 //! frame stays pinned by a read it carried. A transfer's outcome (committed, no reads) takes
-//! no heap at all.
+//! no heap at all. An interactive transaction's intermediate answers (`Began`, `Executed`)
+//! are kept the same way, so their retries are answered alike; they are never exported to a
+//! checkpoint (a restart forgets open transactions).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,9 +24,11 @@ use bytes::Bytes;
 
 use super::snapshot::SessionSnapshot;
 use crate::codec::{Decode, Encode};
+use crate::codec::{put_reads, read_reads};
 use crate::hash::SeededState;
 use crate::message::RegisterRefusal;
-use crate::ops::Outcome;
+use crate::message::Reply;
+use crate::ops::{Outcome, Read};
 use crate::record::RECORD_LIMITS;
 use crate::types::{ClientId, Lsn, Seq, TxId};
 
@@ -40,6 +44,8 @@ pub enum Known {
     InFlight(TxId),
     /// Decided; the reply must wait for `after` to be durable.
     Done { outcome: Outcome, after: Lsn },
+    /// Answered with an interactive step's reply (not an outcome); again after `after`.
+    Answered { answer: Answer, after: Lsn },
     /// Below the window of outcomes kept for this session: the outcome is forgotten.
     TooOld,
     /// No such session (never registered, or expired).
@@ -48,12 +54,31 @@ pub enum Known {
     NotOwner,
 }
 
+/// An interactive request's answer that is not an outcome.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Answer {
+    Began(TxId),
+    Executed(Vec<Read>),
+}
+
+impl Answer {
+    pub fn into_reply(self, client: ClientId, seq: Seq) -> Reply {
+        match self {
+            Answer::Began(txid) => Reply::Began { client, seq, txid },
+            Answer::Executed(reads) => Reply::Executed { client, seq, reads },
+        }
+    }
+}
+
 /// An outcome as the table keeps it: owned, compact bytes (or nothing at all for the common
 /// committed-without-reads case), decoded again only to answer a retry.
 #[derive(Clone, Debug)]
 enum StoredOutcome {
     CommittedWithoutGets,
     Encoded(Box<[u8]>),
+    Began(TxId),
+    /// An Executed answer's reads, encoded as a list.
+    Executed(Box<[u8]>),
 }
 
 impl StoredOutcome {
@@ -68,18 +93,43 @@ impl StoredOutcome {
         }
     }
 
+    fn store_answer(answer: &Answer) -> StoredOutcome {
+        match answer {
+            Answer::Began(txid) => StoredOutcome::Began(*txid),
+            Answer::Executed(reads) => {
+                let mut bytes = Vec::new();
+                put_reads(&mut bytes, reads);
+                StoredOutcome::Executed(bytes.into_boxed_slice())
+            }
+        }
+    }
+
+    /// What a retry hears.
+    fn known(&self, after: Lsn) -> Known {
+        match self {
+            StoredOutcome::Began(txid) => Known::Answered { answer: Answer::Began(*txid), after },
+            StoredOutcome::Executed(bytes) => {
+                let mut reader = crate::codec::Reader::new(Bytes::copy_from_slice(bytes), RECORD_LIMITS);
+                let reads = read_reads(&mut reader).expect("stored reads decode: the table encoded them");
+                Known::Answered { answer: Answer::Executed(reads), after }
+            }
+            outcome => Known::Done { outcome: outcome.load(), after },
+        }
+    }
+
     fn load(&self) -> Outcome {
         match self {
             StoredOutcome::CommittedWithoutGets => Outcome::Committed { reads: Vec::new() },
             StoredOutcome::Encoded(bytes) => Outcome::decode_all(Bytes::copy_from_slice(bytes), RECORD_LIMITS)
                 .expect("a stored outcome decodes: the table encoded it"),
+            StoredOutcome::Began(_) | StoredOutcome::Executed(_) => unreachable!("not an outcome"),
         }
     }
 
     fn heap_bytes(&self) -> usize {
         match self {
-            StoredOutcome::CommittedWithoutGets => 0,
-            StoredOutcome::Encoded(bytes) => bytes.len(),
+            StoredOutcome::CommittedWithoutGets | StoredOutcome::Began(_) => 0,
+            StoredOutcome::Encoded(bytes) | StoredOutcome::Executed(bytes) => bytes.len(),
         }
     }
 
@@ -87,6 +137,7 @@ impl StoredOutcome {
         match self {
             StoredOutcome::CommittedWithoutGets => true,
             StoredOutcome::Encoded(bytes) => bytes.first() != Some(&1), // Outcome tag 1 is Aborted.
+            StoredOutcome::Began(_) | StoredOutcome::Executed(_) => false,
         }
     }
 }
@@ -320,7 +371,7 @@ impl Sessions {
         match session.entries.get(seq) {
             None => Known::New,
             Some(Entry::InFlight(txid)) => Known::InFlight(*txid),
-            Some(Entry::Done { outcome, after }) => Known::Done { outcome: outcome.load(), after: *after },
+            Some(Entry::Done { outcome, after }) => outcome.known(*after),
         }
     }
 
@@ -347,12 +398,21 @@ impl Sessions {
     /// ran, or replayed from the log) is recorded too; one of a session that does not exist
     /// (expired meanwhile) is not.
     pub fn finish(&mut self, client: ClientId, seq: Seq, outcome: &Outcome, after: Lsn) {
+        self.store(client, seq, StoredOutcome::store(outcome), after);
+    }
+
+    /// Records the answer of interactive request `(client, seq)`, as [`finish`](Self::finish)
+    /// records an outcome.
+    pub fn answer(&mut self, client: ClientId, seq: Seq, answer: &Answer, after: Lsn) {
+        self.store(client, seq, StoredOutcome::store_answer(answer), after);
+    }
+
+    fn store(&mut self, client: ClientId, seq: Seq, stored: StoredOutcome, after: Lsn) {
         let limits = self.limits;
         let Some(session) = self.by_client.get_mut(&client) else { return };
         if seq < session.floor {
             return;
         }
-        let stored = StoredOutcome::store(outcome);
         session.outcome_bytes += stored.heap_bytes();
         match session.entries.insert(seq, Entry::Done { outcome: stored, after }) {
             Some(Entry::InFlight(_)) => session.in_flight -= 1,
