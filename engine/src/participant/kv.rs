@@ -75,16 +75,30 @@ impl KvStore {
     /// the participant must vote No.
     pub fn evaluate(&self, participant: ParticipantId, ops: &[LocalOp]) -> Result<Evaluation, AbortReason> {
         let mut evaluation = Evaluation::default();
+        self.evaluate_into(participant, ops, &mut evaluation.reads, &mut evaluation.writes)?;
+        Ok(evaluation)
+    }
+
+    /// Runs `ops` in order over the committed state overlaid with `writes` (an open
+    /// transaction's earlier writes), pushing reads to `reads` and merging new writes into
+    /// `writes`. On an error `writes` may be partly updated: the transaction is dropped.
+    pub fn evaluate_into(
+        &self,
+        participant: ParticipantId,
+        ops: &[LocalOp],
+        reads: &mut Vec<Read>,
+        writes: &mut Vec<Write>,
+    ) -> Result<(), AbortReason> {
         for op in ops {
-            let written = evaluation.writes.iter().position(|w| w.key == op.key);
+            let written = writes.iter().position(|w| w.key == op.key);
             let current = match written {
-                Some(index) => evaluation.writes[index].value.as_deref(),
+                Some(index) => writes[index].value.as_deref(),
                 None => self.get(&op.key),
             };
             let new_value = match &op.kind {
                 OpKind::Get => {
                     let value = current.map(Bytes::copy_from_slice);
-                    evaluation.reads.push(Read { index: op.index, value });
+                    reads.push(Read { index: op.index, value });
                     continue;
                 }
                 OpKind::Put(value) => Some(owned(value)),
@@ -92,11 +106,11 @@ impl KvStore {
                 OpKind::Add { delta, floor } => Some(add(participant, &op.key, current, *delta, *floor)?),
             };
             match written {
-                Some(index) => evaluation.writes[index].value = new_value,
-                None => evaluation.writes.push(Write { key: owned(&op.key), value: new_value }),
+                Some(index) => writes[index].value = new_value,
+                None => writes.push(Write { key: owned(&op.key), value: new_value }),
             }
         }
-        Ok(evaluation)
+        Ok(())
     }
 
     /// Applies a committed write set, overwriting stored values in place.

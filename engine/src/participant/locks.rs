@@ -1,6 +1,6 @@
-//! No-wait lock table: shared locks for reads, exclusive for writes, held by transaction id.
-//! A request that conflicts fails at once with the holder, so no transaction ever waits and
-//! no deadlock can form (waiting locks arrive with interactive transactions).
+//! Lock table: shared locks for reads, exclusive for writes, held by transaction id.
+//! A request that conflicts fails at once with the holder; interactive transactions queue
+//! behind it in the resource manager's wait queues (`waits`), one-shot ones never wait here.
 
 use std::collections::HashMap;
 
@@ -87,6 +87,24 @@ impl LockTable {
         };
         if still_held {
             self.locks.insert(slot, lock);
+        }
+    }
+
+    /// Whether `txid` already holds `mode` (or stronger) on `key`.
+    pub fn holds(&self, key: &[u8], txid: TxId, mode: LockMode) -> bool {
+        match self.locks.get(key) {
+            Some(Lock::Exclusive(holder)) => *holder == txid,
+            Some(Lock::Shared(holders)) => mode == LockMode::Shared && holders.contains(&txid),
+            None => false,
+        }
+    }
+
+    /// The mode `key` is locked in and its holders, if it is locked.
+    pub fn holders(&self, key: &[u8]) -> Option<(LockMode, &[TxId])> {
+        match self.locks.get(key) {
+            Some(Lock::Exclusive(holder)) => Some((LockMode::Exclusive, std::slice::from_ref(holder))),
+            Some(Lock::Shared(holders)) => Some((LockMode::Shared, holders.as_slice())),
+            None => None,
         }
     }
 

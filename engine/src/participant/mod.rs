@@ -1,5 +1,7 @@
-//! A participant: prepares, commits and aborts its part of each transaction over the
-//! built-in key-value store.
+//! A participant: prepares, commits and aborts its part of each transaction over a
+//! resource manager ([`ResourceManager`]; the built-in key-value store is [`KvResource`]).
+//! This module is the protocol side (votes, prepare durability, stale checks, in-doubt
+//! resolution, inquiries, queries, recovery); the resource manager holds the data and locks.
 //!
 //! Invariants:
 //! - `Yes` leaves only after the `Prepared` record is durable; the ack of a commit only after
@@ -9,10 +11,16 @@
 //! - Prepares are accepted only with a transaction id above every one seen before, so a
 //!   duplicated or delayed prepare can never run a transaction a second time. Ids rise
 //!   across coordinator epochs, so the same check refuses a deposed coordinator.
-//! - Locks never wait, except that a prepare finding its key held by an older prepared
-//!   transaction (not in doubt) waits for that decision (`parked`, bounded): the
-//!   coordinator's early `Committed` lets a client's next transaction overtake the
-//!   previous one's `Commit`. Waits point only to older transactions: no deadlock.
+//! - One-shot prepares never wait for a lock, except that a prepare finding its key held by
+//!   an older prepared transaction (not in doubt) waits for that decision (`parked`,
+//!   bounded): the coordinator's early `Committed` lets a client's next transaction overtake
+//!   the previous one's `Commit`. Waits point only to older transactions: no deadlock.
+//! - Interactive transactions (`Execute`, then `PrepareExecuted`) are open here until
+//!   prepared or rolled back: bounded (`max_active`), their lock waits reported to the
+//!   coordinator (`WaitFor`, which detects deadlocks) and bounded in time
+//!   (`lock_wait_timeout`). An open transaction never voted, so presumed abort lets this
+//!   participant roll it back alone: on a lock-wait timeout, when idle past `open_idle_max`,
+//!   on a new coordinator epoch (the older epoch's), and when the coordinator is lost.
 //! - A restarted coordinator's `Query` is answered only once the new epoch is durable here.
 //! - Defence in depth against forged or corrupt frames: a message whose txid does not agree
 //!   with its frame's epoch, or whose epoch or txid jumps absurdly far ahead of what was seen
@@ -21,20 +29,26 @@
 
 mod kv;
 mod locks;
+mod open;
 mod parked;
+mod resource;
 mod snapshot;
+mod store;
+mod waits;
 
 use std::time::Duration;
 
-use kv::Slot;
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
 pub use locks::{LockMode, LockTable};
+pub use open::WAIT_HOLDERS_MAX;
 use parked::Parked;
+pub use resource::{Execution, Prepare, PrepareResult, ResourceManager, RmEvent};
 pub use snapshot::{KvImage, ParticipantSnapshot};
+pub use store::{KvLimits, KvPrepared, KvResource};
 
 use crate::effects::{Effects, LogCursor, Timers, step_backoff};
 use crate::message::{ToCoordinator, ToParticipant};
-use crate::ops::{AbortReason, Key, Limits, LocalOp, Read, Vote};
+use crate::ops::{AbortReason, Isolation, Key, Limits, LocalOp, Read, Vote};
 use crate::record::{PartRecord, Write};
 use crate::txtable::TxTable;
 use crate::types::{Epoch, Lsn, ParticipantId, Time, TxId};
@@ -83,6 +97,17 @@ pub struct ParticipantConfig {
     /// Bound on prepares waiting for an older prepared transaction's decision; beyond it a
     /// conflicting prepare is refused at once (vote No, conflict).
     pub max_parked: usize,
+    /// Bound on open interactive transactions; an `Execute` that would open one more fails
+    /// with `ParticipantBusy`.
+    pub max_active: usize,
+    /// An interactive execute waiting for a lock longer than this fails with `LockTimeout`
+    /// (and its transaction is rolled back here).
+    pub lock_wait_timeout: Duration,
+    /// An open transaction without an execute for this long is rolled back here: a safety
+    /// net above the coordinator's largest idle timeout (60 s).
+    pub open_idle_max: Duration,
+    /// The built-in store's bounds on waiting requests and open transactions' sizes.
+    pub kv_limits: KvLimits,
     pub limits: Limits,
     pub hash_seed: u64,
     #[cfg(test)]
@@ -97,6 +122,10 @@ impl ParticipantConfig {
             inquiry_max: Duration::from_secs(5),
             max_prepared: 200_000,
             max_parked: 65_536,
+            max_active: 10_000,
+            lock_wait_timeout: Duration::from_secs(1),
+            open_idle_max: Duration::from_secs(70),
+            kv_limits: KvLimits::default(),
             limits: Limits::default(),
             hash_seed: 0,
             #[cfg(test)]
@@ -106,11 +135,9 @@ impl ParticipantConfig {
 }
 
 #[derive(Debug)]
-struct Prepared {
-    writes: Vec<Write>,
-    /// Keys this transaction locked (released at the decision), copied: a slice would pin
-    /// its whole network frame until then.
-    locked: Vec<Slot>,
+struct Prepared<P> {
+    /// What the resource manager holds for it (write set, locks).
+    held: P,
     /// The Prepared record's LSN: the Yes vote is gated on it.
     lsn: Lsn,
     /// The reads reported with the vote, to answer a duplicated prepare; None after a restart.
@@ -132,14 +159,70 @@ pub struct ParticipantStats {
     /// Prepares that waited for an older prepared transaction's decision.
     pub waited: u64,
     pub inquiries: u64,
+    /// Interactive executes answered (done or failed).
+    pub executes: u64,
+    /// Interactive executes that had to wait for a lock (each wait counted once).
+    pub lock_waits: u64,
+    /// Interactive executes that waited longer than `lock_wait_timeout`.
+    pub lock_timeouts: u64,
+    /// Open transactions rolled back (by the coordinator's abort or on this participant's own).
+    pub rolled_back: u64,
+}
+
+/// An open interactive transaction, as the protocol sees it (its data and locks are the
+/// resource manager's).
+#[derive(Debug)]
+struct OpenTx {
+    last_active: Time,
+    /// When its idle timer fires next (exactly one is set while it is open).
+    idle_check: Time,
+    /// The lock its execute waits for, and since when.
+    waiting: Option<(Time, Key)>,
+}
+
+/// Transactions that were open here and ended (prepared or rolled back), most recent
+/// `max` kept: a late or reordered `Execute` for one must not open it afresh, without its
+/// earlier writes.
+#[derive(Debug)]
+struct RecentlyEnded {
+    order: std::collections::VecDeque<TxId>,
+    set: std::collections::HashSet<TxId, crate::hash::SeededState>,
+    max: usize,
+}
+
+impl RecentlyEnded {
+    fn new(max: usize, hash_seed: u64) -> RecentlyEnded {
+        let set = std::collections::HashSet::with_hasher(crate::hash::SeededState::new(hash_seed));
+        RecentlyEnded { order: std::collections::VecDeque::new(), set, max }
+    }
+
+    fn insert(&mut self, txid: TxId) {
+        if self.max == 0 || !self.set.insert(txid) {
+            return;
+        }
+        self.order.push_back(txid);
+        if self.order.len() > self.max {
+            let oldest = self.order.pop_front().expect("not empty");
+            self.set.remove(&oldest);
+        }
+    }
+
+    fn contains(&self, txid: TxId) -> bool {
+        self.set.contains(&txid)
+    }
 }
 
 #[derive(Debug)]
-pub struct Participant {
+pub struct Participant<R: ResourceManager = KvResource> {
     config: ParticipantConfig,
-    kv: KvStore,
-    locks: LockTable,
-    prepared: TxTable<Prepared>,
+    rm: R,
+    prepared: TxTable<Prepared<R::Prepared>>,
+    /// Prepares the resource manager runs asynchronously (answered `Pending`); bounded by
+    /// `max_prepared` together with the prepared ones.
+    preparing: TxTable<()>,
+    /// Open interactive transactions (not yet prepared), bounded by `max_active`.
+    open: TxTable<OpenTx>,
+    ended: RecentlyEnded,
     parked: Parked,
     max_epoch: Epoch,
     max_txid_seen: TxId,
@@ -148,23 +231,49 @@ pub struct Participant {
     stats: ParticipantStats,
 }
 
-impl Participant {
-    /// Rebuilds the participant from its latest snapshot (if any) and the log (oldest first;
-    /// records the snapshot covers are skipped; both empty for a new node). Prepared
-    /// transactions without an outcome are in doubt: their locks are re-taken and the
-    /// coordinator is asked at once (the inquiries are in `fx`).
+impl Participant<KvResource> {
+    /// Rebuilds a participant over the built-in key-value store from its latest snapshot
+    /// (if any) and the log; see [`recover_with`](Self::recover_with).
     pub fn recover(
         config: ParticipantConfig,
         snapshot: Option<ParticipantSnapshot>,
         log: impl IntoIterator<Item = (Lsn, PartRecord)>,
         now: Time,
         fx: &mut PartEffects,
-    ) -> Participant {
+    ) -> Participant<KvResource> {
+        let rm = KvResource::new(config.id, config.hash_seed, config.kv_limits);
+        Participant::recover_with(rm, config, snapshot, log, now, fx)
+    }
+
+    pub fn kv(&self) -> &KvStore {
+        self.rm.kv()
+    }
+
+    pub fn locked_keys(&self) -> usize {
+        self.rm.locked_keys()
+    }
+}
+
+impl<R: ResourceManager> Participant<R> {
+    /// Rebuilds the participant over `rm` (empty) from its latest snapshot (if any) and the
+    /// log (oldest first; records the snapshot covers are skipped; both empty for a new
+    /// node). Prepared transactions without an outcome are in doubt: their locks are
+    /// re-taken and the coordinator is asked at once (the inquiries are in `fx`).
+    pub fn recover_with(
+        rm: R,
+        config: ParticipantConfig,
+        snapshot: Option<ParticipantSnapshot>,
+        log: impl IntoIterator<Item = (Lsn, PartRecord)>,
+        now: Time,
+        fx: &mut PartEffects,
+    ) -> Participant<R> {
         let seed = config.hash_seed;
         let mut participant = Participant {
-            kv: KvStore::new(seed),
-            locks: LockTable::new(seed),
+            rm,
             prepared: TxTable::new(seed),
+            preparing: TxTable::new(seed),
+            open: TxTable::new(seed),
+            ended: RecentlyEnded::new(config.max_active, seed),
             parked: Parked::new(config.max_parked, seed),
             max_epoch: Epoch(0),
             max_txid_seen: TxId(0),
@@ -202,9 +311,7 @@ impl Participant {
     fn restore(&mut self, snapshot: ParticipantSnapshot) {
         self.max_epoch = snapshot.max_epoch;
         self.max_txid_seen = snapshot.max_txid_seen;
-        for (key, value) in snapshot.kv.iter() {
-            self.kv.put(&key, &value);
-        }
+        self.rm.restore(&snapshot.kv);
         for (txid, writes) in snapshot.prepared {
             self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes });
         }
@@ -213,9 +320,9 @@ impl Participant {
     /// The whole state as of the last record appended. The driver must keep it until that
     /// LSN is durable before it relies on it (writes it out, truncates the log).
     pub fn snapshot(&self) -> ParticipantSnapshot {
-        let kv = KvImage::from_pairs(self.kv.iter());
+        let kv = self.rm.image();
         let mut prepared: Vec<(TxId, Vec<Write>)> =
-            self.prepared.iter().map(|(txid, p)| (txid, p.writes.clone())).collect();
+            self.prepared.iter().map(|(txid, p)| (txid, R::writes(&p.held).to_vec())).collect();
         prepared.sort_unstable_by_key(|(txid, _)| *txid);
         ParticipantSnapshot {
             lsn: self.log.last(),
@@ -233,8 +340,7 @@ impl Participant {
                 self.max_txid_seen = self.max_txid_seen.max(txid);
                 self.max_epoch = self.max_epoch.max(txid.epoch());
                 let prepared = Prepared {
-                    writes,
-                    locked: Vec::new(),
+                    held: self.rm.recovered(txid, writes),
                     lsn,
                     reads: None,
                     in_doubt: true,
@@ -245,25 +351,20 @@ impl Participant {
             }
             PartRecord::Committed { txid } => {
                 if let Some(prepared) = self.prepared.remove(txid) {
-                    self.kv.apply(&prepared.writes);
+                    self.rm.commit(txid, prepared.held);
                 }
             }
             PartRecord::Aborted { txid } => {
-                self.prepared.remove(txid);
+                if let Some(prepared) = self.prepared.remove(txid) {
+                    self.rm.abort(txid, prepared.held);
+                }
             }
         }
     }
 
     fn relock_in_doubt(&mut self, now: Time, txid: TxId) {
         let prepared = self.prepared.get_mut(txid).expect("in-doubt transaction");
-        for write in &prepared.writes {
-            let taken = self.locks.try_lock(&write.key, txid, LockMode::Exclusive);
-            // Two prepared transactions never held conflicting locks, so neither can now.
-            assert!(taken.is_ok(), "in-doubt {txid} conflicts with {taken:?} on recovery");
-            if taken == Ok(true) {
-                prepared.locked.push(Slot::from_slice(&write.key));
-            }
-        }
+        self.rm.relock(txid, &mut prepared.held);
         prepared.next_inquiry = now;
         self.timers.schedule(now, Duration::ZERO, txid);
     }
@@ -276,8 +377,8 @@ impl Participant {
         self.stats
     }
 
-    pub fn kv(&self) -> &KvStore {
-        &self.kv
+    pub fn resource_manager(&self) -> &R {
+        &self.rm
     }
 
     /// Prepared transactions awaiting a decision.
@@ -292,10 +393,6 @@ impl Participant {
 
     pub fn in_doubt(&self) -> usize {
         self.prepared.values().filter(|p| p.in_doubt).count()
-    }
-
-    pub fn locked_keys(&self) -> usize {
-        self.locks.len()
     }
 
     /// The LSN a snapshot taken now would cover: the last record appended.
@@ -332,7 +429,11 @@ impl Participant {
             )));
         }
         let txid = message.txid();
-        let is_prepare = matches!(message, ToParticipant::Prepare { .. });
+        // A coordinator executes and prepares only transactions of its own epoch.
+        let is_prepare = matches!(
+            message,
+            ToParticipant::Prepare { .. } | ToParticipant::Execute { .. } | ToParticipant::PrepareExecuted { .. }
+        );
         if (is_prepare && txid.epoch() != epoch) || txid.epoch() > epoch {
             return Err(Refused(format!("{message:?} names {txid}, which does not belong to epoch {}", epoch.0)));
         }
@@ -365,8 +466,13 @@ impl Participant {
     fn run_message(&mut self, now: Time, epoch: Epoch, message: ToParticipant, fx: &mut PartEffects) {
         if epoch < self.max_epoch {
             // A deposed coordinator: refuse. Its successor re-drives whatever it decided.
-            if let ToParticipant::Prepare { txid, .. } = message {
-                self.vote_no(txid, AbortReason::Stale { participant: self.config.id }, fx);
+            let stale = AbortReason::Stale { participant: self.config.id };
+            match message {
+                ToParticipant::Prepare { txid, .. } | ToParticipant::PrepareExecuted { txid } => {
+                    self.vote_no(txid, stale, fx)
+                }
+                ToParticipant::Execute { txid, .. } => self.executed(fx, txid, Err(stale)),
+                _ => {}
             }
             return;
         }
@@ -378,17 +484,170 @@ impl Participant {
             ToParticipant::Commit { txid } => self.on_commit(now, txid, fx),
             ToParticipant::Abort { txid } => self.on_abort(now, txid, fx),
             ToParticipant::Query { txid } => self.on_query(txid, fx),
-            // Interactive transactions (issue 17) are not served here yet: refuse them
-            // cleanly so the coordinator ends the transaction instead of waiting.
-            ToParticipant::Execute { txid, .. } => {
-                let reason = AbortReason::Invalid { detail: "interactive transactions are not supported yet".into() };
-                self.send(fx, Lsn::NONE, ToCoordinator::Executed { txid, result: Err(reason) });
+            ToParticipant::Execute { txid, isolation, ops } => self.on_execute(now, txid, isolation, ops, fx),
+            ToParticipant::PrepareExecuted { txid } => self.on_prepare_executed(now, txid, fx),
+        }
+        self.report_events(now, fx);
+    }
+
+    /// An interactive execute: opens `txid` here on its first, runs `ops` inside it.
+    /// Answered `Executed` now, or once its locks are granted (see `report_events`).
+    fn on_execute(&mut self, now: Time, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>, fx: &mut PartEffects) {
+        let participant = self.config.id;
+        if self.prepared.get(txid).is_some() || self.is_preparing(txid) || self.ended.contains(txid) {
+            return self.executed(fx, txid, Err(AbortReason::NotActive));
+        }
+        if isolation == Isolation::Optimistic {
+            let detail = "optimistic isolation is not supported by this participant".to_string();
+            return self.executed(fx, txid, Err(AbortReason::Invalid { detail }));
+        }
+        let open_count = self.open.len();
+        match self.open.get_mut(txid) {
+            Some(open) if open.waiting.is_some() => {
+                // The coordinator sends one execute at a time: a broken peer. End it here.
+                self.roll_back(txid);
+                let detail = "an execute arrived while the previous one waits".to_string();
+                return self.executed(fx, txid, Err(AbortReason::Invalid { detail }));
             }
-            ToParticipant::PrepareExecuted { txid } => {
-                let reason = AbortReason::Invalid { detail: "interactive transactions are not supported yet".into() };
-                self.vote_no(txid, reason, fx);
+            Some(open) => open.last_active = now,
+            None if open_count >= self.config.max_active => {
+                return self.executed(fx, txid, Err(AbortReason::ParticipantBusy { participant }));
+            }
+            None => {
+                let idle_check = now + self.config.open_idle_max;
+                self.open.insert(txid, OpenTx { last_active: now, idle_check, waiting: None });
+                self.timers.schedule(now, self.config.open_idle_max, txid);
             }
         }
+        match self.rm.execute(txid, isolation, ops) {
+            Execution::Done { reads } => self.executed(fx, txid, Ok(reads)),
+            Execution::Waiting => {}
+            Execution::Failed { reason } => {
+                self.forget_open(txid);
+                self.executed(fx, txid, Err(reason));
+            }
+        }
+    }
+
+    fn executed(&mut self, fx: &mut PartEffects, txid: TxId, result: Result<Vec<Read>, AbortReason>) {
+        self.stats.executes += 1;
+        self.send(fx, Lsn::NONE, ToCoordinator::Executed { txid, result });
+    }
+
+    /// Prepares what the executes of `txid` did here, and votes as for a one-shot prepare.
+    fn on_prepare_executed(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) {
+        let participant = self.config.id;
+        if self.repeat_vote(txid, fx) || self.is_preparing(txid) {
+            return;
+        }
+        let Some(open) = self.open.get(txid) else {
+            // Rolled back here already (or never executed here): it cannot commit.
+            return self.vote_no(txid, AbortReason::NotActive, fx);
+        };
+        if open.waiting.is_some() {
+            self.roll_back(txid);
+            let detail = "prepare of a transaction whose execute waits".to_string();
+            return self.vote_no(txid, AbortReason::Invalid { detail }, fx);
+        }
+        if self.prepared.len() + self.preparing.len() >= self.config.max_prepared {
+            self.roll_back(txid);
+            return self.vote_no(txid, AbortReason::ParticipantBusy { participant }, fx);
+        }
+        self.forget_open(txid);
+        match self.rm.prepare_open(txid) {
+            Some(result) => self.finish_prepare(now, txid, result, fx),
+            None => {
+                self.preparing.insert(txid, ());
+            }
+        }
+    }
+
+    /// Rolls the open transaction `txid` back here (nothing to log: it never voted).
+    fn roll_back(&mut self, txid: TxId) {
+        self.rm.rollback(txid);
+        self.forget_open(txid);
+        self.stats.rolled_back += 1;
+    }
+
+    fn forget_open(&mut self, txid: TxId) {
+        self.open.remove(txid);
+        self.ended.insert(txid);
+    }
+
+    /// Reports what happened in the resource manager: lock waits (to the coordinator's
+    /// deadlock detector, and timed here) and waiting executes that finished.
+    fn report_events(&mut self, now: Time, fx: &mut PartEffects) {
+        while let Some(event) = self.rm.pop_event() {
+            match event {
+                RmEvent::Waits { waiter, key, holders } => {
+                    self.note_wait(now, waiter, &key, holders.is_empty());
+                    self.send(fx, Lsn::NONE, ToCoordinator::WaitFor { waiter, key, holders });
+                }
+                RmEvent::Executed { txid, result } => {
+                    if result.is_err() {
+                        self.forget_open(txid);
+                    }
+                    self.executed(fx, txid, result);
+                }
+            }
+        }
+    }
+
+    /// A wait started (timed from now), moved to another key, or ended.
+    fn note_wait(&mut self, now: Time, waiter: TxId, key: &Key, ended: bool) {
+        let Some(open) = self.open.get_mut(waiter) else { return };
+        match (&mut open.waiting, ended) {
+            (waiting, true) => *waiting = None,
+            (Some((_, waited_key)), false) => waited_key.clone_from(key),
+            (waiting @ None, false) => {
+                *waiting = Some((now, key.clone()));
+                self.stats.lock_waits += 1;
+                self.timers.schedule(now, self.config.lock_wait_timeout, waiter);
+            }
+        }
+    }
+
+    /// A timer of the open transaction `txid` fired: its lock wait or its idleness may be
+    /// over the limit. Otherwise the timer is set again for its next deadline.
+    fn check_open(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) {
+        let Some(open) = self.open.get(txid) else { return };
+        let participant = self.config.id;
+        let idle_at = open.last_active + self.config.open_idle_max;
+        // Lock-wait timers come and go; exactly one idle timer is set while it is open.
+        let idle_timer = now >= open.idle_check;
+        match &open.waiting {
+            Some((since, key)) if *since + self.config.lock_wait_timeout <= now => {
+                let key = key.clone();
+                self.roll_back(txid);
+                self.stats.lock_timeouts += 1;
+                return self.executed(fx, txid, Err(AbortReason::LockTimeout { participant, key }));
+            }
+            None if idle_timer && idle_at <= now => return self.roll_back(txid),
+            _ => {}
+        }
+        if idle_timer {
+            // Waiting is not idling: look again a whole idle period later.
+            let next = if idle_at > now { idle_at } else { now + self.config.open_idle_max };
+            self.open.get_mut(txid).expect("open").idle_check = next;
+            self.timers.schedule(now, Duration::from_nanos(next.as_nanos() - now.as_nanos()), txid);
+        }
+    }
+
+    /// The serving coordinator's connection is lost (a driver with connections calls this):
+    /// every open transaction is rolled back here. None of them voted, so presumed abort
+    /// allows it, and no lock stays held for a coordinator that may never come back.
+    pub fn on_coordinator_lost(&mut self, now: Time, fx: &mut PartEffects) {
+        let mut open: Vec<TxId> = self.open.keys().collect();
+        open.sort_unstable();
+        for txid in open {
+            self.roll_back(txid);
+        }
+        self.report_events(now, fx);
+    }
+
+    /// Open interactive transactions here.
+    pub fn open_transactions(&self) -> usize {
+        self.open.len()
     }
 
     /// A restarted coordinator asks whether `txid` (staged by an earlier incarnation) is
@@ -415,6 +674,12 @@ impl Participant {
         self.log.append(fx, PartRecord::Epoch { epoch });
         for txid in self.parked.remove_older_than(epoch) {
             self.vote_no(txid, AbortReason::Stale { participant: self.config.id }, fx);
+        }
+        // Open transactions of a deposed coordinator will never be prepared: release them.
+        let mut deposed: Vec<TxId> = self.open.keys().filter(|txid| txid.epoch() < epoch).collect();
+        deposed.sort_unstable();
+        for txid in deposed {
+            self.roll_back(txid);
         }
         let older: Vec<TxId> = self.prepared.keys().filter(|txid| txid.epoch() < epoch).collect();
         for txid in older {
@@ -454,16 +719,10 @@ impl Participant {
     }
 
     fn on_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
-        if self.parked.contains(txid) {
-            return; // A duplicate of a prepare that waits: it votes once it runs.
+        if self.parked.contains(txid) || self.is_preparing(txid) {
+            return; // A duplicate of a prepare that waits or runs: it votes once done.
         }
-        if let Some(prepared) = self.prepared.get(txid) {
-            // A duplicate: repeat the vote. After a restart the reads are gone, so stay
-            // silent; the coordinator either decided already or times out and aborts.
-            if let Some(reads) = &prepared.reads {
-                let (lsn, reads) = (prepared.lsn, reads.clone());
-                self.send(fx, self.vote_gate(lsn), ToCoordinator::Vote { txid, vote: Vote::Yes { reads } });
-            }
+        if self.repeat_vote(txid, fx) {
             return;
         }
         let participant = self.config.id;
@@ -474,39 +733,64 @@ impl Participant {
         self.run_prepare(now, txid, ops, fx);
     }
 
-    /// Locks, evaluates, logs and votes for an admitted prepare, or parks it behind an older
-    /// prepared transaction holding one of its keys (see [`parked`]).
+    /// If `txid` is prepared here, a prepare of it is a duplicate: repeat the vote. After a
+    /// restart the reads are gone, so stay silent; the coordinator either decided already
+    /// or times out and aborts.
+    fn repeat_vote(&mut self, txid: TxId, fx: &mut PartEffects) -> bool {
+        let Some(prepared) = self.prepared.get(txid) else { return false };
+        if let Some(reads) = &prepared.reads {
+            let (lsn, reads) = (prepared.lsn, reads.clone());
+            self.send(fx, self.vote_gate(lsn), ToCoordinator::Vote { txid, vote: Vote::Yes { reads } });
+        }
+        true
+    }
+
+    /// Prepares an admitted transaction in the resource manager and votes, or parks it
+    /// behind an older prepared transaction holding one of its keys (see [`parked`]).
     fn run_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
         let participant = self.config.id;
-        if self.prepared.len() >= self.config.max_prepared {
+        if self.prepared.len() + self.preparing.len() >= self.config.max_prepared {
             return self.vote_no(txid, AbortReason::ParticipantBusy { participant }, fx);
         }
-        let locked = match self.lock_all(txid, &ops) {
-            Ok(locked) => locked,
-            Err((holder, _)) if self.may_wait_for(txid, holder) => {
+        match self.rm.prepare(txid, ops) {
+            Prepare::Done(result) => self.finish_prepare(now, txid, result, fx),
+            Prepare::Blocked { holder, ops, .. } if self.may_wait_for(txid, holder) => {
                 self.stats.waited += 1;
-                return self.parked.park(holder, txid, ops);
+                self.parked.park(holder, txid, ops);
             }
-            Err((holder, key)) => return self.vote_no(txid, self.conflict_reason(holder, key), fx),
-        };
-        let evaluation = match self.kv.evaluate(participant, &ops) {
-            Ok(evaluation) => evaluation,
-            Err(reason) => {
-                self.unlock_all(txid, &locked);
-                return self.vote_no(txid, reason, fx);
+            Prepare::Blocked { holder, key, .. } => self.vote_no(txid, self.conflict_reason(holder, key), fx),
+            Prepare::Pending => {
+                self.preparing.insert(txid, ());
             }
-        };
-        let Evaluation { reads, writes } = evaluation;
-        if writes.is_empty() {
-            self.unlock_all(txid, &locked);
-            self.stats.read_only += 1;
-            return self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::ReadOnly { reads } });
         }
-        let lsn = self.log.append(fx, PartRecord::Prepared { txid, writes: writes.clone() });
+    }
+
+    /// A prepare the resource manager ran asynchronously (it answered `Prepare::Pending`)
+    /// finished: log and vote as for a synchronous one. A result for a transaction aborted
+    /// meanwhile is rolled back in the resource manager and not voted.
+    pub fn on_prepare_done(&mut self, now: Time, txid: TxId, result: PrepareResult<R::Prepared>, fx: &mut PartEffects) {
+        if self.preparing.remove(txid).is_some() {
+            self.finish_prepare(now, txid, result, fx);
+        } else if let PrepareResult::Yes { prepared, .. } = result {
+            self.rm.abort(txid, prepared);
+        }
+        self.report_events(now, fx);
+    }
+
+    /// Logs and votes on a prepare's result.
+    fn finish_prepare(&mut self, now: Time, txid: TxId, result: PrepareResult<R::Prepared>, fx: &mut PartEffects) {
+        let (reads, held) = match result {
+            PrepareResult::Yes { reads, prepared } => (reads, prepared),
+            PrepareResult::ReadOnly { reads } => {
+                self.stats.read_only += 1;
+                return self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::ReadOnly { reads } });
+            }
+            PrepareResult::No { reason } => return self.vote_no(txid, reason, fx),
+        };
+        let lsn = self.log.append(fx, PartRecord::Prepared { txid, writes: R::writes(&held).to_vec() });
         let next_inquiry = now + self.config.inquiry_after;
         let prepared = Prepared {
-            writes,
-            locked,
+            held,
             lsn,
             reads: Some(reads.clone()),
             in_doubt: false,
@@ -518,6 +802,11 @@ impl Participant {
         self.stats.prepared += 1;
         self.send(fx, self.vote_gate(lsn), ToCoordinator::Vote { txid, vote: Vote::Yes { reads } });
         self.planted_early_release(txid);
+    }
+
+    /// Asked for every prepare: nearly always empty, so that is checked before hashing.
+    fn is_preparing(&self, txid: TxId) -> bool {
+        self.preparing.len() != 0 && self.preparing.get(txid).is_some()
     }
 
     /// A conflicting prepare may wait for a holder that is prepared here, not in doubt (its
@@ -533,35 +822,11 @@ impl Participant {
         }
     }
 
-    /// Locks every key of `ops` (no-wait). On conflict nothing stays locked, and the
-    /// holder and key are returned.
-    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Slot>, (TxId, Key)> {
-        let mut locked = Vec::with_capacity(ops.len());
-        for op in ops {
-            let mode = if op.kind.is_write() { LockMode::Exclusive } else { LockMode::Shared };
-            match self.locks.try_lock(&op.key, txid, mode) {
-                Ok(true) => locked.push(Slot::from_slice(&op.key)),
-                Ok(false) => {}
-                Err(holder) => {
-                    self.unlock_all(txid, &locked);
-                    return Err((holder, op.key.clone()));
-                }
-            }
-        }
-        Ok(locked)
-    }
-
     fn conflict_reason(&self, holder: TxId, key: Key) -> AbortReason {
         let participant = self.config.id;
         match self.prepared.get(holder) {
             Some(prepared) if prepared.in_doubt => AbortReason::InDoubt { participant, key },
             _ => AbortReason::Conflict { participant, key },
-        }
-    }
-
-    fn unlock_all(&mut self, txid: TxId, keys: &[Slot]) {
-        for key in keys {
-            self.locks.unlock(key, txid);
         }
     }
 
@@ -572,8 +837,7 @@ impl Participant {
             let last = self.log.last();
             return self.send(fx, last, ToCoordinator::Ack { txid });
         };
-        self.unlock_all(txid, &prepared.locked);
-        self.kv.apply(&prepared.writes);
+        self.rm.commit(txid, prepared.held);
         let lsn = self.log.append(fx, PartRecord::Committed { txid });
         self.stats.committed += 1;
         self.send(fx, lsn, ToCoordinator::Ack { txid });
@@ -581,11 +845,14 @@ impl Participant {
     }
 
     fn on_abort(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) {
-        if self.parked.remove(txid) {
-            return; // It never ran here.
+        if self.open.get(txid).is_some() {
+            return self.roll_back(txid); // Its waiters are woken (reported by the caller).
+        }
+        if self.parked.remove(txid) || self.preparing.remove(txid).is_some() {
+            return; // It never ran here, or its result will be rolled back when it comes.
         }
         let Some(prepared) = self.prepared.remove(txid) else { return };
-        self.unlock_all(txid, &prepared.locked);
+        self.rm.abort(txid, prepared.held);
         self.stats.aborted += 1;
         // Not forced (presumed abort); it only spares a question after a restart.
         self.log.append(fx, PartRecord::Aborted { txid });
@@ -595,7 +862,10 @@ impl Participant {
     /// Time passed: ask the coordinator about transactions whose decision is late.
     pub fn on_tick(&mut self, now: Time, fx: &mut PartEffects) {
         while let Some(txid) = self.timers.pop_due(now) {
-            let Some(prepared) = self.prepared.get_mut(txid) else { continue };
+            let Some(prepared) = self.prepared.get_mut(txid) else {
+                self.check_open(now, txid, fx);
+                continue;
+            };
             if prepared.next_inquiry > now {
                 continue; // A stale timer entry.
             }
@@ -609,6 +879,7 @@ impl Participant {
             self.stats.inquiries += 1;
             self.send(fx, Lsn::NONE, ToCoordinator::Inquiry { txid });
         }
+        self.report_events(now, fx);
     }
 
     #[cfg(not(test))]
@@ -627,8 +898,8 @@ impl Participant {
     #[cfg(test)]
     fn planted_early_release(&mut self, txid: TxId) {
         if self.config.bugs.release_locks_at_prepare {
-            let locked = std::mem::take(&mut self.prepared.get_mut(txid).expect("prepared").locked);
-            self.unlock_all(txid, &locked);
+            let prepared = self.prepared.get_mut(txid).expect("prepared");
+            self.rm.release_locks(txid, &mut prepared.held);
         }
     }
 
@@ -647,5 +918,9 @@ impl Participant {
     }
 }
 
+#[cfg(test)]
+mod interactive_tests;
+#[cfg(test)]
+mod seam_tests;
 #[cfg(test)]
 mod tests;

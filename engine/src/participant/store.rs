@@ -1,0 +1,218 @@
+//! The built-in resource manager: the key-value store, its lock table, and the open
+//! (interactive) transactions with their waiting lock requests (`open`).
+//!
+//! Invariants:
+//! - One-shot prepares never wait: a conflict is answered at once (`Prepare::Blocked`).
+//! - Open transactions' writes are buffered and reach the store only at commit, so the store
+//!   holds committed values only.
+//! - Every release of a key some request waits on is followed, before the call returns, by
+//!   granting that key's queue in FIFO order (`settle`).
+
+use std::collections::{HashMap, VecDeque};
+
+use super::KvImage;
+use super::kv::{Evaluation, KvStore, Slot};
+use super::locks::{LockMode, LockTable};
+use super::open::OpenTx;
+use super::resource::{Execution, Prepare, PrepareResult, ResourceManager, RmEvent};
+use super::waits::WaitQueues;
+use crate::hash::SeededState;
+use crate::ops::{Isolation, Key, LocalOp};
+use crate::record::Write;
+use crate::types::{ParticipantId, TxId};
+
+/// What a prepared transaction holds in the built-in store until its decision.
+#[derive(Debug)]
+pub struct KvPrepared {
+    pub(super) writes: Vec<Write>,
+    /// Keys this transaction locked (released at the decision), copied: a slice would pin
+    /// its whole network frame until then.
+    pub(super) locked: Vec<Slot>,
+}
+
+/// Bounds of the built-in store's interactive transactions.
+#[derive(Clone, Copy, Debug)]
+pub struct KvLimits {
+    /// Requests waiting on one key at most; one more fails with `ParticipantBusy`.
+    pub waiters_per_key_max: usize,
+    /// Operations one open transaction may run here in all its executes; beyond, it fails
+    /// with `Invalid` (its buffered writes and read values are bounded by this).
+    pub ops_per_open_max: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> KvLimits {
+        KvLimits { waiters_per_key_max: 1_024, ops_per_open_max: 4_096 }
+    }
+}
+
+#[derive(Debug)]
+pub struct KvResource {
+    pub(super) id: ParticipantId,
+    pub(super) kv: KvStore,
+    pub(super) locks: LockTable,
+    pub(super) limits: KvLimits,
+    pub(super) open: HashMap<TxId, OpenTx, SeededState>,
+    pub(super) waits: WaitQueues,
+    /// Keys released while requests wait somewhere: their queues are granted by `settle`.
+    pub(super) dirty: Vec<Slot>,
+    pub(super) events: VecDeque<RmEvent>,
+}
+
+impl KvResource {
+    pub fn new(id: ParticipantId, hash_seed: u64, limits: KvLimits) -> KvResource {
+        KvResource {
+            id,
+            kv: KvStore::new(hash_seed),
+            locks: LockTable::new(hash_seed),
+            limits,
+            open: HashMap::with_hasher(SeededState::new(hash_seed)),
+            waits: WaitQueues::new(limits.waiters_per_key_max, hash_seed),
+            dirty: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    /// Number of keys locked.
+    pub fn locked_keys(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Open (interactive, unprepared) transactions.
+    pub fn open_transactions(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Locks every key of `ops` (no-wait). On conflict nothing stays locked, and the
+    /// holder and key are returned.
+    fn lock_all(&mut self, txid: TxId, ops: &[LocalOp]) -> Result<Vec<Slot>, (TxId, Key)> {
+        let mut locked = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mode = if op.kind.is_write() { LockMode::Exclusive } else { LockMode::Shared };
+            match self.locks.try_lock(&op.key, txid, mode) {
+                Ok(true) => locked.push(Slot::from_slice(&op.key)),
+                Ok(false) => {}
+                Err(holder) => {
+                    self.unlock_all(txid, &locked);
+                    return Err((holder, op.key.clone()));
+                }
+            }
+        }
+        Ok(locked)
+    }
+
+    /// Releases `keys`; keys some request waits on are granted by the next `settle`.
+    pub(super) fn unlock_all(&mut self, txid: TxId, keys: &[Slot]) {
+        for key in keys {
+            self.locks.unlock(key, txid);
+            if !self.waits.is_empty() {
+                self.dirty.push(key.clone());
+            }
+        }
+    }
+}
+
+impl ResourceManager for KvResource {
+    type Prepared = KvPrepared;
+
+    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>) -> Prepare<KvPrepared> {
+        let locked = match self.lock_all(txid, &ops) {
+            Ok(locked) => locked,
+            Err((holder, key)) => return Prepare::Blocked { holder, key, ops },
+        };
+        let Evaluation { reads, writes } = match self.kv.evaluate(self.id, &ops) {
+            Ok(evaluation) => evaluation,
+            Err(reason) => {
+                self.unlock_all(txid, &locked);
+                self.settle();
+                return Prepare::Done(PrepareResult::No { reason });
+            }
+        };
+        if writes.is_empty() {
+            self.unlock_all(txid, &locked);
+            self.settle();
+            return Prepare::Done(PrepareResult::ReadOnly { reads });
+        }
+        Prepare::Done(PrepareResult::Yes { reads, prepared: KvPrepared { writes, locked } })
+    }
+
+    fn execute(&mut self, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>) -> Execution {
+        let execution = self.execute_open(txid, isolation, ops);
+        self.settle();
+        execution
+    }
+
+    fn prepare_open(&mut self, txid: TxId) -> Option<PrepareResult<KvPrepared>> {
+        let open = self.open.remove(&txid).expect("prepare of an open transaction");
+        assert!(open.pending.is_none(), "{txid} prepared while its execute waits");
+        if open.writes.is_empty() {
+            self.unlock_all(txid, &open.locked);
+            self.settle();
+            return Some(PrepareResult::ReadOnly { reads: Vec::new() });
+        }
+        Some(PrepareResult::Yes {
+            reads: Vec::new(),
+            prepared: KvPrepared { writes: open.writes, locked: open.locked },
+        })
+    }
+
+    fn rollback(&mut self, txid: TxId) {
+        self.rollback_open(txid);
+        self.settle();
+    }
+
+    fn pop_event(&mut self) -> Option<RmEvent> {
+        self.events.pop_front()
+    }
+
+    fn writes(prepared: &KvPrepared) -> &[Write] {
+        &prepared.writes
+    }
+
+    fn commit(&mut self, txid: TxId, prepared: KvPrepared) {
+        self.unlock_all(txid, &prepared.locked);
+        self.kv.apply(&prepared.writes);
+        self.settle();
+    }
+
+    fn abort(&mut self, txid: TxId, prepared: KvPrepared) {
+        self.unlock_all(txid, &prepared.locked);
+        self.settle();
+    }
+
+    fn recovered(&mut self, _txid: TxId, writes: Vec<Write>) -> KvPrepared {
+        KvPrepared { writes, locked: Vec::new() }
+    }
+
+    fn relock(&mut self, txid: TxId, prepared: &mut KvPrepared) {
+        for write in &prepared.writes {
+            let taken = self.locks.try_lock(&write.key, txid, LockMode::Exclusive);
+            // Two prepared transactions never held conflicting locks, so neither can now.
+            assert!(taken.is_ok(), "in-doubt {txid} conflicts with {taken:?} on recovery");
+            if taken == Ok(true) {
+                prepared.locked.push(Slot::from_slice(&write.key));
+            }
+        }
+    }
+
+    fn image(&self) -> KvImage {
+        KvImage::from_pairs(self.kv.iter())
+    }
+
+    fn restore(&mut self, image: &KvImage) {
+        for (key, value) in image.iter() {
+            self.kv.put(&key, &value);
+        }
+    }
+
+    #[cfg(test)]
+    fn release_locks(&mut self, txid: TxId, prepared: &mut KvPrepared) {
+        let locked = std::mem::take(&mut prepared.locked);
+        self.unlock_all(txid, &locked);
+        self.settle();
+    }
+}
