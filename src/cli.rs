@@ -17,7 +17,7 @@ use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
 use crate::security::{SecurityArgs, SecurityKeys};
 use crate::trace::TraceArgs;
-use crate::{certs, chaos, cluster, inspect, loadgen, names, node, top, tx};
+use crate::{certs, chaos, cluster, inspect, loadgen, names, node, shell, top, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -48,6 +48,8 @@ enum Command {
     Certs(certs::CertsArgs),
     /// A live terminal view of a running cluster, from its nodes' metrics endpoints.
     Top(top::TopArgs),
+    /// An interactive prompt: BEGIN, GET, PUT, ADD, DELETE, COMMIT, ROLLBACK against a coordinator.
+    Shell(shell::ShellArgs),
 }
 
 #[derive(Args)]
@@ -80,6 +82,10 @@ struct ParticipantArgs {
     /// Pin the engine thread to this CPU core.
     #[arg(long)]
     pin_core: Option<usize>,
+    /// An interactive transaction's statement waits at most this long for a lock before it
+    /// aborts with LockTimeout, e.g. 500ms [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lock_wait_timeout: Option<Duration>,
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
@@ -88,6 +94,9 @@ struct ParticipantArgs {
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
 }
+
+/// `--lock-wait-timeout` when neither the flag nor the config file sets it (TiKV's default).
+const DEFAULT_LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +109,8 @@ struct ParticipantFile {
     group_interval_us: Option<u64>,
     unsafe_no_fsync: Option<bool>,
     pin_core: Option<usize>,
+    /// A duration as the flag takes it, e.g. "1s".
+    lock_wait_timeout: Option<String>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -231,6 +242,17 @@ fn storage(unsafe_no_fsync: bool, group_interval_us: Option<u64>) -> Storage {
 fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptions> {
     let file: ParticipantFile = read_config(args.config.as_deref())?;
     let name = required(args.id.or(file.id), "id")?;
+    let file_lock_wait_timeout = file
+        .lock_wait_timeout
+        .as_deref()
+        .map(|text| {
+            humantime::parse_duration(text).with_context(|| format!("lock_wait_timeout {text:?} is not a duration"))
+        })
+        .transpose()?;
+    let lock_wait_timeout = args.lock_wait_timeout.or(file_lock_wait_timeout).unwrap_or(DEFAULT_LOCK_WAIT_TIMEOUT);
+    if lock_wait_timeout.is_zero() {
+        bail!("--lock-wait-timeout must be above zero");
+    }
     let keys =
         SecurityKeys { ca: file.ca, cert: file.cert, key: file.key, insecure_plaintext: file.insecure_plaintext };
     Ok(ParticipantOptions {
@@ -245,6 +267,7 @@ fn participant_options(args: ParticipantArgs) -> anyhow::Result<ParticipantOptio
             args.group_interval_us.or(file.group_interval_us),
         ),
         pin_core: args.pin_core.or(file.pin_core),
+        lock_wait_timeout,
         security: args.security.resolve(keys)?,
         trace: args.trace,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -312,6 +335,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chaos(args) => return chaos::run(args),
         Command::Certs(args) => certs::run(args)?,
         Command::Top(args) => return top::run(args),
+        Command::Shell(args) => return shell::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ mod node;
 mod opsyntax;
 mod security;
 mod settle;
+mod shell;
 mod top;
 mod trace;
 mod tx;

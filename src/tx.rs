@@ -16,8 +16,9 @@ use crate::opsyntax::{self, NamedOp};
 use crate::security::SecurityArgs;
 use crate::trace::{Exporter, TraceArgs, context};
 
+/// Where and how a client command connects: the flags `tx` and `shell` share.
 #[derive(Args)]
-pub struct TxArgs {
+pub struct ConnectArgs {
     /// Client config file with any of coordinator, cluster, ca, cert, key (e.g. the
     /// client.toml that `twophase cluster` writes); flags win over it.
     #[arg(long, value_name = "FILE")]
@@ -30,12 +31,37 @@ pub struct TxArgs {
     cluster: Option<String>,
     #[command(flatten)]
     security: SecurityArgs,
-    /// Print the outcome as JSON.
-    #[arg(long)]
-    json: bool,
     /// Give up after this many milliseconds per attempt.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+}
+
+impl ConnectArgs {
+    /// Connects to the coordinator (flags first, then the config file, then the defaults)
+    /// and registers a session.
+    pub fn connect(self) -> anyhow::Result<Client> {
+        let file = ClientFile::read(self.config.as_deref())?;
+        let coordinator = self.coordinator.or(file.coordinator.clone()).unwrap_or_else(|| "127.0.0.1:7000".into());
+        let cluster = self.cluster.or(file.cluster.clone()).unwrap_or_else(|| "local".into());
+        let security = self.security.resolve(file.security())?.load("this client")?;
+        let options = ClientOptions {
+            cluster,
+            request_timeout: Duration::from_millis(self.timeout_ms),
+            security,
+            ..ClientOptions::default()
+        };
+        Client::connect(coordinator.as_str(), options)
+            .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {err}"))
+    }
+}
+
+#[derive(Args)]
+pub struct TxArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
     /// Trace this transaction (with that probability) as the root of the coordinator's and
     /// participants' spans.
     #[command(flatten)]
@@ -48,18 +74,7 @@ pub struct TxArgs {
 /// Exit status: 0 committed, 1 aborted, 2 the transaction could not be run.
 pub fn run(args: TxArgs) -> anyhow::Result<ExitCode> {
     let named = opsyntax::parse_ops(&args.ops)?;
-    let file = ClientFile::read(args.config.as_deref())?;
-    let coordinator = args.coordinator.or(file.coordinator.clone()).unwrap_or_else(|| "127.0.0.1:7000".into());
-    let cluster = args.cluster.or(file.cluster.clone()).unwrap_or_else(|| "local".into());
-    let security = args.security.resolve(file.security())?.load("this client")?;
-    let options = ClientOptions {
-        cluster,
-        request_timeout: Duration::from_millis(args.timeout_ms),
-        security,
-        ..ClientOptions::default()
-    };
-    let mut client = Client::connect(coordinator.as_str(), options)
-        .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {err}"))?;
+    let mut client = args.connect.connect()?;
     let ops = opsyntax::resolve(named.clone(), client.directory().participants())?;
     let outcome = submit(&mut client, ops, &args.trace)?;
     if args.json {
@@ -104,7 +119,7 @@ fn reads<'a>(named: &'a [NamedOp], outcome: &'a Outcome) -> Vec<(&'a NamedOp, Op
         .collect()
 }
 
-fn print_outcome(named: &[NamedOp], outcome: &Outcome) {
+pub fn print_outcome(named: &[NamedOp], outcome: &Outcome) {
     match outcome {
         Outcome::Committed { .. } => {
             println!("committed");

@@ -447,6 +447,11 @@ fn refusal(reply: &Reply) -> Option<ClientError> {
     }
 }
 
+/// The error for a reply of another kind than the request asks for.
+pub(crate) fn unexpected_reply(reply: &Reply) -> ClientError {
+    ClientError::Protocol(ProtocolError::new(ErrorCode::UnexpectedFrame, format!("unexpected reply {reply:?}")))
+}
+
 /// The participants the coordinator announced in its `Welcome`, by id and name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Directory {
@@ -482,6 +487,10 @@ pub struct Client {
     conn: Option<Connection>,
     directory: Directory,
     writer: BatchWriter<Submit>,
+    /// The frame of the request in flight, sent again on every attempt.
+    request: Vec<u8>,
+    /// The coordinator's limits, as of the first handshake.
+    pub(crate) server_limits: NetLimits,
     frames: Vec<Frame>,
     /// A `TraceContext` frame sent before the request on every attempt (empty: none).
     trace_frame: Vec<u8>,
@@ -502,6 +511,8 @@ impl Client {
             last_seq: 0,
             directory: conn.directory.clone(),
             writer: BatchWriter::new(&conn.server_limits),
+            request: Vec::new(),
+            server_limits: conn.server_limits,
             conn: Some(conn),
             options,
             frames: Vec::new(),
@@ -540,23 +551,39 @@ impl Client {
     /// and resends; an I/O error or timeout → reconnects and resends; always the same
     /// `(client, seq)`. Gives up after `max_attempts` sends.
     pub fn submit(&mut self, ops: Vec<Op>) -> Result<Outcome, ClientError> {
-        self.last_seq += 1;
-        let seq = self.last_seq;
+        let seq = self.next_seq();
         self.writer.clear();
         self.writer.push(&Submit { client: self.client, seq, ops })?;
-        let result = self.run(seq);
+        let mut request = std::mem::take(&mut self.request);
+        request.clear();
+        request.extend_from_slice(self.writer.finish());
         self.writer.clear();
-        result
+        let reply = self.exchange(seq, &request);
+        self.request = request;
+        match reply? {
+            Reply::Outcome { outcome, .. } => Ok(outcome),
+            other => Err(unexpected_reply(&other)),
+        }
     }
 
-    fn run(&mut self, seq: Seq) -> Result<Outcome, ClientError> {
+    /// The sequence number of the next request (each is used once, retries keep theirs).
+    pub(crate) fn next_seq(&mut self) -> Seq {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    /// Sends `request` (whole frames of one request numbered `seq`) until the coordinator
+    /// answers it with anything but `Busy`, and returns that reply. `Busy` → waits
+    /// `busy_backoff` and resends; an I/O error or timeout → reconnects and resends; always
+    /// the same `(client, seq)`. Gives up after `max_attempts` sends.
+    pub(crate) fn exchange(&mut self, seq: Seq, request: &[u8]) -> Result<Reply, ClientError> {
         let mut last: Option<ClientError> = None;
         for attempt in 1..=self.options.max_attempts {
             if attempt > 1 {
                 tracing::debug!(client = self.client.0, seq, attempt, "retrying: {}", last.as_ref().expect("failure"));
             }
-            match self.attempt(seq) {
-                Ok(Some(outcome)) => return Ok(outcome),
+            match self.attempt(seq, request) {
+                Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => {
                     last = Some(ClientError::Refused {
                         code: ErrorCode::Overloaded,
@@ -581,8 +608,19 @@ impl Client {
         })
     }
 
+    /// Writes `request` on the current connection, if there is one, without waiting for the
+    /// reply (which a later request skips as not its own): for best-effort requests only.
+    pub(crate) fn send_without_reply(&mut self, request: &[u8]) {
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(err) = conn.stream.send(request)
+        {
+            tracing::debug!(client = self.client.0, "a best-effort request was not sent: {err}");
+            self.conn = None;
+        }
+    }
+
     /// One send and wait: `Ok(None)` means Busy.
-    fn attempt(&mut self, seq: Seq) -> Result<Option<Outcome>, ClientError> {
+    fn attempt(&mut self, seq: Seq, request: &[u8]) -> Result<Option<Reply>, ClientError> {
         if self.conn.is_none() {
             let conn = Connection::open(&self.addrs, &self.options, &self.identity, Role::Client)?;
             self.directory = conn.directory.clone();
@@ -592,7 +630,7 @@ impl Client {
         if !self.trace_frame.is_empty() {
             conn.stream.send(&self.trace_frame)?;
         }
-        conn.stream.send(self.writer.finish())?;
+        conn.stream.send(request)?;
         let deadline = Instant::now() + self.options.request_timeout;
         loop {
             conn.read_frames(deadline, &mut self.frames)?;
@@ -607,8 +645,8 @@ impl Client {
                                 return Err(err);
                             }
                             return match reply {
-                                Reply::Outcome { outcome, .. } => Ok(Some(outcome)),
-                                _ => Ok(None), // Busy
+                                Reply::Rejected { reason: RejectReason::Busy, .. } => Ok(None),
+                                other => Ok(Some(other)),
                             };
                         }
                     }

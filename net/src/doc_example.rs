@@ -3,9 +3,11 @@
 //! shows must be what the participant's key-value store computes for those ops.
 
 use bytes::{Bytes, BytesMut};
+use twophase_engine::message::Interactive;
+use twophase_engine::ops::Isolation;
 use twophase_engine::participant::{KvStore, encode_int};
 use twophase_engine::{
-    AbortReason, ClientId, Epoch, LocalOp, Op, OpKind, Outcome, ParticipantId, Read, Reply, Submit, Write,
+    AbortReason, ClientId, Epoch, LocalOp, Op, OpKind, Outcome, ParticipantId, Read, Reply, Submit, TxId, Write,
 };
 
 use crate::frame::{Frame, FrameDecoder, Hello, NetLimits, Role, Welcome};
@@ -65,6 +67,35 @@ pub(crate) fn example_frames() -> Vec<(&'static str, Frame)> {
                     reads: vec![Read { index: 1, value: Some(Bytes::copy_from_slice(&8i64.to_le_bytes())) }],
                 },
             ),
+        ),
+    ]
+    .into_iter()
+    .chain(interactive_example_frames())
+    .collect()
+}
+
+/// The "Interactive transactions" example: begin, a read, and the reply a deadlock victim
+/// gets.
+fn interactive_example_frames() -> Vec<(&'static str, Frame)> {
+    let txid = TxId::new(Epoch(1), 9);
+    let get = Op { participant: P1, key: key_a(), kind: OpKind::Get };
+    let eight = Some(Bytes::copy_from_slice(&8i64.to_le_bytes()));
+    let begin = Interactive::Begin { client: CLIENT, seq: 3, isolation: Isolation::Serializable, idle_timeout_ms: 0 };
+    vec![
+        ("begin", Frame::Interactive(vec![begin])),
+        ("began", Frame::Replies(vec![Reply::Began { client: CLIENT, seq: 3, txid }])),
+        ("execute", Frame::Interactive(vec![Interactive::Execute { client: CLIENT, seq: 4, txid, ops: vec![get] }])),
+        (
+            "executed",
+            Frame::Replies(vec![Reply::Executed {
+                client: CLIENT,
+                seq: 4,
+                reads: vec![Read { index: 0, value: eight }],
+            }]),
+        ),
+        (
+            "deadlock",
+            reply(5, Outcome::Aborted { reason: AbortReason::Deadlock { cycle: vec![txid, TxId::new(Epoch(1), 8)] } }),
         ),
     ]
 }

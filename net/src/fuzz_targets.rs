@@ -14,10 +14,12 @@
 
 use bytes::BytesMut;
 use twophase_engine::fuzz_targets::{
-    Gen, gen_key, gen_reply, gen_submit, gen_to_coordinator, gen_to_participant, gen_value, mutate,
+    Gen, gen_key, gen_op, gen_reply, gen_submit, gen_to_coordinator, gen_to_participant, gen_value, mutate,
 };
+use twophase_engine::message::Interactive;
+use twophase_engine::ops::Isolation;
 use twophase_engine::record::RECORD_LIMITS;
-use twophase_engine::{Epoch, Limits, ParticipantId, Submit};
+use twophase_engine::{ClientId, Epoch, Limits, ParticipantId, Submit, TxId};
 
 use crate::frame::{
     AdminOp, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, HEADER_BYTES, Hello,
@@ -71,12 +73,29 @@ pub fn gen_welcome(g: &mut Gen) -> Welcome {
     Welcome { role, cluster, node, directory, limits }
 }
 
+/// An interactive request within `limits`.
+pub fn gen_interactive(g: &mut Gen, limits: Limits) -> Interactive {
+    let (client, seq, txid) = (ClientId(g.u64()), g.u64(), TxId(g.u64()));
+    match g.u8() % 4 {
+        0 => {
+            let isolation = Isolation::from_tag(g.u8() % 3).expect("isolations are 0..=2");
+            Interactive::Begin { client, seq, isolation, idle_timeout_ms: g.u32() }
+        }
+        1 => {
+            let ops = (0..g.count(limits.max_ops_per_tx)).map(|_| gen_op(g, limits)).collect();
+            Interactive::Execute { client, seq, txid, ops }
+        }
+        2 => Interactive::Commit { client, seq, txid },
+        _ => Interactive::Rollback { client, seq, txid },
+    }
+}
+
 /// A frame of any kind whose messages respect `limits.engine`; its batch count and size
 /// may still exceed `limits` (see [`fits`]).
 pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
     let engine = limits.engine;
     let batch = |g: &mut Gen| g.count(limits.max_batch.min(1 << 16) as usize);
-    match g.u8() % 11 {
+    match g.u8() % 12 {
         0 => Frame::Hello(gen_hello(g)),
         1 => Frame::Welcome(gen_welcome(g)),
         2 => Frame::Error(ErrorFrame { code: ErrorCode::from_code(g.u16()), message: g.text(u16::MAX as usize) }),
@@ -95,6 +114,7 @@ pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
             in_doubt: g.u32(),
             fsync: g.u8().is_multiple_of(2),
         }),
+        10 => Frame::Interactive((0..batch(g)).map(|_| gen_interactive(g, engine)).collect()),
         _ => Frame::Topology((0..gen_u16_count(g)).map(|_| (ParticipantId(g.u16()), g.text(64), g.text(64))).collect()),
     }
 }
@@ -106,6 +126,7 @@ fn fits(frame: &Frame, encoded_bytes: usize, limits: &NetLimits) -> bool {
         Frame::Replies(items) => items.len(),
         Frame::ToParticipant { messages, .. } => messages.len(),
         Frame::ToCoordinator(items) => items.len(),
+        Frame::Interactive(items) => items.len(),
         _ => 0,
     };
     encoded_bytes - 4 <= limits.max_frame_bytes as usize && batch <= limits.max_batch as usize
@@ -272,7 +293,7 @@ fn send_within(limits: &NetLimits, submits: Vec<Submit>) {
 pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
     let mut seeds = Vec::new();
     let limits = NetLimits::default();
-    for kind in 0u8..11 {
+    for kind in 0u8..12 {
         for pattern in [&[0u8, 1, 2, 3, 4, 5, 6, 7, 8][..], &[0x21; 48]] {
             let mut forced = vec![kind];
             forced.extend_from_slice(pattern);
@@ -316,7 +337,7 @@ mod tests {
             stream.extend_from_slice(&input[2..]);
         }
         let whole = check_stream(&stream, NetLimits::default(), &[]);
-        assert_eq!(whole.frames.len(), 22);
+        assert_eq!(whole.frames.len(), 24);
         let split = decode_stream(&stream, NetLimits::default(), &[1, 2, 3, 5, 7, 11, 13]);
         assert_eq!(split, whole);
     }

@@ -17,7 +17,9 @@
 //! - the blocking client library ([`client`]): [`Client`] (one transaction at a time, retries
 //!   under the same `(client, seq)`) and [`Pipeline`] (many outstanding on one connection),
 //!   each registering one coordinator session when it connects and keeping it across
-//!   reconnects;
+//!   reconnects; interactive transactions on a [`Client`] ([`interactive`]: `begin`,
+//!   statements, `commit`), each request an `Interactive` frame (kind 21) under the
+//!   session's next `(client, seq)`;
 //! - admin requests ([`admin`]): a coordinator's topology, and a participant's dump consumed
 //!   chunk by chunk as it streams ([`admin::dump_each`]).
 //! - `fuzz_targets` (hidden): the decoder fuzz bodies shared by `fuzz/` and the stable
@@ -52,6 +54,7 @@ pub mod client;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod interactive;
 pub mod tls;
 pub mod transport;
 
@@ -64,5 +67,6 @@ pub use frame::{
     Hello, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError,
     Role, TraceEntry, TraceKey, Welcome, encode_trace_context,
 };
+pub use interactive::{MAX_IDLE_TIMEOUT, Transaction, TxError};
 pub use tls::{PeerIdentity, SERVER_NAME, Security, TlsMaterial};
 pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};

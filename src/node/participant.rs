@@ -36,6 +36,8 @@ pub struct ParticipantOptions {
     pub snapshot_every_records: u64,
     pub storage: Storage,
     pub pin_core: Option<usize>,
+    /// Longest an interactive transaction's statement waits for a lock (`--lock-wait-timeout`).
+    pub lock_wait_timeout: std::time::Duration,
     /// The cluster CA, this node's certificate and key, or no TLS at all.
     pub security: crate::security::TlsFiles,
     pub trace: TraceArgs,
@@ -132,7 +134,14 @@ impl Role for ParticipantRole {
             Inbound::Closed { conn } => {
                 self.admins.remove(&conn);
                 self.dumps.forget(conn);
+                let was_serving = self.coordinators.serving() == Some(conn);
                 let closed = self.coordinators.close(conn);
+                if was_serving {
+                    // Its open interactive transactions can never be committed through this
+                    // connection: roll them back now so that none holds a lock forever
+                    // (presumed abort allows it; they never voted).
+                    self.engine.on_coordinator_lost(now, fx);
+                }
                 self.metrics.coordinator_connected(self.coordinators.serving().is_some());
                 if let Some(next) = closed {
                     tracing::info!(
@@ -230,6 +239,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let recovered_records = log.len() as u64;
     let mut config = ParticipantConfig::new(options.id);
     config.hash_seed = rand::random();
+    config.lock_wait_timeout = options.lock_wait_timeout;
     let clock = Clock::new();
     let mut fx = PartEffects::default();
     let engine = Participant::recover(config, snapshot, log, clock.now(), &mut fx);

@@ -284,6 +284,12 @@ impl Node {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Kills the node with SIGKILL (a crash) and waits until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+
     /// Stops the node as an operator would (SIGTERM) and demands a clean exit.
     pub fn stop(&mut self) {
         // SAFETY: kill(2) on a child we spawned; no memory is involved.

@@ -132,6 +132,7 @@ impl FrameDecoder {
                 Frame::ToParticipant { epoch, messages: self.read_batch(&mut reader)? }
             }
             FrameKind::ToCoordinator => Frame::ToCoordinator(self.read_batch(&mut reader)?),
+            FrameKind::Interactive => Frame::Interactive(self.read_batch(&mut reader)?),
             FrameKind::TraceContext => {
                 Frame::TraceContext(super::trace_context::decode(&mut reader, self.limits.max_batch)?)
             }

@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes};
 use twophase_engine::codec::{Decode, Encode, put_key, put_string, put_value};
+use twophase_engine::message::Interactive;
 use twophase_engine::{Epoch, Key, ParticipantId, Reply, Submit, ToCoordinator, ToParticipant, Value};
 
 use super::{AdminOp, DumpEnd, ErrorFrame, FrameKind, Hello, PROTOCOL_VERSION, TraceEntry, Welcome};
@@ -21,6 +22,8 @@ pub enum Frame {
     ToCoordinator(Vec<ToCoordinator>),
     /// `(key, traceparent)` pairs for the data frame that follows (see `trace_context`).
     TraceContext(Vec<TraceEntry>),
+    /// A client's interactive-transaction requests.
+    Interactive(Vec<Interactive>),
     AdminRequest(AdminOp),
     /// Key-value pairs of a dump: `u32 count | (key, value) × count`.
     DumpChunk(Vec<(Key, Value)>),
@@ -40,6 +43,7 @@ impl Frame {
             Frame::ToParticipant { .. } => FrameKind::ToParticipant,
             Frame::ToCoordinator(_) => FrameKind::ToCoordinator,
             Frame::TraceContext(_) => FrameKind::TraceContext,
+            Frame::Interactive(_) => FrameKind::Interactive,
             Frame::AdminRequest(_) => FrameKind::AdminRequest,
             Frame::DumpChunk(_) => FrameKind::DumpChunk,
             Frame::DumpEnd(_) => FrameKind::DumpEnd,
@@ -90,6 +94,7 @@ impl Frame {
             }
             Frame::ToCoordinator(items) => put_batch(out, items),
             Frame::TraceContext(entries) => super::trace_context::encode(out, entries),
+            Frame::Interactive(items) => put_batch(out, items),
             Frame::AdminRequest(op) => out.put_u8(*op as u8),
             Frame::DumpChunk(entries) => {
                 out.put_u32_le(u32::try_from(entries.len()).expect("chunk of more than 2^32 entries"));
@@ -157,6 +162,12 @@ impl BatchItem for Reply {
     const KIND: FrameKind = FrameKind::Replies;
     /// `u8 tag | u64 client | u64 seq | u8 reason` (Rejected).
     const MIN_BYTES: usize = 18;
+}
+
+impl BatchItem for Interactive {
+    const KIND: FrameKind = FrameKind::Interactive;
+    /// `u8 tag | u64 client | u64 seq | u8 isolation | u32 idle timeout` (Begin).
+    const MIN_BYTES: usize = 22;
 }
 
 impl BatchItem for ToParticipant {

@@ -57,6 +57,9 @@ pub enum FrameKind {
     /// W3C trace context of sampled transactions (`trace_context`); a build older than
     /// this kind refuses it as unknown, like any kind it does not know.
     TraceContext = 20,
+    /// A client's interactive-transaction requests (`Begin`, `Execute`, `Commit`,
+    /// `Rollback`); answered in `Replies`.
+    Interactive = 21,
     AdminRequest = 32,
     DumpChunk = 33,
     DumpEnd = 34,
@@ -74,6 +77,7 @@ impl FrameKind {
             18 => FrameKind::ToParticipant,
             19 => FrameKind::ToCoordinator,
             20 => FrameKind::TraceContext,
+            21 => FrameKind::Interactive,
             32 => FrameKind::AdminRequest,
             33 => FrameKind::DumpChunk,
             34 => FrameKind::DumpEnd,

@@ -2,6 +2,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use twophase_engine::codec::Encode;
+use twophase_engine::message::Interactive;
+use twophase_engine::ops::Isolation;
 use twophase_engine::{
     AbortReason, ClientId, Epoch, LocalOp, Op, OpKind, Outcome, ParticipantId, Read, RejectReason, Reply, Submit,
     ToCoordinator, ToParticipant, TxId, Vote,
@@ -74,6 +76,48 @@ pub fn sample_frames() -> Vec<Frame> {
             TraceEntry { key: TraceKey::Submit { client: ClientId(7), seq: 1 }, traceparent: key("00-ab-cd-01") },
             TraceEntry { key: TraceKey::Tx(txid), traceparent: Bytes::new() },
         ]),
+        Frame::Interactive(sample_interactive(txid)),
+        Frame::Replies(vec![
+            Reply::Began { client: ClientId(7), seq: 4, txid },
+            Reply::Executed { client: ClientId(7), seq: 5, reads: vec![Read { index: 1, value: None }] },
+            Reply::Executed { client: ClientId(7), seq: 6, reads: vec![] },
+            Reply::Outcome {
+                client: ClientId(7),
+                seq: 7,
+                outcome: Outcome::Aborted { reason: AbortReason::Deadlock { cycle: vec![txid, TxId(3)] } },
+            },
+            Reply::Outcome {
+                client: ClientId(7),
+                seq: 8,
+                outcome: Outcome::Aborted {
+                    reason: AbortReason::LockTimeout { participant: ParticipantId(2), key: key("k") },
+                },
+            },
+            Reply::Outcome {
+                client: ClientId(7),
+                seq: 9,
+                outcome: Outcome::Aborted { reason: AbortReason::NotActive },
+            },
+        ]),
+    ]
+}
+
+/// One of each interactive request.
+pub fn sample_interactive(txid: TxId) -> Vec<Interactive> {
+    let client = ClientId(7);
+    vec![
+        Interactive::Begin { client, seq: 4, isolation: Isolation::ReadCommitted, idle_timeout_ms: 2500 },
+        Interactive::Execute {
+            client,
+            seq: 5,
+            txid,
+            ops: vec![
+                Op { participant: ParticipantId(1), key: key("a"), kind: OpKind::Add { delta: 1, floor: 0 } },
+                Op { participant: ParticipantId(2), key: key("b"), kind: OpKind::Get },
+            ],
+        },
+        Interactive::Commit { client, seq: 6, txid },
+        Interactive::Rollback { client, seq: 7, txid },
     ]
 }
 
@@ -175,6 +219,39 @@ fn batch_counts_are_checked_before_allocating() {
     trailing.push(0);
     trailing[0] += 1;
     assert!(decode_one(&trailing, NetLimits::default()).unwrap_err().message.contains("trailing"));
+}
+
+#[test]
+fn interactive_requests_are_checked_against_the_limits_before_allocating() {
+    let requests = || sample_interactive(TxId::new(Epoch(2), 41));
+    let frame = Frame::Interactive(requests()).to_bytes();
+    let limits = NetLimits { max_batch: 3, ..NetLimits::default() };
+    assert_eq!(decode_one(&frame, limits).unwrap_err().code, ErrorCode::BatchTooLarge);
+
+    // An Execute with more ops than a transaction may have never decodes.
+    let few_ops = NetLimits { engine: twophase_engine::Limits { max_ops_per_tx: 1, ..Default::default() }, ..limits };
+    let err = decode_one(&frame, NetLimits { max_batch: 4, ..few_ops }).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Malformed, "{err}");
+
+    // A count of 1,000 requests in a frame holding one is refused before reserving them.
+    let mut lying = Vec::new();
+    let begin = &requests()[0];
+    let mut body = Vec::new();
+    begin.encode(&mut body);
+    lying.put_u32_le(2 + 4 + body.len() as u32);
+    lying.put_u8(PROTOCOL_VERSION);
+    lying.put_u8(FrameKind::Interactive as u8);
+    lying.put_u32_le(1_000);
+    lying.extend_from_slice(&body);
+    let err = decode_one(&lying, NetLimits::default()).unwrap_err();
+    assert!(err.message.contains("cannot fit"), "{err}");
+    assert_eq!(body.len(), <Interactive as BatchItem>::MIN_BYTES, "a Begin is the smallest request");
+
+    // An unknown request tag is malformed.
+    let mut unknown = Frame::Interactive(vec![begin.clone()]).to_bytes().to_vec();
+    unknown[HEADER_BYTES + 4] = 9;
+    let err = decode_one(&unknown, NetLimits::default()).unwrap_err();
+    assert!(err.message.contains("unknown interactive request 9"), "{err}");
 }
 
 fn decode_all(bytes: &[u8]) -> Vec<Frame> {

@@ -144,13 +144,13 @@ impl Reactor {
 }
 
 /// Whether a connecting side of `role` may send data frames of `kind` on an accepted
-/// connection: clients submit, admins ask, coordinators prepare and decide, participants vote
-/// and acknowledge; clients and coordinators may precede their data with the trace context of
-/// sampled transactions.
+/// connection: clients submit and run interactive transactions, admins ask, coordinators
+/// prepare and decide, participants vote and acknowledge; clients and coordinators may
+/// precede their data with the trace context of sampled transactions.
 pub(super) fn may_send(role: Role, kind: FrameKind) -> bool {
     matches!(
         (role, kind),
-        (Role::Client, FrameKind::Submits | FrameKind::TraceContext)
+        (Role::Client, FrameKind::Submits | FrameKind::Interactive | FrameKind::TraceContext)
             | (Role::Admin, FrameKind::AdminRequest)
             | (Role::Coordinator, FrameKind::ToParticipant | FrameKind::TraceContext)
             | (Role::Participant, FrameKind::ToCoordinator)
@@ -167,4 +167,20 @@ fn certificate_mismatch(certified: Option<&PeerIdentity>, welcome: &Welcome) -> 
             welcome.role, welcome.node, welcome.cluster
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clients_may_send_interactive_requests() {
+        assert!(may_send(Role::Client, FrameKind::Interactive));
+        assert!(may_send(Role::Client, FrameKind::Submits));
+        for role in [Role::Admin, Role::Coordinator, Role::Participant] {
+            assert!(!may_send(role, FrameKind::Interactive), "{role} may not send Interactive frames");
+        }
+        assert!(!may_send(Role::Client, FrameKind::ToCoordinator));
+        assert!(!may_send(Role::Client, FrameKind::Replies));
+    }
 }
