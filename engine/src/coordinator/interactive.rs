@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 
 use super::sessions::Answer;
 use super::{ClientOrigin, CoordEffects};
-use super::{Coordinator, Phase, Shard, Tx, VoteState, check_reads, encoded_reads_bytes, split_ops};
+use super::{Coordinator, Shard, Tx, VoteState, check_reads, encoded_reads_bytes, split_ops};
 use crate::deadlock::{GraphLimits, WaitForGraph};
 use crate::effects::Timers;
 use crate::hash::SeededState;
@@ -406,19 +406,9 @@ impl Coordinator {
             .iter()
             .map(|touched| Shard { participant: touched.participant, vote: VoteState::Pending, staged: touched.wrote })
             .collect();
-        let phase = Phase::Preparing { deadline: now + self.config.prepare_timeout };
-        let gets = Vec::new(); // The reads went back with each Execute; votes carry none.
-        let prepared = Tx {
-            client,
-            seq,
-            staged: Lsn::NONE,
-            phase,
-            shards,
-            gets,
-            reads: Vec::new(),
-            reads_lost: false,
-            interactive: true,
-        };
+        // The reads went back with each Execute; votes carry none.
+        let gets = Vec::new();
+        let prepared = Tx::preparing(client, seq, now + self.config.prepare_timeout, shards, gets, true);
         self.track_prepare(now, txid, prepared, fx);
         for touched in &tx.touched {
             self.send(fx, self.epoch_lsn, touched.participant, ToParticipant::PrepareExecuted { txid });

@@ -206,6 +206,29 @@ struct Tx {
 }
 
 impl Tx {
+    /// A transaction entering its prepare round (one-shot or interactive): not yet staged,
+    /// no reads collected, waiting for every shard's vote until `deadline`.
+    fn preparing(
+        client: ClientId,
+        seq: Seq,
+        deadline: Time,
+        shards: SmallVec<[Shard; 4]>,
+        gets: Vec<GetAt>,
+        interactive: bool,
+    ) -> Tx {
+        Tx {
+            client,
+            seq,
+            staged: Lsn::NONE,
+            phase: Phase::Preparing { deadline },
+            shards,
+            gets,
+            reads: Vec::new(),
+            reads_lost: false,
+            interactive,
+        }
+    }
+
     fn shard_mut(&mut self, participant: ParticipantId) -> Option<&mut Shard> {
         self.shards.iter_mut().find(|shard| shard.participant == participant)
     }
@@ -704,18 +727,7 @@ impl Coordinator {
                 staged: ops.iter().any(|op| op.kind.is_write()),
             })
             .collect();
-        let phase = Phase::Preparing { deadline: now + self.config.prepare_timeout };
-        let tx = Tx {
-            client,
-            seq,
-            staged: Lsn::NONE,
-            phase,
-            shards,
-            gets,
-            reads: Vec::new(),
-            reads_lost: false,
-            interactive: false,
-        };
+        let tx = Tx::preparing(client, seq, now + self.config.prepare_timeout, shards, gets, false);
         self.track_prepare(now, txid, tx, fx);
         for (participant, ops) in per_participant {
             self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops });
