@@ -42,6 +42,15 @@ pub(super) enum Event {
         isolated: NodeId,
         duration: Duration,
     },
+    /// The coordinator–participant connection broke (see `links`).
+    LinkBroken {
+        participant: u16,
+        incarnation: u64,
+    },
+    LinkRestored {
+        participant: u16,
+        incarnation: u64,
+    },
     ClientWake {
         client: u16,
         token: u64,
