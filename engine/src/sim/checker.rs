@@ -8,7 +8,9 @@
 //! each absent or a value a committed transaction wrote to that key there), the explicit "reads unavailable" outcome only for a
 //! transaction with `Get`s that a restarted coordinator resolved, strict serializability of
 //! the committed history ([`super::history`] builds it, [`super::serial`] checks it: no cycle
-//! of ww, wr, rw and real-time edges), and (by the world) liveness once faults stop.
+//! of ww, wr, rw and real-time edges), that every interactive Begin ended, what the world saw
+//! of deadlocks and lock timeouts as they happened (`Observed::violations`), and (by the
+//! world) liveness once faults stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 

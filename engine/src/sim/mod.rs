@@ -1,9 +1,11 @@
-//! The deterministic simulator: one coordinator, several participants and many clients,
-//! driven by one seed, with simulated time, a faulty network, disks that lose unsynced
-//! writes and tear their tail, and crashes and restarts at any step. After every run the
-//! [`checker`] verifies atomicity, durability, conservation, no lost update, exactly-once,
-//! strict serializability of the committed history and liveness. The same seed always
-//! replays the same run.
+//! The deterministic simulator: one coordinator, several participants and many clients
+//! (one-shot and interactive), driven by one seed, with simulated time, a faulty network,
+//! disks that lose unsynced writes and tear their tail, and crashes and restarts at any
+//! step. After every run the [`checker`] verifies atomicity, durability, conservation, no
+//! lost update, exactly-once, strict serializability of the committed history and
+//! liveness; for interactive transactions also that every Begin ends, that deadlock victims
+//! were the youngest of real cycles, that no reported cycle outlives detection and that no
+//! lock timeout is early. The same seed always replays the same run.
 //!
 //! The simulator uses the very same state machines and durability gate as the servers;
 //! only time, network and disk are simulated.

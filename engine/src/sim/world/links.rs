@@ -3,8 +3,10 @@
 //! both ends hear it (the coordinator's `participant_unreachable`, the participant's
 //! `on_coordinator_lost`), so an interactive transaction never waits for an answer that
 //! was lost. Nothing passes a broken link until it reconnects (once any partition is over;
-//! after a participant crash, at its restart). One-shot-only runs keep the lossy-datagram
-//! model their protocol tolerates on its own (prepare timeout, re-drive, inquiries).
+//! after a participant crash, at its restart). Nor do these links reorder (TCP does not),
+//! and they never duplicate an `Execute` (see `never_duplicated`). One-shot-only runs keep
+//! the lossy, reordering datagram model their protocol tolerates on its own (prepare
+//! timeout, re-drive, inquiries).
 
 use super::events::Event;
 use super::network::Payload;

@@ -216,6 +216,7 @@ impl World {
                 c.conversation.as_ref().map(|t| format!("{} {:?} {:?} seq {:?}", c.identity, t.txid, t.stage, t.seq))
             })
             .collect();
+        // Interactive clients also say where their transaction stands.
         let clients_waiting = format!("{clients_waiting} {stuck:?}");
         let coordinator = match &self.coordinator.engine {
             Some(c) => format!("coordinator unfinished={}", c.unfinished()),

@@ -9,6 +9,7 @@ use super::events::Event;
 use super::{NodeId, World};
 use crate::coordinator::{ClientOrigin, CoordOutput, Coordinator};
 use crate::message::{Interactive, Reply, Submit, ToCoordinator, ToParticipant};
+use crate::ops::AbortReason;
 use crate::sim::workload::participant_id;
 use crate::types::{Epoch, ParticipantId, Time};
 
@@ -107,7 +108,7 @@ impl World {
                 let at = self.after_us(NET_DELAY_US);
                 self.schedule(at, Event::Deliver { to, from, incarnation, payload: payload.duplicate() });
             }
-            if self.rng.gen_bool(self.config.faults.reorder_probability) {
+            if self.rng.gen_bool(self.config.faults.reorder_probability) && !self.links_are_connections() {
                 self.counts.reordered += 1;
                 let at = self.after_us((NET_DELAY_US.0, NET_DELAY_US.1 * 4));
                 self.schedule(at, Event::Deliver { to, from, incarnation, payload });
@@ -159,6 +160,10 @@ impl World {
                     ToCoordinator::WaitFor { waiter, holders, .. } => {
                         self.observe_wait_for_delivered(from.0 - 1, *waiter, holders);
                         Some(*waiter)
+                    }
+                    ToCoordinator::Executed { txid, result: Err(AbortReason::LockTimeout { .. }) } => {
+                        self.observe_lock_timeout_delivered(from.0 - 1, *txid);
+                        None
                     }
                     _ => None,
                 };

@@ -17,6 +17,10 @@
 //!   restart is not one: the lock-wait timeout ends it.)
 //! - a `LockTimeout` leaves its participant only after the waiter waited there at least
 //!   the lock-wait timeout.
+//!
+//! A wait that a participant ends with `LockTimeout` counts as standing until that answer
+//! reaches the coordinator: a detection racing it may abort the timed-out transaction (its
+//! client hears `Deadlock` instead of `LockTimeout`), which harms no other transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +45,8 @@ pub(super) struct WaitTruth {
     since: BTreeMap<(u16, TxId), Time>,
     /// The current waits the coordinator heard as they stand, with its incarnation then.
     heard: BTreeMap<(u16, TxId), u64>,
+    /// Waits ended by `LockTimeout` whose answer has not reached the coordinator yet.
+    timed_out: BTreeSet<(u16, TxId)>,
     /// Transactions the coordinator (this incarnation) ended or sent to prepare.
     coordinator_ended: BTreeSet<TxId>,
     /// Deadlock victims heard by clients.
@@ -84,7 +90,13 @@ impl WaitTruth {
 
     /// A participant crashed: its waits are gone with its state.
     fn crashed(&mut self, participant: u16, now: Time) {
-        let current: Vec<(u16, TxId)> = self.since.keys().filter(|(p, _)| *p == participant).copied().collect();
+        self.timed_out.retain(|(p, _)| *p != participant);
+        let current: Vec<(u16, TxId)> = self
+            .intervals
+            .iter()
+            .filter(|((p, _), list)| *p == participant && list.last().is_some_and(|i| i.end.is_none()))
+            .map(|(at, _)| *at)
+            .collect();
         for at in current {
             self.end(at, now);
         }
@@ -157,10 +169,17 @@ impl World {
     pub(super) fn observe_participant_output(&mut self, index: u16, message: &ToCoordinator) {
         let now = self.now;
         match message {
+            ToCoordinator::WaitFor { waiter, .. } if self.waits.timed_out.contains(&(index, *waiter)) => {}
             ToCoordinator::WaitFor { waiter, holders, .. } => self.waits.report(index, *waiter, holders, now),
             ToCoordinator::Executed { txid, result } => {
                 if let Err(AbortReason::LockTimeout { .. }) = result {
+                    // The wait ends when the coordinator hears of it: until then, its
+                    // detector may still count it (a lock timeout racing a detection
+                    // aborts a transaction already rolled back, harming nobody).
                     self.check_lock_timeout(index, *txid);
+                    self.waits.since.remove(&(index, *txid));
+                    self.waits.timed_out.insert((index, *txid));
+                    return;
                 }
                 self.waits.end((index, *txid), now);
             }
@@ -180,6 +199,13 @@ impl World {
             Some(_) => return,
         };
         self.observed.violations.push(("lock-timeout", message));
+    }
+
+    /// A participant's `LockTimeout` reached the coordinator: that wait is over for all.
+    pub(super) fn observe_lock_timeout_delivered(&mut self, index: u16, txid: TxId) {
+        if self.waits.timed_out.remove(&(index, txid)) {
+            self.waits.end((index, txid), self.now);
+        }
     }
 
     /// An `Abort` reached a live participant: the waiter it names waits there no more.
