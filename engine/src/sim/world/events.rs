@@ -43,13 +43,16 @@ pub(super) enum Event {
         duration: Duration,
     },
     /// The coordinator–participant connection broke (see `links`).
+    /// `break_id` names the break: a later break of the same link makes these stale.
     LinkBroken {
         participant: u16,
         incarnation: u64,
+        break_id: u64,
     },
     LinkRestored {
         participant: u16,
         incarnation: u64,
+        break_id: u64,
     },
     ClientWake {
         client: u16,

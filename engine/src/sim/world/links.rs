@@ -31,7 +31,7 @@ impl World {
     }
 
     pub(super) fn link_broken(&self, from: NodeId, to: NodeId) -> bool {
-        Self::server_link(from, to).is_some_and(|p| self.broken_links.contains(&p))
+        Self::server_link(from, to).is_some_and(|p| self.broken_links.contains_key(&p))
     }
 
     /// A message to a participant that is down is lost with its connection.
@@ -52,16 +52,19 @@ impl World {
 
     /// A message on the link to participant `index` was lost: the connection breaks.
     pub(super) fn break_link(&mut self, index: u16) {
-        if !self.links_are_connections() || !self.broken_links.insert(index) {
+        if !self.links_are_connections() || self.broken_links.contains_key(&index) {
             return;
         }
+        self.link_breaks += 1;
+        let break_id = self.link_breaks;
+        self.broken_links.insert(index, break_id);
         let incarnation = self.coordinator.incarnation;
-        self.schedule(self.now, Event::LinkBroken { participant: index, incarnation });
+        self.schedule(self.now, Event::LinkBroken { participant: index, incarnation, break_id });
     }
 
     /// Both ends hear that the connection closed; it reconnects later.
-    pub(super) fn link_broken_event(&mut self, index: u16, incarnation: u64) {
-        if incarnation != self.coordinator.incarnation {
+    pub(super) fn link_broken_event(&mut self, index: u16, incarnation: u64, break_id: u64) {
+        if incarnation != self.coordinator.incarnation || self.broken_links.get(&index) != Some(&break_id) {
             return; // The coordinator restarted since: every link is new.
         }
         let now = self.now;
@@ -75,18 +78,18 @@ impl World {
             self.after_step(NodeId::Participant(index));
         }
         let at = self.after_us(RECONNECT_US);
-        self.schedule(at, Event::LinkRestored { participant: index, incarnation });
+        self.schedule(at, Event::LinkRestored { participant: index, incarnation, break_id });
     }
 
-    pub(super) fn link_restored_event(&mut self, index: u16, incarnation: u64) {
-        if incarnation != self.coordinator.incarnation || !self.broken_links.contains(&index) {
+    pub(super) fn link_restored_event(&mut self, index: u16, incarnation: u64, break_id: u64) {
+        if incarnation != self.coordinator.incarnation || self.broken_links.get(&index) != Some(&break_id) {
             return;
         }
         let participant = NodeId::Participant(index);
         let down = self.participants[index as usize].engine.is_none();
         if down || self.partitioned(NodeId::Coordinator, participant) {
             let at = self.after_us(RECONNECT_US);
-            return self.schedule(at, Event::LinkRestored { participant: index, incarnation });
+            return self.schedule(at, Event::LinkRestored { participant: index, incarnation, break_id });
         }
         self.broken_links.remove(&index);
         if let Some(engine) = self.coordinator.engine.as_mut() {
@@ -107,7 +110,7 @@ impl World {
             }
         }
         let engine = self.coordinator.engine.as_mut().expect("started");
-        for &index in &self.broken_links {
+        for &index in self.broken_links.keys() {
             engine.participant_unreachable(participant_id(index), &mut self.coordinator.fx);
         }
     }

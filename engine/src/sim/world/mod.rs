@@ -67,8 +67,10 @@ pub(super) struct World {
     pending_checkpoint: Option<CoordinatorSnapshot>,
     /// Ground truth of lock waits at the participants, for the deadlock checks.
     waits: waits::WaitTruth,
-    /// Coordinator–participant connections that broke and have not reconnected (`links`).
-    broken_links: std::collections::BTreeSet<u16>,
+    /// Coordinator–participant connections that broke and have not reconnected (`links`),
+    /// each with the id of its break.
+    broken_links: BTreeMap<u16, u64>,
+    link_breaks: u64,
 }
 
 const SNAPSHOT_EVERY_MS: (u64, u64) = (10, 150);
@@ -104,7 +106,8 @@ impl World {
             checkpoint: None,
             pending_checkpoint: None,
             waits: waits::WaitTruth::default(),
-            broken_links: Default::default(),
+            broken_links: BTreeMap::new(),
+            link_breaks: 0,
             config,
         }
     }
@@ -248,8 +251,12 @@ impl World {
                 self.counts.partitions += 1;
                 self.isolated = Some((isolated, self.now + duration));
             }
-            Event::LinkBroken { participant, incarnation } => self.link_broken_event(participant, incarnation),
-            Event::LinkRestored { participant, incarnation } => self.link_restored_event(participant, incarnation),
+            Event::LinkBroken { participant, incarnation, break_id } => {
+                self.link_broken_event(participant, incarnation, break_id)
+            }
+            Event::LinkRestored { participant, incarnation, break_id } => {
+                self.link_restored_event(participant, incarnation, break_id)
+            }
             Event::ClientWake { client, token } => self.client_wake(client, token),
             Event::Snapshot { participant } => self.take_snapshot(participant),
             Event::Checkpoint => self.take_checkpoint(),
