@@ -182,10 +182,7 @@ const WITHDRAWAL: i64 = 60;
 
 /// Accounts x (p1) and y (p2) hold 50 each; T1 withdraws 60 from x, T2 60 from y, each
 /// after reading both and checking x + y - 60 ≥ 0, both reading before either writes.
-/// Returns how each ended (older first), their txids and the committed (x, y).
-fn racing_withdrawals(
-    isolation: Isolation,
-) -> ([Result<(), AbortReason>; 2], [TxId; 2], (i64, i64), NodeSet) {
+fn racing_withdrawals(isolation: Isolation) -> Withdrawals {
     let nodes = NodeSet::start(2, PARTICIPANT_FLAGS);
     let mut setup = nodes.client();
     assert!(setup.submit(vec![add(1, "x", 50, 0), add(2, "y", 50, 0)]).unwrap().is_committed());
@@ -211,19 +208,30 @@ fn racing_withdrawals(
         runs.map(|run| ended(run.join().unwrap()))
     });
     let values = common::read_ints(&mut setup, &[(1, "x"), (2, "y")]);
-    (ends, txids, (values[0].unwrap(), values[1].unwrap()), nodes)
+    Withdrawals { ends, txids, balances: (values[0].unwrap(), values[1].unwrap()), nodes }
+}
+
+/// How two racing withdrawals ended.
+struct Withdrawals {
+    /// Older first.
+    ends: [Result<(), AbortReason>; 2],
+    txids: [TxId; 2],
+    /// The committed (x, y) afterwards.
+    balances: (i64, i64),
+    nodes: NodeSet,
 }
 
 #[test]
 fn read_committed_allows_write_skew() {
-    let (ends, _, (x, y), _nodes) = racing_withdrawals(Isolation::ReadCommitted);
+    let Withdrawals { ends, balances: (x, y), .. } = racing_withdrawals(Isolation::ReadCommitted);
     assert!(ends.iter().all(Result::is_ok), "both withdrawals commit under read-committed: {ends:?}");
     assert_eq!((x, y), (-10, -10), "x + y = -20 breaks the constraint each checked: write skew");
 }
 
 #[test]
 fn serializable_forbids_write_skew() {
-    let (ends, [older_id, younger_id], (x, y), nodes) = racing_withdrawals(Isolation::Serializable);
+    let Withdrawals { ends, txids: [older_id, younger_id], balances: (x, y), nodes } =
+        racing_withdrawals(Isolation::Serializable);
     // Each holds a shared lock on both accounts; each write waits for the other's.
     ends[0].as_ref().expect("the older withdrawal commits");
     match &ends[1] {
@@ -242,7 +250,7 @@ fn serializable_forbids_write_skew() {
 
 #[test]
 fn optimistic_forbids_write_skew() {
-    let (ends, _, (x, y), _nodes) = racing_withdrawals(Isolation::Optimistic);
+    let Withdrawals { ends, balances: (x, y), .. } = racing_withdrawals(Isolation::Optimistic);
     let committed = ends.iter().filter(|end| end.is_ok()).count();
     assert_eq!(committed, 1, "exactly one withdrawal commits: {ends:?}");
     let loser = ends.iter().find_map(|end| end.as_ref().err()).unwrap();
@@ -372,7 +380,8 @@ fn audits_during_transfers(audit: fn(&mut Client) -> Result<i64, AbortReason>) -
     let (stop, counts) = (AtomicBool::new(false), AuditCounts::default());
     let transfers = thread::scope(|scope| {
         let (stop, counts, nodes) = (&stop, &counts, &nodes);
-        let one_shot: Vec<_> = (1..=2).map(|seed| scope.spawn(move || one_shot_transfers(nodes.client(), seed, stop))).collect();
+        let one_shot: Vec<_> =
+            (1..=2).map(|seed| scope.spawn(move || one_shot_transfers(nodes.client(), seed, stop))).collect();
         let interactive: Vec<_> =
             (3..=4).map(|seed| scope.spawn(move || interactive_transfers(nodes.client(), seed, stop))).collect();
         for _ in 0..2 {
@@ -402,13 +411,14 @@ fn audits_during_transfers(audit: fn(&mut Client) -> Result<i64, AbortReason>) -
         stop.store(true, Ordering::Relaxed);
         (join_all(one_shot), join_all(interactive))
     });
-    let final_total: i64 = (0..ACCOUNTS)
-        .map(account)
-        .map(|(p, key)| common::read_ints(&mut setup, &[(p, &key)])[0].unwrap())
-        .sum();
+    let final_total: i64 =
+        (0..ACCOUNTS).map(account).map(|(p, key)| common::read_ints(&mut setup, &[(p, &key)])[0].unwrap()).sum();
     assert_eq!(final_total, expected, "the transfers conserve the total");
-    let (committed, torn, aborted) =
-        (counts.committed.load(Ordering::Relaxed), counts.torn.load(Ordering::Relaxed), counts.aborted.load(Ordering::Relaxed));
+    let (committed, torn, aborted) = (
+        counts.committed.load(Ordering::Relaxed),
+        counts.torn.load(Ordering::Relaxed),
+        counts.aborted.load(Ordering::Relaxed),
+    );
     eprintln!(
         "audits: {committed} committed ({torn} torn), {aborted} aborted; transfers committed: {} one-shot, {} interactive",
         transfers.0, transfers.1
