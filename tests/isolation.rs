@@ -435,6 +435,10 @@ fn interactive_serializable_audits_see_the_conserved_total_while_transfers_run()
     assert_eq!(torn, 0, "{torn} of {committed} committed interactive audits saw another total");
 }
 
+/// Fails today: a one-shot read-only transaction reads at each participant's prepare and
+/// releases there at its `ReadOnly` vote (ARCHITECTURE.md, "Read-only optimisation"), so a
+/// transfer can commit between its reads at two participants. Issue 17 asks for audits that
+/// always see the conserved total; the `serial-reads` work fixes it.
 #[test]
 fn one_shot_read_only_audits_see_the_conserved_total_while_transfers_run() {
     let counts = audits_during_transfers(one_shot_audit);
