@@ -126,15 +126,7 @@ fn serializable_forbids_lost_update_the_younger_deadlocks_and_its_retry_lands() 
 
 #[test]
 fn read_committed_forbids_lost_update_the_second_writer_conflicts() {
-    let nodes = NodeSet::start(2, PARTICIPANT_FLAGS);
-    let (ends, _) = racing_increments(&nodes, Isolation::ReadCommitted);
-    let losers: Vec<&AbortReason> = ends.iter().filter_map(|end| end.as_ref().err()).collect();
-    assert_eq!(losers.len(), 1, "exactly one of the two commits: {ends:?}");
-    assert_conflict_on_x(losers[0]);
-    let mut client = nodes.client();
-    assert_eq!(committed_x(&mut client), Some(1));
-    increment_until_committed(&mut client, Isolation::ReadCommitted);
-    assert_eq!(committed_x(&mut client), Some(2), "every committed increment counted");
+    lost_update_loser_conflicts_and_its_retry_lands(Isolation::ReadCommitted);
 }
 
 /// The exact interleaving: T1 reads x = 0, T2 reads x = 0, T1 writes x = 1 (exclusive
@@ -166,14 +158,20 @@ fn read_committed_a_writer_queued_behind_an_uncommitted_write_conflicts_at_its_g
 #[test]
 #[ignore = "optimistic isolation is not built yet: participants refuse it with Invalid (issue 17)"]
 fn optimistic_forbids_lost_update_the_loser_conflicts_and_its_retry_lands() {
+    lost_update_loser_conflicts_and_its_retry_lands(Isolation::Optimistic);
+}
+
+/// Two racing increments of x under `isolation`: exactly one commits, the other aborts
+/// with `Conflict` on x, and its retry lands, so every committed increment counts.
+fn lost_update_loser_conflicts_and_its_retry_lands(isolation: Isolation) {
     let nodes = NodeSet::start(2, PARTICIPANT_FLAGS);
-    let (ends, _) = racing_increments(&nodes, Isolation::Optimistic);
+    let (ends, _) = racing_increments(&nodes, isolation);
     let losers: Vec<&AbortReason> = ends.iter().filter_map(|end| end.as_ref().err()).collect();
     assert_eq!(losers.len(), 1, "exactly one of the two commits: {ends:?}");
     assert_conflict_on_x(losers[0]);
     let mut client = nodes.client();
     assert_eq!(committed_x(&mut client), Some(1));
-    increment_until_committed(&mut client, Isolation::Optimistic);
+    increment_until_committed(&mut client, isolation);
     assert_eq!(committed_x(&mut client), Some(2), "every committed increment counted");
 }
 
