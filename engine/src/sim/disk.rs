@@ -52,8 +52,15 @@ impl<R: LogRecord + Clone> Disk<R> {
         self.synced = self.records.len();
     }
 
+    /// The last durable LSN, also once a truncation has emptied the live records: the real
+    /// wal keeps counting across truncations (its active segment names its base LSN), so a
+    /// node restarted from a snapshot that covers everything still knows its log is durable
+    /// up to there.
     pub(super) fn durable_lsn(&self) -> Lsn {
-        if self.synced == 0 { Lsn::NONE } else { self.records[self.synced - 1].0 }
+        match self.synced {
+            0 => self.archived.last().map_or(Lsn::NONE, |(lsn, _)| *lsn),
+            synced => self.records[synced - 1].0,
+        }
     }
 
     pub(super) fn crash(&mut self, rng: &mut impl Rng, torn_probability: f64) -> CrashLoss {
@@ -91,5 +98,41 @@ impl<R: LogRecord + Clone> Disk<R> {
         let cut = self.records[..self.synced].partition_point(|(record_lsn, _)| *record_lsn < lsn);
         self.archived.extend(self.records.drain(..cut));
         self.synced -= cut;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::PartRecord;
+    use crate::types::TxId;
+
+    fn disk_with(records: u64) -> Disk<PartRecord> {
+        let mut disk = Disk::new();
+        for lsn in 1..=records {
+            disk.write(Lsn(lsn), PartRecord::Committed { txid: TxId(lsn) });
+        }
+        disk
+    }
+
+    #[test]
+    fn durable_lsn_survives_a_truncation_that_empties_the_log() {
+        let mut disk = disk_with(3);
+        assert_eq!(disk.durable_lsn(), Lsn::NONE, "nothing synced yet");
+        disk.sync_all();
+        disk.truncate_before(Lsn(4));
+        assert_eq!(disk.len(), 0);
+        assert_eq!(disk.durable_lsn(), Lsn(3), "a snapshot covered the log; it is still durable to 3");
+        disk.write(Lsn(4), PartRecord::Committed { txid: TxId(4) });
+        assert_eq!(disk.durable_lsn(), Lsn(3), "the new record is not synced");
+        assert_eq!(disk.synced_upto(1), Lsn(4));
+    }
+
+    #[test]
+    fn durable_lsn_is_the_last_synced_record_after_a_partial_truncation() {
+        let mut disk = disk_with(5);
+        disk.synced_upto(4);
+        disk.truncate_before(Lsn(3));
+        assert_eq!(disk.durable_lsn(), Lsn(4));
     }
 }
