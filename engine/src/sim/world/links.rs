@@ -11,7 +11,7 @@
 use super::events::Event;
 use super::network::Payload;
 use super::{NodeId, World};
-use crate::message::ToParticipant;
+use crate::message::{ToCoordinator, ToParticipant};
 use crate::sim::workload::participant_id;
 use crate::types::Time;
 
@@ -41,13 +41,20 @@ impl World {
         (down && self.links_are_connections()).then_some(index)
     }
 
-    /// Whether the network must never duplicate `payload`. Over connections, an `Execute`:
-    /// a participant runs a duplicated Execute twice (a second `Add` buffered into the same
-    /// transaction), so the protocol relies on the transport's exactly-once delivery within
-    /// a connection, which TCP gives. Every other message is still duplicated.
+    /// Whether the network must never duplicate `payload`. Over connections, an `Execute`
+    /// and its `Executed`: a participant runs a duplicated Execute twice (a second `Add`
+    /// buffered into the same transaction), and the coordinator takes a duplicated Executed
+    /// that arrives after the next statement went out as that statement's answer (seed
+    /// 21002: a Get answered with another key's value), since neither names the statement.
+    /// The protocol relies on the transport's exactly-once, in-order delivery within a
+    /// connection, which TCP gives. Every other message is still duplicated.
     pub(super) fn never_duplicated(&self, payload: &Payload) -> bool {
-        let execute = matches!(payload, Payload::ToParticipant { message: ToParticipant::Execute { .. }, .. });
-        execute && self.links_are_connections()
+        let statement = matches!(
+            payload,
+            Payload::ToParticipant { message: ToParticipant::Execute { .. }, .. }
+                | Payload::ToCoordinator { message: ToCoordinator::Executed { .. }, .. }
+        );
+        statement && self.links_are_connections()
     }
 
     /// A message on the link to participant `index` was lost: the connection breaks.
