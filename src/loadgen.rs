@@ -51,6 +51,18 @@ pub struct WorkloadArgs {
     /// Share of read-only audit transactions.
     #[arg(long, default_value_t = 0.0)]
     read_only_share: f64,
+    /// `one-shot` (each transfer one request) or `interactive` (each transfer an
+    /// interactive transaction: read both balances, check the funds, debit, credit, commit;
+    /// one connection per transaction in flight, so keep --connections × --outstanding small).
+    #[arg(long, default_value = "one-shot", value_parser = parse_workload)]
+    workload: twophase_bench::WorkloadKind,
+    /// Draw every account from the first N accounts (spread over the participants), to
+    /// make transfers contend; with `--workload interactive` opposite-order pairs deadlock.
+    #[arg(long, value_name = "N")]
+    hot: Option<u64>,
+    /// Interactive: attempts of one transfer at most (retries after Deadlock or LockTimeout).
+    #[arg(long, default_value_t = twophase_bench::DEFAULT_ATTEMPTS_MAX)]
+    attempts_max: u32,
     /// Transfer amounts are drawn uniformly from 1..=MAX_AMOUNT.
     #[arg(long, default_value_t = 10)]
     max_amount: i64,
@@ -204,6 +216,9 @@ impl Target {
         options.cross_share = args.cross_share;
         options.read_only_share = args.read_only_share;
         options.max_amount = args.max_amount;
+        options.workload = args.workload;
+        options.hot = args.hot;
+        options.attempts_max = args.attempts_max;
         options.seed = args.seed;
         options.progress = !args.quiet;
         options.sample_pids = sample_pids;
@@ -247,7 +262,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("created {} accounts in {:.1} s", args.workload.accounts, setup_began.elapsed().as_secs_f64());
     let mut pids = cluster.pids();
     pids.push(("loadgen".into(), std::process::id()));
-    let result = twophase_bench::run_load(&target.load_options(&args.workload, pids))?;
+    let mut result = twophase_bench::run_load(&target.load_options(&args.workload, pids))?;
+    result.deadlocks = coordinator_deadlock_figures(&result, &cluster);
     if let Some(exit) = cluster.exited() {
         bail!("{exit} during the run; the audit cannot be trusted");
     }
@@ -263,6 +279,34 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     cluster.stop();
     print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
+}
+
+fn parse_workload(text: &str) -> Result<twophase_bench::WorkloadKind, String> {
+    match text {
+        "one-shot" => Ok(twophase_bench::WorkloadKind::OneShot),
+        "interactive" => Ok(twophase_bench::WorkloadKind::Interactive),
+        other => Err(format!("unknown workload {other:?}: one-shot or interactive")),
+    }
+}
+
+/// An interactive run's deadlock and lock-wait figures, scraped from the coordinator's
+/// metrics (`None` for one-shot runs or without metrics; a failed scrape is said, not fatal).
+fn coordinator_deadlock_figures(
+    result: &LoadResult,
+    cluster: &LocalCluster,
+) -> Option<twophase_bench::DeadlockFigures> {
+    result.interactive?;
+    let metrics = cluster.metrics();
+    let (_, addr) = metrics.iter().find(|(name, _)| name == "c1")?;
+    // Past one publish interval, so the last detections are in the copy the listener serves.
+    std::thread::sleep(Duration::from_millis(250));
+    match twophase_bench::scrape::fetch(*addr, Duration::from_secs(5)) {
+        Ok(scrape) => Some(twophase_bench::DeadlockFigures::from_scrape(&scrape)),
+        Err(err) => {
+            eprintln!("could not read the coordinator's metrics at {addr}: {err:#}");
+            None
+        }
+    }
 }
 
 /// Where a run that starts its own cluster (demo, chaos) puts the nodes' log files: next

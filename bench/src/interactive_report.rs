@@ -60,7 +60,12 @@ impl InteractiveSection {
                 ));
                 rows.push((
                     "lock waits",
-                    format!("{} timed, p50 {}  p99 {}", d.lock_waits, micros(d.lock_wait_p50_us), micros(d.lock_wait_p99_us)),
+                    format!(
+                        "{} timed, p50 {}  p99 {}",
+                        d.lock_waits,
+                        micros(d.lock_wait_p50_us),
+                        micros(d.lock_wait_p99_us)
+                    ),
                 ));
             }
         }
@@ -90,7 +95,9 @@ mod tests {
     #[test]
     fn the_summary_names_every_figure() {
         let section = InteractiveSection {
-            aborts: [("deadlock", 4), ("lock timeout", 1), ("insufficient funds", 0), ("other", 0)].into_iter().collect(),
+            aborts: [("deadlock", 4), ("lock timeout", 1), ("insufficient funds", 0), ("other", 0)]
+                .into_iter()
+                .collect(),
             retries: 5,
             gave_up: 0,
             deadlocks: Some(DeadlockFigures {

@@ -38,9 +38,10 @@ mod workload;
 pub use audit::{AUDIT_EXAMPLES, Audit, Balances, audit, audit_with_baseline};
 pub use chaos_report::{ChaosReport, KillEvent, PhaseThroughput, RecoveryStats};
 pub use interactive::{
-    DEFAULT_ATTEMPTS_MAX, DeadlockFigures, INSUFFICIENT_FUNDS, INTERACTIVE_THREADS_MAX, InteractiveTotals, WorkloadKind,
-    abort_groups,
+    DEFAULT_ATTEMPTS_MAX, DeadlockFigures, INSUFFICIENT_FUNDS, INTERACTIVE_THREADS_MAX, InteractiveTotals,
+    WorkloadKind, abort_groups,
 };
+pub use interactive_report::InteractiveSection;
 pub use layout::{
     ACCOUNT_PREFIX, BankLayout, KeyTable, MAX_ACCOUNT_KEY_BYTES, SETUP_OPS_PER_TX, check_directory, setup_accounts,
     setup_accounts_where, write_account_key,
@@ -50,6 +51,5 @@ pub use load::{
     TimelinePoint, TracedTx, TxTracer, format_us, read_rss, run_load,
 };
 pub use probe::{CommitFilter, LoadProbe, Seen};
-pub use interactive_report::InteractiveSection;
 pub use report::{LatencySummary, PercentilePoint, Report, RssSeries};
 pub use workload::{AUDIT_READS, Tx, Workload, WorkloadSpec};

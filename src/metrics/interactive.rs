@@ -256,7 +256,8 @@ struct DetectionHistogram {
 impl DetectionHistogram {
     fn observe(&mut self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        let bucket = DETECTION_BOUNDS_SECONDS.iter().position(|&bound| seconds <= bound).unwrap_or(DETECTION_BUCKETS - 1);
+        let bucket =
+            DETECTION_BOUNDS_SECONDS.iter().position(|&bound| seconds <= bound).unwrap_or(DETECTION_BUCKETS - 1);
         self.counts[bucket] += 1;
         self.sum_seconds += seconds;
     }

@@ -464,8 +464,13 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     );
     let info =
         NodeInfo { node: options.id.clone(), role: "coordinator", recovery: started.elapsed(), recovered_records };
-    let metrics =
-        CoordinatorMetrics::serve(options.metrics_listen, info, &options.participants, checkpoints.sources(&wal), clock)?;
+    let metrics = CoordinatorMetrics::serve(
+        options.metrics_listen,
+        info,
+        &options.participants,
+        checkpoints.sources(&wal),
+        clock,
+    )?;
     let mut role = CoordinatorRole {
         engine,
         transport,
