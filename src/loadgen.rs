@@ -32,9 +32,10 @@ pub struct WorkloadArgs {
     /// Client connections, one load thread each.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Transactions in flight per connection (closed loop), or the cap on them (open loop).
-    #[arg(long, default_value_t = 256)]
-    outstanding: usize,
+    /// Transactions in flight per connection (closed loop), or the cap on them (open loop)
+    /// [default: 256; with `--workload interactive` 8, one thread and session each].
+    #[arg(long)]
+    outstanding: Option<usize>,
     /// Open loop at this many transactions per second in total (default: closed loop).
     #[arg(long)]
     rate: Option<u64>,
@@ -53,7 +54,8 @@ pub struct WorkloadArgs {
     read_only_share: f64,
     /// `one-shot` (each transfer one request) or `interactive` (each transfer an
     /// interactive transaction: read both balances, check the funds, debit, credit, commit;
-    /// one connection per transaction in flight, so keep --connections × --outstanding small).
+    /// one connection and session per transaction in flight, so --connections ×
+    /// --outstanding is at most 64, the coordinator's sessions per client identity).
     #[arg(long, default_value = "one-shot", value_parser = parse_workload)]
     workload: twophase_bench::WorkloadKind,
     /// Draw every account from the first N accounts (spread over the participants), to
@@ -76,6 +78,23 @@ pub struct WorkloadArgs {
     #[arg(long)]
     quiet: bool,
 }
+
+impl WorkloadArgs {
+    /// `--outstanding`, or its default for the workload: an interactive transaction in
+    /// flight takes a thread and a session of its own.
+    fn outstanding(&self) -> usize {
+        self.outstanding.unwrap_or(match self.workload {
+            twophase_bench::WorkloadKind::OneShot => DEFAULT_OUTSTANDING_ONE_SHOT,
+            twophase_bench::WorkloadKind::Interactive => DEFAULT_OUTSTANDING_INTERACTIVE,
+        })
+    }
+}
+
+/// `--outstanding` by default: one-shot transactions pipeline on their connection.
+const DEFAULT_OUTSTANDING_ONE_SHOT: usize = 256;
+/// `--outstanding` by default with `--workload interactive`: 4 connections × 8 = 32
+/// transactions in flight, within the coordinator's 64 sessions per identity.
+const DEFAULT_OUTSTANDING_INTERACTIVE: usize = 8;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -209,7 +228,7 @@ impl Target {
         options.client.security = self.client.clone();
         options.duration = args.duration;
         options.connections = args.connections;
-        options.outstanding = args.outstanding;
+        options.outstanding = args.outstanding();
         options.rate = args.rate;
         options.send_tick = Duration::from_micros(args.send_tick_us);
         options.skew = args.skew;

@@ -26,8 +26,11 @@ use crate::load::{DRAIN_LIMIT, LoadOptions, MAX_LATENCY_US, Stopped, ThreadCtx, 
 use crate::scrape::{Scrape, quantile};
 use crate::workload::Tx;
 
-/// Load threads (and client connections) an interactive run may open at most.
-pub const INTERACTIVE_THREADS_MAX: usize = 512;
+/// Load threads (and client connections, each with its own session) an interactive run may
+/// open at most: the coordinator keeps at most 64 sessions per client identity (its
+/// `sessions_per_identity_max`) and registering one more expires an idle one, which would
+/// void the run. Every load connection presents the same identity.
+pub const INTERACTIVE_THREADS_MAX: usize = 64;
 
 /// See [`LoadOptions::attempts_max`].
 pub const DEFAULT_ATTEMPTS_MAX: u32 = 10;
@@ -132,8 +135,9 @@ pub(crate) fn validate(options: &LoadOptions) -> anyhow::Result<()> {
     let threads = options.connections.saturating_mul(options.outstanding);
     ensure!(
         threads <= INTERACTIVE_THREADS_MAX,
-        "the interactive workload runs one connection and thread per transaction in flight \
-         (--connections × --outstanding = {threads}); at most {INTERACTIVE_THREADS_MAX}"
+        "the interactive workload runs one connection, session and thread per transaction in \
+         flight (--connections × --outstanding = {threads}); the coordinator keeps at most \
+         {INTERACTIVE_THREADS_MAX} sessions per client identity, so at most {INTERACTIVE_THREADS_MAX}"
     );
     Ok(())
 }
