@@ -80,6 +80,21 @@ pub struct WorkloadArgs {
 }
 
 impl WorkloadArgs {
+    /// Refuses flags the workload cannot run, before any cluster is started or account
+    /// made (the load checks everything again).
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        if self.workload == twophase_bench::WorkloadKind::Interactive {
+            twophase_bench::check_interactive_shape(
+                self.connections,
+                self.outstanding(),
+                self.rate.is_some(),
+                self.read_only_share,
+                self.attempts_max,
+            )?;
+        }
+        Ok(())
+    }
+
     /// `--outstanding`, or its default for the workload: an interactive transaction in
     /// flight takes a thread and a session of its own.
     fn outstanding(&self) -> usize {
@@ -247,6 +262,7 @@ impl Target {
 
 /// `twophase demo`.
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    args.workload.check()?;
     let temp;
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
@@ -352,6 +368,7 @@ pub(crate) fn print_logs_line(report: &Path) {
 /// exist yet are created first (with the initial balance); the audit compares against the balances read right before
 /// the load, so nothing else may write to the accounts during the run.
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    args.workload.check()?;
     let bench = args.target()?;
     let identities = (bench.client.load("the bench's load")?, bench.admin.load("the bench's audit")?);
     let target = Target::discover(bench.coordinator, &bench.cluster, identities, &args.workload)?;

@@ -1,5 +1,7 @@
 //! `twophase demo --workload interactive --hot 10`: interactive transfers on a few hot
-//! accounts deadlock; the coordinator detects it, the load retries, the audit passes.
+//! accounts deadlock; the coordinator detects it, the load retries, the audit passes. The
+//! run keeps the workload's default connections and transactions in flight, so those
+//! defaults are proven to run.
 
 mod common;
 
@@ -12,7 +14,7 @@ fn a_hot_interactive_demo_detects_deadlocks_and_audits() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(binary())
         .args(["demo", "--workload", "interactive", "--hot", "10", "--duration", "4s", "--accounts", "1000"])
-        .args(["--connections", "4", "--outstanding", "4", "--quiet"])
+        .arg("--quiet")
         .arg("--report")
         .arg(dir.path())
         .env("RUST_LOG", "warn")
@@ -24,6 +26,7 @@ fn a_hot_interactive_demo_detects_deadlocks_and_audits() {
     let text = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["settings"]["workload"], "interactive");
+    assert_eq!(json["settings"]["outstanding"], 8, "the interactive default");
     assert!(json["committed"].as_u64().unwrap() > 0, "{json}");
     let deadlocks = &json["interactive"]["deadlocks"];
     assert!(deadlocks["detected"].as_u64().unwrap() >= 1, "no deadlock detected: {stdout}");

@@ -123,16 +123,34 @@ impl DeadlockFigures {
     }
 }
 
-/// What an interactive run refuses: an open loop, read-only audits, too many threads.
+/// What an interactive run refuses: an open loop, read-only audits, too many threads,
+/// tracing.
 pub(crate) fn validate(options: &LoadOptions) -> anyhow::Result<()> {
-    ensure!(options.rate.is_none(), "the interactive workload runs closed loop only: leave out --rate");
-    ensure!(
-        options.read_only_share == 0.0,
-        "the interactive workload runs transfers only: leave out --read-only-share"
-    );
+    check_interactive_shape(
+        options.connections,
+        options.outstanding,
+        options.rate.is_some(),
+        options.read_only_share,
+        options.attempts_max,
+    )?;
     ensure!(options.tracer.is_none(), "the interactive workload does not trace its transactions yet");
-    ensure!(options.attempts_max >= 1, "a transfer needs at least one attempt");
-    let threads = options.connections.saturating_mul(options.outstanding);
+    Ok(())
+}
+
+/// The flags an interactive run needs, checkable before a cluster is started or accounts
+/// are made: closed loop, transfers only, at least one attempt, and at most
+/// [`INTERACTIVE_THREADS_MAX`] transactions in flight.
+pub fn check_interactive_shape(
+    connections: usize,
+    outstanding: usize,
+    open_loop: bool,
+    read_only_share: f64,
+    attempts_max: u32,
+) -> anyhow::Result<()> {
+    ensure!(!open_loop, "the interactive workload runs closed loop only: leave out --rate");
+    ensure!(read_only_share == 0.0, "the interactive workload runs transfers only: leave out --read-only-share");
+    ensure!(attempts_max >= 1, "a transfer needs at least one attempt (--attempts-max)");
+    let threads = connections.saturating_mul(outstanding);
     ensure!(
         threads <= INTERACTIVE_THREADS_MAX,
         "the interactive workload runs one connection, session and thread per transaction in \
@@ -282,6 +300,17 @@ mod tests {
         assert!((figures.detection_max_us.unwrap() - 400.0).abs() < 1e-6);
         assert_eq!(figures.lock_waits, 0);
         assert_eq!(figures.lock_wait_p50_us, None, "no lock wait, no percentile");
+    }
+
+    #[test]
+    fn an_interactive_run_is_closed_loop_transfers_within_the_session_limit() {
+        assert!(check_interactive_shape(4, 8, false, 0.0, 10).is_ok());
+        assert!(check_interactive_shape(8, 8, false, 0.0, 1).is_ok(), "exactly the limit");
+        let too_many = check_interactive_shape(4, 256, false, 0.0, 10).unwrap_err().to_string();
+        assert!(too_many.contains("= 1024") && too_many.contains("at most 64"), "{too_many}");
+        assert!(check_interactive_shape(4, 8, true, 0.0, 10).unwrap_err().to_string().contains("--rate"));
+        assert!(check_interactive_shape(4, 8, false, 0.1, 10).unwrap_err().to_string().contains("--read-only-share"));
+        assert!(check_interactive_shape(4, 8, false, 0.0, 0).unwrap_err().to_string().contains("--attempts-max"));
     }
 
     #[test]

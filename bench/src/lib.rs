@@ -39,7 +39,7 @@ pub use audit::{AUDIT_EXAMPLES, Audit, Balances, audit, audit_with_baseline};
 pub use chaos_report::{ChaosReport, KillEvent, PhaseThroughput, RecoveryStats};
 pub use interactive::{
     DEFAULT_ATTEMPTS_MAX, DeadlockFigures, INSUFFICIENT_FUNDS, INTERACTIVE_THREADS_MAX, InteractiveTotals,
-    WorkloadKind, abort_groups,
+    WorkloadKind, abort_groups, check_interactive_shape,
 };
 pub use interactive_report::InteractiveSection;
 pub use layout::{
