@@ -32,9 +32,10 @@ pub struct WorkloadArgs {
     /// Client connections, one load thread each.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Transactions in flight per connection (closed loop), or the cap on them (open loop).
-    #[arg(long, default_value_t = 256)]
-    outstanding: usize,
+    /// Transactions in flight per connection (closed loop), or the cap on them (open loop)
+    /// [default: 256; with `--workload interactive` 8, one thread and session each].
+    #[arg(long)]
+    outstanding: Option<usize>,
     /// Open loop at this many transactions per second in total (default: closed loop).
     #[arg(long)]
     rate: Option<u64>,
@@ -51,6 +52,19 @@ pub struct WorkloadArgs {
     /// Share of read-only audit transactions.
     #[arg(long, default_value_t = 0.0)]
     read_only_share: f64,
+    /// `one-shot` (each transfer one request) or `interactive` (each transfer an
+    /// interactive transaction: read both balances, check the funds, debit, credit, commit;
+    /// one connection and session per transaction in flight, so --connections ×
+    /// --outstanding is at most 64, the coordinator's sessions per client identity).
+    #[arg(long, default_value = "one-shot", value_parser = parse_workload)]
+    workload: twophase_bench::WorkloadKind,
+    /// Draw every account from the first N accounts (spread over the participants), to
+    /// make transfers contend; with `--workload interactive` opposite-order pairs deadlock.
+    #[arg(long, value_name = "N")]
+    hot: Option<u64>,
+    /// Interactive: attempts of one transfer at most (retries after Deadlock or LockTimeout).
+    #[arg(long, default_value_t = twophase_bench::DEFAULT_ATTEMPTS_MAX)]
+    attempts_max: u32,
     /// Transfer amounts are drawn uniformly from 1..=MAX_AMOUNT.
     #[arg(long, default_value_t = 10)]
     max_amount: i64,
@@ -64,6 +78,38 @@ pub struct WorkloadArgs {
     #[arg(long)]
     quiet: bool,
 }
+
+impl WorkloadArgs {
+    /// Refuses flags the workload cannot run, before any cluster is started or account
+    /// made (the load checks everything again).
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        if self.workload == twophase_bench::WorkloadKind::Interactive {
+            twophase_bench::check_interactive_shape(
+                self.connections,
+                self.outstanding(),
+                self.rate.is_some(),
+                self.read_only_share,
+                self.attempts_max,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `--outstanding`, or its default for the workload: an interactive transaction in
+    /// flight takes a thread and a session of its own.
+    fn outstanding(&self) -> usize {
+        self.outstanding.unwrap_or(match self.workload {
+            twophase_bench::WorkloadKind::OneShot => DEFAULT_OUTSTANDING_ONE_SHOT,
+            twophase_bench::WorkloadKind::Interactive => DEFAULT_OUTSTANDING_INTERACTIVE,
+        })
+    }
+}
+
+/// `--outstanding` by default: one-shot transactions pipeline on their connection.
+const DEFAULT_OUTSTANDING_ONE_SHOT: usize = 256;
+/// `--outstanding` by default with `--workload interactive`: 4 connections × 8 = 32
+/// transactions in flight, within the coordinator's 64 sessions per identity.
+const DEFAULT_OUTSTANDING_INTERACTIVE: usize = 8;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -197,13 +243,16 @@ impl Target {
         options.client.security = self.client.clone();
         options.duration = args.duration;
         options.connections = args.connections;
-        options.outstanding = args.outstanding;
+        options.outstanding = args.outstanding();
         options.rate = args.rate;
         options.send_tick = Duration::from_micros(args.send_tick_us);
         options.skew = args.skew;
         options.cross_share = args.cross_share;
         options.read_only_share = args.read_only_share;
         options.max_amount = args.max_amount;
+        options.workload = args.workload;
+        options.hot = args.hot;
+        options.attempts_max = args.attempts_max;
         options.seed = args.seed;
         options.progress = !args.quiet;
         options.sample_pids = sample_pids;
@@ -213,6 +262,7 @@ impl Target {
 
 /// `twophase demo`.
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    args.workload.check()?;
     let temp;
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
@@ -247,7 +297,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("created {} accounts in {:.1} s", args.workload.accounts, setup_began.elapsed().as_secs_f64());
     let mut pids = cluster.pids();
     pids.push(("loadgen".into(), std::process::id()));
-    let result = twophase_bench::run_load(&target.load_options(&args.workload, pids))?;
+    let mut result = twophase_bench::run_load(&target.load_options(&args.workload, pids))?;
+    result.deadlocks = coordinator_deadlock_figures(&result, &cluster);
     if let Some(exit) = cluster.exited() {
         bail!("{exit} during the run; the audit cannot be trusted");
     }
@@ -263,6 +314,34 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     cluster.stop();
     print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
+}
+
+fn parse_workload(text: &str) -> Result<twophase_bench::WorkloadKind, String> {
+    match text {
+        "one-shot" => Ok(twophase_bench::WorkloadKind::OneShot),
+        "interactive" => Ok(twophase_bench::WorkloadKind::Interactive),
+        other => Err(format!("unknown workload {other:?}: one-shot or interactive")),
+    }
+}
+
+/// An interactive run's deadlock and lock-wait figures, scraped from the coordinator's
+/// metrics (`None` for one-shot runs or without metrics; a failed scrape is said, not fatal).
+fn coordinator_deadlock_figures(
+    result: &LoadResult,
+    cluster: &LocalCluster,
+) -> Option<twophase_bench::DeadlockFigures> {
+    result.interactive?;
+    let metrics = cluster.metrics();
+    let (_, addr) = metrics.iter().find(|(name, _)| name == "c1")?;
+    // Past one publish interval, so the last detections are in the copy the listener serves.
+    std::thread::sleep(Duration::from_millis(250));
+    match twophase_bench::scrape::fetch(*addr, Duration::from_secs(5)) {
+        Ok(scrape) => Some(twophase_bench::DeadlockFigures::from_scrape(&scrape)),
+        Err(err) => {
+            eprintln!("could not read the coordinator's metrics at {addr}: {err:#}");
+            None
+        }
+    }
 }
 
 /// Where a run that starts its own cluster (demo, chaos) puts the nodes' log files: next
@@ -289,6 +368,7 @@ pub(crate) fn print_logs_line(report: &Path) {
 /// exist yet are created first (with the initial balance); the audit compares against the balances read right before
 /// the load, so nothing else may write to the accounts during the run.
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    args.workload.check()?;
     let bench = args.target()?;
     let identities = (bench.client.load("the bench's load")?, bench.admin.load("the bench's audit")?);
     let target = Target::discover(bench.coordinator, &bench.cluster, identities, &args.workload)?;

@@ -10,37 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::Barrier;
 use std::time::Duration;
 
-use common::{Cluster, Node, add, client_options, eventually, read_ints};
+use common::{Cluster, NodeSet, add, eventually, read_ints};
 use twophase_engine::ops::Isolation;
 use twophase_engine::{AbortReason, ParticipantId, TxId};
 use twophase_net::{Client, ClientOptions, TxError};
-
-/// A coordinator `c1` and participants `p1`, `p2`, each its own process; `participant_flags`
-/// go to both participants.
-struct Nodes {
-    coordinator: Node,
-    participants: Vec<Node>,
-    _dir: tempfile::TempDir,
-}
-
-impl Nodes {
-    fn start(participant_flags: &[&str]) -> Nodes {
-        let dir = tempfile::tempdir().unwrap();
-        let participants: Vec<Node> =
-            ["p1", "p2"].iter().map(|name| Node::participant_with(name, dir.path(), participant_flags, &[])).collect();
-        let refs: Vec<&Node> = participants.iter().collect();
-        let coordinator = Node::coordinator(dir.path(), &refs, &[], &[]);
-        Nodes { coordinator, participants, _dir: dir }
-    }
-
-    fn options(&self) -> ClientOptions {
-        ClientOptions { request_timeout: Duration::from_secs(10), ..client_options(&self.coordinator.data_dir) }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(self.coordinator.addr, self.options()).expect("connecting to the coordinator")
-    }
-}
 
 fn aborted(result: Result<(), TxError>) -> AbortReason {
     match result {
@@ -126,7 +99,7 @@ fn opposite_order_transfers_deadlock_and_the_younger_is_the_victim() {
 
 #[test]
 fn a_stalled_holder_makes_a_waiter_time_out_and_an_abandoned_transaction_is_rolled_back() {
-    let nodes = Nodes::start(&["--lock-wait-timeout", "300ms"]);
+    let nodes = NodeSet::start(2, &["--lock-wait-timeout", "300ms"]);
     let mut holder_client = nodes.client();
     let mut waiter_client = nodes.client();
 
@@ -180,7 +153,7 @@ fn a_stalled_holder_makes_a_waiter_time_out_and_an_abandoned_transaction_is_roll
 
 #[test]
 fn killing_the_coordinator_while_transactions_wait_releases_every_lock() {
-    let mut nodes = Nodes::start(&["--lock-wait-timeout", "30s"]);
+    let mut nodes = NodeSet::start(2, &["--lock-wait-timeout", "30s"]);
     let mut holder_client = nodes.client();
     let mut holder = holder_client.begin().unwrap();
     holder.add("p1", "a", 1).unwrap();

@@ -309,6 +309,8 @@ pub(crate) mod tests {
             drain: Duration::from_millis(3),
             unsent_backlog: 0,
             settings: options.settings(),
+            interactive: None,
+            deadlocks: None,
         }
     }
 

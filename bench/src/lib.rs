@@ -25,6 +25,8 @@
 
 mod audit;
 mod chaos_report;
+mod interactive;
+mod interactive_report;
 mod layout;
 mod load;
 mod probe;
@@ -35,6 +37,11 @@ mod workload;
 
 pub use audit::{AUDIT_EXAMPLES, Audit, Balances, audit, audit_with_baseline};
 pub use chaos_report::{ChaosReport, KillEvent, PhaseThroughput, RecoveryStats};
+pub use interactive::{
+    DEFAULT_ATTEMPTS_MAX, DeadlockFigures, INSUFFICIENT_FUNDS, INTERACTIVE_THREADS_MAX, InteractiveTotals,
+    WorkloadKind, abort_groups, check_interactive_shape,
+};
+pub use interactive_report::InteractiveSection;
 pub use layout::{
     ACCOUNT_PREFIX, BankLayout, KeyTable, MAX_ACCOUNT_KEY_BYTES, SETUP_OPS_PER_TX, check_directory, setup_accounts,
     setup_accounts_where, write_account_key,

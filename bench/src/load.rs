@@ -14,8 +14,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use twophase_engine::{Op, Outcome, Seq};
-use twophase_net::{ClientOptions, Pipeline};
+use twophase_net::{Client, ClientOptions, Pipeline};
 
+use crate::interactive::{DeadlockFigures, InteractiveTotals, WorkloadKind};
 use crate::layout::{BankLayout, KeyTable, check_directory, client_options};
 use crate::probe::LoadProbe;
 use crate::workload::{Tx, Workload, WorkloadSpec};
@@ -67,6 +68,13 @@ pub struct LoadOptions {
     pub read_only_share: f64,
     /// Transfer amounts are uniform in `1..=max_amount` (default 10).
     pub max_amount: i64,
+    /// One-shot transfers (the default) or interactive ones ([`WorkloadKind`]).
+    pub workload: WorkloadKind,
+    /// Draw every account from the first `hot` accounts (`None`: from all of them).
+    pub hot: Option<u64>,
+    /// Interactive only: attempts of one transfer at most (the first and its retries after
+    /// a Deadlock or LockTimeout abort; default 10).
+    pub attempts_max: u32,
     /// Show a live one-line progress display on stderr.
     pub progress: bool,
     pub seed: u64,
@@ -119,6 +127,9 @@ impl LoadOptions {
             cross_share: 1.0,
             read_only_share: 0.0,
             max_amount: 10,
+            workload: WorkloadKind::OneShot,
+            hot: None,
+            attempts_max: crate::interactive::DEFAULT_ATTEMPTS_MAX,
             progress: false,
             seed: 1,
             sample_pids: Vec::new(),
@@ -141,6 +152,9 @@ impl LoadOptions {
         );
         // Connections sharing an id would also share sequence numbers: not exactly-once.
         ensure!(self.client.client_id.is_none(), "every connection registers its own session; do not set one");
+        if self.workload == WorkloadKind::Interactive {
+            crate::interactive::validate(self)?;
+        }
         Ok(())
     }
 
@@ -150,6 +164,16 @@ impl LoadOptions {
             cross_share: self.cross_share,
             read_only_share: self.read_only_share,
             max_amount: self.max_amount,
+            hot: self.hot,
+        }
+    }
+
+    /// Load threads: one per connection, or with interactive transactions (one open at a
+    /// time per client connection) one per connection and outstanding transaction.
+    pub(crate) fn threads(&self) -> usize {
+        match self.workload {
+            WorkloadKind::OneShot => self.connections,
+            WorkloadKind::Interactive => self.connections * self.outstanding,
         }
     }
 
@@ -171,6 +195,8 @@ impl LoadOptions {
             cross_share: self.cross_share,
             read_only_share: self.read_only_share,
             max_amount: self.max_amount,
+            workload: self.workload.label().to_string(),
+            hot: self.hot,
             seed: self.seed,
             sampled_processes: self.sample_pids.iter().map(|(label, pid)| format!("{label} (pid {pid})")).collect(),
             tls: self.client.security.is_tls(),
@@ -197,6 +223,9 @@ pub struct LoadSettings {
     pub cross_share: f64,
     pub read_only_share: f64,
     pub max_amount: i64,
+    /// `one-shot` or `interactive`.
+    pub workload: String,
+    pub hot: Option<u64>,
     pub seed: u64,
     pub sampled_processes: Vec<String>,
     /// Whether the load's connections were mutual TLS (false: insecure plaintext).
@@ -246,6 +275,11 @@ pub struct LoadResult {
     /// far behind to catch up within 15 s after the duration). Always 0 in closed loop.
     pub unsent_backlog: u64,
     pub settings: LoadSettings,
+    /// Interactive runs: what the application's retries did.
+    pub interactive: Option<InteractiveTotals>,
+    /// Interactive runs: the coordinator's deadlock and lock-wait figures, scraped from
+    /// its metrics by the caller once the run is over (`None`: not scraped).
+    pub deadlocks: Option<DeadlockFigures>,
 }
 
 impl LoadResult {
@@ -257,47 +291,92 @@ impl LoadResult {
 }
 
 /// One second of one connection.
-struct Bucket {
+pub(crate) struct Bucket {
     thread: usize,
     second: u64,
-    commits: u64,
-    aborts: u64,
-    latency: Histogram<u64>,
+    pub(crate) commits: u64,
+    pub(crate) aborts: u64,
+    pub(crate) latency: Histogram<u64>,
 }
 
-fn second_histogram() -> Histogram<u64> {
+pub(crate) fn second_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid histogram bounds")
 }
 
-fn total_histogram() -> Histogram<u64> {
+pub(crate) fn total_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
-enum Message {
+pub(crate) enum Message {
     Second(Bucket),
     Done { thread: usize },
 }
 
 /// What one connection counted.
-struct ThreadTotals {
-    committed: u64,
-    committed_read_only: u64,
-    aborted: u64,
-    aborts_by_reason: HashMap<&'static str, u64>,
-    latency: Histogram<u64>,
-    unsent_backlog: u64,
-    last_outcome: Instant,
+pub(crate) struct ThreadTotals {
+    pub(crate) committed: u64,
+    pub(crate) committed_read_only: u64,
+    pub(crate) aborted: u64,
+    pub(crate) aborts_by_reason: HashMap<&'static str, u64>,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) unsent_backlog: u64,
+    pub(crate) last_outcome: Instant,
+    pub(crate) interactive: InteractiveTotals,
 }
 
-struct ThreadCtx {
-    index: usize,
-    pipeline: Pipeline,
-    options: Arc<LoadOptions>,
-    workload: Workload,
-    deltas: Arc<[AtomicI64]>,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-    reports: Sender<Message>,
+impl ThreadTotals {
+    pub(crate) fn new(start: Instant) -> ThreadTotals {
+        ThreadTotals {
+            committed: 0,
+            committed_read_only: 0,
+            aborted: 0,
+            aborts_by_reason: HashMap::new(),
+            latency: total_histogram(),
+            unsent_backlog: 0,
+            last_outcome: start,
+            interactive: InteractiveTotals::default(),
+        }
+    }
+}
+
+/// A load thread's link to the coordinator.
+enum Link {
+    /// One-shot transactions, many in flight.
+    Pipeline(Pipeline),
+    /// Interactive transactions, one open at a time.
+    Client(Client),
+}
+
+pub(crate) struct ThreadCtx {
+    pub(crate) index: usize,
+    pub(crate) options: Arc<LoadOptions>,
+    pub(crate) workload: Workload,
+    pub(crate) deltas: Arc<[AtomicI64]>,
+    pub(crate) start: Instant,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) reports: Sender<Message>,
+}
+
+impl ThreadCtx {
+    /// Sends the buckets of every second before `now` and starts the current one.
+    pub(crate) fn roll_buckets(&self, bucket: &mut Bucket, now: Instant) {
+        let second = now.saturating_duration_since(self.start).as_secs();
+        while bucket.second < second {
+            let next = Bucket {
+                thread: self.index,
+                second: bucket.second + 1,
+                commits: 0,
+                aborts: 0,
+                latency: second_histogram(),
+            };
+            let full = std::mem::replace(bucket, next);
+            let _ = self.reports.send(Message::Second(full));
+        }
+    }
+
+    pub(crate) fn first_bucket(&self) -> Bucket {
+        Bucket { thread: self.index, second: 0, commits: 0, aborts: 0, latency: second_histogram() }
+    }
 }
 
 struct Flight {
@@ -334,26 +413,26 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
     // One message per thread per second (plus one at the end): the collector drains it at
     // once, so the bound only matters if it stalls, and then the load threads wait for it.
     let (tx, rx) = crossbeam_channel::bounded(REPORTS_QUEUE_MAX);
-    let mut workloads = Vec::with_capacity(options.connections);
-    for index in 0..options.connections {
+    let threads = options.threads();
+    let mut workloads = Vec::with_capacity(threads);
+    for index in 0..threads {
         let seed = options.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(index as u64);
         workloads.push(Workload::new(&options.layout, keys.clone(), options.spec(), seed)?);
     }
     // Connect every connection before the clock starts: the open loop's first sends are due
     // at once, and connection set-up is the generator's delay, not the cluster's latency.
-    let mut pipelines = Vec::with_capacity(options.connections);
-    for _ in 0..options.connections {
-        pipelines.push(connect(&options)?);
+    let mut links = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        links.push(connect(&options)?);
     }
     let start = Instant::now();
     if let Some(probe) = &options.probe {
         probe.mark_started(start);
     }
-    let mut handles = Vec::with_capacity(options.connections);
-    for (index, (workload, pipeline)) in workloads.into_iter().zip(pipelines).enumerate() {
+    let mut handles = Vec::with_capacity(threads);
+    for (index, (workload, link)) in workloads.into_iter().zip(links).enumerate() {
         let ctx = ThreadCtx {
             index,
-            pipeline,
             options: options.clone(),
             workload,
             deltas: deltas.clone(),
@@ -366,7 +445,10 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
             .spawn(move || {
                 let reports = ctx.reports.clone();
                 let stop = ctx.stop.clone();
-                let result = run_connection(ctx);
+                let result = match link {
+                    Link::Pipeline(pipeline) => run_connection(ctx, pipeline),
+                    Link::Client(client) => crate::interactive::run_client(ctx, client),
+                };
                 if result.is_err() {
                     stop.store(true, Ordering::SeqCst);
                 }
@@ -412,6 +494,8 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
         drain: elapsed.saturating_sub(options.duration),
         unsent_backlog: 0,
         settings: options.settings(),
+        interactive: (options.workload == WorkloadKind::Interactive).then(InteractiveTotals::default),
+        deadlocks: None,
     };
     for t in totals {
         result.committed += t.committed;
@@ -422,6 +506,9 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
             *result.aborts_by_reason.entry(label.to_string()).or_default() += count;
         }
         result.latency_us.add(&t.latency).expect("same histogram bounds");
+        if let Some(interactive) = &mut result.interactive {
+            interactive.add(&t.interactive);
+        }
     }
     let elapsed_s = elapsed.as_secs_f64();
     for point in &mut timeline {
@@ -435,7 +522,7 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
 
 /// A connection stopped because another one failed (not an error of its own).
 #[derive(Debug)]
-struct Stopped;
+pub(crate) struct Stopped;
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -444,6 +531,12 @@ impl std::fmt::Display for Stopped {
 }
 
 impl std::error::Error for Stopped {}
+
+impl Stopped {
+    pub(crate) fn error() -> anyhow::Error {
+        Stopped.into()
+    }
+}
 
 /// A second being merged from every connection's reports.
 struct Pending {
@@ -463,7 +556,7 @@ fn collect(
     start: Instant,
     rx: &Receiver<Message>,
 ) -> (Vec<TimelinePoint>, BTreeMap<u64, Vec<Option<u64>>>) {
-    let threads = options.connections;
+    let threads = options.threads();
     let progress = options.progress.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
@@ -588,17 +681,27 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 }
 
 /// One connection to the coordinator whose directory matches the bank's layout.
-fn connect(options: &LoadOptions) -> anyhow::Result<Pipeline> {
-    let pipeline = Pipeline::connect(options.coordinator, options.client.clone())
-        .with_context(|| format!("connecting to the coordinator at {}", options.coordinator))?;
-    check_directory(pipeline.directory().participants(), &options.layout)?;
-    Ok(pipeline)
+fn connect(options: &LoadOptions) -> anyhow::Result<Link> {
+    let context = || format!("connecting to the coordinator at {}", options.coordinator);
+    let link = match options.workload {
+        WorkloadKind::OneShot => {
+            Link::Pipeline(Pipeline::connect(options.coordinator, options.client.clone()).with_context(context)?)
+        }
+        WorkloadKind::Interactive => {
+            Link::Client(Client::connect(options.coordinator, options.client.clone()).with_context(context)?)
+        }
+    };
+    let directory = match &link {
+        Link::Pipeline(pipeline) => pipeline.directory(),
+        Link::Client(client) => client.directory(),
+    };
+    check_directory(directory.participants(), &options.layout)?;
+    Ok(link)
 }
 
-fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
+fn run_connection(mut ctx: ThreadCtx, mut pipeline: Pipeline) -> anyhow::Result<ThreadTotals> {
     let options = ctx.options.clone();
     let tracer = options.tracer.as_deref();
-    let mut pipeline = ctx.pipeline;
     let cap = options.outstanding;
     let end = ctx.start + options.duration;
     let drain_deadline = end + DRAIN_LIMIT;
@@ -611,16 +714,8 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
     });
     let mut next_intended = schedule.map(|(_, first)| first);
     let mut flights: HashMap<Seq, Flight> = HashMap::with_capacity(cap * 2);
-    let mut totals = ThreadTotals {
-        committed: 0,
-        committed_read_only: 0,
-        aborted: 0,
-        aborts_by_reason: HashMap::new(),
-        latency: total_histogram(),
-        unsent_backlog: 0,
-        last_outcome: ctx.start,
-    };
-    let mut bucket = Bucket { thread: ctx.index, second: 0, commits: 0, aborts: 0, latency: second_histogram() };
+    let mut totals = ThreadTotals::new(ctx.start);
+    let mut bucket = ctx.first_bucket();
     loop {
         if ctx.stop.load(Ordering::Relaxed) {
             return Err(Stopped.into());
@@ -689,18 +784,7 @@ fn run_connection(mut ctx: ThreadCtx) -> anyhow::Result<ThreadTotals> {
             pipeline.poll(wait)?
         };
         let now = Instant::now();
-        let second = now.saturating_duration_since(ctx.start).as_secs();
-        while bucket.second < second {
-            let next = Bucket {
-                thread: ctx.index,
-                second: bucket.second + 1,
-                commits: 0,
-                aborts: 0,
-                latency: second_histogram(),
-            };
-            let full = std::mem::replace(&mut bucket, next);
-            let _ = ctx.reports.send(Message::Second(full));
-        }
+        ctx.roll_buckets(&mut bucket, now);
         if !outcomes.is_empty() {
             totals.last_outcome = now;
         }

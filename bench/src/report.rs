@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::audit::Audit;
 use crate::chaos_report::ChaosReport;
+use crate::interactive_report::InteractiveSection;
 use crate::load::{LoadResult, LoadSettings, TimelinePoint, format_us};
 use crate::svg::{Axis, Marker, Series, line_chart, marked_line_chart};
 
@@ -80,6 +81,9 @@ pub struct Report {
     /// Only in a chaos run's report (absent from the JSON otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<ChaosReport>,
+    /// Only in an interactive run's report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<InteractiveSection>,
 }
 
 impl Report {
@@ -169,6 +173,7 @@ impl Report {
             rss_bytes,
             settings,
             chaos: None,
+            interactive: InteractiveSection::of(result),
         }
     }
 
@@ -227,6 +232,9 @@ impl Report {
             format_us(l.max),
             l.count
         );
+        if let Some(interactive) = &self.interactive {
+            interactive.summary(&mut out);
+        }
         if self.unsent_backlog > 0 {
             let _ = writeln!(
                 out,
@@ -302,6 +310,9 @@ impl Report {
             }
         }
         self.html_summary(&mut h);
+        if let Some(interactive) = &self.interactive {
+            interactive.html(&mut h);
+        }
         if let Some(chaos) = &self.chaos {
             chaos.html(&mut h);
         }
@@ -358,6 +369,8 @@ impl Report {
             ("Transport", self.transport.clone()),
             ("Coordinator", format!("{} (cluster name '{}')", s.coordinator, s.cluster)),
             ("Mode", self.mode.clone()),
+            ("Workload", s.workload.clone()),
+            ("Hot accounts", s.hot.map_or("none (all accounts)".to_string(), |hot| hot.to_string())),
             ("Duration", format!("{:.1} s", s.duration_s)),
             ("Connections", s.connections.to_string()),
             ("Outstanding per connection", s.outstanding.to_string()),

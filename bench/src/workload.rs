@@ -30,6 +30,9 @@ pub struct WorkloadSpec {
     pub cross_share: f64,
     pub read_only_share: f64,
     pub max_amount: i64,
+    /// Draw every account from the first `hot` accounts (uniformly; spread round-robin
+    /// over the participants like all accounts), to make transfers contend.
+    pub hot: Option<u64>,
 }
 
 /// Draws transactions; one per load thread, each with its own seed.
@@ -59,6 +62,14 @@ impl Workload {
             "the read-only share must be within 0..=1, not {}",
             spec.read_only_share
         );
+        if let Some(hot) = spec.hot {
+            anyhow::ensure!(
+                (2..=layout.accounts).contains(&hot),
+                "--hot must be between 2 and the number of accounts ({}), not {hot}",
+                layout.accounts
+            );
+            anyhow::ensure!(spec.skew.is_none(), "--hot and --skew are two ways to choose accounts: give one");
+        }
         let zipf = match spec.skew {
             Some(exponent) if exponent.is_finite() && exponent > 0.0 => Some(
                 Zipf::new(layout.accounts, exponent)
@@ -75,6 +86,9 @@ impl Workload {
     }
 
     fn account(&mut self) -> u64 {
+        if let Some(hot) = self.spec.hot {
+            return self.rng.gen_range(0..hot);
+        }
         match &self.zipf {
             // Rank 1 is account 0, so the hottest accounts are spread over every participant.
             // Ranks are 1..=accounts as whole-valued floats.
@@ -158,7 +172,27 @@ mod tests {
     }
 
     fn spec(skew: Option<f64>, cross_share: f64, read_only_share: f64) -> WorkloadSpec {
-        WorkloadSpec { skew, cross_share, read_only_share, max_amount: 10 }
+        WorkloadSpec { skew, cross_share, read_only_share, max_amount: 10, hot: None }
+    }
+
+    #[test]
+    fn hot_transfers_stay_within_the_hot_accounts_in_both_orders() {
+        let l = layout(1000, 3);
+        let hot_spec = WorkloadSpec { hot: Some(10), ..spec(None, 1.0, 0.0) };
+        let mut w = Workload::new(&l, KeyTable::new(1000), hot_spec, 4).unwrap();
+        let mut pairs = std::collections::HashSet::new();
+        for _ in 0..5000 {
+            let Tx::Transfer { from, to, .. } = w.next_tx() else { panic!("no audits asked for") };
+            assert!(from < 10 && to < 10, "{from} -> {to}");
+            assert_ne!(from % 3, to % 3, "on different participants");
+            pairs.insert((from, to));
+        }
+        assert!(pairs.contains(&(0, 1)) && pairs.contains(&(1, 0)), "opposite orders are both drawn");
+        for bad in [0, 1, 1001] {
+            let bad_spec = WorkloadSpec { hot: Some(bad), ..spec(None, 1.0, 0.0) };
+            let err = Workload::new(&l, KeyTable::new(1000), bad_spec, 4).err().unwrap();
+            assert!(err.to_string().contains("--hot"), "{err}");
+        }
     }
 
     #[test]

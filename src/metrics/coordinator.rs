@@ -1,23 +1,28 @@
 //! The coordinator's metrics: outcomes by abort reason, Busy rejections, in-flight
 //! transactions, the end-to-end, prepare-round and commit-round latencies (sampled, see
-//! [`super::sampler`]), and per participant its connection and the traffic to it.
+//! [`super::sampler`]), per participant its connection and the traffic to it, and the
+//! interactive transactions' requests, deadlock detection latency and lock waits
+//! ([`super::interactive`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use prometheus_client::encoding::DescriptorEncoder;
-use twophase_engine::coordinator::CoordinatorStats;
+use twophase_engine::coordinator::{CoordEffects, CoordinatorStats};
+use twophase_engine::message::Interactive;
 use twophase_engine::{
-    ClientId, Coordinator, Lsn, Outcome, ParticipantId, RejectReason, Reply, Seq, ToCoordinator, ToParticipant,
+    ClientId, Coordinator, Lsn, Outcome, ParticipantId, RejectReason, Reply, Seq, Time, ToCoordinator, ToParticipant,
 };
 use twophase_net::Reactor;
 
 use super::connections::ConnectionsExport;
 use super::histogram::LatencyHistogram;
+use super::interactive::{InteractiveExport, InteractiveMetrics};
 use super::log::{LogExport, LogMetrics};
 use super::sampler::{Sampler, sampled};
 use super::{Export, NodeInfo, Publisher, Sources, encode};
+use crate::node::Clock;
 
 /// The coordinator's metrics hooks; all of them do nothing when metrics are off.
 #[derive(Debug, Default)]
@@ -29,6 +34,7 @@ struct Live {
     submitted: Sampler<(ClientId, Seq)>,
     prepares: Sampler<(ParticipantId, u64)>,
     commits: Sampler<(ParticipantId, u64)>,
+    interactive: InteractiveMetrics,
     log: LogMetrics,
     publisher: Publisher<CoordinatorExport>,
 }
@@ -49,6 +55,7 @@ struct CoordinatorExport {
     clients: Traffic,
     log: LogExport,
     connections: ConnectionsExport,
+    interactive: InteractiveExport,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -75,15 +82,17 @@ impl CoordinatorMetrics {
 
     /// Off without an address; otherwise starts the listener and prints
     /// `twophase coordinator NAME metrics on ADDR` (before the node's `listening on` line).
+    /// `clock` is the engine's: the `now` a batch is stepped at is its frames' read time.
     pub fn serve(
         listen: Option<SocketAddr>,
         info: NodeInfo,
         participants: &[(ParticipantId, String, String)],
         sources: Sources,
+        clock: Clock,
     ) -> anyhow::Result<CoordinatorMetrics> {
         let Some(listen) = listen else { return Ok(CoordinatorMetrics::off()) };
         let announce = info.announcement();
-        let (metrics, addr) = CoordinatorMetrics::start(listen, info, participants, sources)?;
+        let (metrics, addr) = CoordinatorMetrics::start(listen, info, participants, sources, clock)?;
         println!("{announce} {addr}");
         Ok(metrics)
     }
@@ -94,6 +103,7 @@ impl CoordinatorMetrics {
         info: NodeInfo,
         participants: &[(ParticipantId, String, String)],
         sources: Sources,
+        clock: Clock,
     ) -> anyhow::Result<(CoordinatorMetrics, SocketAddr)> {
         let export = CoordinatorExport {
             participants: participants
@@ -109,6 +119,7 @@ impl CoordinatorMetrics {
             submitted: Sampler::default(),
             prepares: Sampler::default(),
             commits: Sampler::default(),
+            interactive: InteractiveMetrics::new(clock),
             log,
             publisher,
         };
@@ -140,17 +151,33 @@ impl CoordinatorMetrics {
         traffic.bytes_out += bytes as u64;
     }
 
+    /// An interactive request arrived from a client.
+    pub fn interactive_request(&mut self, request: &Interactive) {
+        let Some(live) = &mut self.0 else { return };
+        live.interactive.request(request);
+    }
+
     pub fn sent(&mut self, to: ParticipantId, message: &ToParticipant) {
         let Some(live) = &mut self.0 else { return };
         match message {
+            ToParticipant::Abort { txid } => live.interactive.aborted_at(to, *txid),
             ToParticipant::Prepare { txid, .. } if sampled(txid.0) => live.prepares.start((to, txid.0), Instant::now()),
             ToParticipant::Commit { txid } if sampled(txid.0) => live.commits.start((to, txid.0), Instant::now()),
             _ => {}
         }
     }
 
-    pub fn received(&mut self, from: ParticipantId, message: &ToCoordinator) {
-        let Some(live) = &mut self.0 else { return };
+    /// A participant message read at `read_at`, before the engine steps over it; pass what
+    /// it returns to [`Self::stepped`] once the engine has.
+    pub fn received(
+        &mut self,
+        read_at: Time,
+        from: ParticipantId,
+        message: &ToCoordinator,
+        fx: &CoordEffects,
+    ) -> Option<usize> {
+        let Some(live) = &mut self.0 else { return None };
+        let wait_for_outputs = live.interactive.received(read_at, from, message, fx);
         match message {
             ToCoordinator::Vote { txid, .. } if sampled(txid.0) => {
                 if let Some(elapsed) = live.prepares.finish(&(from, txid.0), Instant::now()) {
@@ -164,6 +191,14 @@ impl CoordinatorMetrics {
             }
             _ => {}
         }
+        wait_for_outputs
+    }
+
+    /// After the engine stepped over a participant message: what [`Self::received`]
+    /// returned for it marks a `WaitFor`, whose step's `Deadlock` aborts are detections.
+    pub fn stepped(&mut self, read_at: Time, wait_for_outputs: Option<usize>, fx: &CoordEffects) {
+        let (Some(live), Some(outputs_from)) = (&mut self.0, wait_for_outputs) else { return };
+        live.interactive.wait_for_stepped(read_at, outputs_from, fx);
     }
 
     /// A reply is about to go to its client.
@@ -174,6 +209,7 @@ impl CoordinatorMetrics {
             Reply::Rejected { reason: RejectReason::SeqTooOld, .. } => live.export.rejected_seq_too_old += 1,
             _ => {}
         }
+        live.interactive.replied(reply);
         if let Some((client, seq)) = reply.request()
             && sampled(seq)
             && let Some(elapsed) = live.submitted.finish(&(client, seq), Instant::now())
@@ -216,6 +252,7 @@ impl CoordinatorMetrics {
         live.export.preparing = engine.preparing() as u64;
         live.export.epoch = u64::from(engine.epoch().0);
         live.export.log = live.log.export();
+        live.export.interactive = live.interactive.export();
         let export = &live.export;
         live.publisher.publish(|| export.clone());
     }
@@ -320,6 +357,7 @@ impl Export for CoordinatorExport {
             "participant",
             disconnects,
         )?;
+        self.encode_interactive(e)?;
         self.encode_traffic(e)?;
         self.connections.encode(e)?;
         self.log.encode(e)
@@ -327,6 +365,32 @@ impl Export for CoordinatorExport {
 }
 
 impl CoordinatorExport {
+    /// Interactive transactions by outcome, then requests, deadlocks and lock waits.
+    fn encode_interactive(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let stats = &self.stats.interactive;
+        encode::counters(
+            e,
+            "twophase_interactive_transactions",
+            "Interactive transactions that ended, by outcome (aborts by reason)",
+            "outcome",
+            [
+                ("committed", stats.committed),
+                ("deadlock", stats.aborted_deadlock),
+                ("lock_timeout", stats.aborted_lock_timeout),
+                ("idle_timeout", stats.aborted_idle_timeout),
+                ("rolled_back", stats.rolled_back),
+                ("other", stats.aborted_other),
+            ],
+        )?;
+        encode::counter(
+            e,
+            "twophase_lock_waits_reported",
+            "WaitFor reports with holders (an interactive lock wait began or changed)",
+            stats.lock_waits_reported,
+        )?;
+        self.interactive.encode(e, stats.deadlocks_detected)
+    }
+
     /// Frames and bytes per peer: one label value per participant, `clients` for the rest.
     fn encode_traffic(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         let peers = || {
@@ -375,7 +439,8 @@ mod tests {
         let info = NodeInfo { node: "c1".into(), role: "coordinator", recovery: Duration::ZERO, recovered_records: 0 };
         let sources = Sources { snapshots: Default::default(), wal: Default::default() };
         let (mut metrics, addr) =
-            CoordinatorMetrics::start("127.0.0.1:0".parse().unwrap(), info, &participants, sources).unwrap();
+            CoordinatorMetrics::start("127.0.0.1:0".parse().unwrap(), info, &participants, sources, Clock::new())
+                .unwrap();
         let abort = |reason| Reply::Outcome { client: ClientId(7), seq: 3, outcome: Outcome::Aborted { reason } };
         metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(1), key: Default::default() }));
         metrics.replied(&abort(AbortReason::Conflict { participant: ParticipantId(2), key: Default::default() }));

@@ -19,6 +19,7 @@ mod coordinator;
 pub mod encode;
 pub mod histogram;
 mod http;
+mod interactive;
 mod log;
 mod participant;
 pub mod sampler;

@@ -155,6 +155,7 @@ impl CoordinatorRole {
                         let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
                         return super::refuse(&mut self.transport, conn, message);
                     }
+                    self.metrics.interactive_request(&request);
                     let origin = ClientOrigin { conn, identity: &identity };
                     self.engine.on_interactive(now, origin, request, fx);
                 }
@@ -180,8 +181,9 @@ impl CoordinatorRole {
                     if let Some(trace) = &mut self.trace {
                         trace.on_message(from, &message);
                     }
-                    self.metrics.received(from, &message);
+                    let wait_for_outputs = self.metrics.received(now, from, &message, fx);
                     self.engine.on_message(now, from, message, fx);
+                    self.metrics.stepped(now, wait_for_outputs, fx);
                 }
             }
             other => super::refuse(
@@ -462,8 +464,13 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     );
     let info =
         NodeInfo { node: options.id.clone(), role: "coordinator", recovery: started.elapsed(), recovered_records };
-    let metrics =
-        CoordinatorMetrics::serve(options.metrics_listen, info, &options.participants, checkpoints.sources(&wal))?;
+    let metrics = CoordinatorMetrics::serve(
+        options.metrics_listen,
+        info,
+        &options.participants,
+        checkpoints.sources(&wal),
+        clock,
+    )?;
     let mut role = CoordinatorRole {
         engine,
         transport,
