@@ -132,11 +132,7 @@ impl AppliedState {
     /// Applies one committed batch; returns the LSN of its last record.
     pub fn apply(&mut self, data: &[u8]) -> anyhow::Result<Lsn> {
         let (first, records) = decode_batch(data)?;
-        assert_eq!(
-            first,
-            self.last_lsn.next(),
-            "a committed batch does not start where the applied records end"
-        );
+        assert_eq!(first, self.last_lsn.next(), "a committed batch does not start where the applied records end");
         for record in records {
             self.last_lsn = self.last_lsn.next();
             if let CoordRecord::Epoch { epoch } = record {

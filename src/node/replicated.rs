@@ -378,7 +378,8 @@ impl Node {
             match output {
                 Output::Send { to, bytes } => self.send_raft(to, bytes),
                 Output::Apply(entry) => {
-                    let last = self.state.apply(&entry.data).with_context(|| format!("applying entry {}", entry.index))?;
+                    let last =
+                        self.state.apply(&entry.data).with_context(|| format!("applying entry {}", entry.index))?;
                     match &mut self.leading {
                         Some(leading) if entry.term == leading.term => leading.gate.advance(last, &mut self.released),
                         Some(leading) if entry.term > leading.term => self.stop_leading(),
@@ -429,7 +430,8 @@ impl Node {
         }
         self.build_at = None;
         let term = self.replica.term();
-        let epoch_floor = Epoch(u32::try_from(term).ok().filter(|t| *t <= Epoch::MAX.0).context("raft term beyond epochs")?);
+        let epoch_floor =
+            Epoch(u32::try_from(term).ok().filter(|t| *t <= Epoch::MAX.0).context("raft term beyond epochs")?);
         let mut fx = CoordEffects::default();
         let engine = self.state.leader_engine(epoch_floor, self.clock.now(), &mut fx);
         let epoch = engine.epoch();
@@ -437,8 +439,13 @@ impl Node {
         self.follower_net = None;
         let network = Network { listen: self.listen, epoch, coordinators: true, participants: true };
         let (transport, _, topology) = network.start(&self.options)?;
-        let parts =
-            RoleParts { topology, announcement: None, checkpoints: None, trace: None, metrics: CoordinatorMetrics::off() };
+        let parts = RoleParts {
+            topology,
+            announcement: None,
+            checkpoints: None,
+            trace: None,
+            metrics: CoordinatorMetrics::off(),
+        };
         let role = CoordinatorRole::new(engine, transport, parts);
         let gate = DurabilityGate::new(self.state.last_lsn());
         self.leading = Some(Leading { role, gate, term, fx });
