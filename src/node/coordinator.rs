@@ -430,10 +430,7 @@ pub(super) struct Network {
 
 impl Network {
     /// Starts the reactor; returns it, its bound address and the participants' topology.
-    pub(super) fn start(
-        &self,
-        options: &CoordinatorOptions,
-    ) -> anyhow::Result<(Reactor, SocketAddr, Vec<(ParticipantId, String, String)>)> {
+    pub(super) fn start(&self, options: &CoordinatorOptions) -> anyhow::Result<(Reactor, SocketAddr, Topology)> {
         let me = Hello {
             role: NetRole::Coordinator,
             cluster: options.cluster.clone(),
@@ -462,9 +459,12 @@ impl Network {
     }
 }
 
+/// Every participant's id, name and resolved address.
+pub(super) type Topology = Vec<(ParticipantId, String, String)>;
+
 /// What a coordinator role holds besides its engine and network.
 pub(super) struct RoleParts {
-    pub topology: Vec<(ParticipantId, String, String)>,
+    pub topology: Topology,
     pub announcement: Option<(String, Instant)>,
     pub checkpoints: Option<SnapshotPolicy<CoordinatorSnapshot>>,
     pub trace: Option<CoordinatorTrace>,
