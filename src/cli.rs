@@ -165,6 +165,10 @@ struct CoordinatorArgs {
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// A member of this coordinator's replicated group, NAME=HOST:PORT; repeat for each,
+    /// this coordinator included (its --listen address serves). None: a single coordinator.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -306,13 +310,32 @@ fn coordinator_options(args: CoordinatorArgs) -> anyhow::Result<CoordinatorOptio
         security: args.security.resolve(keys)?,
         trace: args.trace,
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        group: parse_group(&args.peers)?,
     })
+}
+
+/// `--peer NAME=HOST:PORT` flags: the members of a replicated coordinator group.
+fn parse_group(specs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    specs
+        .iter()
+        .map(|spec| match spec.split_once('=') {
+            Some((name, addr)) if !name.is_empty() && !addr.is_empty() => Ok((name.to_string(), addr.to_string())),
+            _ => bail!("--peer {spec}: expected NAME=HOST:PORT"),
+        })
+        .collect()
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Participant(args) => node::participant::serve(participant_options(args)?)?,
-        Command::Coordinator(args) => node::coordinator::serve(coordinator_options(args)?)?,
+        Command::Coordinator(args) => {
+            let options = coordinator_options(args)?;
+            if options.group.is_empty() {
+                node::coordinator::serve(options)?
+            } else {
+                node::replicated::serve(options)?
+            }
+        }
         Command::Cluster(args) => {
             let options = cluster::ClusterOptions {
                 participants: args.participants,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use twophase_engine::coordinator::{
     ClientOrigin, CoordEffects, CoordOutput, Coordinator, CoordinatorConfig, CoordinatorSnapshot,
 };
-use twophase_engine::{ClientId, CoordRecord, Lsn, ParticipantId, Reply, Time, ToParticipant};
+use twophase_engine::{ClientId, CoordRecord, Epoch, Lsn, ParticipantId, Reply, Time, ToParticipant};
 use twophase_net::{
     AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, PeerIdentity, Reactor, Role as NetRole,
     TransportConfig,
@@ -60,6 +60,9 @@ pub struct CoordinatorOptions {
     pub trace: TraceArgs,
     /// Serve Prometheus metrics here (`None`: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// The replicated group, (name, address) of every coordinator in it, this one included;
+    /// empty for a single coordinator (see `super::replicated`).
+    pub group: Vec<(String, String)>,
 }
 
 pub struct CoordinatorRole {
@@ -80,7 +83,8 @@ pub struct CoordinatorRole {
     /// deadline passes), so that whoever waits for it can submit at once without racing
     /// the coordinator's own connections.
     announcement: Option<(String, Instant)>,
-    checkpoints: SnapshotPolicy<CoordinatorSnapshot>,
+    /// `None` in a replicated group: its log is compacted by Raft snapshots instead.
+    checkpoints: Option<SnapshotPolicy<CoordinatorSnapshot>>,
     /// Spans of sampled transactions; `None` when tracing is off.
     trace: Option<CoordinatorTrace>,
     metrics: CoordinatorMetrics,
@@ -283,7 +287,9 @@ impl Role for CoordinatorRole {
         }
         self.announce_when_ready();
         let engine = &self.engine;
-        self.checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
+        if let Some(checkpoints) = &mut self.checkpoints {
+            checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
+        }
         self.metrics.connections(&self.transport);
         self.metrics.after_step(engine, durable);
     }
@@ -403,7 +409,93 @@ impl CoordinatorRole {
     }
 }
 
-fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+/// The engine's configuration from the node's options.
+pub(super) fn engine_config(options: &CoordinatorOptions) -> CoordinatorConfig {
+    let ids: Vec<ParticipantId> = options.participants.iter().map(|(id, _, _)| *id).collect();
+    let mut config = CoordinatorConfig::new(ids);
+    config.prepare_timeout = options.prepare_timeout;
+    config.max_preparing = options.max_in_flight;
+    config.max_outcome_bytes = (NetLimits::default().max_frame_bytes as usize).saturating_sub(REPLY_OVERHEAD_BYTES);
+    config.hash_seed = rand::random();
+    config
+}
+
+/// A coordinator's network: where it listens, the epoch its `Hello` names, whether it accepts
+/// its group's other coordinators (a replicated group) and dials the participants (a single
+/// coordinator or a group's leader; a follower does not).
+pub(super) struct Network {
+    pub listen: SocketAddr,
+    pub epoch: Epoch,
+    pub coordinators: bool,
+    pub participants: bool,
+}
+
+impl Network {
+    /// Starts the reactor; returns it, its bound address and the participants' topology.
+    pub(super) fn start(&self, options: &CoordinatorOptions) -> anyhow::Result<(Reactor, SocketAddr, Topology)> {
+        let me = Hello {
+            role: NetRole::Coordinator,
+            cluster: options.cluster.clone(),
+            node: options.id.clone(),
+            epoch: self.epoch,
+        };
+        let security = options.security.load(&format!("coordinator {}", options.id))?;
+        let mut transport_config = TransportConfig::new(me, security);
+        transport_config.listen = Some(self.listen);
+        transport_config.accept_roles = vec![NetRole::Client, NetRole::Admin];
+        if self.coordinators {
+            transport_config.accept_roles.push(NetRole::Coordinator);
+        }
+        transport_config.directory = options.participants.iter().map(|(id, name, _)| (*id, name.clone())).collect();
+        transport_config.limits = NetLimits::default();
+        let (mut transport, addr) = Reactor::new(transport_config).context("starting the network")?;
+        let mut topology = Vec::new();
+        for (id, name, addr) in &options.participants {
+            let resolved = resolve(addr)?;
+            if self.participants {
+                transport.add_peer(PeerId(id.0 as u64), resolved, name.clone());
+            }
+            topology.push((*id, name.clone(), resolved.to_string()));
+        }
+        Ok((transport, addr, topology))
+    }
+}
+
+/// Every participant's id, name and resolved address.
+pub(super) type Topology = Vec<(ParticipantId, String, String)>;
+
+/// What a coordinator role holds besides its engine and network.
+pub(super) struct RoleParts {
+    pub topology: Topology,
+    pub announcement: Option<(String, Instant)>,
+    pub checkpoints: Option<SnapshotPolicy<CoordinatorSnapshot>>,
+    pub trace: Option<CoordinatorTrace>,
+    pub metrics: CoordinatorMetrics,
+}
+
+impl CoordinatorRole {
+    pub(super) fn new(engine: Coordinator, transport: Reactor, parts: RoleParts) -> CoordinatorRole {
+        CoordinatorRole {
+            engine,
+            transport,
+            limits: NetLimits::default(),
+            peer_conn: HashMap::new(),
+            peer_of_conn: HashMap::new(),
+            client_conn: HashMap::new(),
+            clients_of_conn: HashMap::new(),
+            identity_of_conn: HashMap::new(),
+            to_participants: HashMap::new(),
+            to_clients: HashMap::new(),
+            topology: parts.topology,
+            announcement: parts.announcement,
+            checkpoints: parts.checkpoints,
+            trace: parts.trace,
+            metrics: parts.metrics,
+        }
+    }
+}
+
+pub(super) fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("resolving {addr}"))?
         .next()
@@ -422,37 +514,14 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     snapshot::check_log_continues(covered, first_lsn)?;
     let log = super::decode_log::<CoordRecord>(recovery, covered)?;
     let recovered_records = log.len() as u64;
-    let ids: Vec<ParticipantId> = options.participants.iter().map(|(id, _, _)| *id).collect();
-    let mut config = CoordinatorConfig::new(ids);
-    config.prepare_timeout = options.prepare_timeout;
-    config.max_preparing = options.max_in_flight;
-    config.max_outcome_bytes = (NetLimits::default().max_frame_bytes as usize).saturating_sub(REPLY_OVERHEAD_BYTES);
-    config.hash_seed = rand::random();
+    let config = engine_config(&options);
     let clock = Clock::new();
     let mut fx = CoordEffects::default();
     let engine = Coordinator::recover_from(config, checkpoint, log, clock.now(), &mut fx);
     tracing::info!(epoch = engine.epoch().0, unfinished = engine.unfinished(), "coordinator recovered");
 
-    let limits = NetLimits::default();
-    let me = Hello {
-        role: NetRole::Coordinator,
-        cluster: options.cluster.clone(),
-        node: options.id.clone(),
-        epoch: engine.epoch(),
-    };
-    let security = options.security.load(&format!("coordinator {}", options.id))?;
-    let mut transport_config = TransportConfig::new(me, security);
-    transport_config.listen = Some(options.listen);
-    transport_config.accept_roles = vec![NetRole::Client, NetRole::Admin];
-    transport_config.directory = options.participants.iter().map(|(id, name, _)| (*id, name.clone())).collect();
-    transport_config.limits = limits;
-    let (mut transport, addr) = Reactor::new(transport_config).context("starting the network")?;
-    let mut topology = Vec::new();
-    for (id, name, addr) in &options.participants {
-        let resolved = resolve(addr)?;
-        transport.add_peer(PeerId(id.0 as u64), resolved, name.clone());
-        topology.push((*id, name.clone(), resolved.to_string()));
-    }
+    let network = Network { listen: options.listen, epoch: engine.epoch(), coordinators: false, participants: true };
+    let (transport, addr, topology) = network.start(&options)?;
     let announcement = format!("twophase coordinator {} listening on {addr}", options.id);
     let trace = Exporter::start(&options.trace, "twophase-coordinator", &options.id)?.map(CoordinatorTrace::new);
     super::pin_current_thread(options.pin_core);
@@ -464,34 +533,28 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     );
     let info =
         NodeInfo { node: options.id.clone(), role: "coordinator", recovery: started.elapsed(), recovered_records };
-    let metrics = CoordinatorMetrics::serve(
+    let metrics =
+        CoordinatorMetrics::serve(
         options.metrics_listen,
         info,
         &options.participants,
         checkpoints.sources(&wal),
         clock,
     )?;
-    let mut role = CoordinatorRole {
-        engine,
-        transport,
-        limits,
-        peer_conn: HashMap::new(),
-        peer_of_conn: HashMap::new(),
-        client_conn: HashMap::new(),
-        clients_of_conn: HashMap::new(),
-        identity_of_conn: HashMap::new(),
-        to_participants: HashMap::new(),
-        to_clients: HashMap::new(),
+    let parts = RoleParts {
         topology,
         announcement: Some((announcement, Instant::now() + READY_WAIT)),
-        checkpoints,
+        checkpoints: Some(checkpoints),
         trace,
         metrics,
     };
+    let mut role = CoordinatorRole::new(engine, transport, parts);
     role.announce_when_ready();
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     drop(role.transport);
-    role.checkpoints.shutdown();
+    if let Some(checkpoints) = role.checkpoints.take() {
+        checkpoints.shutdown();
+    }
     let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("the checkpoint thread is gone"));
     let closed = wal.close();
     result?;

@@ -12,10 +12,12 @@
 //! Invariants: an output leaves only after the log is durable up to its LSN; a log failure
 //! (write or fsync error) stops the process — it is never retried.
 
+mod applied;
 pub mod coordinator;
 mod coordinator_links;
 pub mod dump;
 pub mod participant;
+pub mod replicated;
 pub mod snapshot;
 
 use std::fs::File;

@@ -344,6 +344,32 @@ impl Coordinator {
         now: Time,
         fx: &mut CoordEffects,
     ) -> Coordinator {
+        Coordinator::recover_with_epoch_floor(config, checkpoint, log, Epoch(0), now, fx)
+    }
+
+    /// Like [`recover_from`](Self::recover_from), for the leader of a replicated group: its
+    /// epoch is at least `epoch_floor` (derived from its Raft term, which no earlier leader
+    /// reached), and above every epoch in the committed log, so participants refuse any
+    /// earlier leader's messages as stale once they have seen this one's.
+    pub fn recover_as_leader(
+        config: CoordinatorConfig,
+        checkpoint: Option<CoordinatorSnapshot>,
+        log: impl IntoIterator<Item = (Lsn, CoordRecord)>,
+        epoch_floor: Epoch,
+        now: Time,
+        fx: &mut CoordEffects,
+    ) -> Coordinator {
+        Coordinator::recover_with_epoch_floor(config, checkpoint, log, epoch_floor, now, fx)
+    }
+
+    fn recover_with_epoch_floor(
+        config: CoordinatorConfig,
+        checkpoint: Option<CoordinatorSnapshot>,
+        log: impl IntoIterator<Item = (Lsn, CoordRecord)>,
+        epoch_floor: Epoch,
+        now: Time,
+        fx: &mut CoordEffects,
+    ) -> Coordinator {
         let mut sessions = Sessions::new(config.sessions, config.hash_seed);
         let mut unfinished: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
             HashMap::with_hasher(SeededState::new(config.hash_seed));
@@ -397,7 +423,7 @@ impl Coordinator {
                 }
             }
         }
-        let epoch = Epoch(last_epoch.0 + 1);
+        let epoch = Epoch(last_epoch.0 + 1).max(epoch_floor);
         assert!(epoch <= Epoch::MAX, "coordinator epochs exhausted");
         let mut coordinator = Coordinator {
             epoch,
@@ -1060,5 +1086,7 @@ fn encoded_reads_bytes(reads: &[Read]) -> usize {
 
 #[cfg(test)]
 mod interactive_tests;
+#[cfg(test)]
+mod leader_tests;
 #[cfg(test)]
 mod tests;

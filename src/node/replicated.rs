@@ -1,0 +1,506 @@
+//! A coordinator in a Raft-replicated group (`--peer NAME=ADDR`, one per member, itself
+//! included): the coordinator's records go through a [`Replica`] instead of the local wal.
+//!
+//! Every member runs a Replica over `DATA_DIR/raft` and applies the committed batches to an
+//! [`AppliedState`]. Raft messages travel in `Raft` frames on links of their own: each member
+//! dials every other one (peer ids `RAFT_PEER_BASE | raft id`, never a participant's) and
+//! steps what arrives on accepted links with [`Replica::step_from`], the sender being who
+//! the link's certificate says (under `--insecure-plaintext`, its `Hello`).
+//!
+//! Only the leader coordinates. Once it has applied everything committed before its term
+//! (Raft's own entry of the term included), it builds its engine from the applied state
+//! ([`AppliedState::leader_engine`]: epoch at least its term, so participants refuse every
+//! earlier leader as stale; undecided transactions are resolved as a restart does) and starts
+//! a network whose `Hello` names that epoch and which dials the participants. Each loop turn,
+//! the engine's records are proposed as one batch; the outputs that wait for them leave only
+//! when the batch is committed by a majority and applied here (the durability gate advances
+//! on applied batches of the leader's own term, never on the local fsync alone).
+//!
+//! A leader that loses its leadership (or whose proposal is refused) drops its engine, the
+//! outputs it still held and its network (participants and clients see the connections
+//! close), and serves as a follower: a follower does not dial participants and answers
+//! every client request with an error naming the leader, if known.
+//!
+//! Invariants: an output leaves only after the batch holding its record is committed and
+//! applied; a committed batch starts right after the applied records (asserted in
+//! `AppliedState::apply`); at most one engine per node, and only on the leader.
+//! Not yet: `NotLeader` frames that clients follow, Raft snapshots sent to a lagging member
+//! are restored but not tested across processes, metrics and tracing are off in a group.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use twophase_engine::coordinator::{CoordEffects, CoordOutput};
+use twophase_engine::{DurabilityGate, Epoch, Time};
+use twophase_net::{ConnId, ErrorCode, Frame, Inbound, PeerId, ProtocolError, Reactor, Role as NetRole};
+use twophase_replica::{Output, ProposeError, Replica, ReplicaConfig, ReplicaError, RoleChange};
+use twophase_wal::{Backend, SyncMode, WalOptions};
+
+use super::Clock;
+use super::Role;
+use super::applied::{AppliedState, BatchEncoder};
+use super::coordinator::{CoordinatorOptions, CoordinatorRole, Network, RoleParts, engine_config};
+use crate::metrics::CoordinatorMetrics;
+
+/// Raft links use peer ids of their own: `RAFT_PEER_BASE | raft id` (participants' ids are
+/// below 2^16).
+const RAFT_PEER_BASE: u64 = 1 << 32;
+/// How often Raft's clock ticks.
+const TICK: Duration = Duration::from_millis(10);
+/// A follower campaigns after 20–40 ticks (200–400 ms) without a leader: above the pause a
+/// new leader's network restart causes (its links come back within ~100 ms).
+const ELECTION_TICKS: usize = 20;
+const HEARTBEAT_TICKS: usize = 2;
+/// Raft entries (batches) between Raft snapshots, and applied records between folds.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
+const FOLD_EVERY_RECORDS: usize = 200_000;
+/// Margin under the frame limit for the frame header.
+const FRAME_HEADER_MARGIN_BYTES: usize = 64 << 10;
+/// The engine thread never sleeps longer than this.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// One member of the group.
+struct Member {
+    name: String,
+    raft_id: u64,
+    addr: SocketAddr,
+}
+
+/// The group: raft ids are the members' positions in name order, plus one, so every member
+/// derives the same ids from the same `--peer` list.
+struct Group {
+    members: Vec<Member>,
+    me: u64,
+}
+
+impl Group {
+    fn new(me: &str, peers: &[(String, String)]) -> anyhow::Result<Group> {
+        let mut sorted: Vec<&(String, String)> = peers.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut members = Vec::with_capacity(sorted.len());
+        for (index, (name, addr)) in sorted.into_iter().enumerate() {
+            ensure!(members.iter().all(|m: &Member| &m.name != name), "--peer {name} is given twice");
+            let addr = super::coordinator::resolve(addr)?;
+            members.push(Member { name: name.clone(), raft_id: index as u64 + 1, addr });
+        }
+        let Some(me) = members.iter().find(|m| m.name == me).map(|m| m.raft_id) else {
+            bail!("--peer must list this coordinator ({me}) too");
+        };
+        Ok(Group { members, me })
+    }
+
+    fn by_name(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    fn by_id(&self, raft_id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.raft_id == raft_id)
+    }
+
+    fn others(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.raft_id != self.me)
+    }
+}
+
+/// The leader's engine, its network and its gate.
+struct Leading {
+    role: CoordinatorRole,
+    gate: DurabilityGate<CoordOutput>,
+    term: u64,
+    fx: CoordEffects,
+}
+
+struct Node {
+    options: CoordinatorOptions,
+    group: Group,
+    replica: Replica,
+    state: AppliedState,
+    /// Exactly one of `leading` and `follower_net` is set.
+    leading: Option<Leading>,
+    follower_net: Option<Reactor>,
+    /// Where every network of this node listens (the first one's bound address).
+    listen: SocketAddr,
+    /// This leader builds its engine once it has applied this index.
+    build_at: Option<u64>,
+    known: RoleChange,
+    /// Accepted Raft links, by the raft id their identity proves.
+    raft_accepted: HashMap<ConnId, u64>,
+    /// Dialled Raft links, by raft id.
+    raft_dialed: HashMap<u64, ConnId>,
+    /// Wakes the current network's `turn` when the Raft wal made records durable.
+    wake_slot: Arc<Mutex<Box<dyn Fn() + Send + Sync>>>,
+    encoder: BatchEncoder,
+    payload: Vec<u8>,
+    released: Vec<CoordOutput>,
+    clock: Clock,
+}
+
+/// Runs a member of a replicated coordinator group until SIGINT/SIGTERM. Prints `twophase
+/// coordinator NAME listening on ADDR` once serving, and `twophase coordinator NAME leads
+/// term T with epoch E` each time it becomes the leader.
+pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
+    let stop = super::stop_on_signal()?;
+    let group = Group::new(&options.id, &options.group)?;
+    let _lock = lock_data_dir(&options.data_dir)?;
+    let replica = open_replica(&options, &group)?;
+    let wake_slot: Arc<Mutex<Box<dyn Fn() + Send + Sync>>> = Arc::new(Mutex::new(Box::new(|| {})));
+    let slot = wake_slot.clone();
+    replica.wal().on_durable(Box::new(move || (slot.lock().expect("wake slot"))()));
+    let batch_bytes_max = ReplicaConfig::new(1, vec![1]).batch_bytes_max;
+    let mut node = Node {
+        state: AppliedState::new(engine_config(&options), FOLD_EVERY_RECORDS),
+        group,
+        replica,
+        leading: None,
+        follower_net: None,
+        listen: options.listen,
+        build_at: None,
+        known: RoleChange { leader_id: None, term: 0, is_leader: false },
+        raft_accepted: HashMap::new(),
+        raft_dialed: HashMap::new(),
+        wake_slot,
+        encoder: BatchEncoder::new(batch_bytes_max),
+        payload: Vec::with_capacity(4096),
+        released: Vec::new(),
+        clock: Clock::new(),
+        options,
+    };
+    node.start_following()?;
+    println!("twophase coordinator {} listening on {}", node.options.id, node.listen);
+    let result = node.run(&stop);
+    node.leading = None;
+    node.follower_net = None;
+    result?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let lock_path = data_dir.join("LOCK");
+    let lock = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!("{} is in use by another twophase process", data_dir.display());
+    }
+    Ok(lock)
+}
+
+fn open_replica(options: &CoordinatorOptions, group: &Group) -> anyhow::Result<Replica> {
+    let storage = &options.storage;
+    if storage.unsafe_no_fsync {
+        tracing::warn!("--unsafe-no-fsync: records are not synced; a crash of the machine loses acknowledged commits");
+    }
+    let wal_options = WalOptions {
+        segment_size_bytes: storage.segment_size_bytes,
+        backend: Backend::Auto,
+        sync: if storage.unsafe_no_fsync { SyncMode::None } else { SyncMode::Fdatasync },
+        busy_group_interval: storage.group_interval,
+        busy_group_phase: storage.group_phase,
+        ..WalOptions::default()
+    };
+    let mut config = ReplicaConfig::new(group.me, group.members.iter().map(|m| m.raft_id).collect());
+    config.election_ticks = ELECTION_TICKS;
+    config.heartbeat_ticks = HEARTBEAT_TICKS;
+    config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
+    let frame_bytes_max = twophase_net::NetLimits::default().max_frame_bytes as usize;
+    config.message_bytes_max = config.message_bytes_max.min(frame_bytes_max - FRAME_HEADER_MARGIN_BYTES);
+    config.batch_bytes_max = config.batch_bytes_max.min(config.message_bytes_max - FRAME_HEADER_MARGIN_BYTES);
+    let dir = options.data_dir.join("raft");
+    Replica::open(config, &dir, wal_options).with_context(|| format!("opening the replicated log in {}", dir.display()))
+}
+
+/// The error a follower answers clients with.
+fn not_leader_message(group: &Group, known: &RoleChange) -> String {
+    match known.leader_id.and_then(|id| group.by_id(id)) {
+        Some(leader) => format!(
+            "not the leader: coordinator {} at {} leads the group (term {})",
+            leader.name, leader.addr, known.term
+        ),
+        None => "not the leader, and no leader is known yet: retry shortly".to_string(),
+    }
+}
+
+impl Node {
+    fn reactor(&mut self) -> &mut Reactor {
+        match (&mut self.leading, &mut self.follower_net) {
+            (Some(leading), _) => leading.role.reactor(),
+            (None, Some(net)) => net,
+            (None, None) => unreachable!("a node always has a network"),
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let mut inbound = Vec::new();
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let now = self.clock.now();
+            let until_tick = next_tick.saturating_duration_since(Instant::now());
+            let engine_wait = self.leading.as_ref().and_then(|l| l.role.next_deadline()).map(|d| d.since(now));
+            let pending = self.leading.as_ref().is_some_and(|l| !l.fx.appends.is_empty() || !l.fx.outputs.is_empty());
+            let wait = if pending { Duration::ZERO } else { until_tick.min(engine_wait.unwrap_or(MAX_WAIT)) };
+            self.reactor().turn(Some(wait.min(MAX_WAIT)), &mut inbound).context("the network failed")?;
+            let now = self.clock.now();
+            for event in inbound.drain(..) {
+                self.on_inbound(now, event)?;
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                self.replica.tick();
+            }
+            if let Some(leading) = &mut self.leading
+                && leading.role.next_deadline().is_some_and(|deadline| deadline <= now)
+            {
+                leading.role.on_tick(now, &mut leading.fx);
+            }
+            self.propose_appends();
+            self.replica.poll().context("the replicated log failed")?;
+            self.handle_outputs()?;
+            self.start_leading_when_caught_up()?;
+            self.release();
+        }
+    }
+
+    fn on_inbound(&mut self, now: Time, event: Inbound) -> anyhow::Result<()> {
+        match event {
+            Inbound::Accepted { conn, identity, .. } if identity.role == NetRole::Coordinator => {
+                match self.group.by_name(&identity.name).map(|m| m.raft_id) {
+                    Some(raft_id) if raft_id != self.group.me => {
+                        self.raft_accepted.insert(conn, raft_id);
+                    }
+                    _ => {
+                        let message = format!("coordinator {} is not a member of this group", identity.name);
+                        super::refuse(self.reactor(), conn, message);
+                    }
+                }
+            }
+            Inbound::PeerUp { peer, conn, .. } if peer.0 >= RAFT_PEER_BASE => {
+                self.raft_dialed.insert(peer.0 - RAFT_PEER_BASE, conn);
+            }
+            Inbound::PeerDown { peer } if peer.0 >= RAFT_PEER_BASE => {
+                self.raft_dialed.remove(&(peer.0 - RAFT_PEER_BASE));
+            }
+            Inbound::Frame { conn, frame: Frame::Raft(bytes) } => self.on_raft(conn, &bytes)?,
+            Inbound::Closed { conn } if self.raft_accepted.remove(&conn).is_some() => {}
+            other => match &mut self.leading {
+                Some(leading) => leading.role.on_inbound(now, other, &mut leading.fx),
+                None => self.on_follower_inbound(other),
+            },
+        }
+        Ok(())
+    }
+
+    fn on_raft(&mut self, conn: ConnId, bytes: &[u8]) -> anyhow::Result<()> {
+        let sender = self
+            .raft_accepted
+            .get(&conn)
+            .copied()
+            .or_else(|| self.raft_dialed.iter().find(|(_, c)| **c == conn).map(|(id, _)| *id));
+        let Some(sender) = sender else {
+            super::refuse(self.reactor(), conn, "raft messages from a connection that is no group member".into());
+            return Ok(());
+        };
+        match self.replica.step_from(sender, bytes) {
+            Ok(()) => Ok(()),
+            Err(ReplicaError::BadMessage(why)) => {
+                tracing::warn!(sender, "refused a raft message: {why}");
+                Ok(())
+            }
+            Err(err) => Err(err).context("the replicated log failed"),
+        }
+    }
+
+    /// A follower serves no one but its group: client requests get an error naming the
+    /// leader.
+    fn on_follower_inbound(&mut self, event: Inbound) {
+        if let Inbound::Frame { conn, frame } = event {
+            let message = not_leader_message(&self.group, &self.known);
+            tracing::debug!(conn, kind = ?frame.kind(), "{message}");
+            let error = ProtocolError::new(ErrorCode::Overloaded, message);
+            let net = self.reactor();
+            net.send(conn, error.to_frame().to_bytes());
+            net.close(conn);
+        }
+    }
+
+    /// Proposes the records the engine appended since the last turn as one batch (more only
+    /// beyond the batch size limit), and gates the outputs that wait for them.
+    fn propose_appends(&mut self) {
+        let Some(leading) = &mut self.leading else { return };
+        if leading.fx.appends.is_empty() && leading.fx.outputs.is_empty() {
+            return;
+        }
+        leading.role.observe(&leading.fx);
+        let mut refused = None;
+        for (lsn, record) in leading.fx.appends.drain(..) {
+            if let Err(err) = self.encoder.push(lsn, &record, &mut self.payload) {
+                refused = Some(err.to_string());
+                break;
+            }
+            leading.role.appended(&record);
+        }
+        if refused.is_none() {
+            for batch in self.encoder.take() {
+                if let Err(err) = self.replica.propose(batch) {
+                    refused = Some(describe_refusal(&err));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = refused {
+            // The engine's numbering now has a gap the log does not: it cannot go on. Its
+            // successor is built from what commits.
+            tracing::warn!("a proposal was refused ({why}); rebuilding the engine from the replicated log");
+            self.encoder.take();
+            self.stop_leading();
+            if self.replica.is_leader() {
+                self.build_at = Some(self.replica.last_index());
+            }
+            return;
+        }
+        for output in leading.fx.outputs.drain(..) {
+            leading.gate.push(output, &mut self.released);
+        }
+    }
+
+    fn handle_outputs(&mut self) -> anyhow::Result<()> {
+        let mut outputs = Vec::new();
+        self.replica.drain_outputs(&mut outputs);
+        for output in outputs {
+            match output {
+                Output::Send { to, bytes } => self.send_raft(to, bytes),
+                Output::Apply(entry) => {
+                    let last =
+                        self.state.apply(&entry.data).with_context(|| format!("applying entry {}", entry.index))?;
+                    match &mut self.leading {
+                        Some(leading) if entry.term == leading.term => leading.gate.advance(last, &mut self.released),
+                        Some(leading) if entry.term > leading.term => self.stop_leading(),
+                        _ => {}
+                    }
+                }
+                Output::Restore(snapshot) => {
+                    assert!(self.leading.is_none(), "a leader never restores a snapshot over its own state");
+                    self.state.restore(&snapshot.data)?;
+                }
+                Output::SnapshotDue { index } => {
+                    let data = self.state.snapshot();
+                    self.replica.compact(index, data).context("compacting the replicated log")?;
+                }
+                Output::Role(change) => self.on_role(change),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_role(&mut self, change: RoleChange) {
+        tracing::info!(term = change.term, leader = ?change.leader_id, is_leader = change.is_leader, "raft role");
+        self.known = change;
+        let leads_this_term = self.leading.as_ref().is_some_and(|l| l.term == change.term);
+        if !change.is_leader || !leads_this_term {
+            self.stop_leading();
+        }
+        self.build_at = if change.is_leader && self.leading.is_none() {
+            // Raft's own entry of the new term is the last one: applied, everything
+            // committed before the term is too.
+            Some(self.replica.last_index())
+        } else {
+            None
+        };
+    }
+
+    fn send_raft(&mut self, to: u64, bytes: Vec<u8>) {
+        // Loss is tolerated: Raft resends.
+        let Some(&conn) = self.raft_dialed.get(&to) else { return };
+        let frame = Frame::Raft(Bytes::from(bytes)).to_bytes();
+        self.reactor().send(conn, frame);
+    }
+
+    fn start_leading_when_caught_up(&mut self) -> anyhow::Result<()> {
+        let Some(index) = self.build_at else { return Ok(()) };
+        if !self.replica.is_leader() || self.replica.applied().0 < index {
+            return Ok(());
+        }
+        self.build_at = None;
+        let term = self.replica.term();
+        let epoch_floor =
+            Epoch(u32::try_from(term).ok().filter(|t| *t <= Epoch::MAX.0).context("raft term beyond epochs")?);
+        let mut fx = CoordEffects::default();
+        let engine = self.state.leader_engine(epoch_floor, self.clock.now(), &mut fx);
+        let epoch = engine.epoch();
+        // The follower's network goes first: the leader's listens on the same address.
+        self.follower_net = None;
+        let network = Network { listen: self.listen, epoch, coordinators: true, participants: true };
+        let (transport, _, topology) = network.start(&self.options)?;
+        let parts = RoleParts {
+            topology,
+            announcement: None,
+            checkpoints: None,
+            trace: None,
+            metrics: CoordinatorMetrics::off(),
+        };
+        let role = CoordinatorRole::new(engine, transport, parts);
+        let gate = DurabilityGate::new(self.state.last_lsn());
+        self.leading = Some(Leading { role, gate, term, fx });
+        self.after_network_start();
+        tracing::info!(term, epoch = epoch.0, "leading the group");
+        println!("twophase coordinator {} leads term {term} with epoch {}", self.options.id, epoch.0);
+        Ok(())
+    }
+
+    /// Drops the engine, what it held and its network, and serves as a follower.
+    fn stop_leading(&mut self) {
+        let Some(leading) = self.leading.take() else { return };
+        tracing::warn!(term = leading.term, held = leading.gate.held(), "no longer leading; the engine stops deciding");
+        drop(leading);
+        if let Err(err) = self.start_following() {
+            // Cannot listen again: stay without a network would leave the group; fatal.
+            panic!("restarting the network as a follower: {err:#}");
+        }
+    }
+
+    fn start_following(&mut self) -> anyhow::Result<()> {
+        let network = Network { listen: self.listen, epoch: Epoch(0), coordinators: true, participants: false };
+        let (transport, addr, _) = network.start(&self.options)?;
+        self.listen = addr;
+        self.follower_net = Some(transport);
+        self.after_network_start();
+        Ok(())
+    }
+
+    /// A new network: dial every other member, and let the wal wake this one.
+    fn after_network_start(&mut self) {
+        self.raft_accepted.clear();
+        self.raft_dialed.clear();
+        let others: Vec<(u64, SocketAddr, String)> =
+            self.group.others().map(|m| (m.raft_id, m.addr, m.name.clone())).collect();
+        let net = self.reactor();
+        for (raft_id, addr, name) in others {
+            net.add_peer(PeerId(RAFT_PEER_BASE | raft_id), addr, name);
+        }
+        let waker = net.waker();
+        *self.wake_slot.lock().expect("wake slot") = Box::new(move || {
+            // A failed wake means the network is gone: the next one is woken instead.
+            let _ = waker.wake();
+        });
+    }
+
+    fn release(&mut self) {
+        let Some(leading) = &mut self.leading else { return };
+        leading.role.after_step(leading.gate.durable());
+        if !self.released.is_empty() {
+            leading.role.route(&mut self.released);
+        }
+    }
+}
+
+fn describe_refusal(err: &ProposeError) -> String {
+    err.to_string()
+}
