@@ -12,6 +12,8 @@
 //! Invariants: an output leaves only after the log is durable up to its LSN; a log failure
 //! (write or fsync error) stops the process — it is never retried.
 
+pub mod backend;
+pub mod backend_rm;
 pub mod coordinator;
 mod coordinator_links;
 pub mod dump;
