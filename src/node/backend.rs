@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use twophase_backends::{DbError, Executor, Gid, MariaConnector, PgConnector, PoolConfig, Reason, Reply, Request};
 use twophase_engine::participant::{PartEffects, Participant, ParticipantConfig};
-use twophase_engine::{Lsn, PartRecord, Time, ToCoordinator};
+use twophase_engine::{Lsn, PartRecord, Time, ToCoordinator, Vote};
 use twophase_net::{BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig};
+
+use crate::failpoint::{self, Failpoint};
 
 use super::backend_rm::{BackendDriver, BackendResource, RECOVER_TAG};
 use super::coordinator_links::CoordinatorLinks;
@@ -161,6 +163,12 @@ impl Role for BackendRole {
         let mut driver = self.driver.borrow_mut();
         released.retain(|message| match message {
             ToCoordinator::Ack { txid } => driver.ack_may_leave(*txid),
+            ToCoordinator::Vote { vote: Vote::Yes { .. }, .. } => {
+                // The database holds the transaction prepared and its Prepared record is
+                // durable: the crash tests' "kill -9 after PREPARE" lands here.
+                failpoint::hit(Failpoint::ParticipantPreparedDurable);
+                true
+            }
             _ => true,
         });
         drop(driver);
@@ -180,11 +188,13 @@ fn start_executor(
     Gid::new(&options.name, 0, 0).map_err(|e| anyhow::anyhow!("--id cannot name database transactions: {e}"))?;
     let executor = match backend.kind {
         BackendKind::Postgres => {
-            let connector = PgConnector::new(&backend.dsn).context("--dsn")?;
+            let connector =
+                PgConnector::new(&backend.dsn).context("--dsn")?.with_lock_wait_timeout(options.lock_wait_timeout);
             Executor::start(connector, &options.name, config, Some(wake))
         }
         BackendKind::MariaDb => {
-            let connector = MariaConnector::new(&backend.dsn).context("--dsn")?;
+            let connector =
+                MariaConnector::new(&backend.dsn).context("--dsn")?.with_lock_wait_timeout(options.lock_wait_timeout);
             Executor::start(connector, &options.name, config, Some(wake))
         }
     };

@@ -19,6 +19,16 @@
 //!   database's commit returned: the coordinator forgets the transaction on the ack, and a
 //!   crash between the ack and the database commit would leave a prepared gid whose inquiry
 //!   is answered by presumed abort.
+//! - A statement on a key that a prepared transaction of this participant touched waits
+//!   (holding its connection) until that transaction's decision returned from the database.
+//!   The database alone would not do this right: a row a prepared transaction inserted is
+//!   invisible to others until COMMIT PREPARED returns, so a client's next transfer, which may
+//!   arrive before that (the coordinator acknowledges at its commit point), would see no
+//!   account. Waits point from newer transactions to prepared ones, which never wait: no
+//!   cycle. The keys of a transaction recovered in doubt are not known (its record logs no
+//!   write set); the database's own row locks and lock timeout hold those.
+//! - Transactions waiting for a connection are bounded (`QUEUED_MAX`; beyond, the prepare
+//!   or execute fails with `ParticipantBusy`).
 //! - At start, a gid prepared in the database that no `Prepared` record of this
 //!   participant's log names never voted Yes (the vote waits for that record): it is rolled
 //!   back. One the log decided is decided so; one in doubt waits for the coordinator.
@@ -94,6 +104,8 @@ struct TxWork {
     executing: bool,
     /// An interactive transaction asked to prepare once its ops ran.
     prepare_asked: bool,
+    /// Every key its statements touched so far (the rows it may hold locks on).
+    keys: Vec<Key>,
     /// The engine rolled it back: roll back once the running request returned.
     rollback_asked: bool,
 }
@@ -111,6 +123,7 @@ impl TxWork {
             executing: false,
             prepare_asked: false,
             rollback_asked: false,
+            keys: Vec::new(),
         }
     }
 }
@@ -155,6 +168,12 @@ pub struct BackendDriver {
     recovering: Option<Recovering>,
     /// Decisions submitted and not yet answered, at most `DECISIONS_RUNNING_MAX`.
     decisions_running: usize,
+    /// Keys of prepared transactions whose decision has not yet returned from the database.
+    held: HashMap<Key, Vec<TxId>>,
+    /// The keys each of those holds.
+    held_keys: HashMap<TxId, Vec<Key>>,
+    /// Transactions whose next statement waits for a holder's decision, by holder.
+    waiting_on: HashMap<TxId, Vec<TxId>>,
     now: Time,
 }
 
@@ -171,6 +190,9 @@ impl std::fmt::Debug for BackendDriver {
 /// Decisions submitted to the executor at once; the rest wait their turn, so that with the
 /// open transactions' requests the executor's queue (`PoolConfig::requests_max`) never fills.
 pub const DECISIONS_RUNNING_MAX: usize = 1024;
+
+/// Transactions waiting for a database connection at most.
+pub const QUEUED_MAX: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Recovering {
@@ -215,6 +237,9 @@ impl BackendDriver {
                 logged: HashSet::new(),
             }),
             decisions_running: 0,
+            held: HashMap::new(),
+            held_keys: HashMap::new(),
+            waiting_on: HashMap::new(),
             now: Time::ZERO,
         }
     }
@@ -358,8 +383,21 @@ impl BackendDriver {
             let gid = tx.gid.clone();
             return self.submit(txid, Request::Rollback(gid));
         }
+        if let Some(next) = tx.ops.front()
+            && let Some(holder) = self.held.get(&next.key).and_then(|holders| holders.first().copied())
+        {
+            let waiters = self.waiting_on.entry(holder).or_default();
+            if !waiters.contains(&txid) {
+                waiters.push(txid);
+            }
+            return; // Woken by the holder's decision (`release`).
+        }
+        let tx = self.work.get_mut(&txid).expect("transaction");
         if let Some(op) = tx.ops.pop_front() {
             tx.wrote |= op.kind.is_write();
+            if !tx.keys.contains(&op.key) {
+                tx.keys.push(op.key.clone());
+            }
             let request = Request::Kv(tx.gid.clone(), kv_op(&op));
             tx.running_op = Some(op);
             return self.submit(txid, request);
@@ -437,6 +475,10 @@ impl BackendDriver {
         } else {
             self.slots_in_use -= 1;
         }
+        for key in &tx.keys {
+            self.held.entry(key.clone()).or_default().push(txid);
+        }
+        self.held_keys.insert(txid, tx.keys);
         let prepared = BackendPrepared { gid: tx.gid };
         self.prepares_done.push((txid, PrepareResult::Yes { reads: tx.reads, prepared }));
     }
@@ -511,8 +553,30 @@ impl BackendDriver {
                 if self.acks_held.remove(&txid) {
                     self.acks_released.push(txid);
                 }
+                self.release(txid);
             }
         }
+    }
+
+    /// `txid`'s decision returned from the database: its keys are free, its waiters go on.
+    fn release(&mut self, txid: TxId) {
+        for key in self.held_keys.remove(&txid).unwrap_or_default() {
+            if let Some(holders) = self.held.get_mut(&key) {
+                holders.retain(|holder| *holder != txid);
+                if holders.is_empty() {
+                    self.held.remove(&key);
+                }
+            }
+        }
+        for waiter in self.waiting_on.remove(&txid).unwrap_or_default() {
+            if self.work.contains_key(&waiter) {
+                self.advance(waiter);
+            }
+        }
+    }
+
+    fn queue_full(&self) -> bool {
+        self.queued.len() >= QUEUED_MAX
     }
 
     /// Decisions still to run in the database (tests and the shutdown report).
@@ -574,10 +638,14 @@ impl ResourceManager for BackendResource {
 
     fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>) -> Prepare<BackendPrepared> {
         self.with(|driver| {
+            if driver.queue_full() {
+                let participant = driver.participant;
+                return Prepare::Done(PrepareResult::No { reason: AbortReason::ParticipantBusy { participant } });
+            }
             driver.begin_work(txid, Kind::OneShot).ops.extend(ops);
             driver.start_queued();
-        });
-        Prepare::Pending
+            Prepare::Pending
+        })
     }
 
     fn execute(&mut self, txid: TxId, _isolation: Isolation, ops: Vec<LocalOp>) -> Execution {
@@ -592,6 +660,9 @@ impl ResourceManager for BackendResource {
                 tx.executing = true;
                 tx.ops.extend(ops);
                 driver.advance(txid);
+            } else if driver.queue_full() {
+                let participant = driver.participant;
+                return Execution::Failed { reason: AbortReason::ParticipantBusy { participant } };
             } else {
                 let tx = driver.begin_work(txid, Kind::Interactive);
                 tx.executing = true;
