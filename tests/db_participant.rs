@@ -16,7 +16,8 @@ use bytes::Bytes;
 use common::{Node, add, client_options, eventually};
 use twophase_backends::testserver::{MariaServer, PgServer, or_skip};
 use twophase_backends::{
-    Completion, DbError, Executor, Gid, KvOp, KvOutcome, MariaConnector, PgConnector, PoolConfig, Reply, Request,
+    Completion, DbError, Executor, Gid, KvOp, KvOutcome, MariaConnector, PgConnector, PoolConfig, Reason, Reply,
+    Request,
 };
 use twophase_engine::{AbortReason, Outcome};
 use twophase_net::{Client, ClientOptions, TxError};
@@ -55,10 +56,15 @@ impl Db {
 
     /// This participant's gids prepared in the database now (pg_prepared_xacts / XA RECOVER).
     fn prepared(&self) -> Vec<Gid> {
-        match call(&self.participant, Request::Recover) {
-            Ok(Reply::Recovered(gids)) => gids,
-            other => panic!("Recover answered {other:?}"),
+        // After the database restarted, the pool replaces a lost connection on its next use.
+        for _ in 0..10 {
+            match call(&self.participant, Request::Recover) {
+                Ok(Reply::Recovered(gids)) => return gids,
+                Err(DbError { reason: Reason::ConnectionLost, .. }) => std::thread::sleep(Duration::from_millis(200)),
+                other => panic!("Recover answered {other:?}"),
+            }
         }
+        panic!("the database did not answer Recover after 10 tries");
     }
 
     /// The balance of `acct/<account>`, read in a transaction of its own (rolled back). Only
@@ -67,7 +73,10 @@ impl Db {
         self.reads += 1;
         let gid = Gid::new("check", 1, self.reads).unwrap();
         let key = Bytes::from(format!("acct/{account}"));
-        call(&self.reader, Request::Begin(gid.clone())).expect("begin");
+        let _ = self.prepared(); // Also renews connections a database restart broke.
+        if let Err(DbError { reason: Reason::ConnectionLost, .. }) = call(&self.reader, Request::Begin(gid.clone())) {
+            call(&self.reader, Request::Begin(gid.clone())).expect("begin");
+        }
         let value = match call(&self.reader, Request::Kv(gid.clone(), KvOp::Get { key })) {
             Ok(Reply::Kv(KvOutcome::Read(value))) => value,
             other => panic!("a Get answered {other:?}"),
@@ -151,6 +160,28 @@ impl Bank {
         self.pg_db.settled("PostgreSQL to hold nothing prepared");
         self.maria_db.settled("MariaDB to hold nothing prepared");
         (self.pg_db.balance(account), self.maria_db.balance(account))
+    }
+
+    /// Waits until every transaction so far is committed in both databases and, after their
+    /// acks, ended at the coordinator (its lazy `End` records ride with a group within 10 ms),
+    /// so that a restarted coordinator has nothing to re-drive.
+    fn coordinator_forgets_everything(&mut self) {
+        self.pg_db.settled("PostgreSQL to hold nothing prepared");
+        self.maria_db.settled("MariaDB to hold nothing prepared");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// Sends transfers of 30 from PostgreSQL's acct/1 to MariaDB's until one commits and the
+    /// coordinator's armed `coordinator-commit-durable` kills it (earlier ones may abort
+    /// while a participant reconnects).
+    fn transfer_until_the_coordinator_dies(&mut self) {
+        let mut client = self.client();
+        eventually("the coordinator's failpoint to fire", SETTLE, || {
+            // The reply may or may not have left before the coordinator died.
+            let _ = client.submit(vec![add(PG, "acct/1", -30, 0), add(MARIA, "acct/1", 30, 0)]);
+            self.coordinator.stderr().contains("killing this process").then_some(())
+        });
+        self.coordinator.expect_killed(SETTLE);
     }
 
     fn node(&mut self, participant: u16) -> &mut Node {
@@ -292,13 +323,12 @@ fn a_database_crash_between_prepare_and_commit_loses_nothing() {
     let mut client = bank.client();
     bank.fund(&mut client, 1, 100);
     drop(client);
+    bank.coordinator_forgets_everything();
     // The coordinator dies with its Commit record durable and no Commit sent: both databases
     // hold the transfer prepared.
     bank.coordinator.kill();
     bank.coordinator.restart(&[(FAILPOINT, "coordinator-commit-durable")]);
-    let mut client = bank.client();
-    let _ = Bank::transfer(&mut client, 1, 1, 30); // The reply may or may not have left.
-    bank.coordinator.expect_killed(SETTLE);
+    bank.transfer_until_the_coordinator_dies();
     assert_eq!(bank.pg_db.prepared().len(), 1);
     assert_eq!(bank.maria_db.prepared().len(), 1);
 
@@ -313,13 +343,12 @@ fn a_database_crash_between_prepare_and_commit_loses_nothing() {
 
     // MariaDB crashes under a prepared transaction too (the participant dies first, so the
     // commit cannot reach the database before the crash).
+    bank.coordinator_forgets_everything();
     bank.maria_node.kill();
+    bank.maria_node.restart(&[]);
     bank.coordinator.kill();
     bank.coordinator.restart(&[(FAILPOINT, "coordinator-commit-durable")]);
-    bank.maria_node.restart(&[]);
-    let mut client = bank.client();
-    let _ = Bank::transfer(&mut client, 1, 1, 30);
-    bank.coordinator.expect_killed(SETTLE);
+    bank.transfer_until_the_coordinator_dies();
     assert_eq!(bank.maria_db.prepared().len(), 1);
     bank.maria.kill().unwrap();
     bank.maria.restart().unwrap();

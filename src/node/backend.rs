@@ -29,6 +29,8 @@ use super::{Clock, Role};
 
 /// Completions taken per engine step, so that a flood of them cannot starve the network.
 const COMPLETIONS_PER_STEP: usize = 4096;
+/// How long the participant-vote-sent failpoint waits for the vote to reach the socket.
+const FAILPOINT_FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// How long start-up waits for the database to list its prepared transactions, per try.
 const RECOVER_WAIT: Duration = Duration::from_secs(30);
 
@@ -161,18 +163,26 @@ impl Role for BackendRole {
 
     fn route(&mut self, released: &mut Vec<ToCoordinator>) {
         let mut driver = self.driver.borrow_mut();
+        let mut die_once_sent = false;
         released.retain(|message| match message {
             ToCoordinator::Ack { txid } => driver.ack_may_leave(*txid),
             ToCoordinator::Vote { vote: Vote::Yes { .. }, .. } => {
                 // The database holds the transaction prepared and its Prepared record is
                 // durable: the crash tests' "kill -9 after PREPARE" lands here.
                 failpoint::hit(Failpoint::ParticipantPreparedDurable);
+                die_once_sent |= failpoint::reached(Failpoint::ParticipantVoteSent);
                 true
             }
             _ => true,
         });
         drop(driver);
         self.send(released.drain(..));
+        if die_once_sent {
+            if !self.transport.flush(FAILPOINT_FLUSH_WAIT) {
+                tracing::error!("failpoint participant-vote-sent: the network did not flush in time");
+            }
+            failpoint::fire(Failpoint::ParticipantVoteSent);
+        }
     }
 }
 
