@@ -452,7 +452,16 @@ fn compare_with_a_plain_client_over_two_postgresql_instances() {
     let Some(first) = or_skip(PgServer::start()) else { return };
     let Some(second) = or_skip(PgServer::start()) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let flags = |server: &PgServer| vec!["--backend".to_string(), "postgres".into(), "--dsn".into(), server.dsn(), "--db-connections".into(), "66".into()];
+    let flags = |server: &PgServer| {
+        vec![
+            "--backend".to_string(),
+            "postgres".into(),
+            "--dsn".into(),
+            server.dsn(),
+            "--db-connections".into(),
+            "66".into(),
+        ]
+    };
     let (a, b) = (flags(&first), flags(&second));
     let p1 = Node::participant_with("p1", dir.path(), &a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     let p2 = Node::participant_with("p2", dir.path(), &b.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
