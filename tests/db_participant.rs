@@ -476,8 +476,9 @@ fn compare_with_a_plain_client_over_two_postgresql_instances() {
     setup_accounts(coordinator.addr, &client, &layout).expect("setting up the accounts");
     let mut options = LoadOptions::new(coordinator.addr, common::CLUSTER, layout.clone());
     options.client = ClientOptions { cluster: common::CLUSTER.into(), ..client };
+    // 16 transfers in flight, as the baseline's 16 clients (`--clients 16`).
     options.connections = 2;
-    options.outstanding = 64;
+    options.outstanding = 8;
     let result = run_load(&options).expect("the load runs");
     let seconds = result.elapsed.as_secs_f64();
     println!(
