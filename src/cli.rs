@@ -93,6 +93,41 @@ struct ParticipantArgs {
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Where the data lives: the built-in store, or a PostgreSQL / MariaDB database
+    /// (`--dsn`) whose prepared transactions carry the coordinator's decisions.
+    #[arg(long, value_enum, default_value = "kv")]
+    backend: BackendArg,
+    /// The database: `host=/run/pg port=5432 user=me dbname=bank` (postgres) or
+    /// `mysql://user@127.0.0.1:3306/bank` (mariadb).
+    #[arg(long)]
+    dsn: Option<String>,
+    /// Database connections at most; two are kept for decisions and recovery [default: 16].
+    #[arg(long)]
+    db_connections: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum BackendArg {
+    Kv,
+    Postgres,
+    Mariadb,
+}
+
+/// The database a participant runs over, if not the built-in store.
+fn backend_options(args: &ParticipantArgs) -> anyhow::Result<Option<node::backend::BackendOptions>> {
+    use node::backend::{BackendKind, BackendOptions};
+    let kind = match args.backend {
+        BackendArg::Kv => {
+            if args.dsn.is_some() || args.db_connections.is_some() {
+                bail!("--dsn and --db-connections need --backend postgres or mariadb");
+            }
+            return Ok(None);
+        }
+        BackendArg::Postgres => BackendKind::Postgres,
+        BackendArg::Mariadb => BackendKind::MariaDb,
+    };
+    let dsn = args.dsn.clone().context("--backend postgres|mariadb needs --dsn")?;
+    Ok(Some(BackendOptions { kind, dsn, connections_max: args.db_connections.unwrap_or(16) }))
 }
 
 /// `--lock-wait-timeout` when neither the flag nor the config file sets it (TiKV's default).
@@ -327,7 +362,10 @@ fn parse_group(specs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Participant(args) => node::participant::serve(participant_options(args)?)?,
+        Command::Participant(args) => match backend_options(&args)? {
+            None => node::participant::serve(participant_options(args)?)?,
+            Some(backend) => node::backend::serve(participant_options(args)?, backend)?,
+        },
         Command::Coordinator(args) => {
             let options = coordinator_options(args)?;
             if options.group.is_empty() {

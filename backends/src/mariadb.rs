@@ -31,17 +31,27 @@ const BINARY_CHARSET: u16 = 63;
 
 pub struct MariaConnector {
     opts: Opts,
+    /// `innodb_lock_wait_timeout` of every session, in whole seconds (0: the server's).
+    lock_wait_timeout_s: u64,
 }
 
 impl MariaConnector {
     /// `mysql://user:password@host:port/db`, or with `?socket=/path/mysqld.sock`.
     pub fn new(url: &str) -> Result<MariaConnector, DbError> {
         let opts = Opts::from_url(url).map_err(|e| DbError::invalid(format!("MariaDB URL: {e}")))?;
-        Ok(MariaConnector { opts })
+        Ok(MariaConnector { opts, lock_wait_timeout_s: 0 })
+    }
+
+    /// Every session waits at most this long for a row lock (`innodb_lock_wait_timeout`,
+    /// whole seconds: rounded up, at least 1), then its statement fails with
+    /// `Reason::LockWaitTimeout`. Zero keeps the server's setting (50 s by default).
+    pub fn with_lock_wait_timeout(mut self, timeout: std::time::Duration) -> MariaConnector {
+        self.lock_wait_timeout_s = if timeout.is_zero() { 0 } else { timeout.as_secs_f64().ceil().max(1.0) as u64 };
+        self
     }
 
     pub fn from_opts(opts: impl Into<Opts>) -> MariaConnector {
-        MariaConnector { opts: opts.into() }
+        MariaConnector { opts: opts.into(), lock_wait_timeout_s: 0 }
     }
 }
 
@@ -49,7 +59,10 @@ impl Connector for MariaConnector {
     type Conn = MariaConnection;
 
     fn connect(&self) -> Result<MariaConnection, DbError> {
-        let opts = OptsBuilder::from_opts(self.opts.clone()).prefer_socket(true);
+        let mut opts = OptsBuilder::from_opts(self.opts.clone()).prefer_socket(true);
+        if self.lock_wait_timeout_s > 0 {
+            opts = opts.init(vec![format!("SET SESSION innodb_lock_wait_timeout = {}", self.lock_wait_timeout_s)]);
+        }
         let conn = Conn::new(opts).map_err(|e| map_error(&e))?;
         Ok(MariaConnection { conn, broken: false })
     }

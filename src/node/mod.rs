@@ -13,6 +13,8 @@
 //! (write or fsync error) stops the process — it is never retried.
 
 mod applied;
+pub mod backend;
+pub mod backend_rm;
 pub mod coordinator;
 mod coordinator_links;
 pub mod dump;

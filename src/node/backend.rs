@@ -1,0 +1,317 @@
+//! The participant node over a database (`twophase participant --backend postgres|mariadb`):
+//! the same protocol engine and log as the key-value participant, with a
+//! [`BackendResource`](super::backend_rm::BackendResource) as its resource manager.
+//!
+//! The executor's pool threads wake the reactor when a completion arrives; the engine thread
+//! then sees a due deadline and takes the completions in `on_tick` (so `node::run` needs no
+//! hook of its own). Acks of commits leave only after the database's commit returned (see
+//! `backend_rm`). Kept out of this runtime, unlike the key-value one: snapshots (the data is
+//! the database's; the log holds only the protocol records), dumps, tracing and metrics.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use twophase_backends::{DbError, Executor, Gid, MariaConnector, PgConnector, PoolConfig, Reason, Reply, Request};
+use twophase_engine::participant::{PartEffects, Participant, ParticipantConfig};
+use twophase_engine::{Lsn, PartRecord, Time, ToCoordinator, Vote};
+use twophase_net::{BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig};
+
+use crate::failpoint::{self, Failpoint};
+
+use super::backend_rm::{BackendDriver, BackendResource, RECOVER_TAG};
+use super::coordinator_links::CoordinatorLinks;
+use super::participant::ParticipantOptions;
+use super::{Clock, Role};
+
+/// Completions taken per engine step, so that a flood of them cannot starve the network.
+const COMPLETIONS_PER_STEP: usize = 4096;
+/// How long the participant-vote-sent failpoint waits for the vote to reach the socket.
+const FAILPOINT_FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// How long start-up waits for the database to list its prepared transactions, per try.
+const RECOVER_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BackendKind {
+    Postgres,
+    MariaDb,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    pub kind: BackendKind,
+    /// `host=... dbname=...` (PostgreSQL) or `mysql://user@host:port/db` (MariaDB).
+    pub dsn: String,
+    /// Database connections at most (two of them kept for decisions and recovery).
+    pub connections_max: usize,
+}
+
+struct BackendRole {
+    engine: Participant<BackendResource>,
+    driver: Rc<RefCell<BackendDriver>>,
+    transport: Reactor,
+    coordinators: CoordinatorLinks,
+    to_coordinator: BatchWriter<ToCoordinator>,
+    tls: bool,
+}
+
+impl BackendRole {
+    fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame, fx: &mut PartEffects) {
+        match frame {
+            Frame::ToParticipant { epoch, messages } if self.coordinators.contains(conn) => {
+                if let Err(refused) = self.engine.check_frame(epoch, &messages) {
+                    tracing::warn!(conn, "refusing a coordinator frame: {refused}");
+                    return super::refuse(&mut self.transport, conn, format!("frame refused: {refused}"));
+                }
+                for message in messages {
+                    if let Err(refused) = self.engine.on_message(now, epoch, message, fx) {
+                        tracing::warn!(conn, "refusing a coordinator message: {refused}");
+                    }
+                }
+            }
+            Frame::TraceContext(_) if self.coordinators.contains(conn) => {}
+            other => super::refuse(
+                &mut self.transport,
+                conn,
+                format!("a database participant does not serve {:?} frames on this connection", other.kind()),
+            ),
+        }
+    }
+
+    /// Completions in, prepares answered, events reported, held acks released.
+    fn drain_database(&mut self, now: Time, fx: &mut PartEffects) {
+        let (done, acks) = {
+            let mut driver = self.driver.borrow_mut();
+            driver.on_completions(now, COMPLETIONS_PER_STEP);
+            driver.on_tick(now);
+            (driver.take_prepares_done(), driver.take_released_acks())
+        };
+        for (txid, result) in done {
+            self.engine.on_prepare_done(now, txid, result, fx);
+        }
+        // Their Committed records passed the durability gate before they were held.
+        self.send(acks.into_iter().map(|txid| ToCoordinator::Ack { txid }));
+    }
+
+    fn send(&mut self, messages: impl Iterator<Item = ToCoordinator>) {
+        for message in messages {
+            if let Err(err) = self.to_coordinator.push(&message) {
+                tracing::error!("dropping a message to the coordinator: {err:?}");
+            }
+        }
+        let frames = self.to_coordinator.take();
+        // With no coordinator connected the messages are lost; it re-drives and we re-ask.
+        if let Some(conn) = self.coordinators.serving()
+            && !frames.is_empty()
+        {
+            self.transport.send(conn, frames);
+        }
+    }
+}
+
+impl Role for BackendRole {
+    type Record = PartRecord;
+    type Output = ToCoordinator;
+
+    fn reactor(&mut self) -> &mut Reactor {
+        &mut self.transport
+    }
+
+    fn on_inbound(&mut self, now: Time, inbound: Inbound, fx: &mut PartEffects) {
+        match inbound {
+            Inbound::Accepted { conn, identity, .. } if self.tls && !identity.authenticated => {
+                super::refuse(&mut self.transport, conn, format!("{identity} is not authenticated"));
+            }
+            Inbound::Accepted { conn, hello, identity } if identity.role == NetRole::Coordinator => {
+                let serving = self.coordinators.accept(conn, hello.epoch);
+                tracing::info!(conn, coordinator = %identity, epoch = hello.epoch.0, serving, "coordinator connected");
+                if serving {
+                    self.engine.on_coordinator_connected(now, hello.epoch, fx);
+                }
+            }
+            Inbound::Accepted { conn, .. } => {
+                super::refuse(&mut self.transport, conn, "a database participant serves coordinators only".into())
+            }
+            Inbound::PeerUp { .. } | Inbound::PeerDown { .. } => {}
+            Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
+            Inbound::Closed { conn } => {
+                let was_serving = self.coordinators.serving() == Some(conn);
+                self.coordinators.close(conn);
+                if was_serving {
+                    self.engine.on_coordinator_lost(now, fx);
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Time, fx: &mut PartEffects) {
+        self.drain_database(now, fx);
+        // Also reports the resource manager's events (interactive executes' results).
+        self.engine.on_tick(now, fx);
+    }
+
+    fn next_deadline(&self) -> Option<Time> {
+        let driver = self.driver.borrow();
+        if !driver.executor().completions().is_empty() {
+            return Some(Time::ZERO); // Completions waiting: take them now.
+        }
+        [self.engine.next_deadline(), driver.next_deadline()].into_iter().flatten().min()
+    }
+
+    fn route(&mut self, released: &mut Vec<ToCoordinator>) {
+        let mut driver = self.driver.borrow_mut();
+        let mut die_once_sent = false;
+        released.retain(|message| match message {
+            ToCoordinator::Ack { txid } => driver.ack_may_leave(*txid),
+            ToCoordinator::Vote { vote: Vote::Yes { .. }, .. } => {
+                // The database holds the transaction prepared and its Prepared record is
+                // durable: the crash tests' "kill -9 after PREPARE" lands here.
+                failpoint::hit(Failpoint::ParticipantPreparedDurable);
+                die_once_sent |= failpoint::reached(Failpoint::ParticipantVoteSent);
+                true
+            }
+            _ => true,
+        });
+        drop(driver);
+        self.send(released.drain(..));
+        if die_once_sent {
+            if !self.transport.flush(FAILPOINT_FLUSH_WAIT) {
+                tracing::error!("failpoint participant-vote-sent: the network did not flush in time");
+            }
+            failpoint::fire(Failpoint::ParticipantVoteSent);
+        }
+    }
+}
+
+fn start_executor(
+    options: &ParticipantOptions,
+    backend: &BackendOptions,
+    wake: twophase_backends::pool::Wake,
+) -> anyhow::Result<Executor> {
+    let config = PoolConfig { connections_max: backend.connections_max, ..PoolConfig::default() };
+    if config.connections_max <= config.connections_reserved {
+        bail!("--db-connections must be above {}", config.connections_reserved);
+    }
+    Gid::new(&options.name, 0, 0).map_err(|e| anyhow::anyhow!("--id cannot name database transactions: {e}"))?;
+    let executor = match backend.kind {
+        BackendKind::Postgres => {
+            let connector =
+                PgConnector::new(&backend.dsn).context("--dsn")?.with_lock_wait_timeout(options.lock_wait_timeout);
+            Executor::start(connector, &options.name, config, Some(wake))
+        }
+        BackendKind::MariaDb => {
+            let connector =
+                MariaConnector::new(&backend.dsn).context("--dsn")?.with_lock_wait_timeout(options.lock_wait_timeout);
+            Executor::start(connector, &options.name, config, Some(wake))
+        }
+    };
+    Ok(executor)
+}
+
+/// The gids of this participant prepared in the database, asked until it answers.
+fn list_prepared(executor: &Executor, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<Vec<Gid>> {
+    loop {
+        executor.submit(RECOVER_TAG, Request::Recover).map_err(|e| anyhow::anyhow!("listing prepared: {e}"))?;
+        let started = Instant::now();
+        let result = loop {
+            match executor.completions().recv_timeout(RECOVER_WAIT) {
+                Ok(completion) if completion.tag == RECOVER_TAG => break completion.result,
+                Ok(other) => tracing::warn!(tag = other.tag, "an unexpected completion at start"),
+                Err(_) => bail!("the database did not list its prepared transactions in {RECOVER_WAIT:?}"),
+            }
+            if started.elapsed() > RECOVER_WAIT {
+                bail!("the database did not list its prepared transactions in {RECOVER_WAIT:?}");
+            }
+        };
+        match result {
+            Ok(Reply::Recovered(gids)) => return Ok(gids),
+            Ok(other) => bail!("Recover answered {other:?}"),
+            Err(DbError { reason: Reason::ConnectionLost | Reason::Busy, detail }) => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    bail!("stopped while waiting for the database");
+                }
+                tracing::warn!("the database is not reachable yet ({detail}); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => bail!("listing the database's prepared transactions: {error}"),
+        }
+    }
+}
+
+/// Runs a database participant until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
+pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Result<()> {
+    if options.metrics_listen.is_some() {
+        bail!("--metrics-listen is not supported with a database backend yet");
+    }
+    let stop = super::stop_on_signal()?;
+    let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
+    let log = super::decode_log::<PartRecord>(recovery, Lsn::NONE)?;
+
+    let limits = NetLimits::default();
+    let me = Hello {
+        role: NetRole::Participant,
+        cluster: options.cluster.clone(),
+        node: options.name.clone(),
+        epoch: Default::default(),
+    };
+    let security = options.security.load(&format!("participant {}", options.name))?;
+    let tls = security.is_tls();
+    let mut transport_config = TransportConfig::new(me, security);
+    transport_config.listen = Some(options.listen);
+    transport_config.accept_roles = vec![NetRole::Coordinator];
+    transport_config.limits = limits;
+    let (transport, addr): (Reactor, SocketAddr) = Reactor::new(transport_config).context("starting the network")?;
+    let waker = transport.waker();
+    let wake: twophase_backends::pool::Wake = Arc::new(move || {
+        let _ = waker.wake();
+    });
+    let executor = start_executor(&options, &backend, wake)?;
+    let in_database = list_prepared(&executor, &stop)?;
+    let open_max = backend.connections_max - PoolConfig::default().connections_reserved;
+    let driver = BackendDriver::new(
+        options.id,
+        &options.name,
+        executor,
+        backend.kind == BackendKind::MariaDb,
+        open_max,
+        in_database,
+    );
+    let driver = Rc::new(RefCell::new(driver));
+
+    let mut config = ParticipantConfig::new(options.id);
+    config.hash_seed = rand::random();
+    config.lock_wait_timeout = options.lock_wait_timeout;
+    let clock = Clock::new();
+    let mut fx = PartEffects::default();
+    let rm = BackendResource::new(driver.clone());
+    let engine = Participant::recover_with(rm, config, None, log, clock.now(), &mut fx);
+    let rolled_back = driver.borrow_mut().finish_recovery();
+    tracing::info!(in_doubt = engine.in_doubt(), rolled_back, "database participant recovered");
+    println!("twophase participant {} listening on {addr}", options.name);
+    super::pin_current_thread(options.pin_core);
+
+    let mut role = BackendRole {
+        engine,
+        driver,
+        transport,
+        coordinators: CoordinatorLinks::default(),
+        to_coordinator: BatchWriter::new(&limits),
+        tls,
+    };
+    let wal = Arc::new(wal);
+    let result = super::run(&mut role, fx, &wal, clock, &stop);
+    let pending = role.driver.borrow().decisions_pending();
+    if pending > 0 {
+        tracing::warn!(pending, "stopping with decisions not yet in the database; the next start finishes them");
+    }
+    drop(role);
+    let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("no other owner"));
+    let closed = wal.close().context("closing the log");
+    result?;
+    closed?;
+    tracing::info!("database participant stopped");
+    Ok(())
+}
