@@ -410,8 +410,9 @@ impl Coordinator {
         let gets = Vec::new();
         let prepared = Tx::preparing(client, seq, now + self.config.prepare_timeout, shards, gets, true);
         self.track_prepare(now, txid, prepared, fx);
+        let sole = tx.touched.len() == 1;
         for touched in &tx.touched {
-            self.send(fx, self.epoch_lsn, touched.participant, ToParticipant::PrepareExecuted { txid });
+            self.send(fx, self.epoch_lsn, touched.participant, ToParticipant::PrepareExecuted { txid, sole });
         }
     }
 

@@ -136,7 +136,10 @@ fn begin_execute_commit_runs_the_one_shot_commit_path() {
     coordinator.on_interactive(Time::ZERO, ORIGIN, Interactive::Commit { client: C, seq: 3, txid }, &mut fx);
     assert_eq!(
         sent(&fx),
-        vec![(P1, ToParticipant::PrepareExecuted { txid }), (P2, ToParticipant::PrepareExecuted { txid }),]
+        vec![
+            (P1, ToParticipant::PrepareExecuted { txid, sole: false }),
+            (P2, ToParticipant::PrepareExecuted { txid, sole: false }),
+        ]
     );
     let staged = fx.appends.iter().find_map(|(lsn, record)| match record {
         CoordRecord::Staged { participants, gets, .. } => Some((*lsn, participants.clone(), gets.len())),

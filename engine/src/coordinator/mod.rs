@@ -729,8 +729,9 @@ impl Coordinator {
             .collect();
         let tx = Tx::preparing(client, seq, now + self.config.prepare_timeout, shards, gets, false);
         self.track_prepare(now, txid, tx, fx);
+        let sole = per_participant.len() == 1;
         for (participant, ops) in per_participant {
-            self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops });
+            self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops, sole });
         }
     }
 
@@ -855,12 +856,18 @@ impl Coordinator {
         self.stats.committed += 1;
         self.stats.interactive.committed += u64::from(tx.interactive);
         let outcome = tx.committed_outcome();
-        if participants.is_empty() {
-            // Read-only everywhere: nothing to commit, nothing to finish.
+        if participants.is_empty() || tx.staged == Lsn::NONE {
+            // Wrote nothing anywhere: nothing to commit, no record. Yes voters (participants
+            // of a transaction with several, holding its read locks durably) are released
+            // with Abort: for a participant without writes commit and abort are the same
+            // release, and Abort is what presumed abort answers its inquiry with anyway.
             let staged = tx.staged;
             self.txs.remove(txid);
             if staged != Lsn::NONE {
                 self.log.append(fx, CoordRecord::End { txid }); // Spares a restart a resolution.
+            }
+            for participant in participants {
+                self.send(fx, Lsn::NONE, participant, ToParticipant::Abort { txid });
             }
             self.sessions.finish(client, seq, &outcome, Lsn::NONE);
             return self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
