@@ -12,7 +12,7 @@
 //!
 //! Not part of the API: hidden from the docs, free to change with the fuzz crate.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use twophase_engine::fuzz_targets::{
     Gen, gen_key, gen_op, gen_reply, gen_submit, gen_to_coordinator, gen_to_participant, gen_value, mutate,
 };
@@ -95,7 +95,7 @@ pub fn gen_interactive(g: &mut Gen, limits: Limits) -> Interactive {
 pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
     let engine = limits.engine;
     let batch = |g: &mut Gen| g.count(limits.max_batch.min(1 << 16) as usize);
-    match g.u8() % 12 {
+    match g.u8() % 13 {
         0 => Frame::Hello(gen_hello(g)),
         1 => Frame::Welcome(gen_welcome(g)),
         2 => Frame::Error(ErrorFrame { code: ErrorCode::from_code(g.u16()), message: g.text(u16::MAX as usize) }),
@@ -115,6 +115,7 @@ pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
             fsync: g.u8().is_multiple_of(2),
         }),
         10 => Frame::Interactive((0..batch(g)).map(|_| gen_interactive(g, engine)).collect()),
+        11 => Frame::Raft(Bytes::from(g.text(1 << 12).into_bytes())),
         _ => Frame::Topology((0..gen_u16_count(g)).map(|_| (ParticipantId(g.u16()), g.text(64), g.text(64))).collect()),
     }
 }

@@ -162,7 +162,26 @@ impl Replica {
     /// Takes a message from a peer; call [`Replica::poll`] after a batch of them. A refused
     /// message ([`ReplicaError::BadMessage`]) changes nothing; any other error is fatal.
     pub fn step(&mut self, bytes: &[u8]) -> Result<(), ReplicaError> {
+        self.step_checked(bytes, None)
+    }
+
+    /// Like [`Replica::step`], for a message that arrived on a link authenticated as
+    /// replica `sender` (its certificate): a message claiming any other sender is refused
+    /// ([`ReplicaError::BadMessage`]), so one replica cannot speak for another.
+    pub fn step_from(&mut self, sender: u64, bytes: &[u8]) -> Result<(), ReplicaError> {
+        self.step_checked(bytes, Some(sender))
+    }
+
+    fn step_checked(&mut self, bytes: &[u8], sender: Option<u64>) -> Result<(), ReplicaError> {
         let mut message = codec::decode_message(bytes, self.config.message_bytes_max)?;
+        if let Some(sender) = sender
+            && message.from != sender
+        {
+            return Err(ReplicaError::BadMessage(format!(
+                "claims to be from {}, the link is {sender}'s",
+                message.from
+            )));
+        }
         self.check_origin(&message)?;
         self.guard_heartbeat_commit(&mut message);
         match self.node.step(message) {

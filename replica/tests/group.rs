@@ -518,3 +518,21 @@ fn bad_messages_are_refused_and_change_nothing() {
     group.rounds(2);
     assert_eq!(group.replica(leader).outcome(tickets[1].0), TicketOutcome::Committed);
 }
+
+#[test]
+fn a_message_claiming_another_sender_than_its_link_is_refused() {
+    let mut group = Group::new(3, 67);
+    let leader = group.elect(20 * ELECTION_TICKS);
+    group.in_flight.clear();
+    // Heartbeats leave within a heartbeat interval.
+    for _ in 0..ELECTION_TICKS {
+        group.replica(leader).tick();
+        group.settle_node(leader);
+    }
+    let (from, to, bytes) =
+        group.in_flight.iter().find(|(from, _, _)| *from == leader).cloned().expect("the leader sends heartbeats");
+    let impostor = group.live_ids().into_iter().find(|id| *id != from && *id != to).expect("a third replica");
+    let refused = group.replica(to).step_from(impostor, &bytes);
+    assert!(matches!(refused, Err(ReplicaError::BadMessage(_))), "{refused:?}");
+    group.replica(to).step_from(from, &bytes).unwrap();
+}

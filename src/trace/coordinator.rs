@@ -30,7 +30,7 @@ use twophase_engine::{
 use twophase_net::{TraceEntry, TraceKey, encode_trace_context};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context, parent_context};
+use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context, parent_context, pop_durable};
 
 /// Client contexts waiting for their request at most (a client sends one just before it).
 const WAITING_CONTEXTS_MAX: usize = 4096;
@@ -258,15 +258,9 @@ impl CoordinatorTrace {
     /// sync` event (on `decision`, or kept until it opens); a decision whose reply has left
     /// ends once its record is durable.
     pub fn after_step(&mut self, durable: Lsn) {
-        if self.syncs.front().is_none_or(|pending| pending.lsn > durable) {
-            return;
-        }
-        let now = SystemTime::now();
-        while let Some(pending) = self.syncs.pop_front() {
-            if pending.lsn > durable {
-                self.syncs.push_front(pending);
-                break;
-            }
+        let mut now = None;
+        while let Some(pending) = pop_durable(&mut self.syncs, durable, |pending| pending.lsn) {
+            let now = *now.get_or_insert_with(SystemTime::now);
             let Some(tx) = self.txs.get_mut(&pending.txid) else { continue };
             let sync = SyncDone {
                 record: pending.record,

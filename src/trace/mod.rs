@@ -26,6 +26,7 @@ pub mod context;
 pub mod coordinator;
 pub mod participant;
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -226,6 +227,15 @@ pub(crate) fn add_sync_event(span: &mut Span, sync: &SyncDone) {
     span.add_event_with_timestamp("log sync", sync.durable, attributes);
 }
 
+/// The oldest of `pending` (queued in LSN order) if the log is now durable up to it.
+pub(crate) fn pop_durable<T>(
+    pending: &mut VecDeque<T>,
+    durable: twophase_engine::Lsn,
+    lsn: impl Fn(&T) -> twophase_engine::Lsn,
+) -> Option<T> {
+    if pending.front().is_some_and(|oldest| lsn(oldest) <= durable) { pending.pop_front() } else { None }
+}
+
 /// A record of a traced transaction that became durable.
 #[derive(Clone, Debug)]
 pub(crate) struct SyncDone {
@@ -248,6 +258,16 @@ impl Drop for Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_records_up_to_the_durable_lsn_are_popped_oldest_first() {
+        use twophase_engine::Lsn;
+        let mut pending: VecDeque<u64> = [3, 5, 9].into();
+        let popped: Vec<u64> = std::iter::from_fn(|| pop_durable(&mut pending, Lsn(5), |&lsn| Lsn(lsn))).collect();
+        assert_eq!(popped, [3, 5]);
+        assert_eq!(pending, [9], "a record past the durable LSN stays queued");
+        assert_eq!(pop_durable(&mut pending, Lsn(8), |&lsn| Lsn(lsn)), None);
+    }
 
     #[test]
     fn rates_outside_zero_to_one_are_refused() {

@@ -17,7 +17,7 @@ use twophase_engine::{Lsn, PartRecord, ToCoordinator, ToParticipant, TxId, Vote}
 use twophase_net::{TraceEntry, TraceKey};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context};
+use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
 
 struct TracedTx {
     prepare: Option<Span>,
@@ -148,15 +148,9 @@ impl ParticipantTrace {
     /// The log is durable up to `durable`: a traced Prepared record now durable is a `log
     /// sync` event on its `prepare`, which ends (the Yes leaves in this step).
     pub fn after_step(&mut self, durable: Lsn) {
-        if self.syncs.front().is_none_or(|pending| pending.lsn > durable) {
-            return;
-        }
-        let now = SystemTime::now();
-        while let Some(pending) = self.syncs.pop_front() {
-            if pending.lsn > durable {
-                self.syncs.push_front(pending);
-                break;
-            }
+        let mut now = None;
+        while let Some(pending) = pop_durable(&mut self.syncs, durable, |pending| pending.lsn) {
+            let now = *now.get_or_insert_with(SystemTime::now);
             let Some(tx) = self.txs.get_mut(&pending.txid) else { continue };
             let Some(mut prepare) = tx.prepare.take() else { continue };
             let sync = SyncDone {

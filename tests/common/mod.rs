@@ -437,3 +437,34 @@ pub fn read_frames(
     }
     frames
 }
+
+/// A coordinator `c1` and participants `p1`..`pN`, each its own process (so that a test
+/// can kill and restart any one of them), sharing one temporary data directory.
+pub struct NodeSet {
+    pub coordinator: Node,
+    pub participants: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeSet {
+    /// Starts `count` participants with `participant_flags` (e.g. a lock-wait timeout),
+    /// then the coordinator that connects to them.
+    pub fn start(count: usize, participant_flags: &[&str]) -> NodeSet {
+        let dir = tempfile::tempdir().unwrap();
+        let participants: Vec<Node> = (1..=count)
+            .map(|index| Node::participant_with(&format!("p{index}"), dir.path(), participant_flags, &[]))
+            .collect();
+        let refs: Vec<&Node> = participants.iter().collect();
+        let coordinator = Node::coordinator(dir.path(), &refs, &[], &[]);
+        NodeSet { coordinator, participants, _dir: dir }
+    }
+
+    /// Client options for this set (a 10 s request timeout: statements may wait for locks).
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions { request_timeout: Duration::from_secs(10), ..client_options(&self.coordinator.data_dir) }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.coordinator.addr, self.options()).expect("connecting to the coordinator")
+    }
+}

@@ -48,6 +48,18 @@ pub struct InteractiveConfig {
     /// stay above this.
     pub idle_timeout_max: Duration,
     pub graph: GraphLimits,
+    #[cfg(test)]
+    pub bugs: DetectorBugs,
+}
+
+/// Bugs planted in the deadlock detector, to prove the simulator's checker catches them.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectorBugs {
+    /// Never search for cycles: deadlocks end only by lock-wait timeouts.
+    pub never_fires: bool,
+    /// Abort the oldest member of a cycle instead of the youngest.
+    pub victim_oldest: bool,
 }
 
 impl Default for InteractiveConfig {
@@ -58,6 +70,8 @@ impl Default for InteractiveConfig {
             idle_timeout_default: Duration::from_secs(10),
             idle_timeout_max: Duration::from_secs(60),
             graph: GraphLimits::default(),
+            #[cfg(test)]
+            bugs: DetectorBugs::default(),
         }
     }
 }
@@ -360,7 +374,18 @@ impl Coordinator {
             return;
         }
         let closed_at = now;
+        #[cfg(test)]
+        if self.config.interactive.bugs.never_fires {
+            return;
+        }
         while let Some(deadlock) = self.interactive.graph.find_cycle(waiter) {
+            #[cfg(test)]
+            let deadlock = if self.config.interactive.bugs.victim_oldest {
+                let oldest = *deadlock.cycle.iter().min().expect("a cycle has members");
+                crate::deadlock::Deadlock { victim: oldest, ..deadlock }
+            } else {
+                deadlock
+            };
             let victim = deadlock.victim;
             assert!(self.interactive.open.contains_key(&victim), "a deadlock victim {victim} that is not open");
             self.end_open(victim, AbortReason::Deadlock { cycle: deadlock.cycle }, fx);

@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+#[cfg(test)]
+pub use interactive::DetectorBugs;
 pub use interactive::{InteractiveConfig, InteractiveStats};
 pub use sessions::{Answer, IDENTITY_BYTES_MAX, Known, SessionLimits, Sessions};
 pub use snapshot::{CoordinatorSnapshot, SessionSnapshot};

@@ -8,7 +8,9 @@
 //! each absent or a value a committed transaction wrote to that key there), the explicit "reads unavailable" outcome only for a
 //! transaction with `Get`s that a restarted coordinator resolved, strict serializability of
 //! the committed history ([`super::history`] builds it, [`super::serial`] checks it: no cycle
-//! of ww, wr, rw and real-time edges), and (by the world) liveness once faults stop.
+//! of ww, wr, rw and real-time edges), that every interactive Begin ended, what the world saw
+//! of deadlocks and lock timeouts as they happened (`Observed::violations`), and (by the
+//! world) liveness once faults stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +39,13 @@ pub(super) struct Observed {
     pub heard_at: BTreeMap<(ClientId, Seq), Time>,
     pub client_anomalies: Vec<String>,
     pub setup_done_at: Time,
+    /// Interactive transactions whose client heard `Began`: txid → session, when.
+    pub begun: BTreeMap<TxId, (ClientId, Time)>,
+    /// Interactive transactions whose client heard how they ended.
+    pub ended: BTreeSet<TxId>,
+    /// Violations the world saw as they happened (deadlock victims and cycles, lock-wait
+    /// timeouts: judged against the participants' waits, see `world::waits`), by kind.
+    pub violations: Vec<(&'static str, String)>,
 }
 
 struct Decision {
@@ -81,6 +90,10 @@ pub(super) fn check(
     for anomaly in &observed.client_anomalies {
         violations.report("exactly-once", anomaly.clone());
     }
+    for (kind, message) in &observed.violations {
+        violations.report(kind, message.clone());
+    }
+    check_every_begin_ends(observed, &mut violations);
     let decisions = committed_decisions(coordinator_log, &mut violations);
     let by_request = requests_committed(&decisions, &mut violations);
     let histories: Vec<ParticipantHistory> = participant_logs.iter().map(|log| history(log)).collect();
@@ -93,6 +106,16 @@ pub(super) fn check(
         violations.report(anomaly.kind, anomaly.message);
     }
     violations.list
+}
+
+/// No transaction waits forever: every interactive transaction a client began ended
+/// (committed, aborted for a named reason, rolled back, timed out) and its client heard so.
+fn check_every_begin_ends(observed: &Observed, violations: &mut Violations) {
+    for (txid, (client, at)) in &observed.begun {
+        if !observed.ended.contains(txid) {
+            violations.report("liveness", format!("client {} began {txid} at {at:?} and never heard it end", client.0));
+        }
+    }
 }
 
 fn committed_decisions(log: &[(Lsn, CoordRecord)], violations: &mut Violations) -> BTreeMap<TxId, Decision> {

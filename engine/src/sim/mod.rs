@@ -1,9 +1,11 @@
-//! The deterministic simulator: one coordinator, several participants and many clients,
-//! driven by one seed, with simulated time, a faulty network, disks that lose unsynced
-//! writes and tear their tail, and crashes and restarts at any step. After every run the
-//! [`checker`] verifies atomicity, durability, conservation, no lost update, exactly-once,
-//! strict serializability of the committed history and liveness. The same seed always
-//! replays the same run.
+//! The deterministic simulator: one coordinator, several participants and many clients
+//! (one-shot and interactive), driven by one seed, with simulated time, a faulty network,
+//! disks that lose unsynced writes and tear their tail, and crashes and restarts at any
+//! step. After every run the [`checker`] verifies atomicity, durability, conservation, no
+//! lost update, exactly-once, strict serializability of the committed history and
+//! liveness; for interactive transactions also that every Begin ends, that deadlock victims
+//! were the youngest of real cycles, that no reported cycle outlives detection and that no
+//! lock timeout is early. The same seed always replays the same run.
 //!
 //! The simulator uses the very same state machines and durability gate as the servers;
 //! only time, network and disk are simulated.
@@ -11,6 +13,7 @@
 pub mod checker;
 mod disk;
 mod history;
+mod interactive;
 mod serial;
 mod workload;
 mod world;
@@ -19,7 +22,7 @@ use std::fmt;
 use std::time::Duration;
 
 #[cfg(test)]
-use crate::coordinator::CoordinatorBugs;
+use crate::coordinator::{CoordinatorBugs, DetectorBugs};
 #[cfg(test)]
 use crate::participant::ParticipantBugs;
 
@@ -70,6 +73,10 @@ impl Faults {
 pub struct PlantedBugs {
     pub coordinator: CoordinatorBugs,
     pub participant: ParticipantBugs,
+    pub detector: DetectorBugs,
+    /// Participants end lock waits after this, shorter than the configured lock-wait
+    /// timeout the checker holds them to.
+    pub lock_timeout_early: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +91,9 @@ pub struct SimConfig {
     pub initial_balance: i64,
     pub hot_keys: u32,
     pub faults: Faults,
+    /// Interactive clients (Begin, Executes with think time, Commit or Rollback), beside
+    /// the `clients` that send one-shot transactions.
+    pub interactive: InteractiveMix,
     /// Once faults stop, everything must be decided within this much simulated time.
     pub liveness_bound: Duration,
     #[cfg(test)]
@@ -112,9 +122,38 @@ impl SimConfig {
                 torn_tail_probability: 0.5,
             },
             liveness_bound: Duration::from_secs(30),
+            interactive: InteractiveMix::none(),
             #[cfg(test)]
             bugs: PlantedBugs::default(),
         }
+    }
+}
+
+pub use interactive::InteractiveMix;
+
+impl SimConfig {
+    /// The standard run with interactive clients beside the one-shot ones: 4 interactive
+    /// clients running 200 bank transfers on 3 hot accounts per participant.
+    pub fn interactive(seed: u64) -> SimConfig {
+        let mut config = SimConfig::standard(seed);
+        config.transactions = 300;
+        config.interactive = InteractiveMix::standard(4, 200);
+        config
+    }
+
+    /// A cheap run for sweeps over many seeds: 2 one-shot and 3 interactive clients, 40
+    /// transactions in all, every fault kind in a shorter window.
+    pub fn interactive_quick(seed: u64) -> SimConfig {
+        let mut config = SimConfig::standard(seed);
+        config.clients = 2;
+        config.transactions = 16;
+        config.accounts_per_participant = 4;
+        config.faults.window = Duration::from_millis(300);
+        config.faults.max_crashes = 2;
+        config.faults.max_partitions = 1;
+        config.interactive = InteractiveMix::standard(3, 24);
+        config.interactive.hot_accounts = 2;
+        config
     }
 }
 
@@ -234,5 +273,7 @@ pub fn run(config: &SimConfig) -> SimReport {
     })
 }
 
+#[cfg(test)]
+mod interactive_tests;
 #[cfg(test)]
 mod tests;

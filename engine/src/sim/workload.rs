@@ -130,6 +130,9 @@ pub(super) struct Client {
     pub wake_token: u64,
     /// The first outcome heard for each request.
     pub outcomes: BTreeMap<Seq, Outcome>,
+    /// An interactive client runs conversations instead of one-shot requests.
+    pub interactive: bool,
+    pub conversation: Option<super::interactive::Conversation>,
 }
 
 impl Client {
@@ -144,11 +147,20 @@ impl Client {
             pending: None,
             wake_token: 0,
             outcomes: BTreeMap::new(),
+            interactive: false,
+            conversation: None,
         }
     }
 
     pub(super) fn is_done(&self) -> bool {
-        self.pending.is_none() && self.remaining == 0 && self.setup.is_empty()
+        self.pending.is_none() && self.conversation.is_none() && self.remaining == 0 && self.setup.is_empty()
+    }
+
+    /// The sequence number of this client's next request.
+    pub(super) fn take_seq(&mut self) -> Seq {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
     }
 
     /// Starts the next request, if any: set-up first.

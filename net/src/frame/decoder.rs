@@ -136,6 +136,10 @@ impl FrameDecoder {
             FrameKind::TraceContext => {
                 Frame::TraceContext(super::trace_context::decode(&mut reader, self.limits.max_batch)?)
             }
+            FrameKind::Raft => {
+                let len = reader.remaining();
+                Frame::Raft(reader.slice(len, "raft message")?)
+            }
             FrameKind::AdminRequest => match reader.u8("admin op")? {
                 1 => Frame::AdminRequest(AdminOp::Dump),
                 2 => Frame::AdminRequest(AdminOp::Topology),

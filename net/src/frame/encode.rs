@@ -24,6 +24,9 @@ pub enum Frame {
     TraceContext(Vec<TraceEntry>),
     /// A client's interactive-transaction requests.
     Interactive(Vec<Interactive>),
+    /// One encoded Raft message between coordinator replicas: the whole payload, its size
+    /// bounded by the frame limit.
+    Raft(Bytes),
     AdminRequest(AdminOp),
     /// Key-value pairs of a dump: `u32 count | (key, value) × count`.
     DumpChunk(Vec<(Key, Value)>),
@@ -44,6 +47,7 @@ impl Frame {
             Frame::ToCoordinator(_) => FrameKind::ToCoordinator,
             Frame::TraceContext(_) => FrameKind::TraceContext,
             Frame::Interactive(_) => FrameKind::Interactive,
+            Frame::Raft(_) => FrameKind::Raft,
             Frame::AdminRequest(_) => FrameKind::AdminRequest,
             Frame::DumpChunk(_) => FrameKind::DumpChunk,
             Frame::DumpEnd(_) => FrameKind::DumpEnd,
@@ -95,6 +99,7 @@ impl Frame {
             Frame::ToCoordinator(items) => put_batch(out, items),
             Frame::TraceContext(entries) => super::trace_context::encode(out, entries),
             Frame::Interactive(items) => put_batch(out, items),
+            Frame::Raft(message) => out.put_slice(message),
             Frame::AdminRequest(op) => out.put_u8(*op as u8),
             Frame::DumpChunk(entries) => {
                 out.put_u32_le(u32::try_from(entries.len()).expect("chunk of more than 2^32 entries"));

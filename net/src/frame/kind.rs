@@ -60,6 +60,9 @@ pub enum FrameKind {
     /// A client's interactive-transaction requests (`Begin`, `Execute`, `Commit`,
     /// `Rollback`); answered in `Replies`.
     Interactive = 21,
+    /// One Raft message between the replicas of a coordinator group (opaque to the
+    /// transport; `twophase-replica` decodes and checks it).
+    Raft = 22,
     AdminRequest = 32,
     DumpChunk = 33,
     DumpEnd = 34,
@@ -78,6 +81,7 @@ impl FrameKind {
             19 => FrameKind::ToCoordinator,
             20 => FrameKind::TraceContext,
             21 => FrameKind::Interactive,
+            22 => FrameKind::Raft,
             32 => FrameKind::AdminRequest,
             33 => FrameKind::DumpChunk,
             34 => FrameKind::DumpEnd,

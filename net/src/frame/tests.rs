@@ -81,6 +81,8 @@ pub fn sample_frames() -> Vec<Frame> {
             TraceEntry { key: TraceKey::Tx(txid), traceparent: Bytes::new() },
         ]),
         Frame::Interactive(sample_interactive(txid)),
+        Frame::Raft(Bytes::from_static(b"an encoded raft message")),
+        Frame::Raft(Bytes::new()),
         Frame::Replies(vec![
             Reply::Began { client: ClientId(7), seq: 4, txid },
             Reply::Executed { client: ClientId(7), seq: 5, reads: vec![Read { index: 1, value: None }] },

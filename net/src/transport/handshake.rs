@@ -146,13 +146,14 @@ impl Reactor {
 /// Whether a connecting side of `role` may send data frames of `kind` on an accepted
 /// connection: clients submit and run interactive transactions, admins ask, coordinators
 /// prepare and decide, participants vote and acknowledge; clients and coordinators may
-/// precede their data with the trace context of sampled transactions.
+/// precede their data with the trace context of sampled transactions; coordinators of a
+/// replicated group exchange Raft messages.
 pub(super) fn may_send(role: Role, kind: FrameKind) -> bool {
     matches!(
         (role, kind),
         (Role::Client, FrameKind::Submits | FrameKind::Interactive | FrameKind::TraceContext)
             | (Role::Admin, FrameKind::AdminRequest)
-            | (Role::Coordinator, FrameKind::ToParticipant | FrameKind::TraceContext)
+            | (Role::Coordinator, FrameKind::ToParticipant | FrameKind::TraceContext | FrameKind::Raft)
             | (Role::Participant, FrameKind::ToCoordinator)
     )
 }
@@ -182,5 +183,13 @@ mod tests {
         }
         assert!(!may_send(Role::Client, FrameKind::ToCoordinator));
         assert!(!may_send(Role::Client, FrameKind::Replies));
+    }
+
+    #[test]
+    fn only_coordinators_may_send_raft_messages() {
+        assert!(may_send(Role::Coordinator, FrameKind::Raft));
+        for role in [Role::Client, Role::Admin, Role::Participant] {
+            assert!(!may_send(role, FrameKind::Raft), "{role} may not send Raft frames");
+        }
     }
 }

@@ -23,6 +23,9 @@ impl World {
         if client.session.is_none() {
             return self.register(index);
         }
+        if client.interactive {
+            return self.interactive_wake(index);
+        }
         if client.pending.is_none() && client.start_next(&self.config, &mut self.rng).is_none() {
             return;
         }
@@ -64,6 +67,9 @@ impl World {
             let client = &self.clients[index as usize];
             let anomaly = format!("{} heard a reply about another session: {reply:?}", client.identity);
             return self.observed.client_anomalies.push(anomaly);
+        }
+        if client.interactive {
+            return self.interactive_reply(index, session, reply);
         }
         match reply {
             Reply::Rejected { seq, reason: RejectReason::Busy, .. } if current == Some(seq) => {
@@ -142,7 +148,7 @@ impl World {
         self.observed.setup_done_at = self.now;
         let faults = self.config.faults;
         self.faults_until = self.now + faults.window;
-        for index in 1..self.config.clients {
+        for index in 1..self.clients.len() as u16 {
             let token = self.clients[index as usize].wake_token;
             let at = self.after_us((0, 500));
             self.schedule(at, Event::ClientWake { client: index, token });

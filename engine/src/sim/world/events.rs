@@ -42,6 +42,18 @@ pub(super) enum Event {
         isolated: NodeId,
         duration: Duration,
     },
+    /// The coordinator–participant connection broke (see `links`).
+    /// `break_id` names the break: a later break of the same link makes these stale.
+    LinkBroken {
+        participant: u16,
+        incarnation: u64,
+        break_id: u64,
+    },
+    LinkRestored {
+        participant: u16,
+        incarnation: u64,
+        break_id: u64,
+    },
     ClientWake {
         client: u16,
         token: u64,

@@ -27,6 +27,11 @@ impl World {
             NodeId::Client(_) => unreachable!("clients do not crash"),
         };
         let Some(loss) = loss else { return }; // Already down.
+        match node {
+            NodeId::Coordinator => self.observe_coordinator_restart(),
+            _ => self.observe_participant_crash(node),
+        }
+        self.connections_closed_by_crash(node);
         self.counts.crashes += 1;
         self.counts.lost_records += loss.lost;
         self.counts.torn_tails += u64::from(loss.torn);

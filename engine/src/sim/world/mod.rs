@@ -7,8 +7,11 @@
 mod clients;
 mod events;
 mod faults;
+mod interactive;
+mod links;
 mod network;
 mod nodes;
+mod waits;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -62,6 +65,12 @@ pub(super) struct World {
     /// The coordinator's installed checkpoint (durable), and one waiting for its LSN.
     checkpoint: Option<CoordinatorSnapshot>,
     pending_checkpoint: Option<CoordinatorSnapshot>,
+    /// Ground truth of lock waits at the participants, for the deadlock checks.
+    waits: waits::WaitTruth,
+    /// Coordinator–participant connections that broke and have not reconnected (`links`),
+    /// each with the id of its break.
+    broken_links: BTreeMap<u16, u64>,
+    link_breaks: u64,
 }
 
 const SNAPSHOT_EVERY_MS: (u64, u64) = (10, 150);
@@ -75,6 +84,7 @@ impl World {
         let mut clients: Vec<Client> =
             (0..config.clients).map(|i| Client::new(i, per_client + usize::from((i as usize) < extra))).collect();
         clients[0].setup = workload::setup_transactions(&config);
+        clients.extend(interactive::interactive_clients(&config));
         World {
             participants: (0..config.participants).map(|_| Node::new()).collect(),
             coordinator: Node::new(),
@@ -95,6 +105,9 @@ impl World {
             pending_snapshots: vec![None; config.participants as usize],
             checkpoint: None,
             pending_checkpoint: None,
+            waits: waits::WaitTruth::default(),
+            broken_links: BTreeMap::new(),
+            link_breaks: 0,
             config,
         }
     }
@@ -115,9 +128,13 @@ impl World {
             session_bytes_max: 64 * 1024,
         };
         config.hash_seed = self.config.seed;
+        // Participants roll back what the coordinator forgot after `open_idle_max` (below):
+        // the largest idle timeout stays under it.
+        config.interactive.idle_timeout_max = Duration::from_millis(1000);
         #[cfg(test)]
         {
             config.bugs = self.config.bugs.coordinator;
+            config.interactive.bugs = self.config.bugs.detector;
         }
         config
     }
@@ -127,9 +144,14 @@ impl World {
         config.inquiry_after = Duration::from_millis(50);
         config.inquiry_max = Duration::from_millis(500);
         config.hash_seed = self.config.seed ^ (index as u64 + 1);
+        config.lock_wait_timeout = self.config.interactive.lock_wait_timeout;
+        config.open_idle_max = Duration::from_millis(2000);
         #[cfg(test)]
         {
             config.bugs = self.config.bugs.participant;
+            if let Some(early) = self.config.bugs.lock_timeout_early {
+                config.lock_wait_timeout = early;
+            }
         }
         config
     }
@@ -179,15 +201,26 @@ impl World {
 
     fn is_quiescent(&self) -> bool {
         self.clients.iter().all(Client::is_done)
-            && self.coordinator.engine.as_ref().is_some_and(|c| c.unfinished() == 0)
-            && self
-                .participants
-                .iter()
-                .all(|p| p.engine.as_ref().is_some_and(|p| p.prepared() == 0 && p.locked_keys() == 0))
+            && self.coordinator.engine.as_ref().is_some_and(|c| c.unfinished() == 0 && c.open_transactions() == 0)
+            && self.participants.iter().all(|p| {
+                p.engine
+                    .as_ref()
+                    .is_some_and(|p| p.prepared() == 0 && p.locked_keys() == 0 && p.open_transactions() == 0)
+            })
     }
 
     fn describe_progress(&self) -> String {
         let clients_waiting = self.clients.iter().filter(|c| !c.is_done()).count();
+        let stuck: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|c| !c.is_done())
+            .filter_map(|c| {
+                c.conversation.as_ref().map(|t| format!("{} {:?} {:?} seq {:?}", c.identity, t.txid, t.stage, t.seq))
+            })
+            .collect();
+        // Interactive clients also say where their transaction stands.
+        let clients_waiting = format!("{clients_waiting} {stuck:?}");
         let coordinator = match &self.coordinator.engine {
             Some(c) => format!("coordinator unfinished={}", c.unfinished()),
             None => "coordinator down".into(),
@@ -217,6 +250,12 @@ impl World {
             Event::Partition { isolated, duration } => {
                 self.counts.partitions += 1;
                 self.isolated = Some((isolated, self.now + duration));
+            }
+            Event::LinkBroken { participant, incarnation, break_id } => {
+                self.link_broken_event(participant, incarnation, break_id)
+            }
+            Event::LinkRestored { participant, incarnation, break_id } => {
+                self.link_restored_event(participant, incarnation, break_id)
             }
             Event::ClientWake { client, token } => self.client_wake(client, token),
             Event::Snapshot { participant } => self.take_snapshot(participant),

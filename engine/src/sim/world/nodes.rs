@@ -61,6 +61,7 @@ impl World {
                 let node_state = &mut self.coordinator;
                 node_state.gate = DurabilityGate::new(node_state.disk.durable_lsn());
                 node_state.engine = Some(Coordinator::recover_from(config, checkpoint, log, now, &mut node_state.fx));
+                self.links_at_coordinator_start();
             }
             NodeId::Participant(index) => {
                 let config = self.participant_config(index);
