@@ -57,7 +57,7 @@ fn hello(role: Role, cluster: &str, node: &str, epoch: Epoch) -> Hello {
 /// prepares stale if it were ever processed.
 fn intruder_prepare() -> Frame {
     let op = LocalOp { index: 0, key: Bytes::from_static(b"stolen"), kind: OpKind::Put(Bytes::from_static(b"x")) };
-    let prepare = ToParticipant::Prepare { txid: TxId::new(Epoch::MAX, TxId::COUNTER_MAX), ops: vec![op] };
+    let prepare = ToParticipant::Prepare { txid: TxId::new(Epoch::MAX, TxId::COUNTER_MAX), ops: vec![op], sole: true };
     Frame::ToParticipant { epoch: Epoch::MAX, messages: vec![prepare] }
 }
 

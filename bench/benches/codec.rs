@@ -56,7 +56,7 @@ fn prepare(i: u64) -> ToParticipant {
         LocalOp { index: 0, key: account_key(i * 7_919), kind: debit() },
         LocalOp { index: 1, key: account_key(i * 104_729 + 1), kind: credit() },
     ];
-    ToParticipant::Prepare { txid: TxId::new(EPOCH, i + 1), ops }
+    ToParticipant::Prepare { txid: TxId::new(EPOCH, i + 1), ops, sole: false }
 }
 
 fn encode_frame<T: BatchItem>(writer: &mut BatchWriter<T>, messages: &[T]) -> Bytes {

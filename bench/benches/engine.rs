@@ -293,7 +293,8 @@ fn transfer_prepare(keys: &[Key], i: u64, ops: usize) -> ToParticipant {
     if ops == 2 {
         local.push(LocalOp { index: 1, key: keys[to].clone(), kind: credit() });
     }
-    ToParticipant::Prepare { txid: TxId::new(EPOCH, i), ops: local }
+    // Both accounts here: its only participant; the debit alone: one of two.
+    ToParticipant::Prepare { txid: TxId::new(EPOCH, i), ops: local, sole: ops == 2 }
 }
 
 fn participant(c: &mut Criterion) {

@@ -228,6 +228,24 @@ pub fn put_string(out: &mut Vec<u8>, text: &str) {
     out.put_slice(bytes);
 }
 
+/// A list of keys: `u16 count | key × count`.
+pub fn put_keys(out: &mut Vec<u8>, keys: &[Key]) {
+    put_count(out, keys.len());
+    for key in keys {
+        put_key(out, key);
+    }
+}
+
+/// A list of at most `max` keys (each at least its 2-byte length on the wire).
+pub fn read_keys(reader: &mut Reader, max: usize, what: &str) -> Result<Vec<Key>, DecodeError> {
+    let count = reader.count(max, 2, what)?;
+    let mut keys = Vec::with_capacity(count);
+    for _ in 0..count {
+        keys.push(reader.key()?);
+    }
+    Ok(keys)
+}
+
 pub fn put_list<T: Encode>(out: &mut Vec<u8>, items: &[T]) {
     put_count(out, items.len());
     for item in items {

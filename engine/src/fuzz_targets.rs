@@ -347,14 +347,15 @@ pub fn gen_to_participant(g: &mut Gen, limits: Limits) -> ToParticipant {
     match g.u8() % 6 {
         0 => {
             let count = g.count(limits.max_ops_per_tx);
-            ToParticipant::Prepare { txid, ops: (0..count).map(|_| gen_local_op(g, limits)).collect() }
+            let ops = (0..count).map(|_| gen_local_op(g, limits)).collect();
+            ToParticipant::Prepare { txid, ops, sole: g.u8().is_multiple_of(2) }
         }
         4 => {
             let isolation = gen_isolation(g);
             let count = g.count(limits.max_ops_per_tx);
             ToParticipant::Execute { txid, isolation, ops: (0..count).map(|_| gen_local_op(g, limits)).collect() }
         }
-        5 => ToParticipant::PrepareExecuted { txid },
+        5 => ToParticipant::PrepareExecuted { txid, sole: g.u8().is_multiple_of(2) },
         1 => ToParticipant::Commit { txid },
         2 => ToParticipant::Abort { txid },
         _ => ToParticipant::Query { txid },
@@ -477,11 +478,15 @@ fn gen_writes(g: &mut Gen) -> Vec<Write> {
     (0..count).map(|_| Write { key: gen_key(g, RECORD_LIMITS), value: gen_optional_value(g, RECORD_LIMITS) }).collect()
 }
 
+fn gen_read_keys(g: &mut Gen) -> Vec<Key> {
+    (0..g.count(u16::MAX as usize)).map(|_| gen_key(g, RECORD_LIMITS)).collect()
+}
+
 pub fn gen_part_record(g: &mut Gen) -> PartRecord {
     let txid = TxId(g.u64());
     match g.u8() % 4 {
         0 => PartRecord::Epoch { epoch: Epoch(g.u32()) },
-        1 => PartRecord::Prepared { txid, writes: gen_writes(g) },
+        1 => PartRecord::Prepared { txid, writes: gen_writes(g), read_keys: gen_read_keys(g) },
         2 => PartRecord::Committed { txid },
         _ => PartRecord::Aborted { txid },
     }
@@ -541,7 +546,7 @@ pub fn gen_participant_snapshot(g: &mut Gen) -> ParticipantSnapshot {
     let pairs: Vec<(Key, Value)> =
         (0..g.count(64)).map(|_| (gen_key(g, RECORD_LIMITS), gen_value(g, RECORD_LIMITS))).collect();
     let kv = KvImage::from_pairs(pairs.iter().map(|(key, value)| (&key[..], &value[..])));
-    let prepared = (0..g.count(16)).map(|_| (TxId(g.u64()), gen_writes(g))).collect();
+    let prepared = (0..g.count(16)).map(|_| (TxId(g.u64()), gen_writes(g), gen_read_keys(g))).collect();
     ParticipantSnapshot { lsn, max_epoch, max_txid_seen, kv, prepared }
 }
 

@@ -34,9 +34,14 @@ use crate::types::{ClientId, Seq, TxId};
 /// simulator with each message, on the wire once per frame).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ToParticipant {
+    /// `sole`: this participant is the transaction's only one. Only then may a participant
+    /// where it just reads vote `ReadOnly` and release its read locks at once; with several
+    /// participants it holds them, durably, until the decision (docs/ARCHITECTURE.md,
+    /// "Read-only optimisation").
     Prepare {
         txid: TxId,
         ops: Vec<LocalOp>,
+        sole: bool,
     },
     Commit {
         txid: TxId,
@@ -61,6 +66,7 @@ pub enum ToParticipant {
     /// Prepare. (Abort rolls an open transaction back, waking its waiters.)
     PrepareExecuted {
         txid: TxId,
+        sole: bool,
     },
 }
 
@@ -72,7 +78,7 @@ impl ToParticipant {
             | ToParticipant::Abort { txid }
             | ToParticipant::Query { txid }
             | ToParticipant::Execute { txid, .. }
-            | ToParticipant::PrepareExecuted { txid } => *txid,
+            | ToParticipant::PrepareExecuted { txid, .. } => *txid,
         }
     }
 }
@@ -266,13 +272,23 @@ fn read_txid(reader: &mut Reader) -> Result<TxId, DecodeError> {
     Ok(TxId(reader.u64("txid")?))
 }
 
+/// The `sole` flag of a prepare: 0 or 1, anything else refused.
+fn read_sole(reader: &mut Reader) -> Result<bool, DecodeError> {
+    match reader.u8("sole participant flag")? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(reader.error(format!("sole participant flag {other} is neither 0 nor 1"))),
+    }
+}
+
 impl Encode for ToParticipant {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            ToParticipant::Prepare { txid, ops } => {
+            ToParticipant::Prepare { txid, ops, sole } => {
                 out.put_u8(0);
                 out.put_u64_le(txid.0);
                 put_list(out, ops);
+                out.put_u8(u8::from(*sole));
             }
             ToParticipant::Commit { txid } => {
                 out.put_u8(1);
@@ -292,9 +308,10 @@ impl Encode for ToParticipant {
                 isolation.encode(out);
                 put_list(out, ops);
             }
-            ToParticipant::PrepareExecuted { txid } => {
+            ToParticipant::PrepareExecuted { txid, sole } => {
                 out.put_u8(5);
                 out.put_u64_le(txid.0);
+                out.put_u8(u8::from(*sole));
             }
         }
     }
@@ -306,7 +323,8 @@ impl Decode for ToParticipant {
             0 => {
                 let txid = read_txid(reader)?;
                 let max = reader.limits().max_ops_per_tx;
-                Ok(ToParticipant::Prepare { txid, ops: read_list(reader, max, MIN_OP_BYTES, "ops")? })
+                let ops = read_list(reader, max, MIN_OP_BYTES, "ops")?;
+                Ok(ToParticipant::Prepare { txid, ops, sole: read_sole(reader)? })
             }
             1 => Ok(ToParticipant::Commit { txid: read_txid(reader)? }),
             2 => Ok(ToParticipant::Abort { txid: read_txid(reader)? }),
@@ -317,7 +335,7 @@ impl Decode for ToParticipant {
                 let max = reader.limits().max_ops_per_tx;
                 Ok(ToParticipant::Execute { txid, isolation, ops: read_list(reader, max, MIN_OP_BYTES, "ops")? })
             }
-            5 => Ok(ToParticipant::PrepareExecuted { txid: read_txid(reader)? }),
+            5 => Ok(ToParticipant::PrepareExecuted { txid: read_txid(reader)?, sole: read_sole(reader)? }),
             other => Err(reader.error(format!("unknown participant message {other}"))),
         }
     }
@@ -578,7 +596,8 @@ mod tests {
             LocalOp { index: 0, key: key("a"), kind: OpKind::Add { delta: -1, floor: 0 } },
             LocalOp { index: 2, key: key("b"), kind: OpKind::Get },
         ];
-        round_trip(&ToParticipant::Prepare { txid, ops });
+        round_trip(&ToParticipant::Prepare { txid, ops: ops.clone(), sole: false });
+        round_trip(&ToParticipant::Prepare { txid, ops, sole: true });
         round_trip(&ToParticipant::Commit { txid });
         round_trip(&ToParticipant::Abort { txid });
         round_trip(&ToParticipant::Query { txid });
@@ -617,6 +636,20 @@ mod tests {
     }
 
     #[test]
+    fn a_sole_flag_other_than_0_or_1_is_refused() {
+        let txid = TxId::new(Epoch(3), 99);
+        for message in [
+            ToParticipant::Prepare { txid, ops: vec![], sole: true },
+            ToParticipant::PrepareExecuted { txid, sole: true },
+        ] {
+            let mut bytes = message.to_bytes().to_vec();
+            *bytes.last_mut().unwrap() = 2;
+            let error = ToParticipant::decode_all(Bytes::from(bytes), crate::ops::Limits::default()).unwrap_err();
+            assert!(error.reason.contains("sole participant flag 2"), "{error:?}");
+        }
+    }
+
+    #[test]
     fn interactive_messages_round_trip() {
         let txid = TxId::new(Epoch(3), 99);
         let ops = vec![LocalOp { index: 1, key: key("a"), kind: OpKind::Get }];
@@ -624,7 +657,8 @@ mod tests {
             round_trip(&ToParticipant::Execute { txid, isolation, ops: ops.clone() });
             round_trip(&Interactive::Begin { client: ClientId(4), seq: 1, isolation, idle_timeout_ms: 30_000 });
         }
-        round_trip(&ToParticipant::PrepareExecuted { txid });
+        round_trip(&ToParticipant::PrepareExecuted { txid, sole: false });
+        round_trip(&ToParticipant::PrepareExecuted { txid, sole: true });
         round_trip(&ToCoordinator::Executed { txid, result: Ok(vec![Read { index: 1, value: Some(key("v")) }]) });
         round_trip(&ToCoordinator::Executed { txid, result: Ok(vec![]) });
         let reason = AbortReason::LockTimeout { participant: ParticipantId(2), key: key("a") };

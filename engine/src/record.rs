@@ -11,7 +11,7 @@
 //! | 5 | coordinator Abort | `u64 txid` |
 //! | 6 | coordinator Register | `u64 client \| u16 length \| identity (UTF-8) \| u64 expired client (0: none)` |
 //! | 16 | participant Epoch | `u32 highest coordinator epoch seen` |
-//! | 17 | participant Prepared | `u64 txid \| list of writes (key, optional value)` |
+//! | 17 | participant Prepared | `u64 txid \| list of writes (key, optional value) \| list of read keys` (keys held shared until the decision) |
 //! | 18 | participant Committed | `u64 txid` |
 //! | 19 | participant Aborted | `u64 txid` |
 
@@ -20,7 +20,8 @@ use std::fmt;
 use bytes::{BufMut, Bytes};
 
 use crate::codec::{
-    Decode, DecodeError, Encode, Reader, put_count, put_key, put_list, put_optional_value, put_string, read_list,
+    Decode, DecodeError, Encode, Reader, put_count, put_key, put_keys, put_list, put_optional_value, put_string,
+    read_keys, read_list,
 };
 use crate::codec::{put_reads, read_reads};
 use crate::ops::{Key, Limits, Read, Value};
@@ -100,8 +101,9 @@ pub struct Write {
 pub enum PartRecord {
     /// The highest coordinator epoch seen (not forced; Prepared records imply it too).
     Epoch { epoch: Epoch },
-    /// Prepared to commit these writes (forced before voting Yes).
-    Prepared { txid: TxId, writes: Vec<Write> },
+    /// Prepared to commit these writes (forced before voting Yes), holding shared locks on
+    /// `read_keys` until the decision: a restart re-takes both (strict 2PL across crashes).
+    Prepared { txid: TxId, writes: Vec<Write>, read_keys: Vec<Key> },
     /// The writes are applied (forced before acknowledging).
     Committed { txid: TxId },
     /// A prepared transaction was aborted (not forced: presumed abort).
@@ -283,12 +285,13 @@ impl LogRecord for PartRecord {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {
             PartRecord::Epoch { epoch } => out.put_u32_le(epoch.0),
-            PartRecord::Prepared { txid, writes } => {
+            PartRecord::Prepared { txid, writes, read_keys } => {
                 out.put_u64_le(txid.0);
                 put_count(out, writes.len());
                 for write in writes {
                     write.encode(out);
                 }
+                put_keys(out, read_keys);
             }
             PartRecord::Committed { txid } | PartRecord::Aborted { txid } => out.put_u64_le(txid.0),
         }
@@ -298,7 +301,10 @@ impl LogRecord for PartRecord {
         match kind {
             KIND_PART_EPOCH => decode_payload(payload, |r| Ok(PartRecord::Epoch { epoch: Epoch(r.u32("epoch")?) })),
             KIND_PART_PREPARED => decode_payload(payload, |r| {
-                Ok(PartRecord::Prepared { txid: read_txid(r)?, writes: read_list(r, u16::MAX as usize, 3, "writes")? })
+                let txid = read_txid(r)?;
+                let writes = read_list(r, u16::MAX as usize, 3, "writes")?;
+                let read_keys = read_keys(r, u16::MAX as usize, "read keys")?;
+                Ok(PartRecord::Prepared { txid, writes, read_keys })
             }),
             KIND_PART_COMMITTED => decode_payload(payload, |r| Ok(PartRecord::Committed { txid: read_txid(r)? })),
             KIND_PART_ABORTED => decode_payload(payload, |r| Ok(PartRecord::Aborted { txid: read_txid(r)? })),
@@ -359,8 +365,8 @@ impl fmt::Display for AnyRecord {
                 }
             }
             AnyRecord::Participant(PartRecord::Epoch { epoch }) => write!(f, "EPOCH-SEEN {}", epoch.0),
-            AnyRecord::Participant(PartRecord::Prepared { txid, writes }) => {
-                write!(f, "PREPARED {txid} writes={}", writes.len())
+            AnyRecord::Participant(PartRecord::Prepared { txid, writes, read_keys }) => {
+                write!(f, "PREPARED {txid} writes={} read-keys={}", writes.len(), read_keys.len())
             }
             AnyRecord::Participant(PartRecord::Committed { txid }) => write!(f, "COMMITTED {txid}"),
             AnyRecord::Participant(PartRecord::Aborted { txid }) => write!(f, "ABORTED {txid}"),
@@ -425,7 +431,9 @@ mod tests {
         round_trip(PartRecord::Prepared {
             txid,
             writes: vec![Write { key: key("a"), value: Some(key("1")) }, Write { key: key("b"), value: None }],
+            read_keys: vec![],
         });
+        round_trip(PartRecord::Prepared { txid, writes: vec![], read_keys: vec![key("c"), key("")] });
         round_trip(PartRecord::Committed { txid });
         round_trip(PartRecord::Aborted { txid });
     }

@@ -108,7 +108,7 @@ impl ParticipantTrace {
             return;
         }
         for (lsn, record) in &fx.appends {
-            if let PartRecord::Prepared { txid, writes } = record {
+            if let PartRecord::Prepared { txid, writes, .. } = record {
                 self.on_prepared(*lsn, *txid, writes.len());
             }
         }

@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 
 use super::sessions::Answer;
 use super::{ClientOrigin, CoordEffects};
-use super::{Coordinator, Shard, Tx, VoteState, check_reads, encoded_reads_bytes, split_ops};
+use super::{Coordinator, Shard, Tx, VoteState, check_reads, encoded_reads_bytes, split_ops, stages_every_participant};
 use crate::deadlock::{GraphLimits, WaitForGraph};
 use crate::effects::Timers;
 use crate::hash::SeededState;
@@ -426,17 +426,19 @@ impl Coordinator {
             self.interactive.open.insert(txid, tx);
             return self.reject_busy(client, seq, fx);
         }
+        let staged = stages_every_participant(tx.touched.iter().map(|touched| touched.wrote));
         let shards: SmallVec<[Shard; 4]> = tx
             .touched
             .iter()
-            .map(|touched| Shard { participant: touched.participant, vote: VoteState::Pending, staged: touched.wrote })
+            .map(|touched| Shard { participant: touched.participant, vote: VoteState::Pending, staged })
             .collect();
         // The reads went back with each Execute; votes carry none.
         let gets = Vec::new();
         let prepared = Tx::preparing(client, seq, now + self.config.prepare_timeout, shards, gets, true);
         self.track_prepare(now, txid, prepared, fx);
+        let sole = tx.touched.len() == 1;
         for touched in &tx.touched {
-            self.send(fx, self.epoch_lsn, touched.participant, ToParticipant::PrepareExecuted { txid });
+            self.send(fx, self.epoch_lsn, touched.participant, ToParticipant::PrepareExecuted { txid, sole });
         }
     }
 

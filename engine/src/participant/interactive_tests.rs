@@ -59,7 +59,7 @@ fn wait_for(waiter: u64, k: &'static str, holders: &[u64]) -> ToCoordinator {
 }
 
 fn vote(p: &mut Participant, counter: u64) -> Vote {
-    match &deliver(p, Time::ZERO, ToParticipant::PrepareExecuted { txid: t(counter) })[..] {
+    match &deliver(p, Time::ZERO, ToParticipant::PrepareExecuted { txid: t(counter), sole: true })[..] {
         [ToCoordinator::Vote { vote, .. }] => vote.clone(),
         other => panic!("expected one vote, got {other:?}"),
     }
@@ -77,7 +77,7 @@ fn abort(p: &mut Participant, counter: u64) -> Vec<ToCoordinator> {
 
 /// Commits `values` through a one-shot transaction `counter`.
 fn load(p: &mut Participant, counter: u64, values: Vec<(&'static str, OpKind)>) {
-    let out = deliver(p, Time::ZERO, ToParticipant::Prepare { txid: t(counter), ops: local_ops(values) });
+    let out = deliver(p, Time::ZERO, ToParticipant::Prepare { txid: t(counter), ops: local_ops(values), sole: true });
     assert!(matches!(out[..], [ToCoordinator::Vote { vote: Vote::Yes { .. }, .. }]), "{out:?}");
     deliver(p, Time::ZERO, ToParticipant::Commit { txid: t(counter) });
 }
@@ -95,11 +95,15 @@ fn executes_buffer_writes_see_their_own_and_commit_applies_them_after_a_gated_ye
     assert_eq!(out, vec![executed_ok(1, &[(1, Some(7))])]);
     assert_eq!(value(&p, "a"), None, "nothing reaches the store before the commit");
     let mut fx = PartEffects::default();
-    p.on_message(Time::ZERO, EPOCH, ToParticipant::PrepareExecuted { txid: t(1) }, &mut fx).unwrap();
+    p.on_message(Time::ZERO, EPOCH, ToParticipant::PrepareExecuted { txid: t(1), sole: true }, &mut fx).unwrap();
     let (lsn, record) = &fx.appends[0];
     assert_eq!(
         record,
-        &PartRecord::Prepared { txid: t(1), writes: vec![Write { key: key("a"), value: Some(encode_int(7)) }] }
+        &PartRecord::Prepared {
+            txid: t(1),
+            writes: vec![Write { key: key("a"), value: Some(encode_int(7)) }],
+            read_keys: vec![]
+        }
     );
     assert_eq!(
         fx.outputs,
@@ -286,11 +290,19 @@ fn lost_update_is_impossible_under_read_committed() {
 fn one_shot_prepares_never_wait_for_an_interactive_holder_and_interactive_ones_wait_for_a_prepared_one_shot() {
     let mut p = fresh();
     execute(&mut p, 2, SER, vec![("a", put(1))]);
-    let out = deliver(&mut p, Time::ZERO, ToParticipant::Prepare { txid: t(3), ops: local_ops(vec![("a", put(2))]) });
+    let out = deliver(
+        &mut p,
+        Time::ZERO,
+        ToParticipant::Prepare { txid: t(3), ops: local_ops(vec![("a", put(2))]), sole: true },
+    );
     let conflict = AbortReason::Conflict { participant: ME, key: key("a") };
     assert_eq!(out, vec![ToCoordinator::Vote { txid: t(3), vote: Vote::No { reason: conflict } }]);
     // A one-shot prepared on b: an interactive write to b waits for its decision.
-    let out = deliver(&mut p, Time::ZERO, ToParticipant::Prepare { txid: t(4), ops: local_ops(vec![("b", put(4))]) });
+    let out = deliver(
+        &mut p,
+        Time::ZERO,
+        ToParticipant::Prepare { txid: t(4), ops: local_ops(vec![("b", put(4))]), sole: true },
+    );
     assert!(matches!(out[..], [ToCoordinator::Vote { vote: Vote::Yes { .. }, .. }]));
     assert_eq!(execute(&mut p, 2, SER, vec![("b", OpKind::Add { delta: 1, floor: 0 })]), vec![wait_for(2, "b", &[4])]);
     assert_eq!(commit(&mut p, 4), vec![wait_for(2, "b", &[]), executed_ok(2, &[])]);
@@ -307,7 +319,11 @@ fn a_lost_coordinator_or_a_new_epoch_rolls_open_transactions_back() {
     let mut fx = PartEffects::default();
     p.on_coordinator_lost(Time::ZERO, &mut fx);
     assert_eq!((p.open_transactions(), p.locked_keys(), p.stats().rolled_back), (0, 0, 2));
-    let out = deliver(&mut p, Time::ZERO, ToParticipant::Prepare { txid: t(3), ops: local_ops(vec![("a", put(3))]) });
+    let out = deliver(
+        &mut p,
+        Time::ZERO,
+        ToParticipant::Prepare { txid: t(3), ops: local_ops(vec![("a", put(3))]), sole: true },
+    );
     assert!(matches!(out[..], [ToCoordinator::Vote { vote: Vote::Yes { .. }, .. }]), "the key is free: {out:?}");
     commit(&mut p, 3);
     // An open transaction of epoch 1 is released when epoch 2 arrives.

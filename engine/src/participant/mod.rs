@@ -84,6 +84,9 @@ pub struct ParticipantBugs {
     pub abort_alone_after_yes: bool,
     /// Release the locks as soon as the transaction is prepared.
     pub release_locks_at_prepare: bool,
+    /// Release the read (shared) locks when voting Yes, keeping only the write locks: the
+    /// read-only optimisation applied where it is not safe (several participants).
+    pub release_read_locks_at_vote: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -312,8 +315,8 @@ impl<R: ResourceManager> Participant<R> {
         self.max_epoch = snapshot.max_epoch;
         self.max_txid_seen = snapshot.max_txid_seen;
         self.rm.restore(&snapshot.kv);
-        for (txid, writes) in snapshot.prepared {
-            self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes });
+        for (txid, writes, read_keys) in snapshot.prepared {
+            self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes, read_keys });
         }
     }
 
@@ -321,9 +324,9 @@ impl<R: ResourceManager> Participant<R> {
     /// LSN is durable before it relies on it (writes it out, truncates the log).
     pub fn snapshot(&self) -> ParticipantSnapshot {
         let kv = self.rm.image();
-        let mut prepared: Vec<(TxId, Vec<Write>)> =
-            self.prepared.iter().map(|(txid, p)| (txid, R::writes(&p.held).to_vec())).collect();
-        prepared.sort_unstable_by_key(|(txid, _)| *txid);
+        let mut prepared: Vec<(TxId, Vec<Write>, Vec<Key>)> =
+            self.prepared.iter().map(|(txid, p)| (txid, R::writes(&p.held).to_vec(), R::read_keys(&p.held))).collect();
+        prepared.sort_unstable_by_key(|(txid, _, _)| *txid);
         ParticipantSnapshot {
             lsn: self.log.last(),
             max_epoch: self.max_epoch,
@@ -336,11 +339,11 @@ impl<R: ResourceManager> Participant<R> {
     fn replay(&mut self, lsn: Lsn, record: PartRecord) {
         match record {
             PartRecord::Epoch { epoch } => self.max_epoch = self.max_epoch.max(epoch),
-            PartRecord::Prepared { txid, writes } => {
+            PartRecord::Prepared { txid, writes, read_keys } => {
                 self.max_txid_seen = self.max_txid_seen.max(txid);
                 self.max_epoch = self.max_epoch.max(txid.epoch());
                 let prepared = Prepared {
-                    held: self.rm.recovered(txid, writes),
+                    held: self.rm.recovered(txid, writes, read_keys),
                     lsn,
                     reads: None,
                     in_doubt: true,
@@ -468,7 +471,7 @@ impl<R: ResourceManager> Participant<R> {
             // A deposed coordinator: refuse. Its successor re-drives whatever it decided.
             let stale = AbortReason::Stale { participant: self.config.id };
             match message {
-                ToParticipant::Prepare { txid, .. } | ToParticipant::PrepareExecuted { txid } => {
+                ToParticipant::Prepare { txid, .. } | ToParticipant::PrepareExecuted { txid, .. } => {
                     self.vote_no(txid, stale, fx)
                 }
                 ToParticipant::Execute { txid, .. } => self.executed(fx, txid, Err(stale)),
@@ -480,12 +483,12 @@ impl<R: ResourceManager> Participant<R> {
             self.on_new_epoch(now, epoch, fx);
         }
         match message {
-            ToParticipant::Prepare { txid, ops } => self.on_prepare(now, txid, ops, fx),
+            ToParticipant::Prepare { txid, ops, sole } => self.on_prepare(now, txid, ops, sole, fx),
             ToParticipant::Commit { txid } => self.on_commit(now, txid, fx),
             ToParticipant::Abort { txid } => self.on_abort(now, txid, fx),
             ToParticipant::Query { txid } => self.on_query(txid, fx),
             ToParticipant::Execute { txid, isolation, ops } => self.on_execute(now, txid, isolation, ops, fx),
-            ToParticipant::PrepareExecuted { txid } => self.on_prepare_executed(now, txid, fx),
+            ToParticipant::PrepareExecuted { txid, sole } => self.on_prepare_executed(now, txid, sole, fx),
         }
         self.report_events(now, fx);
     }
@@ -535,7 +538,7 @@ impl<R: ResourceManager> Participant<R> {
     }
 
     /// Prepares what the executes of `txid` did here, and votes as for a one-shot prepare.
-    fn on_prepare_executed(&mut self, now: Time, txid: TxId, fx: &mut PartEffects) {
+    fn on_prepare_executed(&mut self, now: Time, txid: TxId, sole: bool, fx: &mut PartEffects) {
         let participant = self.config.id;
         if self.repeat_vote(txid, fx) || self.is_preparing(txid) {
             return;
@@ -554,7 +557,7 @@ impl<R: ResourceManager> Participant<R> {
             return self.vote_no(txid, AbortReason::ParticipantBusy { participant }, fx);
         }
         self.forget_open(txid);
-        match self.rm.prepare_open(txid) {
+        match self.rm.prepare_open(txid, sole) {
             Some(result) => self.finish_prepare(now, txid, result, fx),
             None => {
                 self.preparing.insert(txid, ());
@@ -718,7 +721,7 @@ impl<R: ResourceManager> Participant<R> {
         self.send(fx, Lsn::NONE, ToCoordinator::Vote { txid, vote: Vote::No { reason } });
     }
 
-    fn on_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
+    fn on_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, sole: bool, fx: &mut PartEffects) {
         if self.parked.contains(txid) || self.is_preparing(txid) {
             return; // A duplicate of a prepare that waits or runs: it votes once done.
         }
@@ -730,7 +733,7 @@ impl<R: ResourceManager> Participant<R> {
             return self.vote_no(txid, AbortReason::Stale { participant }, fx);
         }
         self.max_txid_seen = txid;
-        self.run_prepare(now, txid, ops, fx);
+        self.run_prepare(now, txid, ops, sole, fx);
     }
 
     /// If `txid` is prepared here, a prepare of it is a duplicate: repeat the vote. After a
@@ -747,16 +750,17 @@ impl<R: ResourceManager> Participant<R> {
 
     /// Prepares an admitted transaction in the resource manager and votes, or parks it
     /// behind an older prepared transaction holding one of its keys (see [`parked`]).
-    fn run_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, fx: &mut PartEffects) {
+    /// `sole`: the transaction's only participant, so a read-only vote may release at once.
+    fn run_prepare(&mut self, now: Time, txid: TxId, ops: Vec<LocalOp>, sole: bool, fx: &mut PartEffects) {
         let participant = self.config.id;
         if self.prepared.len() + self.preparing.len() >= self.config.max_prepared {
             return self.vote_no(txid, AbortReason::ParticipantBusy { participant }, fx);
         }
-        match self.rm.prepare(txid, ops) {
+        match self.rm.prepare(txid, ops, sole) {
             Prepare::Done(result) => self.finish_prepare(now, txid, result, fx),
             Prepare::Blocked { holder, ops, .. } if self.may_wait_for(txid, holder) => {
                 self.stats.waited += 1;
-                self.parked.park(holder, txid, ops);
+                self.parked.park(holder, txid, ops, sole);
             }
             Prepare::Blocked { holder, key, .. } => self.vote_no(txid, self.conflict_reason(holder, key), fx),
             Prepare::Pending => {
@@ -787,7 +791,8 @@ impl<R: ResourceManager> Participant<R> {
             }
             PrepareResult::No { reason } => return self.vote_no(txid, reason, fx),
         };
-        let lsn = self.log.append(fx, PartRecord::Prepared { txid, writes: R::writes(&held).to_vec() });
+        let record = PartRecord::Prepared { txid, writes: R::writes(&held).to_vec(), read_keys: R::read_keys(&held) };
+        let lsn = self.log.append(fx, record);
         let next_inquiry = now + self.config.inquiry_after;
         let prepared = Prepared {
             held,
@@ -817,8 +822,8 @@ impl<R: ResourceManager> Participant<R> {
 
     /// Runs the prepares that waited for `holder`, which was just decided.
     fn wake_waiters(&mut self, now: Time, holder: TxId, fx: &mut PartEffects) {
-        for (txid, ops) in self.parked.take_waiters(holder) {
-            self.run_prepare(now, txid, ops, fx);
+        for (txid, ops, sole) in self.parked.take_waiters(holder) {
+            self.run_prepare(now, txid, ops, sole, fx);
         }
     }
 
@@ -897,9 +902,12 @@ impl<R: ResourceManager> Participant<R> {
 
     #[cfg(test)]
     fn planted_early_release(&mut self, txid: TxId) {
-        if self.config.bugs.release_locks_at_prepare {
-            let prepared = self.prepared.get_mut(txid).expect("prepared");
+        let bugs = self.config.bugs;
+        let prepared = self.prepared.get_mut(txid).expect("prepared");
+        if bugs.release_locks_at_prepare {
             self.rm.release_locks(txid, &mut prepared.held);
+        } else if bugs.release_read_locks_at_vote {
+            self.rm.release_read_locks(txid, &mut prepared.held);
         }
     }
 

@@ -21,10 +21,13 @@ use crate::hash::SeededState;
 use crate::ops::LocalOp;
 use crate::types::{Epoch, TxId};
 
+/// A waiting prepare: its transaction, ops and `sole` flag (as in `ToParticipant::Prepare`).
+pub(super) type Waiting = (TxId, Vec<LocalOp>, bool);
+
 #[derive(Debug)]
 pub(super) struct Parked {
     /// Waiting prepares per holder, in arrival order.
-    by_holder: HashMap<TxId, Vec<(TxId, Vec<LocalOp>)>, SeededState>,
+    by_holder: HashMap<TxId, Vec<Waiting>, SeededState>,
     /// The holder each waiting prepare waits for.
     holder_of: HashMap<TxId, TxId, SeededState>,
     max: usize,
@@ -53,17 +56,17 @@ impl Parked {
         txid > holder && self.len() < self.max
     }
 
-    pub(super) fn park(&mut self, holder: TxId, txid: TxId, ops: Vec<LocalOp>) {
+    pub(super) fn park(&mut self, holder: TxId, txid: TxId, ops: Vec<LocalOp>, sole: bool) {
         assert!(self.may_wait(txid, holder), "{txid} may not wait for {holder}");
         let previous = self.holder_of.insert(txid, holder);
         assert!(previous.is_none(), "{txid} waits twice");
-        self.by_holder.entry(holder).or_default().push((txid, ops));
+        self.by_holder.entry(holder).or_default().push((txid, ops, sole));
     }
 
     /// The prepares that waited for `holder`, now decided, in arrival order.
-    pub(super) fn take_waiters(&mut self, holder: TxId) -> Vec<(TxId, Vec<LocalOp>)> {
+    pub(super) fn take_waiters(&mut self, holder: TxId) -> Vec<Waiting> {
         let waiters = self.by_holder.remove(&holder).unwrap_or_default();
-        for (txid, _) in &waiters {
+        for (txid, _, _) in &waiters {
             self.holder_of.remove(txid);
         }
         waiters
@@ -73,7 +76,7 @@ impl Parked {
     pub(super) fn remove(&mut self, txid: TxId) -> bool {
         let Some(holder) = self.holder_of.remove(&txid) else { return false };
         let waiters = self.by_holder.get_mut(&holder).expect("indexed");
-        waiters.retain(|(waiting, _)| *waiting != txid);
+        waiters.retain(|(waiting, _, _)| *waiting != txid);
         if waiters.is_empty() {
             self.by_holder.remove(&holder);
         }
@@ -105,10 +108,10 @@ mod tests {
         let mut parked = Parked::new(2, 0);
         assert!(!parked.may_wait(t(1, 1), t(1, 2)), "older never waits for younger: no cycles");
         assert!(!parked.may_wait(t(1, 2), t(1, 2)));
-        parked.park(t(1, 1), t(1, 2), Vec::new());
-        parked.park(t(1, 1), t(1, 3), Vec::new());
+        parked.park(t(1, 1), t(1, 2), Vec::new(), true);
+        parked.park(t(1, 1), t(1, 3), Vec::new(), true);
         assert!(!parked.may_wait(t(1, 4), t(1, 1)), "full");
-        let woken: Vec<TxId> = parked.take_waiters(t(1, 1)).into_iter().map(|(txid, _)| txid).collect();
+        let woken: Vec<TxId> = parked.take_waiters(t(1, 1)).into_iter().map(|(txid, _, _)| txid).collect();
         assert_eq!(woken, vec![t(1, 2), t(1, 3)], "in arrival order");
         assert_eq!(parked.len(), 0);
         assert!(parked.take_waiters(t(1, 1)).is_empty());
@@ -117,9 +120,9 @@ mod tests {
     #[test]
     fn aborted_and_stale_waiters_are_forgotten() {
         let mut parked = Parked::new(10, 0);
-        parked.park(t(1, 1), t(1, 2), Vec::new());
-        parked.park(t(1, 1), t(2, 1), Vec::new());
-        parked.park(t(1, 5), t(1, 6), Vec::new());
+        parked.park(t(1, 1), t(1, 2), Vec::new(), true);
+        parked.park(t(1, 1), t(2, 1), Vec::new(), true);
+        parked.park(t(1, 5), t(1, 6), Vec::new(), true);
         assert!(parked.remove(t(1, 2)));
         assert!(!parked.remove(t(1, 2)), "already gone");
         assert_eq!(parked.remove_older_than(Epoch(2)), vec![t(1, 6)]);

@@ -30,7 +30,9 @@ use super::KvImage;
 pub enum PrepareResult<P> {
     /// Prepared: `prepared` holds what the transaction keeps here until its decision.
     Yes { reads: Vec<Read>, prepared: P },
-    /// Nothing written here: nothing held, no second phase needed.
+    /// Nothing written here and the transaction's only participant (`sole`): nothing held,
+    /// no second phase needed. With several participants a prepare that only reads answers
+    /// `Yes` holding its read locks (its `read_keys`) until the decision.
     ReadOnly { reads: Vec<Read> },
     /// Refused: nothing held.
     No { reason: AbortReason },
@@ -79,17 +81,19 @@ pub trait ResourceManager: Debug {
     type Prepared: Debug;
 
     /// Locks (without waiting) and evaluates a one-shot transaction's `ops`; on `Yes` the
-    /// locks stay held until `commit` or `abort`.
-    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>) -> Prepare<Self::Prepared>;
+    /// locks stay held until `commit` or `abort`. `ReadOnly` (release at once) only when
+    /// `sole` (this is the transaction's only participant).
+    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, sole: bool) -> Prepare<Self::Prepared>;
 
     /// Runs `ops` inside the open transaction `txid` (opened by its first execute), waiting
     /// for locks as `isolation` requires. At most one execute per transaction at a time.
     fn execute(&mut self, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>) -> Execution;
 
     /// Prepares what the executes of the open transaction `txid` did (it must not be waiting);
-    /// it is no longer open afterwards. `None`: under way, answered through
+    /// it is no longer open afterwards. `ReadOnly` only when `sole`, as for `prepare`.
+    /// `None`: under way, answered through
     /// [`Participant::on_prepare_done`](super::Participant::on_prepare_done).
-    fn prepare_open(&mut self, txid: TxId) -> Option<PrepareResult<Self::Prepared>>;
+    fn prepare_open(&mut self, txid: TxId, sole: bool) -> Option<PrepareResult<Self::Prepared>>;
 
     /// Rolls back the open transaction `txid`: drops its writes, releases its locks (waking
     /// the requests they held up), withdraws its waiting request. Nothing if it is not open.
@@ -101,6 +105,11 @@ pub trait ResourceManager: Debug {
     /// The write set the `Prepared` record logs (and a snapshot keeps) for `prepared`.
     fn writes(prepared: &Self::Prepared) -> &[Write];
 
+    /// The keys `prepared` holds shared (read, not written): logged in the `Prepared` record
+    /// and kept in a snapshot, so that a restart locks them again. Empty, without
+    /// allocating, for a transaction that only writes.
+    fn read_keys(prepared: &Self::Prepared) -> Vec<Key>;
+
     /// Applies a prepared transaction's writes and releases what it held.
     fn commit(&mut self, txid: TxId, prepared: Self::Prepared);
 
@@ -108,9 +117,10 @@ pub trait ResourceManager: Debug {
     fn abort(&mut self, txid: TxId, prepared: Self::Prepared);
 
     /// A prepared transaction rebuilt from its record at recovery; it holds nothing yet.
-    fn recovered(&mut self, txid: TxId, writes: Vec<Write>) -> Self::Prepared;
+    fn recovered(&mut self, txid: TxId, writes: Vec<Write>, read_keys: Vec<Key>) -> Self::Prepared;
 
-    /// Takes again the locks of a transaction recovered in doubt.
+    /// Takes again the locks of a transaction recovered in doubt: exclusive on its writes,
+    /// shared on its read keys.
     fn relock(&mut self, txid: TxId, prepared: &mut Self::Prepared);
 
     /// The committed state, for a snapshot.
@@ -122,4 +132,8 @@ pub trait ResourceManager: Debug {
     /// A planted bug: releases a prepared transaction's locks early.
     #[cfg(test)]
     fn release_locks(&mut self, txid: TxId, prepared: &mut Self::Prepared);
+
+    /// A planted bug: releases a prepared transaction's shared (read) locks early.
+    #[cfg(test)]
+    fn release_read_locks(&mut self, txid: TxId, prepared: &mut Self::Prepared);
 }

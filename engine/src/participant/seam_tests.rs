@@ -19,8 +19,8 @@ struct Deferred {
 impl ResourceManager for Deferred {
     type Prepared = KvPrepared;
 
-    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>) -> Prepare<KvPrepared> {
-        match self.inner.prepare(txid, ops) {
+    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, sole: bool) -> Prepare<KvPrepared> {
+        match self.inner.prepare(txid, ops, sole) {
             Prepare::Done(result) => {
                 self.done.push((txid, result));
                 Prepare::Pending
@@ -31,8 +31,8 @@ impl ResourceManager for Deferred {
     fn execute(&mut self, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>) -> Execution {
         self.inner.execute(txid, isolation, ops)
     }
-    fn prepare_open(&mut self, txid: TxId) -> Option<PrepareResult<KvPrepared>> {
-        self.inner.prepare_open(txid)
+    fn prepare_open(&mut self, txid: TxId, sole: bool) -> Option<PrepareResult<KvPrepared>> {
+        self.inner.prepare_open(txid, sole)
     }
     fn rollback(&mut self, txid: TxId) {
         self.inner.rollback(txid)
@@ -43,14 +43,17 @@ impl ResourceManager for Deferred {
     fn writes(prepared: &KvPrepared) -> &[Write] {
         KvResource::writes(prepared)
     }
+    fn read_keys(prepared: &KvPrepared) -> Vec<Key> {
+        KvResource::read_keys(prepared)
+    }
     fn commit(&mut self, txid: TxId, prepared: KvPrepared) {
         self.inner.commit(txid, prepared)
     }
     fn abort(&mut self, txid: TxId, prepared: KvPrepared) {
         self.inner.abort(txid, prepared)
     }
-    fn recovered(&mut self, txid: TxId, writes: Vec<Write>) -> KvPrepared {
-        self.inner.recovered(txid, writes)
+    fn recovered(&mut self, txid: TxId, writes: Vec<Write>, read_keys: Vec<Key>) -> KvPrepared {
+        self.inner.recovered(txid, writes, read_keys)
     }
     fn relock(&mut self, txid: TxId, prepared: &mut KvPrepared) {
         self.inner.relock(txid, prepared)
@@ -63,6 +66,9 @@ impl ResourceManager for Deferred {
     }
     fn release_locks(&mut self, txid: TxId, prepared: &mut KvPrepared) {
         self.inner.release_locks(txid, prepared)
+    }
+    fn release_read_locks(&mut self, txid: TxId, prepared: &mut KvPrepared) {
+        self.inner.release_read_locks(txid, prepared)
     }
 }
 
@@ -79,7 +85,7 @@ fn prepared_logged(fx: &PartEffects) -> Option<Lsn> {
 
 fn prepare(counter: u64, value: i64) -> ToParticipant {
     let ops = vec![LocalOp { index: 0, key: Bytes::from_static(b"a"), kind: OpKind::Put(encode_int(value)) }];
-    ToParticipant::Prepare { txid: TxId::new(EPOCH, counter), ops }
+    ToParticipant::Prepare { txid: TxId::new(EPOCH, counter), ops, sole: true }
 }
 
 #[test]

@@ -3,11 +3,12 @@
 //! durable (the driver's job), it covers every record up to and including `lsn`.
 //!
 //! Layout: `u64 lsn | u32 max_epoch | u64 max_txid_seen | u64 kv count | (key, value) × count |
-//! u32 prepared count | (u64 txid | u16 count | write × count) × count`.
+//! u32 prepared count | (u64 txid | u16 count | write × count | u16 count | read key × count) × count`
+//! (a prepared transaction's read keys are locked again on restore, as its writes are).
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{DecodeError, Encode, Reader, put_count, put_key, put_value, read_list};
+use crate::codec::{DecodeError, Encode, Reader, put_count, put_key, put_keys, put_value, read_keys, read_list};
 use crate::ops::{Key, Value};
 use crate::record::{RECORD_LIMITS, Write};
 use crate::types::{Epoch, Lsn, TxId};
@@ -82,8 +83,9 @@ pub struct ParticipantSnapshot {
     pub max_epoch: Epoch,
     pub max_txid_seen: TxId,
     pub kv: KvImage,
-    /// Prepared transactions without an outcome as of `lsn`, sorted by txid.
-    pub prepared: Vec<(TxId, Vec<Write>)>,
+    /// Prepared transactions without an outcome as of `lsn`, sorted by txid: each one's
+    /// writes and the keys it holds shared.
+    pub prepared: Vec<(TxId, Vec<Write>, Vec<Key>)>,
 }
 
 impl ParticipantSnapshot {
@@ -95,12 +97,13 @@ impl ParticipantSnapshot {
         out.put_u64_le(self.kv.count);
         out.put_slice(&self.kv.bytes);
         out.put_u32_le(self.prepared.len() as u32);
-        for (txid, writes) in &self.prepared {
+        for (txid, writes, read_keys) in &self.prepared {
             out.put_u64_le(txid.0);
             put_count(&mut out, writes.len());
             for write in writes {
                 write.encode(&mut out);
             }
+            put_keys(&mut out, read_keys);
         }
         out
     }
@@ -112,13 +115,14 @@ impl ParticipantSnapshot {
         let max_txid_seen = TxId(reader.u64("max txid")?);
         let kv = KvImage::decode(&bytes, &mut reader)?;
         let prepared_count = reader.u32("prepared count")?;
-        if (prepared_count as u64).saturating_mul(10) > reader.remaining() as u64 {
+        if (prepared_count as u64).saturating_mul(12) > reader.remaining() as u64 {
             return Err(reader.error(format!("{prepared_count} prepared cannot fit in {} bytes", reader.remaining())));
         }
         let mut prepared = Vec::with_capacity(prepared_count as usize);
         for _ in 0..prepared_count {
             let txid = TxId(reader.u64("prepared txid")?);
-            prepared.push((txid, read_list(&mut reader, u16::MAX as usize, 3, "writes")?));
+            let writes = read_list(&mut reader, u16::MAX as usize, 3, "writes")?;
+            prepared.push((txid, writes, read_keys(&mut reader, u16::MAX as usize, "read keys")?));
         }
         reader.finish()?;
         Ok(ParticipantSnapshot { lsn, max_epoch, max_txid_seen, kv, prepared })
@@ -137,7 +141,10 @@ mod tests {
             max_epoch: Epoch(3),
             max_txid_seen: TxId::new(Epoch(3), 9),
             kv: KvImage::from_pairs([(&b"b"[..], &b"x"[..]), (&b"a"[..], &encode_int(5)[..])]),
-            prepared: vec![(TxId::new(Epoch(3), 8), vec![Write { key: Bytes::from_static(b"c"), value: None }])],
+            prepared: vec![
+                (TxId::new(Epoch(3), 8), vec![Write { key: Bytes::from_static(b"c"), value: None }], vec![]),
+                (TxId::new(Epoch(3), 9), vec![], vec![Bytes::from_static(b"d")]),
+            ],
         };
         let bytes = Bytes::from(snapshot.encode());
         let decoded = ParticipantSnapshot::decode(bytes.clone()).unwrap();

@@ -28,6 +28,25 @@ pub struct KvPrepared {
     /// Keys this transaction locked (released at the decision), copied: a slice would pin
     /// its whole network frame until then.
     pub(super) locked: Vec<Slot>,
+    /// The keys among them it holds shared (read, not written): logged, so that a restart
+    /// takes them again. Empty for a transaction that only writes.
+    pub(super) read_keys: Vec<Slot>,
+}
+
+impl KvPrepared {
+    fn new(writes: Vec<Write>, locked: Vec<Slot>) -> KvPrepared {
+        let read_keys = shared_keys(&locked, &writes);
+        KvPrepared { writes, locked, read_keys }
+    }
+}
+
+/// The keys of `locked` that no write names: held shared. Every locked key of a transaction
+/// that only writes is written, so that common case allocates nothing.
+fn shared_keys(locked: &[Slot], writes: &[Write]) -> Vec<Slot> {
+    if locked.len() == writes.len() {
+        return Vec::new(); // Each write locks its key once: every lock is a write's.
+    }
+    locked.iter().filter(|key| !writes.iter().any(|write| write.key[..] == key[..])).cloned().collect()
 }
 
 /// Bounds of the built-in store's interactive transactions.
@@ -119,7 +138,7 @@ impl KvResource {
 impl ResourceManager for KvResource {
     type Prepared = KvPrepared;
 
-    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>) -> Prepare<KvPrepared> {
+    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, sole: bool) -> Prepare<KvPrepared> {
         let locked = match self.lock_all(txid, &ops) {
             Ok(locked) => locked,
             Err((holder, key)) => return Prepare::Blocked { holder, key, ops },
@@ -132,12 +151,12 @@ impl ResourceManager for KvResource {
                 return Prepare::Done(PrepareResult::No { reason });
             }
         };
-        if writes.is_empty() {
+        if writes.is_empty() && sole {
             self.unlock_all(txid, &locked);
             self.settle();
             return Prepare::Done(PrepareResult::ReadOnly { reads });
         }
-        Prepare::Done(PrepareResult::Yes { reads, prepared: KvPrepared { writes, locked } })
+        Prepare::Done(PrepareResult::Yes { reads, prepared: KvPrepared::new(writes, locked) })
     }
 
     fn execute(&mut self, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>) -> Execution {
@@ -146,18 +165,15 @@ impl ResourceManager for KvResource {
         execution
     }
 
-    fn prepare_open(&mut self, txid: TxId) -> Option<PrepareResult<KvPrepared>> {
+    fn prepare_open(&mut self, txid: TxId, sole: bool) -> Option<PrepareResult<KvPrepared>> {
         let open = self.open.remove(&txid).expect("prepare of an open transaction");
         assert!(open.pending.is_none(), "{txid} prepared while its execute waits");
-        if open.writes.is_empty() {
+        if open.writes.is_empty() && sole {
             self.unlock_all(txid, &open.locked);
             self.settle();
             return Some(PrepareResult::ReadOnly { reads: Vec::new() });
         }
-        Some(PrepareResult::Yes {
-            reads: Vec::new(),
-            prepared: KvPrepared { writes: open.writes, locked: open.locked },
-        })
+        Some(PrepareResult::Yes { reads: Vec::new(), prepared: KvPrepared::new(open.writes, open.locked) })
     }
 
     fn rollback(&mut self, txid: TxId) {
@@ -173,6 +189,10 @@ impl ResourceManager for KvResource {
         &prepared.writes
     }
 
+    fn read_keys(prepared: &KvPrepared) -> Vec<Key> {
+        prepared.read_keys.iter().map(|key| Key::copy_from_slice(key)).collect()
+    }
+
     fn commit(&mut self, txid: TxId, prepared: KvPrepared) {
         self.unlock_all(txid, &prepared.locked);
         self.kv.apply(&prepared.writes);
@@ -184,17 +204,20 @@ impl ResourceManager for KvResource {
         self.settle();
     }
 
-    fn recovered(&mut self, _txid: TxId, writes: Vec<Write>) -> KvPrepared {
-        KvPrepared { writes, locked: Vec::new() }
+    fn recovered(&mut self, _txid: TxId, writes: Vec<Write>, read_keys: Vec<Key>) -> KvPrepared {
+        let read_keys = read_keys.iter().map(|key| Slot::from_slice(key)).collect();
+        KvPrepared { writes, locked: Vec::new(), read_keys }
     }
 
     fn relock(&mut self, txid: TxId, prepared: &mut KvPrepared) {
-        for write in &prepared.writes {
-            let taken = self.locks.try_lock(&write.key, txid, LockMode::Exclusive);
+        let exclusive = prepared.writes.iter().map(|write| (&write.key[..], LockMode::Exclusive));
+        let shared = prepared.read_keys.iter().map(|key| (&key[..], LockMode::Shared));
+        for (key, mode) in exclusive.chain(shared) {
+            let taken = self.locks.try_lock(key, txid, mode);
             // Two prepared transactions never held conflicting locks, so neither can now.
             assert!(taken.is_ok(), "in-doubt {txid} conflicts with {taken:?} on recovery");
             if taken == Ok(true) {
-                prepared.locked.push(Slot::from_slice(&write.key));
+                prepared.locked.push(Slot::from_slice(key));
             }
         }
     }
@@ -213,6 +236,14 @@ impl ResourceManager for KvResource {
     fn release_locks(&mut self, txid: TxId, prepared: &mut KvPrepared) {
         let locked = std::mem::take(&mut prepared.locked);
         self.unlock_all(txid, &locked);
+        self.settle();
+    }
+
+    #[cfg(test)]
+    fn release_read_locks(&mut self, txid: TxId, prepared: &mut KvPrepared) {
+        let read_keys = prepared.read_keys.clone();
+        prepared.locked.retain(|key| !read_keys.contains(key));
+        self.unlock_all(txid, &read_keys);
         self.settle();
     }
 }

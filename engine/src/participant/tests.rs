@@ -35,7 +35,7 @@ fn key(text: &'static str) -> Key {
 fn prepare(counter: u64, ops: Vec<(&'static str, OpKind)>) -> ToParticipant {
     let ops =
         ops.into_iter().enumerate().map(|(i, (k, kind))| LocalOp { index: i as u16, key: key(k), kind }).collect();
-    ToParticipant::Prepare { txid: txid(counter), ops }
+    ToParticipant::Prepare { txid: txid(counter), ops, sole: true }
 }
 
 fn add(delta: i64) -> OpKind {
@@ -120,7 +120,7 @@ fn a_deposed_epoch_is_refused_and_a_new_one_is_logged() {
     assert_eq!(fx.appends[0].1, PartRecord::Epoch { epoch: Epoch(3) });
     fx.clear();
     let ToParticipant::Prepare { ops, .. } = prepare(9, vec![("a", add(1))]) else { unreachable!() };
-    let deposed = ToParticipant::Prepare { txid: TxId::new(Epoch(2), 9), ops };
+    let deposed = ToParticipant::Prepare { txid: TxId::new(Epoch(2), 9), ops, sole: true };
     participant.on_message(Time::ZERO, Epoch(2), deposed, &mut fx).unwrap();
     assert_eq!(vote_of(&fx).1, Vote::No { reason: AbortReason::Stale { participant: ME } });
     assert_eq!(participant.locked_keys(), 0);
@@ -143,10 +143,24 @@ fn a_commit_for_an_unknown_transaction_is_acked_once_the_log_is_durable() {
 fn after_a_restart_prepared_work_is_in_doubt_locked_and_asked_about() {
     let writes = vec![Write { key: key("a"), value: Some(encode_int(3)) }];
     let log = vec![
-        (Lsn(1), PartRecord::Prepared { txid: txid(1), writes: writes.clone() }),
+        (Lsn(1), PartRecord::Prepared { txid: txid(1), writes: writes.clone(), read_keys: vec![] }),
         (Lsn(2), PartRecord::Committed { txid: txid(1) }),
-        (Lsn(3), PartRecord::Prepared { txid: txid(2), writes: vec![Write { key: key("b"), value: None }] }),
-        (Lsn(4), PartRecord::Prepared { txid: txid(3), writes: vec![Write { key: key("c"), value: None }] }),
+        (
+            Lsn(3),
+            PartRecord::Prepared {
+                txid: txid(2),
+                writes: vec![Write { key: key("b"), value: None }],
+                read_keys: vec![],
+            },
+        ),
+        (
+            Lsn(4),
+            PartRecord::Prepared {
+                txid: txid(3),
+                writes: vec![Write { key: key("c"), value: None }],
+                read_keys: vec![],
+            },
+        ),
         (Lsn(5), PartRecord::Aborted { txid: txid(3) }),
     ];
     let mut fx = PartEffects::default();
@@ -219,6 +233,7 @@ fn a_participant_whose_coordinator_is_silent_keeps_its_locks_asks_with_backoff_a
     let next = ToParticipant::Prepare {
         txid: TxId::new(Epoch(2), 1),
         ops: vec![LocalOp { index: 0, key: key("a"), kind: add(1) }],
+        sole: true,
     };
     participant.on_message(now, Epoch(2), next, &mut fx).unwrap();
     assert!(matches!(vote_of(&fx).1, Vote::Yes { .. }), "the key is usable again");
@@ -311,10 +326,10 @@ fn frames_whose_epoch_or_txids_do_not_fit_are_refused_without_a_trace() {
         // A txid of a later epoch than the frame's.
         (EPOCH, ToParticipant::Commit { txid: TxId::new(Epoch(5), 1) }),
         // An epoch absurdly far ahead: it would fence out the real coordinator.
-        (Epoch::MAX, ToParticipant::Prepare { txid: TxId::new(Epoch::MAX, 1), ops: vec![] }),
+        (Epoch::MAX, ToParticipant::Prepare { txid: TxId::new(Epoch::MAX, 1), ops: vec![], sole: true }),
         (Epoch(EPOCH_AHEAD_MAX + 2), ToParticipant::Abort { txid: txid(1) }),
         // A txid counter absurdly far ahead of the highest seen.
-        (EPOCH, ToParticipant::Prepare { txid: TxId::new(EPOCH, TxId::COUNTER_MAX), ops: vec![] }),
+        (EPOCH, ToParticipant::Prepare { txid: TxId::new(EPOCH, TxId::COUNTER_MAX), ops: vec![], sole: true }),
     ];
     for (epoch, message) in forged {
         assert!(participant.check_frame(epoch, std::slice::from_ref(&message)).is_err(), "{message:?}");
@@ -331,6 +346,6 @@ fn frames_whose_epoch_or_txids_do_not_fit_are_refused_without_a_trace() {
     let next = Epoch(EPOCH.0 + 1);
     let commit_of_older = ToParticipant::Commit { txid: txid(1) };
     assert!(participant.check_frame(next, &[commit_of_older]).is_ok(), "a new epoch finishes older transactions");
-    let prepare = ToParticipant::Prepare { txid: TxId::new(next, 1), ops: vec![] };
+    let prepare = ToParticipant::Prepare { txid: TxId::new(next, 1), ops: vec![], sole: true };
     assert!(participant.check_frame(next, &[prepare]).is_ok());
 }

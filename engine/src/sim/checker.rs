@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::SimConfig;
-use super::history::{self, ReadOnlyShares};
+use super::history;
 use super::serial;
 use super::workload::{is_account, participant_id};
 use crate::ops::Read;
@@ -101,7 +101,7 @@ pub(super) fn check(
     let versions = key_versions(&decisions, participant_logs);
     check_client_outcomes(observed, &by_request, &decisions, &versions, &mut violations);
     check_state(config, observed, &decisions, live, &mut violations);
-    let history = history::build(observed, &by_request, participant_logs, read_only_shares(config));
+    let history = history::build(observed, &by_request, participant_logs);
     for anomaly in serial::check(&history) {
         violations.report(anomaly.kind, anomaly.message);
     }
@@ -116,16 +116,6 @@ fn check_every_begin_ends(observed: &Observed, violations: &mut Violations) {
             violations.report("liveness", format!("client {} began {txid} at {at:?} and never heard it end", client.0));
         }
     }
-}
-
-#[cfg(not(test))]
-fn read_only_shares(_config: &SimConfig) -> ReadOnlyShares {
-    ReadOnlyShares::Split
-}
-
-#[cfg(test)]
-fn read_only_shares(config: &SimConfig) -> ReadOnlyShares {
-    config.read_only_shares
 }
 
 fn committed_decisions(log: &[(Lsn, CoordRecord)], violations: &mut Violations) -> BTreeMap<TxId, Decision> {
@@ -242,7 +232,7 @@ fn key_versions(decisions: &BTreeMap<TxId, Decision>, participant_logs: &[Vec<(L
     for (index, log) in participant_logs.iter().enumerate() {
         let participant = participant_id(index as u16);
         for (_, record) in log {
-            let PartRecord::Prepared { txid, writes } = record else { continue };
+            let PartRecord::Prepared { txid, writes, .. } = record else { continue };
             if !decisions.get(txid).is_some_and(|d| d.participants.contains(&participant)) {
                 continue;
             }

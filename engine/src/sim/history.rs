@@ -21,24 +21,16 @@ use crate::types::{ClientId, Lsn, ParticipantId, Seq, TxId};
 
 type Request = (ClientId, Seq);
 
-/// How a transaction's reads at a participant where it writes nothing enter the history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ReadOnlyShares {
-    /// Each such participant's reads are a transaction of their own (see [`shares`]).
-    Split,
-    /// As `Split` for read-only transactions, but a transaction that writes somewhere keeps
-    /// them, as if such a participant held its read locks until the decision.
-    WholeInWriters,
-}
-
-/// Every committed transaction of the run, and each key's version order.
-/// `committed` maps each request the coordinator durably committed to its txid; read-only
-/// transactions have no commit record and count as committed when their client heard so.
+/// Every committed transaction of the run, each checked whole (every participant holds a
+/// transaction's read locks until the decision, except a sole participant, where the
+/// transaction is whole anyway: docs/ARCHITECTURE.md, "Read-only optimisation"), and each
+/// key's version order. `committed` maps each request the coordinator durably committed to
+/// its txid; transactions that write nothing have no commit record and count as committed
+/// when their client heard so.
 pub(super) fn build(
     observed: &Observed,
     committed: &BTreeMap<Request, TxId>,
     participant_logs: &[Vec<(Lsn, PartRecord)>],
-    read_only_shares: ReadOnlyShares,
 ) -> serial::History {
     let prepared = prepared_writes(participant_logs);
     let mut history = serial::History::default();
@@ -51,66 +43,17 @@ pub(super) fn build(
         let Some(ops) = observed.issued.get(request) else { continue }; // Not ours: reported as atomicity.
         let reads = heard_reads(observed.outcomes.get(request));
         let final_writes = |participant| txid.and_then(|txid| prepared.get(&(txid, participant)).copied());
-        for share in shares(request, txid, ops, read_only_shares) {
-            if share.holds_writes {
-                let txid = txid.expect("only a committed transaction writes");
-                index_of_txid.insert(txid, history.transactions.len());
-            }
-            let accesses = accesses(ops, reads, |participant| (share.keeps)(participant), final_writes);
-            history.transactions.push(transaction(observed, request, share.name, accesses));
+        if let Some(txid) = txid {
+            index_of_txid.insert(txid, history.transactions.len());
         }
+        let name = match txid {
+            Some(txid) => format!("client {} seq {} ({txid})", request.0.0, request.1),
+            None => format!("client {} seq {} (read-only)", request.0.0, request.1),
+        };
+        history.transactions.push(transaction(observed, request, name, accesses(ops, reads, final_writes)));
     }
     history.version_order = version_order(participant_logs, &prepared, &index_of_txid);
     history
-}
-
-/// A part of a transaction checked as a transaction of its own.
-struct Share {
-    name: String,
-    keeps: Box<dyn Fn(ParticipantId) -> bool>,
-    holds_writes: bool,
-}
-
-/// The shares a transaction is checked as. A participant where it only reads votes
-/// `ReadOnly` and releases its locks at once, logging nothing (docs/ARCHITECTURE.md,
-/// "Read-only optimisation"): its reads there are consistent at that participant but need
-/// not sit at the transaction's point of the serial order, since a younger transaction may
-/// write there what it read, commit, and be seen elsewhere by transactions that come before
-/// it (seed 74 of `SimConfig::standard`, see the test that characterises this). So with
-/// [`ReadOnlyShares::Split`] the
-/// accesses at participants where it writes are one transaction, and each such read-only
-/// participant's reads another, all with the whole transaction's submit and hear times
-/// (which bound each share as well). A transaction at one participant stays whole.
-fn shares(request: &Request, txid: Option<TxId>, ops: &[Op], read_only_shares: ReadOnlyShares) -> Vec<Share> {
-    let (client, seq) = (request.0.0, request.1);
-    let name = match txid {
-        Some(txid) => format!("client {client} seq {seq} ({txid})"),
-        None => format!("client {client} seq {seq} (read-only)"),
-    };
-    let mut reading_only: Vec<ParticipantId> = ops.iter().map(|op| op.participant).collect();
-    reading_only.sort_unstable();
-    reading_only.dedup();
-    let writing: Vec<ParticipantId> = ops.iter().filter(|op| op.kind.is_write()).map(|op| op.participant).collect();
-    reading_only.retain(|participant| !writing.contains(participant));
-    let whole = Share { name: name.clone(), keeps: Box::new(|_| true), holds_writes: !writing.is_empty() };
-    let single_participant = writing.is_empty() && reading_only.len() == 1;
-    let kept = read_only_shares == ReadOnlyShares::WholeInWriters && !writing.is_empty();
-    if kept || reading_only.is_empty() || single_participant {
-        return vec![whole];
-    }
-    let mut shares = Vec::with_capacity(reading_only.len() + 1);
-    if !writing.is_empty() {
-        let keeps = Box::new(move |participant| writing.contains(&participant));
-        shares.push(Share { name: name.clone(), keeps, holds_writes: true });
-    }
-    for participant in reading_only {
-        shares.push(Share {
-            name: format!("{name}, its reads at {participant}"),
-            keeps: Box::new(move |p| p == participant),
-            holds_writes: false,
-        });
-    }
-    shares
 }
 
 fn transaction(observed: &Observed, request: &Request, name: String, accesses: Vec<Access>) -> serial::Transaction {
@@ -131,22 +74,18 @@ fn heard_reads(outcome: Option<&Outcome>) -> Option<&[Read]> {
     }
 }
 
-/// The transaction's accesses in op order, at the participants it `keeps`.
+/// The transaction's accesses in op order.
 /// `final_writes(participant)` gives the values its durable `Prepared` record there holds
 /// (None: no such record, reported by the atomicity check; the writes there are then left
 /// out).
 fn accesses<'p>(
     ops: &[Op],
     reads: Option<&[Read]>,
-    keeps: impl Fn(ParticipantId) -> bool,
     final_writes: impl Fn(ParticipantId) -> Option<&'p [Write]>,
 ) -> Vec<Access> {
     let before_after = values_around_writes(ops, &final_writes);
     let mut accesses = Vec::with_capacity(ops.len() + 1);
     for (index, op) in ops.iter().enumerate() {
-        if !keeps(op.participant) {
-            continue;
-        }
         let key: KeyRef = (op.participant, op.key.clone());
         match &op.kind {
             OpKind::Get => {
@@ -213,7 +152,7 @@ fn prepared_writes(participant_logs: &[Vec<(Lsn, PartRecord)>]) -> BTreeMap<(TxI
     for (index, log) in participant_logs.iter().enumerate() {
         let participant = participant_id(index as u16);
         for (_, record) in log {
-            if let PartRecord::Prepared { txid, writes } = record {
+            if let PartRecord::Prepared { txid, writes, .. } = record {
                 prepared.entry((*txid, participant)).or_insert(writes.as_slice());
             }
         }

@@ -98,10 +98,6 @@ pub struct SimConfig {
     pub liveness_bound: Duration,
     #[cfg(test)]
     pub bugs: PlantedBugs,
-    /// How the checker takes reads at participants that vote `ReadOnly` (split outside
-    /// tests: they are not serialisable with the rest of their transaction by design).
-    #[cfg(test)]
-    read_only_shares: history::ReadOnlyShares,
 }
 
 impl SimConfig {
@@ -129,8 +125,6 @@ impl SimConfig {
             interactive: InteractiveMix::none(),
             #[cfg(test)]
             bugs: PlantedBugs::default(),
-            #[cfg(test)]
-            read_only_shares: history::ReadOnlyShares::Split,
         }
     }
 }

@@ -50,11 +50,14 @@ fn planted_commit_before_durable_is_caught() {
     );
 }
 
+/// Needs a coordinator crash between the reply and the `Staged` record's sync: seed 231 is
+/// the first to catch it since every participant of a writing transaction is staged (the
+/// runs changed with that; 200 seeds no longer sufficed).
 #[test]
 fn planted_reply_before_staged_is_caught() {
     assert_caught(
         "coordinator tells the client Committed before the staged record is durable",
-        200,
+        400,
         |b| b.coordinator.reply_before_staged = true,
         &["durability", "atomicity"],
     );
@@ -122,25 +125,15 @@ fn planted_early_lock_release_is_caught_by_the_serializability_check() {
     );
 }
 
-/// Characterises the read-only optimisation (docs/ARCHITECTURE.md): a participant where a
-/// transaction only reads releases its locks at once, so those reads need not sit at the
-/// transaction's place in the serial order, even when it writes elsewhere. The checker
-/// therefore checks them as shares of their own. Kept in transactions that write, some
-/// seed shows a cycle. Should none any more (a participant that only reads for a
-/// transaction that writes elsewhere now holds its locks until the decision), make
-/// `ReadOnlyShares::WholeInWriters` the checker's mode and drop this test.
 #[test]
-fn reads_at_read_only_participants_are_not_serialisable_with_their_transaction() {
-    let report = (0..400)
-        .find_map(|seed| {
-            let mut config = SimConfig::standard(seed);
-            config.read_only_shares = super::history::ReadOnlyShares::WholeInWriters;
-            let report = run(&config);
-            report.violations.iter().any(|v| v.starts_with("serializability: a cycle")).then_some(report)
-        })
-        .expect("a seed whose reads at read-only participants are not serialisable");
-    println!("kept in writing transactions, seed {} is not serialisable: {:?}", report.seed, report.violations);
-    let mut config = SimConfig::standard(report.seed);
-    config.read_only_shares = super::history::ReadOnlyShares::Split;
-    assert!(run(&config).passed(), "split into shares, the same seed passes");
+fn planted_read_lock_release_at_vote_is_caught_by_the_serializability_check() {
+    // A participant that only reads for a transaction with several participants releasing
+    // its read locks at its vote (the read-only optimisation where it is unsafe): a writer
+    // can overwrite what it read and be seen elsewhere before it, a cycle.
+    assert_caught(
+        "read locks released at the vote",
+        400,
+        |b| b.participant.release_read_locks_at_vote = true,
+        &["serializability: a cycle"],
+    );
 }

@@ -58,7 +58,11 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::ToParticipant {
             epoch: Epoch(2),
             messages: vec![
-                ToParticipant::Prepare { txid, ops: vec![LocalOp { index: 0, key: key("a"), kind: OpKind::Delete }] },
+                ToParticipant::Prepare {
+                    txid,
+                    ops: vec![LocalOp { index: 0, key: key("a"), kind: OpKind::Delete }],
+                    sole: false,
+                },
                 ToParticipant::Commit { txid },
                 ToParticipant::Abort { txid },
             ],

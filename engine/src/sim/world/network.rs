@@ -47,7 +47,7 @@ impl World {
         for output in outputs {
             match output {
                 CoordOutput::ToParticipant(to, message) => {
-                    if let ToParticipant::Abort { txid } | ToParticipant::PrepareExecuted { txid } = message {
+                    if let ToParticipant::Abort { txid } | ToParticipant::PrepareExecuted { txid, .. } = message {
                         self.observe_coordinator_ended(txid);
                     }
                     let to = NodeId::Participant(to.0 - 1);
