@@ -636,7 +636,8 @@ impl BackendResource {
 impl ResourceManager for BackendResource {
     type Prepared = BackendPrepared;
 
-    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>) -> Prepare<BackendPrepared> {
+    /// `sole` changes nothing here: the database's own PREPARE holds its read locks.
+    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, _sole: bool) -> Prepare<BackendPrepared> {
         self.with(|driver| {
             if driver.queue_full() {
                 let participant = driver.participant;
@@ -673,7 +674,7 @@ impl ResourceManager for BackendResource {
         })
     }
 
-    fn prepare_open(&mut self, txid: TxId) -> Option<PrepareResult<BackendPrepared>> {
+    fn prepare_open(&mut self, txid: TxId, _sole: bool) -> Option<PrepareResult<BackendPrepared>> {
         self.with(|driver| match driver.work.get_mut(&txid) {
             Some(tx) => {
                 tx.prepare_asked = true;
@@ -708,6 +709,12 @@ impl ResourceManager for BackendResource {
         &[]
     }
 
+    /// None: the database's prepared transaction keeps its read locks itself, across its
+    /// own restarts, so the participant's record need not name them.
+    fn read_keys(_prepared: &BackendPrepared) -> Vec<Key> {
+        Vec::new()
+    }
+
     fn commit(&mut self, txid: TxId, prepared: BackendPrepared) {
         self.with(|driver| driver.decide_logged(txid, prepared.gid, Decision::Commit));
     }
@@ -716,7 +723,7 @@ impl ResourceManager for BackendResource {
         self.with(|driver| driver.decide_logged(txid, prepared.gid, Decision::Rollback));
     }
 
-    fn recovered(&mut self, txid: TxId, _writes: Vec<Write>) -> BackendPrepared {
+    fn recovered(&mut self, txid: TxId, _writes: Vec<Write>, _read_keys: Vec<Key>) -> BackendPrepared {
         self.with(|driver| {
             if let Some(recovering) = &mut driver.recovering {
                 recovering.logged.insert(txid);
