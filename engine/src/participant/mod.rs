@@ -30,6 +30,7 @@
 mod kv;
 mod locks;
 mod open;
+mod optimistic;
 mod parked;
 mod resource;
 mod snapshot;
@@ -500,10 +501,6 @@ impl<R: ResourceManager> Participant<R> {
         if self.prepared.get(txid).is_some() || self.is_preparing(txid) || self.ended.contains(txid) {
             return self.executed(fx, txid, Err(AbortReason::NotActive));
         }
-        if isolation == Isolation::Optimistic {
-            let detail = "optimistic isolation is not supported by this participant".to_string();
-            return self.executed(fx, txid, Err(AbortReason::Invalid { detail }));
-        }
         let open_count = self.open.len();
         match self.open.get_mut(txid) {
             Some(open) if open.waiting.is_some() => {
@@ -928,6 +925,8 @@ impl<R: ResourceManager> Participant<R> {
 
 #[cfg(test)]
 mod interactive_tests;
+#[cfg(test)]
+mod optimistic_tests;
 #[cfg(test)]
 mod seam_tests;
 #[cfg(test)]
