@@ -21,6 +21,9 @@
 //!   (`lock_wait_timeout`). An open transaction never voted, so presumed abort lets this
 //!   participant roll it back alone: on a lock-wait timeout, when idle past `open_idle_max`,
 //!   on a new coordinator epoch (the older epoch's), and when the coordinator is lost.
+//! - Optimistic transactions never wait and never report a wait: their reads are validated
+//!   (and their locks taken, without waiting) by the resource manager at `PrepareExecuted`;
+//!   a failed validation is an ordinary `No(Conflict)` vote.
 //! - A restarted coordinator's `Query` is answered only once the new epoch is durable here.
 //! - Defence in depth against forged or corrupt frames: a message whose txid does not agree
 //!   with its frame's epoch, or whose epoch or txid jumps absurdly far ahead of what was seen
