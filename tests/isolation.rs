@@ -432,12 +432,11 @@ fn interactive_serializable_audits_see_the_conserved_total_while_transfers_run()
     assert_eq!(torn, 0, "{torn} of {committed} committed interactive audits saw another total");
 }
 
-/// Fails today: a one-shot read-only transaction reads at each participant's prepare and
-/// releases there at its `ReadOnly` vote (ARCHITECTURE.md, "Read-only optimisation"), so a
-/// transfer can commit between its reads at two participants. Issue 17 asks for audits that
-/// always see the conserved total; the `serial-reads` work fixes it.
+/// A one-shot read-only audit spans three participants, so none of them may release its
+/// read locks at its vote (the read-only optimisation is kept for a sole participant only):
+/// each votes Yes holding them, durably, until the coordinator releases it, and no transfer
+/// can commit between its reads at two participants (ARCHITECTURE.md, "Read-only optimisation").
 #[test]
-#[ignore = "known bug (issue 17): a read-only participant of a multi-participant transaction releases its read locks at its vote, so one-shot audits can be torn; the fix (branch serial-reads) is not merged yet"]
 fn one_shot_read_only_audits_see_the_conserved_total_while_transfers_run() {
     let counts = audits_during_transfers(one_shot_audit);
     let (committed, torn) = (counts.committed.load(Ordering::Relaxed), counts.torn.load(Ordering::Relaxed));

@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 
 use super::sessions::Answer;
 use super::{ClientOrigin, CoordEffects};
-use super::{Coordinator, Shard, Tx, VoteState, check_reads, encoded_reads_bytes, split_ops};
+use super::{Coordinator, Shard, Tx, VoteState, check_reads, encoded_reads_bytes, split_ops, stages_every_participant};
 use crate::deadlock::{GraphLimits, WaitForGraph};
 use crate::effects::Timers;
 use crate::hash::SeededState;
@@ -426,10 +426,11 @@ impl Coordinator {
             self.interactive.open.insert(txid, tx);
             return self.reject_busy(client, seq, fx);
         }
+        let staged = stages_every_participant(tx.touched.iter().map(|touched| touched.wrote));
         let shards: SmallVec<[Shard; 4]> = tx
             .touched
             .iter()
-            .map(|touched| Shard { participant: touched.participant, vote: VoteState::Pending, staged: touched.wrote })
+            .map(|touched| Shard { participant: touched.participant, vote: VoteState::Pending, staged })
             .collect();
         // The reads went back with each Execute; votes carry none.
         let gets = Vec::new();

@@ -159,7 +159,8 @@ enum VoteState {
 struct Shard {
     participant: ParticipantId,
     vote: VoteState,
-    /// Named in the `Staged` record (it has writes here): its Yes is part of the commit.
+    /// Named in the `Staged` record: its Yes is part of the commit. Every participant of a
+    /// transaction that writes anywhere (see [`stages_every_participant`]).
     staged: bool,
 }
 
@@ -276,8 +277,9 @@ impl Tx {
     }
 
     /// Whether the `Staged` record alone carries the commit: every participant it names
-    /// voted Yes (always so when staged, since a participant with writes never votes
-    /// read-only; checked anyway, and the `Commit` record is waited for otherwise).
+    /// voted Yes (always so when staged, since only the sole participant of a transaction
+    /// that writes nothing votes read-only; checked anyway, and the `Commit` record is
+    /// waited for otherwise).
     fn committed_by_staging(&self) -> bool {
         self.staged != Lsn::NONE && self.shards.iter().all(|s| !s.staged || s.vote == VoteState::Yes)
     }
@@ -721,13 +723,11 @@ impl Coordinator {
         fx: &mut CoordEffects,
     ) {
         let (per_participant, gets) = split_ops(ops);
+        let staged =
+            stages_every_participant(per_participant.iter().map(|(_, ops)| ops.iter().any(|op| op.kind.is_write())));
         let shards: SmallVec<[Shard; 4]> = per_participant
             .iter()
-            .map(|(participant, ops)| Shard {
-                participant: *participant,
-                vote: VoteState::Pending,
-                staged: ops.iter().any(|op| op.kind.is_write()),
-            })
+            .map(|(participant, _)| Shard { participant: *participant, vote: VoteState::Pending, staged })
             .collect();
         let tx = Tx::preparing(client, seq, now + self.config.prepare_timeout, shards, gets, false);
         self.track_prepare(now, txid, tx, fx);
@@ -1013,6 +1013,19 @@ impl Coordinator {
             self.send(fx, lsn, participant, ToParticipant::Commit { txid });
         }
     }
+}
+
+/// Whether a transaction whose participants write as `writes_at` says is staged, naming
+/// every participant (true) or none (false: it writes nowhere, nothing to resolve).
+///
+/// Every participant, not only those that write: with several participants one that only
+/// reads votes Yes after a durable `Prepared` record and holds its read locks until the
+/// decision, so its vote is part of the commit. A restart that asked only the writers could
+/// commit although the reader voted No (or never prepared, its open transaction rolled
+/// back): the transaction's reads there would not have been locked to its commit point.
+/// The sole participant of a transaction that writes is a writer, so nothing changes there.
+fn stages_every_participant(mut writes_at: impl Iterator<Item = bool>) -> bool {
+    writes_at.any(|writes| writes)
 }
 
 /// Groups a client's ops by participant, each tagged with its position in the request, and

@@ -86,7 +86,7 @@ fn a_transaction_is_staged_alongside_its_prepares() {
 }
 
 #[test]
-fn only_participants_with_writes_are_staged_and_reads_alone_stage_nothing() {
+fn every_participant_of_a_writing_transaction_is_staged_and_reads_alone_stage_nothing() {
     let (mut coordinator, mut fx) = fresh();
     fx.clear();
     let mut mixed = transfer(1);
@@ -94,9 +94,11 @@ fn only_participants_with_writes_are_staged_and_reads_alone_stage_nothing() {
     coordinator.on_submit(Time::ZERO, ORIGIN, mixed, &mut fx);
     let txid = prepared_txid(&fx);
     let gets = vec![GetAt { index: 0, participant: P1 }];
+    // P1 only reads, but it holds its read locks prepared until the decision: its vote is
+    // part of the commit, so a restart must ask it too.
     assert_eq!(
         fx.appends,
-        vec![(Lsn(2), CoordRecord::Staged { txid, client: C, seq: 1, participants: vec![P2], gets })]
+        vec![(Lsn(2), CoordRecord::Staged { txid, client: C, seq: 1, participants: vec![P1, P2], gets })]
     );
     fx.clear();
     coordinator.on_submit(Time::ZERO, ORIGIN, reads(2), &mut fx);
