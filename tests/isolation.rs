@@ -9,9 +9,8 @@
 //! - a 4-transaction wait-for cycle across 4 participants aborts exactly its youngest, and a
 //!   4-long chain that is no cycle aborts nobody.
 //!
-//! Optimistic isolation is the contract of the `serial-reads` work (reads record versions,
-//! validated at prepare; a conflict aborts with `Conflict` instead of waiting); until that
-//! lands a participant refuses optimistic transactions with `Invalid` and those tests fail.
+//! Optimistic isolation: reads record versions, validated at prepare together with shared
+//! locks held to the decision; a conflict aborts with `Conflict` instead of waiting.
 
 mod common;
 
@@ -156,7 +155,6 @@ fn read_committed_a_writer_queued_behind_an_uncommitted_write_conflicts_at_its_g
 }
 
 #[test]
-#[ignore = "optimistic isolation is not built yet: participants refuse it with Invalid (issue 17)"]
 fn optimistic_forbids_lost_update_the_loser_conflicts_and_its_retry_lands() {
     lost_update_loser_conflicts_and_its_retry_lands(Isolation::Optimistic);
 }
@@ -248,7 +246,6 @@ fn serializable_forbids_write_skew() {
 }
 
 #[test]
-#[ignore = "optimistic isolation is not built yet: participants refuse it with Invalid (issue 17)"]
 fn optimistic_forbids_write_skew() {
     let Withdrawals { ends, balances: (x, y), .. } = racing_withdrawals(Isolation::Optimistic);
     let committed = ends.iter().filter(|end| end.is_ok()).count();

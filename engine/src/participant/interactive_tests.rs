@@ -6,40 +6,40 @@ use crate::effects::Gated;
 use crate::ops::OpKind;
 use bytes::Bytes;
 
-const ME: ParticipantId = ParticipantId(1);
-const EPOCH: Epoch = Epoch(1);
-const SER: Isolation = Isolation::Serializable;
+pub(super) const ME: ParticipantId = ParticipantId(1);
+pub(super) const EPOCH: Epoch = Epoch(1);
+pub(super) const SER: Isolation = Isolation::Serializable;
 const RC: Isolation = Isolation::ReadCommitted;
 
-fn t(counter: u64) -> TxId {
+pub(super) fn t(counter: u64) -> TxId {
     TxId::new(EPOCH, counter)
 }
 
-fn key(text: &'static str) -> Key {
+pub(super) fn key(text: &'static str) -> Key {
     Bytes::from_static(text.as_bytes())
 }
 
-fn fresh() -> Participant {
+pub(super) fn fresh() -> Participant {
     let mut fx = PartEffects::default();
     Participant::recover(ParticipantConfig::new(ME), None, Vec::new(), Time::ZERO, &mut fx)
 }
 
-fn local_ops(ops: Vec<(&'static str, OpKind)>) -> Vec<LocalOp> {
+pub(super) fn local_ops(ops: Vec<(&'static str, OpKind)>) -> Vec<LocalOp> {
     ops.into_iter().enumerate().map(|(i, (k, kind))| LocalOp { index: i as u16, key: key(k), kind }).collect()
 }
 
-fn put(value: i64) -> OpKind {
+pub(super) fn put(value: i64) -> OpKind {
     OpKind::Put(encode_int(value))
 }
 
 /// Delivers `message` at `now` and returns what it sent.
-fn deliver(p: &mut Participant, now: Time, message: ToParticipant) -> Vec<ToCoordinator> {
+pub(super) fn deliver(p: &mut Participant, now: Time, message: ToParticipant) -> Vec<ToCoordinator> {
     let mut fx = PartEffects::default();
     p.on_message(now, EPOCH, message, &mut fx).unwrap();
     fx.outputs.into_iter().map(|g| g.item).collect()
 }
 
-fn execute(
+pub(super) fn execute(
     p: &mut Participant,
     counter: u64,
     isolation: Isolation,
@@ -49,7 +49,7 @@ fn execute(
 }
 
 /// `reads`: (op index, value read) per Get.
-fn executed_ok(counter: u64, reads: &[(u16, Option<i64>)]) -> ToCoordinator {
+pub(super) fn executed_ok(counter: u64, reads: &[(u16, Option<i64>)]) -> ToCoordinator {
     let reads = reads.iter().map(|(index, v)| Read { index: *index, value: v.map(encode_int) }).collect();
     ToCoordinator::Executed { txid: t(counter), result: Ok(reads) }
 }
@@ -65,24 +65,24 @@ fn vote(p: &mut Participant, counter: u64) -> Vote {
     }
 }
 
-fn commit(p: &mut Participant, counter: u64) -> Vec<ToCoordinator> {
+pub(super) fn commit(p: &mut Participant, counter: u64) -> Vec<ToCoordinator> {
     let mut out = deliver(p, Time::ZERO, ToParticipant::Commit { txid: t(counter) });
     out.retain(|m| !matches!(m, ToCoordinator::Ack { .. }));
     out
 }
 
-fn abort(p: &mut Participant, counter: u64) -> Vec<ToCoordinator> {
+pub(super) fn abort(p: &mut Participant, counter: u64) -> Vec<ToCoordinator> {
     deliver(p, Time::ZERO, ToParticipant::Abort { txid: t(counter) })
 }
 
 /// Commits `values` through a one-shot transaction `counter`.
-fn load(p: &mut Participant, counter: u64, values: Vec<(&'static str, OpKind)>) {
+pub(super) fn load(p: &mut Participant, counter: u64, values: Vec<(&'static str, OpKind)>) {
     let out = deliver(p, Time::ZERO, ToParticipant::Prepare { txid: t(counter), ops: local_ops(values), sole: true });
     assert!(matches!(out[..], [ToCoordinator::Vote { vote: Vote::Yes { .. }, .. }]), "{out:?}");
     deliver(p, Time::ZERO, ToParticipant::Commit { txid: t(counter) });
 }
 
-fn value(p: &Participant, k: &str) -> Option<i64> {
+pub(super) fn value(p: &Participant, k: &str) -> Option<i64> {
     p.kv().get(k.as_bytes()).map(|v| decode_int(Some(v)).unwrap())
 }
 

@@ -21,6 +21,9 @@
 //!   (`lock_wait_timeout`). An open transaction never voted, so presumed abort lets this
 //!   participant roll it back alone: on a lock-wait timeout, when idle past `open_idle_max`,
 //!   on a new coordinator epoch (the older epoch's), and when the coordinator is lost.
+//! - Optimistic transactions never wait and never report a wait: their reads are validated
+//!   (and their locks taken, without waiting) by the resource manager at `PrepareExecuted`;
+//!   a failed validation is an ordinary `No(Conflict)` vote.
 //! - A restarted coordinator's `Query` is answered only once the new epoch is durable here.
 //! - Defence in depth against forged or corrupt frames: a message whose txid does not agree
 //!   with its frame's epoch, or whose epoch or txid jumps absurdly far ahead of what was seen
@@ -30,6 +33,7 @@
 mod kv;
 mod locks;
 mod open;
+mod optimistic;
 mod parked;
 mod resource;
 mod snapshot;
@@ -500,10 +504,6 @@ impl<R: ResourceManager> Participant<R> {
         if self.prepared.get(txid).is_some() || self.is_preparing(txid) || self.ended.contains(txid) {
             return self.executed(fx, txid, Err(AbortReason::NotActive));
         }
-        if isolation == Isolation::Optimistic {
-            let detail = "optimistic isolation is not supported by this participant".to_string();
-            return self.executed(fx, txid, Err(AbortReason::Invalid { detail }));
-        }
         let open_count = self.open.len();
         match self.open.get_mut(txid) {
             Some(open) if open.waiting.is_some() => {
@@ -928,6 +928,8 @@ impl<R: ResourceManager> Participant<R> {
 
 #[cfg(test)]
 mod interactive_tests;
+#[cfg(test)]
+mod optimistic_tests;
 #[cfg(test)]
 mod seam_tests;
 #[cfg(test)]

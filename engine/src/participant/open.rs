@@ -1,5 +1,6 @@
 //! Open (interactive) transactions in the built-in store: strict two-phase locking with
-//! waiting locks (serializable), or read-committed reads that take no lasting lock.
+//! waiting locks (serializable), read-committed reads that take no lasting lock, or
+//! optimistic executes that take no lock at all (`optimistic`: validated at prepare).
 //!
 //! An execute locks its ops' keys in order; a refused lock queues the request on that key
 //! (`waits`) and it resumes from there when granted. Once every lock is held its ops are
@@ -24,13 +25,16 @@ pub const WAIT_HOLDERS_MAX: usize = 64;
 
 #[derive(Debug)]
 pub(super) struct OpenTx {
-    isolation: Isolation,
+    pub(super) isolation: Isolation,
     /// Keys locked, held until the decision (or the rollback).
     pub(super) locked: Vec<Slot>,
     /// Final value per key written (None: deleted), in first-write order.
     pub(super) writes: Vec<Write>,
     /// Read-committed: the committed values its `Get`s read, per key (first read).
     read_values: Vec<(Slot, Option<Value>)>,
+    /// Optimistic: the committed version each key read had when first read (validated at
+    /// prepare); keys read only from the transaction's own writes are not listed.
+    pub(super) read_versions: Vec<(Slot, u64)>,
     /// Ops run so far, across executes (bounded by `ops_per_open_max`).
     ops_run: usize,
     /// The execute in progress (waiting for a lock).
@@ -48,7 +52,15 @@ pub(super) struct Pending {
 
 impl OpenTx {
     fn new(isolation: Isolation) -> OpenTx {
-        OpenTx { isolation, locked: Vec::new(), writes: Vec::new(), read_values: Vec::new(), ops_run: 0, pending: None }
+        OpenTx {
+            isolation,
+            locked: Vec::new(),
+            writes: Vec::new(),
+            read_values: Vec::new(),
+            read_versions: Vec::new(),
+            ops_run: 0,
+            pending: None,
+        }
     }
 }
 
@@ -70,6 +82,12 @@ impl KvResource {
             self.rollback_open(txid);
             let detail = format!("more than {ops_max} operations in one transaction on one participant");
             return Execution::Failed { reason: AbortReason::Invalid { detail } };
+        }
+        if open.isolation == Isolation::Optimistic {
+            return match self.execute_optimistic(txid, &ops) {
+                Ok(reads) => Execution::Done { reads },
+                Err(reason) => Execution::Failed { reason },
+            };
         }
         open.pending = Some(Pending { ops, next: 0, waiting: None });
         match self.advance(txid) {
@@ -128,7 +146,7 @@ impl KvResource {
 
     /// Another transaction holding `key` exclusively that is not open here: prepared, so its
     /// decision is about to change the committed value.
-    fn prepared_exclusive_holder(&self, txid: TxId, key: &[u8]) -> Option<TxId> {
+    pub(super) fn prepared_exclusive_holder(&self, txid: TxId, key: &[u8]) -> Option<TxId> {
         self.locks.exclusive_holder(key).filter(|holder| *holder != txid && !self.open.contains_key(holder))
     }
 

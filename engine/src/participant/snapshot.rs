@@ -2,9 +2,12 @@
 //! truncated and a restart replays only the tail. Taken at a step boundary once that LSN is
 //! durable (the driver's job), it covers every record up to and including `lsn`.
 //!
-//! Layout: `u64 lsn | u32 max_epoch | u64 max_txid_seen | u64 kv count | (key, value) × count |
-//! u32 prepared count | (u64 txid | u16 count | write × count | u16 count | read key × count) × count`
+//! Layout: `u64 lsn | u32 max_epoch | u64 max_txid_seen | u64 kv commits | u64 kv count |
+//! (key, value, u64 version) × count | u32 prepared count |
+//! (u64 txid | u16 count | write × count | u16 count | read key × count) × count`
 //! (a prepared transaction's read keys are locked again on restore, as its writes are).
+//! Format change (optimistic isolation): `kv commits` and each entry's `version` were added,
+//! so a snapshot written before it does not decode (it fails with an error, loses nothing).
 
 use bytes::{BufMut, Bytes};
 
@@ -13,34 +16,52 @@ use crate::ops::{Key, Value};
 use crate::record::{RECORD_LIMITS, Write};
 use crate::types::{Epoch, Lsn, TxId};
 
-/// The key-value state as the snapshot file holds it: `(key, value) × count`, sorted by
-/// key, in one buffer. A pair of `Bytes` per key was 64 bytes of bookkeeping for a
-/// 20-byte account, and the store was held twice over while a snapshot was written; this
-/// is the encoded size, once.
+/// Bytes an image entry takes at least: key and value lengths, and the version.
+const ENTRY_BYTES_MIN: u64 = 6 + 8;
+
+/// The key-value state as the snapshot file holds it: the store's commit count and
+/// `(key, value, version) × count`, sorted by key, in one buffer. A pair of `Bytes` per key
+/// was 64 bytes of bookkeeping for a 20-byte account, and the store was held twice over
+/// while a snapshot was written; this is the encoded size, once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvImage {
+    /// Write sets the store had applied (the version its next commit stamps is one more).
+    commits: u64,
     count: u64,
-    /// Valid entries only: built by `from_pairs` or checked by `decode`.
+    /// Valid entries only: built by `from_entries` or checked by `decode`.
     bytes: Bytes,
 }
 
 impl KvImage {
-    /// Encodes `pairs` (in any order) sorted by key, so equal states give equal bytes.
-    /// Keys and values must be within the record limits (everything stored came through them).
+    /// An image of `pairs` at version 0 (a store that never committed, e.g. a test's).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> KvImage {
-        let mut pairs: Vec<(&[u8], &[u8])> = pairs.into_iter().collect();
-        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let len = pairs.iter().map(|(key, value)| 6 + key.len() + value.len()).sum();
+        KvImage::from_entries(0, pairs.into_iter().map(|(key, value)| (key, value, 0)))
+    }
+
+    /// Encodes `entries` (key, value, version; in any order) sorted by key, so equal states
+    /// give equal bytes. Keys and values must be within the record limits (everything stored
+    /// came through them), and no version above `commits`.
+    pub fn from_entries<'a>(commits: u64, entries: impl IntoIterator<Item = (&'a [u8], &'a [u8], u64)>) -> KvImage {
+        let mut entries: Vec<(&[u8], &[u8], u64)> = entries.into_iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let len = entries.iter().map(|(key, value, _)| ENTRY_BYTES_MIN as usize + key.len() + value.len()).sum();
         let mut out = Vec::with_capacity(len);
-        for (key, value) in &pairs {
-            // Checked here, where a bad pair comes from, not when the image is read back.
+        for (key, value, version) in &entries {
+            // Checked here, where a bad entry comes from, not when the image is read back.
             assert!(key.len() <= RECORD_LIMITS.max_key_bytes, "a stored key of {} bytes", key.len());
             assert!(value.len() <= RECORD_LIMITS.max_value_bytes, "a stored value of {} bytes", value.len());
+            assert!(*version <= commits, "a stored version {version} above the commit count {commits}");
             put_key(&mut out, key);
             put_value(&mut out, value);
+            out.put_u64_le(*version);
         }
         debug_assert_eq!(out.len(), len);
-        KvImage { count: pairs.len() as u64, bytes: Bytes::from(out) }
+        KvImage { commits, count: entries.len() as u64, bytes: Bytes::from(out) }
+    }
+
+    /// Write sets the store had applied when the image was taken.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     pub fn len(&self) -> u64 {
@@ -53,27 +74,38 @@ impl KvImage {
 
     /// The pairs in key order, as slices of the image.
     pub fn iter(&self) -> impl Iterator<Item = (Key, Value)> + '_ {
+        self.entries().map(|(key, value, _)| (key, value))
+    }
+
+    /// The entries (key, value, version) in key order, as slices of the image.
+    pub fn entries(&self) -> impl Iterator<Item = (Key, Value, u64)> + '_ {
         let mut reader = Reader::new(self.bytes.clone(), RECORD_LIMITS);
         (0..self.count).map(move |_| {
             let key = reader.key().expect("an image holds valid entries");
-            (key, reader.value().expect("an image holds valid entries"))
+            let value = reader.value().expect("an image holds valid entries");
+            (key, value, reader.u64("version").expect("an image holds valid entries"))
         })
     }
 
-    /// Reads `count` entries at the reader's position, checking each.
+    /// Reads the commit count and `count` entries at the reader's position, checking each.
     fn decode(whole: &Bytes, reader: &mut Reader) -> Result<KvImage, DecodeError> {
+        let commits = reader.u64("kv commits")?;
         let count = reader.u64("kv count")?;
-        // Each entry takes at least 6 bytes: refuse impossible counts before reading on.
-        if count.saturating_mul(6) > reader.remaining() as u64 {
+        // Refuse impossible counts before reading on.
+        if count.saturating_mul(ENTRY_BYTES_MIN) > reader.remaining() as u64 {
             return Err(reader.error(format!("{count} entries cannot fit in {} bytes", reader.remaining())));
         }
         let start = whole.len() - reader.remaining();
         for _ in 0..count {
             reader.key()?;
             reader.value()?;
+            let version = reader.u64("version")?;
+            if version > commits {
+                return Err(reader.error(format!("version {version} above the commit count {commits}")));
+            }
         }
         let end = whole.len() - reader.remaining();
-        Ok(KvImage { count, bytes: whole.slice(start..end) })
+        Ok(KvImage { commits, count, bytes: whole.slice(start..end) })
     }
 }
 
@@ -90,10 +122,11 @@ pub struct ParticipantSnapshot {
 
 impl ParticipantSnapshot {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.kv.bytes.len());
+        let mut out = Vec::with_capacity(40 + self.kv.bytes.len());
         out.put_u64_le(self.lsn.0);
         out.put_u32_le(self.max_epoch.0);
         out.put_u64_le(self.max_txid_seen.0);
+        out.put_u64_le(self.kv.commits);
         out.put_u64_le(self.kv.count);
         out.put_slice(&self.kv.bytes);
         out.put_u32_le(self.prepared.len() as u32);
@@ -140,7 +173,7 @@ mod tests {
             lsn: Lsn(77),
             max_epoch: Epoch(3),
             max_txid_seen: TxId::new(Epoch(3), 9),
-            kv: KvImage::from_pairs([(&b"b"[..], &b"x"[..]), (&b"a"[..], &encode_int(5)[..])]),
+            kv: KvImage::from_entries(9, [(&b"b"[..], &b"x"[..], 9), (&b"a"[..], &encode_int(5)[..], 4)]),
             prepared: vec![
                 (TxId::new(Epoch(3), 8), vec![Write { key: Bytes::from_static(b"c"), value: None }], vec![]),
                 (TxId::new(Epoch(3), 9), vec![], vec![Bytes::from_static(b"d")]),
@@ -149,16 +182,21 @@ mod tests {
         let bytes = Bytes::from(snapshot.encode());
         let decoded = ParticipantSnapshot::decode(bytes.clone()).unwrap();
         assert_eq!(decoded, snapshot);
-        let pairs: Vec<(Key, Value)> = decoded.kv.iter().collect();
+        let entries: Vec<(Key, Value, u64)> = decoded.kv.entries().collect();
         assert_eq!(
-            pairs,
-            vec![(Bytes::from_static(b"a"), encode_int(5)), (Bytes::from_static(b"b"), Bytes::from_static(b"x"))]
+            entries,
+            vec![(Bytes::from_static(b"a"), encode_int(5), 4), (Bytes::from_static(b"b"), Bytes::from_static(b"x"), 9)]
         );
+        assert_eq!(decoded.kv.commits(), 9);
         for cut in 0..bytes.len() {
             assert!(ParticipantSnapshot::decode(bytes.slice(..cut)).is_err(), "prefix {cut}");
         }
         let mut huge = bytes.to_vec();
-        huge[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
+        huge[28..36].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(ParticipantSnapshot::decode(Bytes::from(huge)).unwrap_err().reason.contains("cannot fit"));
+        let mut low_commits = bytes.to_vec();
+        low_commits[20..28].copy_from_slice(&8u64.to_le_bytes());
+        let err = ParticipantSnapshot::decode(Bytes::from(low_commits)).unwrap_err();
+        assert!(err.reason.contains("above the commit count"), "{err:?}");
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! Invariants:
 //! - One-shot prepares never wait: a conflict is answered at once (`Prepare::Blocked`).
+//! - Optimistic open transactions hold no lock until their prepare, which never waits
+//!   (`optimistic`).
 //! - Open transactions' writes are buffered and reach the store only at commit, so the store
 //!   holds committed values only.
 //! - Every release of a key some request waits on is followed, before the call returns, by
@@ -34,7 +36,7 @@ pub struct KvPrepared {
 }
 
 impl KvPrepared {
-    fn new(writes: Vec<Write>, locked: Vec<Slot>) -> KvPrepared {
+    pub(super) fn new(writes: Vec<Write>, locked: Vec<Slot>) -> KvPrepared {
         let read_keys = shared_keys(&locked, &writes);
         KvPrepared { writes, locked, read_keys }
     }
@@ -168,6 +170,9 @@ impl ResourceManager for KvResource {
     fn prepare_open(&mut self, txid: TxId, sole: bool) -> Option<PrepareResult<KvPrepared>> {
         let open = self.open.remove(&txid).expect("prepare of an open transaction");
         assert!(open.pending.is_none(), "{txid} prepared while its execute waits");
+        if open.isolation == Isolation::Optimistic {
+            return Some(self.prepare_optimistic(txid, open, sole));
+        }
         if open.writes.is_empty() && sole {
             self.unlock_all(txid, &open.locked);
             self.settle();
@@ -223,12 +228,13 @@ impl ResourceManager for KvResource {
     }
 
     fn image(&self) -> KvImage {
-        KvImage::from_pairs(self.kv.iter())
+        KvImage::from_entries(self.kv.commits(), self.kv.entries())
     }
 
     fn restore(&mut self, image: &KvImage) {
-        for (key, value) in image.iter() {
-            self.kv.put(&key, &value);
+        self.kv.restore_commits(image.commits());
+        for (key, value, version) in image.entries() {
+            self.kv.restore_entry(&key, &value, version);
         }
     }
 

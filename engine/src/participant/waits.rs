@@ -56,6 +56,14 @@ impl WaitQueues {
             && self.queues.get(key).is_some_and(|queue| queue.iter().any(|(_, need)| matches!(need, Need::Lock(_))))
     }
 
+    /// Whether a lock request waiting on `key` conflicts with `mode` (a request for `mode`
+    /// that does not wait must not overtake it).
+    pub(super) fn has_lock_waiter_conflicting(&self, key: &[u8], mode: LockMode) -> bool {
+        let need = Need::Lock(mode);
+        !self.queues.is_empty()
+            && self.queues.get(key).is_some_and(|queue| queue.iter().any(|(_, queued)| need.conflicts_with(*queued)))
+    }
+
     /// Queues `txid` at the back of `key`'s queue; false if that queue is full.
     pub(super) fn push(&mut self, key: &[u8], txid: TxId, need: Need) -> bool {
         let queue = self.queues.entry(Slot::from_slice(key)).or_default();
@@ -109,7 +117,10 @@ mod tests {
         assert!(!waits.push(b"k", c, Need::Lock(LockMode::Shared)), "full");
         assert_eq!(waits.ahead_of(b"k", b).collect::<Vec<_>>(), vec![(a, Need::Lock(LockMode::Exclusive))]);
         assert!(waits.has_lock_waiters(b"k"));
+        assert!(waits.has_lock_waiter_conflicting(b"k", LockMode::Shared), "behind a queued exclusive request");
+        assert!(!waits.has_lock_waiter_conflicting(b"other", LockMode::Exclusive));
         assert!(waits.remove(b"k", a));
+        assert!(!waits.has_lock_waiter_conflicting(b"k", LockMode::Exclusive), "a committed read blocks nothing");
         assert!(!waits.has_lock_waiters(b"k"), "a committed read is not a lock request");
         assert!(!waits.remove(b"k", a));
         assert!(waits.remove(b"k", b));

@@ -53,11 +53,20 @@ impl InteractiveMix {
     }
 }
 
-/// The isolation level of a new transaction. Optimistic (reads validated at prepare) joins
-/// here once participants implement it: its reads are serialisable, so it enters the history
-/// whole, like `Serializable` (see [`Conversation::history_ops`]).
+/// The isolation level of a new transaction: `read_committed_percent` read-committed, a
+/// third of the rest optimistic (reads validated at prepare: serialisable, so it enters the
+/// history whole, like `Serializable`; see [`Conversation::history_ops`]), the others
+/// serializable. One draw either way, so the rest of a seed's choices do not move.
 fn choose_isolation(mix: &InteractiveMix, rng: &mut impl Rng) -> Isolation {
-    if rng.gen_range(0..100) < mix.read_committed_percent { Isolation::ReadCommitted } else { Isolation::Serializable }
+    let roll = rng.gen_range(0..100);
+    let optimistic_below = mix.read_committed_percent + (100 - mix.read_committed_percent.min(100)) / 3;
+    if roll < mix.read_committed_percent {
+        Isolation::ReadCommitted
+    } else if roll < optimistic_below {
+        Isolation::Optimistic
+    } else {
+        Isolation::Serializable
+    }
 }
 
 /// Where a transaction is in its script.
