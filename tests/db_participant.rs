@@ -280,6 +280,12 @@ fn kill_during_transfer(bank: &mut Bank, victim: u16, failpoint: &str, account: 
         let outcome = client
             .submit(vec![add(PG, &format!("acct/{account}"), -30, 0), add(MARIA, &format!("acct/{account}"), 30, 0)]);
         let outcome = outcome.expect("an outcome");
+        if outcome.is_committed() {
+            // Only the victim's Yes lets the transfer commit, and its first Yes fires the
+            // failpoint; the kill (and its word on stderr) may land just after the client
+            // heard the outcome.
+            bank.node(victim).expect_killed(SETTLE);
+        }
         if bank.node(victim).stderr().contains("killing this process") {
             committed = Some(outcome.is_committed());
             return Some(());

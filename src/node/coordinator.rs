@@ -533,8 +533,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     );
     let info =
         NodeInfo { node: options.id.clone(), role: "coordinator", recovery: started.elapsed(), recovered_records };
-    let metrics =
-        CoordinatorMetrics::serve(
+    let metrics = CoordinatorMetrics::serve(
         options.metrics_listen,
         info,
         &options.participants,
