@@ -346,7 +346,8 @@ impl Coordinator {
         now: Time,
         fx: &mut CoordEffects,
     ) -> Coordinator {
-        Coordinator::recover_with_epoch_floor(config, checkpoint, log, Epoch(0), now, fx)
+        // No floor: the epoch is one above the log's highest.
+        Coordinator::recover_as_leader(config, checkpoint, log, Epoch(0), now, fx)
     }
 
     /// Like [`recover_from`](Self::recover_from), for the leader of a replicated group: its
@@ -354,17 +355,6 @@ impl Coordinator {
     /// reached), and above every epoch in the committed log, so participants refuse any
     /// earlier leader's messages as stale once they have seen this one's.
     pub fn recover_as_leader(
-        config: CoordinatorConfig,
-        checkpoint: Option<CoordinatorSnapshot>,
-        log: impl IntoIterator<Item = (Lsn, CoordRecord)>,
-        epoch_floor: Epoch,
-        now: Time,
-        fx: &mut CoordEffects,
-    ) -> Coordinator {
-        Coordinator::recover_with_epoch_floor(config, checkpoint, log, epoch_floor, now, fx)
-    }
-
-    fn recover_with_epoch_floor(
         config: CoordinatorConfig,
         checkpoint: Option<CoordinatorSnapshot>,
         log: impl IntoIterator<Item = (Lsn, CoordRecord)>,
