@@ -53,22 +53,33 @@ fn committed_x(client: &mut Client) -> Option<i64> {
 /// `isolation`, begun oldest first and interleaved so that both read before either writes.
 /// Returns how each ended, older first, and their txids.
 fn racing_increments(nodes: &NodeSet, isolation: Isolation) -> ([Result<(), AbortReason>; 2], [TxId; 2]) {
+    race_two(nodes, isolation, |mut t, _, both_read| {
+        let read = t.get_i64("p1", "x");
+        // Reached even when the read failed, so that the other one never hangs.
+        both_read.wait();
+        let read = read?;
+        t.put("p1", "x", (read.unwrap_or(0) + 1).to_le_bytes())?;
+        t.commit()
+    })
+}
+
+/// Begins two transactions at `isolation`, oldest first, on clients of their own, and runs
+/// `run(transaction, index, both_read)` for each (index 0 the older) on a thread of its
+/// own; `run` waits on `both_read` once its reads are done, so both read before either
+/// writes. Returns how each ended, older first, and their txids.
+fn race_two<F>(nodes: &NodeSet, isolation: Isolation, run: F) -> ([Result<(), AbortReason>; 2], [TxId; 2])
+where
+    F: Fn(Transaction<'_>, usize, &Barrier) -> Result<(), TxError> + Sync,
+{
     let (mut first, mut second) = (nodes.client(), nodes.client());
     let older = first.begin_with(isolation, None).unwrap();
     let younger = second.begin_with(isolation, None).unwrap();
     let txids = [older.txid(), younger.txid()];
     let both_read = Barrier::new(2);
     let ends = thread::scope(|scope| {
-        let runs = [older, younger].map(|mut t| {
-            let both_read = &both_read;
-            scope.spawn(move || {
-                let read = t.get_i64("p1", "x");
-                // Reached even when the read failed, so that the other one never hangs.
-                both_read.wait();
-                let read = read?;
-                t.put("p1", "x", (read.unwrap_or(0) + 1).to_le_bytes())?;
-                t.commit()
-            })
+        let runs = [(older, 0), (younger, 1)].map(|(t, index)| {
+            let (both_read, run) = (&both_read, &run);
+            scope.spawn(move || run(t, index, both_read))
         });
         runs.map(|run| ended(run.join().unwrap()))
     });
@@ -183,26 +194,15 @@ fn racing_withdrawals(isolation: Isolation) -> Withdrawals {
     let nodes = NodeSet::start(2, PARTICIPANT_FLAGS);
     let mut setup = nodes.client();
     assert!(setup.submit(vec![add(1, "x", 50, 0), add(2, "y", 50, 0)]).unwrap().is_committed());
-    let (mut first, mut second) = (nodes.client(), nodes.client());
-    let older = first.begin_with(isolation, None).unwrap();
-    let younger = second.begin_with(isolation, None).unwrap();
-    let txids = [older.txid(), younger.txid()];
-    let both_read = Barrier::new(2);
-    let ends = thread::scope(|scope| {
-        let runs = [(older, 0), (younger, 1)].map(|(mut t, own)| {
-            let both_read = &both_read;
-            scope.spawn(move || {
-                let reads = t.execute(vec![get(1, "x"), get(2, "y")]);
-                both_read.wait();
-                let balances: Vec<i64> = reads?.iter().map(|read| int(&read.value).unwrap()).collect();
-                let total: i64 = balances.iter().sum();
-                assert!(total - WITHDRAWAL >= 0, "the application's check passes on the values read");
-                let (participant, key) = [("p1", "x"), ("p2", "y")][own];
-                t.put(participant, key, (balances[own] - WITHDRAWAL).to_le_bytes())?;
-                t.commit()
-            })
-        });
-        runs.map(|run| ended(run.join().unwrap()))
+    let (ends, txids) = race_two(&nodes, isolation, |mut t, own, both_read| {
+        let reads = t.execute(vec![get(1, "x"), get(2, "y")]);
+        both_read.wait();
+        let balances: Vec<i64> = reads?.iter().map(|read| int(&read.value).unwrap()).collect();
+        let total: i64 = balances.iter().sum();
+        assert!(total - WITHDRAWAL >= 0, "the application's check passes on the values read");
+        let (participant, key) = [("p1", "x"), ("p2", "y")][own];
+        t.put(participant, key, (balances[own] - WITHDRAWAL).to_le_bytes())?;
+        t.commit()
     });
     let values = common::read_ints(&mut setup, &[(1, "x"), (2, "y")]);
     Withdrawals { ends, txids, balances: (values[0].unwrap(), values[1].unwrap()), nodes }
