@@ -579,7 +579,14 @@ impl<R: ResourceManager> Participant<R> {
 
     /// Reports what happened in the resource manager: lock waits (to the coordinator's
     /// deadlock detector, and timed here) and waiting executes that finished.
+    #[inline]
     fn report_events(&mut self, now: Time, fx: &mut PartEffects) {
+        if self.rm.has_events() {
+            self.report_pending_events(now, fx);
+        }
+    }
+
+    fn report_pending_events(&mut self, now: Time, fx: &mut PartEffects) {
         while let Some(event) = self.rm.pop_event() {
             match event {
                 RmEvent::Waits { waiter, key, holders } => {

@@ -102,6 +102,12 @@ pub trait ResourceManager: Debug {
     /// The next event to report, oldest first.
     fn pop_event(&mut self) -> Option<RmEvent>;
 
+    /// Whether an event waits to be reported: asked after every message, nearly always
+    /// false, so a resource manager that can answer cheaply spares the caller `pop_event`.
+    fn has_events(&self) -> bool {
+        true
+    }
+
     /// The write set the `Prepared` record logs (and a snapshot keeps) for `prepared`.
     fn writes(prepared: &Self::Prepared) -> &[Write];
 
