@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
 use twophase_engine::Outcome;
-use twophase_net::{Client, ClientOptions};
+use twophase_net::{Client, ClientError, ClientOptions, TxError};
 
 const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
 const ACKNOWLEDGED_BEFORE_KILL: usize = 20;
@@ -245,4 +245,33 @@ fn a_client_carries_on_with_the_new_leader_after_a_kill_with_one_outcome_per_req
         first.0
     );
     assert_eq!(group.settled_counts(), (committed, committed), "{} requests, {committed} committed", outcomes.len());
+}
+
+#[test]
+fn an_interactive_transaction_open_on_a_killed_leader_ends_with_a_clear_error() {
+    let mut group = Group::start();
+    let every_member: Vec<SocketAddr> = group.members.iter().map(|m| m.addr).collect();
+    let mut client = Client::connect(&every_member[..], options(group.path())).unwrap();
+    let first = (group.leader().name, group.leader().led_term().unwrap());
+    let mut transaction = client.begin().unwrap();
+    transaction.add("p1", "a", 1).unwrap();
+
+    let index = group.members.iter().position(|m| m.name == first.0).unwrap();
+    drop(group.members.remove(index));
+    let err = transaction.add("p2", "b", 1).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(&err, TxError::Client(ClientError::CoordinatorChanged { .. })),
+        "expected CoordinatorChanged, got {message}"
+    );
+    assert!(message.contains("was open on coordinator") && message.contains("not run again"), "{message}");
+    drop(transaction);
+
+    // The client itself carries on with the new leader; the transaction left nothing.
+    eventually("a new leader", ELECTION_WAIT, || {
+        leader(&group.members).filter(|m| m.led_term() > Some(first.1)).map(|m| m.name)
+    });
+    let outcome = transfer(&mut client).unwrap();
+    assert!(outcome.is_committed(), "{outcome:?}");
+    assert_eq!(group.settled_counts(), (1, 1));
 }
