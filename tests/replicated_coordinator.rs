@@ -1,7 +1,8 @@
 //! A replicated coordinator group (`--peer`, issue 18) as real processes on loopback: three
 //! coordinators and two participants.
 //!
-//! - A client configured with a follower's address only commits: it follows `NotLeader`.
+//! - A client configured with a follower's address only commits: it follows `NotLeader`
+//!   (`twophase tx` given the followers as a comma list too).
 //! - `twophase status` (asked at a follower) shows one leader and two followers, their terms.
 //! - Under a stream of requests from one client configured with every member, `kill -9` of
 //!   the leader: the client carries on with the new leader, every request gets exactly one
@@ -144,15 +145,28 @@ impl Group {
         })
     }
 
-    /// `twophase status --coordinator ADDR` with an admin certificate: exit code and stdout.
     fn status(&self, addr: SocketAddr) -> (Option<i32>, String) {
-        let output = Command::new(common::binary())
-            .args(["status", "--coordinator", &addr.to_string(), "--cluster", CLUSTER])
-            .args(make_cert(&certs_dir(self.path()), CLUSTER, "admin", "tester"))
-            .output()
-            .unwrap();
-        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+        status(self.path(), addr)
     }
+}
+
+/// `twophase status --coordinator ADDR` with an admin certificate of `dir`: exit code and
+/// stdout.
+fn status(dir: &Path, addr: SocketAddr) -> (Option<i32>, String) {
+    let output = Command::new(common::binary())
+        .args(["status", "--coordinator", &addr.to_string(), "--cluster", CLUSTER])
+        .args(make_cert(&certs_dir(dir), CLUSTER, "admin", "tester"))
+        .output()
+        .unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn status_of_a_single_coordinator_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let participant = Node::participant("p1", dir.path(), &[]);
+    let coordinator = Node::coordinator(dir.path(), &[&participant], &[], &[]);
+    assert_eq!(status(dir.path(), coordinator.addr), (Some(0), "single coordinator\n".to_string()));
 }
 
 #[test]
@@ -168,7 +182,17 @@ fn a_client_of_a_follower_commits_and_status_shows_the_group() {
     }
     assert_eq!(client.coordinator(), Some(group.leader().addr), "the client did not move to the leader");
     drop(client);
-    assert_eq!(group.settled_counts(), (5, 5));
+    // `twophase tx` given the followers only, as a comma list, finds the leader too.
+    let followers: Vec<String> =
+        group.members.iter().filter(|m| m.name != group.leader().name).map(|m| m.addr.to_string()).collect();
+    let output = Command::new(common::binary())
+        .args(["tx", "--coordinator", &followers.join(","), "--cluster", CLUSTER])
+        .args(make_cert(&certs_dir(group.path()), CLUSTER, "client", "tester"))
+        .args(["add", "p1:a=1", "add", "p2:b=1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(group.settled_counts(), (6, 6));
 
     // (c) `twophase status`, asked at the follower: one leader and two followers, each
     // with the leader's term (the group is idle: nobody campaigns).
