@@ -2,7 +2,7 @@
 //! coordinators and two participants.
 //!
 //! - A client configured with a follower's address only commits: it follows `NotLeader`
-//!   (`twophase tx` given the followers as a comma list too).
+//!   (a `Pipeline`, and `twophase tx` given the followers as a comma list, too).
 //! - `twophase status` (asked at a follower) shows one leader and two followers, their terms.
 //! - Under a stream of requests from one client configured with every member, `kill -9` of
 //!   the leader: the client carries on with the new leader, every request gets exactly one
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
 use twophase_engine::Outcome;
-use twophase_net::{Client, ClientError, ClientOptions, TxError};
+use twophase_net::{Client, ClientError, ClientOptions, Pipeline, TxError};
 
 const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
 const ACKNOWLEDGED_BEFORE_KILL: usize = 20;
@@ -182,6 +182,17 @@ fn a_client_of_a_follower_commits_and_status_shows_the_group() {
     }
     assert_eq!(client.coordinator(), Some(group.leader().addr), "the client did not move to the leader");
     drop(client);
+    // A pipeline configured with the follower only: its outstanding transactions commit.
+    let mut pipeline = Pipeline::connect(follower.addr, options(group.path())).unwrap();
+    for _ in 0..10 {
+        pipeline.send(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)]).unwrap();
+    }
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 10 {
+        outcomes.extend(pipeline.poll(Duration::from_secs(1)).unwrap());
+    }
+    assert!(outcomes.iter().all(|(_, outcome)| outcome.is_committed()), "{outcomes:?}");
+    drop(pipeline);
     // `twophase tx` given the followers only, as a comma list, finds the leader too.
     let followers: Vec<String> =
         group.members.iter().filter(|m| m.name != group.leader().name).map(|m| m.addr.to_string()).collect();
@@ -192,7 +203,7 @@ fn a_client_of_a_follower_commits_and_status_shows_the_group() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(group.settled_counts(), (6, 6));
+    assert_eq!(group.settled_counts(), (16, 16));
 
     // (c) `twophase status`, asked at the follower: one leader and two followers, each
     // with the leader's term (the group is idle: nobody campaigns).
@@ -298,4 +309,56 @@ fn an_interactive_transaction_open_on_a_killed_leader_ends_with_a_clear_error() 
     let outcome = transfer(&mut client).unwrap();
     assert!(outcome.is_committed(), "{outcome:?}");
     assert_eq!(group.settled_counts(), (1, 1));
+}
+
+#[test]
+fn a_pipeline_resends_its_outstanding_transactions_to_the_new_leader_after_a_kill() {
+    let mut group = Group::start();
+    let every_member: Vec<SocketAddr> = group.members.iter().map(|m| m.addr).collect();
+    let mut pipeline = Pipeline::connect(&every_member[..], options(group.path())).unwrap();
+    let first = (group.leader().name, group.leader().led_term().unwrap());
+
+    // Keeps 8 transfers outstanding on a thread while the leader dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let streamer = {
+        let (stop, outcomes) = (stop.clone(), outcomes.clone());
+        std::thread::spawn(move || -> Result<usize, String> {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) || pipeline.outstanding() > 0 {
+                while !stop.load(Ordering::Relaxed) && pipeline.outstanding() < 8 {
+                    pipeline
+                        .send(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)])
+                        .map_err(|e| e.to_string())?;
+                    sent += 1;
+                }
+                let answered = pipeline.poll(Duration::from_millis(50)).map_err(|e| e.to_string())?;
+                outcomes.lock().unwrap().extend(answered);
+            }
+            Ok(sent)
+        })
+    };
+    eventually("commits before the kill", ELECTION_WAIT, || {
+        (outcomes.lock().unwrap().len() >= ACKNOWLEDGED_BEFORE_KILL).then_some(())
+    });
+    let index = group.members.iter().position(|m| m.name == first.0).unwrap();
+    drop(group.members.remove(index));
+    eventually("a new leader", ELECTION_WAIT, || {
+        leader(&group.members).filter(|m| m.led_term() > Some(first.1)).map(|m| m.name)
+    });
+    let at_kill = outcomes.lock().unwrap().len();
+    eventually("commits through the new leader", ELECTION_WAIT, || {
+        (outcomes.lock().unwrap().len() >= at_kill + ACKNOWLEDGED_BEFORE_KILL).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let sent = streamer.join().unwrap().expect("the pipeline failed");
+
+    // One outcome per transaction sent, and the participants hold exactly the commits.
+    let outcomes = outcomes.lock().unwrap();
+    let mut seqs: Vec<u64> = outcomes.iter().map(|(seq, _)| *seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=sent as u64).collect::<Vec<_>>(), "each seq answered exactly once");
+    let committed = outcomes.iter().filter(|(_, outcome)| outcome.is_committed()).count() as i64;
+    eprintln!("pipeline: {sent} sent, {committed} committed across the kill of {}", first.0);
+    assert_eq!(group.settled_counts(), (committed, committed));
 }
