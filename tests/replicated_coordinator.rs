@@ -300,6 +300,7 @@ fn an_interactive_transaction_open_on_a_killed_leader_ends_with_a_clear_error() 
         "expected CoordinatorChanged, got {message}"
     );
     assert!(message.contains("was open on coordinator") && message.contains("not run again"), "{message}");
+    assert!(err.transaction_is_over(), "{message}");
     drop(transaction);
 
     // The client itself carries on with the new leader; the transaction left nothing.

@@ -64,6 +64,12 @@ impl TxError {
         }
     }
 
+    /// Whether the transaction is over: aborted, or left behind on a coordinator node the
+    /// client no longer talks to ([`ClientError::CoordinatorChanged`]).
+    pub fn transaction_is_over(&self) -> bool {
+        matches!(self, TxError::Aborted(_) | TxError::Client(ClientError::CoordinatorChanged { .. }))
+    }
+
     /// Whether running the whole transaction again may succeed (a deadlock victim or a
     /// lock-wait timeout, say).
     pub fn is_retryable(&self) -> bool {
