@@ -324,7 +324,7 @@ fn a_pipeline_resends_its_outstanding_transactions_to_the_new_leader_after_a_kil
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let streamer = {
         let (stop, outcomes) = (stop.clone(), outcomes.clone());
-        std::thread::spawn(move || -> Result<usize, String> {
+        std::thread::spawn(move || -> Result<(usize, Pipeline), String> {
             let mut sent = 0;
             while !stop.load(Ordering::Relaxed) || pipeline.outstanding() > 0 {
                 while !stop.load(Ordering::Relaxed) && pipeline.outstanding() < 8 {
@@ -336,7 +336,7 @@ fn a_pipeline_resends_its_outstanding_transactions_to_the_new_leader_after_a_kil
                 let answered = pipeline.poll(Duration::from_millis(50)).map_err(|e| e.to_string())?;
                 outcomes.lock().unwrap().extend(answered);
             }
-            Ok(sent)
+            Ok((sent, pipeline))
         })
     };
     eventually("commits before the kill", ELECTION_WAIT, || {
@@ -352,7 +352,9 @@ fn a_pipeline_resends_its_outstanding_transactions_to_the_new_leader_after_a_kil
         (outcomes.lock().unwrap().len() >= at_kill + ACKNOWLEDGED_BEFORE_KILL).then_some(())
     });
     stop.store(true, Ordering::Relaxed);
-    let sent = streamer.join().unwrap().expect("the pipeline failed");
+    let (sent, pipeline) = streamer.join().unwrap().expect("the pipeline failed");
+    let new_leader = leader(&group.members).unwrap();
+    assert_eq!(pipeline.coordinator(), Some(new_leader.addr), "the pipeline is not on the new leader");
 
     // One outcome per transaction sent, and the participants hold exactly the commits.
     let outcomes = outcomes.lock().unwrap();

@@ -907,6 +907,11 @@ impl Pipeline {
         })
     }
 
+    /// The coordinator node the latest connection went to (the leader, in a group).
+    pub fn coordinator(&self) -> Option<SocketAddr> {
+        self.endpoints.current()
+    }
+
     /// The identity this pipeline's connections present.
     pub fn identity(&self) -> &str {
         &self.identity
