@@ -91,6 +91,12 @@ impl Group {
         let mut members = Vec::with_capacity(sorted.len());
         for (index, (name, addr)) in sorted.into_iter().enumerate() {
             ensure!(members.iter().all(|m: &Member| &m.name != name), "--peer {name} is given twice");
+            // Followers name the leader in NotLeader frames, whose names are bounded.
+            ensure!(
+                name.len() <= twophase_net::LEADER_NAME_BYTES_MAX,
+                "--peer name {name:?} is longer than {} bytes",
+                twophase_net::LEADER_NAME_BYTES_MAX
+            );
             let addr = super::coordinator::resolve(addr)?;
             members.push(Member { name: name.clone(), raft_id: index as u64 + 1, addr });
         }
@@ -555,4 +561,30 @@ impl Node {
 
 fn describe_refusal(err: &ProposeError) -> String {
     err.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(names: &[&str]) -> Vec<(String, String)> {
+        names.iter().enumerate().map(|(i, name)| (name.to_string(), format!("127.0.0.1:{}", 7000 + i))).collect()
+    }
+
+    #[test]
+    fn a_peer_name_longer_than_a_not_leader_frame_carries_is_refused() {
+        let long = "c".repeat(twophase_net::LEADER_NAME_BYTES_MAX + 1);
+        let err = Group::new("c1", &peers(&["c1", &long])).err().unwrap();
+        assert!(err.to_string().contains("is longer than 255 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_follower_names_the_known_leader_and_never_itself() {
+        let group = Group::new("c2", &peers(&["c1", "c2", "c3"])).unwrap();
+        let known = |leader_id| RoleChange { leader_id, term: 5, is_leader: false };
+        let hint = not_leader(&group, &known(Some(1))).leader.unwrap();
+        assert_eq!((hint.name.as_str(), hint.addr.to_string().as_str()), ("c1", "127.0.0.1:7000"));
+        assert_eq!(not_leader(&group, &known(Some(2))), NotLeader { term: 5, leader: None });
+        assert_eq!(not_leader(&group, &known(None)), NotLeader { term: 5, leader: None });
+    }
 }
