@@ -26,6 +26,9 @@ pub(crate) struct Endpoints {
     addrs: Vec<SocketAddr>,
     /// Named by a follower's `NotLeader`; tried first, once.
     hint: Option<SocketAddr>,
+    /// A named leader that could not be reached since the last reply: followers that still
+    /// name it (it died, they have not noticed yet) are treated as knowing no leader.
+    unreachable_hint: Option<SocketAddr>,
     /// The index in `addrs` the next round starts at.
     next: usize,
     /// When connections started failing (no reply since), if they are.
@@ -45,6 +48,7 @@ impl Endpoints {
         Endpoints {
             addrs,
             hint: None,
+            unreachable_hint: None,
             next: 0,
             failing_since: None,
             backoff: BACKOFF_FIRST,
@@ -70,13 +74,18 @@ impl Endpoints {
         self.failing_since = None;
         self.backoff = BACKOFF_FIRST;
         self.pause = false;
+        self.unreachable_hint = None;
     }
 
     /// A follower turned us away: go to the leader it names next (a leader it does not
     /// know, or the node we were on, means waiting and trying the others).
     pub(crate) fn redirect(&mut self, not_leader: &NotLeader) {
         self.failing_since.get_or_insert_with(Instant::now);
-        self.hint = not_leader.leader.as_ref().map(|leader| leader.addr).filter(|addr| Some(*addr) != self.current);
+        self.hint = not_leader
+            .leader
+            .as_ref()
+            .map(|leader| leader.addr)
+            .filter(|addr| Some(*addr) != self.current && Some(*addr) != self.unreachable_hint);
         self.pause = self.hint.is_none();
         tracing::debug!(term = not_leader.term, leader = ?self.hint, "following NotLeader");
     }
@@ -105,7 +114,10 @@ impl Endpoints {
             if let Some(addr) = self.hint.take() {
                 match self.try_one(addr, options, identity, role) {
                     Ok(conn) => return Ok(conn),
-                    Err(err) => last = Some(self.check(err)?),
+                    Err(err) => {
+                        self.unreachable_hint = Some(addr);
+                        last = Some(self.check(err)?);
+                    }
                 }
             }
             for _ in 0..self.addrs.len() {
@@ -258,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_named_leader_is_tried_first_even_when_not_listed_and_counts_as_a_move() {
-        let (listed, leader) = (welcoming_server(2), welcoming_server(1));
+        let (listed, leader) = (welcoming_server(3), welcoming_server(1));
         let mut endpoints = Endpoints::new(vec![listed]);
         let options = options(Duration::from_secs(10));
         endpoints.connect(&options, "me", Role::Client).unwrap();
@@ -266,6 +278,13 @@ mod tests {
         endpoints.redirect(&NotLeader { term: 2, leader: Some(LeaderHint { name: "c9".into(), addr: leader }) });
         endpoints.connect(&options, "me", Role::Client).unwrap();
         assert_eq!((endpoints.current(), endpoints.node_changes()), (Some(leader), 1));
+        // A follower naming a leader that could not be reached is not followed again.
+        let dead = dead_addr();
+        let mut stale = Endpoints::new(vec![listed]);
+        stale.redirect(&NotLeader { term: 2, leader: Some(LeaderHint { name: "c8".into(), addr: dead }) });
+        stale.connect(&options, "me", Role::Client).unwrap();
+        stale.redirect(&NotLeader { term: 2, leader: Some(LeaderHint { name: "c8".into(), addr: dead }) });
+        assert_eq!((stale.hint, stale.pause), (None, true));
         // A follower naming the node we are on (stale) or no leader: round the list again.
         endpoints.redirect(&NotLeader { term: 3, leader: Some(LeaderHint { name: "c9".into(), addr: leader }) });
         endpoints.connect(&options, "me", Role::Client).unwrap();
