@@ -17,7 +17,7 @@ use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
 use crate::security::{SecurityArgs, SecurityKeys};
 use crate::trace::TraceArgs;
-use crate::{certs, chaos, cluster, inspect, loadgen, names, node, shell, top, tx};
+use crate::{certs, chaos, cluster, inspect, loadgen, names, node, shell, status, top, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -50,6 +50,8 @@ enum Command {
     Top(top::TopArgs),
     /// An interactive prompt: BEGIN, GET, PUT, ADD, DELETE, COMMIT, ROLLBACK against a coordinator.
     Shell(shell::ShellArgs),
+    /// Each replica of a coordinator group: role, term, commit and applied index, lag.
+    Status(status::StatusArgs),
 }
 
 #[derive(Args)]
@@ -397,6 +399,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(args) => certs::run(args)?,
         Command::Top(args) => return top::run(args),
         Command::Shell(args) => return shell::run(args),
+        Command::Status(args) => return status::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 //!
 //! Keys are the flags' long names with `_` for `-`; a flag given on the command line wins.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -16,6 +16,7 @@ use crate::security::{SecurityKeys, TlsFiles};
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
+    /// One coordinator's address, or every node of a group as a comma list.
     pub coordinator: Option<String>,
     pub cluster: Option<String>,
     pub ca: Option<PathBuf>,
@@ -81,9 +82,55 @@ impl ClientFile {
     }
 }
 
+/// The coordinator nodes `--coordinator` flags (repeated, each `HOST:PORT` or a comma
+/// list of them) or a config file's `coordinator` key name: every address each resolves
+/// to, in order, without repeats. A client connects to whichever of them leads (one
+/// reachable member of a group is enough). Empty entries and unresolvable names are errors.
+pub fn resolve_coordinators<S: AsRef<str>>(values: &[S]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    for entry in values.iter().flat_map(|value| value.as_ref().split(',')) {
+        let entry = entry.trim();
+        anyhow::ensure!(!entry.is_empty(), "an empty coordinator address (in {:?})", joined(values));
+        let resolved: Vec<SocketAddr> =
+            entry.to_socket_addrs().with_context(|| format!("resolving the coordinator address {entry:?}"))?.collect();
+        anyhow::ensure!(!resolved.is_empty(), "the coordinator address {entry:?} resolves to nothing");
+        for addr in resolved {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+    }
+    anyhow::ensure!(!addrs.is_empty(), "no coordinator address given");
+    Ok(addrs)
+}
+
+fn joined<S: AsRef<str>>(values: &[S]) -> String {
+    values.iter().map(|value| value.as_ref()).collect::<Vec<_>>().join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coordinators_come_from_repeated_flags_and_comma_lists() {
+        let addrs =
+            resolve_coordinators(&["127.0.0.1:7000", "127.0.0.1:7001,127.0.0.1:7002", "127.0.0.1:7000"]).unwrap();
+        let expected: Vec<SocketAddr> =
+            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(addrs, expected);
+        assert_eq!(resolve_coordinators(&[" 127.0.0.1:7003 "]).unwrap(), vec!["127.0.0.1:7003".parse().unwrap()]);
+    }
+
+    #[test]
+    fn empty_and_bad_coordinator_addresses_are_refused() {
+        let err = format!("{:#}", resolve_coordinators(&["127.0.0.1:7000,"]).unwrap_err());
+        assert!(err.contains("an empty coordinator address"), "{err}");
+        let err = format!("{:#}", resolve_coordinators(&["127.0.0.1"]).unwrap_err());
+        assert!(err.contains("resolving the coordinator address \"127.0.0.1\""), "{err}");
+        let none: [&str; 0] = [];
+        assert!(format!("{:#}", resolve_coordinators(&none).unwrap_err()).contains("no coordinator address given"));
+    }
     use crate::security::SecurityArgs;
 
     #[test]

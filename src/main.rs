@@ -17,6 +17,7 @@ mod opsyntax;
 mod security;
 mod settle;
 mod shell;
+mod status;
 mod top;
 mod trace;
 mod tx;

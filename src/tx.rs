@@ -11,7 +11,7 @@ use serde_json::json;
 use twophase_engine::{Op, OpKind, Outcome};
 use twophase_net::{Client, ClientOptions};
 
-use crate::client_config::ClientFile;
+use crate::client_config::{ClientFile, resolve_coordinators};
 use crate::opsyntax::{self, NamedOp};
 use crate::security::SecurityArgs;
 use crate::trace::{Exporter, TraceArgs, context};
@@ -23,9 +23,11 @@ pub struct ConnectArgs {
     /// client.toml that `twophase cluster` writes); flags win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The coordinator's address, HOST:PORT [default: 127.0.0.1:7000].
-    #[arg(long)]
-    coordinator: Option<String>,
+    /// The coordinator's address, HOST:PORT [default: 127.0.0.1:7000]. For a replicated
+    /// group, every member: repeat the flag or give a comma list (one reachable member is
+    /// enough; the client finds the leader and follows it).
+    #[arg(long, value_name = "ADDR")]
+    coordinator: Vec<String>,
     /// Cluster name [default: local].
     #[arg(long)]
     cluster: Option<String>,
@@ -41,7 +43,12 @@ impl ConnectArgs {
     /// and registers a session.
     pub fn connect(self) -> anyhow::Result<Client> {
         let file = ClientFile::read(self.config.as_deref())?;
-        let coordinator = self.coordinator.or(file.coordinator.clone()).unwrap_or_else(|| "127.0.0.1:7000".into());
+        let coordinator = match (self.coordinator.is_empty(), &file.coordinator) {
+            (false, _) => self.coordinator.join(","),
+            (true, Some(from_file)) => from_file.clone(),
+            (true, None) => "127.0.0.1:7000".into(),
+        };
+        let addrs = resolve_coordinators(&[coordinator.as_str()])?;
         let cluster = self.cluster.or(file.cluster.clone()).unwrap_or_else(|| "local".into());
         let security = self.security.resolve(file.security())?.load("this client")?;
         let options = ClientOptions {
@@ -50,7 +57,7 @@ impl ConnectArgs {
             security,
             ..ClientOptions::default()
         };
-        Client::connect(coordinator.as_str(), options)
+        Client::connect(&addrs[..], options)
             .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {coordinator}: {err}"))
     }
 }

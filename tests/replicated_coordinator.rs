@@ -1,8 +1,13 @@
 //! A replicated coordinator group (`--peer`, issue 18) as real processes on loopback: three
-//! coordinators and two participants. Transactions committed through the leader are
-//! acknowledged; after `kill -9` of the leader another member leads, commits through it,
-//! every acknowledged transaction is committed at the participants and nothing stays
-//! prepared or in doubt.
+//! coordinators and two participants.
+//!
+//! - A client configured with a follower's address only commits: it follows `NotLeader`
+//!   (a `Pipeline`, and `twophase tx` given the followers as a comma list, too).
+//! - `twophase status` (asked at a follower) shows one leader and two followers, their terms.
+//! - Under a stream of requests from one client configured with every member, `kill -9` of
+//!   the leader: the client carries on with the new leader, every request gets exactly one
+//!   outcome (the participants hold exactly the acknowledged commits, so none ran twice and
+//!   none was lost), and nothing stays prepared or in doubt.
 
 mod common;
 
@@ -10,14 +15,16 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
-use twophase_net::{Client, ClientOptions};
+use twophase_engine::Outcome;
+use twophase_net::{Client, ClientError, ClientOptions, Pipeline, TxError};
 
 const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
-const ACKNOWLEDGED_BEFORE_KILL: i64 = 20;
+const ACKNOWLEDGED_BEFORE_KILL: usize = 20;
 /// Generous: the machine running the tests may be busy compiling.
 const ELECTION_WAIT: Duration = Duration::from_secs(30);
 
@@ -89,57 +96,272 @@ fn leader(members: &[Member]) -> Option<&Member> {
 }
 
 fn options(dir: &Path) -> ClientOptions {
-    ClientOptions { request_timeout: Duration::from_secs(10), max_attempts: 1, ..client_options(dir) }
+    ClientOptions { request_timeout: Duration::from_secs(5), failover_timeout: ELECTION_WAIT, ..client_options(dir) }
 }
 
-/// Adds 1 to `a` at p1 and `b` at p2 through `client`; whether it was acknowledged committed.
-fn transfer(client: &mut Client) -> bool {
-    client.submit(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)]).is_ok_and(|outcome| outcome.is_committed())
+/// Adds 1 to `a` at p1 and `b` at p2 through `client`: its outcome, or the client's error.
+fn transfer(client: &mut Client) -> Result<Outcome, twophase_net::ClientError> {
+    client.submit(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)])
+}
+
+/// Three members and two participants, once a leader announced itself.
+struct Group {
+    dir: tempfile::TempDir,
+    participants: Vec<Node>,
+    members: Vec<Member>,
+}
+
+impl Group {
+    fn start() -> Group {
+        let dir = tempfile::tempdir().unwrap();
+        let participants = vec![Node::participant("p1", dir.path(), &[]), Node::participant("p2", dir.path(), &[])];
+        let addrs = free_addrs(MEMBERS.len());
+        let members = MEMBERS.iter().map(|name| start_member(dir.path(), name, &addrs, &participants)).collect();
+        let group = Group { dir, participants, members };
+        eventually("a leader", ELECTION_WAIT, || leader(&group.members).map(|m| m.name));
+        group
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn leader(&self) -> &Member {
+        leader(&self.members).expect("a leader")
+    }
+
+    fn follower(&self) -> &Member {
+        let leader = self.leader().name;
+        self.members.iter().find(|m| m.name != leader).unwrap()
+    }
+
+    /// Waits until nothing is prepared or in doubt and returns `(a at p1, b at p2)`.
+    fn settled_counts(&self) -> (i64, i64) {
+        eventually("the participants to settle", ELECTION_WAIT, || {
+            let (p1, p1_open) = dump_ints(&self.participants[0]);
+            let (p2, p2_open) = dump_ints(&self.participants[1]);
+            let counts = (p1.get("a").copied().unwrap_or(0), p2.get("b").copied().unwrap_or(0));
+            (p1_open == (0, 0) && p2_open == (0, 0)).then_some(counts)
+        })
+    }
+
+    fn status(&self, addr: SocketAddr) -> (Option<i32>, String) {
+        status(self.path(), addr)
+    }
+}
+
+/// `twophase status --coordinator ADDR` with an admin certificate of `dir`: exit code and
+/// stdout.
+fn status(dir: &Path, addr: SocketAddr) -> (Option<i32>, String) {
+    let output = Command::new(common::binary())
+        .args(["status", "--coordinator", &addr.to_string(), "--cluster", CLUSTER])
+        .args(make_cert(&certs_dir(dir), CLUSTER, "admin", "tester"))
+        .output()
+        .unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 #[test]
-fn the_group_commits_through_its_leader_and_a_new_leader_finishes_after_a_kill() {
+fn status_of_a_single_coordinator_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let participants = vec![Node::participant("p1", dir.path(), &[]), Node::participant("p2", dir.path(), &[])];
-    let addrs = free_addrs(MEMBERS.len());
-    let mut members: Vec<Member> =
-        MEMBERS.iter().map(|name| start_member(dir.path(), name, &addrs, &participants)).collect();
+    let participant = Node::participant("p1", dir.path(), &[]);
+    let coordinator = Node::coordinator(dir.path(), &[&participant], &[], &[]);
+    assert_eq!(status(dir.path(), coordinator.addr), (Some(0), "single coordinator\n".to_string()));
+}
 
-    // (a) Through the leader, every transaction is acknowledged committed.
-    let first = eventually("a leader", ELECTION_WAIT, || leader(&members).map(|m| (m.name, m.addr)));
-    let mut client =
-        eventually("a session at the leader", ELECTION_WAIT, || Client::connect(first.1, options(dir.path())).ok());
-    for n in 0..ACKNOWLEDGED_BEFORE_KILL {
-        assert!(transfer(&mut client), "transaction {n} through leader {} was not acknowledged committed", first.0);
+#[test]
+fn a_client_of_a_follower_commits_and_status_shows_the_group() {
+    let group = Group::start();
+    let follower = group.follower();
+
+    // (a) Configured with the follower's address only, the client finds the leader.
+    let mut client = Client::connect(follower.addr, options(group.path())).unwrap();
+    for n in 0..5 {
+        let outcome = transfer(&mut client).unwrap_or_else(|err| panic!("transaction {n}: {err}"));
+        assert!(outcome.is_committed(), "transaction {n} via follower {}: {outcome:?}", follower.name);
     }
+    assert_eq!(client.coordinator(), Some(group.leader().addr), "the client did not move to the leader");
     drop(client);
+    // A pipeline configured with the follower only: its outstanding transactions commit.
+    let mut pipeline = Pipeline::connect(follower.addr, options(group.path())).unwrap();
+    for _ in 0..10 {
+        pipeline.send(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)]).unwrap();
+    }
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 10 {
+        outcomes.extend(pipeline.poll(Duration::from_secs(1)).unwrap());
+    }
+    assert!(outcomes.iter().all(|(_, outcome)| outcome.is_committed()), "{outcomes:?}");
+    drop(pipeline);
+    // `twophase tx` given the followers only, as a comma list, finds the leader too.
+    let followers: Vec<String> =
+        group.members.iter().filter(|m| m.name != group.leader().name).map(|m| m.addr.to_string()).collect();
+    let output = Command::new(common::binary())
+        .args(["tx", "--coordinator", &followers.join(","), "--cluster", CLUSTER])
+        .args(make_cert(&certs_dir(group.path()), CLUSTER, "client", "tester"))
+        .args(["add", "p1:a=1", "add", "p2:b=1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(group.settled_counts(), (16, 16));
 
-    // A follower serves no client.
-    let follower = members.iter().find(|m| m.name != first.0).unwrap();
-    let refused = Client::connect(follower.addr, options(dir.path())).ok().map(|mut c| transfer(&mut c));
-    assert_ne!(refused, Some(true), "follower {} committed a transaction", follower.name);
+    // (c) `twophase status`, asked at the follower: one leader and two followers, each
+    // with the leader's term (the group is idle: nobody campaigns).
+    let term = group.leader().led_term().unwrap();
+    let (code, table) = eventually("a status with every member caught up", ELECTION_WAIT, || {
+        let (code, table) = group.status(follower.addr);
+        let rows = table.lines().skip(1).filter(|line| line.split_whitespace().nth(3) == Some(&term.to_string()));
+        (rows.count() == MEMBERS.len()).then_some((code, table))
+    });
+    assert_eq!(code, Some(0), "{table}");
+    let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|line| line.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), MEMBERS.len(), "{table}");
+    for row in &rows {
+        let member = group.members.iter().find(|m| m.name == row[0]).unwrap();
+        let role = if member.name == group.leader().name { "leader" } else { "follower" };
+        assert_eq!(
+            (row[1], row[2], row[3]),
+            (member.addr.to_string().as_str(), role, term.to_string().as_str()),
+            "{table}"
+        );
+    }
+    assert_eq!(rows.iter().filter(|row| row[2] == "follower").count(), 2, "{table}");
+}
 
-    // (b) kill -9 the leader: another member leads a later term and commits.
-    let index = members.iter().position(|m| m.name == first.0).unwrap();
-    let killed = members.remove(index);
-    let killed_term = killed.led_term().unwrap();
-    drop(killed);
+#[test]
+fn a_client_carries_on_with_the_new_leader_after_a_kill_with_one_outcome_per_request() {
+    let mut group = Group::start();
+    let every_member: Vec<SocketAddr> = group.members.iter().map(|m| m.addr).collect();
+    let mut client = Client::connect(&every_member[..], options(group.path())).unwrap();
+    let first = (group.leader().name, group.leader().led_term().unwrap());
+
+    // (b) One client streams transfers on a thread, one at a time, while the leader dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let streamer = {
+        let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let outcome = transfer(&mut client);
+                acknowledged.lock().unwrap().push(outcome.map_err(|err| err.to_string()));
+            }
+            client
+        })
+    };
+    eventually("commits before the kill", ELECTION_WAIT, || {
+        (acknowledged.lock().unwrap().len() >= ACKNOWLEDGED_BEFORE_KILL).then_some(())
+    });
+    let index = group.members.iter().position(|m| m.name == first.0).unwrap();
+    drop(group.members.remove(index));
     let second = eventually("a new leader", ELECTION_WAIT, || {
-        leader(&members).filter(|m| m.led_term() > Some(killed_term)).map(|m| (m.name, m.addr))
+        leader(&group.members).filter(|m| m.led_term() > Some(first.1)).map(|m| m.name)
     });
-    assert_ne!(second.0, first.0);
-    eventually("a commit through the new leader", ELECTION_WAIT, || {
-        let mut client = Client::connect(second.1, options(dir.path())).ok()?;
-        transfer(&mut client).then_some(())
+    assert_ne!(second, first.0);
+    let at_kill = acknowledged.lock().unwrap().len();
+    eventually("commits through the new leader", ELECTION_WAIT, || {
+        let outcomes = acknowledged.lock().unwrap();
+        let after = outcomes[at_kill..].iter().filter(|o| o.as_ref().is_ok_and(Outcome::is_committed)).count();
+        (after >= ACKNOWLEDGED_BEFORE_KILL).then_some(())
     });
+    stop.store(true, Ordering::Relaxed);
+    let client = streamer.join().unwrap();
+    let new_leader = group.members.iter().find(|m| m.name == second).unwrap();
+    assert_eq!(client.coordinator(), Some(new_leader.addr), "the client is not on the new leader");
 
-    // Every acknowledged transaction is committed at both participants, nothing stays
-    // prepared or in doubt. (A transaction whose ack was lost may have committed too.)
-    eventually("the participants to settle", ELECTION_WAIT, || {
-        let (p1, p1_open) = dump_ints(&participants[0]);
-        let (p2, p2_open) = dump_ints(&participants[1]);
-        let settled = p1_open == (0, 0) && p2_open == (0, 0);
-        let (a, b) = (p1.get("a").copied().unwrap_or(0), p2.get("b").copied().unwrap_or(0));
-        (settled && a == b && a > ACKNOWLEDGED_BEFORE_KILL).then_some(())
+    // Every request had exactly one outcome: no error, and the participants hold exactly
+    // the acknowledged commits (a request run twice would add 2, a lost commit 0).
+    let outcomes = acknowledged.lock().unwrap();
+    let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(errors.is_empty(), "requests without an outcome: {errors:?}");
+    let committed = outcomes.iter().filter(|o| o.as_ref().is_ok_and(Outcome::is_committed)).count() as i64;
+    eprintln!(
+        "{} requests, {committed} committed; {at_kill} before the kill of {}, then {second} led",
+        outcomes.len(),
+        first.0
+    );
+    assert_eq!(group.settled_counts(), (committed, committed), "{} requests, {committed} committed", outcomes.len());
+}
+
+#[test]
+fn an_interactive_transaction_open_on_a_killed_leader_ends_with_a_clear_error() {
+    let mut group = Group::start();
+    let every_member: Vec<SocketAddr> = group.members.iter().map(|m| m.addr).collect();
+    let mut client = Client::connect(&every_member[..], options(group.path())).unwrap();
+    let first = (group.leader().name, group.leader().led_term().unwrap());
+    let mut transaction = client.begin().unwrap();
+    transaction.add("p1", "a", 1).unwrap();
+
+    let index = group.members.iter().position(|m| m.name == first.0).unwrap();
+    drop(group.members.remove(index));
+    let err = transaction.add("p2", "b", 1).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(&err, TxError::Client(ClientError::CoordinatorChanged { .. })),
+        "expected CoordinatorChanged, got {message}"
+    );
+    assert!(message.contains("was open on coordinator") && message.contains("not run again"), "{message}");
+    assert!(err.transaction_is_over(), "{message}");
+    drop(transaction);
+
+    // The client itself carries on with the new leader; the transaction left nothing.
+    eventually("a new leader", ELECTION_WAIT, || {
+        leader(&group.members).filter(|m| m.led_term() > Some(first.1)).map(|m| m.name)
     });
+    let outcome = transfer(&mut client).unwrap();
+    assert!(outcome.is_committed(), "{outcome:?}");
+    assert_eq!(group.settled_counts(), (1, 1));
+}
+
+#[test]
+fn a_pipeline_resends_its_outstanding_transactions_to_the_new_leader_after_a_kill() {
+    let mut group = Group::start();
+    let every_member: Vec<SocketAddr> = group.members.iter().map(|m| m.addr).collect();
+    let mut pipeline = Pipeline::connect(&every_member[..], options(group.path())).unwrap();
+    let first = (group.leader().name, group.leader().led_term().unwrap());
+
+    // Keeps 8 transfers outstanding on a thread while the leader dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let streamer = {
+        let (stop, outcomes) = (stop.clone(), outcomes.clone());
+        std::thread::spawn(move || -> Result<(usize, Pipeline), String> {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) || pipeline.outstanding() > 0 {
+                while !stop.load(Ordering::Relaxed) && pipeline.outstanding() < 8 {
+                    pipeline
+                        .send(vec![add(1, "a", 1, i64::MIN), add(2, "b", 1, i64::MIN)])
+                        .map_err(|e| e.to_string())?;
+                    sent += 1;
+                }
+                let answered = pipeline.poll(Duration::from_millis(50)).map_err(|e| e.to_string())?;
+                outcomes.lock().unwrap().extend(answered);
+            }
+            Ok((sent, pipeline))
+        })
+    };
+    eventually("commits before the kill", ELECTION_WAIT, || {
+        (outcomes.lock().unwrap().len() >= ACKNOWLEDGED_BEFORE_KILL).then_some(())
+    });
+    let index = group.members.iter().position(|m| m.name == first.0).unwrap();
+    drop(group.members.remove(index));
+    eventually("a new leader", ELECTION_WAIT, || {
+        leader(&group.members).filter(|m| m.led_term() > Some(first.1)).map(|m| m.name)
+    });
+    let at_kill = outcomes.lock().unwrap().len();
+    eventually("commits through the new leader", ELECTION_WAIT, || {
+        (outcomes.lock().unwrap().len() >= at_kill + ACKNOWLEDGED_BEFORE_KILL).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (sent, pipeline) = streamer.join().unwrap().expect("the pipeline failed");
+    let new_leader = leader(&group.members).unwrap();
+    assert_eq!(pipeline.coordinator(), Some(new_leader.addr), "the pipeline is not on the new leader");
+
+    // One outcome per transaction sent, and the participants hold exactly the commits.
+    let outcomes = outcomes.lock().unwrap();
+    let mut seqs: Vec<u64> = outcomes.iter().map(|(seq, _)| *seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=sent as u64).collect::<Vec<_>>(), "each seq answered exactly once");
+    let committed = outcomes.iter().filter(|(_, outcome)| outcome.is_committed()).count() as i64;
+    eprintln!("pipeline: {sent} sent, {committed} committed across the kill of {}", first.0);
+    assert_eq!(group.settled_counts(), (committed, committed));
 }

@@ -1,6 +1,6 @@
 //! Admin requests for operators and the load generator's audit: a participant's whole state
-//! (`Dump`, streamed in chunks and consumed as they arrive) and a coordinator's participants
-//! with their addresses (`Topology`).
+//! (`Dump`, streamed in chunks and consumed as they arrive), a coordinator's participants
+//! with their addresses (`Topology`) and a coordinator's replication status (`Status`).
 //!
 //! Both connect with the `admin` role: with TLS the certificate must be an admin's (a
 //! client's is refused as `Forbidden`).
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use twophase_engine::ParticipantId;
 
 use crate::client::{ClientError, ClientOptions, Connection, resolve};
-use crate::frame::{AdminOp, DumpEnd, ErrorCode, Frame, ProtocolError, Role};
+use crate::frame::{AdminOp, DumpEnd, ErrorCode, Frame, ProtocolError, ReplicaStatus, Role};
 use crate::tls::Security;
 
 /// Give up on an admin request after this long without progress.
@@ -143,6 +143,34 @@ pub fn topology(
         .collect()
 }
 
+/// Most members a `Status` answer may list (a group is a handful of replicas).
+pub const STATUS_MEMBERS_MAX: usize = 64;
+
+/// A coordinator's replication status as it reports it: its own row (role follower or
+/// leader) and every other member of its group (role `Unreported`, to ask in turn). Empty
+/// from a single coordinator.
+pub fn status(addr: impl ToSocketAddrs, cluster: &str, security: &Security) -> Result<Vec<ReplicaStatus>, ClientError> {
+    let malformed = |why: String| ClientError::Protocol(ProtocolError::new(ErrorCode::Malformed, why));
+    let mut members = Vec::new();
+    request(connect(addr, cluster, security)?, AdminOp::Status, |frame| match frame {
+        Frame::DumpChunk(chunk) => {
+            if members.len() + chunk.len() > STATUS_MEMBERS_MAX {
+                return Err(malformed(format!("a status of more than {STATUS_MEMBERS_MAX} members")));
+            }
+            for (key, value) in &chunk {
+                members.push(ReplicaStatus::from_entry(key, value).map_err(|why| malformed(format!("status: {why}")))?);
+            }
+            Ok(false)
+        }
+        Frame::DumpEnd(end) if end.keys == members.len() as u64 => Ok(true),
+        Frame::DumpEnd(end) => {
+            Err(malformed(format!("status announced {} members but sent {}", end.keys, members.len())))
+        }
+        other => Err(unexpected(&other)),
+    })?;
+    Ok(members)
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
@@ -155,6 +183,7 @@ mod tests {
         let frames = vec![
             Frame::AdminRequest(AdminOp::Dump),
             Frame::AdminRequest(AdminOp::Topology),
+            Frame::AdminRequest(AdminOp::Status),
             Frame::DumpChunk(vec![(bytes::Bytes::from_static(b"k"), bytes::Bytes::from_static(b"v"))]),
             Frame::DumpChunk(vec![]),
             Frame::DumpEnd(DumpEnd { keys: 1, prepared: 2, in_doubt: 3, fsync: true }),

@@ -26,10 +26,13 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use twophase_engine::{ClientId, Epoch, Op, Outcome, ParticipantId, RegisterRefusal, RejectReason, Reply, Seq, Submit};
+use twophase_engine::{
+    ClientId, Epoch, Op, Outcome, ParticipantId, RegisterRefusal, RejectReason, Reply, Seq, Submit, TxId,
+};
 
+use crate::endpoints::Endpoints;
 use crate::frame::{
-    BatchWriter, ErrorCode, Frame, FrameDecoder, Hello, MessageTooLarge, NetLimits, ProtocolError, Role,
+    BatchWriter, ErrorCode, Frame, FrameDecoder, Hello, MessageTooLarge, NetLimits, NotLeader, ProtocolError, Role,
 };
 use crate::tls::Security;
 
@@ -51,8 +54,13 @@ pub struct ClientOptions {
     /// Pause before resending a request the coordinator turned away as `Busy`.
     pub busy_backoff: Duration,
     /// Sends of one request (client), or consecutive failed connections (pipeline), before
-    /// giving up.
+    /// giving up. Following a follower's `NotLeader` to the leader is not counted: that
+    /// search is bounded by `failover_timeout`.
     pub max_attempts: u32,
+    /// How long to look for a node that serves (a replicated group's leader, or a
+    /// restarting coordinator) while every connection fails or is turned away, before
+    /// giving up with [`ClientError::NoLeader`].
+    pub failover_timeout: Duration,
     /// Mutual TLS with a certificate whose role the server accepts, or insecure plaintext
     /// (the default, which a TLS server refuses with `Unauthenticated`). With TLS the
     /// cluster and the name sent in `Hello` are the certificate's; `cluster` is not used.
@@ -68,6 +76,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(5),
             busy_backoff: Duration::from_millis(10),
             max_attempts: 10,
+            failover_timeout: Duration::from_secs(10),
             security: Security::InsecurePlaintext,
         }
     }
@@ -115,6 +124,27 @@ pub enum ClientError {
     RegisterRefused {
         reason: RegisterRefusal,
     },
+    /// A follower of a replicated coordinator group: not the leader (it names the leader
+    /// when it knows it). The client follows it by itself; this surfaces only from
+    /// connections opened without that (admin requests).
+    NotLeader(NotLeader),
+    /// No node of `addrs` served within the failover time: each was unreachable, closed
+    /// the connection or was a follower without a leader.
+    NoLeader {
+        after: Duration,
+        addrs: Vec<SocketAddr>,
+        /// The last failure, as text.
+        last: String,
+    },
+    /// An interactive transaction was open on one coordinator node and the connection
+    /// moved to another (the leader died or stepped down): the transaction is over there
+    /// (its locks go with the abandoned-transaction timeout) and was not run again here.
+    /// If a commit was in flight, whether it committed is unknown.
+    CoordinatorChanged {
+        txid: TxId,
+        from: Option<SocketAddr>,
+        to: Option<SocketAddr>,
+    },
     /// Every attempt failed; `last` is the last failure.
     GaveUp {
         attempts: u32,
@@ -146,6 +176,18 @@ impl fmt::Display for ClientError {
                 write!(f, "session {:#x} belongs to another identity than this connection's", client.0)
             }
             ClientError::RegisterRefused { reason } => write!(f, "the coordinator refused a session: {reason:?}"),
+            ClientError::NotLeader(not_leader) => not_leader.fmt(f),
+            ClientError::NoLeader { after, addrs, last } => {
+                let addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+                write!(f, "no coordinator of {} served within {after:?}; last error: {last}", addrs.join(", "))
+            }
+            ClientError::CoordinatorChanged { txid, from, to } => write!(
+                f,
+                "transaction {txid} was open on coordinator {} and the connection moved to {}: it is \
+                 over (not run again; if a commit was in flight, its outcome is unknown)",
+                describe_addr(*from),
+                describe_addr(*to)
+            ),
             ClientError::GaveUp { attempts, last } => {
                 write!(f, "gave up after {attempts} attempts; last error: {last}")
             }
@@ -188,13 +230,17 @@ impl From<MessageTooLarge> for ClientError {
 
 impl ClientError {
     /// Whether a new connection may fix it.
-    fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
-            ClientError::Io(_) | ClientError::Timeout { .. } => true,
+            ClientError::Io(_) | ClientError::Timeout { .. } | ClientError::NotLeader(_) => true,
             ClientError::Refused { code, .. } => *code == ErrorCode::Overloaded,
             _ => false,
         }
     }
+}
+
+fn describe_addr(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "(none)".to_string(), |addr| addr.to_string())
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -251,6 +297,8 @@ pub(crate) struct Connection {
     scratch: Vec<u8>,
     server_limits: NetLimits,
     directory: Directory,
+    /// A `NotLeader` decoded behind frames that were handed out first: the next read's error.
+    not_leader: Option<NotLeader>,
 }
 
 impl Connection {
@@ -272,7 +320,7 @@ impl Connection {
         ))
     }
 
-    fn handshake(
+    pub(crate) fn handshake(
         stream: TcpStream,
         options: &ClientOptions,
         identity: &str,
@@ -300,6 +348,7 @@ impl Connection {
             scratch: vec![0; READ_CHUNK],
             server_limits: NetLimits::default(),
             directory: Directory::default(),
+            not_leader: None,
         };
         let hello = Hello { role, cluster: cluster.clone(), node, epoch: Epoch(0) };
         conn.stream.send(&Frame::Hello(hello).to_bytes())?;
@@ -307,6 +356,7 @@ impl Connection {
         let mut frames = Vec::new();
         loop {
             conn.read_frames(deadline, &mut frames)?;
+            // A NotLeader behind the Welcome stays in `conn` for the first request's read.
             if let Some(frame) = frames.drain(..).next() {
                 return match frame {
                     Frame::Welcome(welcome) => {
@@ -335,12 +385,16 @@ impl Connection {
 
     /// One read (waiting at most until `deadline`), then every whole frame decoded from what
     /// has arrived. Returns with no frames on timeout; an EOF is an error.
+    ///
+    /// A follower's `NotLeader` is returned as [`ClientError::NotLeader`] (after the frames
+    /// decoded before it, by the next call), so every request loop follows it alike.
     pub(crate) fn read_frames(&mut self, deadline: Instant, frames: &mut Vec<Frame>) -> Result<(), ClientError> {
-        if let Some(frame) = self.decoder.decode(&mut self.inbuf)? {
-            frames.push(frame);
-            while let Some(frame) = self.decoder.decode(&mut self.inbuf)? {
-                frames.push(frame);
-            }
+        if let Some(not_leader) = self.not_leader.take() {
+            return Err(ClientError::NotLeader(not_leader));
+        }
+        let before = frames.len();
+        self.decode_buffered(frames)?;
+        if frames.len() > before {
             return Ok(());
         }
         if !self.stream.has_buffered_input()
@@ -361,8 +415,24 @@ impl Connection {
             }
             Err(err) => return Err(err.into()),
         }
+        self.decode_buffered(frames)
+    }
+
+    /// Every whole frame buffered, up to a `NotLeader`: that one is an error now when no
+    /// frame came before it, or at the next read.
+    fn decode_buffered(&mut self, frames: &mut Vec<Frame>) -> Result<(), ClientError> {
+        let before = frames.len();
         while let Some(frame) = self.decoder.decode(&mut self.inbuf)? {
-            frames.push(frame);
+            match frame {
+                Frame::NotLeader(not_leader) if frames.len() == before => {
+                    return Err(ClientError::NotLeader(not_leader));
+                }
+                Frame::NotLeader(not_leader) => {
+                    self.not_leader = Some(not_leader);
+                    return Ok(());
+                }
+                frame => frames.push(frame),
+            }
         }
         Ok(())
     }
@@ -433,6 +503,26 @@ fn open_session(conn: &mut Connection, options: &ClientOptions) -> Result<Client
     }
 }
 
+/// Connects to the node that serves and opens (or resumes) the session there, following
+/// `NotLeader` answers to the registration.
+fn connect_with_session(
+    endpoints: &mut Endpoints,
+    options: &ClientOptions,
+    identity: &str,
+) -> Result<(Connection, ClientId), ClientError> {
+    loop {
+        let mut conn = endpoints.connect(options, identity, Role::Client)?;
+        match open_session(&mut conn, options) {
+            Ok(client) => {
+                endpoints.served();
+                return Ok((conn, client));
+            }
+            Err(ClientError::NotLeader(not_leader)) => endpoints.redirect(&not_leader),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// A reply's error for the client, if it is a refusal of `(client, seq)` no retry can fix.
 fn refusal(reply: &Reply) -> Option<ClientError> {
     match reply {
@@ -479,7 +569,7 @@ impl Directory {
 
 /// A blocking client: one transaction at a time, retried until it has an outcome.
 pub struct Client {
-    addrs: Vec<SocketAddr>,
+    endpoints: Endpoints,
     options: ClientOptions,
     identity: String,
     client: ClientId,
@@ -499,13 +589,17 @@ pub struct Client {
 impl Client {
     /// Connects and handshakes as a client, learns the participant directory and limits, and
     /// registers a session (or resumes `options.client_id`).
+    ///
+    /// `addr` may name several nodes (`&[SocketAddr]`, e.g. every member of a replicated
+    /// coordinator group; one reachable member is enough): the client connects to the
+    /// leader, following a follower's `NotLeader`, and moves to the new leader when its node
+    /// dies, resending the request in flight under the same `(client, seq)`.
     pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client, ClientError> {
-        let addrs = resolve(addr)?;
+        let mut endpoints = Endpoints::new(resolve(addr)?);
         let identity = pick_identity(&options);
-        let mut conn = Connection::open(&addrs, &options, &identity, Role::Client)?;
-        let client = open_session(&mut conn, &options)?;
+        let (conn, client) = connect_with_session(&mut endpoints, &options, &identity)?;
         Ok(Client {
-            addrs,
+            endpoints,
             identity,
             client,
             last_seq: 0,
@@ -522,6 +616,16 @@ impl Client {
 
     pub fn client_id(&self) -> ClientId {
         self.client
+    }
+
+    /// How many times the connection moved to another coordinator node.
+    pub(crate) fn node_changes(&self) -> u64 {
+        self.endpoints.node_changes()
+    }
+
+    /// The coordinator node the latest connection went to (the leader, in a group).
+    pub fn coordinator(&self) -> Option<SocketAddr> {
+        self.endpoints.current()
     }
 
     /// The identity this client's connections present.
@@ -558,7 +662,7 @@ impl Client {
         request.clear();
         request.extend_from_slice(self.writer.finish());
         self.writer.clear();
-        let reply = self.exchange(seq, &request);
+        let reply = self.exchange(seq, &request, None);
         self.request = request;
         match reply? {
             Reply::Outcome { outcome, .. } => Ok(outcome),
@@ -576,14 +680,31 @@ impl Client {
     /// answers it with anything but `Busy`, and returns that reply. `Busy` → waits
     /// `busy_backoff` and resends; an I/O error or timeout → reconnects and resends; always
     /// the same `(client, seq)`. Gives up after `max_attempts` sends.
-    pub(crate) fn exchange(&mut self, seq: Seq, request: &[u8]) -> Result<Reply, ClientError> {
+    ///
+    /// `pinned` (an interactive transaction's node, by [`node_changes`](Self::node_changes)):
+    /// once the connection moved to another node, fail with
+    /// [`ClientError::CoordinatorChanged`] instead of sending there.
+    pub(crate) fn exchange(
+        &mut self,
+        seq: Seq,
+        request: &[u8],
+        pinned: Option<(TxId, u64, Option<SocketAddr>)>,
+    ) -> Result<Reply, ClientError> {
         let mut last: Option<ClientError> = None;
-        for attempt in 1..=self.options.max_attempts {
+        let mut attempt = 1;
+        while attempt <= self.options.max_attempts {
             if attempt > 1 {
                 tracing::debug!(client = self.client.0, seq, attempt, "retrying: {}", last.as_ref().expect("failure"));
             }
-            match self.attempt(seq, request) {
+            match self.attempt(seq, request, pinned) {
                 Ok(Some(reply)) => return Ok(reply),
+                Err(ClientError::NotLeader(not_leader)) => {
+                    // Not an attempt: the search for the leader is bounded by its own time.
+                    self.conn = None;
+                    self.endpoints.redirect(&not_leader);
+                    last = Some(ClientError::NotLeader(not_leader));
+                    continue;
+                }
                 Ok(None) => {
                     last = Some(ClientError::Refused {
                         code: ErrorCode::Overloaded,
@@ -601,6 +722,7 @@ impl Client {
                     return Err(err);
                 }
             }
+            attempt += 1;
         }
         Err(ClientError::GaveUp {
             attempts: self.options.max_attempts,
@@ -620,11 +742,21 @@ impl Client {
     }
 
     /// One send and wait: `Ok(None)` means Busy.
-    fn attempt(&mut self, seq: Seq, request: &[u8]) -> Result<Option<Reply>, ClientError> {
+    fn attempt(
+        &mut self,
+        seq: Seq,
+        request: &[u8],
+        pinned: Option<(TxId, u64, Option<SocketAddr>)>,
+    ) -> Result<Option<Reply>, ClientError> {
         if self.conn.is_none() {
-            let conn = Connection::open(&self.addrs, &self.options, &self.identity, Role::Client)?;
+            let conn = self.endpoints.connect(&self.options, &self.identity, Role::Client)?;
             self.directory = conn.directory.clone();
             self.conn = Some(conn);
+        }
+        if let Some((txid, node, from)) = pinned
+            && self.endpoints.node_changes() != node
+        {
+            return Err(ClientError::CoordinatorChanged { txid, from, to: self.endpoints.current() });
         }
         let conn = self.conn.as_mut().expect("connected");
         if !self.trace_frame.is_empty() {
@@ -641,6 +773,7 @@ impl Client {
                             if reply.request() != Some((self.client, seq)) {
                                 continue; // a late answer to an earlier attempt
                             }
+                            self.endpoints.served();
                             if let Some(err) = refusal(&reply) {
                                 return Err(err);
                             }
@@ -720,7 +853,7 @@ fn encode_trace_frames(out: &mut Vec<u8>, entries: &[crate::TraceEntry], limits:
 /// [`send_traced`](Self::send_traced) sends a request's trace context ahead of it (in a
 /// `TraceContext` frame of the same write, and again with every resend).
 pub struct Pipeline {
-    addrs: Vec<SocketAddr>,
+    endpoints: Endpoints,
     options: ClientOptions,
     identity: String,
     client: ClientId,
@@ -747,13 +880,15 @@ const PIPELINE_AUTO_FLUSH_BYTES: usize = 1024 * 1024;
 
 impl Pipeline {
     /// Connects, handshakes and registers a session (or resumes `options.client_id`).
+    /// `addr` may name several nodes of a coordinator group, as for [`Client::connect`]: the
+    /// pipeline follows the leader and resends every outstanding transaction (same seqs)
+    /// when it moves.
     pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Pipeline, ClientError> {
-        let addrs = resolve(addr)?;
+        let mut endpoints = Endpoints::new(resolve(addr)?);
         let identity = pick_identity(&options);
-        let mut conn = Connection::open(&addrs, &options, &identity, Role::Client)?;
-        let client = open_session(&mut conn, &options)?;
+        let (conn, client) = connect_with_session(&mut endpoints, &options, &identity)?;
         Ok(Pipeline {
-            addrs,
+            endpoints,
             identity,
             client,
             last_seq: 0,
@@ -770,6 +905,11 @@ impl Pipeline {
             trace_entries: Vec::new(),
             traced_out: Vec::new(),
         })
+    }
+
+    /// The coordinator node the latest connection went to (the leader, in a group).
+    pub fn coordinator(&self) -> Option<SocketAddr> {
+        self.endpoints.current()
     }
 
     /// The identity this pipeline's connections present.
@@ -892,6 +1032,7 @@ impl Pipeline {
             }
             if !self.frames.is_empty() {
                 self.last_progress = Instant::now();
+                self.endpoints.served();
             }
             let mut failure = None;
             let mut frames = std::mem::take(&mut self.frames);
@@ -983,13 +1124,16 @@ impl Pipeline {
         if !cause.is_transient() {
             return Err(cause);
         }
+        if let ClientError::NotLeader(not_leader) = &cause {
+            self.endpoints.redirect(not_leader);
+        }
         tracing::debug!(client = self.client.0, outstanding = self.outstanding.len(), "reconnecting: {cause}");
         let mut last = cause;
         for attempt in 1..=self.options.max_attempts {
             if attempt > 1 {
                 std::thread::sleep(self.options.busy_backoff);
             }
-            match Connection::open(&self.addrs, &self.options, &self.identity, Role::Client) {
+            match self.endpoints.connect(&self.options, &self.identity, Role::Client) {
                 Ok(mut conn) => {
                     self.directory = conn.directory.clone();
                     self.writer = BatchWriter::new(&conn.server_limits);

@@ -12,6 +12,8 @@
 //!
 //! Not part of the API: hidden from the docs, free to change with the fuzz crate.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use bytes::{Bytes, BytesMut};
 use twophase_engine::fuzz_targets::{
     Gen, gen_key, gen_op, gen_reply, gen_submit, gen_to_coordinator, gen_to_participant, gen_value, mutate,
@@ -23,7 +25,7 @@ use twophase_engine::{ClientId, Epoch, Limits, ParticipantId, Submit, TxId};
 
 use crate::frame::{
     AdminOp, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, HEADER_BYTES, Hello,
-    MAX_HELLO_FRAME_BYTES, NetLimits, ProtocolError, Role, Welcome,
+    LEADER_NAME_BYTES_MAX, LeaderHint, MAX_HELLO_FRAME_BYTES, NetLimits, NotLeader, ProtocolError, Role, Welcome,
 };
 
 /// Limits a target decodes against: the defaults (16 MiB frames), an accepted connection
@@ -73,6 +75,22 @@ pub fn gen_welcome(g: &mut Gen) -> Welcome {
     Welcome { role, cluster, node, directory, limits }
 }
 
+/// A follower's `NotLeader`: a leader with an IPv4 or IPv6 address (port above 0), or none.
+pub fn gen_not_leader(g: &mut Gen) -> NotLeader {
+    let term = g.u64();
+    if g.u8().is_multiple_of(3) {
+        return NotLeader { term, leader: None };
+    }
+    let port = g.u16().max(1);
+    let ip: IpAddr = if g.u8().is_multiple_of(2) {
+        Ipv4Addr::from(g.u32()).into()
+    } else {
+        Ipv6Addr::from((u128::from(g.u64()) << 64) | u128::from(g.u64())).into()
+    };
+    let name = g.text(LEADER_NAME_BYTES_MAX);
+    NotLeader { term, leader: Some(LeaderHint { name, addr: SocketAddr::new(ip, port) }) }
+}
+
 /// An interactive request within `limits`.
 pub fn gen_interactive(g: &mut Gen, limits: Limits) -> Interactive {
     let (client, seq, txid) = (ClientId(g.u64()), g.u64(), TxId(g.u64()));
@@ -95,7 +113,7 @@ pub fn gen_interactive(g: &mut Gen, limits: Limits) -> Interactive {
 pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
     let engine = limits.engine;
     let batch = |g: &mut Gen| g.count(limits.max_batch.min(1 << 16) as usize);
-    match g.u8() % 13 {
+    match g.u8() % 14 {
         0 => Frame::Hello(gen_hello(g)),
         1 => Frame::Welcome(gen_welcome(g)),
         2 => Frame::Error(ErrorFrame { code: ErrorCode::from_code(g.u16()), message: g.text(u16::MAX as usize) }),
@@ -106,7 +124,11 @@ pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
             messages: (0..batch(g)).map(|_| gen_to_participant(g, engine)).collect(),
         },
         6 => Frame::ToCoordinator((0..batch(g)).map(|_| gen_to_coordinator(g, engine)).collect()),
-        7 => Frame::AdminRequest(if g.u8().is_multiple_of(2) { AdminOp::Dump } else { AdminOp::Topology }),
+        7 => Frame::AdminRequest(match g.u8() % 3 {
+            0 => AdminOp::Dump,
+            1 => AdminOp::Topology,
+            _ => AdminOp::Status,
+        }),
         8 => Frame::DumpChunk((0..g.count(1 << 16)).map(|_| (gen_key(g, engine), gen_value(g, engine))).collect()),
         9 => Frame::DumpEnd(DumpEnd {
             keys: g.u64(),
@@ -116,6 +138,7 @@ pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
         }),
         10 => Frame::Interactive((0..batch(g)).map(|_| gen_interactive(g, engine)).collect()),
         11 => Frame::Raft(Bytes::from(g.text(1 << 12).into_bytes())),
+        12 => Frame::NotLeader(gen_not_leader(g)),
         _ => Frame::Topology((0..gen_u16_count(g)).map(|_| (ParticipantId(g.u16()), g.text(64), g.text(64))).collect()),
     }
 }

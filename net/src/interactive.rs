@@ -31,6 +31,7 @@
 //! the coordinator's idle timeout rolls it back.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +62,12 @@ impl TxError {
             TxError::Aborted(reason) => Some(reason),
             TxError::Client(_) => None,
         }
+    }
+
+    /// Whether the transaction is over: aborted, or left behind on a coordinator node the
+    /// client no longer talks to ([`ClientError::CoordinatorChanged`]).
+    pub fn transaction_is_over(&self) -> bool {
+        matches!(self, TxError::Aborted(_) | TxError::Client(ClientError::CoordinatorChanged { .. }))
     }
 
     /// Whether running the whole transaction again may succeed (a deadlock victim or a
@@ -119,8 +126,11 @@ impl Client {
         };
         let seq = self.next_seq();
         let request = Interactive::Begin { client: self.client_id(), seq, isolation, idle_timeout_ms };
-        match send(self, seq, &request)? {
-            Reply::Began { txid, .. } => Ok(Transaction { client: self, txid, isolation, ended: None, open: true }),
+        match send(self, seq, &request, None)? {
+            Reply::Began { txid, .. } => {
+                let node = (self.node_changes(), self.coordinator());
+                Ok(Transaction { client: self, txid, isolation, ended: None, open: true, node })
+            }
             Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => Err(TxError::Aborted(reason)),
             other => Err(unexpected_reply(&other).into()),
         }
@@ -128,11 +138,17 @@ impl Client {
 }
 
 /// Encodes `request` within the coordinator's limits and runs it through the client's
-/// retry loop.
-fn send(client: &mut Client, seq: twophase_engine::Seq, request: &Interactive) -> Result<Reply, ClientError> {
+/// retry loop; a request of an open transaction (`pinned`: its txid and node) is never sent
+/// to another coordinator node than the one it began on.
+fn send(
+    client: &mut Client,
+    seq: twophase_engine::Seq,
+    request: &Interactive,
+    pinned: Option<(TxId, (u64, Option<SocketAddr>))>,
+) -> Result<Reply, ClientError> {
     let mut writer = BatchWriter::<Interactive>::new(&client.server_limits);
     writer.push(request)?;
-    client.exchange(seq, writer.finish())
+    client.exchange(seq, writer.finish(), pinned.map(|(txid, (node, addr))| (txid, node, addr)))
 }
 
 /// An open interactive transaction: statements run at once (waiting for locks), the
@@ -145,6 +161,9 @@ pub struct Transaction<'c> {
     ended: Option<AbortReason>,
     /// Whether it may still be open at the coordinator (then drop rolls it back).
     open: bool,
+    /// The coordinator node it lives on: the client's node-change count and address at
+    /// `Begin`. Its requests go nowhere else.
+    node: (u64, Option<SocketAddr>),
 }
 
 impl Transaction<'_> {
@@ -170,7 +189,7 @@ impl Transaction<'_> {
         }
         let seq = self.client.next_seq();
         let request = Interactive::Execute { client: self.client.client_id(), seq, txid: self.txid, ops };
-        match send(self.client, seq, &request)? {
+        match self.send_pinned(seq, &request)? {
             Reply::Executed { reads, .. } => Ok(reads),
             Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => {
                 self.ended = Some(reason.clone());
@@ -245,7 +264,7 @@ impl Transaction<'_> {
         }
         let seq = self.client.next_seq();
         let request = Interactive::Commit { client: self.client.client_id(), seq, txid: self.txid };
-        let reply = send(self.client, seq, &request)?;
+        let reply = self.send_pinned(seq, &request)?;
         match reply {
             Reply::Outcome { outcome, .. } => {
                 self.open = false;
@@ -266,7 +285,7 @@ impl Transaction<'_> {
         }
         let seq = self.client.next_seq();
         let request = Interactive::Rollback { client: self.client.client_id(), seq, txid: self.txid };
-        let reply = send(self.client, seq, &request);
+        let reply = self.send_pinned(seq, &request);
         // Whatever was heard, drop must not send another.
         self.open = false;
         match reply? {
@@ -274,6 +293,16 @@ impl Transaction<'_> {
             Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => Err(TxError::Aborted(reason)),
             other => Err(unexpected_reply(&other).into()),
         }
+    }
+
+    /// Sends a request of this transaction to its own node only; once the connection has
+    /// moved, the transaction is over (nothing more to roll back from here).
+    fn send_pinned(&mut self, seq: twophase_engine::Seq, request: &Interactive) -> Result<Reply, ClientError> {
+        let result = send(self.client, seq, request, Some((self.txid, self.node)));
+        if let Err(ClientError::CoordinatorChanged { .. }) = &result {
+            self.open = false;
+        }
+        result
     }
 
     fn op(&self, participant: &str, key: impl AsRef<[u8]>, kind: OpKind) -> Result<Op, ClientError> {
@@ -285,7 +314,7 @@ impl Transaction<'_> {
 impl Drop for Transaction<'_> {
     /// Rolls back best-effort: one send on the current connection, no wait, no retry.
     fn drop(&mut self) {
-        if !self.open {
+        if !self.open || self.client.node_changes() != self.node.0 {
             return;
         }
         let seq = self.client.next_seq();

@@ -20,8 +20,11 @@
 //!   reconnects; interactive transactions on a [`Client`] ([`interactive`]: `begin`,
 //!   statements, `commit`), each request an `Interactive` frame (kind 21) under the
 //!   session's next `(client, seq)`;
-//! - admin requests ([`admin`]): a coordinator's topology, and a participant's dump consumed
-//!   chunk by chunk as it streams ([`admin::dump_each`]).
+//! - finding the leader of a replicated coordinator group (`endpoints`): a client lists
+//!   every member, follows a follower's `NotLeader` frame (kind 23) and moves to the next
+//!   member when a connection fails, within a bounded failover time;
+//! - admin requests ([`admin`]): a coordinator's topology and replication status, and a
+//!   participant's dump consumed chunk by chunk as it streams ([`admin::dump_each`]).
 //! - `fuzz_targets` (hidden): the decoder fuzz bodies shared by `fuzz/` and the stable
 //!   random-input harness.
 //!
@@ -51,6 +54,7 @@
 
 pub mod admin;
 pub mod client;
+mod endpoints;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz_targets;
@@ -64,8 +68,9 @@ mod doc_example;
 pub use client::{Client, ClientError, ClientOptions, Directory, Pipeline};
 pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
-    Hello, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, MessageTooLarge, NetLimits, PROTOCOL_VERSION, ProtocolError,
-    Role, TraceEntry, TraceKey, Welcome, encode_trace_context,
+    Hello, LEADER_NAME_BYTES_MAX, LeaderHint, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, MessageTooLarge, NetLimits,
+    NotLeader, PROTOCOL_VERSION, ProtocolError, ReplicaRole, ReplicaStatus, Role, TraceEntry, TraceKey, Welcome,
+    encode_trace_context,
 };
 pub use interactive::{MAX_IDLE_TIMEOUT, Transaction, TxError};
 pub use tls::{PeerIdentity, SERVER_NAME, Security, TlsMaterial};

@@ -87,6 +87,7 @@ fn client_options(target: &Target) -> ClientOptions {
         request_timeout: REQUEST_TIMEOUT,
         busy_backoff: RECONNECT_PAUSE,
         max_attempts: (RECONNECT_FOR.as_millis() / RECONNECT_PAUSE.as_millis()) as u32,
+        failover_timeout: RECONNECT_FOR,
     }
 }
 

@@ -13,8 +13,8 @@ use twophase_engine::coordinator::{
 };
 use twophase_engine::{ClientId, CoordRecord, Epoch, Lsn, ParticipantId, Reply, Time, ToParticipant};
 use twophase_net::{
-    AdminOp, BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, PeerId, PeerIdentity, Reactor, Role as NetRole,
-    TransportConfig,
+    AdminOp, BatchWriter, ConnId, DumpEnd, Frame, Hello, Inbound, NetLimits, PeerId, PeerIdentity, Reactor,
+    Role as NetRole, TransportConfig,
 };
 
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
@@ -172,6 +172,12 @@ impl CoordinatorRole {
             Frame::AdminRequest(AdminOp::Topology) if !self.peer_of_conn.contains_key(&conn) => {
                 let frame = Frame::Topology(self.topology.clone());
                 self.transport.send(conn, frame.to_bytes());
+            }
+            Frame::AdminRequest(AdminOp::Status) if !self.peer_of_conn.contains_key(&conn) => {
+                // A single coordinator: no replica to list (a group's members answer this
+                // themselves, in `replicated`).
+                let end = DumpEnd { keys: 0, prepared: 0, in_doubt: 0, fsync: false };
+                self.transport.send(conn, Frame::DumpEnd(end).to_bytes());
             }
             Frame::ToCoordinator(messages) => {
                 let Some(&from) = self.peer_of_conn.get(&conn) else {

@@ -19,12 +19,14 @@
 //! A leader that loses its leadership (or whose proposal is refused) drops its engine, the
 //! outputs it still held and its network (participants and clients see the connections
 //! close), and serves as a follower: a follower does not dial participants and answers
-//! every client request with an error naming the leader, if known.
+//! every client with a `NotLeader` frame naming the leader, if known, which the client
+//! library follows. Every member answers an admin `Status` with its own role, term, commit
+//! and applied index.
 //!
 //! Invariants: an output leaves only after the batch holding its record is committed and
 //! applied; a committed batch starts right after the applied records (asserted in
 //! `AppliedState::apply`); at most one engine per node, and only on the leader.
-//! Not yet: `NotLeader` frames that clients follow, Raft snapshots sent to a lagging member
+//! Not yet: Raft snapshots sent to a lagging member
 //! are restored but not tested across processes, metrics and tracing are off in a group.
 
 use std::collections::HashMap;
@@ -38,7 +40,10 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use twophase_engine::coordinator::{CoordEffects, CoordOutput};
 use twophase_engine::{DurabilityGate, Epoch, Time};
-use twophase_net::{ConnId, ErrorCode, Frame, Inbound, PeerId, ProtocolError, Reactor, Role as NetRole};
+use twophase_net::{
+    AdminOp, ConnId, DumpEnd, Frame, Inbound, LeaderHint, NotLeader, PeerId, Reactor, ReplicaRole, ReplicaStatus,
+    Role as NetRole,
+};
 use twophase_replica::{Output, ProposeError, Replica, ReplicaConfig, ReplicaError, RoleChange};
 use twophase_wal::{Backend, SyncMode, WalOptions};
 
@@ -86,6 +91,12 @@ impl Group {
         let mut members = Vec::with_capacity(sorted.len());
         for (index, (name, addr)) in sorted.into_iter().enumerate() {
             ensure!(members.iter().all(|m: &Member| &m.name != name), "--peer {name} is given twice");
+            // Followers name the leader in NotLeader frames, whose names are bounded.
+            ensure!(
+                name.len() <= twophase_net::LEADER_NAME_BYTES_MAX,
+                "--peer name {name:?} is longer than {} bytes",
+                twophase_net::LEADER_NAME_BYTES_MAX
+            );
             let addr = super::coordinator::resolve(addr)?;
             members.push(Member { name: name.clone(), raft_id: index as u64 + 1, addr });
         }
@@ -215,15 +226,15 @@ fn open_replica(options: &CoordinatorOptions, group: &Group) -> anyhow::Result<R
     Replica::open(config, &dir, wal_options).with_context(|| format!("opening the replicated log in {}", dir.display()))
 }
 
-/// The error a follower answers clients with.
-fn not_leader_message(group: &Group, known: &RoleChange) -> String {
-    match known.leader_id.and_then(|id| group.by_id(id)) {
-        Some(leader) => format!(
-            "not the leader: coordinator {} at {} leads the group (term {})",
-            leader.name, leader.addr, known.term
-        ),
-        None => "not the leader, and no leader is known yet: retry shortly".to_string(),
-    }
+/// What a follower answers clients with: the leader it knows (by its `--peer` name and
+/// address), if any.
+fn not_leader(group: &Group, known: &RoleChange) -> NotLeader {
+    let leader = known
+        .leader_id
+        .filter(|id| *id != group.me)
+        .and_then(|id| group.by_id(id))
+        .map(|member| LeaderHint { name: member.name.clone(), addr: member.addr });
+    NotLeader { term: known.term, leader }
 }
 
 impl Node {
@@ -289,6 +300,7 @@ impl Node {
                 self.raft_dialed.remove(&(peer.0 - RAFT_PEER_BASE));
             }
             Inbound::Frame { conn, frame: Frame::Raft(bytes) } => self.on_raft(conn, &bytes)?,
+            Inbound::Frame { conn, frame: Frame::AdminRequest(AdminOp::Status) } => self.answer_status(conn),
             Inbound::Closed { conn } if self.raft_accepted.remove(&conn).is_some() => {}
             other => match &mut self.leading {
                 Some(leading) => leading.role.on_inbound(now, other, &mut leading.fx),
@@ -318,17 +330,63 @@ impl Node {
         }
     }
 
-    /// A follower serves no one but its group: client requests get an error naming the
-    /// leader.
+    /// A follower serves no one but its group: a client gets `NotLeader` naming the leader
+    /// as soon as its handshake is done (and any frame is answered alike), then the
+    /// connection closes; an admin may ask `Status` (above) and `Topology`.
     fn on_follower_inbound(&mut self, event: Inbound) {
-        if let Inbound::Frame { conn, frame } = event {
-            let message = not_leader_message(&self.group, &self.known);
-            tracing::debug!(conn, kind = ?frame.kind(), "{message}");
-            let error = ProtocolError::new(ErrorCode::Overloaded, message);
-            let net = self.reactor();
-            net.send(conn, error.to_frame().to_bytes());
-            net.close(conn);
+        match event {
+            Inbound::Accepted { conn, identity, .. } if identity.role == NetRole::Client => self.turn_away(conn),
+            Inbound::Frame { conn, frame: Frame::AdminRequest(AdminOp::Topology) } => {
+                let resolved =
+                    |addr: &String| super::coordinator::resolve(addr).map_or(addr.clone(), |a| a.to_string());
+                let topology =
+                    self.options.participants.iter().map(|(id, name, addr)| (*id, name.clone(), resolved(addr)));
+                let frame = Frame::Topology(topology.collect());
+                self.reactor().send(conn, frame.to_bytes());
+            }
+            Inbound::Frame { conn, frame } => {
+                tracing::debug!(conn, kind = ?frame.kind(), "a follower turns a request away");
+                self.turn_away(conn);
+            }
+            _ => {}
         }
+    }
+
+    /// Sends `NotLeader` and closes (after flushing it; the transport lingers so the peer
+    /// reads it rather than a reset).
+    fn turn_away(&mut self, conn: ConnId) {
+        let answer = Frame::NotLeader(not_leader(&self.group, &self.known)).to_bytes();
+        let net = self.reactor();
+        net.send(conn, answer);
+        net.close(conn);
+    }
+
+    /// This node's replication status (its own row, the other members unreported) as a
+    /// dump: one `DumpChunk`, then `DumpEnd`.
+    fn answer_status(&mut self, conn: ConnId) {
+        let role = if self.replica.is_leader() { ReplicaRole::Leader } else { ReplicaRole::Follower };
+        let rows: Vec<ReplicaStatus> = self
+            .group
+            .members
+            .iter()
+            .map(|member| {
+                let me = member.raft_id == self.group.me;
+                ReplicaStatus {
+                    name: member.name.clone(),
+                    role: if me { role } else { ReplicaRole::Unreported },
+                    term: if me { self.replica.term() } else { 0 },
+                    commit_index: if me { self.replica.commit_index() } else { 0 },
+                    applied_index: if me { self.replica.applied().0 } else { 0 },
+                    address: member.addr.to_string(),
+                }
+            })
+            .collect();
+        let keys = rows.len() as u64;
+        let chunk = Frame::DumpChunk(rows.iter().map(ReplicaStatus::to_entry).collect());
+        let end = Frame::DumpEnd(DumpEnd { keys, prepared: 0, in_doubt: 0, fsync: false });
+        let net = self.reactor();
+        net.send(conn, chunk.to_bytes());
+        net.send(conn, end.to_bytes());
     }
 
     /// Proposes the records the engine appended since the last turn as one batch (more only
@@ -503,4 +561,30 @@ impl Node {
 
 fn describe_refusal(err: &ProposeError) -> String {
     err.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(names: &[&str]) -> Vec<(String, String)> {
+        names.iter().enumerate().map(|(i, name)| (name.to_string(), format!("127.0.0.1:{}", 7000 + i))).collect()
+    }
+
+    #[test]
+    fn a_peer_name_longer_than_a_not_leader_frame_carries_is_refused() {
+        let long = "c".repeat(twophase_net::LEADER_NAME_BYTES_MAX + 1);
+        let err = Group::new("c1", &peers(&["c1", &long])).err().unwrap();
+        assert!(err.to_string().contains("is longer than 255 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_follower_names_the_known_leader_and_never_itself() {
+        let group = Group::new("c2", &peers(&["c1", "c2", "c3"])).unwrap();
+        let known = |leader_id| RoleChange { leader_id, term: 5, is_leader: false };
+        let hint = not_leader(&group, &known(Some(1))).leader.unwrap();
+        assert_eq!((hint.name.as_str(), hint.addr.to_string().as_str()), ("c1", "127.0.0.1:7000"));
+        assert_eq!(not_leader(&group, &known(Some(2))), NotLeader { term: 5, leader: None });
+        assert_eq!(not_leader(&group, &known(None)), NotLeader { term: 5, leader: None });
+    }
 }

@@ -132,7 +132,7 @@ fn in_transaction(editor: &mut DefaultEditor, mut transaction: Transaction<'_>) 
                 };
                 match transaction.execute(vec![op]) {
                     Ok(reads) => print_reads(&named, &reads),
-                    Err(err @ TxError::Aborted(_)) => {
+                    Err(err) if err.transaction_is_over() => {
                         println!("{err}");
                         println!("the transaction is over; BEGIN starts a new one");
                         return Ok(Flow::Continue);

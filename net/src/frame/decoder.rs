@@ -140,9 +140,11 @@ impl FrameDecoder {
                 let len = reader.remaining();
                 Frame::Raft(reader.slice(len, "raft message")?)
             }
+            FrameKind::NotLeader => Frame::NotLeader(super::not_leader::decode(&mut reader)?),
             FrameKind::AdminRequest => match reader.u8("admin op")? {
                 1 => Frame::AdminRequest(AdminOp::Dump),
                 2 => Frame::AdminRequest(AdminOp::Topology),
+                3 => Frame::AdminRequest(AdminOp::Status),
                 other => return Err(reader.error(format!("unknown admin op {other}")).into()),
             },
             FrameKind::DumpChunk => {

@@ -6,7 +6,7 @@ use twophase_engine::codec::{Decode, Encode, put_key, put_string, put_value};
 use twophase_engine::message::Interactive;
 use twophase_engine::{Epoch, Key, ParticipantId, Reply, Submit, ToCoordinator, ToParticipant, Value};
 
-use super::{AdminOp, DumpEnd, ErrorFrame, FrameKind, Hello, PROTOCOL_VERSION, TraceEntry, Welcome};
+use super::{AdminOp, DumpEnd, ErrorFrame, FrameKind, Hello, NotLeader, PROTOCOL_VERSION, TraceEntry, Welcome};
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Frame {
@@ -27,6 +27,8 @@ pub enum Frame {
     /// One encoded Raft message between coordinator replicas: the whole payload, its size
     /// bounded by the frame limit.
     Raft(Bytes),
+    /// A follower's answer to a client: the leader it knows, if any.
+    NotLeader(NotLeader),
     AdminRequest(AdminOp),
     /// Key-value pairs of a dump: `u32 count | (key, value) × count`.
     DumpChunk(Vec<(Key, Value)>),
@@ -48,6 +50,7 @@ impl Frame {
             Frame::TraceContext(_) => FrameKind::TraceContext,
             Frame::Interactive(_) => FrameKind::Interactive,
             Frame::Raft(_) => FrameKind::Raft,
+            Frame::NotLeader(_) => FrameKind::NotLeader,
             Frame::AdminRequest(_) => FrameKind::AdminRequest,
             Frame::DumpChunk(_) => FrameKind::DumpChunk,
             Frame::DumpEnd(_) => FrameKind::DumpEnd,
@@ -100,6 +103,7 @@ impl Frame {
             Frame::TraceContext(entries) => super::trace_context::encode(out, entries),
             Frame::Interactive(items) => put_batch(out, items),
             Frame::Raft(message) => out.put_slice(message),
+            Frame::NotLeader(not_leader) => super::not_leader::encode(out, not_leader),
             Frame::AdminRequest(op) => out.put_u8(*op as u8),
             Frame::DumpChunk(entries) => {
                 out.put_u32_le(u32::try_from(entries.len()).expect("chunk of more than 2^32 entries"));

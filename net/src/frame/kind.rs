@@ -63,6 +63,9 @@ pub enum FrameKind {
     /// One Raft message between the replicas of a coordinator group (opaque to the
     /// transport; `twophase-replica` decodes and checks it).
     Raft = 22,
+    /// A follower of a coordinator group to a client: not the leader, and which replica is
+    /// (`not_leader`).
+    NotLeader = 23,
     AdminRequest = 32,
     DumpChunk = 33,
     DumpEnd = 34,
@@ -82,6 +85,7 @@ impl FrameKind {
             20 => FrameKind::TraceContext,
             21 => FrameKind::Interactive,
             22 => FrameKind::Raft,
+            23 => FrameKind::NotLeader,
             32 => FrameKind::AdminRequest,
             33 => FrameKind::DumpChunk,
             34 => FrameKind::DumpEnd,

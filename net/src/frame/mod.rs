@@ -14,19 +14,21 @@ mod encode;
 mod error;
 mod handshake;
 mod kind;
+mod not_leader;
 #[cfg(test)]
 pub(crate) mod tests;
 mod trace_context;
 
 use twophase_engine::Limits;
 
-pub use admin::{AdminOp, DumpEnd};
+pub use admin::{AdminOp, DumpEnd, ReplicaRole, ReplicaStatus, STATUS_TEXT_BYTES_MAX};
 pub use batch_writer::{BatchWriter, MessageTooLarge};
 pub use decoder::FrameDecoder;
 pub use encode::{BatchItem, Frame};
 pub use error::{ErrorCode, ProtocolError};
 pub use handshake::{ErrorFrame, Hello, Welcome};
 pub use kind::{FrameKind, Role};
+pub use not_leader::{LEADER_ADDRESS_BYTES_MAX, LEADER_NAME_BYTES_MAX, LeaderHint, NotLeader};
 pub use trace_context::{MAX_TRACEPARENT_BYTES, TraceEntry, TraceKey, encode_frame as encode_trace_context};
 
 /// The protocol version this build speaks; every frame carries it.

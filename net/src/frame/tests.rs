@@ -83,6 +83,15 @@ pub fn sample_frames() -> Vec<Frame> {
         Frame::Interactive(sample_interactive(txid)),
         Frame::Raft(Bytes::from_static(b"an encoded raft message")),
         Frame::Raft(Bytes::new()),
+        Frame::NotLeader(NotLeader {
+            term: 7,
+            leader: Some(LeaderHint { name: "c2".into(), addr: "127.0.0.1:7002".parse().unwrap() }),
+        }),
+        Frame::NotLeader(NotLeader {
+            term: 9,
+            leader: Some(LeaderHint { name: "c3".into(), addr: "[::1]:7003".parse().unwrap() }),
+        }),
+        Frame::NotLeader(NotLeader { term: 0, leader: None }),
         Frame::Replies(vec![
             Reply::Began { client: ClientId(7), seq: 4, txid },
             Reply::Executed { client: ClientId(7), seq: 5, reads: vec![Read { index: 1, value: None }] },
