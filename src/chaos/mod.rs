@@ -97,6 +97,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let (_temp, data_dir) = data_dir(&args)?;
     let cluster_options = ClusterOptions {
         participants: args.participants,
+        coordinators: 1,
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("address"),
         cluster: "chaos".into(),
