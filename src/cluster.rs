@@ -390,7 +390,8 @@ impl LocalCluster {
             return Ok(cluster);
         }
         let names = coordinator_names(options.coordinators);
-        let addrs = (0..names.len()).map(|index| member_addr(options.listen, index)).collect::<anyhow::Result<Vec<_>>>()?;
+        let addrs =
+            (0..names.len()).map(|index| member_addr(options.listen, index)).collect::<anyhow::Result<Vec<_>>>()?;
         let peers: Vec<(String, SocketAddr)> = names.iter().cloned().zip(addrs.iter().copied()).collect();
         for (name, addr) in &peers {
             let args = coordinator_args(options, name, *addr, &cluster.participants, &peers);
@@ -609,10 +610,9 @@ fn print_coordinators(cluster: &LocalCluster) {
     for (name, addr, role) in &roles {
         match role {
             CoordinatorRole::Single => println!("coordinator {name} listening on {addr}"),
-            CoordinatorRole::Leader(leads) => println!(
-                "coordinator {name} listening on {addr} (leader, term {}, epoch {})",
-                leads.term, leads.epoch
-            ),
+            CoordinatorRole::Leader(leads) => {
+                println!("coordinator {name} listening on {addr} (leader, term {}, epoch {})", leads.term, leads.epoch)
+            }
             CoordinatorRole::Follower => println!("coordinator {name} listening on {addr} (follower)"),
             CoordinatorRole::Down => println!("coordinator {name} on {addr} is down"),
         }
@@ -746,8 +746,12 @@ mod tests {
         let options = ClusterOptions { coordinators: 3, ..options(false, None, false) };
         let participants = vec![("p1".to_string(), "127.0.0.1:7101".parse().unwrap())];
         let names = coordinator_names(3);
-        let peers: Vec<(String, SocketAddr)> =
-            names.iter().cloned().zip(["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]).map(|(n, a)| (n, a.parse().unwrap())).collect();
+        let peers: Vec<(String, SocketAddr)> = names
+            .iter()
+            .cloned()
+            .zip(["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"])
+            .map(|(n, a)| (n, a.parse().unwrap()))
+            .collect();
         let args = coordinator_args(&options, "c2", peers[1].1, &participants, &peers);
         let joined = args.join(" ");
         for expected in [

@@ -340,7 +340,10 @@ pub(crate) fn announce_leader(cluster: &LocalCluster) {
     }
     for (name, addr, role) in cluster.coordinator_roles() {
         if let crate::cluster::CoordinatorRole::Leader(leads) = role {
-            eprintln!("coordinator {name} at {addr} leads term {} (epoch {}); the load goes there", leads.term, leads.epoch);
+            eprintln!(
+                "coordinator {name} at {addr} leads term {} (epoch {}); the load goes there",
+                leads.term, leads.epoch
+            );
         }
     }
 }
