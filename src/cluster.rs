@@ -95,6 +95,36 @@ impl Leads {
     }
 }
 
+/// An announcement slot: what the current process of a member printed last.
+type LeadsSlot = Arc<Mutex<Option<Leads>>>;
+
+/// Finds a group's leader from any thread (the chaos run's load forwarder): every member's
+/// address and the announcement slot of its running process (`None` while it is down).
+/// The same rule as [`LocalCluster::leader_addr`], which answers through it.
+#[derive(Clone, Default)]
+pub struct LeaderLookup(Arc<Mutex<Vec<(SocketAddr, Option<LeadsSlot>)>>>);
+
+impl LeaderLookup {
+    /// The running member that announced the highest term.
+    pub fn leader_addr(&self) -> Option<SocketAddr> {
+        let members = self.0.lock().expect("leader lookup");
+        let announced = members.iter().filter_map(|(addr, slot)| Some((*addr, (*slot.as_ref()?.lock().ok()?)?)));
+        announced.max_by_key(|(_, leads)| leads.term).map(|(addr, _)| addr)
+    }
+
+    fn add(&self, addr: SocketAddr, slot: LeadsSlot) {
+        self.0.lock().expect("leader lookup").push((addr, Some(slot)));
+    }
+
+    /// A member's process changed (`None`: it is down); no-op for an address not in the group.
+    fn set(&self, addr: SocketAddr, slot: Option<LeadsSlot>) {
+        let mut members = self.0.lock().expect("leader lookup");
+        if let Some(member) = members.iter_mut().find(|(member, _)| *member == addr) {
+            member.1 = slot;
+        }
+    }
+}
+
 /// A coordinator's role as last seen: the leader is the running member whose announcement
 /// names the highest term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +151,8 @@ pub struct LocalCluster {
     /// Every coordinator's name and address, c1..cN.
     pub coordinators: Vec<(String, SocketAddr)>,
     pub participants: Vec<(String, SocketAddr)>,
+    /// The group's members and their announcements (empty for a single coordinator).
+    lookup: LeaderLookup,
     /// What the launcher's client connections (transactions) present.
     pub client: TlsFiles,
     /// What the launcher's admin connections (state dumps, topology) present.
@@ -368,6 +400,7 @@ impl LocalCluster {
             coordinator: options.listen,
             coordinators: Vec::new(),
             participants: Vec::new(),
+            lookup: LeaderLookup::default(),
             client: identity(options, Role::Client, CLIENT_NAME),
             admin: identity(options, Role::Admin, ADMIN_NAME),
             nodes: Vec::new(),
@@ -396,6 +429,7 @@ impl LocalCluster {
         for (name, addr) in &peers {
             let args = coordinator_args(options, name, *addr, &cluster.participants, &peers);
             let node = Node::start(name, args, log_dir)?;
+            cluster.lookup.add(node.addr, node.leads.clone());
             cluster.coordinators.push((node.name.clone(), node.addr));
             cluster.nodes.push(node);
         }
@@ -407,8 +441,16 @@ impl LocalCluster {
     /// or the running group member that announced the highest term. This is the one place
     /// that finds the leader (a client that follows `NotLeader` replies will replace it).
     pub fn leader_addr(&self) -> Option<SocketAddr> {
+        if self.coordinators.len() > 1 {
+            return self.lookup.leader_addr();
+        }
         let (name, _) = self.leader()?;
         self.coordinators.iter().find(|(member, _)| *member == name).map(|(_, addr)| *addr)
+    }
+
+    /// The leader lookup for another thread (a group's; a single coordinator has none).
+    pub fn leader_lookup(&self) -> Option<LeaderLookup> {
+        (self.coordinators.len() > 1).then(|| self.lookup.clone())
     }
 
     /// The leader's name and announcement (see [`leader_addr`](Self::leader_addr)); a
@@ -517,6 +559,8 @@ impl LocalCluster {
             bail!("{name} (pid {pid}) had already exited ({status})");
         }
         reap(&mut process);
+        let addr = node.addr;
+        self.lookup.set(addr, None);
         Ok(pid)
     }
 
@@ -538,6 +582,8 @@ impl LocalCluster {
         }
         let pid = process.id();
         node.process = Some(process);
+        let (addr, slot) = (node.addr, node.leads.clone());
+        self.lookup.set(addr, Some(slot));
         Ok(Restarted { pid, listening })
     }
 
