@@ -102,7 +102,10 @@ type LeadsSlot = Arc<Mutex<Option<Leads>>>;
 /// address and the announcement slot of its running process (`None` while it is down).
 /// The same rule as [`LocalCluster::leader_addr`], which answers through it.
 #[derive(Clone, Default)]
-pub struct LeaderLookup(Arc<Mutex<Vec<(SocketAddr, Option<LeadsSlot>)>>>);
+pub struct LeaderLookup(Arc<Mutex<Vec<MemberSlot>>>);
+
+/// A member's address and its running process's announcement slot (`None`: down).
+type MemberSlot = (SocketAddr, Option<LeadsSlot>);
 
 impl LeaderLookup {
     /// The running member that announced the highest term.
@@ -774,6 +777,25 @@ mod tests {
         assert_eq!(Leads::parse(line), Some(Leads { term: 7, epoch: 9 }));
         assert_eq!(Leads::parse("twophase coordinator c2 listening on 127.0.0.1:7000"), None);
         assert_eq!(Leads::parse("twophase coordinator c2 leads term x with epoch 9"), None);
+    }
+
+    #[test]
+    fn the_leader_is_the_running_member_that_announced_the_highest_term() {
+        let lookup = LeaderLookup::default();
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let slots: Vec<LeadsSlot> = (0..3).map(|_| Arc::new(Mutex::new(None))).collect();
+        for (port, slot) in (7000..).zip(&slots) {
+            lookup.add(addr(port), slot.clone());
+        }
+        assert_eq!(lookup.leader_addr(), None, "nobody announced yet");
+        *slots[0].lock().unwrap() = Some(Leads { term: 1, epoch: 1 });
+        *slots[2].lock().unwrap() = Some(Leads { term: 2, epoch: 2 });
+        assert_eq!(lookup.leader_addr(), Some(addr(7002)), "a deposed leader's older term loses");
+        lookup.set(addr(7002), None);
+        assert_eq!(lookup.leader_addr(), Some(addr(7000)), "a member that is down never leads");
+        lookup.set(addr(7002), Some(Arc::new(Mutex::new(None))));
+        lookup.set(addr(9999), None);
+        assert_eq!(lookup.leader_addr(), Some(addr(7000)), "a restarted process has announced nothing yet");
     }
 
     #[test]
