@@ -32,7 +32,7 @@ enum Command {
     Participant(ParticipantArgs),
     /// Run the coordinator that clients submit transactions to.
     Coordinator(CoordinatorArgs),
-    /// Run a local cluster (1 coordinator, N participants) as child processes until Ctrl-C.
+    /// Run a local cluster (1 coordinator or a group of them, N participants) as child processes until Ctrl-C.
     Cluster(ClusterArgs),
     /// Submit one transaction and print its outcome (exit status 1 when aborted).
     Tx(tx::TxArgs),
@@ -234,10 +234,14 @@ struct ClusterArgs {
     /// Number of participants, named p1..pN.
     #[arg(long, default_value_t = 3)]
     participants: u16,
+    /// Number of coordinators, named c1..cN: above 1 (odd, at most 7) they run as one Raft
+    /// group and the leader serves.
+    #[arg(long, default_value_t = 1)]
+    coordinators: u16,
     /// Directory holding one data directory per node.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Address the coordinator listens on (participants take free loopback ports).
+    /// Address the coordinator (a group's c1) listens on (the other nodes take free ports).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
     /// Cluster name.
@@ -379,6 +383,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(args) => {
             let options = cluster::ClusterOptions {
                 participants: args.participants,
+                coordinators: args.coordinators,
                 data_dir: args.data_dir,
                 listen: args.listen,
                 cluster: args.cluster,

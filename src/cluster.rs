@@ -1,20 +1,24 @@
-//! `twophase cluster`: a coordinator and N participants as child processes of this one,
-//! on loopback, each with its own data directory. Also used by the demo, the chaos run and
-//! by tests.
+//! `twophase cluster`: a coordinator (or a Raft group of N coordinators, `--coordinators N`)
+//! and M participants as child processes of this one, on loopback, each with its own data
+//! directory and certificate. Also used by the demo, the chaos run and by tests.
 //!
 //! Invariants: a node keeps its address for life. Participants first listen on a free port;
 //! their bound address then replaces it in the arguments they are restarted with, so the
-//! coordinator's participant list (fixed at its start) stays valid across restarts.
+//! coordinator's participant list (fixed at its start) stays valid across restarts. The
+//! members of a coordinator group get their addresses before any starts (every member's
+//! `--peer` list names them all). The leader is whoever announced the highest term on its
+//! stdout among the running members ([`LocalCluster::leader_addr`], the one lookup).
 //! Must not: decide when to kill anything (the chaos run does) or touch a node's data.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use twophase_net::Role;
 
 use crate::certs;
@@ -23,12 +27,19 @@ use crate::security::TlsFiles;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The coordinator's name.
+/// The coordinator's name (of a group's first member: the others are c2..cN).
 pub const COORDINATOR_NAME: &str = "c1";
+/// Most coordinators a local group may have.
+pub const COORDINATORS_MAX: u16 = 7;
+/// How long a group may take to elect its first leader (the nodes may share a busy machine).
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
     pub participants: u16,
+    /// Coordinators: 1 is a single coordinator, more (odd, at most [`COORDINATORS_MAX`]) one
+    /// Raft group (`--peer` for every member).
+    pub coordinators: u16,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub cluster: String,
@@ -63,6 +74,69 @@ struct Node {
     log_file: Option<PathBuf>,
     /// `None` while it is killed and not restarted.
     process: Option<Child>,
+    /// The last `leads term T with epoch E` line this process printed (group members).
+    leads: Arc<Mutex<Option<Leads>>>,
+}
+
+/// A group member's announcement that it leads: `twophase coordinator NAME leads term T
+/// with epoch E` on its stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leads {
+    pub term: u64,
+    pub epoch: u32,
+}
+
+impl Leads {
+    /// The announcement in one stdout line, if the line is one.
+    pub fn parse(line: &str) -> Option<Leads> {
+        let rest = line.split_once(" leads term ")?.1;
+        let (term, epoch) = rest.trim().split_once(" with epoch ")?;
+        Some(Leads { term: term.parse().ok()?, epoch: epoch.parse().ok()? })
+    }
+}
+
+/// An announcement slot: what the current process of a member printed last.
+type LeadsSlot = Arc<Mutex<Option<Leads>>>;
+
+/// Finds a group's leader from any thread (the chaos run's load forwarder): every member's
+/// address and the announcement slot of its running process (`None` while it is down).
+/// The same rule as [`LocalCluster::leader_addr`], which answers through it.
+#[derive(Clone, Default)]
+pub struct LeaderLookup(Arc<Mutex<Vec<MemberSlot>>>);
+
+/// A member's address and its running process's announcement slot (`None`: down).
+type MemberSlot = (SocketAddr, Option<LeadsSlot>);
+
+impl LeaderLookup {
+    /// The running member that announced the highest term.
+    pub fn leader_addr(&self) -> Option<SocketAddr> {
+        let members = self.0.lock().expect("leader lookup");
+        let announced = members.iter().filter_map(|(addr, slot)| Some((*addr, (*slot.as_ref()?.lock().ok()?)?)));
+        announced.max_by_key(|(_, leads)| leads.term).map(|(addr, _)| addr)
+    }
+
+    fn add(&self, addr: SocketAddr, slot: LeadsSlot) {
+        self.0.lock().expect("leader lookup").push((addr, Some(slot)));
+    }
+
+    /// A member's process changed (`None`: it is down); no-op for an address not in the group.
+    fn set(&self, addr: SocketAddr, slot: Option<LeadsSlot>) {
+        let mut members = self.0.lock().expect("leader lookup");
+        if let Some(member) = members.iter_mut().find(|(member, _)| *member == addr) {
+            member.1 = slot;
+        }
+    }
+}
+
+/// A coordinator's role as last seen: the leader is the running member whose announcement
+/// names the highest term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordinatorRole {
+    /// A single coordinator (no group).
+    Single,
+    Leader(Leads),
+    Follower,
+    Down,
 }
 
 /// A node started again by [`LocalCluster::restart`].
@@ -74,8 +148,14 @@ pub struct Restarted {
 }
 
 pub struct LocalCluster {
+    /// The coordinator, or the group's leader when the cluster started (it may change: ask
+    /// [`leader_addr`](Self::leader_addr)).
     pub coordinator: SocketAddr,
+    /// Every coordinator's name and address, c1..cN.
+    pub coordinators: Vec<(String, SocketAddr)>,
     pub participants: Vec<(String, SocketAddr)>,
+    /// The group's members and their announcements (empty for a single coordinator).
+    lookup: LeaderLookup,
     /// What the launcher's client connections (transactions) present.
     pub client: TlsFiles,
     /// What the launcher's admin connections (state dumps, topology) present.
@@ -95,8 +175,14 @@ struct Started {
 }
 
 /// Starts `args` and waits for its `... listening on ADDR` line on stdout (reading its
-/// `... metrics on ADDR` line on the way). Its stderr goes to `log_file` if given.
-fn start_node(name: &str, args: &[String], log_file: Option<&Path>) -> anyhow::Result<Started> {
+/// `... metrics on ADDR` line on the way). Its stderr goes to `log_file` if given. Later
+/// stdout lines that announce leadership go into `leads`.
+fn start_node(
+    name: &str,
+    args: &[String],
+    log_file: Option<&Path>,
+    leads: Arc<Mutex<Option<Leads>>>,
+) -> anyhow::Result<Started> {
     let exe = std::env::current_exe().context("locating the twophase binary")?;
     let stderr = match log_file {
         Some(path) => {
@@ -126,7 +212,13 @@ fn start_node(name: &str, args: &[String], log_file: Option<&Path>) -> anyhow::R
             }
         }
         // Keep draining so the child never blocks on a full pipe.
-        std::io::copy(&mut reader, &mut std::io::sink()).ok();
+        let mut next = String::new();
+        while reader.read_line(&mut next).is_ok_and(|read| read > 0) {
+            if let Some(announced) = Leads::parse(&next) {
+                *leads.lock().expect("leads slot") = Some(announced);
+            }
+            next.clear();
+        }
     });
     let seen = where_to_look(log_file);
     let deadline = Instant::now() + START_TIMEOUT;
@@ -174,13 +266,22 @@ impl Node {
     /// Starts a node and makes its listen (and metrics) address concrete in `args`.
     fn start(name: &str, args: Vec<String>, log_dir: Option<&Path>) -> anyhow::Result<Node> {
         let log_file = log_dir.map(|dir| dir.join(format!("{name}.log")));
-        let started = start_node(name, &args, log_file.as_deref())?;
+        let leads = Arc::new(Mutex::new(None));
+        let started = start_node(name, &args, log_file.as_deref(), leads.clone())?;
         let mut args = with_flag(args, "--listen", started.addr.to_string());
         if let Some(metrics) = started.metrics {
             args = with_flag(args, "--metrics-listen", metrics.to_string());
         }
         let process = Some(started.process);
-        Ok(Node { name: name.to_string(), args, addr: started.addr, metrics: started.metrics, log_file, process })
+        Ok(Node {
+            name: name.to_string(),
+            args,
+            addr: started.addr,
+            metrics: started.metrics,
+            log_file,
+            process,
+            leads,
+        })
     }
 
     fn signal(&self, signal: i32) {
@@ -213,13 +314,39 @@ fn make_certs(options: &ClusterOptions) -> anyhow::Result<()> {
     if options.plaintext {
         return Ok(());
     }
-    let mut holders = vec![(Role::Coordinator, COORDINATOR_NAME.to_string())];
+    let mut holders: Vec<(Role, String)> =
+        coordinator_names(options.coordinators).into_iter().map(|name| (Role::Coordinator, name)).collect();
     holders.extend((1..=options.participants).map(|index| (Role::Participant, format!("p{index}"))));
     holders.push((Role::Client, CLIENT_NAME.into()));
     holders.push((Role::Admin, ADMIN_NAME.into()));
     certs::make_all(&certs_dir(&options.data_dir), &options.cluster, &holders)
         .context("making the cluster's certificates")?;
     Ok(())
+}
+
+/// Refuses a coordinator count that is not a usable Raft group here: odd (an even group
+/// tolerates no more failures than the odd one below it) and 1..=[`COORDINATORS_MAX`].
+pub fn check_coordinators(coordinators: u16) -> anyhow::Result<()> {
+    ensure!(
+        (1..=COORDINATORS_MAX).contains(&coordinators) && coordinators % 2 == 1,
+        "--coordinators {coordinators}: must be odd, from 1 to {COORDINATORS_MAX}"
+    );
+    Ok(())
+}
+
+/// The coordinators' names: c1..cN.
+pub fn coordinator_names(coordinators: u16) -> Vec<String> {
+    (1..=coordinators).map(|index| format!("c{index}")).collect()
+}
+
+/// A group member's listen address, fixed before any member starts: `listen` for the first
+/// one if it names a port, otherwise a free port on its host (bound, read, released).
+fn member_addr(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
+    if index == 0 && listen.port() != 0 {
+        return Ok(listen);
+    }
+    let probe = TcpListener::bind(SocketAddr::new(listen.ip(), 0)).context("finding a free port")?;
+    probe.local_addr().context("finding a free port")
 }
 
 /// The arguments every node of the cluster gets: its data directory, the cluster-wide
@@ -242,6 +369,28 @@ fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> Vec<Str
     args
 }
 
+/// A coordinator's command line: its participants and, in a group, every member (`peers`,
+/// itself included; empty for a single coordinator).
+fn coordinator_args(
+    options: &ClusterOptions,
+    name: &str,
+    listen: SocketAddr,
+    participants: &[(String, SocketAddr)],
+    peers: &[(String, SocketAddr)],
+) -> Vec<String> {
+    let mut args = vec!["coordinator".to_string(), "--id".into(), name.into(), "--listen".into(), listen.to_string()];
+    args.extend(common_node_args(options, Role::Coordinator, name));
+    for (participant, addr) in participants {
+        args.push("--participant".into());
+        args.push(format!("{participant}={addr}"));
+    }
+    for (member, addr) in peers {
+        args.push("--peer".into());
+        args.push(format!("{member}={addr}"));
+    }
+    args
+}
+
 impl LocalCluster {
     pub fn start(options: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         make_certs(options)?;
@@ -249,9 +398,12 @@ impl LocalCluster {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let log_dir = options.log_dir.as_deref();
+        check_coordinators(options.coordinators)?;
         let mut cluster = LocalCluster {
             coordinator: options.listen,
+            coordinators: Vec::new(),
             participants: Vec::new(),
+            lookup: LeaderLookup::default(),
             client: identity(options, Role::Client, CLIENT_NAME),
             admin: identity(options, Role::Admin, ADMIN_NAME),
             nodes: Vec::new(),
@@ -265,22 +417,88 @@ impl LocalCluster {
             cluster.participants.push((name, node.addr));
             cluster.nodes.push(node);
         }
-        let mut args = vec![
-            "coordinator".to_string(),
-            "--id".into(),
-            COORDINATOR_NAME.into(),
-            "--listen".into(),
-            options.listen.to_string(),
-        ];
-        args.extend(common_node_args(options, Role::Coordinator, COORDINATOR_NAME));
-        for (name, addr) in &cluster.participants {
-            args.push("--participant".into());
-            args.push(format!("{name}={addr}"));
+        if options.coordinators == 1 {
+            let args = coordinator_args(options, COORDINATOR_NAME, options.listen, &cluster.participants, &[]);
+            let node = Node::start(COORDINATOR_NAME, args, log_dir)?;
+            cluster.coordinator = node.addr;
+            cluster.coordinators.push((node.name.clone(), node.addr));
+            cluster.nodes.push(node);
+            return Ok(cluster);
         }
-        let node = Node::start(COORDINATOR_NAME, args, log_dir)?;
-        cluster.coordinator = node.addr;
-        cluster.nodes.push(node);
+        let names = coordinator_names(options.coordinators);
+        let addrs =
+            (0..names.len()).map(|index| member_addr(options.listen, index)).collect::<anyhow::Result<Vec<_>>>()?;
+        let peers: Vec<(String, SocketAddr)> = names.iter().cloned().zip(addrs.iter().copied()).collect();
+        for (name, addr) in &peers {
+            let args = coordinator_args(options, name, *addr, &cluster.participants, &peers);
+            let node = Node::start(name, args, log_dir)?;
+            cluster.lookup.add(node.addr, node.leads.clone());
+            cluster.coordinators.push((node.name.clone(), node.addr));
+            cluster.nodes.push(node);
+        }
+        cluster.coordinator = cluster.wait_for_leader(ELECTION_TIMEOUT)?;
         Ok(cluster)
+    }
+
+    /// The address of the coordinator that serves transactions now: the single coordinator,
+    /// or the running group member that announced the highest term. This is the one place
+    /// that finds the leader (a client that follows `NotLeader` replies will replace it).
+    pub fn leader_addr(&self) -> Option<SocketAddr> {
+        if self.coordinators.len() > 1 {
+            return self.lookup.leader_addr();
+        }
+        let (name, _) = self.leader()?;
+        self.coordinators.iter().find(|(member, _)| *member == name).map(|(_, addr)| *addr)
+    }
+
+    /// The leader lookup for another thread (a group's; a single coordinator has none).
+    pub fn leader_lookup(&self) -> Option<LeaderLookup> {
+        (self.coordinators.len() > 1).then(|| self.lookup.clone())
+    }
+
+    /// The leader's name and announcement (see [`leader_addr`](Self::leader_addr)); a
+    /// single coordinator has no announcement and leads whenever it runs.
+    fn leader(&self) -> Option<(String, Option<Leads>)> {
+        let running = self.coordinator_nodes().filter(|node| node.process.is_some());
+        if self.coordinators.len() == 1 {
+            return running.map(|node| (node.name.clone(), None)).next();
+        }
+        running
+            .filter_map(|node| Some((node.name.clone(), (*node.leads.lock().expect("leads slot"))?)))
+            .max_by_key(|(_, leads)| leads.term)
+            .map(|(name, leads)| (name, Some(leads)))
+    }
+
+    /// Waits until some coordinator leads; its address.
+    pub fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<SocketAddr> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(addr) = self.leader_addr() {
+                return Ok(addr);
+            }
+            ensure!(Instant::now() < deadline, "no coordinator announced that it leads within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every coordinator's name, address and role as last seen.
+    pub fn coordinator_roles(&self) -> Vec<(String, SocketAddr, CoordinatorRole)> {
+        let leader = self.leader();
+        self.coordinator_nodes()
+            .map(|node| {
+                let role = match (&leader, &node.process) {
+                    (_, None) => CoordinatorRole::Down,
+                    (Some((name, Some(leads))), _) if *name == node.name => CoordinatorRole::Leader(*leads),
+                    (Some((name, None)), _) if *name == node.name => CoordinatorRole::Single,
+                    _ => CoordinatorRole::Follower,
+                };
+                (node.name.clone(), node.addr, role)
+            })
+            .collect()
+    }
+
+    fn coordinator_nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|node| self.coordinators.iter().any(|(name, _)| *name == node.name))
     }
 
     /// Every node's name and metrics address (participants in order, then the coordinator),
@@ -298,7 +516,7 @@ impl LocalCluster {
         Some(format!("twophase top --coordinator {coordinator} --metrics {}", participants.join(",")))
     }
 
-    /// Every node's name: the participants in order, then the coordinator.
+    /// Every node's name: the participants in order, then the coordinators.
     pub fn names(&self) -> Vec<String> {
         self.nodes.iter().map(|node| node.name.clone()).collect()
     }
@@ -344,6 +562,8 @@ impl LocalCluster {
             bail!("{name} (pid {pid}) had already exited ({status})");
         }
         reap(&mut process);
+        let addr = node.addr;
+        self.lookup.set(addr, None);
         Ok(pid)
     }
 
@@ -354,7 +574,10 @@ impl LocalCluster {
         if node.process.is_some() {
             bail!("{name} is running; kill it first");
         }
-        let Started { mut process, addr, .. } = start_node(name, &node.args, node.log_file.as_deref())?;
+        // A fresh slot: what the killed process announced is no claim of the new one.
+        node.leads = Arc::new(Mutex::new(None));
+        let Started { mut process, addr, .. } =
+            start_node(name, &node.args, node.log_file.as_deref(), node.leads.clone())?;
         let listening = Instant::now();
         if addr != node.addr {
             reap(&mut process);
@@ -362,6 +585,8 @@ impl LocalCluster {
         }
         let pid = process.id();
         node.process = Some(process);
+        let (addr, slot) = (node.addr, node.leads.clone());
+        self.lookup.set(addr, Some(slot));
         Ok(Restarted { pid, listening })
     }
 
@@ -405,7 +630,7 @@ pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode
     for (name, addr) in &cluster.participants {
         println!("participant {name} listening on {addr}");
     }
-    println!("coordinator {COORDINATOR_NAME} listening on {}", cluster.coordinator);
+    print_coordinators(&cluster);
     for (name, addr) in cluster.metrics() {
         println!("metrics of {name} on http://{addr}/metrics");
     }
@@ -428,6 +653,27 @@ pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode
     Ok(code)
 }
 
+/// One line per coordinator (with its role in a group), then the leader.
+fn print_coordinators(cluster: &LocalCluster) {
+    let roles = cluster.coordinator_roles();
+    for (name, addr, role) in &roles {
+        match role {
+            CoordinatorRole::Single => println!("coordinator {name} listening on {addr}"),
+            CoordinatorRole::Leader(leads) => {
+                println!("coordinator {name} listening on {addr} (leader, term {}, epoch {})", leads.term, leads.epoch)
+            }
+            CoordinatorRole::Follower => println!("coordinator {name} listening on {addr} (follower)"),
+            CoordinatorRole::Down => println!("coordinator {name} on {addr} is down"),
+        }
+    }
+    if roles.len() > 1 {
+        match roles.iter().find(|(_, _, role)| matches!(role, CoordinatorRole::Leader(_))) {
+            Some((name, addr, _)) => println!("leader: coordinator {name} at {addr} (client.toml points at it)"),
+            None => println!("leader: none right now"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +682,7 @@ mod tests {
     fn options(unsafe_no_fsync: bool, group_interval_us: Option<u64>, plaintext: bool) -> ClusterOptions {
         ClusterOptions {
             participants: 3,
+            coordinators: 1,
             data_dir: "/data".into(),
             listen: "127.0.0.1:0".parse().expect("address"),
             cluster: "demo".into(),
@@ -521,6 +768,94 @@ mod tests {
         }
         let plain = ClusterOptions { plaintext: true, ..options };
         assert_eq!(identity(&plain, Role::Client, CLIENT_NAME), TlsFiles::InsecurePlaintext);
+    }
+
+    #[test]
+    fn a_leaders_announcement_is_read_from_its_stdout_line() {
+        // The line src/node/replicated.rs prints each time a member becomes leader.
+        let line = "twophase coordinator c2 leads term 7 with epoch 9\n";
+        assert_eq!(Leads::parse(line), Some(Leads { term: 7, epoch: 9 }));
+        assert_eq!(Leads::parse("twophase coordinator c2 listening on 127.0.0.1:7000"), None);
+        assert_eq!(Leads::parse("twophase coordinator c2 leads term x with epoch 9"), None);
+    }
+
+    #[test]
+    fn the_leader_is_the_running_member_that_announced_the_highest_term() {
+        let lookup = LeaderLookup::default();
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let slots: Vec<LeadsSlot> = (0..3).map(|_| Arc::new(Mutex::new(None))).collect();
+        for (port, slot) in (7000..).zip(&slots) {
+            lookup.add(addr(port), slot.clone());
+        }
+        assert_eq!(lookup.leader_addr(), None, "nobody announced yet");
+        *slots[0].lock().unwrap() = Some(Leads { term: 1, epoch: 1 });
+        *slots[2].lock().unwrap() = Some(Leads { term: 2, epoch: 2 });
+        assert_eq!(lookup.leader_addr(), Some(addr(7002)), "a deposed leader's older term loses");
+        lookup.set(addr(7002), None);
+        assert_eq!(lookup.leader_addr(), Some(addr(7000)), "a member that is down never leads");
+        lookup.set(addr(7002), Some(Arc::new(Mutex::new(None))));
+        lookup.set(addr(9999), None);
+        assert_eq!(lookup.leader_addr(), Some(addr(7000)), "a restarted process has announced nothing yet");
+    }
+
+    #[test]
+    fn a_group_is_odd_and_at_most_seven() {
+        for good in [1, 3, 5, 7] {
+            check_coordinators(good).unwrap();
+        }
+        for bad in [0, 2, 4, 9] {
+            let err = check_coordinators(bad).unwrap_err().to_string();
+            assert!(err.contains("must be odd, from 1 to 7"), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_member_lists_the_whole_group_and_the_participants() {
+        let options = ClusterOptions { coordinators: 3, ..options(false, None, false) };
+        let participants = vec![("p1".to_string(), "127.0.0.1:7101".parse().unwrap())];
+        let names = coordinator_names(3);
+        let peers: Vec<(String, SocketAddr)> = names
+            .iter()
+            .cloned()
+            .zip(["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"])
+            .map(|(n, a)| (n, a.parse().unwrap()))
+            .collect();
+        let args = coordinator_args(&options, "c2", peers[1].1, &participants, &peers);
+        let joined = args.join(" ");
+        for expected in [
+            "--id c2 --listen 127.0.0.1:7001",
+            "--cert /data/certs/coordinator-c2.pem",
+            "--participant p1=127.0.0.1:7101",
+            "--peer c1=127.0.0.1:7000 --peer c2=127.0.0.1:7001 --peer c3=127.0.0.1:7002",
+        ] {
+            assert!(joined.contains(expected), "{expected:?} not in {joined}");
+        }
+        let argv = std::iter::once("twophase".to_string()).chain(args);
+        crate::cli::Cli::try_parse_from(argv).expect("a group member's command line");
+        let single = coordinator_args(&options, "c1", peers[0].1, &participants, &[]);
+        assert!(!single.contains(&"--peer".to_string()), "{single:?}");
+    }
+
+    #[test]
+    fn a_fixed_listen_address_goes_to_the_first_member_only() {
+        let fixed: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(member_addr(fixed, 0).unwrap(), fixed);
+        let other = member_addr(fixed, 1).unwrap();
+        assert_ne!(other.port(), 0);
+        assert_ne!(other, fixed);
+        assert_ne!(member_addr("127.0.0.1:0".parse().unwrap(), 0).unwrap().port(), 0);
+    }
+
+    #[test]
+    fn every_coordinator_of_a_group_gets_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            ClusterOptions { data_dir: dir.path().to_path_buf(), coordinators: 3, ..options(false, None, false) };
+        make_certs(&options).unwrap();
+        for name in coordinator_names(3) {
+            let TlsFiles::Tls { cert, .. } = identity(&options, Role::Coordinator, &name) else { panic!("plaintext") };
+            assert!(cert.exists(), "{name}");
+        }
     }
 
     #[test]

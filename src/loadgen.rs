@@ -118,6 +118,10 @@ pub struct DemoArgs {
     /// Number of participants, named p1..pN.
     #[arg(long, default_value_t = 3)]
     participants: u16,
+    /// Number of coordinators: above 1 (odd, at most 7) a Raft group, the load goes to its
+    /// leader.
+    #[arg(long, default_value_t = 1)]
+    coordinators: u16,
     /// Keep the cluster's data here instead of in a temporary directory that is removed.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -276,6 +280,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let cluster_options = ClusterOptions {
         participants: args.participants,
+        coordinators: args.coordinators,
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("address"),
         cluster: "demo".into(),
@@ -286,11 +291,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
     };
-    eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
+    crate::cluster::check_coordinators(args.coordinators)?;
+    let coordinators = coordinators_phrase(args.coordinators);
+    eprintln!("starting {coordinators} and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
     announce_metrics(&cluster);
+    announce_leader(&cluster);
     let identities = (cluster.client.load("the demo's load")?, cluster.admin.load("the demo's audit")?);
-    let target = Target::discover(cluster.coordinator, "demo", identities, &args.workload)?;
+    let leader = cluster.leader_addr().context("no coordinator leads")?;
+    let target = Target::discover(leader, "demo", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
     let setup_began = Instant::now();
     twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
@@ -307,13 +316,36 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let verdict = audit(&target.layout, &result, &balances);
     eprintln!("read and audited {} accounts in {:.1} s", args.workload.accounts, audit_began.elapsed().as_secs_f64());
     let description = format!(
-        "demo: local cluster, 1 coordinator + {} participants, {} accounts",
+        "demo: local cluster, {coordinators} + {} participants, {} accounts",
         args.participants, args.workload.accounts
     );
     let passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
     cluster.stop();
     print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
+}
+
+/// "1 coordinator", or "N coordinators (a Raft group)".
+pub(crate) fn coordinators_phrase(coordinators: u16) -> String {
+    match coordinators {
+        1 => "1 coordinator".to_string(),
+        n => format!("{n} coordinators (a Raft group)"),
+    }
+}
+
+/// In a group: which coordinator leads (the load goes there).
+pub(crate) fn announce_leader(cluster: &LocalCluster) {
+    if cluster.coordinators.len() < 2 {
+        return;
+    }
+    for (name, addr, role) in cluster.coordinator_roles() {
+        if let crate::cluster::CoordinatorRole::Leader(leads) = role {
+            eprintln!(
+                "coordinator {name} at {addr} leads term {} (epoch {}); the load goes there",
+                leads.term, leads.epoch
+            );
+        }
+    }
 }
 
 fn parse_workload(text: &str) -> Result<twophase_bench::WorkloadKind, String> {

@@ -12,6 +12,7 @@
 //! exited on its own, nothing stayed prepared). Must not: hide a server failure by retrying
 //! it away — a restart is attempted once, a recovery waited for a bounded time.
 
+mod forward;
 mod monkey;
 mod summary;
 
@@ -27,7 +28,9 @@ use twophase_bench::{LoadProbe, LoadResult, Report, audit};
 use twophase_net::ClientOptions;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
-use crate::loadgen::{Target, WorkloadArgs, announce_metrics, exit_code, logs_dir, print_logs_line};
+use crate::loadgen::{
+    Target, WorkloadArgs, announce_leader, announce_metrics, coordinators_phrase, exit_code, logs_dir, print_logs_line,
+};
 use crate::settle;
 use monkey::{KillLog, Schedule};
 
@@ -52,6 +55,10 @@ pub struct ChaosArgs {
     /// Number of participants, named p1..pN.
     #[arg(long, default_value_t = 3)]
     participants: u16,
+    /// Number of coordinators: above 1 (odd, at most 7) a Raft group whose leaders and
+    /// followers are killed like every other process; the load follows the leader.
+    #[arg(long, default_value_t = 1)]
+    coordinators: u16,
     /// Kill a process every this long (the first one this long after the load starts).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     kill_every: Duration,
@@ -98,6 +105,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let (_temp, data_dir) = data_dir(&args)?;
     let cluster_options = ClusterOptions {
         participants: args.participants,
+        coordinators: args.coordinators,
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("address"),
         cluster: "chaos".into(),
@@ -108,11 +116,21 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
     };
-    eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
+    crate::cluster::check_coordinators(args.coordinators)?;
+    let coordinators = coordinators_phrase(args.coordinators);
+    eprintln!("starting {coordinators} and {} participants in {}", args.participants, data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
     announce_metrics(&cluster);
+    announce_leader(&cluster);
     let identities = (cluster.client.load("the chaos run's load")?, cluster.admin.load("the chaos run's audit")?);
-    let target = Target::discover(cluster.coordinator, "chaos", identities, &args.workload)?;
+    let leader = cluster.leader_addr().context("no coordinator leads")?;
+    let mut target = Target::discover(leader, "chaos", identities, &args.workload)?;
+    // A group's leader changes with the kills: the load goes through a forwarder that
+    // connects each new connection to whoever leads then.
+    let forwarder = cluster.leader_lookup().map(forward::Forwarder::start).transpose()?;
+    if let Some(forwarder) = &forwarder {
+        target.coordinator = forwarder.addr();
+    }
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
     twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
 
@@ -232,8 +250,11 @@ fn write_report(
     chaos: twophase_bench::ChaosReport,
 ) -> anyhow::Result<()> {
     let description = format!(
-        "chaos: local cluster, 1 coordinator + {} participants, {} accounts, a SIGKILL every {:?}",
-        args.participants, args.workload.accounts, args.kill_every
+        "chaos: local cluster, {} + {} participants, {} accounts, a SIGKILL every {:?}",
+        coordinators_phrase(args.coordinators),
+        args.participants,
+        args.workload.accounts,
+        args.kill_every
     );
     let report = Report::new(result, Some(&verdict), fsync, description).with_chaos(chaos);
     report.print_summary();

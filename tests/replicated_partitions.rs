@@ -1,0 +1,330 @@
+//! Partitions between the real processes of a replicated coordinator group (issue 18):
+//! three coordinators and two participants on loopback, every link between them through a
+//! fault-injecting proxy (`common/proxy.rs`): each member's `--peer` address of another
+//! member, and its `--participant` address of each participant, is a proxy of its own, so
+//! the test can cut, black-hole or hold every directed link.
+//!
+//! (a) A leader cut from the other two members (it still reaches the participants) decides
+//! nothing more; the majority elects a leader that commits; the old leader steps down, its
+//! prepare held back until the new leader served the participants is refused there as stale
+//! (a No vote, never a prepared transaction), and after healing it follows the new leader.
+//! (b) A follower that lost its whole data directory rejoins, catches up and later leads,
+//! with every earlier commit at the participants and nothing left prepared.
+
+mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
+use proxy::{Fault, Proxy};
+use twophase_net::{Client, ClientOptions};
+
+const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
+/// Generous: the machine running the tests may be busy compiling.
+const WAIT: Duration = Duration::from_secs(30);
+const BEFORE_PARTITION: i64 = 10;
+
+/// A free loopback port, released for the process that will listen on it.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// One member's process, what it printed, and how to start it again.
+struct Member {
+    name: &'static str,
+    addr: SocketAddr,
+    args: Vec<String>,
+    process: Option<Child>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Member {
+    /// The (term, epoch) of the last `leads term T with epoch E` line it printed.
+    fn leads(&self) -> Option<(u64, u32)> {
+        let lines = self.stdout.lock().unwrap();
+        lines.iter().rev().find_map(|line| {
+            let (term, epoch) = line.split_once(" leads term ")?.1.split_once(" with epoch ")?;
+            Some((term.trim().parse().ok()?, epoch.trim().parse().ok()?))
+        })
+    }
+
+    fn start(&mut self) {
+        let mut command = Command::new(common::binary());
+        command.args(&self.args).env_remove("TWOPHASE_FAILPOINT").env("RUST_LOG", "info");
+        let mut process = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (stdout, stderr) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(String::new())));
+        let (lines, out) = (stdout.clone(), process.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let (collected, err, name) = (stderr.clone(), process.stderr.take().unwrap(), self.name);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                collected.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        (self.process, self.stdout, self.stderr) = (Some(process), stdout, stderr);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.process.is_some()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The group, its participants, and a proxy on every directed link from a member.
+struct Group {
+    members: Vec<Member>,
+    participants: Vec<Node>,
+    /// Where each participant serves its metrics.
+    metrics: Vec<SocketAddr>,
+    /// (from member, to member or participant name) → the proxy `from` dials.
+    links: HashMap<(&'static str, String), Proxy>,
+    data_dir: PathBuf,
+}
+
+impl Group {
+    fn start(dir: &Path) -> Group {
+        let metrics: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+        let participants: Vec<Node> = ["p1", "p2"]
+            .iter()
+            .zip(&metrics)
+            .map(|(name, metrics)| Node::participant_with(name, dir, &["--metrics-listen", &metrics.to_string()], &[]))
+            .collect();
+        let addrs: Vec<SocketAddr> = MEMBERS.iter().map(|_| free_addr()).collect();
+        let mut links = HashMap::new();
+        let mut members = Vec::new();
+        for (index, name) in MEMBERS.iter().enumerate() {
+            let mut args = vec!["coordinator".to_string(), "--id".into(), name.to_string()];
+            args.extend(["--listen".to_string(), addrs[index].to_string(), "--data-dir".into()]);
+            args.push(dir.join(name).display().to_string());
+            args.extend(make_cert(&certs_dir(dir), CLUSTER, "coordinator", name));
+            for participant in &participants {
+                let proxy = Proxy::start(participant.addr);
+                args.extend(["--participant".to_string(), format!("{}={}", participant.name, proxy.addr())]);
+                links.insert((*name, participant.name.clone()), proxy);
+            }
+            for (other, other_addr) in MEMBERS.iter().zip(&addrs) {
+                let peer_addr = if other == name {
+                    *other_addr
+                } else {
+                    let proxy = Proxy::start(*other_addr);
+                    let addr = proxy.addr();
+                    links.insert((*name, other.to_string()), proxy);
+                    addr
+                };
+                args.extend(["--peer".to_string(), format!("{other}={peer_addr}")]);
+            }
+            let stdout = Arc::new(Mutex::new(Vec::new()));
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let mut member = Member { name, addr: addrs[index], args, process: None, stdout, stderr };
+            member.start();
+            members.push(member);
+        }
+        Group { members, participants, metrics, links, data_dir: dir.to_path_buf() }
+    }
+
+    /// The running member that announced the highest term, with that term and epoch.
+    fn leader(&self) -> Option<(usize, u64, u32)> {
+        let announced = self.members.iter().enumerate().filter(|(_, m)| m.running());
+        announced.filter_map(|(index, m)| m.leads().map(|(term, epoch)| (index, term, epoch))).max_by_key(|l| l.1)
+    }
+
+    /// Waits for a leader of a term above `after`.
+    fn wait_leader(&self, after: u64) -> (usize, u64, u32) {
+        eventually(&format!("a leader of a term after {after}"), WAIT, || self.leader().filter(|l| l.1 > after))
+    }
+
+    /// Every link between `member` and the other members, both ways.
+    fn member_links(&self, member: &str) -> Vec<&Proxy> {
+        let touches = |(from, to): &(&str, String)| {
+            (*from == member && MEMBERS.contains(&to.as_str())) || (to == member && MEMBERS.contains(from))
+        };
+        self.links.iter().filter(|(key, _)| touches(key)).map(|(_, proxy)| proxy).collect()
+    }
+
+    fn options(&self) -> ClientOptions {
+        ClientOptions { request_timeout: Duration::from_secs(5), max_attempts: 1, ..client_options(&self.data_dir) }
+    }
+
+    /// Connects to member `index`; `None` if it does not take the session.
+    fn client(&self, index: usize) -> Option<Client> {
+        Client::connect(self.members[index].addr, self.options()).ok()
+    }
+
+    /// A commit through whoever leads now (retried until one is acknowledged).
+    fn commit_through_leader(&self, key: &str) {
+        eventually("a commit through the leader", WAIT, || {
+            let (leader, _, _) = self.leader()?;
+            transfer(&mut self.client(leader)?, key).then_some(())
+        });
+    }
+
+    /// Waits until neither participant holds a prepared or in-doubt transaction; their
+    /// integer values then.
+    fn settled(&self) -> [std::collections::BTreeMap<String, i64>; 2] {
+        eventually("the participants to settle", WAIT, || {
+            let (p1, p1_open) = dump_ints(&self.participants[0]);
+            let (p2, p2_open) = dump_ints(&self.participants[1]);
+            (p1_open == (0, 0) && p2_open == (0, 0)).then_some([p1, p2])
+        })
+    }
+}
+
+/// Adds 1 to `key` at p1 and at p2; whether it was acknowledged committed.
+fn transfer(client: &mut Client, key: &str) -> bool {
+    client.submit(vec![add(1, key, 1, i64::MIN), add(2, key, 1, i64::MIN)]).is_ok_and(|outcome| outcome.is_committed())
+}
+
+/// The error a member answers a client with (empty if it served the transaction).
+fn refusal(group: &Group, index: usize) -> String {
+    match Client::connect(group.members[index].addr, group.options()) {
+        Err(err) => format!("{err}"),
+        Ok(mut client) => match client.submit(vec![add(1, "probe", 1, i64::MIN)]) {
+            Err(err) => format!("{err}"),
+            Ok(_) => String::new(),
+        },
+    }
+}
+
+/// A participant's count of No votes, from its metrics endpoint.
+fn no_votes(metrics: SocketAddr) -> u64 {
+    let mut stream = TcpStream::connect(metrics).expect("the participant's metrics endpoint");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("twophase_votes") && line.contains("vote=\"no\""))
+        .unwrap_or_else(|| panic!("no twophase_votes{{vote=\"no\"}} in the metrics:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+}
+
+#[test]
+fn a_leader_cut_from_its_group_decides_nothing_and_follows_after_healing() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = Group::start(dir.path());
+    let (old, old_term, old_epoch) = group.wait_leader(0);
+    let old_name = group.members[old].name;
+    let mut client = eventually("a session at the leader", WAIT, || group.client(old));
+    for n in 0..BEFORE_PARTITION {
+        assert!(transfer(&mut client, "a"), "transaction {n} through leader {old_name} was not acknowledged");
+    }
+    let no_votes_before = no_votes(group.metrics[0]);
+
+    // Cut the leader from the other members (black hole: nothing tells it); hold what it
+    // sends p1 from now on, to deliver it once a new leader served p1.
+    for link in group.member_links(old_name) {
+        link.set(Fault::BlackHole);
+    }
+    let held = &group.links[&(old_name, "p1".to_string())];
+    held.set(Fault::Hold);
+    assert!(!transfer(&mut client, "z"), "the cut-off leader {old_name} acknowledged a commit");
+    drop(client);
+
+    // The majority elects a leader of a later term, fenced above the old epoch, that commits.
+    let (new, new_term, new_epoch) = group.wait_leader(old_term);
+    let new_name = group.members[new].name;
+    assert_ne!(new, old, "the cut-off member led again");
+    assert!(new_epoch > old_epoch, "new leader {new_name} has epoch {new_epoch}, not above {old_epoch}");
+    group.commit_through_leader("a");
+    eventually("the cut-off leader to step down", WAIT, || {
+        group.members[old].stderr.lock().unwrap().contains("no longer leading").then_some(())
+    });
+
+    // Its prepare of z, released only now, reaches p1 after the new epoch did: refused as
+    // stale, with a No vote, and never prepared.
+    held.set(Fault::Pass);
+    eventually("p1 to vote No on the stale prepare", WAIT, || {
+        (no_votes(group.metrics[0]) > no_votes_before).then_some(())
+    });
+
+    // Healed, the old leader follows: it answers clients with the new leader's name and
+    // announced no term of its own since.
+    for link in group.member_links(old_name) {
+        link.heal();
+    }
+    eventually("the old leader to name the new one", WAIT, || {
+        refusal(&group, old).contains(&format!("coordinator {new_name}")).then_some(())
+    });
+    assert_eq!(group.members[old].leads(), Some((old_term, old_epoch)), "{old_name} announced a later term");
+    assert_eq!(group.leader().map(|l| (l.0, l.1)), Some((new, new_term)));
+
+    let [p1, p2] = group.settled();
+    assert_eq!(p1.get("z"), None, "p1 applied the cut-off leader's transaction");
+    assert_eq!(p2.get("z"), None, "p2 applied the cut-off leader's transaction");
+    let (a1, a2) = (p1.get("a").copied().unwrap_or(0), p2.get("a").copied().unwrap_or(0));
+    assert_eq!(a1, a2, "a transaction applied at one participant only");
+    assert!(a1 > BEFORE_PARTITION, "p1 holds {a1}: a commit through the new leader is missing");
+}
+
+#[test]
+fn a_follower_that_lost_its_data_rejoins_catches_up_and_leads_with_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = Group::start(dir.path());
+    let (leader, _, _) = group.wait_leader(0);
+    let mut client = eventually("a session at the leader", WAIT, || group.client(leader));
+    for n in 0..BEFORE_PARTITION {
+        assert!(transfer(&mut client, "a"), "transaction {n} was not acknowledged");
+    }
+    drop(client);
+
+    // A follower loses its whole data directory, and comes back empty under its name.
+    let lost = (0..MEMBERS.len()).find(|index| *index != leader).unwrap();
+    let lost_name = group.members[lost].name;
+    group.members[lost].kill();
+    std::fs::remove_dir_all(dir.path().join(lost_name)).unwrap();
+    group.commit_through_leader("a");
+    group.members[lost].start();
+    group.commit_through_leader("a");
+
+    // Kill whoever leads (and restart it) until the member that lost its data leads: the
+    // others then vote for it, which they do only once it holds every committed entry.
+    let mut rounds = 0;
+    let mut term = group.leader().map_or(0, |l| l.1);
+    while group.leader().map(|l| l.0) != Some(lost) {
+        rounds += 1;
+        assert!(rounds <= 20, "{lost_name} did not lead in 20 elections");
+        let (current, current_term, _) = group.leader().unwrap();
+        group.members[current].kill();
+        let (next, next_term, _) = group.wait_leader(current_term.max(term));
+        term = next_term;
+        group.members[current].start();
+        if next != lost {
+            group.commit_through_leader("a");
+        }
+    }
+    eventually("a commit through the member that lost its data", WAIT, || {
+        transfer(&mut group.client(lost)?, "a").then_some(())
+    });
+
+    let [p1, p2] = group.settled();
+    let (a1, a2) = (p1.get("a").copied().unwrap_or(0), p2.get("a").copied().unwrap_or(0));
+    assert_eq!(a1, a2, "a transaction applied at one participant only");
+    assert!(a1 >= BEFORE_PARTITION + 3, "p1 holds {a1}: an acknowledged commit is missing");
+    assert!(dir.path().join(lost_name).join("raft").exists(), "{lost_name} rebuilt no replicated log");
+}
