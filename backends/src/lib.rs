@@ -27,7 +27,7 @@ pub mod postgres;
 pub mod sql;
 pub mod testserver;
 
-pub use conn::{Connection, Connector};
+pub use conn::{Connection, Connector, OneShot, OneShotFailure};
 pub use error::{DbError, Reason};
 pub use gid::Gid;
 pub use kv::{KvOp, KvOutcome};
