@@ -7,8 +7,9 @@
 //! installs its poll's waker there). A pool thread waits when that channel is full, which
 //! pushes back on the database work, never on the caller.
 //!
-//! An open transaction owns a connection from `Begin` to `Prepare`/`Rollback` (to its
-//! decision where the database keeps a prepared transaction on its session: MariaDB); at most
+//! An open transaction owns a connection from `Begin` to `Prepare`/`Rollback` (a one-shot
+//! one for its single `OneShot` request; to its decision where the database keeps a prepared
+//! transaction on its session: MariaDB); at most
 //! `connections_max - connections_reserved` are open at once, so decisions (`CommitPrepared`,
 //! `RollbackPrepared`) and recovery always find a connection: a transaction that waits for a
 //! lock held by a prepared one cannot starve the commit that releases it. One request at a
@@ -66,7 +67,10 @@ pub enum Request {
     /// A one-shot transaction whole (`Connection::one_shot`): begin, the ops, prepare (or
     /// end, when it only reads). Takes a connection as `Begin` does, and keeps it until the
     /// decision where the database keeps a prepared transaction on its session.
-    OneShot { gid: Gid, ops: Vec<KvOp> },
+    OneShot {
+        gid: Gid,
+        ops: Vec<KvOp>,
+    },
     /// Rolls back an open (not yet prepared) transaction.
     Rollback(Gid),
     CommitPrepared(Gid),
@@ -86,7 +90,10 @@ pub enum Reply {
     OneShot(OneShot),
     /// The database refused op `op` of a `OneShot` (a failed begin or prepare is an
     /// error); the transaction is rolled back.
-    OneShotRefused { op: usize, error: DbError },
+    OneShotRefused {
+        op: usize,
+        error: DbError,
+    },
     RolledBack,
     CommittedPrepared,
     RolledBackPrepared,

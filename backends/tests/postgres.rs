@@ -7,7 +7,9 @@ mod common;
 
 use common::*;
 use twophase_backends::testserver::{PgServer, or_skip};
-use twophase_backends::{Executor, KvOp, KvOutcome, OneShot, PgConnector, PoolConfig, Reason, Reply, Request, SqlValue};
+use twophase_backends::{
+    Executor, KvOp, KvOutcome, OneShot, PgConnector, PoolConfig, Reason, Reply, Request, SqlValue,
+};
 
 fn executor(server: &PgServer) -> Executor {
     let connector = PgConnector::new(&server.dsn()).unwrap();

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use twophase_backends::{DbError, Executor, Gid, MariaConnector, PgConnector, PoolConfig, Reason, Reply, Request};
-use twophase_engine::participant::{KvImage, PartEffects, Participant, ParticipantConfig, ParticipantSnapshot, PrepareResult};
+use twophase_engine::participant::{
+    KvImage, PartEffects, Participant, ParticipantConfig, ParticipantSnapshot, PrepareResult,
+};
 use twophase_engine::{Epoch, Lsn, PartRecord, Time, ToCoordinator, TxId, Vote};
 use twophase_net::{BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig};
 

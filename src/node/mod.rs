@@ -242,8 +242,9 @@ fn apply_effects<R: Role>(
         payload.clear();
         record.encode_payload(payload);
         let urgent = role.urgent(&record);
-        let assigned = if urgent { wal.append(record.kind(), payload) } else { wal.append_lazy(record.kind(), payload) }
-            .context("appending to the log")?;
+        let assigned =
+            if urgent { wal.append(record.kind(), payload) } else { wal.append_lazy(record.kind(), payload) }
+                .context("appending to the log")?;
         assert_eq!(assigned.0, lsn.0, "the log and the engine disagree on LSNs");
         if let Some(log) = role.log_metrics() {
             log.appended(lsn, payload.len(), urgent);
