@@ -540,7 +540,7 @@ fn compare_with_a_plain_client_over_two_postgresql_instances() {
     // Each participant's last profile (where a transaction's time goes, `backend_rm::Step`).
     for node in [&p1, &p2] {
         let stderr = node.stderr();
-        let last = stderr.lines().filter(|line| line.contains("database profile")).next_back().unwrap_or("(none)");
+        let last = stderr.lines().rfind(|line| line.contains("database profile")).unwrap_or("(none)");
         println!("{}: {last}", node.name);
     }
 

@@ -370,7 +370,7 @@ fn one_shot_outcomes(ops: &[KvOp], messages: &[SimpleQueryMessage]) -> Result<Ve
 }
 
 fn decode_hex(hex: &str) -> Option<Bytes> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let digits = hex.as_bytes();
@@ -519,7 +519,7 @@ mod tests {
         let on_kv = KvOp::Add { key: Bytes::from_static(b"counter"), delta: 1, floor: i64::MIN };
         let not_an_integer = KvOp::Put { key: account(1), value: Bytes::from_static(b"abc") };
         for op in [floored, on_kv, not_an_integer] {
-            assert_eq!(one_shot_query(&gid, &[op.clone()]), None, "{op:?}");
+            assert_eq!(one_shot_query(&gid, std::slice::from_ref(&op)), None, "{op:?}");
         }
     }
 

@@ -213,9 +213,8 @@ impl Profile {
     fn summary(&self) -> String {
         let mut out = String::new();
         for (step, (count, total, max)) in STEPS.iter().zip(self.sums) {
-            if count > 0 {
-                let mean_us = total / count / 1000;
-                out.push_str(&format!("{step:?} n={count} mean={mean_us}us max={}us; ", max / 1000));
+            if let Some(mean_ns) = total.checked_div(count) {
+                out.push_str(&format!("{step:?} n={count} mean={}us max={}us; ", mean_ns / 1000, max / 1000));
             }
         }
         out
