@@ -4,7 +4,8 @@
 //! a participant killed after its PREPARE is durable in the database, and a database
 //! stopped with `pg_ctl -m immediate` between prepare and commit, end resolved as the
 //! coordinator decided with nothing left prepared; interactive transactions run inside the
-//! databases; deadlocks inside a database and across both end.
+//! databases; deadlocks inside a database and across both end; the participant's log stays
+//! bounded behind its snapshots.
 //!
 //! Fails when PostgreSQL or MariaDB is missing unless TWOPHASE_SKIP_DB_TESTS=1 (never in CI).
 
@@ -441,6 +442,46 @@ fn deadlocks_inside_a_database_and_across_both_end() {
     assert_eq!(pg1.unwrap() + pg2.unwrap(), postgres_total, "transfers inside PostgreSQL conserve its total");
 }
 
+/// The participant's log is truncated behind snapshots of its protocol state, so it stays
+/// bounded however many transactions pass; a participant killed after many of them restarts
+/// from its snapshot and a short tail, and serves on.
+#[test]
+fn the_participant_log_stays_bounded_and_a_restart_recovers_from_its_snapshot() {
+    const EVERY_RECORDS: usize = 40;
+    let Some(mut bank) = Bank::start(&["--snapshot-every", &EVERY_RECORDS.to_string()]) else { return };
+    let mut client = bank.client();
+    bank.fund(&mut client, 1, 1000);
+    // Two records (Prepared, Committed) per transfer and participant: ten intervals' worth.
+    let transfers = 5 * EVERY_RECORDS as i64;
+    for _ in 0..transfers {
+        assert!(Bank::transfer(&mut client, 1, 1, 1).is_committed());
+    }
+    assert_eq!(bank.balances(1), (Some(1000 - transfers), Some(1000 + transfers)));
+    for victim in [PG, MARIA] {
+        let node = bank.node(victim);
+        let snapshot = node.data_dir.join(&node.name).join("snapshot.bin");
+        assert!(snapshot.exists(), "{} wrote no snapshot", snapshot.display());
+        node.kill();
+        node.restart(&[]);
+        let recovered = eventually("the participant to recover", SETTLE, || {
+            let stderr = node.stderr();
+            stderr.lines().find(|line| line.contains("database participant recovered")).map(str::to_owned)
+        });
+        let replayed: usize = recovered
+            .split("replayed=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("no replayed count in {recovered:?}"));
+        assert!(replayed <= 3 * EVERY_RECORDS, "{replayed} records replayed after {transfers} transfers: {recovered}");
+    }
+    // Both serve on (once the coordinator has reconnected) and agree with the client.
+    eventually("a transfer to commit after the restarts", SETTLE, || {
+        Bank::transfer(&mut client, 1, 1, 10).is_committed().then_some(())
+    });
+    assert_eq!(bank.balances(1), (Some(1000 - transfers - 10), Some(1000 + transfers + 10)));
+}
+
 /// Issue 19's comparison, twophase's side: the bank's transfers across two PostgreSQL
 /// participants for 10 s, then an audit in SQL (every account against the acknowledged
 /// commits, and the total). The plain client's side is backends' `pg_2pc_baseline` example,
@@ -496,6 +537,12 @@ fn compare_with_a_plain_client_over_two_postgresql_instances() {
         result.latency_us.value_at_quantile(0.5),
         result.latency_us.value_at_quantile(0.99),
     );
+    // Each participant's last profile (where a transaction's time goes, `backend_rm::Step`).
+    for node in [&p1, &p2] {
+        let stderr = node.stderr();
+        let last = stderr.lines().rfind(|line| line.contains("database profile")).unwrap_or("(none)");
+        println!("{}: {last}", node.name);
+    }
 
     // The audit, in SQL: every account holds its initial balance plus the acknowledged commits.
     let mut dbs = [Db::postgres(&first, "p1"), Db::postgres(&second, "p2")];

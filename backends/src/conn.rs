@@ -36,6 +36,65 @@ pub trait Connection: Send + 'static {
     fn recover(&mut self, participant: &str) -> Result<Vec<Gid>, DbError>;
     /// The connection cannot be used again (it is dropped instead of pooled).
     fn is_broken(&self) -> bool;
+
+    /// A one-shot transaction whole: `begin`, `ops` in order, then `prepare` when one of
+    /// them writes, else `rollback` (nothing to hold). On failure nothing is left open; a
+    /// failure with `Reason::ConnectionLost` leaves it unknown whether it prepared. The
+    /// default makes the calls one by one; a backend may send them in one round trip, as
+    /// long as it fails the same way (the op that failed, the same reason).
+    fn one_shot(&mut self, gid: &Gid, ops: &[KvOp]) -> Result<OneShot, OneShotFailure> {
+        one_shot_by_steps(self, gid, ops)
+    }
+}
+
+/// What a one-shot transaction did: each op's outcome, in order, and whether it is now
+/// prepared under its gid (it wrote) or already ended (it only read).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OneShot {
+    pub outcomes: Vec<KvOutcome>,
+    pub prepared: bool,
+}
+
+/// Why a one-shot transaction failed: the index of the op the database refused, if it was
+/// one (else begin or prepare failed), and the error.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OneShotFailure {
+    pub op: Option<usize>,
+    pub error: DbError,
+}
+
+/// [`Connection::one_shot`] one call at a time.
+pub fn one_shot_by_steps<C: Connection + ?Sized>(
+    conn: &mut C,
+    gid: &Gid,
+    ops: &[KvOp],
+) -> Result<OneShot, OneShotFailure> {
+    conn.begin(gid).map_err(|error| OneShotFailure { op: None, error })?;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for (index, op) in ops.iter().enumerate() {
+        match conn.kv(op) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(error) => {
+                if !conn.is_broken() {
+                    let _ = conn.rollback(gid);
+                }
+                return Err(OneShotFailure { op: Some(index), error });
+            }
+        }
+    }
+    let writes = ops.iter().any(KvOp::writes);
+    let ended = if writes { conn.prepare(gid) } else { conn.rollback(gid) };
+    match ended {
+        Ok(()) => Ok(OneShot { outcomes, prepared: writes }),
+        Err(error) => {
+            if writes && !conn.is_broken() {
+                // A refused PREPARE leaves the transaction open (PostgreSQL) or idle
+                // (MariaDB): end it.
+                let _ = conn.rollback(gid);
+            }
+            Err(OneShotFailure { op: None, error })
+        }
+    }
 }
 
 /// Opens connections to one database.

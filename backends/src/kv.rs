@@ -33,6 +33,11 @@ pub enum KvOp {
 }
 
 impl KvOp {
+    /// Whether it changes the row (a transaction with one must prepare; reads only end).
+    pub fn writes(&self) -> bool {
+        !matches!(self, KvOp::Get { .. })
+    }
+
     pub fn key(&self) -> &Bytes {
         match self {
             KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } | KvOp::Add { key, .. } => key,

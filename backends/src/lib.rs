@@ -8,7 +8,7 @@
 //! (`testserver`).
 //!
 //! Invariants: every gid parses back to itself and fits XA's 64-byte gtrid; nothing but a
-//! validated gid is ever spliced into SQL; a caller's `submit` never waits (a full queue is
+//! validated gid, integers and hex digits is ever spliced into SQL; a caller's `submit` never waits (a full queue is
 //! `Busy`); connections, open transactions, queued requests and unread completions are all
 //! bounded; decisions (`COMMIT PREPARED`, `XA COMMIT`) always have a connection reserved.
 //!
@@ -27,7 +27,7 @@ pub mod postgres;
 pub mod sql;
 pub mod testserver;
 
-pub use conn::{Connection, Connector};
+pub use conn::{Connection, Connector, OneShot, OneShotFailure};
 pub use error::{DbError, Reason};
 pub use gid::Gid;
 pub use kv::{KvOp, KvOutcome};

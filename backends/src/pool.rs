@@ -7,8 +7,9 @@
 //! installs its poll's waker there). A pool thread waits when that channel is full, which
 //! pushes back on the database work, never on the caller.
 //!
-//! An open transaction owns a connection from `Begin` to `Prepare`/`Rollback` (to its
-//! decision where the database keeps a prepared transaction on its session: MariaDB); at most
+//! An open transaction owns a connection from `Begin` to `Prepare`/`Rollback` (a one-shot
+//! one for its single `OneShot` request; to its decision where the database keeps a prepared
+//! transaction on its session: MariaDB); at most
 //! `connections_max - connections_reserved` are open at once, so decisions (`CommitPrepared`,
 //! `RollbackPrepared`) and recovery always find a connection: a transaction that waits for a
 //! lock held by a prepared one cannot starve the commit that releases it. One request at a
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
-use crate::conn::{Connection, Connector};
+use crate::conn::{Connection, Connector, OneShot, OneShotFailure};
 use crate::error::{DbError, Reason};
 use crate::gid::Gid;
 use crate::kv::{KvOp, KvOutcome};
@@ -63,6 +64,13 @@ pub enum Request {
         params: Vec<SqlValue>,
     },
     Prepare(Gid),
+    /// A one-shot transaction whole (`Connection::one_shot`): begin, the ops, prepare (or
+    /// end, when it only reads). Takes a connection as `Begin` does, and keeps it until the
+    /// decision where the database keeps a prepared transaction on its session.
+    OneShot {
+        gid: Gid,
+        ops: Vec<KvOp>,
+    },
     /// Rolls back an open (not yet prepared) transaction.
     Rollback(Gid),
     CommitPrepared(Gid),
@@ -77,6 +85,15 @@ pub enum Reply {
     Kv(KvOutcome),
     Rows(Rows),
     Prepared,
+    /// A `OneShot` ran: each op's outcome, and whether it is prepared (else it only read and
+    /// has ended).
+    OneShot(OneShot),
+    /// The database refused op `op` of a `OneShot` (a failed begin or prepare is an
+    /// error); the transaction is rolled back.
+    OneShotRefused {
+        op: usize,
+        error: DbError,
+    },
     RolledBack,
     CommittedPrepared,
     RolledBackPrepared,
@@ -214,6 +231,7 @@ impl<C: Connector> Shared<C> {
         }
         match request {
             Request::Begin(gid) => self.begin(gid),
+            Request::OneShot { gid, ops } => self.one_shot(gid, &ops),
             Request::Kv(gid, op) => self.in_transaction(&gid, |c| c.kv(&op).map(Reply::Kv)),
             Request::Execute { gid, sql, params } => {
                 let limits = self.config.sql;
@@ -231,11 +249,12 @@ impl<C: Connector> Shared<C> {
         }
     }
 
-    fn begin(&self, gid: Gid) -> Result<Reply, DbError> {
+    /// A connection for the new transaction `gid`, which counts as open (running) from now.
+    fn open_transaction(&self, gid: &Gid) -> Result<C::Conn, DbError> {
         {
             let mut state = self.lock();
             let open_max = self.config.connections_max - self.config.connections_reserved;
-            if state.open.contains_key(&gid) {
+            if state.open.contains_key(gid) {
                 return Err(DbError::invalid(format!("transaction {gid} is already open")));
             }
             if state.open.len() >= open_max {
@@ -243,13 +262,34 @@ impl<C: Connector> Shared<C> {
             }
             state.open.insert(gid.clone(), OpenTx::Running);
         }
-        let mut conn = match self.acquire() {
-            Ok(conn) => conn,
-            Err(error) => {
-                self.lock().open.remove(&gid);
-                return Err(error);
+        self.acquire().inspect_err(|_| {
+            self.lock().open.remove(gid);
+        })
+    }
+
+    fn one_shot(&self, gid: Gid, ops: &[KvOp]) -> Result<Reply, DbError> {
+        let mut conn = self.open_transaction(&gid)?;
+        let result = conn.one_shot(&gid, ops);
+        match &result {
+            Ok(done) if done.prepared && !conn.prepare_detaches() => {
+                self.lock().open.insert(gid, OpenTx::Prepared(conn));
             }
-        };
+            _ => {
+                self.lock().open.remove(&gid);
+                self.release(conn);
+            }
+        }
+        match result {
+            Ok(done) => Ok(Reply::OneShot(done)),
+            Err(OneShotFailure { op: Some(op), error }) if error.reason != Reason::ConnectionLost => {
+                Ok(Reply::OneShotRefused { op, error })
+            }
+            Err(OneShotFailure { error, .. }) => Err(error),
+        }
+    }
+
+    fn begin(&self, gid: Gid) -> Result<Reply, DbError> {
+        let mut conn = self.open_transaction(&gid)?;
         match conn.begin(&gid) {
             Ok(()) => {
                 self.lock().open.insert(gid, OpenTx::Ready(conn));
@@ -414,6 +454,7 @@ impl<C: Connector> Shared<C> {
 fn request_gid(request: &Request) -> Option<&Gid> {
     match request {
         Request::Begin(gid)
+        | Request::OneShot { gid, .. }
         | Request::Kv(gid, _)
         | Request::Execute { gid, .. }
         | Request::Prepare(gid)
@@ -590,6 +631,46 @@ mod tests {
         let calls = log.calls.lock().unwrap().clone();
         assert_eq!(calls, vec![("prepare", 0), ("commit", 0)], "decided on the connection that prepared");
         call(&db, Request::Begin(gid(3))).unwrap();
+    }
+
+    fn get(key: &'static str) -> KvOp {
+        KvOp::Get { key: Bytes::from_static(key.as_bytes()) }
+    }
+
+    fn one_shot(counter: u64, ops: Vec<KvOp>) -> Request {
+        Request::OneShot { gid: gid(counter), ops }
+    }
+
+    #[test]
+    fn a_one_shot_prepares_what_writes_ends_what_reads_and_names_the_refused_op() {
+        let (db, log) = pool(true, small());
+        let done = call(&db, one_shot(1, vec![get("a"), put("b")])).unwrap();
+        assert_eq!(done, Reply::OneShot(OneShot { outcomes: vec![KvOutcome::Written; 2], prepared: true }));
+        assert_eq!(log.calls.lock().unwrap().clone(), vec![("prepare", 0)]);
+        let read = call(&db, one_shot(2, vec![get("a")])).unwrap();
+        assert_eq!(read, Reply::OneShot(OneShot { outcomes: vec![KvOutcome::Written], prepared: false }));
+        assert_eq!(log.rollbacks.load(Ordering::SeqCst), 1, "a read-only one-shot ends with a rollback");
+        match call(&db, one_shot(3, vec![put("a"), put("fail"), put("c")])).unwrap() {
+            Reply::OneShotRefused { op: 1, error } => assert_eq!(error.reason, Reason::Constraint),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(log.rollbacks.load(Ordering::SeqCst), 2);
+        assert_eq!(log.calls.lock().unwrap().len(), 1, "the refused one did not prepare");
+        // Every connection went back to the pool (PostgreSQL's prepare detaches).
+        assert_eq!(log.connects.load(Ordering::SeqCst), 1);
+        assert_eq!(call(&db, one_shot(4, vec![put("lose")])).unwrap_err().reason, Reason::ConnectionLost);
+    }
+
+    #[test]
+    fn a_one_shot_prepared_on_a_session_keeps_its_connection_until_the_decision() {
+        let (db, log) = pool(false, small());
+        call(&db, one_shot(1, vec![put("a")])).unwrap();
+        call(&db, one_shot(2, vec![put("b")])).unwrap();
+        assert_eq!(call(&db, one_shot(3, vec![put("c")])).unwrap_err().reason, Reason::Busy);
+        call(&db, Request::CommitPrepared(gid(1))).unwrap();
+        call(&db, one_shot(3, vec![put("c")])).unwrap();
+        let calls = log.calls.lock().unwrap().clone();
+        assert_eq!(calls[..3], [("prepare", 0), ("prepare", 1), ("commit", 0)], "decided where it prepared");
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::error::Error as StdError;
 use bytes::{Bytes, BytesMut};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
-use crate::conn::{Connection, Connector, gid_literal, gids_of};
+use crate::conn::{Connection, Connector, OneShot, OneShotFailure, gid_literal, gids_of, one_shot_by_steps};
 use crate::error::{DbError, Reason, reason_of_sqlstate};
 use crate::gid::Gid;
 use crate::kv::{self, KvOp, KvOutcome, Row};
@@ -244,6 +244,141 @@ impl Connection for PgConnection {
     fn is_broken(&self) -> bool {
         self.client.is_closed()
     }
+
+    /// In one round trip where every op can be written as a literal statement (one simple
+    /// query: `BEGIN; ...; PREPARE TRANSACTION 'gid'`), else one call at a time. When the
+    /// database refuses a statement it skips the rest of the query (so nothing prepares):
+    /// the transaction is rolled back and run again call by call, which names the op that
+    /// fails and its reason exactly as the one-at-a-time path does.
+    fn one_shot(&mut self, gid: &Gid, ops: &[KvOp]) -> Result<OneShot, OneShotFailure> {
+        let Some(query) = one_shot_query(gid, ops) else {
+            return one_shot_by_steps(self, gid, ops);
+        };
+        match self.client.simple_query(&query) {
+            Ok(messages) => {
+                let outcomes = one_shot_outcomes(ops, &messages).map_err(|error| OneShotFailure { op: None, error })?;
+                Ok(OneShot { outcomes, prepared: ops.iter().any(KvOp::writes) })
+            }
+            Err(error) => {
+                let error = map_error(error);
+                if self.is_broken() || error.reason == Reason::ConnectionLost {
+                    return Err(OneShotFailure { op: None, error });
+                }
+                self.batch("ROLLBACK").map_err(|error| OneShotFailure { op: None, error })?;
+                one_shot_by_steps(self, gid, ops)
+            }
+        }
+    }
+}
+
+/// The statements of a one-shot transaction as one simple query, or None when an op needs
+/// an answer before the next statement (an `Add` with a floor above 0, which the `CHECK
+/// (balance >= 0)` does not enforce, or an `Add` on a `kv` row: read, then write) or a value
+/// that is not an account's 8-byte integer (the call-by-call path reports it). Only integers
+/// and hex digits are spliced in, besides the validated gid.
+fn one_shot_query(gid: &Gid, ops: &[KvOp]) -> Option<String> {
+    use std::fmt::Write as _;
+    let mut query = String::with_capacity(64 + ops.len() * 128);
+    query.push_str("BEGIN;");
+    for op in ops {
+        match (op, kv::row_of(op.key())) {
+            (KvOp::Get { .. }, Row::Account(id)) => {
+                write!(query, "SELECT balance FROM accounts WHERE id = {id} FOR SHARE;")
+            }
+            (KvOp::Get { .. }, Row::Kv(key)) => {
+                write!(query, "SELECT encode(value, 'hex') FROM kv WHERE key = {} FOR SHARE;", bytea_literal(key))
+            }
+            (KvOp::Put { value, .. }, Row::Account(id)) => {
+                let balance = kv::decode_i64(value).ok()?;
+                write!(
+                    query,
+                    "INSERT INTO accounts (id, balance) VALUES ({id}, {balance}) \
+                     ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance;"
+                )
+            }
+            (KvOp::Put { value, .. }, Row::Kv(key)) => write!(
+                query,
+                "INSERT INTO kv (key, value) VALUES ({}, {}) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;",
+                bytea_literal(key),
+                bytea_literal(value)
+            ),
+            (KvOp::Delete { .. }, Row::Account(id)) => write!(query, "DELETE FROM accounts WHERE id = {id};"),
+            (KvOp::Delete { .. }, Row::Kv(key)) => {
+                write!(query, "DELETE FROM kv WHERE key = {};", bytea_literal(key))
+            }
+            // The CHECK refuses a balance below 0, which is the floor here (or stricter than
+            // a floor below 0, as on the call-by-call path). A missing account is inserted
+            // (absent counts as 0; a concurrent insert meets the conflict clause).
+            (KvOp::Add { delta, floor, .. }, Row::Account(id)) if *floor <= 0 => write!(
+                query,
+                "WITH updated AS (UPDATE accounts SET balance = balance + {delta} WHERE id = {id} RETURNING id) \
+                 INSERT INTO accounts (id, balance) SELECT {id}, {delta} WHERE NOT EXISTS (SELECT 1 FROM updated) \
+                 ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance;"
+            ),
+            (KvOp::Add { .. }, _) => return None,
+        }
+        .expect("writing to a String");
+    }
+    if ops.iter().any(KvOp::writes) {
+        write!(query, "PREPARE TRANSACTION {}", gid_literal(gid)).expect("writing to a String");
+    } else {
+        query.push_str("ROLLBACK");
+    }
+    Some(query)
+}
+
+/// `decode('<hex>', 'hex')`: bytes as a literal nothing can escape.
+fn bytea_literal(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2 + 20);
+    out.push_str("decode('");
+    for byte in bytes {
+        write!(out, "{byte:02x}").expect("writing to a String");
+    }
+    out.push_str("', 'hex')");
+    out
+}
+
+/// Each op's outcome from the simple query's messages: one `CommandComplete` per statement
+/// (`BEGIN` first), a `Get`'s row (if any) before its own.
+fn one_shot_outcomes(ops: &[KvOp], messages: &[SimpleQueryMessage]) -> Result<Vec<KvOutcome>, DbError> {
+    let mut statements = messages.split(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)));
+    let unexpected = || DbError::new(Reason::Other, "a one-shot query answered with an unexpected shape");
+    statements.next().ok_or_else(unexpected)?; // BEGIN
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let messages = statements.next().ok_or_else(unexpected)?;
+        if !op.writes() {
+            let value = messages.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row.get(0)),
+                _ => None,
+            });
+            let value = match (value.flatten(), kv::row_of(op.key())) {
+                (None, _) => None,
+                (Some(text), Row::Account(_)) => {
+                    let balance: i64 = text.parse().map_err(|_| unexpected())?;
+                    Some(kv::encode_i64(balance))
+                }
+                (Some(hex), Row::Kv(_)) => Some(decode_hex(hex).ok_or_else(unexpected)?),
+            };
+            outcomes.push(KvOutcome::Read(value));
+        } else {
+            outcomes.push(KvOutcome::Written);
+        }
+    }
+    Ok(outcomes)
+}
+
+fn decode_hex(hex: &str) -> Option<Bytes> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let digits = hex.as_bytes();
+    let value = |digit: u8| (digit as char).to_digit(16).map(|v| v as u8);
+    (0..digits.len() / 2)
+        .map(|i| Some((value(digits[2 * i])? << 4) | value(digits[2 * i + 1])?))
+        .collect::<Option<Vec<u8>>>()
+        .map(Bytes::from)
 }
 
 pub(crate) fn check_statement(sql: &str, params: &[SqlValue], limits: &SqlLimits) -> Result<(), DbError> {
@@ -343,4 +478,56 @@ impl ToSql for PgParam<'_> {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(id: i64) -> Bytes {
+        Bytes::from(format!("acct/{id}"))
+    }
+
+    #[test]
+    fn a_one_shot_is_one_query_ending_in_its_prepare() {
+        let gid = Gid::new("pg1", 2, 7).unwrap();
+        let ops = [
+            KvOp::Add { key: account(1), delta: -5, floor: 0 },
+            KvOp::Put { key: Bytes::from_static(b"k'; DROP"), value: Bytes::from_static(b"\x00") },
+            KvOp::Get { key: account(2) },
+        ];
+        let query = one_shot_query(&gid, &ops).expect("every op fits one query");
+        assert!(query.starts_with("BEGIN;"), "{query}");
+        assert!(query.ends_with("PREPARE TRANSACTION 'tp1:pg1:2:7'"), "{query}");
+        assert!(query.contains("balance + -5 WHERE id = 1"), "{query}");
+        // Keys and values only as hex: no quote of theirs reaches the SQL.
+        assert!(query.contains("decode('6b273b2044524f50', 'hex')"), "{query}");
+        assert_eq!(query.matches('\'').count(), 4 * 2 + 2, "quotes: the hex literals' and the gid's: {query}");
+    }
+
+    #[test]
+    fn a_one_shot_that_only_reads_ends_in_a_rollback() {
+        let gid = Gid::new("pg1", 1, 1).unwrap();
+        let query = one_shot_query(&gid, &[KvOp::Get { key: account(3) }]).unwrap();
+        assert!(query.ends_with("FOR SHARE;ROLLBACK"), "{query}");
+    }
+
+    #[test]
+    fn ops_that_need_an_answer_first_are_left_to_the_steps() {
+        let gid = Gid::new("pg1", 1, 1).unwrap();
+        let floored = KvOp::Add { key: account(1), delta: -5, floor: 10 };
+        let on_kv = KvOp::Add { key: Bytes::from_static(b"counter"), delta: 1, floor: i64::MIN };
+        let not_an_integer = KvOp::Put { key: account(1), value: Bytes::from_static(b"abc") };
+        for op in [floored, on_kv, not_an_integer] {
+            assert_eq!(one_shot_query(&gid, std::slice::from_ref(&op)), None, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn hex_decodes_what_encode_wrote() {
+        assert_eq!(decode_hex("00ff41"), Some(Bytes::from_static(b"\x00\xffA")));
+        assert_eq!(decode_hex(""), Some(Bytes::new()));
+        assert_eq!(decode_hex("0"), None);
+        assert_eq!(decode_hex("zz"), None);
+    }
 }

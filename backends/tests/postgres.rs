@@ -1,13 +1,15 @@
 //! The PostgreSQL backend against a real throwaway server: prepare/commit, prepare/rollback,
 //! a prepared transaction surviving `pg_ctl -m immediate`, the CHECK constraint, a deadlock
-//! inside the database, parameterised SQL. Fails when PostgreSQL is missing unless
+//! inside the database, parameterised SQL, one-shot transactions in one round trip. Fails when PostgreSQL is missing unless
 //! TWOPHASE_SKIP_DB_TESTS=1.
 
 mod common;
 
 use common::*;
 use twophase_backends::testserver::{PgServer, or_skip};
-use twophase_backends::{Executor, KvOp, PgConnector, PoolConfig, Reason, Reply, Request, SqlValue};
+use twophase_backends::{
+    Executor, KvOp, KvOutcome, OneShot, PgConnector, PoolConfig, Reason, Reply, Request, SqlValue,
+};
 
 fn executor(server: &PgServer) -> Executor {
     let connector = PgConnector::new(&server.dsn()).unwrap();
@@ -161,4 +163,62 @@ fn parameterised_sql_returns_typed_rows() {
     assert_eq!(err.reason, Reason::InvalidRequest, "{err}");
     let err = call(&db, Request::Kv(tx, add(8, 1))).unwrap_err();
     assert_eq!(err.reason, Reason::InvalidRequest, "a wrong statement ends its transaction too: {err}");
+}
+
+#[test]
+fn one_shot_transactions_run_in_one_query_and_fail_like_the_steps() {
+    let Some(server) = or_skip(PgServer::start()) else { return };
+    let db = executor(&server);
+    let one_shot = |counter, ops: Vec<KvOp>| Request::OneShot { gid: gid(counter), ops };
+    let value = |v: i64| bytes::Bytes::copy_from_slice(&v.to_le_bytes());
+    // Writes of every kind, a new account among them: prepared under its gid.
+    let writes = vec![
+        add(1, 100),
+        add(2, 5),
+        KvOp::Put { key: key("acct/3"), value: value(9) },
+        KvOp::Put { key: key("note"), value: key("it's \\ 'quoted'") },
+        KvOp::Delete { key: key("absent") },
+    ];
+    let done = ok(&db, one_shot(40, writes));
+    assert_eq!(done, Reply::OneShot(OneShot { outcomes: vec![KvOutcome::Written; 5], prepared: true }));
+    assert_eq!(recovered(&db), vec![gid(40)]);
+    ok(&db, Request::CommitPrepared(gid(40)));
+
+    // Reads only: answered from the rows, nothing left prepared.
+    let reads = vec![
+        KvOp::Get { key: key("acct/1") },
+        KvOp::Get { key: key("acct/77") },
+        KvOp::Get { key: key("note") },
+        KvOp::Get { key: key("missing") },
+    ];
+    let read = ok(&db, one_shot(41, reads));
+    let expected = vec![
+        KvOutcome::Read(Some(value(100))),
+        KvOutcome::Read(None),
+        KvOutcome::Read(Some(key("it's \\ 'quoted'"))),
+        KvOutcome::Read(None),
+    ];
+    assert_eq!(read, Reply::OneShot(OneShot { outcomes: expected, prepared: false }));
+    assert_eq!(recovered(&db), vec![]);
+
+    // An overdraft in the second op: that op is named, nothing prepared or changed.
+    match ok(&db, one_shot(42, vec![add(1, 10), add(2, -6), add(3, 1)])) {
+        Reply::OneShotRefused { op: 1, error } => assert_eq!(error.reason, Reason::Constraint, "{error}"),
+        other => panic!("an overdraft answered {other:?}"),
+    }
+    assert_eq!(recovered(&db), vec![]);
+    assert_eq!(balance(&db, 43, 1), Some(100));
+    assert_eq!(balance(&db, 44, 2), Some(5));
+
+    // A floor above 0 is checked on the balance (the call-by-call path).
+    let floored = KvOp::Add { key: key("acct/1"), delta: -50, floor: 60 };
+    match ok(&db, one_shot(45, vec![floored])) {
+        Reply::OneShotRefused { op: 0, error } => assert_eq!(error.reason, Reason::Constraint, "{error}"),
+        other => panic!("a floor answered {other:?}"),
+    }
+    // The gid is taken: PREPARE fails, nothing is left open on the connection.
+    ok(&db, one_shot(46, vec![add(5, 1)]));
+    assert_eq!(call(&db, one_shot(46, vec![add(6, 1)])).unwrap_err().reason, Reason::Other);
+    ok(&db, Request::RollbackPrepared(gid(46)));
+    assert_eq!(balance(&db, 47, 6), None);
 }

@@ -5,10 +5,13 @@
 //! The executor's pool threads wake the reactor when a completion arrives; the engine thread
 //! then sees a due deadline and takes the completions in `on_tick` (so `node::run` needs no
 //! hook of its own). Acks of commits leave only after the database's commit returned (see
-//! `backend_rm`). Kept out of this runtime, unlike the key-value one: snapshots (the data is
-//! the database's; the log holds only the protocol records), dumps, tracing and metrics.
+//! `backend_rm`). Snapshots hold only the protocol state (the data is the database's): the
+//! prepared transactions, the epoch and the highest txid, after which the log is truncated
+//! as the key-value participant's is. Kept out of this runtime, unlike the key-value one:
+//! dumps, tracing and metrics.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use twophase_backends::{DbError, Executor, Gid, MariaConnector, PgConnector, PoolConfig, Reason, Reply, Request};
-use twophase_engine::participant::{PartEffects, Participant, ParticipantConfig};
-use twophase_engine::{Lsn, PartRecord, Time, ToCoordinator, Vote};
+use twophase_engine::participant::{
+    KvImage, PartEffects, Participant, ParticipantConfig, ParticipantSnapshot, PrepareResult,
+};
+use twophase_engine::{Epoch, Lsn, PartRecord, Time, ToCoordinator, TxId, Vote};
 use twophase_net::{BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig};
 
 use crate::failpoint::{self, Failpoint};
@@ -25,6 +30,7 @@ use crate::failpoint::{self, Failpoint};
 use super::backend_rm::{BackendDriver, BackendResource, RECOVER_TAG};
 use super::coordinator_links::CoordinatorLinks;
 use super::participant::ParticipantOptions;
+use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role};
 
 /// Completions taken per engine step, so that a flood of them cannot starve the network.
@@ -56,7 +62,18 @@ struct BackendRole {
     coordinators: CoordinatorLinks,
     to_coordinator: BatchWriter<ToCoordinator>,
     tls: bool,
+    clock: Clock,
+    /// Snapshots of the protocol state (prepared transactions, epoch, highest txid), after
+    /// which the log before them is truncated.
+    snapshots: SnapshotPolicy<ParticipantSnapshot>,
+    /// When each Yes the engine is about to send was prepared (the profile's vote gate),
+    /// at most `VOTES_TIMED_MAX`.
+    yes_since: HashMap<TxId, Time>,
 }
+
+/// Bound on `BackendRole::yes_since` (a transaction aborted before its vote left leaves
+/// its entry behind; past the bound the map starts afresh).
+const VOTES_TIMED_MAX: usize = 65_536;
 
 impl BackendRole {
     fn on_frame(&mut self, now: Time, conn: ConnId, frame: Frame, fx: &mut PartEffects) {
@@ -90,6 +107,12 @@ impl BackendRole {
             (driver.take_prepares_done(), driver.take_released_acks())
         };
         for (txid, result) in done {
+            if matches!(result, PrepareResult::Yes { .. }) {
+                if self.yes_since.len() >= VOTES_TIMED_MAX {
+                    self.yes_since.clear();
+                }
+                self.yes_since.insert(txid, now);
+            }
             self.engine.on_prepare_done(now, txid, result, fx);
         }
         // Their Committed records passed the durability gate before they were held.
@@ -161,12 +184,28 @@ impl Role for BackendRole {
         [self.engine.next_deadline(), driver.next_deadline()].into_iter().flatten().min()
     }
 
+    fn after_step(&mut self, durable: Lsn) {
+        let engine = &self.engine;
+        self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
+    }
+
+    /// Nothing this participant logs is waited on at once: its Yes waits for the database's
+    /// PREPARE (and the epoch's record), acks for the database's commit, so every record
+    /// rides with a group (at most `WalOptions::lazy_sync_within` later).
+    fn urgent(&self, _record: &PartRecord) -> bool {
+        false
+    }
+
     fn route(&mut self, released: &mut Vec<ToCoordinator>) {
         let mut driver = self.driver.borrow_mut();
         let mut die_once_sent = false;
+        let now = self.clock.now();
         released.retain(|message| match message {
             ToCoordinator::Ack { txid } => driver.ack_may_leave(*txid),
-            ToCoordinator::Vote { vote: Vote::Yes { .. }, .. } => {
+            ToCoordinator::Vote { txid, vote: Vote::Yes { .. } } => {
+                if let Some(since) = self.yes_since.remove(txid) {
+                    driver.vote_left(since, now);
+                }
                 // The database holds the transaction prepared and its Prepared record is
                 // durable: the crash tests' "kill -9 after PREPARE" lands here.
                 failpoint::hit(Failpoint::ParticipantPreparedDurable);
@@ -241,6 +280,48 @@ fn list_prepared(executor: &Executor, stop: &std::sync::atomic::AtomicBool) -> a
     }
 }
 
+/// Adds to the snapshot (one just before the log when there is none) the transactions the
+/// database holds prepared that neither it nor a `Prepared` record of the log names: each is
+/// in doubt. The Yes of a transaction leaves once the database's PREPARE returned
+/// (`BackendResource` is `PREPARE_DURABLE`), before its lazily synced record, so a crash can
+/// leave a voted transaction known only to the database; and a snapshot drops transactions
+/// the engine decided while their database decision may still be running. The engine asks
+/// the coordinator about each (presumed abort answers for one that never voted; one decided
+/// is still known there, as its ack waits for the database's decision). The database's gids
+/// also raise the highest txid seen, so a late duplicate prepare of one is not run again.
+/// Returns the snapshot and how many it gained.
+fn with_unlogged_prepared(
+    snapshot: Option<ParticipantSnapshot>,
+    log: &[(Lsn, PartRecord)],
+    in_database: &[Gid],
+) -> (Option<ParticipantSnapshot>, usize) {
+    let mut known: HashSet<TxId> = log
+        .iter()
+        .filter_map(|(_, record)| match record {
+            PartRecord::Prepared { txid, .. } => Some(*txid),
+            _ => None,
+        })
+        .collect();
+    known.extend(snapshot.iter().flat_map(|s| s.prepared.iter().map(|(txid, _, _)| *txid)));
+    let mut unlogged: Vec<TxId> =
+        in_database.iter().map(|gid| TxId(gid.txid())).filter(|txid| !known.contains(txid)).collect();
+    unlogged.sort_unstable();
+    let Some(&highest) = unlogged.last() else { return (snapshot, 0) };
+    let mut snapshot = snapshot.unwrap_or_else(|| ParticipantSnapshot {
+        // Covers nothing of the log: it ends just before the first record.
+        lsn: log.first().map_or(Lsn::NONE, |(first, _)| Lsn(first.0 - 1)),
+        max_epoch: Epoch(0),
+        max_txid_seen: TxId(0),
+        kv: KvImage::default(),
+        prepared: Vec::new(),
+    });
+    let count = unlogged.len();
+    snapshot.max_txid_seen = snapshot.max_txid_seen.max(highest);
+    snapshot.prepared.extend(unlogged.into_iter().map(|txid| (txid, Vec::new(), Vec::new())));
+    snapshot.prepared.sort_unstable_by_key(|(txid, _, _)| *txid);
+    (Some(snapshot), count)
+}
+
 /// Runs a database participant until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Result<()> {
     if options.metrics_listen.is_some() {
@@ -248,7 +329,12 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
     }
     let stop = super::stop_on_signal()?;
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
-    let log = super::decode_log::<PartRecord>(recovery, Lsn::NONE)?;
+    let snapshot: Option<ParticipantSnapshot> = snapshot::load(&options.data_dir)?;
+    let covered = snapshot.as_ref().map_or(Lsn::NONE, |s| s.lsn);
+    let first_lsn = recovery.records.first().map(|record| Lsn(record.lsn.0));
+    snapshot::check_log_continues(covered, first_lsn)?;
+    let log = super::decode_log::<PartRecord>(recovery, covered)?;
+    let replayed = log.len();
 
     let limits = NetLimits::default();
     let me = Hello {
@@ -270,6 +356,7 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
     });
     let executor = start_executor(&options, &backend, wake)?;
     let in_database = list_prepared(&executor, &stop)?;
+    let (snapshot, unlogged) = with_unlogged_prepared(snapshot, &log, &in_database);
     let open_max = backend.connections_max - PoolConfig::default().connections_reserved;
     let driver = BackendDriver::new(
         options.id,
@@ -287,12 +374,21 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
     let clock = Clock::new();
     let mut fx = PartEffects::default();
     let rm = BackendResource::new(driver.clone());
-    let engine = Participant::recover_with(rm, config, None, log, clock.now(), &mut fx);
-    let rolled_back = driver.borrow_mut().finish_recovery();
-    tracing::info!(in_doubt = engine.in_doubt(), rolled_back, "database participant recovered");
+    let engine = Participant::recover_with(rm, config, snapshot, log, clock.now(), &mut fx);
+    driver.borrow_mut().finish_recovery();
+    tracing::info!(
+        in_doubt = engine.in_doubt(),
+        unlogged,
+        snapshot_lsn = covered.0,
+        replayed,
+        "database participant recovered"
+    );
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
 
+    let wal = Arc::new(wal);
+    let writer = Snapshotter::spawn(options.data_dir.clone(), wal.clone());
+    let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
     let mut role = BackendRole {
         engine,
         driver,
@@ -300,15 +396,21 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
         coordinators: CoordinatorLinks::default(),
         to_coordinator: BatchWriter::new(&limits),
         tls,
+        clock,
+        snapshots,
+        yes_since: HashMap::new(),
     };
-    let wal = Arc::new(wal);
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     let pending = role.driver.borrow().decisions_pending();
     if pending > 0 {
         tracing::warn!(pending, "stopping with decisions not yet in the database; the next start finishes them");
     }
-    drop(role);
-    let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("no other owner"));
+    // The network and the database pool go first (as the key-value participant's network
+    // does), then the snapshot writer finishes and lets go of the log.
+    let BackendRole { snapshots, engine, driver, transport, .. } = role;
+    drop((engine, driver, transport));
+    snapshots.shutdown();
+    let wal = Arc::try_unwrap(wal).unwrap_or_else(|_| unreachable!("the snapshot thread is gone"));
     let closed = wal.close().context("closing the log");
     result?;
     closed?;

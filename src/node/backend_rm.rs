@@ -3,9 +3,11 @@
 //! [`BackendResource`] is what the engine's [`Participant`](twophase_engine::Participant)
 //! holds; it is a handle on a [`BackendDriver`] shared with the node runtime (both live on
 //! the engine thread: `Rc<RefCell<_>>`, never borrowed across a call into the engine). The
-//! driver turns each transaction into a chain of requests on the backends' executor
-//! (`Begin`, the ops as `Kv`, then `Prepare` — or `Rollback` when nothing was written), one
-//! request per transaction at a time, many transactions at once, and turns completions into
+//! driver turns each transaction into requests on the backends' executor (a one-shot
+//! transaction: one `OneShot` request, begin, ops and `PREPARE` in one round trip where the
+//! backend can; an interactive one: `Begin`, each execute's ops as `Kv`, then `Prepare` — or
+//! `Rollback` when nothing was written), one request per transaction at a time, many
+//! transactions at once, and turns completions into
 //! the engine's answers: `Participant::on_prepare_done` for prepares, `RmEvent::Executed` for
 //! interactive executes.
 //!
@@ -29,9 +31,13 @@
 //!   write set); the database's own row locks and lock timeout hold those.
 //! - Transactions waiting for a connection are bounded (`QUEUED_MAX`; beyond, the prepare
 //!   or execute fails with `ParticipantBusy`).
-//! - At start, a gid prepared in the database that no `Prepared` record of this
-//!   participant's log names never voted Yes (the vote waits for that record): it is rolled
-//!   back. One the log decided is decided so; one in doubt waits for the coordinator.
+//! - The database's prepared transaction is the participant's prepare record
+//!   (`PREPARE_DURABLE`): the Yes leaves once `PREPARE TRANSACTION` / `XA PREPARE` returned,
+//!   and the `Prepared` record rides lazily with a later group. At start, a gid prepared in
+//!   the database that the log decided is decided so; every other one is in doubt (the
+//!   engine asks the coordinator; presumed abort answers for one whose Yes never left).
+//! - A prepare whose connection broke may or may not have prepared in the database: after
+//!   its No vote, its gid is rolled back like a decision (an unknown gid is done).
 //!
 //! Must not: block the engine thread (every database call runs on the executor's threads).
 
@@ -40,7 +46,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
-use twophase_backends::{DbError, Executor, Gid, KvOp, KvOutcome, Reason, Reply, Request};
+use twophase_backends::{DbError, Executor, Gid, KvOp, KvOutcome, OneShot, Reason, Reply, Request};
 use twophase_engine::participant::{Execution, KvImage, Prepare, PrepareResult, ResourceManager, RmEvent};
 use twophase_engine::{AbortReason, Isolation, Key, LocalOp, OpKind, ParticipantId, Read, Time, TxId, Write};
 
@@ -76,6 +82,11 @@ enum Kind {
 enum Phase {
     /// Waiting for a connection slot (no request submitted yet).
     Queued,
+    /// A one-shot transaction with a slot, waiting for prepared holders of its keys to be
+    /// decided before it runs.
+    Slotted,
+    /// A one-shot transaction's `OneShot` request (begin, statements, prepare) submitted.
+    OneShot,
     /// `Begin` submitted.
     Beginning,
     /// Open in the database.
@@ -108,11 +119,19 @@ struct TxWork {
     keys: Vec<Key>,
     /// The engine rolled it back: roll back once the running request returned.
     rollback_asked: bool,
+    /// When its current step started (queued, begin, ops, prepare), for the profile.
+    step_since: Time,
 }
 
 impl TxWork {
-    fn new(gid: Gid, kind: Kind) -> TxWork {
+    /// The step its last request was (for the profile).
+    fn last_step(&self) -> Step {
+        if self.phase == Phase::OneShot { Step::OneShot } else { Step::Prepare }
+    }
+
+    fn new(gid: Gid, kind: Kind, now: Time) -> TxWork {
         TxWork {
+            step_since: now,
             gid,
             kind,
             phase: Phase::Queued,
@@ -141,6 +160,65 @@ struct PendingDecision {
     /// Submitted and not yet answered.
     running: bool,
     retry_at: Time,
+    /// When it was first handed to the database (for the profile).
+    since: Time,
+}
+
+/// A step of a transaction at this participant, as the profile counts it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Step {
+    /// Waiting for a connection slot.
+    Queued,
+    /// `Begin` in the database.
+    Begin,
+    /// The statements, one round trip each (with waits behind prepared holders' decisions).
+    Ops,
+    /// `PREPARE TRANSACTION` / `XA PREPARE` (or the read-only rollback).
+    Prepare,
+    /// A one-shot transaction's whole run in one request (begin, statements, prepare).
+    OneShot,
+    /// From the prepare's answer to the `Yes` leaving (the participant's own log gate).
+    VoteGate,
+    /// `COMMIT PREPARED` / `ROLLBACK PREPARED` (and the XA forms), retries included.
+    Decision,
+}
+
+const STEPS: [Step; 7] =
+    [Step::Queued, Step::Begin, Step::Ops, Step::Prepare, Step::OneShot, Step::VoteGate, Step::Decision];
+
+/// How often the profile is logged (info level) and started afresh.
+const PROFILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Where transactions' time goes at this participant: per step, how many ended, their mean
+/// and longest duration; with the connections in use and the queue at the report. Logged
+/// every `PROFILE_EVERY` while transactions run (issue 19's breakdown).
+#[derive(Debug, Default)]
+struct Profile {
+    /// Per step (indexed as `STEPS`): count, total ns, max ns.
+    sums: [(u64, u64, u64); STEPS.len()],
+    next_report: Time,
+}
+
+impl Profile {
+    fn record(&mut self, step: Step, since: Time, now: Time) {
+        let index = STEPS.iter().position(|s| *s == step).expect("listed");
+        let ns = now.as_nanos().saturating_sub(since.as_nanos());
+        let (count, total, max) = &mut self.sums[index];
+        *count += 1;
+        *total += ns;
+        *max = (*max).max(ns);
+    }
+
+    /// The steps with counts, as `step n=.. mean=..us max=..us`; empty when nothing ran.
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        for (step, (count, total, max)) in STEPS.iter().zip(self.sums) {
+            if let Some(mean_ns) = total.checked_div(count) {
+                out.push_str(&format!("{step:?} n={count} mean={}us max={}us; ", mean_ns / 1000, max / 1000));
+            }
+        }
+        out
+    }
 }
 
 /// Drives transactions through the executor; shared by [`BackendResource`] and the runtime.
@@ -174,6 +252,7 @@ pub struct BackendDriver {
     held_keys: HashMap<TxId, Vec<Key>>,
     /// Transactions whose next statement waits for a holder's decision, by holder.
     waiting_on: HashMap<TxId, Vec<TxId>>,
+    profile: Profile,
     now: Time,
 }
 
@@ -198,7 +277,8 @@ pub const QUEUED_MAX: usize = 4096;
 struct Recovering {
     /// Gids prepared in the database at start and not decided by the replay so far.
     in_database: HashSet<TxId>,
-    /// Transactions a `Prepared` record names (their Yes vote may have left).
+    /// Transactions the engine rebuilt as prepared (from a `Prepared` record, or from the
+    /// database's list where no record names one): their Yes vote may have left.
     logged: HashSet<TxId>,
 }
 
@@ -240,6 +320,7 @@ impl BackendDriver {
             held: HashMap::new(),
             held_keys: HashMap::new(),
             waiting_on: HashMap::new(),
+            profile: Profile::default(),
             now: Time::ZERO,
         }
     }
@@ -248,19 +329,14 @@ impl BackendDriver {
         &self.executor
     }
 
-    /// The log is replayed: what the database holds prepared and no `Prepared` record names
-    /// never voted Yes here, so it is rolled back. Returns how many.
-    pub fn finish_recovery(&mut self) -> usize {
+    /// The log is replayed. Every transaction the database holds prepared was either decided
+    /// by the replay or rebuilt in doubt (from its record, or from the database's list when
+    /// no record names it: `node::backend::unlogged_prepared`), so nothing is left unowned.
+    pub fn finish_recovery(&mut self) {
         let recovering = self.recovering.take().expect("finish_recovery once");
-        let mut unknown: Vec<TxId> =
-            recovering.in_database.into_iter().filter(|txid| !recovering.logged.contains(txid)).collect();
-        unknown.sort_unstable();
-        for &txid in &unknown {
-            let gid = self.gid(txid);
-            tracing::info!(%gid, "rolling back a database transaction prepared without a logged vote");
-            self.decide(txid, gid, Decision::Rollback);
+        for txid in &recovering.in_database {
+            assert!(recovering.logged.contains(txid), "{txid} is prepared in the database and unknown to the engine");
         }
-        unknown.len()
     }
 
     fn gid(&self, txid: TxId) -> Gid {
@@ -316,6 +392,29 @@ impl BackendDriver {
     pub fn on_tick(&mut self, now: Time) {
         self.now = now;
         self.submit_due_decisions();
+        self.report_profile();
+    }
+
+    /// A Yes vote whose prepare returned at `since` leaves at `now` (the runtime measures
+    /// the participant's own log gate).
+    pub fn vote_left(&mut self, since: Time, now: Time) {
+        self.profile.record(Step::VoteGate, since, now);
+    }
+
+    fn report_profile(&mut self) {
+        if self.now < self.profile.next_report {
+            return;
+        }
+        let summary = self.profile.summary();
+        if !summary.is_empty() {
+            tracing::info!(
+                connections_in_use = self.slots_in_use,
+                queued = self.queued.len(),
+                decisions_running = self.decisions_running,
+                "database profile: {summary}"
+            );
+        }
+        self.profile = Profile { next_report: self.now + PROFILE_EVERY, ..Profile::default() };
     }
 
     fn submit_due_decisions(&mut self) {
@@ -341,8 +440,23 @@ impl BackendDriver {
             return;
         };
         match (tx.phase, result) {
-            (Phase::Beginning, Ok(_)) => tx.phase = Phase::Open,
-            (Phase::Beginning, Err(error)) if error.reason == Reason::Busy => {
+            (Phase::Beginning, Ok(_)) => {
+                tx.phase = Phase::Open;
+                self.profile.record(Step::Begin, tx.step_since, self.now);
+                tx.step_since = self.now;
+            }
+            (Phase::OneShot, Ok(Reply::OneShot(done))) => return self.one_shot_done(txid, done),
+            (Phase::OneShot, Ok(Reply::OneShotRefused { op, error })) => {
+                return match tx.ops.get(op).cloned() {
+                    Some(op) => self.op_failed(txid, &op, error),
+                    None => self.failed(txid, error),
+                };
+            }
+            (Phase::OneShot, Ok(other)) => {
+                let error = DbError::new(Reason::Other, format!("a one-shot transaction answered {other:?}"));
+                return self.failed(txid, error);
+            }
+            (Phase::Beginning | Phase::OneShot, Err(error)) if error.reason == Reason::Busy => {
                 // Every connection is taken (a prepared MariaDB branch after a restart holds
                 // one we did not count): wait for the next one freed.
                 tx.phase = Phase::Queued;
@@ -350,10 +464,10 @@ impl BackendDriver {
                 self.queued.push_front(txid);
                 return;
             }
-            (Phase::Open, _) | (Phase::Queued, _) => unreachable!("no request runs for {txid}"),
+            (Phase::Open | Phase::Queued | Phase::Slotted, _) => unreachable!("no request runs for {txid}"),
             (Phase::Preparing, Ok(_)) => return self.prepared(txid),
             (Phase::RollingBack { read_only }, Ok(_)) => return self.ended(txid, read_only),
-            (Phase::Beginning | Phase::Preparing | Phase::RollingBack { .. }, Err(error)) => {
+            (Phase::Beginning | Phase::OneShot | Phase::Preparing | Phase::RollingBack { .. }, Err(error)) => {
                 return self.failed(txid, error);
             }
         }
@@ -372,9 +486,46 @@ impl BackendDriver {
         self.advance(txid)
     }
 
+    /// A one-shot transaction with a slot: once no prepared transaction whose decision is
+    /// still on its way holds one of its keys, its whole run goes to the database as one
+    /// request (one round trip where the backend can: `Connection::one_shot`).
+    fn run_one_shot(&mut self, txid: TxId) {
+        let tx = self.work.get(&txid).expect("transaction");
+        if let Some(holder) = tx.ops.iter().find_map(|op| self.held.get(&op.key).and_then(|h| h.first().copied())) {
+            let waiters = self.waiting_on.entry(holder).or_default();
+            if !waiters.contains(&txid) {
+                waiters.push(txid);
+            }
+            return; // Woken by the holder's decision (`release`).
+        }
+        let tx = self.work.get_mut(&txid).expect("transaction");
+        tx.phase = Phase::OneShot;
+        tx.wrote = tx.ops.iter().any(|op| op.kind.is_write());
+        for op in &tx.ops {
+            if !tx.keys.contains(&op.key) {
+                tx.keys.push(op.key.clone());
+            }
+        }
+        let request = Request::OneShot { gid: tx.gid.clone(), ops: tx.ops.iter().map(kv_op).collect() };
+        self.submit(txid, request);
+    }
+
+    fn one_shot_done(&mut self, txid: TxId, done: OneShot) {
+        let tx = self.work.get_mut(&txid).expect("transaction");
+        for (op, outcome) in tx.ops.drain(..).zip(done.outcomes) {
+            if let KvOutcome::Read(value) = outcome {
+                tx.reads.push(Read { index: op.index, value });
+            }
+        }
+        if done.prepared { self.prepared(txid) } else { self.ended(txid, true) }
+    }
+
     /// Submits the transaction's next request, or answers the engine when there is none.
     fn advance(&mut self, txid: TxId) {
         let tx = self.work.get_mut(&txid).expect("transaction");
+        if tx.phase == Phase::Slotted {
+            return self.run_one_shot(txid);
+        }
         if tx.phase != Phase::Open || tx.running_op.is_some() {
             return;
         }
@@ -409,6 +560,8 @@ impl BackendDriver {
         }
         let tx = self.work.get_mut(&txid).expect("transaction");
         if tx.kind == Kind::OneShot || tx.prepare_asked {
+            self.profile.record(Step::Ops, tx.step_since, self.now);
+            tx.step_since = self.now;
             let gid = tx.gid.clone();
             if tx.wrote {
                 tx.phase = Phase::Preparing;
@@ -445,7 +598,14 @@ impl BackendDriver {
 
     fn failed(&mut self, txid: TxId, error: DbError) {
         let reason = abort_reason(self.participant, txid, None, &error);
+        let unknown_if_prepared = error.reason == Reason::ConnectionLost
+            && self.work.get(&txid).is_some_and(|tx| matches!(tx.phase, Phase::Preparing | Phase::OneShot));
+        let gid = self.work.get(&txid).map(|tx| tx.gid.clone());
         self.finish_failed(txid, reason, &error);
+        if let (true, Some(gid)) = (unknown_if_prepared, gid) {
+            // Its No is on its way: the gid can only be rolled back, now or never prepared.
+            self.decide(txid, gid, Decision::Rollback);
+        }
     }
 
     /// The pool ended the transaction (it rolls back on any failure): free its slot and
@@ -470,6 +630,7 @@ impl BackendDriver {
 
     fn prepared(&mut self, txid: TxId) {
         let tx = self.work.remove(&txid).expect("transaction");
+        self.profile.record(tx.last_step(), tx.step_since, self.now);
         if self.prepared_holds_connection {
             self.holding.insert(txid);
         } else {
@@ -485,6 +646,7 @@ impl BackendDriver {
 
     fn ended(&mut self, txid: TxId, read_only: bool) {
         let tx = self.work.remove(&txid).expect("transaction");
+        self.profile.record(tx.last_step(), tx.step_since, self.now);
         self.slots_in_use -= 1;
         if read_only && !tx.rollback_asked {
             self.prepares_done.push((txid, PrepareResult::ReadOnly { reads: tx.reads }));
@@ -495,8 +657,15 @@ impl BackendDriver {
         while self.slots_in_use < self.open_max {
             let Some(txid) = self.queued.pop_front() else { return };
             let Some(tx) = self.work.get_mut(&txid) else { continue };
-            tx.phase = Phase::Beginning;
+            self.profile.record(Step::Queued, tx.step_since, self.now);
+            tx.step_since = self.now;
             self.slots_in_use += 1;
+            if tx.kind == Kind::OneShot {
+                tx.phase = Phase::Slotted;
+                self.run_one_shot(txid);
+                continue;
+            }
+            tx.phase = Phase::Beginning;
             let gid = tx.gid.clone();
             self.submit(txid, Request::Begin(gid));
         }
@@ -505,7 +674,8 @@ impl BackendDriver {
     fn begin_work(&mut self, txid: TxId, kind: Kind) -> &mut TxWork {
         let gid = self.gid(txid);
         self.queued.push_back(txid);
-        self.work.entry(txid).or_insert_with(|| TxWork::new(gid, kind))
+        let now = self.now;
+        self.work.entry(txid).or_insert_with(|| TxWork::new(gid, kind, now))
     }
 
     fn decide(&mut self, txid: TxId, gid: Gid, decision: Decision) {
@@ -514,7 +684,7 @@ impl BackendDriver {
             self.slots_in_use -= 1;
         }
         let now = self.now;
-        self.decisions.insert(txid, PendingDecision { gid, decision, running: false, retry_at: now });
+        self.decisions.insert(txid, PendingDecision { gid, decision, running: false, retry_at: now, since: now });
         if self.decisions_running < DECISIONS_RUNNING_MAX {
             self.submit_decision(txid);
         }
@@ -549,7 +719,8 @@ impl BackendDriver {
             }
             // Done now, or before (a retry after a lost answer, or a restart).
             _ => {
-                self.decisions.remove(&txid);
+                let done = self.decisions.remove(&txid).expect("decision");
+                self.profile.record(Step::Decision, done.since, self.now);
                 if self.acks_held.remove(&txid) {
                     self.acks_released.push(txid);
                 }
@@ -635,6 +806,9 @@ impl BackendResource {
 
 impl ResourceManager for BackendResource {
     type Prepared = BackendPrepared;
+    /// The database's prepared transaction is the participant's prepare record: durable when
+    /// `PREPARE TRANSACTION` / `XA PREPARE` returned, listed again at start.
+    const PREPARE_DURABLE: bool = true;
 
     /// `sole` changes nothing here: the database's own PREPARE holds its read locks.
     fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, _sole: bool) -> Prepare<BackendPrepared> {

@@ -66,6 +66,11 @@ pub trait Role {
     fn route(&mut self, released: &mut Vec<Self::Output>);
     /// Called after every step with the log's durable LSN.
     fn after_step(&mut self, _durable: Lsn) {}
+    /// Whether `record` starts a group commit at once (`Wal::append`) or rides with the next
+    /// one (`Wal::append_lazy`); the record's own say unless the role knows better.
+    fn urgent(&self, record: &Self::Record) -> bool {
+        record.urgent()
+    }
     /// Called right after `record` was handed to the log, before it is durable (failpoints).
     fn appended(&mut self, _record: &Self::Record) {}
     /// Sees a step's appends and outputs before they are logged and gated (tracing).
@@ -236,12 +241,13 @@ fn apply_effects<R: Role>(
     for (lsn, record) in fx.appends.drain(..) {
         payload.clear();
         record.encode_payload(payload);
+        let urgent = role.urgent(&record);
         let assigned =
-            if record.urgent() { wal.append(record.kind(), payload) } else { wal.append_lazy(record.kind(), payload) }
+            if urgent { wal.append(record.kind(), payload) } else { wal.append_lazy(record.kind(), payload) }
                 .context("appending to the log")?;
         assert_eq!(assigned.0, lsn.0, "the log and the engine disagree on LSNs");
         if let Some(log) = role.log_metrics() {
-            log.appended(lsn, payload.len(), record.urgent());
+            log.appended(lsn, payload.len(), urgent);
         }
         role.appended(&record);
     }

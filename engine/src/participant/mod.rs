@@ -4,8 +4,10 @@
 //! resolution, inquiries, queries, recovery); the resource manager holds the data and locks.
 //!
 //! Invariants:
-//! - `Yes` leaves only after the `Prepared` record is durable; the ack of a commit only after
-//!   the `Committed` record is durable (both gated on their LSN).
+//! - `Yes` leaves only after the `Prepared` record is durable (over a resource manager whose
+//!   prepares are durable themselves, `ResourceManager::PREPARE_DURABLE`, only after the
+//!   latest `Epoch` record); the ack of a commit only after the `Committed` record is
+//!   durable (both gated on their LSN).
 //! - After voting Yes the participant never decides alone: it keeps the locks and asks the
 //!   coordinator until it hears the decision, across restarts.
 //! - Prepares are accepted only with a transaction id above every one seen before, so a
@@ -232,6 +234,9 @@ pub struct Participant<R: ResourceManager = KvResource> {
     ended: RecentlyEnded,
     parked: Parked,
     max_epoch: Epoch,
+    /// The latest `Epoch` record appended since recovery (`Lsn::NONE`: none, everything
+    /// recovered is durable): with `R::PREPARE_DURABLE` a Yes waits for it alone.
+    epoch_lsn: Lsn,
     max_txid_seen: TxId,
     log: LogCursor,
     timers: Timers,
@@ -283,6 +288,7 @@ impl<R: ResourceManager> Participant<R> {
             ended: RecentlyEnded::new(config.max_active, seed),
             parked: Parked::new(config.max_parked, seed),
             max_epoch: Epoch(0),
+            epoch_lsn: Lsn::NONE,
             max_txid_seen: TxId(0),
             log: LogCursor::after(Lsn::NONE),
             timers: Timers::default(),
@@ -681,7 +687,7 @@ impl<R: ResourceManager> Participant<R> {
     /// decided unless asked about, so ask now.
     fn on_new_epoch(&mut self, now: Time, epoch: Epoch, fx: &mut PartEffects) {
         self.max_epoch = epoch;
-        self.log.append(fx, PartRecord::Epoch { epoch });
+        self.epoch_lsn = self.log.append(fx, PartRecord::Epoch { epoch });
         for txid in self.parked.remove_older_than(epoch) {
             self.vote_no(txid, AbortReason::Stale { participant: self.config.id }, fx);
         }
@@ -894,14 +900,19 @@ impl<R: ResourceManager> Participant<R> {
         self.report_events(now, fx);
     }
 
+    /// What a Yes for the transaction whose `Prepared` record is at `lsn` waits for.
+    fn yes_gate(&self, lsn: Lsn) -> Lsn {
+        if R::PREPARE_DURABLE { self.epoch_lsn } else { lsn }
+    }
+
     #[cfg(not(test))]
     fn vote_gate(&self, lsn: Lsn) -> Lsn {
-        lsn
+        self.yes_gate(lsn)
     }
 
     #[cfg(test)]
     fn vote_gate(&self, lsn: Lsn) -> Lsn {
-        if self.config.bugs.vote_before_durable { Lsn::NONE } else { lsn }
+        if self.config.bugs.vote_before_durable { Lsn::NONE } else { self.yes_gate(lsn) }
     }
 
     #[cfg(not(test))]

@@ -80,6 +80,15 @@ pub trait ResourceManager: Debug {
     /// What a prepared transaction holds here until its decision (its write set, its locks).
     type Prepared: Debug;
 
+    /// Whether a prepare that answered `Yes` is already durable in the resource itself, and
+    /// listed again after a crash of this process (a database's `PREPARE TRANSACTION` /
+    /// `XA PREPARE`, found in `pg_prepared_xacts` / `XA RECOVER`). Then the `Yes` waits only
+    /// for the latest `Epoch` record (the coordinator it answers must survive a restart
+    /// here), not for the `Prepared` record: one sync fewer on every transaction's path. The
+    /// driver must then rebuild, at recovery, every transaction the resource holds prepared
+    /// that no durable record names, as in doubt (its Yes may have left).
+    const PREPARE_DURABLE: bool = false;
+
     /// Locks (without waiting) and evaluates a one-shot transaction's `ops`; on `Yes` the
     /// locks stay held until `commit` or `abort`. `ReadOnly` (release at once) only when
     /// `sole` (this is the transaction's only participant).

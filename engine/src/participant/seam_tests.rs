@@ -9,15 +9,17 @@ use bytes::Bytes;
 const ME: ParticipantId = ParticipantId(1);
 const EPOCH: Epoch = Epoch(1);
 
-/// The built-in store, but every one-shot prepare is answered later by the test.
+/// The built-in store, but every one-shot prepare is answered later by the test; with
+/// `DURABLE` its prepares count as durable in the resource (`PREPARE_DURABLE`).
 #[derive(Debug)]
-struct Deferred {
+struct Deferred<const DURABLE: bool = false> {
     inner: KvResource,
     done: Vec<(TxId, PrepareResult<KvPrepared>)>,
 }
 
-impl ResourceManager for Deferred {
+impl<const DURABLE: bool> ResourceManager for Deferred<DURABLE> {
     type Prepared = KvPrepared;
+    const PREPARE_DURABLE: bool = DURABLE;
 
     fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, sole: bool) -> Prepare<KvPrepared> {
         match self.inner.prepare(txid, ops, sole) {
@@ -72,7 +74,7 @@ impl ResourceManager for Deferred {
     }
 }
 
-fn deferred() -> Participant<Deferred> {
+fn deferred<const DURABLE: bool>() -> Participant<Deferred<DURABLE>> {
     let config = ParticipantConfig::new(ME);
     let rm = Deferred { inner: KvResource::new(ME, 0, KvLimits::default()), done: Vec::new() };
     let mut fx = PartEffects::default();
@@ -90,7 +92,7 @@ fn prepare(counter: u64, value: i64) -> ToParticipant {
 
 #[test]
 fn an_asynchronous_prepare_logs_and_votes_when_it_completes() {
-    let mut p = deferred();
+    let mut p = deferred::<false>();
     let mut fx = PartEffects::default();
     p.on_message(Time::ZERO, EPOCH, prepare(1, 5), &mut fx).unwrap();
     p.on_message(Time::ZERO, EPOCH, prepare(1, 5), &mut fx).unwrap();
@@ -110,7 +112,7 @@ fn an_asynchronous_prepare_logs_and_votes_when_it_completes() {
 
 #[test]
 fn an_asynchronous_prepare_aborted_while_it_runs_is_rolled_back_when_it_completes() {
-    let mut p = deferred();
+    let mut p = deferred::<false>();
     let mut fx = PartEffects::default();
     p.on_message(Time::ZERO, EPOCH, prepare(1, 5), &mut fx).unwrap();
     let txid = TxId::new(EPOCH, 1);
@@ -121,4 +123,33 @@ fn an_asynchronous_prepare_aborted_while_it_runs_is_rolled_back_when_it_complete
     p.on_prepare_done(Time::ZERO, txid, result, &mut fx);
     assert!(fx.is_empty(), "no vote, no record: {fx:?}");
     assert_eq!((p.prepared(), p.resource_manager().inner.locked_keys()), (0, 0));
+}
+
+#[test]
+fn a_prepare_durable_in_the_resource_votes_after_the_epoch_record_not_its_own() {
+    let mut p = deferred::<true>();
+    let mut fx = PartEffects::default();
+    p.on_message(Time::ZERO, EPOCH, prepare(1, 5), &mut fx).unwrap();
+    let epoch_lsn = fx
+        .appends
+        .iter()
+        .find(|(_, record)| matches!(record, PartRecord::Epoch { epoch: EPOCH }))
+        .map(|(lsn, _)| *lsn)
+        .expect("the new epoch is logged");
+    let (txid, result) = p.rm.done.pop().expect("under way");
+    p.on_prepare_done(Time::ZERO, txid, result, &mut fx);
+    let prepared_lsn = prepared_logged(&fx).expect("still logged, for recovery");
+    assert!(prepared_lsn > epoch_lsn);
+    let yes = ToCoordinator::Vote { txid, vote: Vote::Yes { reads: vec![] } };
+    assert_eq!(fx.outputs, vec![Gated { after: epoch_lsn, item: yes.clone() }]);
+
+    // The next prepare of the same epoch logs no epoch: its Yes waits for the same record.
+    p.on_message(Time::ZERO, EPOCH, ToParticipant::Commit { txid }, &mut fx).unwrap();
+    fx.clear();
+    p.on_message(Time::ZERO, EPOCH, prepare(2, 6), &mut fx).unwrap();
+    let (txid, result) = p.rm.done.pop().expect("under way");
+    p.on_prepare_done(Time::ZERO, txid, result, &mut fx);
+    assert!(prepared_logged(&fx).is_some());
+    let yes = ToCoordinator::Vote { txid, vote: Vote::Yes { reads: vec![] } };
+    assert_eq!(fx.outputs, vec![Gated { after: epoch_lsn, item: yes }]);
 }
