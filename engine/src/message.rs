@@ -662,6 +662,19 @@ mod tests {
     use crate::types::{Epoch, ParticipantId};
 
     #[test]
+    fn a_saga_round_trips_and_more_steps_than_the_limit_are_refused() {
+        let op = |delta| Op { participant: ParticipantId(1), key: key("a"), kind: OpKind::Add { delta, floor: 0 } };
+        let step = SagaStep { action: vec![op(-1)], compensation: vec![op(1)] };
+        let saga = SagaSubmit { client: ClientId(3), seq: 4, steps: vec![step.clone(); SAGA_STEPS_MAX] };
+        round_trip(&saga);
+        let mut bytes = Vec::new();
+        SagaSubmit { steps: vec![step; SAGA_STEPS_MAX + 1], ..saga }.encode(&mut bytes);
+        let mut reader = Reader::new(Bytes::from(bytes), crate::ops::Limits::default());
+        let err = SagaSubmit::decode(&mut reader).unwrap_err();
+        assert!(err.reason.contains("saga steps exceed the limit"), "{err:?}");
+    }
+
+    #[test]
     fn every_message_round_trips() {
         let txid = TxId::new(Epoch(3), 99);
         let ops = vec![
