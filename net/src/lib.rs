@@ -19,7 +19,8 @@
 //!   each registering one coordinator session when it connects and keeping it across
 //!   reconnects; interactive transactions on a [`Client`] ([`interactive`]: `begin`,
 //!   statements, `commit`), each request an `Interactive` frame (kind 21) under the
-//!   session's next `(client, seq)`;
+//!   session's next `(client, seq)`; sagas on a [`Client`] ([`saga`]: `saga().step(..)
+//!   .compensate(..).run()`), each one `SagaSubmit` in a `Sagas` frame (kind 24);
 //! - admin requests ([`admin`]): a coordinator's topology, and a participant's dump consumed
 //!   chunk by chunk as it streams ([`admin::dump_each`]).
 //! - `fuzz_targets` (hidden): the decoder fuzz bodies shared by `fuzz/` and the stable
@@ -55,6 +56,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod interactive;
+pub mod saga;
 pub mod tls;
 pub mod transport;
 
@@ -68,5 +70,6 @@ pub use frame::{
     Role, TraceEntry, TraceKey, Welcome, encode_trace_context,
 };
 pub use interactive::{MAX_IDLE_TIMEOUT, Transaction, TxError};
+pub use saga::{Saga, SagaError};
 pub use tls::{PeerIdentity, SERVER_NAME, Security, TlsMaterial};
 pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};

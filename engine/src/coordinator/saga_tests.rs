@@ -159,7 +159,7 @@ fn every_step_applies_once_in_order_then_the_client_hears_committed_after_saga_e
     let end = h.log.iter().find(|(_, r)| matches!(r, CoordRecord::SagaEnd { .. })).expect("SagaEnd logged").0;
     let reply = outputs.iter().find(|g| matches!(g.item, CoordOutput::ToClient(_))).expect("a reply");
     assert_eq!(reply.after, end, "the outcome waits for SagaEnd");
-    assert_eq!(outcomes(&[reply.item.clone()]), vec![Outcome::Committed { reads: vec![] }]);
+    assert_eq!(outcomes(std::slice::from_ref(&reply.item)), vec![Outcome::Committed { reads: vec![] }]);
     assert_eq!(h.coordinator.sagas_in_flight(), 0);
     assert_eq!(h.coordinator.saga_stats().completed, 1);
 }

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes};
 use twophase_engine::codec::{Decode, Encode, put_key, put_string, put_value};
-use twophase_engine::message::Interactive;
+use twophase_engine::message::{Interactive, SagaSubmit};
 use twophase_engine::{Epoch, Key, ParticipantId, Reply, Submit, ToCoordinator, ToParticipant, Value};
 
 use super::{AdminOp, DumpEnd, ErrorFrame, FrameKind, Hello, PROTOCOL_VERSION, TraceEntry, Welcome};
@@ -27,6 +27,8 @@ pub enum Frame {
     /// One encoded Raft message between coordinator replicas: the whole payload, its size
     /// bounded by the frame limit.
     Raft(Bytes),
+    /// A client's saga requests.
+    Sagas(Vec<SagaSubmit>),
     AdminRequest(AdminOp),
     /// Key-value pairs of a dump: `u32 count | (key, value) × count`.
     DumpChunk(Vec<(Key, Value)>),
@@ -48,6 +50,7 @@ impl Frame {
             Frame::TraceContext(_) => FrameKind::TraceContext,
             Frame::Interactive(_) => FrameKind::Interactive,
             Frame::Raft(_) => FrameKind::Raft,
+            Frame::Sagas(_) => FrameKind::Sagas,
             Frame::AdminRequest(_) => FrameKind::AdminRequest,
             Frame::DumpChunk(_) => FrameKind::DumpChunk,
             Frame::DumpEnd(_) => FrameKind::DumpEnd,
@@ -100,6 +103,7 @@ impl Frame {
             Frame::TraceContext(entries) => super::trace_context::encode(out, entries),
             Frame::Interactive(items) => put_batch(out, items),
             Frame::Raft(message) => out.put_slice(message),
+            Frame::Sagas(items) => put_batch(out, items),
             Frame::AdminRequest(op) => out.put_u8(*op as u8),
             Frame::DumpChunk(entries) => {
                 out.put_u32_le(u32::try_from(entries.len()).expect("chunk of more than 2^32 entries"));
@@ -173,6 +177,12 @@ impl BatchItem for Interactive {
     const KIND: FrameKind = FrameKind::Interactive;
     /// `u8 tag | u64 client | u64 seq | u8 isolation | u32 idle timeout` (Begin).
     const MIN_BYTES: usize = 22;
+}
+
+impl BatchItem for SagaSubmit {
+    const KIND: FrameKind = FrameKind::Sagas;
+    /// `u64 client | u64 seq | u16 step count`.
+    const MIN_BYTES: usize = 18;
 }
 
 impl BatchItem for ToParticipant {

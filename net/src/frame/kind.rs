@@ -63,6 +63,8 @@ pub enum FrameKind {
     /// One Raft message between the replicas of a coordinator group (opaque to the
     /// transport; `twophase-replica` decodes and checks it).
     Raft = 22,
+    /// A client's saga requests (`SagaSubmit`); each answered with one outcome in `Replies`.
+    Sagas = 24,
     AdminRequest = 32,
     DumpChunk = 33,
     DumpEnd = 34,
@@ -82,6 +84,7 @@ impl FrameKind {
             20 => FrameKind::TraceContext,
             21 => FrameKind::Interactive,
             22 => FrameKind::Raft,
+            24 => FrameKind::Sagas,
             32 => FrameKind::AdminRequest,
             33 => FrameKind::DumpChunk,
             34 => FrameKind::DumpEnd,
