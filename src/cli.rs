@@ -17,7 +17,7 @@ use crate::node::coordinator::CoordinatorOptions;
 use crate::node::participant::ParticipantOptions;
 use crate::security::{SecurityArgs, SecurityKeys};
 use crate::trace::TraceArgs;
-use crate::{certs, chaos, cluster, inspect, loadgen, names, node, shell, status, top, tx};
+use crate::{certs, chaos, cluster, inspect, loadgen, names, node, saga_cli, shell, status, top, tx};
 
 #[derive(Parser)]
 #[command(name = "twophase", version, about = "A batched, durable two-phase-commit transaction coordinator")]
@@ -36,6 +36,8 @@ enum Command {
     Cluster(ClusterArgs),
     /// Submit one transaction and print its outcome (exit status 1 when aborted).
     Tx(tx::TxArgs),
+    /// Run one saga: --step OPS [--compensate OPS] ... (exit status 1 when compensated).
+    Saga(saga_cli::SagaArgs),
     /// Print the records of a node's log.
     InspectLog(inspect::InspectArgs),
     /// Start a local cluster, run the bank workload, audit, report, stop.
@@ -397,6 +399,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return cluster::run_until_stopped(options);
         }
         Command::Tx(args) => return tx::run(args),
+        Command::Saga(args) => return saga_cli::run(args),
         Command::InspectLog(args) => inspect::run(args)?,
         Command::Demo(args) => return loadgen::demo(args),
         Command::Bench(args) => return loadgen::bench(args),

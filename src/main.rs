@@ -14,6 +14,7 @@ mod metrics;
 mod names;
 mod node;
 mod opsyntax;
+mod saga_cli;
 mod security;
 mod settle;
 mod shell;

@@ -19,6 +19,8 @@
 //!   1 TableFull, 2 IdentityBusy, 3 BadIdentity), 3 Began `u64 client | u64 seq | u64 txid`,
 //!   4 Executed `u64 client | u64 seq | list of reads`. Every reply is at least 18 bytes,
 //!   the smallest item a Replies frame counts on.
+//! - saga submit: `u64 client | u64 seq | u16 step count | (list of ops | list of ops) × steps`
+//!   (each step's action, then its compensation; see [`SagaSubmit`])
 
 use bytes::BufMut;
 
@@ -28,7 +30,7 @@ use crate::codec::{
 };
 use crate::ops::Key;
 use crate::ops::{AbortReason, Isolation, LocalOp, Op, Outcome, Read, Vote};
-use crate::types::{ClientId, Seq, TxId};
+use crate::types::{ClientId, ParticipantId, Seq, TxId};
 
 /// Coordinator → participant. The sender's epoch travels beside the message (in the
 /// simulator with each message, on the wire once per frame).
@@ -580,6 +582,76 @@ impl Decode for Reply {
     }
 }
 
+/// Most steps a saga may have.
+pub const SAGA_STEPS_MAX: usize = 16;
+/// Most bytes a saga's steps may take encoded (its `SagaBegin` record, which a restart and a
+/// checkpoint carry until the saga ends).
+pub const SAGA_BYTES_MAX: usize = 64 * 1024;
+
+/// One step of a saga: a local transaction on one participant (`action`) and the
+/// transaction that undoes it there (`compensation`), run only if a later step fails.
+/// Every op of both names the same participant.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SagaStep {
+    pub action: Vec<Op>,
+    pub compensation: Vec<Op>,
+}
+
+impl SagaStep {
+    /// The participant the step runs on (that of its first action op).
+    pub fn participant(&self) -> Option<ParticipantId> {
+        self.action.first().map(|op| op.participant)
+    }
+}
+
+impl Encode for SagaStep {
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_list(out, &self.action);
+        put_list(out, &self.compensation);
+    }
+}
+
+impl Decode for SagaStep {
+    fn decode(reader: &mut Reader) -> Result<SagaStep, DecodeError> {
+        let max = reader.limits().max_ops_per_tx;
+        let action = read_list(reader, max, MIN_OP_BYTES, "saga action ops")?;
+        let compensation = read_list(reader, max, MIN_OP_BYTES, "saga compensation ops")?;
+        Ok(SagaStep { action, compensation })
+    }
+}
+
+/// Smallest encoded step: two empty op lists.
+pub const MIN_SAGA_STEP_BYTES: usize = 4;
+
+/// A client's saga request: its steps run in order, each a one-participant transaction;
+/// if one fails, the compensations of the steps before it run in reverse order. Answered
+/// with one `Reply::Outcome`: `Committed` (no reads) when every step applied, `Aborted`
+/// with the failed step's reason once every earlier step was compensated. `(client, seq)`
+/// gives it exactly-once execution, as for [`Submit`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SagaSubmit {
+    pub client: ClientId,
+    pub seq: Seq,
+    pub steps: Vec<SagaStep>,
+}
+
+impl Encode for SagaSubmit {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.put_u64_le(self.client.0);
+        out.put_u64_le(self.seq);
+        put_list(out, &self.steps);
+    }
+}
+
+impl Decode for SagaSubmit {
+    fn decode(reader: &mut Reader) -> Result<SagaSubmit, DecodeError> {
+        let client = ClientId(reader.u64("client id")?);
+        let seq = reader.u64("sequence number")?;
+        let steps = read_list(reader, SAGA_STEPS_MAX, MIN_SAGA_STEP_BYTES, "saga steps")?;
+        Ok(SagaSubmit { client, seq, steps })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,6 +660,19 @@ mod tests {
     use crate::codec::tests::{key, round_trip};
     use crate::ops::{AbortReason, OpKind, Read};
     use crate::types::{Epoch, ParticipantId};
+
+    #[test]
+    fn a_saga_round_trips_and_more_steps_than_the_limit_are_refused() {
+        let op = |delta| Op { participant: ParticipantId(1), key: key("a"), kind: OpKind::Add { delta, floor: 0 } };
+        let step = SagaStep { action: vec![op(-1)], compensation: vec![op(1)] };
+        let saga = SagaSubmit { client: ClientId(3), seq: 4, steps: vec![step.clone(); SAGA_STEPS_MAX] };
+        round_trip(&saga);
+        let mut bytes = Vec::new();
+        SagaSubmit { steps: vec![step; SAGA_STEPS_MAX + 1], ..saga }.encode(&mut bytes);
+        let mut reader = Reader::new(Bytes::from(bytes), crate::ops::Limits::default());
+        let err = SagaSubmit::decode(&mut reader).unwrap_err();
+        assert!(err.reason.contains("saga steps exceed the limit"), "{err:?}");
+    }
 
     #[test]
     fn every_message_round_trips() {

@@ -10,6 +10,11 @@
 //! | 4 | coordinator Staged | `u64 txid \| u64 client \| u64 seq \| list of u16 participants \| list of gets (u16 op index \| u16 participant)` |
 //! | 5 | coordinator Abort | `u64 txid` |
 //! | 6 | coordinator Register | `u64 client \| u16 length \| identity (UTF-8) \| u64 expired client (0: none)` |
+//! | 7 | coordinator SagaBegin | `u64 saga \| u64 client \| u64 seq \| list of steps (list of action ops \| list of compensation ops)` |
+//! | 8 | coordinator SagaAttempt | `u64 saga \| u16 step \| u8 compensating (0 or 1) \| u64 txid` |
+//! | 9 | coordinator SagaStepDone | `u64 saga \| u16 step \| u8 compensating (0 or 1)` |
+//! | 10 | coordinator SagaCompensate | `u64 saga \| u16 failed step \| abort reason` |
+//! | 11 | coordinator SagaEnd | `u64 saga` |
 //! | 16 | participant Epoch | `u32 highest coordinator epoch seen` |
 //! | 17 | participant Prepared | `u64 txid \| list of writes (key, optional value) \| list of read keys` (keys held shared until the decision) |
 //! | 18 | participant Committed | `u64 txid` |
@@ -24,7 +29,8 @@ use crate::codec::{
     read_keys, read_list,
 };
 use crate::codec::{put_reads, read_reads};
-use crate::ops::{Key, Limits, Read, Value};
+use crate::message::{MIN_SAGA_STEP_BYTES, SAGA_STEPS_MAX, SagaStep};
+use crate::ops::{AbortReason, Key, Limits, Read, Value};
 use crate::types::{ClientId, Epoch, ParticipantId, Seq, TxId};
 
 /// Limits for decoding our own records: generous, but still bounded so a corrupt record
@@ -67,6 +73,21 @@ pub enum CoordRecord {
     /// `expired` is the session of the same identity it replaced, if the identity was at
     /// its bound, so a replay expires exactly the one the live coordinator did.
     Register { client: ClientId, identity: String, expired: Option<ClientId> },
+    /// A saga was accepted (forced before its first step is sent): its request and steps.
+    /// `saga` is an id from the txid space, so it never repeats.
+    SagaBegin { saga: TxId, client: ClientId, seq: Seq, steps: Vec<SagaStep> },
+    /// Step `step` (its compensation if `compensating`) runs as transaction `txid`
+    /// (forced before its prepare is sent). A restart finds `txid`'s own records (`Staged`,
+    /// `Commit`, `Abort`) and so whether this attempt committed.
+    SagaAttempt { saga: TxId, step: u16, compensating: bool, txid: TxId },
+    /// Step `step` (its compensation if `compensating`) committed (appended in the step the
+    /// attempt's commit is decided).
+    SagaStepDone { saga: TxId, step: u16, compensating: bool },
+    /// Step `failed` failed for `reason`: the saga compensates the steps before it.
+    SagaCompensate { saga: TxId, failed: u16, reason: AbortReason },
+    /// The saga ended (forced before its client hears the outcome): completed if it never
+    /// compensated, else compensated.
+    SagaEnd { saga: TxId },
 }
 
 /// A `Get` of a transaction: its op index and the participant it reads at.
@@ -116,6 +137,11 @@ pub const KIND_COORD_END: u8 = 3;
 pub const KIND_COORD_STAGED: u8 = 4;
 pub const KIND_COORD_ABORT: u8 = 5;
 pub const KIND_COORD_REGISTER: u8 = 6;
+pub const KIND_COORD_SAGA_BEGIN: u8 = 7;
+pub const KIND_COORD_SAGA_ATTEMPT: u8 = 8;
+pub const KIND_COORD_SAGA_STEP_DONE: u8 = 9;
+pub const KIND_COORD_SAGA_COMPENSATE: u8 = 10;
+pub const KIND_COORD_SAGA_END: u8 = 11;
 pub const KIND_PART_EPOCH: u8 = 16;
 pub const KIND_PART_PREPARED: u8 = 17;
 pub const KIND_PART_COMMITTED: u8 = 18;
@@ -150,6 +176,23 @@ fn decode_payload<T>(
 
 fn read_txid(reader: &mut Reader) -> Result<TxId, DecodeError> {
     Ok(TxId(reader.u64("txid")?))
+}
+
+/// A saga step's index: below [`SAGA_STEPS_MAX`].
+fn read_saga_step_index(reader: &mut Reader) -> Result<u16, DecodeError> {
+    let step = reader.u16("saga step")?;
+    if usize::from(step) >= SAGA_STEPS_MAX {
+        return Err(reader.error(format!("saga step {step} is not below the limit of {SAGA_STEPS_MAX}")));
+    }
+    Ok(step)
+}
+
+fn read_flag(reader: &mut Reader, what: &str) -> Result<bool, DecodeError> {
+    match reader.u8(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(reader.error(format!("{what} flag {other} is neither 0 nor 1"))),
+    }
 }
 
 impl Encode for ParticipantId {
@@ -194,7 +237,7 @@ impl LogRecord for CoordRecord {
     /// rides with the next `Staged` group; forcing it on its own made the next request of a
     /// client that waits for each answer find the log busy and wait for a slot.
     fn urgent(&self) -> bool {
-        !matches!(self, CoordRecord::End { .. } | CoordRecord::Commit { .. })
+        !matches!(self, CoordRecord::End { .. } | CoordRecord::Commit { .. } | CoordRecord::SagaStepDone { .. })
     }
 
     fn kind(&self) -> u8 {
@@ -205,6 +248,11 @@ impl LogRecord for CoordRecord {
             CoordRecord::Staged { .. } => KIND_COORD_STAGED,
             CoordRecord::Abort { .. } => KIND_COORD_ABORT,
             CoordRecord::Register { .. } => KIND_COORD_REGISTER,
+            CoordRecord::SagaBegin { .. } => KIND_COORD_SAGA_BEGIN,
+            CoordRecord::SagaAttempt { .. } => KIND_COORD_SAGA_ATTEMPT,
+            CoordRecord::SagaStepDone { .. } => KIND_COORD_SAGA_STEP_DONE,
+            CoordRecord::SagaCompensate { .. } => KIND_COORD_SAGA_COMPENSATE,
+            CoordRecord::SagaEnd { .. } => KIND_COORD_SAGA_END,
         }
     }
 
@@ -226,6 +274,29 @@ impl LogRecord for CoordRecord {
                 put_string(out, identity);
                 out.put_u64_le(expired.unwrap_or(ClientId::NONE).0);
             }
+            CoordRecord::SagaBegin { saga, client, seq, steps } => {
+                out.put_u64_le(saga.0);
+                out.put_u64_le(client.0);
+                out.put_u64_le(*seq);
+                put_list(out, steps);
+            }
+            CoordRecord::SagaAttempt { saga, step, compensating, txid } => {
+                out.put_u64_le(saga.0);
+                out.put_u16_le(*step);
+                out.put_u8(u8::from(*compensating));
+                out.put_u64_le(txid.0);
+            }
+            CoordRecord::SagaStepDone { saga, step, compensating } => {
+                out.put_u64_le(saga.0);
+                out.put_u16_le(*step);
+                out.put_u8(u8::from(*compensating));
+            }
+            CoordRecord::SagaCompensate { saga, failed, reason } => {
+                out.put_u64_le(saga.0);
+                out.put_u16_le(*failed);
+                reason.encode(out);
+            }
+            CoordRecord::SagaEnd { saga } => out.put_u64_le(saga.0),
         }
     }
 
@@ -263,6 +334,30 @@ impl LogRecord for CoordRecord {
                 let expired = Some(ClientId(r.u64("expired client")?)).filter(|c| *c != ClientId::NONE);
                 Ok(CoordRecord::Register { client, identity, expired })
             }),
+            KIND_COORD_SAGA_BEGIN => decode_payload(payload, |r| {
+                let saga = read_txid(r)?;
+                let client = ClientId(r.u64("client")?);
+                let seq = r.u64("seq")?;
+                let steps = read_list(r, SAGA_STEPS_MAX, MIN_SAGA_STEP_BYTES, "saga steps")?;
+                Ok(CoordRecord::SagaBegin { saga, client, seq, steps })
+            }),
+            KIND_COORD_SAGA_ATTEMPT => decode_payload(payload, |r| {
+                let saga = read_txid(r)?;
+                let step = read_saga_step_index(r)?;
+                let compensating = read_flag(r, "compensating")?;
+                Ok(CoordRecord::SagaAttempt { saga, step, compensating, txid: read_txid(r)? })
+            }),
+            KIND_COORD_SAGA_STEP_DONE => decode_payload(payload, |r| {
+                let saga = read_txid(r)?;
+                let step = read_saga_step_index(r)?;
+                Ok(CoordRecord::SagaStepDone { saga, step, compensating: read_flag(r, "compensating")? })
+            }),
+            KIND_COORD_SAGA_COMPENSATE => decode_payload(payload, |r| {
+                let saga = read_txid(r)?;
+                let failed = read_saga_step_index(r)?;
+                Ok(CoordRecord::SagaCompensate { saga, failed, reason: AbortReason::decode(r)? })
+            }),
+            KIND_COORD_SAGA_END => decode_payload(payload, |r| Ok(CoordRecord::SagaEnd { saga: read_txid(r)? })),
             other => unknown_kind(other, "coordinator"),
         }
     }
@@ -364,6 +459,21 @@ impl fmt::Display for AnyRecord {
                     None => Ok(()),
                 }
             }
+            AnyRecord::Coordinator(CoordRecord::SagaBegin { saga, client, seq, steps }) => {
+                write!(f, "SAGA-BEGIN {saga} client={} seq={seq} steps={}", client.0, steps.len())
+            }
+            AnyRecord::Coordinator(CoordRecord::SagaAttempt { saga, step, compensating, txid }) => {
+                let what = if *compensating { "compensation" } else { "step" };
+                write!(f, "SAGA-ATTEMPT {saga} {what}={step} txid={txid}")
+            }
+            AnyRecord::Coordinator(CoordRecord::SagaStepDone { saga, step, compensating }) => {
+                let what = if *compensating { "compensation" } else { "step" };
+                write!(f, "SAGA-DONE {saga} {what}={step}")
+            }
+            AnyRecord::Coordinator(CoordRecord::SagaCompensate { saga, failed, reason }) => {
+                write!(f, "SAGA-COMPENSATE {saga} failed-step={failed} reason={}", reason.label())
+            }
+            AnyRecord::Coordinator(CoordRecord::SagaEnd { saga }) => write!(f, "SAGA-END {saga}"),
             AnyRecord::Participant(PartRecord::Epoch { epoch }) => write!(f, "EPOCH-SEEN {}", epoch.0),
             AnyRecord::Participant(PartRecord::Prepared { txid, writes, read_keys }) => {
                 write!(f, "PREPARED {txid} writes={} read-keys={}", writes.len(), read_keys.len())
@@ -427,6 +537,34 @@ mod tests {
             identity: "é".into(),
             expired: Some(ClientId(1 << 40 | 2)),
         });
+        let op = |k: &str, delta| crate::ops::Op {
+            participant: ParticipantId(2),
+            key: key(k),
+            kind: crate::ops::OpKind::Add { delta, floor: 0 },
+        };
+        round_trip(CoordRecord::SagaBegin {
+            saga: txid,
+            client: ClientId(5),
+            seq: 9,
+            steps: vec![
+                SagaStep { action: vec![op("a", -5)], compensation: vec![op("a", 5)] },
+                SagaStep { action: vec![op("b", 5)], compensation: vec![] },
+            ],
+        });
+        round_trip(CoordRecord::SagaAttempt { saga: txid, step: 3, compensating: true, txid: TxId::new(Epoch(2), 50) });
+        round_trip(CoordRecord::SagaStepDone { saga: txid, step: 15, compensating: false });
+        round_trip(CoordRecord::SagaCompensate {
+            saga: txid,
+            failed: 2,
+            reason: AbortReason::Constraint {
+                participant: ParticipantId(2),
+                key: key("a"),
+                value: 1,
+                delta: -5,
+                floor: 0,
+            },
+        });
+        round_trip(CoordRecord::SagaEnd { saga: txid });
         round_trip(PartRecord::Epoch { epoch: Epoch(4) });
         round_trip(PartRecord::Prepared {
             txid,
@@ -436,6 +574,20 @@ mod tests {
         round_trip(PartRecord::Prepared { txid, writes: vec![], read_keys: vec![key("c"), key("")] });
         round_trip(PartRecord::Committed { txid });
         round_trip(PartRecord::Aborted { txid });
+    }
+
+    #[test]
+    fn saga_records_refuse_out_of_range_steps_and_flags() {
+        let txid = TxId::new(Epoch(2), 41);
+        let mut payload = Vec::new();
+        CoordRecord::SagaStepDone { saga: txid, step: 1, compensating: false }.encode_payload(&mut payload);
+        payload[8] = SAGA_STEPS_MAX as u8; // The step index.
+        let err = CoordRecord::decode(KIND_COORD_SAGA_STEP_DONE, Bytes::from(payload.clone())).unwrap_err();
+        assert!(err.reason.contains("saga step"), "{err:?}");
+        payload[8] = 1;
+        payload[10] = 2; // The compensating flag.
+        let err = CoordRecord::decode(KIND_COORD_SAGA_STEP_DONE, Bytes::from(payload)).unwrap_err();
+        assert!(err.reason.contains("neither 0 nor 1"), "{err:?}");
     }
 
     #[test]

@@ -151,6 +151,7 @@ fn fits(frame: &Frame, encoded_bytes: usize, limits: &NetLimits) -> bool {
         Frame::ToParticipant { messages, .. } => messages.len(),
         Frame::ToCoordinator(items) => items.len(),
         Frame::Interactive(items) => items.len(),
+        Frame::Sagas(items) => items.len(),
         _ => 0,
     };
     encoded_bytes - 4 <= limits.max_frame_bytes as usize && batch <= limits.max_batch as usize

@@ -19,7 +19,8 @@
 //!   each registering one coordinator session when it connects and keeping it across
 //!   reconnects; interactive transactions on a [`Client`] ([`interactive`]: `begin`,
 //!   statements, `commit`), each request an `Interactive` frame (kind 21) under the
-//!   session's next `(client, seq)`;
+//!   session's next `(client, seq)`; sagas on a [`Client`] ([`saga`]: `saga().step(..)
+//!   .compensate(..).run()`), each one `SagaSubmit` in a `Sagas` frame (kind 24);
 //! - finding the leader of a replicated coordinator group (`endpoints`): a client lists
 //!   every member, follows a follower's `NotLeader` frame (kind 23) and moves to the next
 //!   member when a connection fails, within a bounded failover time;
@@ -59,6 +60,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod interactive;
+pub mod saga;
 pub mod tls;
 pub mod transport;
 
@@ -73,5 +75,6 @@ pub use frame::{
     encode_trace_context,
 };
 pub use interactive::{MAX_IDLE_TIMEOUT, Transaction, TxError};
+pub use saga::{Saga, SagaError};
 pub use tls::{PeerIdentity, SERVER_NAME, Security, TlsMaterial};
 pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};

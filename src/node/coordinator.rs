@@ -164,6 +164,27 @@ impl CoordinatorRole {
                     self.engine.on_interactive(now, origin, request, fx);
                 }
             }
+            Frame::Sagas(requests) if !self.peer_of_conn.contains_key(&conn) => {
+                let Some(identity) = self.identity_of_conn.get(&conn).cloned() else {
+                    return super::refuse(
+                        &mut self.transport,
+                        conn,
+                        "sagas from a connection that is no client".into(),
+                    );
+                };
+                for request in requests {
+                    // As for submits: replies go only to connections of the session's own
+                    // identity; the engine refuses anyone else's requests on it.
+                    let owned = self.client_conn.get(&request.client) == Some(&conn)
+                        || self.engine.session_owner_is(request.client, &identity);
+                    if owned && !self.bind_client(conn, request.client) {
+                        let message = format!("a connection may speak for at most {MAX_CLIENTS_PER_CONN} client ids");
+                        return super::refuse(&mut self.transport, conn, message);
+                    }
+                    let origin = ClientOrigin { conn, identity: &identity };
+                    self.engine.on_saga(now, origin, request, fx);
+                }
+            }
             Frame::TraceContext(entries) if !self.peer_of_conn.contains_key(&conn) => {
                 if let Some(trace) = &mut self.trace {
                     trace.on_trace_context(entries);

@@ -223,7 +223,14 @@ impl CoordinatorTrace {
                 self.txs.remove(txid);
                 return;
             }
-            CoordRecord::Epoch { .. } | CoordRecord::Register { .. } => return,
+            // Sagas are not traced (their attempts are, as transactions without a client).
+            CoordRecord::Epoch { .. }
+            | CoordRecord::Register { .. }
+            | CoordRecord::SagaBegin { .. }
+            | CoordRecord::SagaAttempt { .. }
+            | CoordRecord::SagaStepDone { .. }
+            | CoordRecord::SagaCompensate { .. }
+            | CoordRecord::SagaEnd { .. } => return,
         };
         let Some(tx) = self.txs.get_mut(&txid) else { return };
         match record {

@@ -31,6 +31,7 @@
 //!   enters the same commit path through `track_prepare`.
 
 mod interactive;
+mod saga;
 mod sessions;
 mod snapshot;
 
@@ -42,6 +43,9 @@ use smallvec::SmallVec;
 #[cfg(test)]
 pub use interactive::DetectorBugs;
 pub use interactive::{InteractiveConfig, InteractiveStats};
+#[cfg(test)]
+pub use saga::SagaBugs;
+pub use saga::{SagaConfig, SagaStats};
 pub use sessions::{Answer, IDENTITY_BYTES_MAX, Known, SessionLimits, Sessions};
 pub use snapshot::{CoordinatorSnapshot, SessionSnapshot};
 
@@ -53,6 +57,7 @@ use crate::record::{CoordRecord, GetAt};
 use crate::txtable::TxTable;
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
 use interactive::OpenTxs;
+use saga::{SagaReplay, Sagas};
 
 /// An output of the coordinator: a message to a participant or a reply to a client.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -116,9 +121,13 @@ pub struct CoordinatorConfig {
     pub limits: Limits,
     /// Bounds and defaults of interactive transactions.
     pub interactive: InteractiveConfig,
+    /// Bounds and retry timing of sagas.
+    pub saga: SagaConfig,
     pub hash_seed: u64,
     #[cfg(test)]
     pub bugs: CoordinatorBugs,
+    #[cfg(test)]
+    pub saga_bugs: SagaBugs,
 }
 
 impl CoordinatorConfig {
@@ -139,9 +148,12 @@ impl CoordinatorConfig {
             max_outcome_bytes: 8 * 1024 * 1024,
             limits: Limits::default(),
             interactive: InteractiveConfig::default(),
+            saga: SagaConfig::default(),
             hash_seed: 0,
             #[cfg(test)]
             bugs: CoordinatorBugs::default(),
+            #[cfg(test)]
+            saga_bugs: SagaBugs::default(),
         }
     }
 }
@@ -321,6 +333,8 @@ pub struct Coordinator {
     unreachable: Vec<ParticipantId>,
     /// Open interactive transactions, their timers and the wait-for graph.
     interactive: OpenTxs,
+    /// Sagas in flight.
+    sagas: Sagas,
 }
 
 impl Coordinator {
@@ -367,6 +381,7 @@ impl Coordinator {
             HashMap::with_hasher(SeededState::new(config.hash_seed));
         let mut staged: HashMap<TxId, (Lsn, CoordRecord), SeededState> =
             HashMap::with_hasher(SeededState::new(config.hash_seed));
+        let mut sagas = SagaReplay::default();
         let mut last_epoch = Epoch(0);
         let mut last_lsn = Lsn::NONE;
         let covered = checkpoint.as_ref().map_or(Lsn::NONE, |checkpoint| checkpoint.lsn);
@@ -376,8 +391,17 @@ impl Coordinator {
             sessions.import(checkpoint.sessions);
             for (lsn, record) in checkpoint.unfinished {
                 match record {
-                    CoordRecord::Commit { txid, .. } => unfinished.insert(txid, (lsn, record)),
-                    CoordRecord::Staged { txid, .. } => staged.insert(txid, (lsn, record)),
+                    CoordRecord::Commit { txid, .. } => {
+                        sagas.committed(txid, lsn);
+                        unfinished.insert(txid, (lsn, record));
+                    }
+                    CoordRecord::Staged { txid, .. } => {
+                        staged.insert(txid, (lsn, record));
+                    }
+                    ref saga if SagaReplay::is_saga_record(saga) => {
+                        let ended = sagas.apply(lsn, record);
+                        assert!(ended.is_none(), "a checkpoint holds unfinished sagas only");
+                    }
                     _ => unreachable!("checked when decoded"),
                 };
             }
@@ -404,14 +428,29 @@ impl Coordinator {
                     };
                     sessions.finish(client, seq, &outcome, lsn);
                     staged.remove(&txid);
+                    sagas.committed(txid, lsn);
                     unfinished.insert(txid, (lsn, record));
                 }
                 CoordRecord::Register { client, ref identity, expired } => {
                     sessions.register(client, identity, expired);
                 }
-                CoordRecord::End { txid } | CoordRecord::Abort { txid } => {
+                CoordRecord::End { txid } => {
                     staged.remove(&txid);
                     unfinished.remove(&txid);
+                }
+                CoordRecord::Abort { txid } => {
+                    staged.remove(&txid);
+                    unfinished.remove(&txid);
+                    sagas.aborted(txid);
+                }
+                CoordRecord::SagaBegin { .. }
+                | CoordRecord::SagaAttempt { .. }
+                | CoordRecord::SagaStepDone { .. }
+                | CoordRecord::SagaCompensate { .. }
+                | CoordRecord::SagaEnd { .. } => {
+                    if let Some((client, seq, outcome)) = sagas.apply(lsn, record) {
+                        sessions.finish(client, seq, &outcome, lsn);
+                    }
                 }
             }
         }
@@ -430,6 +469,7 @@ impl Coordinator {
             stats: CoordinatorStats::default(),
             unreachable: Vec::new(),
             interactive: OpenTxs::new(&config.interactive, config.hash_seed),
+            sagas: Sagas::new(config.hash_seed),
             config,
         };
         coordinator.epoch_lsn = coordinator.log.append(fx, CoordRecord::Epoch { epoch });
@@ -444,6 +484,7 @@ impl Coordinator {
         for (lsn, record) in resolve {
             coordinator.resume_staged(now, lsn, record, fx);
         }
+        coordinator.resume_sagas(now, sagas, fx);
         coordinator
     }
 
@@ -462,6 +503,7 @@ impl Coordinator {
                 Phase::Preparing { .. } | Phase::Resolving { .. } => None,
             })
             .collect();
+        unfinished.extend(self.sagas.checkpoint_records());
         unfinished.sort_by_key(|(lsn, _)| *lsn);
         CoordinatorSnapshot {
             lsn: self.log.last(),
@@ -678,6 +720,18 @@ impl Coordinator {
         self.start_prepare(now, txid, client, seq, ops, fx);
     }
 
+    fn start_prepare(
+        &mut self,
+        now: Time,
+        txid: TxId,
+        client: ClientId,
+        seq: Seq,
+        ops: Vec<Op>,
+        fx: &mut CoordEffects,
+    ) {
+        self.start_prepare_gated(now, txid, client, seq, ops, Lsn::NONE, fx);
+    }
+
     /// Exactly-once admission of request `(client, seq)` from `origin`: true if it is new
     /// and must run; otherwise it was answered (or its answer will follow the decision).
     #[inline]
@@ -729,13 +783,17 @@ impl Coordinator {
         txid
     }
 
-    fn start_prepare(
+    /// Starts the prepare round of `ops`; the prepares wait for the epoch record and for
+    /// `gate` (a saga attempt's record).
+    #[allow(clippy::too_many_arguments)]
+    fn start_prepare_gated(
         &mut self,
         now: Time,
         txid: TxId,
         client: ClientId,
         seq: Seq,
         ops: Vec<Op>,
+        gate: Lsn,
         fx: &mut CoordEffects,
     ) {
         let (per_participant, gets) = split_ops(ops);
@@ -748,8 +806,9 @@ impl Coordinator {
         let tx = Tx::preparing(client, seq, now + self.config.prepare_timeout, shards, gets, false);
         self.track_prepare(now, txid, tx, fx);
         let sole = per_participant.len() == 1;
+        let gate = self.epoch_lsn.max(gate);
         for (participant, ops) in per_participant {
-            self.send(fx, self.epoch_lsn, participant, ToParticipant::Prepare { txid, ops, sole });
+            self.send(fx, gate, participant, ToParticipant::Prepare { txid, ops, sole });
         }
     }
 
@@ -768,6 +827,7 @@ impl Coordinator {
 
     /// A participant's message.
     pub fn on_message(&mut self, now: Time, from: ParticipantId, message: ToCoordinator, fx: &mut CoordEffects) {
+        self.sagas.observe_time(now);
         match message {
             ToCoordinator::Vote { txid, vote } => self.on_vote(now, from, txid, vote, fx),
             ToCoordinator::Ack { txid } => self.on_ack(from, txid, fx),
@@ -843,6 +903,9 @@ impl Coordinator {
         // The client only once a restart can no longer resolve the staged record to commit
         // (every participant may have prepared while a vote was lost, say).
         let after = if tx.staged == Lsn::NONE { Lsn::NONE } else { self.log.append(fx, CoordRecord::Abort { txid }) };
+        if self.sagas.is_attempt(txid) {
+            return self.saga_attempt_decided(txid, Err(reason), fx);
+        }
         let outcome = Outcome::Aborted { reason };
         self.sessions.finish(tx.client, tx.seq, &outcome, after);
         self.reply(fx, after, Reply::Outcome { client: tx.client, seq: tx.seq, outcome });
@@ -887,6 +950,9 @@ impl Coordinator {
             for participant in participants {
                 self.send(fx, Lsn::NONE, participant, ToParticipant::Abort { txid });
             }
+            if self.sagas.is_attempt(txid) {
+                return self.saga_attempt_decided(txid, Ok(()), fx);
+            }
             self.sessions.finish(client, seq, &outcome, Lsn::NONE);
             return self.reply(fx, Lsn::NONE, Reply::Outcome { client, seq, outcome });
         }
@@ -898,11 +964,17 @@ impl Coordinator {
         self.committing += 1;
         self.timers.schedule(now, self.config.redrive_initial, txid);
         let reply_gate = self.reply_gate(by_staging.unwrap_or(lsn));
-        self.sessions.finish(client, seq, &outcome, reply_gate);
-        self.reply(fx, reply_gate, Reply::Outcome { client, seq, outcome });
+        let saga_attempt = self.sagas.is_attempt(txid);
+        if !saga_attempt {
+            self.sessions.finish(client, seq, &outcome, reply_gate);
+            self.reply(fx, reply_gate, Reply::Outcome { client, seq, outcome });
+        }
         let gate = self.commit_gate(lsn);
         for participant in participants {
             self.send(fx, gate, participant, ToParticipant::Commit { txid });
+        }
+        if saga_attempt {
+            self.saga_attempt_decided(txid, Ok(()), fx);
         }
     }
 
@@ -981,9 +1053,13 @@ impl Coordinator {
     /// Time passed: abort prepares that timed out, re-send unacknowledged commits, roll back
     /// idle interactive transactions.
     pub fn on_tick(&mut self, now: Time, fx: &mut CoordEffects) {
+        self.sagas.observe_time(now);
         self.tick_open(now, fx);
         while let Some(txid) = self.timers.pop_due(now) {
-            let Some(tx) = self.txs.get(txid) else { continue };
+            let Some(tx) = self.txs.get(txid) else {
+                self.saga_timer(now, txid, fx);
+                continue;
+            };
             match tx.phase {
                 Phase::Preparing { deadline } if deadline <= now => {
                     let silent = tx.shards.iter().find(|s| s.vote == VoteState::Pending).expect("a pending voter");

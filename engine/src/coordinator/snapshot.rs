@@ -12,13 +12,17 @@
 //! Layout: `u64 lsn | u32 max_epoch | u32 sessions | (u64 client | u16 length | identity |
 //! u64 floor | u32 count | (u64 seq | outcome) × count) × sessions | u32 unfinished | (u64 record lsn | u8 record kind
 //! | record payload as u32 length + bytes) × unfinished`, the records being `Commit` or
-//! `Staged`.
+//! `Staged`, or those of an unfinished saga's state (`SagaBegin`, `SagaCompensate`,
+//! `SagaStepDone`, `SagaAttempt`).
 
 use bytes::{BufMut, Bytes};
 
 use crate::codec::{Decode, DecodeError, Encode, Reader, put_string};
 use crate::ops::Outcome;
-use crate::record::{CoordRecord, KIND_COORD_COMMIT, KIND_COORD_STAGED, LogRecord, RECORD_LIMITS};
+use crate::record::{
+    CoordRecord, KIND_COORD_COMMIT, KIND_COORD_SAGA_ATTEMPT, KIND_COORD_SAGA_BEGIN, KIND_COORD_SAGA_COMPENSATE,
+    KIND_COORD_SAGA_STEP_DONE, KIND_COORD_STAGED, LogRecord, RECORD_LIMITS,
+};
 use crate::types::{ClientId, Epoch, Lsn, Seq};
 
 /// One client session: its identity and retained committed outcomes.
@@ -65,7 +69,7 @@ impl CoordinatorSnapshot {
         out.put_u32_le(u32::try_from(self.unfinished.len()).expect("unfinished transactions are bounded"));
         let mut payload = Vec::new();
         for (lsn, record) in &self.unfinished {
-            assert!(is_unfinished_kind(record.kind()), "only commits and staged records are unfinished");
+            assert!(is_unfinished_kind(record.kind()), "only commits, staged and saga records are unfinished");
             payload.clear();
             record.encode_payload(&mut payload);
             out.put_u64_le(lsn.0);
@@ -102,8 +106,18 @@ impl CoordinatorSnapshot {
     }
 }
 
+/// Commits, staged records, and the records of an unfinished saga's state (its begin, its
+/// compensation start, its last step done, its current attempt).
 fn is_unfinished_kind(kind: u8) -> bool {
-    kind == KIND_COORD_COMMIT || kind == KIND_COORD_STAGED
+    matches!(
+        kind,
+        KIND_COORD_COMMIT
+            | KIND_COORD_STAGED
+            | KIND_COORD_SAGA_BEGIN
+            | KIND_COORD_SAGA_ATTEMPT
+            | KIND_COORD_SAGA_STEP_DONE
+            | KIND_COORD_SAGA_COMPENSATE
+    )
 }
 
 fn decode_session(reader: &mut Reader) -> Result<SessionSnapshot, DecodeError> {

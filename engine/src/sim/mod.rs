@@ -14,6 +14,8 @@ pub mod checker;
 mod disk;
 mod history;
 mod interactive;
+#[cfg(test)]
+mod saga;
 mod serial;
 mod workload;
 mod world;

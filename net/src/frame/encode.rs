@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes};
 use twophase_engine::codec::{Decode, Encode, put_key, put_string, put_value};
-use twophase_engine::message::Interactive;
+use twophase_engine::message::{Interactive, SagaSubmit};
 use twophase_engine::{Epoch, Key, ParticipantId, Reply, Submit, ToCoordinator, ToParticipant, Value};
 
 use super::{AdminOp, DumpEnd, ErrorFrame, FrameKind, Hello, NotLeader, PROTOCOL_VERSION, TraceEntry, Welcome};
@@ -29,6 +29,8 @@ pub enum Frame {
     Raft(Bytes),
     /// A follower's answer to a client: the leader it knows, if any.
     NotLeader(NotLeader),
+    /// A client's saga requests.
+    Sagas(Vec<SagaSubmit>),
     AdminRequest(AdminOp),
     /// Key-value pairs of a dump: `u32 count | (key, value) × count`.
     DumpChunk(Vec<(Key, Value)>),
@@ -51,6 +53,7 @@ impl Frame {
             Frame::Interactive(_) => FrameKind::Interactive,
             Frame::Raft(_) => FrameKind::Raft,
             Frame::NotLeader(_) => FrameKind::NotLeader,
+            Frame::Sagas(_) => FrameKind::Sagas,
             Frame::AdminRequest(_) => FrameKind::AdminRequest,
             Frame::DumpChunk(_) => FrameKind::DumpChunk,
             Frame::DumpEnd(_) => FrameKind::DumpEnd,
@@ -104,6 +107,7 @@ impl Frame {
             Frame::Interactive(items) => put_batch(out, items),
             Frame::Raft(message) => out.put_slice(message),
             Frame::NotLeader(not_leader) => super::not_leader::encode(out, not_leader),
+            Frame::Sagas(items) => put_batch(out, items),
             Frame::AdminRequest(op) => out.put_u8(*op as u8),
             Frame::DumpChunk(entries) => {
                 out.put_u32_le(u32::try_from(entries.len()).expect("chunk of more than 2^32 entries"));
@@ -177,6 +181,12 @@ impl BatchItem for Interactive {
     const KIND: FrameKind = FrameKind::Interactive;
     /// `u8 tag | u64 client | u64 seq | u8 isolation | u32 idle timeout` (Begin).
     const MIN_BYTES: usize = 22;
+}
+
+impl BatchItem for SagaSubmit {
+    const KIND: FrameKind = FrameKind::Sagas;
+    /// `u64 client | u64 seq | u16 step count`.
+    const MIN_BYTES: usize = 18;
 }
 
 impl BatchItem for ToParticipant {

@@ -66,6 +66,8 @@ pub enum FrameKind {
     /// A follower of a coordinator group to a client: not the leader, and which replica is
     /// (`not_leader`).
     NotLeader = 23,
+    /// A client's saga requests (`SagaSubmit`); each answered with one outcome in `Replies`.
+    Sagas = 24,
     AdminRequest = 32,
     DumpChunk = 33,
     DumpEnd = 34,
@@ -86,6 +88,7 @@ impl FrameKind {
             21 => FrameKind::Interactive,
             22 => FrameKind::Raft,
             23 => FrameKind::NotLeader,
+            24 => FrameKind::Sagas,
             32 => FrameKind::AdminRequest,
             33 => FrameKind::DumpChunk,
             34 => FrameKind::DumpEnd,

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use twophase_engine::codec::Encode;
-use twophase_engine::message::Interactive;
+use twophase_engine::message::{Interactive, SagaStep, SagaSubmit};
 use twophase_engine::ops::Isolation;
 use twophase_engine::{
     AbortReason, ClientId, Epoch, LocalOp, Op, OpKind, Outcome, ParticipantId, Read, RejectReason, Reply, Submit,
@@ -81,6 +81,31 @@ pub fn sample_frames() -> Vec<Frame> {
             TraceEntry { key: TraceKey::Tx(txid), traceparent: Bytes::new() },
         ]),
         Frame::Interactive(sample_interactive(txid)),
+        Frame::Sagas(vec![
+            SagaSubmit {
+                client: ClientId(7),
+                seq: 10,
+                steps: vec![
+                    SagaStep {
+                        action: vec![Op {
+                            participant: ParticipantId(1),
+                            key: key("a"),
+                            kind: OpKind::Add { delta: -5, floor: 0 },
+                        }],
+                        compensation: vec![Op {
+                            participant: ParticipantId(1),
+                            key: key("a"),
+                            kind: OpKind::Add { delta: 5, floor: i64::MIN },
+                        }],
+                    },
+                    SagaStep {
+                        action: vec![Op { participant: ParticipantId(2), key: key("b"), kind: OpKind::Delete }],
+                        compensation: vec![],
+                    },
+                ],
+            },
+            SagaSubmit { client: ClientId(7), seq: 11, steps: vec![] },
+        ]),
         Frame::Raft(Bytes::from_static(b"an encoded raft message")),
         Frame::Raft(Bytes::new()),
         Frame::NotLeader(NotLeader {

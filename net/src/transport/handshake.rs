@@ -144,14 +144,14 @@ impl Reactor {
 }
 
 /// Whether a connecting side of `role` may send data frames of `kind` on an accepted
-/// connection: clients submit and run interactive transactions, admins ask, coordinators
+/// connection: clients submit, run interactive transactions and sagas, admins ask, coordinators
 /// prepare and decide, participants vote and acknowledge; clients and coordinators may
 /// precede their data with the trace context of sampled transactions; coordinators of a
 /// replicated group exchange Raft messages.
 pub(super) fn may_send(role: Role, kind: FrameKind) -> bool {
     matches!(
         (role, kind),
-        (Role::Client, FrameKind::Submits | FrameKind::Interactive | FrameKind::TraceContext)
+        (Role::Client, FrameKind::Submits | FrameKind::Interactive | FrameKind::Sagas | FrameKind::TraceContext)
             | (Role::Admin, FrameKind::AdminRequest)
             | (Role::Coordinator, FrameKind::ToParticipant | FrameKind::TraceContext | FrameKind::Raft)
             | (Role::Participant, FrameKind::ToCoordinator)
@@ -178,8 +178,10 @@ mod tests {
     fn only_clients_may_send_interactive_requests() {
         assert!(may_send(Role::Client, FrameKind::Interactive));
         assert!(may_send(Role::Client, FrameKind::Submits));
+        assert!(may_send(Role::Client, FrameKind::Sagas));
         for role in [Role::Admin, Role::Coordinator, Role::Participant] {
             assert!(!may_send(role, FrameKind::Interactive), "{role} may not send Interactive frames");
+            assert!(!may_send(role, FrameKind::Sagas), "{role} may not send Sagas frames");
         }
         assert!(!may_send(Role::Client, FrameKind::ToCoordinator));
         assert!(!may_send(Role::Client, FrameKind::Replies));
