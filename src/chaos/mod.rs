@@ -49,9 +49,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ChaosArgs {
     #[command(flatten)]
     workload: WorkloadArgs,
-    /// Number of participants, named p1..pN.
-    #[arg(long, default_value_t = 3)]
-    participants: u16,
+    /// Participants, named p1..pN: a count of built-in-store participants, or a comma list
+    /// of kinds (`kv`, `pg`, `mariadb`, e.g. `pg,mariadb,kv`); database participants are
+    /// killed and restarted like the others (their servers are not) and audited with SQL.
+    #[arg(long, default_value = "3", value_parser = crate::dbdemo::parse_participants)]
+    participants: crate::dbdemo::ParticipantList,
     /// Kill a process every this long (the first one this long after the load starts).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     kill_every: Duration,
@@ -95,8 +97,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     ensure!(!args.kill_every.is_zero(), "--kill-every must be positive");
     // Declared before the cluster so that the cluster stops before its directory goes.
     let (_temp, data_dir) = data_dir(&args)?;
+    let databases = crate::dbdemo::Databases::start(&args.participants)?;
     let cluster_options = ClusterOptions {
-        participants: args.participants,
+        participants: args.participants.count(),
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("address"),
         cluster: "chaos".into(),
@@ -106,14 +109,16 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         trace: args.trace.clone(),
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
+        database_participants: databases.participant_flags(),
     };
-    eprintln!("starting 1 coordinator and {} participants in {}", args.participants, data_dir.display());
+    let participants = crate::loadgen::participants_phrase(&args.participants);
+    eprintln!("starting 1 coordinator and {participants} participants in {}", data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
     announce_metrics(&cluster);
     let identities = (cluster.client.load("the chaos run's load")?, cluster.admin.load("the chaos run's audit")?);
     let target = Target::discover(cluster.coordinator, "chaos", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
-    twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
+    databases.setup_accounts(&target)?;
 
     let schedule = Schedule { every: args.kill_every, window: args.workload.duration, seed: args.workload.seed };
     let (load, probe, sends_for) = start_load(&args, &target)?;
@@ -134,7 +139,8 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         violations.push(format!("{exited} without being killed"));
     }
     restart_leftovers(&mut cluster, &mut violations);
-    let settled = settle::wait(&target)?;
+    let mut settled = settle::wait(&target.without(&databases.names()))?;
+    let sql_audits = databases.audit(&target.layout, &result, &mut settled.balances)?;
     if !settled.left.is_empty() {
         let left = settled.left.join("; ");
         violations.push(format!("still unresolved {:?} after the load: {left}", settle::SETTLE_LIMIT));
@@ -142,9 +148,14 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let verdict = audit(&target.layout, &result, &settled.balances);
     let measured = summary::Measured { start, sends_end, settled_after: settled.after, violations };
     let chaos = summary::build(&schedule, &log, measured);
-    let passed = verdict.passed && chaos.passed();
+    let mut passed = verdict.passed && chaos.passed();
     write_report(&args, &result, verdict, settled.fsync, chaos)?;
+    for sql_audit in &sql_audits {
+        println!("{}", sql_audit.summary());
+        passed &= sql_audit.passed;
+    }
     cluster.stop();
+    drop(databases);
     print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
 }
@@ -232,7 +243,9 @@ fn write_report(
 ) -> anyhow::Result<()> {
     let description = format!(
         "chaos: local cluster, 1 coordinator + {} participants, {} accounts, a SIGKILL every {:?}",
-        args.participants, args.workload.accounts, args.kill_every
+        crate::loadgen::participants_phrase(&args.participants),
+        args.workload.accounts,
+        args.kill_every
     );
     let report = Report::new(result, Some(&verdict), fsync, description).with_chaos(chaos);
     report.print_summary();
