@@ -201,8 +201,12 @@ impl Databases {
         let mut audits = Vec::new();
         for (name, target) in targets {
             let audit = match target {
-                Target::Postgres(connector) => audit_one(&connector, SqlDialect::Postgres, &name, layout, result, balances),
-                Target::MariaDb(connector) => audit_one(&connector, SqlDialect::MariaDb, &name, layout, result, balances),
+                Target::Postgres(connector) => {
+                    audit_one(&connector, SqlDialect::Postgres, &name, layout, result, balances)
+                }
+                Target::MariaDb(connector) => {
+                    audit_one(&connector, SqlDialect::MariaDb, &name, layout, result, balances)
+                }
             };
             audits.push(audit.with_context(|| format!("auditing participant {name}'s database"))?);
         }
@@ -227,7 +231,8 @@ impl Databases {
             };
             seeded.with_context(|| format!("creating participant {name}'s accounts in its database"))?;
         }
-        let in_database = |account: u64| targets.iter().any(|(index, _, _)| layout.participant_index(account) == *index);
+        let in_database =
+            |account: u64| targets.iter().any(|(index, _, _)| layout.participant_index(account) == *index);
         twophase_bench::setup_accounts_where(target.coordinator, &target.client_options(), layout, |account| {
             !in_database(account)
         })
@@ -236,6 +241,13 @@ impl Databases {
     fn with<T>(&self, read: impl FnOnce(&[Database]) -> T) -> T {
         let running = self.running.lock().expect("not poisoned");
         read(running.as_deref().unwrap_or(&[]))
+    }
+}
+
+impl Drop for Databases {
+    /// Stops the servers now: the signal handler holds the other reference to them.
+    fn drop(&mut self) {
+        drop(self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
     }
 }
 

@@ -138,7 +138,8 @@ fn read_accounts<C: Connection>(
     let mut after: i64 = -1;
     loop {
         // Only integers are spliced into the statement.
-        let sql = format!("SELECT id, balance FROM accounts WHERE id > {after} ORDER BY id LIMIT {SQL_AUDIT_PAGE_ROWS}");
+        let sql =
+            format!("SELECT id, balance FROM accounts WHERE id > {after} ORDER BY id LIMIT {SQL_AUDIT_PAGE_ROWS}");
         let page = conn.execute(&sql, &[], &limits)?;
         for row in &page.rows {
             let (id, balance) = match row.as_slice() {
