@@ -167,9 +167,11 @@ impl Databases {
         })
         .context("installing the signal handler that stops the database servers")?;
         for (index, name, kind) in list.named().filter(|(_, _, kind)| *kind != ParticipantKind::Kv) {
+            // Started under the lock: an interruption meanwhile waits for the server to be
+            // listed, then stops it with the others (nothing is left half made).
+            let mut running = running.lock().expect("not poisoned");
             let server = Server::start(kind)?;
             eprintln!("started {} for participant {name}", server.describe());
-            let mut running = running.lock().expect("not poisoned");
             running.as_mut().context("interrupted")?.push(Database { index, name, server });
         }
         Ok(Databases { running })
