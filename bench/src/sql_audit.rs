@@ -183,3 +183,131 @@ fn sum_balances<C: Connection>(conn: &mut C, dialect: SqlDialect) -> Result<i64,
         other => Err(DbError::invalid(format!("sum(balance) returned {} rows", other.len()))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use twophase_backends::{Gid, KvOp, KvOutcome, Rows};
+
+    use super::*;
+    use crate::audit::audit;
+    use crate::audit::tests::{layout, result};
+
+    /// An `accounts` table in memory that answers the audit's statements the way a database
+    /// does, with a way to make its `sum(balance)` lie and to hold prepared transactions.
+    struct Table {
+        rows: BTreeMap<i64, i64>,
+        sum_offset: i64,
+        prepared: Vec<Gid>,
+    }
+
+    impl Connection for Table {
+        fn ensure_schema(&mut self) -> Result<(), DbError> {
+            Ok(())
+        }
+        fn begin(&mut self, _: &Gid) -> Result<(), DbError> {
+            unreachable!("the audit opens no transaction")
+        }
+        fn kv(&mut self, _: &KvOp) -> Result<KvOutcome, DbError> {
+            unreachable!("the audit reads with SQL")
+        }
+        fn execute(&mut self, sql: &str, _: &[SqlValue], limits: &SqlLimits) -> Result<Rows, DbError> {
+            if sql.contains("SUM(balance)") {
+                let sum = self.rows.values().sum::<i64>() + self.sum_offset;
+                return Ok(Rows { rows: vec![vec![SqlValue::Int(sum)]], ..Rows::default() });
+            }
+            let after: i64 = sql.split("id > ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+            let rows = self.rows.range(after + 1..).take(limits.rows_max);
+            let rows = rows.map(|(id, balance)| vec![SqlValue::Int(*id), SqlValue::Int(*balance)]).collect();
+            Ok(Rows { rows, ..Rows::default() })
+        }
+        fn prepare(&mut self, _: &Gid) -> Result<(), DbError> {
+            unreachable!()
+        }
+        fn prepare_detaches(&self) -> bool {
+            true
+        }
+        fn rollback(&mut self, _: &Gid) -> Result<(), DbError> {
+            unreachable!()
+        }
+        fn commit_prepared(&mut self, _: &Gid) -> Result<(), DbError> {
+            unreachable!()
+        }
+        fn rollback_prepared(&mut self, _: &Gid) -> Result<(), DbError> {
+            unreachable!()
+        }
+        fn recover(&mut self, _: &str) -> Result<Vec<Gid>, DbError> {
+            Ok(self.prepared.clone())
+        }
+        fn is_broken(&self) -> bool {
+            false
+        }
+    }
+
+    /// p1's accounts (0, 2, 4, 6, 8) as the deltas leave them.
+    fn p1_table(deltas: &[i64]) -> Table {
+        let rows = (0..10).step_by(2).map(|account| (account as i64, 100 + deltas[account])).collect();
+        Table { rows, sum_offset: 0, prepared: Vec::new() }
+    }
+
+    /// p2's state as the deltas leave it, from its dump.
+    fn with_p2(balances: &mut Balances, deltas: &[i64]) {
+        balances.mark_read("p2");
+        for account in (1..10).step_by(2) {
+            balances.take("p2", format!("acct/{account}").as_bytes(), &(100 + deltas[account]).to_le_bytes());
+        }
+    }
+
+    fn run(table: &mut Table, deltas: &[i64]) -> (SqlAudit, bool) {
+        let (layout, result) = (layout(), result(&layout(), deltas.to_vec()));
+        let mut balances = Balances::new(&layout);
+        with_p2(&mut balances, deltas);
+        let sql = sql_audit(table, SqlDialect::Postgres, "p1", &layout, &result, &mut balances).unwrap();
+        (sql, audit(&layout, &result, &balances).passed)
+    }
+
+    const DELTAS: [i64; 10] = [-5, 5, 3, -3, 0, 0, 7, 0, -7, 0];
+
+    #[test]
+    fn a_table_that_holds_the_acknowledged_commits_passes() {
+        let (sql, passed) = run(&mut p1_table(&DELTAS), &DELTAS);
+        assert!(sql.passed && passed, "{}", sql.summary());
+        assert_eq!((sql.rows, sql.sum_sql, sql.sum_expected), (5, 498, 498));
+        assert_eq!((sql.mismatched_accounts, sql.prepared), (0, 0));
+    }
+
+    #[test]
+    fn a_wrong_or_missing_row_fails_both_audits() {
+        let mut wrong = p1_table(&DELTAS);
+        *wrong.rows.get_mut(&4).unwrap() += 1;
+        let (sql, passed) = run(&mut wrong, &DELTAS);
+        assert!(!sql.passed && !passed);
+        assert_eq!((sql.mismatched_accounts, sql.sum_sql, sql.sum_expected), (1, 499, 498));
+
+        let mut missing = p1_table(&DELTAS);
+        missing.rows.remove(&6);
+        let (sql, passed) = run(&mut missing, &DELTAS);
+        assert!(!sql.passed && !passed);
+        assert_eq!((sql.rows, sql.mismatched_accounts), (4, 1));
+    }
+
+    #[test]
+    fn a_sum_that_disagrees_with_the_rows_fails() {
+        let mut lying = p1_table(&DELTAS);
+        lying.sum_offset = 1;
+        let (sql, passed) = run(&mut lying, &DELTAS);
+        assert!(!sql.passed, "{}", sql.summary());
+        assert!(passed, "the rows themselves are right");
+        assert_eq!((sql.sum_sql, sql.sum_rows), (499, 498));
+    }
+
+    #[test]
+    fn a_transaction_left_prepared_fails() {
+        let mut holding = p1_table(&DELTAS);
+        holding.prepared.push(Gid::new("p1", 1, 7).unwrap());
+        let (sql, _) = run(&mut holding, &DELTAS);
+        assert!(!sql.passed);
+        assert_eq!(sql.prepared, 1);
+    }
+}
