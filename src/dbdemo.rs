@@ -204,7 +204,7 @@ impl Databases {
         for (name, target) in targets {
             let audit = match target {
                 Target::Postgres(connector) => {
-                    audit_one(&connector, SqlDialect::Postgres, &name, layout, result, balances)
+                    audit_one(connector.as_ref(), SqlDialect::Postgres, &name, layout, result, balances)
                 }
                 Target::MariaDb(connector) => {
                     audit_one(&connector, SqlDialect::MariaDb, &name, layout, result, balances)
@@ -228,7 +228,7 @@ impl Databases {
         })?;
         for (index, name, target) in &targets {
             let seeded = match target {
-                Target::Postgres(connector) => seed_accounts(connector, layout, *index),
+                Target::Postgres(connector) => seed_accounts(connector.as_ref(), layout, *index),
                 Target::MariaDb(connector) => seed_accounts(connector, layout, *index),
             };
             seeded.with_context(|| format!("creating participant {name}'s accounts in its database"))?;
@@ -255,14 +255,14 @@ impl Drop for Databases {
 
 /// How the audit connects to a server.
 enum Target {
-    Postgres(PgConnector),
+    Postgres(Box<PgConnector>),
     MariaDb(MariaConnector),
 }
 
 impl Target {
     fn of(server: &Server) -> anyhow::Result<Target> {
         Ok(match server {
-            Server::Postgres(server) => Target::Postgres(PgConnector::new(&server.dsn())?),
+            Server::Postgres(server) => Target::Postgres(Box::new(PgConnector::new(&server.dsn())?)),
             Server::MariaDb(server) => Target::MariaDb(MariaConnector::new(&server.url())?),
         })
     }

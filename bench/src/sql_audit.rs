@@ -90,7 +90,8 @@ pub fn sql_audit<C: Connection>(
         .position(|(_, known)| known == name)
         .ok_or_else(|| DbError::invalid(format!("participant {name} is not in the bank's layout")))?;
     balances.mark_read(name);
-    let (rows, sum_rows, mut seen) = read_accounts(conn, name, index, layout, balances)?;
+    let (rows, sum_rows, mine) = read_accounts(conn, name, index, layout, balances)?;
+    let mut seen = mine.into_iter().peekable();
     let sum_sql = sum_balances(conn, dialect)?;
     let prepared = conn.recover(name)?.len() as u64;
     let mut sum_expected: i128 = 0;
@@ -132,7 +133,7 @@ fn read_accounts<C: Connection>(
     index: usize,
     layout: &BankLayout,
     balances: &mut Balances,
-) -> Result<(u64, i64, std::iter::Peekable<std::vec::IntoIter<(u64, i64)>>), DbError> {
+) -> Result<AccountRows, DbError> {
     let limits = SqlLimits { rows_max: SQL_AUDIT_PAGE_ROWS as usize, ..SqlLimits::default() };
     let (mut rows, mut sum, mut mine) = (0u64, 0i128, Vec::new());
     let mut after: i64 = -1;
@@ -160,8 +161,11 @@ fn read_accounts<C: Connection>(
         }
     }
     let sum = i64::try_from(sum).map_err(|_| DbError::invalid("the balances' sum overflows a bigint"))?;
-    Ok((rows, sum, mine.into_iter().peekable()))
+    Ok((rows, sum, mine))
 }
+
+/// Rows read, their balances' sum, and this participant's (id, balance) pairs in id order.
+type AccountRows = (u64, i64, Vec<(u64, i64)>);
 
 /// The key the built-in store gives `account` (what [`Balances::take`] parses).
 fn layout_key(account: u64) -> Vec<u8> {
