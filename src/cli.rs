@@ -395,6 +395,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 trace: args.trace,
                 metrics: !args.no_metrics,
                 log_dir: None,
+                database_participants: Vec::new(),
             };
             return cluster::run_until_stopped(options);
         }

@@ -14,6 +14,7 @@ use twophase_net::{ClientOptions, Security, admin};
 
 use crate::client_config::ClientFile;
 use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::dbdemo::{Databases, ParticipantList};
 use crate::security::{SecurityArgs, TlsFiles};
 use crate::settle;
 
@@ -115,9 +116,12 @@ const DEFAULT_OUTSTANDING_INTERACTIVE: usize = 8;
 pub struct DemoArgs {
     #[command(flatten)]
     workload: WorkloadArgs,
-    /// Number of participants, named p1..pN.
-    #[arg(long, default_value_t = 3)]
-    participants: u16,
+    /// Participants, named p1..pN: a count of built-in-store participants (`3`), or a comma
+    /// list of kinds, `kv` (the built-in store), `pg` (a throwaway PostgreSQL server) and
+    /// `mariadb` (a throwaway MariaDB server), e.g. `pg,mariadb,kv`. Database participants
+    /// are audited with SQL straight from their databases.
+    #[arg(long, default_value = "3", value_parser = crate::dbdemo::parse_participants)]
+    participants: crate::dbdemo::ParticipantList,
     /// Number of coordinators: above 1 (odd, at most 7) a Raft group, the load goes to its
     /// leader.
     #[arg(long, default_value_t = 1)]
@@ -237,6 +241,19 @@ impl Target {
         Ok(Target { coordinator, cluster: cluster.to_string(), layout, participants, client, admin })
     }
 
+    /// The same cluster with `names` left out of the participants read by admin dumps (the
+    /// database participants, which are read with SQL instead).
+    pub(crate) fn without(&self, names: &[String]) -> Target {
+        Target {
+            coordinator: self.coordinator,
+            cluster: self.cluster.clone(),
+            layout: self.layout.clone(),
+            participants: self.participants.iter().filter(|(name, _)| !names.contains(name)).cloned().collect(),
+            client: self.client.clone(),
+            admin: self.admin.clone(),
+        }
+    }
+
     /// How the run's client connections connect (its cluster, its certificate).
     pub(crate) fn client_options(&self) -> ClientOptions {
         ClientOptions { cluster: self.cluster.clone(), security: self.client.clone(), ..ClientOptions::default() }
@@ -278,8 +295,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             temp.path().to_path_buf()
         }
     };
+    let databases = Databases::start(&args.participants)?;
     let cluster_options = ClusterOptions {
-        participants: args.participants,
+        participants: args.participants.count(),
         coordinators: args.coordinators,
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("address"),
@@ -290,10 +308,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         trace: args.trace.clone(),
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
+        database_participants: databases.participant_flags(),
     };
     crate::cluster::check_coordinators(args.coordinators)?;
     let coordinators = coordinators_phrase(args.coordinators);
-    eprintln!("starting {coordinators} and {} participants in {}", args.participants, data_dir.display());
+    eprintln!(
+        "starting {coordinators} and {} participants in {}",
+        participants_phrase(&args.participants),
+        data_dir.display()
+    );
     let mut cluster = LocalCluster::start(&cluster_options)?;
     announce_metrics(&cluster);
     announce_leader(&cluster);
@@ -302,7 +325,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let target = Target::discover(leader, "demo", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
     let setup_began = Instant::now();
-    twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
+    databases.setup_accounts(&target)?;
     eprintln!("created {} accounts in {:.1} s", args.workload.accounts, setup_began.elapsed().as_secs_f64());
     let mut pids = cluster.pids();
     pids.push(("loadgen".into(), std::process::id()));
@@ -312,15 +335,22 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         bail!("{exit} during the run; the audit cannot be trusted");
     }
     let audit_began = Instant::now();
-    let (balances, fsync) = settled_balances(&target)?;
+    let (mut balances, fsync) = settled_balances(&target.without(&databases.names()))?;
+    let sql_audits = databases.audit(&target.layout, &result, &mut balances)?;
     let verdict = audit(&target.layout, &result, &balances);
     eprintln!("read and audited {} accounts in {:.1} s", args.workload.accounts, audit_began.elapsed().as_secs_f64());
     let description = format!(
         "demo: local cluster, {coordinators} + {} participants, {} accounts",
-        args.participants, args.workload.accounts
+        participants_phrase(&args.participants),
+        args.workload.accounts
     );
-    let passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
+    let mut passed = finish(&result, verdict, fsync, description, &args.workload.report)?;
+    for sql_audit in &sql_audits {
+        println!("{}", sql_audit.summary());
+        passed &= sql_audit.passed;
+    }
     cluster.stop();
+    drop(databases);
     print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
 }
@@ -346,6 +376,11 @@ pub(crate) fn announce_leader(cluster: &LocalCluster) {
             );
         }
     }
+}
+
+/// `3` for a count of built-in-store participants, `3 (pg,mariadb,kv)` for a list with databases.
+pub(crate) fn participants_phrase(list: &ParticipantList) -> String {
+    if list.has_databases() { format!("{} ({list})", list.count()) } else { list.count().to_string() }
 }
 
 fn parse_workload(text: &str) -> Result<twophase_bench::WorkloadKind, String> {

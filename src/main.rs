@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod client_config;
 mod cluster;
+mod dbdemo;
 mod failpoint;
 mod inspect;
 mod loadgen;

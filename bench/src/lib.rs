@@ -7,7 +7,9 @@
 //! at a fixed rate, and tracks the balance change every acknowledged commit implies;
 //! [`audit`] checks the participants' final balances ([`Balances`], filled entry by entry
 //! as their dumps stream in) against that; [`Report`] prints a
-//! summary and writes `report.json` and a self-contained `report.html`. [`scrape`] reads a
+//! summary and writes `report.json` and a self-contained `report.html`. [`sql_audit`] reads a
+//! database participant's `accounts` table into the same [`Balances`] and checks its sums and
+//! that nothing is left prepared there. [`scrape`] reads a
 //! node's metrics endpoint (for `twophase top` and tests).
 //!
 //! Invariants:
@@ -32,6 +34,7 @@ mod load;
 mod probe;
 mod report;
 pub mod scrape;
+pub mod sql_audit;
 mod svg;
 mod workload;
 

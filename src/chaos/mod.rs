@@ -52,9 +52,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ChaosArgs {
     #[command(flatten)]
     workload: WorkloadArgs,
-    /// Number of participants, named p1..pN.
-    #[arg(long, default_value_t = 3)]
-    participants: u16,
+    /// Participants, named p1..pN: a count of built-in-store participants, or a comma list
+    /// of kinds (`kv`, `pg`, `mariadb`, e.g. `pg,mariadb,kv`); database participants are
+    /// killed and restarted like the others (their servers are not) and audited with SQL.
+    #[arg(long, default_value = "3", value_parser = crate::dbdemo::parse_participants)]
+    participants: crate::dbdemo::ParticipantList,
     /// Number of coordinators: above 1 (odd, at most 7) a Raft group whose leaders and
     /// followers are killed like every other process; the load follows the leader.
     #[arg(long, default_value_t = 1)]
@@ -103,8 +105,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     ensure!(!args.kill_every.is_zero(), "--kill-every must be positive");
     // Declared before the cluster so that the cluster stops before its directory goes.
     let (_temp, data_dir) = data_dir(&args)?;
+    let databases = crate::dbdemo::Databases::start(&args.participants)?;
     let cluster_options = ClusterOptions {
-        participants: args.participants,
+        participants: args.participants.count(),
         coordinators: args.coordinators,
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("address"),
@@ -115,10 +118,12 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         trace: args.trace.clone(),
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
+        database_participants: databases.participant_flags(),
     };
     crate::cluster::check_coordinators(args.coordinators)?;
     let coordinators = coordinators_phrase(args.coordinators);
-    eprintln!("starting {coordinators} and {} participants in {}", args.participants, data_dir.display());
+    let participants = crate::loadgen::participants_phrase(&args.participants);
+    eprintln!("starting {coordinators} and {participants} participants in {}", data_dir.display());
     let mut cluster = LocalCluster::start(&cluster_options)?;
     announce_metrics(&cluster);
     announce_leader(&cluster);
@@ -132,7 +137,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         target.coordinator = forwarder.addr();
     }
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
-    twophase_bench::setup_accounts(target.coordinator, &target.client_options(), &target.layout)?;
+    databases.setup_accounts(&target)?;
 
     let schedule = Schedule { every: args.kill_every, window: args.workload.duration, seed: args.workload.seed };
     let (load, probe, sends_for) = start_load(&args, &target)?;
@@ -153,7 +158,8 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         violations.push(format!("{exited} without being killed"));
     }
     restart_leftovers(&mut cluster, &mut violations);
-    let settled = settle::wait(&target)?;
+    let mut settled = settle::wait(&target.without(&databases.names()))?;
+    let sql_audits = databases.audit(&target.layout, &result, &mut settled.balances)?;
     if !settled.left.is_empty() {
         let left = settled.left.join("; ");
         violations.push(format!("still unresolved {:?} after the load: {left}", settle::SETTLE_LIMIT));
@@ -161,9 +167,14 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let verdict = audit(&target.layout, &result, &settled.balances);
     let measured = summary::Measured { start, sends_end, settled_after: settled.after, violations };
     let chaos = summary::build(&schedule, &log, measured);
-    let passed = verdict.passed && chaos.passed();
+    let mut passed = verdict.passed && chaos.passed();
     write_report(&args, &result, verdict, settled.fsync, chaos)?;
+    for sql_audit in &sql_audits {
+        println!("{}", sql_audit.summary());
+        passed &= sql_audit.passed;
+    }
     cluster.stop();
+    drop(databases);
     print_logs_line(&args.workload.report);
     Ok(exit_code(passed))
 }
@@ -252,7 +263,7 @@ fn write_report(
     let description = format!(
         "chaos: local cluster, {} + {} participants, {} accounts, a SIGKILL every {:?}",
         coordinators_phrase(args.coordinators),
-        args.participants,
+        crate::loadgen::participants_phrase(&args.participants),
         args.workload.accounts,
         args.kill_every
     );
