@@ -89,7 +89,7 @@ impl<'a> Saga<'a> {
         let seq = client.next_seq();
         let mut writer = BatchWriter::<SagaSubmit>::new(&client.server_limits);
         writer.push(&SagaSubmit { client: client.client_id(), seq, steps }).map_err(ClientError::from)?;
-        match client.exchange(seq, writer.finish())? {
+        match client.exchange(seq, writer.finish(), None)? {
             Reply::Outcome { outcome, .. } => Ok(outcome),
             other => Err(unexpected_reply(&other).into()),
         }
