@@ -717,19 +717,7 @@ impl Coordinator {
         if self.sessions.begin(client, seq, txid).is_err() {
             return self.reject_busy(client, seq, fx);
         }
-        self.start_prepare(now, txid, client, seq, ops, fx);
-    }
-
-    fn start_prepare(
-        &mut self,
-        now: Time,
-        txid: TxId,
-        client: ClientId,
-        seq: Seq,
-        ops: Vec<Op>,
-        fx: &mut CoordEffects,
-    ) {
-        self.start_prepare_gated(now, txid, client, seq, ops, Lsn::NONE, fx);
+        self.start_prepare(now, txid, client, seq, ops, Lsn::NONE, fx);
     }
 
     /// Exactly-once admission of request `(client, seq)` from `origin`: true if it is new
@@ -784,9 +772,9 @@ impl Coordinator {
     }
 
     /// Starts the prepare round of `ops`; the prepares wait for the epoch record and for
-    /// `gate` (a saga attempt's record).
+    /// `gate` (a saga attempt's record; `Lsn::NONE` for a client's transaction).
     #[allow(clippy::too_many_arguments)]
-    fn start_prepare_gated(
+    fn start_prepare(
         &mut self,
         now: Time,
         txid: TxId,

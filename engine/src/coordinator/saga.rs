@@ -387,7 +387,7 @@ impl Coordinator {
         state.attempt = Some(Attempt { txid, lsn });
         self.sagas.by_attempt.insert(txid, saga);
         self.sagas.stats.attempts += 1;
-        self.start_prepare_gated(now, txid, ClientId::NONE, 0, ops, lsn, fx);
+        self.start_prepare(now, txid, ClientId::NONE, 0, ops, lsn, fx);
     }
 
     /// An attempt of a saga was decided by the commit path (`Ok` committed).
