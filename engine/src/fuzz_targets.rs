@@ -7,10 +7,12 @@
 //!
 //! Each body takes arbitrary bytes and must never panic. The first byte picks the decoder
 //! and the mode: *raw* decodes the rest of the input as it is; *structured* builds a valid
-//! value from the input ([`Gen`]: lengths up to the real limits), checks that it decodes to
-//! itself, then mutates its encoding (bit flips, cuts, length fields set to boundary
-//! values) and decodes that. Whatever decodes, in either mode, must re-encode to exactly
-//! the bytes it came from (the encodings are canonical) and decode to the same value again.
+//! value from the input ([`Gen`] at a [`Scale`]: small lists and lengths for the everyday
+//! targets, up to the real limits for the `limits` target and the stable harness), checks
+//! that it decodes to itself, then mutates its encoding (bit flips, cuts, length fields set
+//! to boundary values) and decodes that. Whatever decodes, in either mode, must re-encode
+//! to exactly the bytes it came from (the encodings are canonical) and decode to the same
+//! value again.
 //!
 //! Not part of the API: hidden from the docs, free to change with the fuzz crate.
 
@@ -30,6 +32,18 @@ use crate::participant::{KvImage, ParticipantSnapshot};
 use crate::record::{AnyRecord, CoordRecord, GetAt, LogRecord, PartRecord, RECORD_LIMITS, Write};
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, TxId};
 
+/// How far a [`Gen`] may build: what a fuzz target runs every input at, or the real limits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Scale {
+    /// Lists and lengths within [`SMALL_BUDGET_BYTES`] in all: an input runs in
+    /// microseconds, so a run reaches millions of inputs. The limits still get hit where
+    /// a decoder is configured with small ones (the frame targets' small `NetLimits`).
+    Small,
+    /// Up to the real limits (16 MiB values, 65,535-item lists): what the `limits` fuzz
+    /// target and the stable harness run, since each such input costs milliseconds.
+    Full,
+}
+
 /// Builds values out of fuzzer bytes, reading zeros once they run out (zeros pick the
 /// first variant and empty lists), so that a mutation of the input is a mutation of the
 /// structure it describes.
@@ -38,20 +52,35 @@ pub struct Gen<'a> {
     /// What lengths and counts may still add up to, so that one input cannot describe
     /// gigabytes (a list of the largest values at the largest count).
     budget: usize,
+    /// Lengths and counts above this need two marker bytes in a row (see [`Gen::pick`]).
+    huge: usize,
 }
 
-/// Enough for one value of the largest record size (16 MiB) and then some.
+/// [`Scale::Full`]'s budget: enough for one value of the largest record size (16 MiB) and
+/// then some.
 const GEN_BUDGET: usize = 17 << 20;
 
-/// Lengths above this need two marker bytes in a row (see [`Gen::pick`]).
+/// [`Scale::Small`]'s budget: about 100 list items or 8 KiB of bytes, tens of microseconds
+/// to build, encode, decode and compare (the cost of an input grows with its items).
+pub const SMALL_BUDGET_BYTES: usize = 8 << 10;
+
+/// [`Scale::Full`]: lengths above this need two marker bytes in a row (see [`Gen::pick`]).
 const HUGE_BYTES: usize = 1 << 20;
 
 /// What one list item is charged to the budget: about what it takes decoded.
 pub const ITEM_BYTES: usize = 64;
 
 impl<'a> Gen<'a> {
+    /// A generator at [`Scale::Small`].
     pub fn new(data: &'a [u8]) -> Gen<'a> {
-        Gen { data, budget: GEN_BUDGET }
+        Gen::at(Scale::Small, data)
+    }
+
+    pub fn at(scale: Scale, data: &'a [u8]) -> Gen<'a> {
+        match scale {
+            Scale::Small => Gen { data, budget: SMALL_BUDGET_BYTES, huge: SMALL_BUDGET_BYTES },
+            Scale::Full => Gen { data, budget: GEN_BUDGET, huge: HUGE_BYTES },
+        }
     }
 
     pub fn u8(&mut self) -> u8 {
@@ -116,15 +145,16 @@ impl<'a> Gen<'a> {
     /// then exactly `max` or one below it, so the real limits get exercised. Zero once the
     /// input is used up.
     fn pick(&mut self, max: usize) -> usize {
-        // Sizes above a MiB (the 16 MiB record limit) cost real time to build and check:
-        // they take a second confirming byte.
-        let huge_ok = |g: &mut Gen| max <= HUGE_BYTES || g.u8() == 255;
+        // Huge sizes (a MiB at full scale, for the 16 MiB record limit) cost real time to
+        // build and check: they take a second confirming byte.
+        let huge = self.huge;
+        let huge_ok = |g: &mut Gen| max <= huge || g.u8() == 255;
         match self.u8() {
             255 if huge_ok(self) => max,
             254 if huge_ok(self) => max.saturating_sub(1),
-            // Log-uniform: every order of magnitude up to the limit (or a MiB) as likely.
+            // Log-uniform: every order of magnitude up to the limit (or the huge size) as likely.
             246..=253 => {
-                let cap = max.min(HUGE_BYTES);
+                let cap = max.min(huge);
                 let bits = self.u8() as u32 % (usize::BITS - cap.leading_zeros() + 1);
                 self.up_to(cap.min((1usize << bits).saturating_sub(1)))
             }
@@ -148,7 +178,13 @@ impl<'a> Gen<'a> {
     pub fn text(&mut self, max_bytes: usize) -> String {
         let chars = self.len(max_bytes);
         let mut text = String::with_capacity(chars);
-        for _ in 0..chars {
+        for done in 0..chars {
+            if self.data.is_empty() {
+                // What the loop would do on the zeros that follow, at once: 'é' until full.
+                let fits = (max_bytes - text.len()) / 'é'.len_utf8();
+                text.push_str(&"é".repeat((chars - done).min(fits)));
+                break;
+            }
             let c = match self.u8() {
                 0 => 'é',
                 1 => '€',
@@ -412,9 +448,9 @@ fn message_case<T: Encode + Decode + PartialEq + Debug>(
 /// Wire messages as the codec decodes them inside data frames. Input: `u8 selector`
 /// (bit 7: structured; selector % 5: 0 Submit, 1 Reply, 2 ToParticipant, 3 ToCoordinator,
 /// 4 Interactive),
-/// then the message bytes (raw) or the generator's bytes (structured).
-pub fn engine_messages(data: &[u8]) {
-    let mut g = Gen::new(data);
+/// then the message bytes (raw) or the generator's bytes (structured, at `scale`).
+pub fn engine_messages(scale: Scale, data: &[u8]) {
+    let mut g = Gen::at(scale, data);
     let selector = g.u8();
     let structured = selector & 0x80 != 0;
     let limits = Limits::default();
@@ -517,9 +553,9 @@ pub fn assert_record_canonical(kind: u8, payload: &[u8]) -> Option<AnyRecord> {
 
 /// Log records as `inspect-log` and recovery decode them (`AnyRecord::decode`). Input:
 /// `u8 selector` (bit 7: structured, bit 0: participant record when structured), then
-/// `u8 kind | payload` (raw) or the generator's bytes (structured).
-pub fn engine_records(data: &[u8]) {
-    let mut g = Gen::new(data);
+/// `u8 kind | payload` (raw) or the generator's bytes (structured, at `scale`).
+pub fn engine_records(scale: Scale, data: &[u8]) {
+    let mut g = Gen::at(scale, data);
     let selector = g.u8();
     let (kind, payload) = if selector & 0x80 != 0 {
         let record = if selector & 1 == 0 {
@@ -594,9 +630,9 @@ pub fn gen_coordinator_snapshot(g: &mut Gen) -> CoordinatorSnapshot {
 /// The snapshot file bodies a restart decodes (after the file's checksum, which a damaged
 /// or hostile file may still pass). Input: `u8 selector` (bit 7: structured, bit 0:
 /// coordinator checkpoint, else participant snapshot), then the body (raw) or the
-/// generator's bytes (structured).
-pub fn engine_snapshots(data: &[u8]) {
-    let mut g = Gen::new(data);
+/// generator's bytes (structured, at `scale`).
+pub fn engine_snapshots(scale: Scale, data: &[u8]) {
+    let mut g = Gen::at(scale, data);
     let selector = g.u8();
     let coordinator = selector & 1 != 0;
     let bytes = if selector & 0x80 != 0 {
@@ -742,12 +778,35 @@ mod tests {
 
     #[test]
     fn gen_reaches_the_limits_and_reads_zeros_when_exhausted() {
-        let mut g = Gen::new(&[255, 0xaa]);
+        let mut g = Gen::at(Scale::Full, &[255, 0xaa]);
         let value = gen_value(&mut g, Limits::default());
         assert_eq!(value.len(), Limits::default().max_value_bytes, "selector 255 picks the limit itself");
         assert_eq!(value[0], 0xaa);
         assert!(value.iter().all(|&b| b == 0xaa || b == 0));
         assert_eq!(g.u64(), 0);
+    }
+
+    #[test]
+    fn small_scale_stays_within_its_budget() {
+        // Every length and count at its maximum: a full-scale generator would build MiBs.
+        let input = [0xffu8; 4096];
+        let mut g = Gen::at(Scale::Small, &input);
+        let value = gen_value(&mut g, RECORD_LIMITS);
+        assert!(value.len() <= SMALL_BUDGET_BYTES, "{} bytes", value.len());
+        let snapshot = gen_participant_snapshot(&mut Gen::at(Scale::Small, &input));
+        assert!(snapshot.encode().len() <= 2 * SMALL_BUDGET_BYTES, "{} bytes", snapshot.encode().len());
+        let full = gen_participant_snapshot(&mut Gen::at(Scale::Full, &input));
+        assert!(full.encode().len() > 1 << 20, "full scale reaches the limits");
+    }
+
+    #[test]
+    fn text_from_exhausted_input_is_what_the_zeros_spell() {
+        let mut g = Gen::at(Scale::Full, &[255, b'a']);
+        let text = g.text(u16::MAX as usize);
+        assert_eq!(text.len(), u16::MAX as usize, "'a', then 'é' up to the limit");
+        assert!(text.starts_with("aé") && text[1..].chars().all(|c| c == 'é'));
+        let mut g = Gen::at(Scale::Full, &[255]);
+        assert_eq!(g.text(u16::MAX as usize).len(), u16::MAX as usize - 1, "'é' until one byte short");
     }
 
     #[test]

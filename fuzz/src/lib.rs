@@ -6,8 +6,14 @@
 //! Why 64 MiB: the largest legitimate allocations are a whole frame or record (16 MiB) and
 //! the vector of a full batch or snapshot list decoded from one (a few times the bytes it
 //! came from); an unchecked `u32` or `u64` count asks for gigabytes.
+//!
+//! Also [`scratch_dir`], the directory the recovery targets write their segment files to.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use tempfile::TempDir;
 
 pub const ALLOCATION_BYTES_MAX: usize = 64 << 20;
 
@@ -56,3 +62,30 @@ unsafe extern "C" {
 
 #[global_allocator]
 static ALLOCATOR: CappedAllocator = CappedAllocator;
+
+static SCRATCH: OnceLock<TempDir> = OnceLock::new();
+
+/// One temporary directory for the whole run, on tmpfs (`/dev/shm`) where there is one:
+/// recovery syncs what it cuts, which a disk makes slow. Removed when libFuzzer exits.
+pub fn scratch_dir() -> &'static Path {
+    SCRATCH
+        .get_or_init(|| {
+            let shm = Path::new("/dev/shm");
+            let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+            // libFuzzer leaves through exit(), which drops no static: remove the directory then.
+            // SAFETY: registers a plain function with the C runtime.
+            unsafe { atexit(remove_scratch_dir) };
+            dir.expect("a temporary directory")
+        })
+        .path()
+}
+
+extern "C" fn remove_scratch_dir() {
+    if let Some(dir) = SCRATCH.get() {
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+}
+
+unsafe extern "C" {
+    fn atexit(callback: extern "C" fn()) -> i32;
+}

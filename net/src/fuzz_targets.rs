@@ -16,16 +16,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use twophase_engine::fuzz_targets::{
-    Gen, gen_key, gen_op, gen_reply, gen_submit, gen_to_coordinator, gen_to_participant, gen_value, mutate,
+    Gen, Scale, gen_key, gen_op, gen_reply, gen_submit, gen_to_coordinator, gen_to_participant, gen_value, mutate,
 };
-use twophase_engine::message::Interactive;
+use twophase_engine::message::{Interactive, SAGA_STEPS_MAX, SagaStep, SagaSubmit};
 use twophase_engine::ops::Isolation;
 use twophase_engine::record::RECORD_LIMITS;
 use twophase_engine::{ClientId, Epoch, Limits, ParticipantId, Submit, TxId};
 
 use crate::frame::{
     AdminOp, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, HEADER_BYTES, Hello,
-    LEADER_NAME_BYTES_MAX, LeaderHint, MAX_HELLO_FRAME_BYTES, NetLimits, NotLeader, ProtocolError, Role, Welcome,
+    LEADER_NAME_BYTES_MAX, LeaderHint, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, NetLimits, NotLeader,
+    ProtocolError, Role, TraceEntry, TraceKey, Welcome,
 };
 
 /// Limits a target decodes against: the defaults (16 MiB frames), an accepted connection
@@ -108,12 +109,34 @@ pub fn gen_interactive(g: &mut Gen, limits: Limits) -> Interactive {
     }
 }
 
+/// A saga of up to [`SAGA_STEPS_MAX`] steps whose op lists respect `limits` (what the wire
+/// decoder checks; the coordinator checks the rest, such as its size in bytes).
+pub fn gen_saga(g: &mut Gen, limits: Limits) -> SagaSubmit {
+    let (client, seq) = (ClientId(g.u64()), g.u64());
+    let ops = |g: &mut Gen| (0..g.count(limits.max_ops_per_tx)).map(|_| gen_op(g, limits)).collect();
+    let steps = (0..g.count(SAGA_STEPS_MAX)).map(|_| SagaStep { action: ops(g), compensation: ops(g) }).collect();
+    SagaSubmit { client, seq, steps }
+}
+
+/// A trace context entry for a submit or a transaction, its traceparent up to the limit.
+pub fn gen_trace_entry(g: &mut Gen) -> TraceEntry {
+    let key = if g.u8().is_multiple_of(2) {
+        TraceKey::Submit { client: ClientId(g.u64()), seq: g.u64() }
+    } else {
+        TraceKey::Tx(TxId(g.u64()))
+    };
+    let len = g.len(MAX_TRACEPARENT_BYTES);
+    TraceEntry { key, traceparent: g.bytes(len) }
+}
+
 /// A frame of any kind whose messages respect `limits.engine`; its batch count and size
 /// may still exceed `limits` (see [`fits`]).
 pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
     let engine = limits.engine;
     let batch = |g: &mut Gen| g.count(limits.max_batch.min(1 << 16) as usize);
-    match g.u8() % 14 {
+    match g.u8() % 16 {
+        14 => Frame::Sagas((0..batch(g)).map(|_| gen_saga(g, engine)).collect()),
+        15 => Frame::TraceContext((0..batch(g)).map(|_| gen_trace_entry(g)).collect()),
         0 => Frame::Hello(gen_hello(g)),
         1 => Frame::Welcome(gen_welcome(g)),
         2 => Frame::Error(ErrorFrame { code: ErrorCode::from_code(g.u16()), message: g.text(u16::MAX as usize) }),
@@ -152,6 +175,7 @@ fn fits(frame: &Frame, encoded_bytes: usize, limits: &NetLimits) -> bool {
         Frame::ToCoordinator(items) => items.len(),
         Frame::Interactive(items) => items.len(),
         Frame::Sagas(items) => items.len(),
+        Frame::TraceContext(items) => items.len(),
         _ => 0,
     };
     encoded_bytes - 4 <= limits.max_frame_bytes as usize && batch <= limits.max_batch as usize
@@ -220,9 +244,9 @@ fn gen_reads(g: &mut Gen) -> Vec<usize> {
 /// The streaming frame decoder over every frame kind. Input: `u8 selector` (bit 7:
 /// structured; selector % 3 picks the limits), then `u8 count | u16 read size × count`
 /// (how the stream is split into reads) and the stream (raw) or the generator's bytes
-/// (structured: up to eight valid frames back to back, checked, then mutated).
-pub fn net_frames(data: &[u8]) {
-    let mut g = Gen::new(data);
+/// (structured, at `scale`: up to eight valid frames back to back, checked, then mutated).
+pub fn net_frames(scale: Scale, data: &[u8]) {
+    let mut g = Gen::at(scale, data);
     let selector = g.u8();
     let limits = limits_for(selector);
     let reads = gen_reads(&mut g);
@@ -255,9 +279,9 @@ pub fn net_frames(data: &[u8]) {
 /// server decodes its first frame with the pre-handshake limit; the client decodes its
 /// first frame with the defaults and, given a `Welcome`, sends generated submits through a
 /// `BatchWriter` built from the announced limits, which a decoder with those limits must
-/// accept whole.
-pub fn net_handshake(data: &[u8]) {
-    let mut g = Gen::new(data);
+/// accept whole. Structured values are built at `scale`.
+pub fn net_handshake(scale: Scale, data: &[u8]) {
+    let mut g = Gen::at(scale, data);
     let selector = g.u8();
     let (to_server, to_client) = if selector & 0x80 != 0 {
         let mut hello = Frame::Hello(gen_hello(&mut g)).to_bytes().to_vec();
@@ -318,7 +342,7 @@ fn send_within(limits: &NetLimits, submits: Vec<Submit>) {
 pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
     let mut seeds = Vec::new();
     let limits = NetLimits::default();
-    for kind in 0u8..12 {
+    for kind in 0u8..16 {
         for pattern in [&[0u8, 1, 2, 3, 4, 5, 6, 7, 8][..], &[0x21; 48]] {
             let mut forced = vec![kind];
             forced.extend_from_slice(pattern);
@@ -362,7 +386,7 @@ mod tests {
             stream.extend_from_slice(&input[2..]);
         }
         let whole = check_stream(&stream, NetLimits::default(), &[]);
-        assert_eq!(whole.frames.len(), 24);
+        assert_eq!(whole.frames.len(), 32);
         let split = decode_stream(&stream, NetLimits::default(), &[1, 2, 3, 5, 7, 11, 13]);
         assert_eq!(split, whole);
     }

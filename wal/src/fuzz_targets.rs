@@ -20,6 +20,21 @@ use crate::segment::segment_file_name;
 /// Records as `(lsn, kind, payload)`.
 type Records = Vec<(u64, u8, Vec<u8>)>;
 
+/// How large the structured modes' payloads get: small for the everyday fuzz targets (an
+/// input runs in microseconds), up to the payload limit itself (16 MiB) for the `limits`
+/// target and the stable harness.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Scale {
+    /// Payloads up to [`SMALL_PAYLOAD_BYTES_MAX`] (and the 64-byte limit itself).
+    Small,
+    /// Payloads up to the limit the selector picked.
+    Full,
+}
+
+/// The largest payload [`Scale::Small`] builds: larger ones cost milliseconds to fill,
+/// checksum and compare. The larger limits are still hit by length fields the mutations set.
+pub const SMALL_PAYLOAD_BYTES_MAX: u32 = 4096;
+
 /// Reads the fuzzer's bytes as numbers, zeros once they run out.
 struct Input<'a> {
     data: &'a [u8],
@@ -66,9 +81,13 @@ fn max_payload_for(selector: u8) -> u32 {
 }
 
 /// Valid write groups from `input`: each a marker and 0..=7 records with consecutive LSNs
-/// from `first_lsn`; payload sizes up to `max_payload` (sometimes exactly it). Returns the
-/// bytes and the `(lsn, kind, payload)` of every record.
-fn gen_groups(input: &mut Input, first_lsn: u64, max_payload: u32) -> (Vec<u8>, Records) {
+/// from `first_lsn`; payload sizes up to `max_payload` (sometimes exactly it) at `scale`.
+/// Returns the bytes and the `(lsn, kind, payload)` of every record.
+fn gen_groups(input: &mut Input, first_lsn: u64, max_payload: u32, scale: Scale) -> (Vec<u8>, Records) {
+    let largest = match scale {
+        Scale::Small => max_payload.min(SMALL_PAYLOAD_BYTES_MAX),
+        Scale::Full => max_payload,
+    } as usize;
     let mut bytes = Vec::new();
     let mut records = Vec::new();
     let mut lsn = Some(first_lsn);
@@ -80,8 +99,8 @@ fn gen_groups(input: &mut Input, first_lsn: u64, max_payload: u32) -> (Vec<u8>, 
             let Some(this) = lsn else { break };
             let kind = input.u8().max(1);
             let len = match input.u8() {
-                255 => max_payload as usize,
-                size => (size as usize * 7).min(max_payload as usize),
+                255 => largest,
+                size => (size as usize * 7).min(largest),
             };
             let fill = input.u8();
             let mut payload = input.take(len).to_vec();
@@ -145,15 +164,15 @@ fn scan_frames(buf: &[u8], max_payload: u32, min_durable: u64) -> Records {
 
 /// Record framing. Input: `u8 selector` (bit 7: structured; selector % 3 picks the payload
 /// limit), `u64 min_durable` for the marker search, then the segment bytes (raw) or the
-/// generator's bytes (structured: valid groups, checked, then mutated).
-pub fn wal_frames(data: &[u8]) {
+/// generator's bytes (structured, at `scale`: valid groups, checked, then mutated).
+pub fn wal_frames(scale: Scale, data: &[u8]) {
     let mut input = Input { data };
     let selector = input.u8();
     let max_payload = max_payload_for(selector);
     let min_durable = input.u64();
     let bytes = if selector & 0x80 != 0 {
         let first_lsn = input.u64().max(1);
-        let (mut bytes, records) = gen_groups(&mut input, first_lsn, max_payload);
+        let (mut bytes, records) = gen_groups(&mut input, first_lsn, max_payload, scale);
         let decoded: Vec<_> = scan_frames(&bytes, max_payload, min_durable)
             .into_iter()
             .filter(|(_, kind, _)| *kind != MARKER_KIND)
@@ -178,8 +197,8 @@ fn summary(scan: &Scan) -> (Records, u64) {
 /// `u8 selector` (bit 7: structured; selector % 3 picks the payload limit), then per
 /// segment `u64 name` (structured: a `u8` not divisible by 4 continues the LSNs, else a
 /// `u64` name follows) and its
-/// bytes (raw: `u16 length | bytes`; structured: valid groups, then mutated).
-pub fn wal_recovery(dir: &Path, data: &[u8]) {
+/// bytes (raw: `u16 length | bytes`; structured, at `scale`: valid groups, then mutated).
+pub fn wal_recovery(dir: &Path, scale: Scale, data: &[u8]) {
     for entry in fs::read_dir(dir).expect("the fuzz directory") {
         fs::remove_file(entry.expect("a directory entry").path()).expect("emptying the fuzz directory");
     }
@@ -199,7 +218,7 @@ pub fn wal_recovery(dir: &Path, data: &[u8]) {
         }
         names.push(name);
         let mut bytes = if structured {
-            let (bytes, records) = gen_groups(&mut input, name.max(1), max_payload);
+            let (bytes, records) = gen_groups(&mut input, name.max(1), max_payload, scale);
             intact &= name == next_lsn;
             next_lsn = records.last().map_or(name, |(lsn, _, _)| lsn.saturating_add(1));
             expected.extend(records);
@@ -266,9 +285,9 @@ mod tests {
             if target == "wal_frames" {
                 let records = scan_frames(&input[9..], max_payload_for(input[0]), 0);
                 assert_eq!(records.iter().filter(|(_, kind, _)| *kind != MARKER_KIND).count(), 3);
-                wal_frames(&input);
+                wal_frames(Scale::Full, &input);
             } else {
-                wal_recovery(dir.path(), &input);
+                wal_recovery(dir.path(), Scale::Full, &input);
                 let scan = recovery::recover(dir.path(), max_payload_for(input[0])).unwrap();
                 assert_eq!((scan.records.len(), scan.next_lsn), (3, 4));
             }

@@ -4,7 +4,7 @@
 //! on the engine, so its input loop is this file's own.)
 
 use rand::{Rng, RngCore, SeedableRng};
-use twophase_wal::fuzz_targets::{seed_inputs, wal_frames, wal_recovery};
+use twophase_wal::fuzz_targets::{Scale, seed_inputs, wal_frames, wal_recovery};
 
 /// The valid seeds first, then `inputs` pseudo-random ones (mostly short, one in ten up to
 /// `max_len_bytes`), each once structured (selector bit 7 set) and once raw.
@@ -38,7 +38,8 @@ fn drive(name: &str, target: &mut dyn FnMut(&[u8]), seed: u64, inputs: usize, ma
 
 #[test]
 fn wal_frames_random() {
-    drive("wal_frames", &mut |data| wal_frames(data), 0xa1, 3_000, 256 << 10);
+    drive("wal_frames", &mut |data| wal_frames(Scale::Full, data), 0xa1, 3_000, 256 << 10);
+    drive("wal_frames", &mut |data| wal_frames(Scale::Small, data), 0xa3, 3_000, 256 << 10);
 }
 
 #[test]
@@ -46,5 +47,6 @@ fn wal_recovery_random() {
     // On tmpfs where there is one: recovery syncs what it cuts, which a disk makes slow.
     let shm = std::path::Path::new("/dev/shm");
     let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
-    drive("wal_recovery", &mut |data| wal_recovery(dir.path(), data), 0xa2, 1_000, 64 << 10);
+    drive("wal_recovery", &mut |data| wal_recovery(dir.path(), Scale::Full, data), 0xa2, 1_000, 64 << 10);
+    drive("wal_recovery", &mut |data| wal_recovery(dir.path(), Scale::Small, data), 0xa4, 1_000, 64 << 10);
 }
