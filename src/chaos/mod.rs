@@ -12,7 +12,6 @@
 //! exited on its own, nothing stayed prepared). Must not: hide a server failure by retrying
 //! it away — a restart is attempted once, a recovery waited for a bounded time.
 
-mod forward;
 mod monkey;
 mod summary;
 
@@ -128,14 +127,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     announce_metrics(&cluster);
     announce_leader(&cluster);
     let identities = (cluster.client.load("the chaos run's load")?, cluster.admin.load("the chaos run's audit")?);
-    let leader = cluster.leader_addr().context("no coordinator leads")?;
-    let mut target = Target::discover(leader, "chaos", identities, &args.workload)?;
-    // A group's leader changes with the kills: the load goes through a forwarder that
-    // connects each new connection to whoever leads then.
-    let forwarder = cluster.leader_lookup().map(forward::Forwarder::start).transpose()?;
-    if let Some(forwarder) = &forwarder {
-        target.coordinator = forwarder.addr();
-    }
+    // A group's leader changes with the kills: the load's connections know every member and
+    // follow the leader themselves (NotLeader, or a member that died), resending what is in
+    // flight under the same (client, seq).
+    let target = Target::discover(&cluster.coordinator_addrs(), "chaos", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
     databases.setup_accounts(&target)?;
 
