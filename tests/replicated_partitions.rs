@@ -10,6 +10,10 @@
 //! (a No vote, never a prepared transaction), and after healing it follows the new leader.
 //! (b) A follower that lost its whole data directory rejoins, catches up and later leads,
 //! with every earlier commit at the participants and nothing left prepared.
+//! (c) A participant holding a prepared transaction when the leader is killed (the other
+//! participant's vote held back, so the leader could not decide) resolves it with the new
+//! leader, whichever member that is: the new leader dials the participants, and the
+//! participant's inquiry and the leader's own resolution both go over that connection.
 
 mod common;
 #[path = "common/proxy.rs"]
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
 use proxy::{Fault, Proxy};
-use twophase_net::{Client, ClientOptions};
+use twophase_net::{Client, ClientOptions, Pipeline};
 
 const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
 /// Generous: the machine running the tests may be busy compiling.
@@ -109,6 +113,11 @@ struct Group {
 
 impl Group {
     fn start(dir: &Path) -> Group {
+        Group::start_with(dir, &[])
+    }
+
+    /// The group with `extra` flags for every member.
+    fn start_with(dir: &Path, extra: &[&str]) -> Group {
         let metrics: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
         let participants: Vec<Node> = ["p1", "p2"]
             .iter()
@@ -123,6 +132,7 @@ impl Group {
             args.extend(["--listen".to_string(), addrs[index].to_string(), "--data-dir".into()]);
             args.push(dir.join(name).display().to_string());
             args.extend(make_cert(&certs_dir(dir), CLUSTER, "coordinator", name));
+            args.extend(extra.iter().map(|flag| flag.to_string()));
             for participant in &participants {
                 let proxy = Proxy::start(participant.addr);
                 args.extend(["--participant".to_string(), format!("{}={}", participant.name, proxy.addr())]);
@@ -326,4 +336,38 @@ fn a_follower_that_lost_its_data_rejoins_catches_up_and_leads_with_every_commit(
     assert_eq!(a1, a2, "a transaction applied at one participant only");
     assert!(a1 >= BEFORE_PARTITION + 3, "p1 holds {a1}: an acknowledged commit is missing");
     assert!(dir.path().join(lost_name).join("raft").exists(), "{lost_name} rebuilt no replicated log");
+}
+
+#[test]
+fn a_participant_prepared_when_the_leader_dies_resolves_with_the_new_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    // The leader must not abort on its own while p2's vote is held back.
+    let mut group = Group::start_with(dir.path(), &["--prepare-timeout-ms", "600000"]);
+    let (old, old_term, _) = group.wait_leader(0);
+    let old_name = group.members[old].name;
+    let mut client = eventually("a session at the leader", WAIT, || group.client(old));
+    assert!(transfer(&mut client, "a"), "the first transaction was not acknowledged");
+    drop(client);
+
+    // Hold everything between the leader and p2: p1 votes Yes and holds the transaction
+    // prepared, the leader waits for p2's vote.
+    group.links[&(old_name, "p2".to_string())].set(Fault::Hold);
+    let mut pipeline = Pipeline::connect(group.members[old].addr, group.options()).expect("a pipeline at the leader");
+    pipeline.send(vec![add(1, "doubt", 1, i64::MIN), add(2, "doubt", 1, i64::MIN)]).unwrap();
+    pipeline.flush().unwrap();
+    eventually("p1 to hold the transaction prepared", WAIT, || {
+        let (_, (prepared, in_doubt)) = dump_ints(&group.participants[0]);
+        (prepared + in_doubt > 0).then_some(())
+    });
+    // The client goes away (no resend elsewhere), and the leader dies undecided.
+    drop(pipeline);
+    group.members[old].kill();
+
+    let (new, _, _) = group.wait_leader(old_term);
+    assert_ne!(new, old, "the killed member leads");
+    let [p1, p2] = group.settled();
+    // p2 never voted (it never saw the prepare): the only right decision is abort.
+    assert_eq!((p1.get("doubt"), p2.get("doubt")), (None, None), "the undecided transaction was applied");
+    assert_eq!(p1.get("a"), Some(&1), "the first commit is missing at p1");
+    group.commit_through_leader("a");
 }
