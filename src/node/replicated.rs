@@ -60,9 +60,17 @@ use crate::metrics::CoordinatorMetrics;
 const RAFT_PEER_BASE: u64 = 1 << 32;
 /// How often Raft's clock ticks.
 const TICK: Duration = Duration::from_millis(10);
-/// A follower campaigns after 20–40 ticks (200–400 ms) without a leader: above the pause a
-/// new leader's network restart causes (its links come back within ~100 ms).
-const ELECTION_TICKS: usize = 20;
+/// A follower campaigns after 30–60 ticks (300–600 ms) without a leader: above the pause a
+/// new leader's network restart causes (its links come back within ~100 ms). The same
+/// number is the leader's check-quorum window: a leader that heard from no majority for 30
+/// ticks steps down. A follower's replies (heartbeat responses included) leave only once its
+/// wal made the entries before them durable, so on a busy machine (2 cores, every process
+/// fsyncing) a follower can be silent for 200 ms and more; with one follower killed the
+/// leader counts on the other alone, and a restarted follower replaying its log is the
+/// CPU burst that makes that one late. With 20 ticks (200 ms) that deposed the leader in
+/// chaos runs, ~0.4–1 s after a follower's restart (same term, no other candidate: the
+/// check-quorum step-down). 300 ms keeps failover after a leader's death well under 1 s.
+const ELECTION_TICKS: usize = 30;
 const HEARTBEAT_TICKS: usize = 2;
 /// Raft entries (batches) between Raft snapshots by default (`--raft-snapshot-every-entries`).
 pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 20_000;
