@@ -144,6 +144,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         args.kill_every, args.workload.duration, args.settle
     );
     let log = monkey::run(&mut cluster, &target.layout, &probe, start, &schedule, || !load.is_finished());
+    let leader_after_kills = monkey::leader(&cluster);
     wait_until(start + sends_for, &load);
     let sends_end = (Instant::now(), probe.committed());
     let result = join(load).map_err(|err| err.context(kill_summary(&log)))?;
@@ -164,6 +165,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let chaos = summary::build(&schedule, &log, measured);
     let mut passed = verdict.passed && chaos.passed();
     write_report(&args, &result, verdict, settled.fsync, chaos)?;
+    for line in summary::by_role(&log, leader_after_kills) {
+        println!("{line}");
+    }
     for sql_audit in &sql_audits {
         println!("{}", sql_audit.summary());
         passed &= sql_audit.passed;
