@@ -208,6 +208,11 @@ struct CoordinatorArgs {
     /// this coordinator included (its --listen address serves). None: a single coordinator.
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// In a group: snapshot the replicated state and compact the Raft log every this many
+    /// entries (a member that lags behind the compacted log catches up from the snapshot).
+    #[arg(long, value_name = "ENTRIES", default_value_t = node::replicated::SNAPSHOT_EVERY_ENTRIES_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    raft_snapshot_every_entries: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -375,11 +380,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(backend) => node::backend::serve(participant_options(args)?, backend)?,
         },
         Command::Coordinator(args) => {
+            let group_options =
+                node::replicated::GroupOptions { snapshot_every_entries: args.raft_snapshot_every_entries };
             let options = coordinator_options(args)?;
             if options.group.is_empty() {
                 node::coordinator::serve(options)?
             } else {
-                node::replicated::serve(options)?
+                node::replicated::serve(options, group_options)?
             }
         }
         Command::Cluster(args) => {
@@ -485,6 +492,20 @@ mod tests {
         assert_eq!(participant(), (us(1500), Duration::ZERO));
         assert_eq!(coordinator(&[]), (us(1500), Duration::ZERO));
         assert_eq!(coordinator(&["--group-interval-us", "2000"]), (us(2000), Duration::ZERO));
+    }
+
+    #[test]
+    fn the_raft_snapshot_interval_defaults_and_refuses_zero() {
+        let parse = |extra: &[&str]| {
+            let base = ["twophase", "coordinator", "--data-dir", "/tmp/c", "--peer", "c1=127.0.0.1:1"];
+            Cli::try_parse_from(base.iter().chain(extra)).map(|cli| match cli.command {
+                Command::Coordinator(args) => args.raft_snapshot_every_entries,
+                _ => panic!("not a coordinator"),
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), node::replicated::SNAPSHOT_EVERY_ENTRIES_DEFAULT);
+        assert_eq!(parse(&["--raft-snapshot-every-entries", "50"]).unwrap(), 50);
+        assert!(parse(&["--raft-snapshot-every-entries", "0"]).is_err());
     }
 
     #[test]

@@ -36,10 +36,13 @@ impl ClientFile {
         toml::from_str(&text).with_context(|| format!("{} is not a valid client config file", path.display()))
     }
 
-    /// A file that reaches `coordinator` of `cluster` as `client`, reading state as `admin`.
-    pub fn for_cluster(coordinator: SocketAddr, cluster: &str, client: &TlsFiles, admin: &TlsFiles) -> ClientFile {
+    /// A file that reaches `coordinators` (one, or every member of a group: a client finds
+    /// the leader among them) of `cluster` as `client`, reading state as `admin`.
+    pub fn for_cluster(coordinators: &[SocketAddr], cluster: &str, client: &TlsFiles, admin: &TlsFiles) -> ClientFile {
+        assert!(!coordinators.is_empty(), "a client file names at least one coordinator");
+        let list: Vec<String> = coordinators.iter().map(SocketAddr::to_string).collect();
         let mut file = ClientFile {
-            coordinator: Some(coordinator.to_string()),
+            coordinator: Some(list.join(",")),
             cluster: Some(cluster.to_string()),
             ..ClientFile::default()
         };
@@ -139,7 +142,7 @@ mod tests {
         let client =
             TlsFiles::Tls { ca: "/c/ca.pem".into(), cert: "/c/client.pem".into(), key: "/c/client.key".into() };
         let admin = TlsFiles::Tls { ca: "/c/ca.pem".into(), cert: "/c/admin.pem".into(), key: "/c/admin.key".into() };
-        let written = ClientFile::for_cluster("127.0.0.1:7000".parse().unwrap(), "prod", &client, &admin);
+        let written = ClientFile::for_cluster(&["127.0.0.1:7000".parse().unwrap()], "prod", &client, &admin);
         let path = dir.path().join("client.toml");
         written.write(&path).unwrap();
         let read = ClientFile::read(Some(&path)).unwrap();
@@ -149,7 +152,7 @@ mod tests {
         assert_eq!(SecurityArgs::default().resolve(read.admin_security()).unwrap(), admin);
 
         let plain = ClientFile::for_cluster(
-            "127.0.0.1:7000".parse().unwrap(),
+            &["127.0.0.1:7000".parse().unwrap()],
             "local",
             &TlsFiles::InsecurePlaintext,
             &TlsFiles::InsecurePlaintext,
@@ -157,6 +160,15 @@ mod tests {
         plain.write(&path).unwrap();
         let read = ClientFile::read(Some(&path)).unwrap();
         assert_eq!(SecurityArgs::default().resolve(read.admin_security()).unwrap(), TlsFiles::InsecurePlaintext);
+    }
+
+    #[test]
+    fn a_groups_file_lists_every_member_and_reads_back_as_their_addresses() {
+        let members: Vec<SocketAddr> =
+            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"].iter().map(|a| a.parse().unwrap()).collect();
+        let file = ClientFile::for_cluster(&members, "g", &TlsFiles::InsecurePlaintext, &TlsFiles::InsecurePlaintext);
+        assert_eq!(file.coordinator.as_deref(), Some("127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"));
+        assert_eq!(resolve_coordinators(&[file.coordinator.unwrap()]).unwrap(), members);
     }
 
     #[test]

@@ -101,11 +101,10 @@ impl Leads {
 /// An announcement slot: what the current process of a member printed last.
 type LeadsSlot = Arc<Mutex<Option<Leads>>>;
 
-/// Finds a group's leader from any thread (the chaos run's load forwarder): every member's
-/// address and the announcement slot of its running process (`None` while it is down).
-/// The same rule as [`LocalCluster::leader_addr`], which answers through it.
+/// Finds a group's leader: every member's address and the announcement slot of its running
+/// process (`None` while it is down). [`LocalCluster::leader_addr`] answers through it.
 #[derive(Clone, Default)]
-pub struct LeaderLookup(Arc<Mutex<Vec<MemberSlot>>>);
+struct LeaderLookup(Arc<Mutex<Vec<MemberSlot>>>);
 
 /// A member's address and its running process's announcement slot (`None`: down).
 type MemberSlot = (SocketAddr, Option<LeadsSlot>);
@@ -466,9 +465,10 @@ impl LocalCluster {
         self.coordinators.iter().find(|(member, _)| *member == name).map(|(_, addr)| *addr)
     }
 
-    /// The leader lookup for another thread (a group's; a single coordinator has none).
-    pub fn leader_lookup(&self) -> Option<LeaderLookup> {
-        (self.coordinators.len() > 1).then(|| self.lookup.clone())
+    /// Every coordinator's address (c1..cN): where a client of the cluster connects; it finds
+    /// the leader itself.
+    pub fn coordinator_addrs(&self) -> Vec<SocketAddr> {
+        self.coordinators.iter().map(|(_, addr)| *addr).collect()
     }
 
     /// The leader's name and announcement (see [`leader_addr`](Self::leader_addr)); a
@@ -641,7 +641,8 @@ pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode
     let mut cluster = LocalCluster::start(&options)?;
     // Written before the addresses are printed: whoever waits for them may use it at once.
     let config = options.data_dir.join("client.toml");
-    ClientFile::for_cluster(cluster.coordinator, &options.cluster, &cluster.client, &cluster.admin).write(&config)?;
+    let coordinators = cluster.coordinator_addrs();
+    ClientFile::for_cluster(&coordinators, &options.cluster, &cluster.client, &cluster.admin).write(&config)?;
     for (name, addr) in &cluster.participants {
         println!("participant {name} listening on {addr}");
     }
@@ -683,7 +684,11 @@ fn print_coordinators(cluster: &LocalCluster) {
     }
     if roles.len() > 1 {
         match roles.iter().find(|(_, _, role)| matches!(role, CoordinatorRole::Leader(_))) {
-            Some((name, addr, _)) => println!("leader: coordinator {name} at {addr} (client.toml points at it)"),
+            Some((name, addr, _)) => {
+                println!(
+                    "leader: coordinator {name} at {addr} (client.toml lists every member; clients find the leader)"
+                )
+            }
             None => println!("leader: none right now"),
         }
     }

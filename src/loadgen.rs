@@ -12,7 +12,7 @@ use clap::Args;
 use twophase_bench::{Audit, Balances, BankLayout, LoadOptions, LoadResult, Report, audit, audit_with_baseline};
 use twophase_net::{ClientOptions, Security, admin};
 
-use crate::client_config::ClientFile;
+use crate::client_config::{ClientFile, resolve_coordinators};
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::dbdemo::{Databases, ParticipantList};
 use crate::security::{SecurityArgs, TlsFiles};
@@ -157,9 +157,10 @@ pub struct BenchArgs {
     /// admin_key (e.g. the client.toml that `twophase cluster` writes); flags win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The coordinator of the running cluster.
-    #[arg(long)]
-    coordinator: Option<SocketAddr>,
+    /// The coordinator of the running cluster; for a replicated group, every member (repeat
+    /// the flag or give a comma list): the load finds the leader and follows it.
+    #[arg(long, value_name = "ADDR")]
+    coordinator: Vec<String>,
     /// Its cluster name [default: local].
     #[arg(long)]
     cluster: Option<String>,
@@ -181,7 +182,7 @@ pub struct BenchArgs {
 
 /// What `bench` connects to and as whom, from its flags and `--config`.
 struct BenchTarget {
-    coordinator: SocketAddr,
+    coordinators: Vec<SocketAddr>,
     cluster: String,
     client: TlsFiles,
     admin: TlsFiles,
@@ -190,10 +191,10 @@ struct BenchTarget {
 impl BenchArgs {
     fn target(&self) -> anyhow::Result<BenchTarget> {
         let file = ClientFile::read(self.config.as_deref())?;
-        let coordinator = match (&self.coordinator, &file.coordinator) {
-            (Some(addr), _) => *addr,
-            (None, Some(addr)) => addr.parse().with_context(|| format!("coordinator {addr:?} in --config"))?,
-            (None, None) => bail!("--coordinator is required (on the command line or in --config)"),
+        let coordinators = match (self.coordinator.is_empty(), &file.coordinator) {
+            (false, _) => resolve_coordinators(&self.coordinator)?,
+            (true, Some(addrs)) => resolve_coordinators(&[addrs]).context("the coordinator in --config")?,
+            (true, None) => bail!("--coordinator is required (on the command line or in --config)"),
         };
         let cluster = self.cluster.clone().or(file.cluster.clone()).unwrap_or_else(|| "local".into());
         let client = self.security.clone().resolve(file.security())?;
@@ -201,13 +202,18 @@ impl BenchArgs {
             SecurityArgs { cert: self.admin_cert.clone(), key: self.admin_key.clone(), ..self.security.clone() };
         let admin =
             admin_flags.resolve(file.admin_security()).context("the admin certificate (--admin-cert, --admin-key)")?;
-        Ok(BenchTarget { coordinator, cluster, client, admin })
+        Ok(BenchTarget { coordinators, cluster, client, admin })
     }
 }
 
 /// The cluster a run talks to, as the coordinator describes it.
 pub(crate) struct Target {
+    /// The coordinator that described the cluster (in a group, any member; the accounts'
+    /// setup connects there and follows its NotLeader).
     pub(crate) coordinator: SocketAddr,
+    /// Where the load connects: the one coordinator, or every member of the group (its
+    /// connections find the leader and follow it when it changes).
+    pub(crate) coordinators: Vec<SocketAddr>,
     pub(crate) cluster: String,
     pub(crate) layout: BankLayout,
     /// Participant name and the address its dump is read from.
@@ -219,15 +225,15 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Asks the coordinator for its participants and lays the bank out over all of them.
+    /// Asks the coordinators in turn (every member of a group knows the participants) for
+    /// the participants and lays the bank out over all of them.
     pub(crate) fn discover(
-        coordinator: SocketAddr,
+        coordinators: &[SocketAddr],
         cluster: &str,
         (client, admin): (Security, Security),
         args: &WorkloadArgs,
     ) -> anyhow::Result<Target> {
-        let topology = admin::topology(coordinator, cluster, &admin)
-            .with_context(|| format!("asking the coordinator at {coordinator} for its participants"))?;
+        let (coordinator, topology) = first_topology(coordinators, cluster, &admin)?;
         if topology.is_empty() {
             bail!("the coordinator at {coordinator} has no participants");
         }
@@ -238,7 +244,15 @@ impl Target {
         };
         layout.validate()?;
         let participants = topology.into_iter().map(|(_, name, addr)| (name, addr)).collect();
-        Ok(Target { coordinator, cluster: cluster.to_string(), layout, participants, client, admin })
+        Ok(Target {
+            coordinator,
+            coordinators: coordinators.to_vec(),
+            cluster: cluster.to_string(),
+            layout,
+            participants,
+            client,
+            admin,
+        })
     }
 
     /// The same cluster with `names` left out of the participants read by admin dumps (the
@@ -246,6 +260,7 @@ impl Target {
     pub(crate) fn without(&self, names: &[String]) -> Target {
         Target {
             coordinator: self.coordinator,
+            coordinators: self.coordinators.clone(),
             cluster: self.cluster.clone(),
             layout: self.layout.clone(),
             participants: self.participants.iter().filter(|(name, _)| !names.contains(name)).cloned().collect(),
@@ -261,6 +276,7 @@ impl Target {
 
     pub(crate) fn load_options(&self, args: &WorkloadArgs, sample_pids: Vec<(String, u32)>) -> LoadOptions {
         let mut options = LoadOptions::new(self.coordinator, self.cluster.clone(), self.layout.clone());
+        options.coordinators = self.coordinators.clone();
         options.client.security = self.client.clone();
         options.duration = args.duration;
         options.connections = args.connections;
@@ -279,6 +295,31 @@ impl Target {
         options.sample_pids = sample_pids;
         options
     }
+}
+
+/// A coordinator's participants: id, name and the address it reaches each at.
+type Topology = Vec<(twophase_engine::ParticipantId, String, SocketAddr)>;
+
+/// The first of `coordinators` that names the participants, and its answer; the last
+/// error when none does.
+fn first_topology(
+    coordinators: &[SocketAddr],
+    cluster: &str,
+    admin: &Security,
+) -> anyhow::Result<(SocketAddr, Topology)> {
+    let mut last = None;
+    for &coordinator in coordinators {
+        match admin::topology(coordinator, cluster, admin) {
+            Ok(topology) => return Ok((coordinator, topology)),
+            Err(err) => {
+                last = Some(
+                    anyhow::Error::new(err)
+                        .context(format!("asking the coordinator at {coordinator} for its participants")),
+                )
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no coordinator address given")))
 }
 
 /// `twophase demo`.
@@ -321,8 +362,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     announce_metrics(&cluster);
     announce_leader(&cluster);
     let identities = (cluster.client.load("the demo's load")?, cluster.admin.load("the demo's audit")?);
-    let leader = cluster.leader_addr().context("no coordinator leads")?;
-    let target = Target::discover(leader, "demo", identities, &args.workload)?;
+    let target = Target::discover(&cluster.coordinator_addrs(), "demo", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
     let setup_began = Instant::now();
     databases.setup_accounts(&target)?;
@@ -363,7 +403,7 @@ pub(crate) fn coordinators_phrase(coordinators: u16) -> String {
     }
 }
 
-/// In a group: which coordinator leads (the load goes there).
+/// In a group: which coordinator leads when the load starts (the load finds it itself).
 pub(crate) fn announce_leader(cluster: &LocalCluster) {
     if cluster.coordinators.len() < 2 {
         return;
@@ -371,7 +411,7 @@ pub(crate) fn announce_leader(cluster: &LocalCluster) {
     for (name, addr, role) in cluster.coordinator_roles() {
         if let crate::cluster::CoordinatorRole::Leader(leads) = role {
             eprintln!(
-                "coordinator {name} at {addr} leads term {} (epoch {}); the load goes there",
+                "coordinator {name} at {addr} leads term {} (epoch {}); the load follows the leader",
                 leads.term, leads.epoch
             );
         }
@@ -438,7 +478,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     args.workload.check()?;
     let bench = args.target()?;
     let identities = (bench.client.load("the bench's load")?, bench.admin.load("the bench's audit")?);
-    let target = Target::discover(bench.coordinator, &bench.cluster, identities, &args.workload)?;
+    let target = Target::discover(&bench.coordinators, &bench.cluster, identities, &args.workload)?;
     let (mut before, _) = settled_balances(&target)?;
     let missing = (0..target.layout.accounts).filter(|&account| !before.is_present(account)).count();
     if missing > 0 {
@@ -455,7 +495,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let verdict = audit_with_baseline(&target.layout, &result, &before, &after);
     let description = format!(
         "bench: coordinator {} (cluster '{}'), {} participants, {} accounts",
-        bench.coordinator,
+        bench.coordinators.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(","),
         bench.cluster,
         target.participants.len(),
         args.workload.accounts

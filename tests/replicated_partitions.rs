@@ -10,6 +10,14 @@
 //! (a No vote, never a prepared transaction), and after healing it follows the new leader.
 //! (b) A follower that lost its whole data directory rejoins, catches up and later leads,
 //! with every earlier commit at the participants and nothing left prepared.
+//! (c) A participant holding a prepared transaction when the leader is killed (the other
+//! participant's vote held back, so the leader could not decide) resolves it with the new
+//! leader, whichever member that is: the new leader dials the participants, and the
+//! participant's inquiry and the leader's own resolution both go over that connection.
+//! (d) With `--raft-snapshot-every-entries 5`, a follower stopped while the leader compacts
+//! its log far past it catches up from the leader's snapshot after its restart (it logs the
+//! restore; `Status` shows its applied index reach the leader's commit index), and then
+//! leads with every commit in place.
 
 mod common;
 #[path = "common/proxy.rs"]
@@ -25,7 +33,7 @@ use std::time::Duration;
 
 use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
 use proxy::{Fault, Proxy};
-use twophase_net::{Client, ClientOptions};
+use twophase_net::{Client, ClientOptions, Pipeline, ReplicaStatus};
 
 const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
 /// Generous: the machine running the tests may be busy compiling.
@@ -109,6 +117,11 @@ struct Group {
 
 impl Group {
     fn start(dir: &Path) -> Group {
+        Group::start_with(dir, &[])
+    }
+
+    /// The group with `extra` flags for every member.
+    fn start_with(dir: &Path, extra: &[&str]) -> Group {
         let metrics: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
         let participants: Vec<Node> = ["p1", "p2"]
             .iter()
@@ -123,6 +136,7 @@ impl Group {
             args.extend(["--listen".to_string(), addrs[index].to_string(), "--data-dir".into()]);
             args.push(dir.join(name).display().to_string());
             args.extend(make_cert(&certs_dir(dir), CLUSTER, "coordinator", name));
+            args.extend(extra.iter().map(|flag| flag.to_string()));
             for participant in &participants {
                 let proxy = Proxy::start(participant.addr);
                 args.extend(["--participant".to_string(), format!("{}={}", participant.name, proxy.addr())]);
@@ -182,6 +196,32 @@ impl Group {
             let (leader, _, _) = self.leader()?;
             transfer(&mut self.client(leader)?, key).then_some(())
         });
+    }
+
+    /// Member `index`'s own row of its admin `Status` answer (`None` if it did not answer).
+    fn own_status(&self, index: usize) -> Option<ReplicaStatus> {
+        let member = &self.members[index];
+        let rows = twophase_net::admin::status(member.addr, CLUSTER, &common::admin_security(&self.data_dir)).ok()?;
+        rows.into_iter().find(|row| row.name == member.name)
+    }
+
+    /// Kills (and restarts) whoever leads until member `index` leads; commits through every
+    /// leader on the way.
+    fn elect(&mut self, index: usize) {
+        let mut rounds = 0;
+        let mut term = self.leader().map_or(0, |l| l.1);
+        while self.leader().map(|l| l.0) != Some(index) {
+            rounds += 1;
+            assert!(rounds <= 20, "{} did not lead in 20 elections", self.members[index].name);
+            let (current, current_term, _) = self.leader().unwrap();
+            self.members[current].kill();
+            let (next, next_term, _) = self.wait_leader(current_term.max(term));
+            term = next_term;
+            self.members[current].start();
+            if next != index {
+                self.commit_through_leader("a");
+            }
+        }
     }
 
     /// Waits until neither participant holds a prepared or in-doubt transaction; their
@@ -303,20 +343,7 @@ fn a_follower_that_lost_its_data_rejoins_catches_up_and_leads_with_every_commit(
 
     // Kill whoever leads (and restart it) until the member that lost its data leads: the
     // others then vote for it, which they do only once it holds every committed entry.
-    let mut rounds = 0;
-    let mut term = group.leader().map_or(0, |l| l.1);
-    while group.leader().map(|l| l.0) != Some(lost) {
-        rounds += 1;
-        assert!(rounds <= 20, "{lost_name} did not lead in 20 elections");
-        let (current, current_term, _) = group.leader().unwrap();
-        group.members[current].kill();
-        let (next, next_term, _) = group.wait_leader(current_term.max(term));
-        term = next_term;
-        group.members[current].start();
-        if next != lost {
-            group.commit_through_leader("a");
-        }
-    }
+    group.elect(lost);
     eventually("a commit through the member that lost its data", WAIT, || {
         transfer(&mut group.client(lost)?, "a").then_some(())
     });
@@ -326,4 +353,78 @@ fn a_follower_that_lost_its_data_rejoins_catches_up_and_leads_with_every_commit(
     assert_eq!(a1, a2, "a transaction applied at one participant only");
     assert!(a1 >= BEFORE_PARTITION + 3, "p1 holds {a1}: an acknowledged commit is missing");
     assert!(dir.path().join(lost_name).join("raft").exists(), "{lost_name} rebuilt no replicated log");
+}
+
+#[test]
+fn a_participant_prepared_when_the_leader_dies_resolves_with_the_new_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    // The leader must not abort on its own while p2's vote is held back.
+    let mut group = Group::start_with(dir.path(), &["--prepare-timeout-ms", "600000"]);
+    let (old, old_term, _) = group.wait_leader(0);
+    let old_name = group.members[old].name;
+    let mut client = eventually("a session at the leader", WAIT, || group.client(old));
+    assert!(transfer(&mut client, "a"), "the first transaction was not acknowledged");
+    drop(client);
+
+    // Hold everything between the leader and p2: p1 votes Yes and holds the transaction
+    // prepared, the leader waits for p2's vote.
+    group.links[&(old_name, "p2".to_string())].set(Fault::Hold);
+    let mut pipeline = Pipeline::connect(group.members[old].addr, group.options()).expect("a pipeline at the leader");
+    pipeline.send(vec![add(1, "doubt", 1, i64::MIN), add(2, "doubt", 1, i64::MIN)]).unwrap();
+    pipeline.flush().unwrap();
+    eventually("p1 to hold the transaction prepared", WAIT, || {
+        let (_, (prepared, in_doubt)) = dump_ints(&group.participants[0]);
+        (prepared + in_doubt > 0).then_some(())
+    });
+    // The client goes away (no resend elsewhere), and the leader dies undecided.
+    drop(pipeline);
+    group.members[old].kill();
+
+    let (new, _, _) = group.wait_leader(old_term);
+    assert_ne!(new, old, "the killed member leads");
+    let [p1, p2] = group.settled();
+    // p2 never voted (it never saw the prepare): the only right decision is abort.
+    assert_eq!((p1.get("doubt"), p2.get("doubt")), (None, None), "the undecided transaction was applied");
+    assert_eq!(p1.get("a"), Some(&1), "the first commit is missing at p1");
+    group.commit_through_leader("a");
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_by_snapshot_and_then_leads() {
+    const TRANSACTIONS: i64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = Group::start_with(dir.path(), &["--raft-snapshot-every-entries", "5"]);
+    let (leader, _, _) = group.wait_leader(0);
+    let behind = (0..MEMBERS.len()).find(|index| *index != leader).unwrap();
+    let behind_name = group.members[behind].name;
+    group.members[behind].kill();
+
+    // Each acknowledged transaction is at least one entry: the leader snapshots and compacts
+    // its log several times past the stopped follower's last entry.
+    let mut client = eventually("a session at the leader", WAIT, || group.client(leader));
+    for n in 0..TRANSACTIONS {
+        assert!(transfer(&mut client, "a"), "transaction {n} was not acknowledged");
+    }
+    drop(client);
+    let leader_commit = group.own_status(leader).expect("the leader's status").commit_index;
+    assert!(leader_commit > 2 * 5, "the leader's log holds only {leader_commit} entries");
+
+    group.members[behind].start();
+    eventually("the restarted follower to restore the leader's snapshot", WAIT, || {
+        group.members[behind].stderr.lock().unwrap().contains("restored the leader's raft snapshot").then_some(())
+    });
+    let caught_up = eventually("the restarted follower to apply up to the leader's commit", WAIT, || {
+        group.own_status(behind).filter(|row| row.applied_index >= leader_commit)
+    });
+    assert_eq!(caught_up.role, twophase_net::ReplicaRole::Follower, "{behind_name} is not a follower");
+
+    // It then leads, and serves with every commit made while it was down in place.
+    group.elect(behind);
+    eventually("a commit through the member that caught up by snapshot", WAIT, || {
+        transfer(&mut group.client(behind)?, "a").then_some(())
+    });
+    let [p1, p2] = group.settled();
+    let (a1, a2) = (p1.get("a").copied().unwrap_or(0), p2.get("a").copied().unwrap_or(0));
+    assert_eq!(a1, a2, "a transaction applied at one participant only");
+    assert!(a1 > TRANSACTIONS, "p1 holds {a1}: an acknowledged commit is missing");
 }

@@ -40,7 +40,10 @@ const POLL_SLICE: Duration = Duration::from_millis(5);
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    pub coordinator: SocketAddr,
+    /// Where each connection goes: one coordinator, or every member of a coordinator group
+    /// (the connections find its leader and follow it when it changes, resending what is in
+    /// flight under the same `(client, seq)`). Never empty.
+    pub coordinators: Vec<SocketAddr>,
     pub cluster: String,
     pub layout: BankLayout,
     pub duration: Duration,
@@ -114,7 +117,7 @@ impl LoadOptions {
     pub fn new(coordinator: SocketAddr, cluster: impl Into<String>, layout: BankLayout) -> LoadOptions {
         let cluster = cluster.into();
         LoadOptions {
-            coordinator,
+            coordinators: vec![coordinator],
             client: client_options(&cluster),
             cluster,
             layout,
@@ -138,8 +141,14 @@ impl LoadOptions {
         }
     }
 
+    /// The coordinator addresses, comma-separated (as `--coordinator` takes them).
+    pub fn coordinator_list(&self) -> String {
+        self.coordinators.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",")
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         self.layout.validate()?;
+        ensure!(!self.coordinators.is_empty(), "the run needs at least one coordinator address");
         ensure!(!self.duration.is_zero(), "the run's duration must be positive");
         ensure!(self.connections >= 1, "at least one connection is needed");
         ensure!(self.outstanding >= 1, "at least one outstanding transaction per connection is needed");
@@ -180,7 +189,7 @@ impl LoadOptions {
     /// The settings as they go into a report.
     pub fn settings(&self) -> LoadSettings {
         LoadSettings {
-            coordinator: self.coordinator.to_string(),
+            coordinator: self.coordinator_list(),
             cluster: self.cluster.clone(),
             accounts: self.layout.accounts,
             participants: self.layout.participants.iter().map(|(_, name)| name.clone()).collect(),
@@ -682,13 +691,14 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// One connection to the coordinator whose directory matches the bank's layout.
 fn connect(options: &LoadOptions) -> anyhow::Result<Link> {
-    let context = || format!("connecting to the coordinator at {}", options.coordinator);
+    let addrs = &options.coordinators[..];
+    let context = || format!("connecting to the coordinator at {}", options.coordinator_list());
     let link = match options.workload {
         WorkloadKind::OneShot => {
-            Link::Pipeline(Pipeline::connect(options.coordinator, options.client.clone()).with_context(context)?)
+            Link::Pipeline(Pipeline::connect(addrs, options.client.clone()).with_context(context)?)
         }
         WorkloadKind::Interactive => {
-            Link::Client(Client::connect(options.coordinator, options.client.clone()).with_context(context)?)
+            Link::Client(Client::connect(addrs, options.client.clone()).with_context(context)?)
         }
     };
     let directory = match &link {

@@ -12,7 +12,6 @@
 //! exited on its own, nothing stayed prepared). Must not: hide a server failure by retrying
 //! it away — a restart is attempted once, a recovery waited for a bounded time.
 
-mod forward;
 mod monkey;
 mod summary;
 
@@ -128,14 +127,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     announce_metrics(&cluster);
     announce_leader(&cluster);
     let identities = (cluster.client.load("the chaos run's load")?, cluster.admin.load("the chaos run's audit")?);
-    let leader = cluster.leader_addr().context("no coordinator leads")?;
-    let mut target = Target::discover(leader, "chaos", identities, &args.workload)?;
-    // A group's leader changes with the kills: the load goes through a forwarder that
-    // connects each new connection to whoever leads then.
-    let forwarder = cluster.leader_lookup().map(forward::Forwarder::start).transpose()?;
-    if let Some(forwarder) = &forwarder {
-        target.coordinator = forwarder.addr();
-    }
+    // A group's leader changes with the kills: the load's connections know every member and
+    // follow the leader themselves (NotLeader, or a member that died), resending what is in
+    // flight under the same (client, seq).
+    let target = Target::discover(&cluster.coordinator_addrs(), "chaos", identities, &args.workload)?;
     eprintln!("creating {} accounts of {}", args.workload.accounts, args.workload.initial_balance);
     databases.setup_accounts(&target)?;
 
@@ -149,6 +144,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         args.kill_every, args.workload.duration, args.settle
     );
     let log = monkey::run(&mut cluster, &target.layout, &probe, start, &schedule, || !load.is_finished());
+    let leader_after_kills = monkey::leader(&cluster);
     wait_until(start + sends_for, &load);
     let sends_end = (Instant::now(), probe.committed());
     let result = join(load).map_err(|err| err.context(kill_summary(&log)))?;
@@ -169,6 +165,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let chaos = summary::build(&schedule, &log, measured);
     let mut passed = verdict.passed && chaos.passed();
     write_report(&args, &result, verdict, settled.fsync, chaos)?;
+    for line in summary::by_role(&log, leader_after_kills) {
+        println!("{line}");
+    }
     for sql_audit in &sql_audits {
         println!("{}", sql_audit.summary());
         passed &= sql_audit.passed;

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use twophase_bench::{BankLayout, CommitFilter, LoadProbe, Seen};
 
-use crate::cluster::{LocalCluster, Restarted};
+use crate::cluster::{CoordinatorRole, LocalCluster, Restarted};
 
 /// Longest a kill may take to recover (see [`Kill::recovered`]) before the run is failed.
 pub const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
@@ -35,10 +35,38 @@ pub struct Schedule {
     pub seed: u64,
 }
 
+/// What a victim was when it was killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VictimRole {
+    /// The group's leader (the member that announced the highest term among the running).
+    Leader,
+    /// A member of a coordinator group that did not lead.
+    Follower,
+    /// The one coordinator of a cluster without a group.
+    Coordinator,
+    Participant,
+}
+
+impl VictimRole {
+    pub fn label(self) -> &'static str {
+        match self {
+            VictimRole::Leader => "leader",
+            VictimRole::Follower => "follower",
+            VictimRole::Coordinator => "coordinator",
+            VictimRole::Participant => "participant",
+        }
+    }
+}
+
 /// One SIGKILL and what followed.
 #[derive(Clone, Debug)]
 pub struct Kill {
     pub process: String,
+    pub role: VictimRole,
+    /// The group's leader (name, announced term) right before the kill; `None` without a
+    /// group or while none led. A leader that differs at the next kill means the leadership
+    /// moved in between.
+    pub leader: Option<(String, u64)>,
     /// Its pid before the kill (0 if the kill itself failed).
     pub pid: u32,
     /// Right before the SIGKILL.
@@ -141,8 +169,10 @@ fn kill_and_recover(
     victim: &str,
     load_running: &impl Fn() -> bool,
 ) -> Kill {
+    let (role, leader) = role_and_leader(cluster, victim);
     let at = Instant::now();
-    let mut kill = Kill { process: victim.to_string(), pid: 0, at, restarted: None, recovered: None, error: None };
+    let mut kill =
+        Kill { process: victim.to_string(), role, leader, pid: 0, at, restarted: None, recovered: None, error: None };
     match cluster.kill(victim) {
         Ok(pid) => kill.pid = pid,
         Err(err) => {
@@ -182,11 +212,32 @@ fn kill_and_recover(
     kill
 }
 
+/// The group's leader and the term it announced (`None` without a group or a leader).
+pub fn leader(cluster: &LocalCluster) -> Option<(String, u64)> {
+    cluster.coordinator_roles().into_iter().find_map(|(name, _, role)| match role {
+        CoordinatorRole::Leader(leads) => Some((name, leads.term)),
+        _ => None,
+    })
+}
+
+/// What `victim` is, and the group's leader (with its term), as last announced.
+fn role_and_leader(cluster: &LocalCluster, victim: &str) -> (VictimRole, Option<(String, u64)>) {
+    let roles = cluster.coordinator_roles();
+    let leader = leader(cluster);
+    let role = match roles.iter().find(|(name, _, _)| name == victim).map(|(_, _, role)| role) {
+        None => VictimRole::Participant,
+        Some(_) if roles.len() == 1 => VictimRole::Coordinator,
+        Some(CoordinatorRole::Leader(_)) => VictimRole::Leader,
+        Some(_) => VictimRole::Follower,
+    };
+    (role, leader)
+}
+
 /// One line per kill on stderr: the run's progress display.
 fn report(kill: &Kill, start: Instant, committed: u64) {
     let at = kill.at.saturating_duration_since(start).as_secs_f64();
     let after = |t: Instant| t.saturating_duration_since(kill.at).as_secs_f64();
-    let mut line = format!("chaos: {at:7.2} s  SIGKILL {} (pid {})", kill.process, kill.pid);
+    let mut line = format!("chaos: {at:7.2} s  SIGKILL {} ({}, pid {})", kill.process, kill.role.label(), kill.pid);
     if let Some(restarted) = &kill.restarted {
         line += &format!("; listening again after {:.3} s (pid {})", after(restarted.listening), restarted.pid);
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use twophase_bench::{ChaosReport, KillEvent, PhaseThroughput, RecoveryStats};
 
-use super::monkey::{KillLog, Schedule};
+use super::monkey::{KillLog, Schedule, VictimRole};
 
 /// Said in the report, so that nobody has to guess what the recovery times mean.
 pub const RECOVERY_DEFINITION: &str = "from the SIGKILL until both (a) the restarted process printed its \
@@ -113,6 +113,48 @@ fn phases(log: &KillLog, start: Instant, sends_end: (Instant, u64)) -> Vec<Phase
     phases
 }
 
+/// One line per victim role: kills, recoveries (min / median / max) and, for a group's
+/// followers, how many were followed by a change of leader before the next kill (or the
+/// end: `leader_at_end`) — a follower kill should never depose a healthy leader.
+pub fn by_role(log: &KillLog, leader_at_end: Option<(String, u64)>) -> Vec<String> {
+    let mut roles: Vec<VictimRole> = log.kills.iter().map(|kill| kill.role).collect();
+    roles.sort();
+    roles.dedup();
+    let mut lines = Vec::new();
+    for role in roles {
+        let kills: Vec<usize> = (0..log.kills.len()).filter(|&i| log.kills[i].role == role).collect();
+        let mut recovered: Vec<f64> = kills
+            .iter()
+            .filter_map(|&i| {
+                let kill = &log.kills[i];
+                Some(kill.recovered?.at.saturating_duration_since(kill.at).as_secs_f64())
+            })
+            .collect();
+        recovered.sort_by(f64::total_cmp);
+        let mut line = format!("kills of a {:<11} {:3}", role.label(), kills.len());
+        if let (Some(min), Some(max)) = (recovered.first(), recovered.last()) {
+            let median = recovered[recovered.len() / 2];
+            line += &format!(
+                "   recovered {} of them: min {min:.3} s  median {median:.3} s  max {max:.3} s",
+                recovered.len()
+            );
+        }
+        if role == VictimRole::Follower {
+            let moved = kills.iter().filter(|&&i| leader_moved_after(log, i, &leader_at_end)).count();
+            line += &format!("   leader changed before the next kill: {moved}");
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// Whether the leader announced before kill `index` differs from the one before the next
+/// kill (or at the end).
+fn leader_moved_after(log: &KillLog, index: usize, leader_at_end: &Option<(String, u64)>) -> bool {
+    let next = log.kills.get(index + 1).map_or(leader_at_end, |kill| &kill.leader);
+    log.kills[index].leader.is_some() && &log.kills[index].leader != next
+}
+
 #[cfg(test)]
 mod tests {
     use twophase_bench::Seen;
@@ -125,6 +167,8 @@ mod tests {
         let t = |ms| start + Duration::from_millis(ms);
         Kill {
             process: "p2".into(),
+            role: VictimRole::Participant,
+            leader: None,
             pid: 42,
             at: t(at_ms),
             restarted: Some(Restarted { pid: 43, listening: t(at_ms + 100) }),
@@ -181,5 +225,30 @@ mod tests {
         assert!(report.violations[0].starts_with("p2 killed at 1.00 s: no commit"), "{:?}", report.violations);
         assert_eq!(report.phases.len(), 2);
         assert_eq!(report.phases[1].to_s, 2.0);
+    }
+
+    #[test]
+    fn follower_kills_count_the_leader_changes_that_followed_them() {
+        let start = Instant::now();
+        let member = |name: &str, role, leader: (&str, u64), at_ms| Kill {
+            process: name.into(),
+            role,
+            leader: Some((leader.0.into(), leader.1)),
+            ..kill(start, at_ms, Some((at_ms + 300, 1)))
+        };
+        let log = KillLog {
+            kills: vec![
+                member("c2", VictimRole::Follower, ("c1", 1), 1000),
+                member("c3", VictimRole::Follower, ("c1", 1), 2000),
+                member("c1", VictimRole::Leader, ("c1", 2), 3000),
+                member("c2", VictimRole::Follower, ("c3", 3), 4000),
+            ],
+            first_kill: Some((start + Duration::from_secs(1), 10)),
+        };
+        let lines = by_role(&log, Some(("c3".into(), 3)));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("kills of a leader") && lines[0].contains("median 0.300 s"), "{lines:?}");
+        // The second follower kill was followed by c1's re-election in term 2: one change.
+        assert!(lines[1].starts_with("kills of a follower") && lines[1].ends_with("next kill: 1"), "{lines:?}");
     }
 }

@@ -26,8 +26,10 @@
 //! Invariants: an output leaves only after the batch holding its record is committed and
 //! applied; a committed batch starts right after the applied records (asserted in
 //! `AppliedState::apply`); at most one engine per node, and only on the leader.
-//! Not yet: Raft snapshots sent to a lagging member
-//! are restored but not tested across processes, metrics and tracing are off in a group.
+//! Every `--raft-snapshot-every-entries` entries ([`GroupOptions`]) the applied state is
+//! snapshotted and the log compacted; a member that lags behind the compacted part is sent
+//! the snapshot and logs `restored the leader's raft snapshot`.
+//! Not yet: metrics and tracing are off in a group.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,17 +60,40 @@ use crate::metrics::CoordinatorMetrics;
 const RAFT_PEER_BASE: u64 = 1 << 32;
 /// How often Raft's clock ticks.
 const TICK: Duration = Duration::from_millis(10);
-/// A follower campaigns after 20–40 ticks (200–400 ms) without a leader: above the pause a
-/// new leader's network restart causes (its links come back within ~100 ms).
-const ELECTION_TICKS: usize = 20;
+/// A follower campaigns after 30–60 ticks (300–600 ms) without a leader: above the pause a
+/// new leader's network restart causes (its links come back within ~100 ms). The same
+/// number is the leader's check-quorum window: a leader that heard from no majority for 30
+/// ticks steps down. A follower's replies (heartbeat responses included) leave only once its
+/// wal made the entries before them durable, so on a busy machine (2 cores, every process
+/// fsyncing) a follower can be silent for 200 ms and more; with one follower killed the
+/// leader counts on the other alone, and a restarted follower replaying its log is the
+/// CPU burst that makes that one late. With 20 ticks (200 ms) that deposed the leader in
+/// chaos runs, ~0.4–1 s after a follower's restart (same term, no other candidate: the
+/// check-quorum step-down). 300 ms keeps failover after a leader's death well under 1 s.
+const ELECTION_TICKS: usize = 30;
 const HEARTBEAT_TICKS: usize = 2;
-/// Raft entries (batches) between Raft snapshots, and applied records between folds.
-const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
+/// Raft entries (batches) between Raft snapshots by default (`--raft-snapshot-every-entries`).
+pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 20_000;
+/// Applied records between folds.
 const FOLD_EVERY_RECORDS: usize = 200_000;
 /// Margin under the frame limit for the frame header.
 const FRAME_HEADER_MARGIN_BYTES: usize = 64 << 10;
 /// The engine thread never sleeps longer than this.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// What only a group member is configured with (flags of `twophase coordinator`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupOptions {
+    /// Raft entries (batches) between Raft snapshots: the log is compacted up to the
+    /// snapshot, and a member that lags behind it catches up from the snapshot. At least 1.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for GroupOptions {
+    fn default() -> GroupOptions {
+        GroupOptions { snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT }
+    }
+}
 
 /// One member of the group.
 struct Member {
@@ -155,11 +180,12 @@ struct Node {
 /// Runs a member of a replicated coordinator group until SIGINT/SIGTERM. Prints `twophase
 /// coordinator NAME listening on ADDR` once serving, and `twophase coordinator NAME leads
 /// term T with epoch E` each time it becomes the leader.
-pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
+pub fn serve(options: CoordinatorOptions, group_options: GroupOptions) -> anyhow::Result<()> {
+    ensure!(group_options.snapshot_every_entries >= 1, "--raft-snapshot-every-entries must be at least 1");
     let stop = super::stop_on_signal()?;
     let group = Group::new(&options.id, &options.group)?;
     let _lock = lock_data_dir(&options.data_dir)?;
-    let replica = open_replica(&options, &group)?;
+    let replica = open_replica(&options, &group, &group_options)?;
     let wake_slot: Arc<Mutex<Box<dyn Fn() + Send + Sync>>> = Arc::new(Mutex::new(Box::new(|| {})));
     let slot = wake_slot.clone();
     replica.wal().on_durable(Box::new(move || (slot.lock().expect("wake slot"))()));
@@ -202,7 +228,7 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(lock)
 }
 
-fn open_replica(options: &CoordinatorOptions, group: &Group) -> anyhow::Result<Replica> {
+fn open_replica(options: &CoordinatorOptions, group: &Group, group_options: &GroupOptions) -> anyhow::Result<Replica> {
     let storage = &options.storage;
     if storage.unsafe_no_fsync {
         tracing::warn!("--unsafe-no-fsync: records are not synced; a crash of the machine loses acknowledged commits");
@@ -218,7 +244,7 @@ fn open_replica(options: &CoordinatorOptions, group: &Group) -> anyhow::Result<R
     let mut config = ReplicaConfig::new(group.me, group.members.iter().map(|m| m.raft_id).collect());
     config.election_ticks = ELECTION_TICKS;
     config.heartbeat_ticks = HEARTBEAT_TICKS;
-    config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
+    config.snapshot_every_entries = group_options.snapshot_every_entries;
     let frame_bytes_max = twophase_net::NetLimits::default().max_frame_bytes as usize;
     config.message_bytes_max = config.message_bytes_max.min(frame_bytes_max - FRAME_HEADER_MARGIN_BYTES);
     config.batch_bytes_max = config.batch_bytes_max.min(config.message_bytes_max - FRAME_HEADER_MARGIN_BYTES);
@@ -447,6 +473,8 @@ impl Node {
                 Output::Restore(snapshot) => {
                     assert!(self.leading.is_none(), "a leader never restores a snapshot over its own state");
                     self.state.restore(&snapshot.data)?;
+                    // Operators (and tests) see that this member caught up from a snapshot.
+                    tracing::info!(index = snapshot.index, "restored the leader's raft snapshot");
                 }
                 Output::SnapshotDue { index } => {
                     let data = self.state.snapshot();
