@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{CoordEffects3, CoordRecord3, Envelope, Message, PARTICIPANTS_MAX, Peer, Timeouts};
+use super::{CoordEffects3, CoordRecord3, Envelope, Message, PARTICIPANTS_MAX, PAYLOAD_BYTES_MAX, Peer, Timeouts};
 use crate::effects::LogCursor;
 use crate::types::{Epoch, Lsn, ParticipantId, TxId};
 
@@ -31,6 +31,8 @@ pub enum CoordOutput3 {
 pub enum BeginError {
     /// 1 to [`PARTICIPANTS_MAX`] distinct participants.
     Participants(String),
+    /// A payload above [`PAYLOAD_BYTES_MAX`].
+    Payload(usize),
     /// `txs_max` transactions are in flight.
     Busy,
 }
@@ -147,6 +149,9 @@ impl ThreePcCoordinator {
         if work.is_empty() || work.len() > PARTICIPANTS_MAX || participants.len() != work.len() {
             let detail = format!("a transaction needs 1 to {PARTICIPANTS_MAX} distinct participants");
             return Err(BeginError::Participants(detail));
+        }
+        if let Some(bytes) = work.iter().map(|(_, payload)| payload.len()).find(|len| *len > PAYLOAD_BYTES_MAX) {
+            return Err(BeginError::Payload(bytes));
         }
         if self.txs.len() >= self.txs_max {
             return Err(BeginError::Busy);

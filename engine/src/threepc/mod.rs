@@ -5,7 +5,7 @@
 //! Owns: the 3PC messages ([`Message`], addressed to a [`Peer`]: the coordinator or a
 //! participant id, so participant-to-participant traffic is ordinary output), the records
 //! of every forced write ([`CoordRecord3`], [`PartRecord3`]), the tick-driven timeouts
-//! ([`Timeouts`]) and the two state machines ([`ThreePcCoordinator`],
+//! ([`Timeouts`]), their binary encodings (`codec`) and the two state machines ([`ThreePcCoordinator`],
 //! [`ThreePcParticipant`]).
 //!
 //! Invariants:
@@ -29,10 +29,11 @@
 //! sides can terminate differently (docs/PROTOCOLS.md; the simulator's partition mode
 //! reproduces it).
 
+mod codec;
 mod coordinator;
 mod participant;
 
-pub use coordinator::{CoordOutput3, ThreePcCoordinator};
+pub use coordinator::{BeginError, CoordOutput3, ThreePcCoordinator};
 pub use participant::{PartOutput, ThreePcParticipant};
 
 use crate::effects::Effects;
@@ -40,6 +41,9 @@ use crate::types::{ParticipantId, TxId};
 
 /// Participants of one 3PC transaction at most (bounds every per-transaction list).
 pub const PARTICIPANTS_MAX: usize = 64;
+
+/// Bytes of one participant's CanCommit payload at most.
+pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 
 /// Where a message goes (or came from).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

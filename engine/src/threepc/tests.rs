@@ -240,3 +240,14 @@ fn an_unvoted_participant_asked_by_a_backup_aborts_for_good() {
     p2.on_message(Peer::Coordinator, Message::CanCommit { txid, participants, payload: vec![] }, &mut fx);
     assert_eq!(part_sends(&fx)[0].2, Message::Vote { txid, yes: false });
 }
+
+#[test]
+fn begin_refuses_bad_participant_lists_and_oversized_payloads() {
+    let mut c = coordinator();
+    let mut fx = CoordEffects3::default();
+    assert!(matches!(c.begin(vec![], &mut fx), Err(BeginError::Participants(_))));
+    assert!(matches!(c.begin(vec![(P1, vec![]), (P1, vec![])], &mut fx), Err(BeginError::Participants(_))));
+    let big = vec![0; PAYLOAD_BYTES_MAX + 1];
+    assert_eq!(c.begin(vec![(P1, big)], &mut fx), Err(BeginError::Payload(PAYLOAD_BYTES_MAX + 1)));
+    assert!(fx.is_empty() && c.in_flight() == 0, "nothing started");
+}
