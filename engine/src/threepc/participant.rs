@@ -331,15 +331,10 @@ impl ThreePcParticipant {
     }
 
     /// Aborts alone a transaction not voted Yes here (asked about by a backup or a peer):
-    /// once logged, no later CanCommit can turn it into a Yes.
+    /// once logged, no later CanCommit can turn it into a Yes. Memory stays bounded: the
+    /// entry is a decided one, and at most `decided_max` of those are kept.
     fn abort_unvoted(&mut self, txid: TxId, fx: &mut PartEffects3) -> Lsn {
-        if !self.txs.contains_key(&txid) {
-            if self.txs.len() - self.decided.len() >= self.txs_max + self.decided_max {
-                // Bound memory against a flood of questions: say nothing.
-                return Lsn::NONE;
-            }
-            self.txs.insert(txid, Tx::new(Vec::new(), State::Preparing, Lsn::NONE));
-        }
+        self.txs.entry(txid).or_insert_with(|| Tx::new(Vec::new(), State::Preparing, Lsn::NONE));
         self.decide(txid, false, fx)
     }
 
@@ -357,10 +352,7 @@ impl ThreePcParticipant {
             None | Some(State::Preparing) => {
                 // Never voted Yes: abort alone, which ends the question for everyone.
                 let lsn = self.abort_unvoted(txid, fx);
-                if lsn != Lsn::NONE {
-                    self.send(fx, lsn, from, Message::Decision { txid, commit: false });
-                }
-                return;
+                return self.send(fx, lsn, from, Message::Decision { txid, commit: false });
             }
             Some(_) => {}
         }
@@ -380,10 +372,8 @@ impl ThreePcParticipant {
             Some(State::Decided(_)) => return self.tell_decision(from, txid, fx),
             None | Some(State::Preparing) => {
                 let lsn = self.abort_unvoted(txid, fx);
-                if lsn != Lsn::NONE {
-                    self.send(fx, lsn, from, Message::StateReport { txid, round, state: ReportedState::Aborted });
-                }
-                return;
+                let report = Message::StateReport { txid, round, state: ReportedState::Aborted };
+                return self.send(fx, lsn, from, report);
             }
             Some(_) => {}
         }
