@@ -4,7 +4,7 @@
 //! and messages ([`codec`], [`record`], [`message`]), the coordinator and participant state
 //! machines ([`coordinator`], [`participant`]) with the built-in key-value resource manager and
 //! lock table, the coordinator's wait-for graph of interactive transactions ([`deadlock`]), the table of transactions in flight by txid (`txtable`), the durability gate
-//! ([`effects`]), and the deterministic simulator with its invariant checker ([`sim`]).
+//! ([`effects`]), three-phase commit with its termination protocol ([`threepc`]), and the deterministic simulator with its invariant checker ([`sim`]).
 //! `fuzz_targets` (hidden) holds the decoder fuzz bodies shared by `fuzz/` and the stable
 //! random-input harness.
 //!
@@ -31,6 +31,7 @@ pub mod ops;
 pub mod participant;
 pub mod record;
 pub mod sim;
+pub mod threepc;
 mod txtable;
 pub mod types;
 

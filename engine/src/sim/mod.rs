@@ -17,6 +17,8 @@ mod interactive;
 #[cfg(test)]
 mod saga;
 mod serial;
+#[cfg(test)]
+mod threepc;
 mod workload;
 mod world;
 
