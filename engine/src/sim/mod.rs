@@ -17,7 +17,7 @@ mod interactive;
 #[cfg(test)]
 mod saga;
 mod serial;
-mod workload;
+pub mod workload;
 mod world;
 
 use std::fmt;
