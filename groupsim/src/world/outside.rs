@@ -42,7 +42,7 @@ impl World {
     /// Its records are durable at once; its outputs go to `reply_to`; its timer is set.
     fn after_participant_step(&mut self, index: u16, reply_to: Option<EngineId>) {
         let node = &mut self.participants[index as usize];
-        node.log.extend(node.fx.appends.drain(..));
+        node.log.append(&mut node.fx.appends);
         let outputs: Vec<ToCoordinator> = node.fx.outputs.drain(..).map(|gated| gated.item).collect();
         let from = participant_id(index);
         if let Some(engine) = reply_to {
