@@ -14,6 +14,11 @@ pub struct ReplicaConfig {
     /// A follower that hears no leader for a random time in
     /// `[election_ticks, 2 * election_ticks)` campaigns (default 10: 100–200 ms at 10 ms).
     pub election_ticks: usize,
+    /// Whether the election timeout is drawn at random in `[election_ticks, 2 *
+    /// election_ticks)` (default true, raft-rs draws it from the thread's own generator).
+    /// False makes it exactly `election_ticks`: deterministic, for the group simulator and
+    /// tests, which give replicas distinct timeouts or seeded tick phases to break ties.
+    pub election_randomized: bool,
     /// A leader sends heartbeats every this many ticks (default 2).
     pub heartbeat_ticks: usize,
     /// Largest batch [`crate::Replica::propose`] accepts (default 4 MiB).
@@ -39,6 +44,7 @@ impl ReplicaConfig {
             id,
             voters,
             election_ticks: 10,
+            election_randomized: true,
             heartbeat_ticks: 2,
             batch_bytes_max: 4 << 20,
             proposals_in_flight_max: 4096,
@@ -77,6 +83,8 @@ impl ReplicaConfig {
         raft::Config {
             id: self.id,
             election_tick: self.election_ticks,
+            // raft-rs draws from [min, max): a range of one value is no draw at all.
+            max_election_tick: if self.election_randomized { 0 } else { self.election_ticks + 1 },
             heartbeat_tick: self.heartbeat_ticks,
             applied,
             max_size_per_msg: self.append_bytes_max,

@@ -11,7 +11,8 @@
 //!   (index, term, bytes), role/term/leader changes, snapshots to restore or to take
 //!   ([`Replica::deliver`] drives a [`StateMachine`] from it). Check-quorum and pre-vote
 //!   are always on.
-//! * [`WalStorage`]: raft-rs's `Storage` on a twophase wal. Entries, hard state and
+//! * [`WalStorage`]: raft-rs's `Storage` on a twophase wal (or any [`RecordLog`]: the group
+//!   simulator's disks; [`Replica::on_storage`] runs a replica on one). Entries, hard state and
 //!   snapshots are wal records (`codec`: kinds 1, 2, 3; the wal stores them as opaque
 //!   bytes); the entries since the latest snapshot are cached in memory, rebuilt on open.
 //!   A snapshot makes the records it covers unneeded: the wal drops their segments once the
@@ -39,7 +40,8 @@
 //! # What it must not do
 //!
 //! No sockets, clocks, threads or randomness of its own (raft-rs randomises election
-//! timeouts internally; the wal has its writer thread). It must not depend on the binary,
+//! timeouts internally unless `ReplicaConfig::election_randomized` is false; the wal has its
+//! writer thread). It must not depend on the binary,
 //! net or bench crates, nor on the engine: it replicates opaque batches and knows nothing of
 //! two-phase commit. Membership is fixed: no configuration changes are proposed.
 
@@ -47,6 +49,7 @@ mod codec;
 mod config;
 mod error;
 mod log;
+mod record_log;
 mod replica;
 mod storage;
 
@@ -54,5 +57,6 @@ pub use codec::{KIND_ENTRIES, KIND_HARD_STATE, KIND_SNAPSHOT};
 pub use config::ReplicaConfig;
 pub use error::{ProposeError, ReplicaError};
 pub use log::{AppendError, DecisionLog, KIND_LOCAL_BATCH, LocalLog};
+pub use record_log::RecordLog;
 pub use replica::{CommittedEntry, Output, Replica, RoleChange, SnapshotInstall, StateMachine, Ticket, TicketOutcome};
 pub use storage::WalStorage;

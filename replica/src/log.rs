@@ -5,6 +5,7 @@
 use twophase_wal::{Lsn, Wal, WalError};
 
 use crate::error::ProposeError;
+use crate::record_log::RecordLog;
 use crate::replica::{Replica, Ticket, TicketOutcome};
 
 /// Why an append was refused. Nothing was appended.
@@ -85,7 +86,7 @@ impl DecisionLog for LocalLog {
     }
 }
 
-impl DecisionLog for Replica {
+impl<L: RecordLog> DecisionLog for Replica<L> {
     fn append(&mut self, batch: &[u8]) -> Result<Ticket, AppendError> {
         self.propose(batch.to_vec()).map_err(AppendError::Propose)
     }

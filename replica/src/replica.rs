@@ -14,6 +14,7 @@ use twophase_wal::{Lsn, Wal, WalOptions};
 use crate::codec;
 use crate::config::ReplicaConfig;
 use crate::error::{ProposeError, ReplicaError};
+use crate::record_log::RecordLog;
 use crate::storage::WalStorage;
 
 /// Where a proposal sits in the replicated log: committed once an entry of this term is
@@ -103,12 +104,16 @@ struct UnpersistedReady {
     lsn: Lsn,
     /// Messages that may leave only then (votes, append responses).
     messages: Vec<Message>,
+    /// The index of the snapshot it installed, if any: Raft counts it applied only once
+    /// persisted.
+    snapshot_index: Option<u64>,
 }
 
-/// One Raft replica over a wal. Single-threaded; the wal's writer thread is its only
-/// companion. See the crate docs for the driving loop.
-pub struct Replica {
-    node: RawNode<WalStorage>,
+/// One Raft replica over a wal (or any [`RecordLog`]: the group simulator's disks).
+/// Single-threaded; the wal's writer thread is its only companion. See the crate docs for
+/// the driving loop.
+pub struct Replica<L: RecordLog = Wal> {
+    node: RawNode<WalStorage<L>>,
     config: ReplicaConfig,
     outputs: VecDeque<Output>,
     unpersisted: VecDeque<UnpersistedReady>,
@@ -120,13 +125,27 @@ pub struct Replica {
     snapshot_due_sent: bool,
 }
 
-impl Replica {
+impl Replica<Wal> {
     /// Opens the replica's log in `dir` (creating it if empty) and restarts Raft from it:
     /// hard state, entries, latest snapshot. A recovered snapshot is the first output
     /// ([`Output::Restore`]); the committed entries after it follow as Raft re-commits them.
     pub fn open(config: ReplicaConfig, dir: &Path, wal_options: WalOptions) -> Result<Replica, ReplicaError> {
         config.validate()?;
         let storage = WalStorage::open(dir, wal_options, &config.voters)?;
+        Replica::on_storage(config, storage)
+    }
+
+    /// The wal (for its doorbell / `on_durable`, and stats).
+    pub fn wal(&self) -> &Wal {
+        self.node.store().wal()
+    }
+}
+
+impl<L: RecordLog> Replica<L> {
+    /// Restarts Raft from a recovered storage (see [`Replica::open`]; the group simulator
+    /// passes one over its simulated disk).
+    pub fn on_storage(config: ReplicaConfig, storage: WalStorage<L>) -> Result<Replica<L>, ReplicaError> {
+        config.validate()?;
         let snapshot = storage.latest_snapshot().clone();
         let snapshot_index = snapshot.get_metadata().index;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -272,6 +291,7 @@ impl Replica {
         for message in ready.take_messages() {
             self.queue_send(&message);
         }
+        let snapshot_index = (!ready.snapshot().is_empty()).then(|| ready.snapshot().get_metadata().index);
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone())?;
         }
@@ -292,7 +312,7 @@ impl Replica {
         let messages = ready.take_persisted_messages();
         let number = ready.number();
         self.node.advance_append_async(ready);
-        self.unpersisted.push_back(UnpersistedReady { number, lsn: wait_for, messages });
+        self.unpersisted.push_back(UnpersistedReady { number, lsn: wait_for, messages, snapshot_index });
         Ok(())
     }
 
@@ -311,15 +331,25 @@ impl Replica {
     fn release_durable(&mut self) -> Result<(), ReplicaError> {
         let durable = self.node.store().durable_lsn()?;
         let mut persisted_number = None;
+        let mut persisted_snapshot = None;
         while self.unpersisted.front().is_some_and(|r| r.lsn <= durable) {
             let ready = self.unpersisted.pop_front().expect("checked non-empty");
             persisted_number = Some(ready.number);
+            persisted_snapshot = ready.snapshot_index.or(persisted_snapshot);
             for message in &ready.messages {
                 self.queue_send(message);
             }
         }
         if let Some(number) = persisted_number {
             self.node.on_persist_ready(number);
+        }
+        if let Some(index) = persisted_snapshot
+            && index > self.node.raft.raft_log.applied
+        {
+            // raft-rs leaves its applied index below an installed snapshot until told; left
+            // there, a campaign would read the compacted entries after it and panic (found by
+            // the group simulator).
+            self.node.advance_apply_to(index);
         }
         self.node.mut_store().truncate_if_durable(durable)
     }
@@ -464,13 +494,8 @@ impl Replica {
         self.snapshot_index
     }
 
-    /// The wal (for its doorbell / `on_durable`, and stats).
-    pub fn wal(&self) -> &Wal {
-        self.node.store().wal()
-    }
-
     /// The storage (for inspection in tests and status).
-    pub fn storage(&self) -> &WalStorage {
+    pub fn storage(&self) -> &WalStorage<L> {
         self.node.store()
     }
 }

@@ -11,10 +11,11 @@ use std::path::Path;
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use twophase_wal::{Lsn, Wal, WalOptions};
+use twophase_wal::{Lsn, RecoveredRecord, Wal, WalOptions};
 
 use crate::codec;
 use crate::error::ReplicaError;
+use crate::record_log::RecordLog;
 
 /// One cached entry and the LSN of the wal record that holds it.
 struct CachedEntry {
@@ -31,9 +32,10 @@ struct PendingTruncation {
     truncate_before: Lsn,
 }
 
-/// raft-rs `Storage` whose records live in a twophase wal.
-pub struct WalStorage {
-    wal: Wal,
+/// raft-rs `Storage` whose records live in a twophase wal (or, in the group simulator, in
+/// any other [`RecordLog`]).
+pub struct WalStorage<L: RecordLog = Wal> {
+    log: L,
     hard_state: HardState,
     conf_state: ConfState,
     /// The latest snapshot, with its data (index 0: none yet).
@@ -50,27 +52,46 @@ pub struct WalStorage {
     pending_truncation: Option<PendingTruncation>,
 }
 
-impl WalStorage {
+impl WalStorage<Wal> {
     /// Opens (or creates) the log in `dir` and rebuilds the cache from its records. A fresh
     /// log starts with `voters` as its configuration (every replica of a group must be given
     /// the same voters).
     pub fn open(dir: &Path, options: WalOptions, voters: &[u64]) -> Result<WalStorage, ReplicaError> {
         let record_bytes_max = options.max_record_bytes as usize;
         let (wal, recovery) = twophase_wal::open(dir, options)?;
+        WalStorage::recover(wal, recovery.next_lsn, &recovery.records, record_bytes_max, voters)
+    }
+
+    /// The wal itself (its doorbell, `on_durable`, stats).
+    pub fn wal(&self) -> &Wal {
+        &self.log
+    }
+}
+
+impl<L: RecordLog> WalStorage<L> {
+    /// Rebuilds the storage from the records `log` held at open (in LSN order; `next_lsn` is
+    /// the LSN its next append gets). Records are split below `record_bytes_max` bytes.
+    pub fn recover(
+        log: L,
+        next_lsn: Lsn,
+        records: &[RecoveredRecord],
+        record_bytes_max: usize,
+        voters: &[u64],
+    ) -> Result<WalStorage<L>, ReplicaError> {
         let mut storage = WalStorage {
-            wal,
+            log,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             snapshot: Snapshot::default(),
             entries: VecDeque::new(),
             record_bytes_max,
-            last_lsn: Lsn(recovery.next_lsn.0.saturating_sub(1)),
-            last_urgent_lsn: Lsn(recovery.next_lsn.0.saturating_sub(1)),
+            last_lsn: Lsn(next_lsn.0.saturating_sub(1)),
+            last_urgent_lsn: Lsn(next_lsn.0.saturating_sub(1)),
             pending_truncation: None,
         };
         storage.conf_state.voters = voters.to_vec();
         storage.snapshot.mut_metadata().set_conf_state(storage.conf_state.clone());
-        for record in &recovery.records {
+        for record in records {
             storage.replay(record.lsn, record.kind, &record.payload)?;
         }
         storage.check_recovered()?;
@@ -89,7 +110,7 @@ impl WalStorage {
             }
             codec::KIND_SNAPSHOT => {
                 let snapshot = codec::decode_snapshot(payload)?;
-                self.adopt_snapshot(snapshot);
+                self.adopt_recovered_snapshot(snapshot);
                 Ok(())
             }
             other => Err(ReplicaError::Corrupt(format!("unknown record kind {other} at LSN {lsn}"))),
@@ -151,6 +172,24 @@ impl WalStorage {
         self.entries.extend(entries.map(|entry| CachedEntry { entry, lsn }));
     }
 
+    /// A snapshot record met while replaying. The entries cached then were cached when it
+    /// was written, and those after its index were kept then (consistent with it), except
+    /// what the truncation it allowed removed: when that cut fell right after its index, the
+    /// entry there is gone but those after it are still the kept ones. (Without this, the
+    /// entries after a snapshot were dropped and the next record left a gap: found by the
+    /// group simulator, whose disk truncates at the exact record.)
+    fn adopt_recovered_snapshot(&mut self, snapshot: Snapshot) {
+        let index = snapshot.get_metadata().index;
+        if self.cached(index).is_none() && self.entries.front().is_some_and(|c| c.entry.index == index + 1) {
+            self.conf_state = snapshot.get_metadata().get_conf_state().clone();
+            self.hard_state.commit = self.hard_state.commit.max(index);
+            self.hard_state.term = self.hard_state.term.max(snapshot.get_metadata().term);
+            self.snapshot = snapshot;
+            return;
+        }
+        self.adopt_snapshot(snapshot);
+    }
+
     /// Makes `snapshot` the base of the log: cached entries it covers are dropped (all of
     /// them if the snapshot's entry is not the one cached at its index).
     fn adopt_snapshot(&mut self, snapshot: Snapshot) {
@@ -190,7 +229,7 @@ impl WalStorage {
         let mut start = 0;
         while start < entries.len() {
             let end = self.run_end(entries, start)?;
-            let lsn = self.wal.append(codec::KIND_ENTRIES, &codec::encode_entries(&entries[start..end]))?;
+            let lsn = self.log.append(codec::KIND_ENTRIES, &codec::encode_entries(&entries[start..end]))?;
             self.last_lsn = lsn;
             self.last_urgent_lsn = lsn;
             self.splice(entries[start..end].to_vec(), lsn);
@@ -225,11 +264,11 @@ impl WalStorage {
     pub fn set_hard_state(&mut self, hs: &HardState, must_sync: bool) -> Result<Lsn, ReplicaError> {
         let payload = codec::encode_hard_state(hs);
         let lsn = if must_sync {
-            let lsn = self.wal.append(codec::KIND_HARD_STATE, &payload)?;
+            let lsn = self.log.append(codec::KIND_HARD_STATE, &payload)?;
             self.last_urgent_lsn = lsn;
             lsn
         } else {
-            self.wal.append_lazy(codec::KIND_HARD_STATE, &payload)?
+            self.log.append_lazy(codec::KIND_HARD_STATE, &payload)?
         };
         self.hard_state = hs.clone();
         self.last_lsn = lsn;
@@ -269,7 +308,7 @@ impl WalStorage {
                 self.record_bytes_max
             )));
         }
-        let lsn = self.wal.append(codec::KIND_SNAPSHOT, &payload)?;
+        let lsn = self.log.append(codec::KIND_SNAPSHOT, &payload)?;
         self.last_lsn = lsn;
         self.last_urgent_lsn = lsn;
         Ok(lsn)
@@ -280,7 +319,7 @@ impl WalStorage {
         if let Some(p) = self.pending_truncation
             && durable >= p.durable_after
         {
-            self.wal.truncate_before(p.truncate_before)?;
+            self.log.truncate_before(p.truncate_before)?;
             self.pending_truncation = None;
         }
         Ok(())
@@ -288,7 +327,7 @@ impl WalStorage {
 
     /// The wal's durable LSN (its failure, forever, once it failed).
     pub fn durable_lsn(&self) -> Result<Lsn, ReplicaError> {
-        Ok(self.wal.durable_lsn()?)
+        self.log.durable_lsn()
     }
 
     /// LSN of the last record appended (0 if none since open and the log was empty).
@@ -302,9 +341,9 @@ impl WalStorage {
         self.last_urgent_lsn
     }
 
-    /// The wal itself (its doorbell, `on_durable`, stats).
-    pub fn wal(&self) -> &Wal {
-        &self.wal
+    /// The record log itself.
+    pub fn log(&self) -> &L {
+        &self.log
     }
 
     /// The latest snapshot (index 0: none).
@@ -323,7 +362,7 @@ impl WalStorage {
     }
 }
 
-impl Storage for WalStorage {
+impl<L: RecordLog> Storage for WalStorage<L> {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
     }

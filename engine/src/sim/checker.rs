@@ -29,7 +29,7 @@ const MAX_REPORTED: usize = 10;
 
 /// What the world saw happen outside the nodes.
 #[derive(Debug, Default)]
-pub(super) struct Observed {
+pub struct Observed {
     pub issued: BTreeMap<(ClientId, Seq), Vec<Op>>,
     /// When each request was first sent.
     pub submitted_at: BTreeMap<(ClientId, Seq), Time>,
@@ -79,7 +79,7 @@ impl Violations {
     }
 }
 
-pub(super) fn check(
+pub fn check(
     config: &SimConfig,
     observed: &Observed,
     coordinator_log: &[(Lsn, CoordRecord)],

@@ -19,7 +19,7 @@ mod saga;
 mod serial;
 #[cfg(test)]
 mod threepc;
-mod workload;
+pub mod workload;
 mod world;
 
 use std::fmt;

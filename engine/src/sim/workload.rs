@@ -11,11 +11,11 @@ use crate::ops::{Op, OpKind, Outcome};
 use crate::participant::encode_int;
 use crate::types::{ClientId, ParticipantId, Seq};
 
-pub(super) fn participant_id(index: u16) -> ParticipantId {
+pub fn participant_id(index: u16) -> ParticipantId {
     ParticipantId(index + 1)
 }
 
-pub(super) fn account_key(participant: u16, account: u32) -> Bytes {
+pub fn account_key(participant: u16, account: u32) -> Bytes {
     Bytes::from(format!("acct/{participant}/{account}"))
 }
 
@@ -28,7 +28,7 @@ pub(super) fn is_account(key: &[u8]) -> bool {
 }
 
 /// The set-up transactions: one per participant, creating its accounts.
-pub(super) fn setup_transactions(config: &SimConfig) -> Vec<Vec<Op>> {
+pub fn setup_transactions(config: &SimConfig) -> Vec<Vec<Op>> {
     (0..config.participants)
         .map(|p| {
             (0..config.accounts_per_participant)
@@ -52,7 +52,7 @@ fn two_participants(config: &SimConfig, rng: &mut impl Rng) -> (u16, u16) {
 }
 
 /// A random transaction of the configured mix.
-pub(super) fn random_transaction(config: &SimConfig, rng: &mut impl Rng) -> Vec<Op> {
+pub fn random_transaction(config: &SimConfig, rng: &mut impl Rng) -> Vec<Op> {
     let mix = config.mix;
     let roll = rng.gen_range(0..mix.transfer + mix.increment + mix.read_only);
     let accounts = config.accounts_per_participant;
@@ -106,14 +106,14 @@ pub(super) fn random_transaction(config: &SimConfig, rng: &mut impl Rng) -> Vec<
 
 /// The request a client is waiting on.
 #[derive(Debug)]
-pub(super) struct Pending {
+pub struct Pending {
     pub seq: Seq,
     pub ops: Vec<Op>,
     pub is_setup: bool,
 }
 
 #[derive(Debug)]
-pub(super) struct Client {
+pub struct Client {
     /// The identity its connection presents (one per simulated client).
     pub identity: String,
     /// The session the coordinator assigned; None until registered.
@@ -132,11 +132,11 @@ pub(super) struct Client {
     pub outcomes: BTreeMap<Seq, Outcome>,
     /// An interactive client runs conversations instead of one-shot requests.
     pub interactive: bool,
-    pub conversation: Option<super::interactive::Conversation>,
+    pub(super) conversation: Option<super::interactive::Conversation>,
 }
 
 impl Client {
-    pub(super) fn new(index: u16, remaining: usize) -> Client {
+    pub fn new(index: u16, remaining: usize) -> Client {
         Client {
             identity: format!("sim-client-{index}"),
             session: None,
@@ -152,7 +152,7 @@ impl Client {
         }
     }
 
-    pub(super) fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         self.pending.is_none() && self.conversation.is_none() && self.remaining == 0 && self.setup.is_empty()
     }
 
@@ -164,7 +164,7 @@ impl Client {
     }
 
     /// Starts the next request, if any: set-up first.
-    pub(super) fn start_next(&mut self, config: &SimConfig, rng: &mut impl Rng) -> Option<&Pending> {
+    pub fn start_next(&mut self, config: &SimConfig, rng: &mut impl Rng) -> Option<&Pending> {
         assert!(self.pending.is_none());
         let (ops, is_setup) = if let Some(ops) = self.setup.last() {
             (ops.clone(), true)
@@ -180,7 +180,7 @@ impl Client {
     }
 
     /// Records the outcome of the pending request. Returns whether set-up just finished.
-    pub(super) fn complete(&mut self, outcome: &Outcome) -> bool {
+    pub fn complete(&mut self, outcome: &Outcome) -> bool {
         let pending = self.pending.take().expect("a pending request");
         if pending.is_setup {
             if outcome.is_committed() {
