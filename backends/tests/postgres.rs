@@ -229,7 +229,9 @@ fn a_fence_ends_the_previous_incarnations_sessions_and_keeps_what_prepared() {
     let Some(server) = or_skip(PgServer::start()) else { return };
     let named = || {
         let connector = PgConnector::new(&server.dsn()).unwrap().with_session_name(&session_name(PARTICIPANT));
-        Executor::start(connector, PARTICIPANT, PoolConfig { connections_max: 4, ..PoolConfig::default() }, None)
+        // Room for the open transaction and two prepared ones (MariaDB keeps those on their
+        // sessions) besides the two connections reserved for decisions.
+        Executor::start(connector, PARTICIPANT, PoolConfig { connections_max: 6, ..PoolConfig::default() }, None)
     };
     let (old, new, plain) = (named(), named(), executor(&server));
     fence_ends_the_previous_incarnations_sessions(&old, &new, &plain);
