@@ -267,6 +267,55 @@ fn interactive_transactions_run_inside_both_databases() {
     assert_eq!(bank.balances(1), (Some(55), Some(145)));
 }
 
+/// A one-shot transaction that only reads at PostgreSQL but also writes at MariaDB must keep
+/// its PostgreSQL read lock until the decision: its prepares run at once, so released at its
+/// prepare, a writer could change what it read before it took its lock at MariaDB (here
+/// held up by an open transaction): the reader would come after the writer at PostgreSQL and
+/// before it at MariaDB. The writer must wait for the reader's decision, so the reader's
+/// outcome comes first.
+#[test]
+fn a_reader_with_other_participants_keeps_its_read_locks_until_the_decision() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let Some(mut bank) = Bank::start(&["--lock-wait-timeout", "10s"]) else { return };
+    let mut client = bank.client();
+    bank.fund(&mut client, 1, 100);
+    bank.fund(&mut client, 2, 100);
+    // Holds MariaDB's acct/2, so the reader's write there waits.
+    let mut blocker = client.begin().unwrap();
+    blocker.add("p2", "acct/2", 1).unwrap();
+
+    let finished = AtomicU32::new(0);
+    let (options, addr) = (bank.options(), bank.coordinator.addr);
+    let (reader, writer) = std::thread::scope(|scope| {
+        let run = |ops: Vec<twophase_engine::Op>| {
+            let (options, finished) = (options.clone(), &finished);
+            scope.spawn(move || {
+                let mut client = Client::connect(addr, options).unwrap();
+                let outcome = client.submit(ops).expect("an outcome");
+                (outcome, finished.fetch_add(1, Ordering::SeqCst))
+            })
+        };
+        let reader = run(vec![common::get(PG, "acct/1"), add(MARIA, "acct/2", 1, 0)]);
+        // The reader's prepare at PostgreSQL has read acct/1 (its MariaDB one waits).
+        std::thread::sleep(Duration::from_millis(500));
+        let writer = run(vec![add(PG, "acct/1", 1, 0)]);
+        // Long enough for the writer to commit if nothing held it back.
+        std::thread::sleep(Duration::from_millis(700));
+        blocker.rollback().unwrap();
+        (reader.join().unwrap(), writer.join().unwrap())
+    });
+    let (reader_outcome, reader_order) = reader;
+    let (writer_outcome, writer_order) = writer;
+    assert!(writer_outcome.is_committed(), "{writer_outcome:?}");
+    assert!(
+        reader_order < writer_order,
+        "the writer of what the reader read ended first: reader {reader_outcome:?}, writer {writer_outcome:?}"
+    );
+    let expected_maria = if reader_outcome.is_committed() { 101 } else { 100 };
+    assert_eq!(bank.balances(1).0, Some(101));
+    assert_eq!(bank.balances(2).1, Some(expected_maria));
+}
+
 /// Kills `victim` (SIGKILL, by failpoint) at `failpoint` during a transfer, restarts it, and
 /// demands that both databases end as the client heard: both changed or neither, nothing
 /// prepared. Returns whether the transfer committed.

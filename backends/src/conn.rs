@@ -2,6 +2,8 @@
 //! time. The executor (`pool`) runs these calls on its own threads; nothing here may be
 //! called from the engine thread.
 
+use std::time::Duration;
+
 use crate::error::DbError;
 use crate::gid::Gid;
 use crate::kv::{KvOp, KvOutcome};
@@ -37,18 +39,30 @@ pub trait Connection: Send + 'static {
     /// The connection cannot be used again (it is dropped instead of pooled).
     fn is_broken(&self) -> bool;
 
+    /// Ends every other session of this database that carries the name `session` (see
+    /// [`session_name`]: a previous incarnation's pool, whose process died) and waits, at most
+    /// `wait`, until they are gone. Run before the recovery scan: a statement such a session
+    /// still runs (a one-shot waiting on a row lock) could otherwise reach its PREPARE after
+    /// the scan, leaving a prepared transaction nobody resolves. A transaction that prepared
+    /// before survives its session and is in the scan; one that had not is rolled back by
+    /// the server when its session ends. Returns how many sessions it ended.
+    fn fence_sessions(&mut self, session: &str, wait: Duration) -> Result<usize, DbError>;
+
     /// A one-shot transaction whole: `begin`, `ops` in order, then `prepare` when one of
-    /// them writes, else `rollback` (nothing to hold). On failure nothing is left open; a
-    /// failure with `Reason::ConnectionLost` leaves it unknown whether it prepared. The
-    /// default makes the calls one by one; a backend may send them in one round trip, as
-    /// long as it fails the same way (the op that failed, the same reason).
-    fn one_shot(&mut self, gid: &Gid, ops: &[KvOp]) -> Result<OneShot, OneShotFailure> {
-        one_shot_by_steps(self, gid, ops)
+    /// them writes or `hold_reads` (the transaction has other participants: its read locks
+    /// must last until the decision, or another transaction could write what it read here
+    /// before it took its locks elsewhere), else `rollback` (nothing to hold). On failure
+    /// nothing is left open; a failure with `Reason::ConnectionLost` leaves it unknown
+    /// whether it prepared. The default makes the calls one by one; a backend may send them
+    /// in one round trip, as long as it fails the same way (the op that failed, the same
+    /// reason).
+    fn one_shot(&mut self, gid: &Gid, ops: &[KvOp], hold_reads: bool) -> Result<OneShot, OneShotFailure> {
+        one_shot_by_steps(self, gid, ops, hold_reads)
     }
 }
 
 /// What a one-shot transaction did: each op's outcome, in order, and whether it is now
-/// prepared under its gid (it wrote) or already ended (it only read).
+/// prepared under its gid (it wrote, or holds its reads) or already ended (it only read).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct OneShot {
     pub outcomes: Vec<KvOutcome>,
@@ -68,6 +82,7 @@ pub fn one_shot_by_steps<C: Connection + ?Sized>(
     conn: &mut C,
     gid: &Gid,
     ops: &[KvOp],
+    hold_reads: bool,
 ) -> Result<OneShot, OneShotFailure> {
     conn.begin(gid).map_err(|error| OneShotFailure { op: None, error })?;
     let mut outcomes = Vec::with_capacity(ops.len());
@@ -82,12 +97,12 @@ pub fn one_shot_by_steps<C: Connection + ?Sized>(
             }
         }
     }
-    let writes = ops.iter().any(KvOp::writes);
-    let ended = if writes { conn.prepare(gid) } else { conn.rollback(gid) };
+    let prepares = hold_reads || ops.iter().any(KvOp::writes);
+    let ended = if prepares { conn.prepare(gid) } else { conn.rollback(gid) };
     match ended {
-        Ok(()) => Ok(OneShot { outcomes, prepared: writes }),
+        Ok(()) => Ok(OneShot { outcomes, prepared: prepares }),
         Err(error) => {
-            if writes && !conn.is_broken() {
+            if prepares && !conn.is_broken() {
                 // A refused PREPARE leaves the transaction open (PostgreSQL) or idle
                 // (MariaDB): end it.
                 let _ = conn.rollback(gid);
@@ -101,6 +116,14 @@ pub fn one_shot_by_steps<C: Connection + ?Sized>(
 pub trait Connector: Send + Sync + 'static {
     type Conn: Connection;
     fn connect(&self) -> Result<Self::Conn, DbError>;
+}
+
+/// The name every pooled session of participant `participant` carries in its database
+/// (PostgreSQL's `application_name`, MariaDB's session registry), so that a restarted
+/// participant can end its previous incarnation's sessions ([`Connection::fence_sessions`]).
+/// At most 9 + 32 bytes (`gid::PARTICIPANT_BYTES_MAX`): under PostgreSQL's 63.
+pub fn session_name(participant: &str) -> String {
+    format!("twophase:{participant}")
 }
 
 /// A gid as an SQL string literal. Gids are `[a-z0-9_:-]` by construction (`Gid::new`),

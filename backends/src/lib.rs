@@ -10,7 +10,9 @@
 //! Invariants: every gid parses back to itself and fits XA's 64-byte gtrid; nothing but a
 //! validated gid, integers and hex digits is ever spliced into SQL; a caller's `submit` never waits (a full queue is
 //! `Busy`); connections, open transactions, queued requests and unread completions are all
-//! bounded; decisions (`COMMIT PREPARED`, `XA COMMIT`) always have a connection reserved.
+//! bounded; decisions (`COMMIT PREPARED`, `XA COMMIT`) always have a connection reserved; a
+//! participant's sessions carry its name (`conn::session_name`), so that its next incarnation
+//! ends them (`Request::FenceSessions`) before it lists what is prepared.
 //!
 //! Must not: depend on the engine or the node runtime (the participant maps its txids and
 //! operations onto `Gid` and `KvOp`), decide anything about the protocol (a prepared

@@ -8,6 +8,8 @@
 //! decision, like the built-in store. Keys up to 1024 bytes and values up to 32 KiB: the
 //! engine's limits.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use mysql::consts::ColumnType;
 use mysql::prelude::Queryable;
@@ -29,17 +31,45 @@ const SCHEMA: [&str; 2] = [
 /// The `binary` character set: a column of bytes, not text.
 const BINARY_CHARSET: u16 = 63;
 
+/// The session registry: MariaDB shows no client-chosen name of a session to others (no
+/// `application_name`; connection attributes only with the performance schema on), so each
+/// named session writes its connection id here at connect, with when, and a restarted
+/// participant ends the ones still connected (`fence_sessions`). `registered_s` tells rows
+/// of an earlier server life (whose ids the server hands out again) from this life's.
+const SESSIONS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS twophase_sessions (\
+     session VARBINARY(64) NOT NULL, connection_id BIGINT UNSIGNED NOT NULL, registered_s BIGINT NOT NULL, \
+     PRIMARY KEY (session, connection_id)) ENGINE=InnoDB";
+const REGISTER_SESSION: &str = "REPLACE INTO twophase_sessions (session, connection_id, registered_s) VALUES (?, CONNECTION_ID(), UNIX_TIMESTAMP())";
+/// The sessions named `?` registered in this server life (its start time, from `Uptime`, is
+/// known to the second: one second of slack) that are still connected, besides this one.
+const LIVE_SESSIONS: &str = "SELECT s.connection_id FROM twophase_sessions s \
+     JOIN information_schema.PROCESSLIST p ON p.ID = s.connection_id \
+     WHERE s.session = ? AND s.connection_id <> CONNECTION_ID() AND s.registered_s >= \
+       UNIX_TIMESTAMP() - (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME') - 1";
+/// How often a fence looks again for the sessions it killed.
+const FENCE_POLL: Duration = Duration::from_millis(20);
+
 pub struct MariaConnector {
     opts: Opts,
     /// `innodb_lock_wait_timeout` of every session, in whole seconds (0: the server's).
     lock_wait_timeout_s: u64,
+    /// The name every session registers under (`twophase_sessions`), if any.
+    session_name: Option<String>,
 }
 
 impl MariaConnector {
     /// `mysql://user:password@host:port/db`, or with `?socket=/path/mysqld.sock`.
     pub fn new(url: &str) -> Result<MariaConnector, DbError> {
         let opts = Opts::from_url(url).map_err(|e| DbError::invalid(format!("MariaDB URL: {e}")))?;
-        Ok(MariaConnector { opts, lock_wait_timeout_s: 0 })
+        Ok(MariaConnector { opts, lock_wait_timeout_s: 0, session_name: None })
+    }
+
+    /// Every session registers under `name` (see `conn::session_name`) in the
+    /// `twophase_sessions` table, by which a restarted participant finds and ends them
+    /// (`Connection::fence_sessions`).
+    pub fn with_session_name(mut self, name: &str) -> MariaConnector {
+        self.session_name = Some(name.to_owned());
+        self
     }
 
     /// Every session waits at most this long for a row lock (`innodb_lock_wait_timeout`,
@@ -51,7 +81,7 @@ impl MariaConnector {
     }
 
     pub fn from_opts(opts: impl Into<Opts>) -> MariaConnector {
-        MariaConnector { opts: opts.into(), lock_wait_timeout_s: 0 }
+        MariaConnector { opts: opts.into(), lock_wait_timeout_s: 0, session_name: None }
     }
 }
 
@@ -64,7 +94,12 @@ impl Connector for MariaConnector {
             opts = opts.init(vec![format!("SET SESSION innodb_lock_wait_timeout = {}", self.lock_wait_timeout_s)]);
         }
         let conn = Conn::new(opts).map_err(|e| map_error(&e))?;
-        Ok(MariaConnection { conn, broken: false })
+        let mut conn = MariaConnection { conn, broken: false };
+        if let Some(name) = &self.session_name {
+            conn.text(SESSIONS_SCHEMA)?;
+            conn.run(|c| c.exec_drop(REGISTER_SESSION, (name.as_bytes(),)))?;
+        }
+        Ok(conn)
     }
 }
 
@@ -92,6 +127,17 @@ impl MariaConnection {
 
     fn text(&mut self, sql: &str) -> Result<(), DbError> {
         self.run(|c| c.query_drop(sql))
+    }
+
+    /// `XA COMMIT` / `XA ROLLBACK` of a prepared branch. A branch that prepared but only read
+    /// (it held its read locks for the decision: `hold_reads`) is answered 1402
+    /// XA_RBROLLBACK when decided from another session than the one that prepared it (after
+    /// a restart): InnoDB kept nothing to commit, and the branch is gone. That is done.
+    fn decide(&mut self, sql: &str) -> Result<(), DbError> {
+        match self.text(sql) {
+            Err(error) if error.detail.starts_with("1402:") => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -223,11 +269,11 @@ impl Connection for MariaConnection {
     }
 
     fn commit_prepared(&mut self, gid: &Gid) -> Result<(), DbError> {
-        self.text(&format!("XA COMMIT {}", gid_literal(gid)))
+        self.decide(&format!("XA COMMIT {}", gid_literal(gid)))
     }
 
     fn rollback_prepared(&mut self, gid: &Gid) -> Result<(), DbError> {
-        self.text(&format!("XA ROLLBACK {}", gid_literal(gid)))
+        self.decide(&format!("XA ROLLBACK {}", gid_literal(gid)))
     }
 
     fn recover(&mut self, participant: &str) -> Result<Vec<Gid>, DbError> {
@@ -245,6 +291,41 @@ impl Connection for MariaConnection {
 
     fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// `KILL CONNECTION` on every other registered session named `session` still connected,
+    /// again until none is (a killed session stays listed until its statement and
+    /// transaction are rolled back); then forgets the rows of sessions gone. A branch in
+    /// the XA PREPARED state survives its session (and is in the scan); an active one is
+    /// rolled back with it.
+    fn fence_sessions(&mut self, session: &str, wait: Duration) -> Result<usize, DbError> {
+        self.text(SESSIONS_SCHEMA)?;
+        let deadline = Instant::now() + wait;
+        let mut ended = std::collections::HashSet::new();
+        loop {
+            let live: Vec<u64> = self.run(|c| c.exec(LIVE_SESSIONS, (session.as_bytes(),)))?;
+            if live.is_empty() {
+                break;
+            }
+            for id in &live {
+                match self.text(&format!("KILL CONNECTION {id}")) {
+                    // ER_NO_SUCH_THREAD: gone since the listing.
+                    Err(error) if !error.detail.starts_with("1094:") => return Err(error),
+                    _ => {}
+                }
+            }
+            ended.extend(live.iter().copied());
+            if Instant::now() >= deadline {
+                return Err(DbError::new(
+                    Reason::Other,
+                    format!("{} sessions named {session} still run {wait:?} after being killed", live.len()),
+                ));
+            }
+            std::thread::sleep(FENCE_POLL);
+        }
+        let forget = "DELETE FROM twophase_sessions WHERE session = ? AND connection_id <> CONNECTION_ID()";
+        self.run(|c| c.exec_drop(forget, (session.as_bytes(),)))?;
+        Ok(ended.len())
     }
 }
 

@@ -23,11 +23,14 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
-use crate::conn::{Connection, Connector, OneShot, OneShotFailure};
+use crate::conn::{Connection, Connector, OneShot, OneShotFailure, session_name};
 use crate::error::{DbError, Reason};
 use crate::gid::Gid;
 use crate::kv::{KvOp, KvOutcome};
 use crate::sql::{Rows, SqlLimits, SqlValue};
+
+/// How long `FenceSessions` waits for the previous incarnation's sessions to end.
+const FENCE_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, Debug)]
 pub struct PoolConfig {
@@ -65,11 +68,15 @@ pub enum Request {
     },
     Prepare(Gid),
     /// A one-shot transaction whole (`Connection::one_shot`): begin, the ops, prepare (or
-    /// end, when it only reads). Takes a connection as `Begin` does, and keeps it until the
-    /// decision where the database keeps a prepared transaction on its session.
+    /// end, when it only reads and not `hold_reads`). Takes a connection as `Begin` does, and
+    /// keeps it until the decision where the database keeps a prepared transaction on its
+    /// session.
     OneShot {
         gid: Gid,
         ops: Vec<KvOp>,
+        /// Prepare also when it only reads: the transaction has other participants, so its
+        /// read locks must last until the decision.
+        hold_reads: bool,
     },
     /// Rolls back an open (not yet prepared) transaction.
     Rollback(Gid),
@@ -77,6 +84,10 @@ pub enum Request {
     RollbackPrepared(Gid),
     /// Lists this participant's prepared transactions.
     Recover,
+    /// Ends the sessions of this participant's previous incarnation and waits until they are
+    /// gone (`Connection::fence_sessions`, under `conn::session_name`): the first request of
+    /// a participant's start, before `Recover`, while no other session of its own exists.
+    FenceSessions,
 }
 
 #[derive(Clone, PartialEq, Debug)]
@@ -98,6 +109,8 @@ pub enum Reply {
     CommittedPrepared,
     RolledBackPrepared,
     Recovered(Vec<Gid>),
+    /// How many sessions `FenceSessions` ended.
+    Fenced(usize),
 }
 
 /// The result of one submitted request, under the caller's tag.
@@ -231,7 +244,7 @@ impl<C: Connector> Shared<C> {
         }
         match request {
             Request::Begin(gid) => self.begin(gid),
-            Request::OneShot { gid, ops } => self.one_shot(gid, &ops),
+            Request::OneShot { gid, ops, hold_reads } => self.one_shot(gid, &ops, hold_reads),
             Request::Kv(gid, op) => self.in_transaction(&gid, |c| c.kv(&op).map(Reply::Kv)),
             Request::Execute { gid, sql, params } => {
                 let limits = self.config.sql;
@@ -246,6 +259,10 @@ impl<C: Connector> Shared<C> {
                 self.decide(&gid, |c| c.rollback_prepared(&gid).map(|()| Reply::RolledBackPrepared))
             }
             Request::Recover => self.with_connection(|c| c.recover(&self.participant).map(Reply::Recovered)),
+            Request::FenceSessions => {
+                let session = session_name(&self.participant);
+                self.with_connection(|c| c.fence_sessions(&session, FENCE_WAIT).map(Reply::Fenced))
+            }
         }
     }
 
@@ -267,9 +284,9 @@ impl<C: Connector> Shared<C> {
         })
     }
 
-    fn one_shot(&self, gid: Gid, ops: &[KvOp]) -> Result<Reply, DbError> {
+    fn one_shot(&self, gid: Gid, ops: &[KvOp], hold_reads: bool) -> Result<Reply, DbError> {
         let mut conn = self.open_transaction(&gid)?;
-        let result = conn.one_shot(&gid, ops);
+        let result = conn.one_shot(&gid, ops, hold_reads);
         match &result {
             Ok(done) if done.prepared && !conn.prepare_detaches() => {
                 self.lock().open.insert(gid, OpenTx::Prepared(conn));
@@ -461,7 +478,7 @@ fn request_gid(request: &Request) -> Option<&Gid> {
         | Request::Rollback(gid)
         | Request::CommitPrepared(gid)
         | Request::RollbackPrepared(gid) => Some(gid),
-        Request::Recover => None,
+        Request::Recover | Request::FenceSessions => None,
     }
 }
 
@@ -560,6 +577,9 @@ mod tests {
         fn is_broken(&self) -> bool {
             self.broken
         }
+        fn fence_sessions(&mut self, _: &str, _: Duration) -> Result<usize, DbError> {
+            Ok(0)
+        }
     }
 
     fn pool(detaches: bool, config: PoolConfig) -> (Executor, Arc<Log>) {
@@ -638,7 +658,7 @@ mod tests {
     }
 
     fn one_shot(counter: u64, ops: Vec<KvOp>) -> Request {
-        Request::OneShot { gid: gid(counter), ops }
+        Request::OneShot { gid: gid(counter), ops, hold_reads: false }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! two-phase locking on the rows a transaction touches, like the built-in store.
 
 use std::error::Error as StdError;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use postgres::fallible_iterator::FallibleIterator;
@@ -22,6 +23,9 @@ CREATE TABLE IF NOT EXISTS kv (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
 ";
 
+/// How often a fence looks again for the sessions it terminated.
+const FENCE_POLL: Duration = Duration::from_millis(20);
+
 /// Connects with a libpq-style string (`host=/tmp/x port=5432 user=postgres dbname=postgres`).
 pub struct PgConnector {
     config: postgres::Config,
@@ -33,6 +37,13 @@ impl PgConnector {
     pub fn new(dsn: &str) -> Result<PgConnector, DbError> {
         let config = dsn.parse().map_err(|e| DbError::invalid(format!("PostgreSQL connection string: {e}")))?;
         Ok(PgConnector { config, lock_timeout_ms: 0 })
+    }
+
+    /// Every session carries `name` as its `application_name` (see `conn::session_name`), by
+    /// which a restarted participant finds and ends them (`Connection::fence_sessions`).
+    pub fn with_session_name(mut self, name: &str) -> PgConnector {
+        self.config.application_name(name);
+        self
     }
 
     /// Every session waits at most this long for a row lock (`SET lock_timeout`), then its
@@ -245,19 +256,47 @@ impl Connection for PgConnection {
         self.client.is_closed()
     }
 
+    /// `pg_terminate_backend` on every other session of this database named `session`,
+    /// again until `pg_stat_activity` lists none (each query its own transaction, so each
+    /// sees a fresh view). A backend ends a statement that waits for a lock at once; it
+    /// cannot stop inside `PREPARE TRANSACTION`, which therefore either completed (and the
+    /// scan lists it) or never ran.
+    fn fence_sessions(&mut self, session: &str, wait: Duration) -> Result<usize, DbError> {
+        const OTHERS: &str = "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()";
+        let terminate = format!("SELECT pid, pg_terminate_backend(pid) FROM ({OTHERS}) AS others");
+        let deadline = Instant::now() + wait;
+        let mut ended = std::collections::HashSet::new();
+        loop {
+            let rows = self.client.query(&terminate, &[&session]).map_err(map_error)?;
+            if rows.is_empty() {
+                return Ok(ended.len());
+            }
+            ended.extend(rows.iter().map(|row| row.get::<_, i32>(0)));
+            if Instant::now() >= deadline {
+                return Err(DbError::new(
+                    Reason::Other,
+                    format!("{} sessions named {session} still run {wait:?} after being terminated", rows.len()),
+                ));
+            }
+            std::thread::sleep(FENCE_POLL);
+        }
+    }
+
     /// In one round trip where every op can be written as a literal statement (one simple
     /// query: `BEGIN; ...; PREPARE TRANSACTION 'gid'`), else one call at a time. When the
     /// database refuses a statement it skips the rest of the query (so nothing prepares):
     /// the transaction is rolled back and run again call by call, which names the op that
     /// fails and its reason exactly as the one-at-a-time path does.
-    fn one_shot(&mut self, gid: &Gid, ops: &[KvOp]) -> Result<OneShot, OneShotFailure> {
-        let Some(query) = one_shot_query(gid, ops) else {
-            return one_shot_by_steps(self, gid, ops);
+    fn one_shot(&mut self, gid: &Gid, ops: &[KvOp], hold_reads: bool) -> Result<OneShot, OneShotFailure> {
+        let prepares = hold_reads || ops.iter().any(KvOp::writes);
+        let Some(query) = one_shot_query(gid, ops, prepares) else {
+            return one_shot_by_steps(self, gid, ops, hold_reads);
         };
         match self.client.simple_query(&query) {
             Ok(messages) => {
                 let outcomes = one_shot_outcomes(ops, &messages).map_err(|error| OneShotFailure { op: None, error })?;
-                Ok(OneShot { outcomes, prepared: ops.iter().any(KvOp::writes) })
+                Ok(OneShot { outcomes, prepared: prepares })
             }
             Err(error) => {
                 let error = map_error(error);
@@ -265,18 +304,19 @@ impl Connection for PgConnection {
                     return Err(OneShotFailure { op: None, error });
                 }
                 self.batch("ROLLBACK").map_err(|error| OneShotFailure { op: None, error })?;
-                one_shot_by_steps(self, gid, ops)
+                one_shot_by_steps(self, gid, ops, hold_reads)
             }
         }
     }
 }
 
-/// The statements of a one-shot transaction as one simple query, or None when an op needs
+/// The statements of a one-shot transaction as one simple query, ending in its `PREPARE
+/// TRANSACTION` when `prepares` (else a `ROLLBACK`), or None when an op needs
 /// an answer before the next statement (an `Add` with a floor above 0, which the `CHECK
 /// (balance >= 0)` does not enforce, or an `Add` on a `kv` row: read, then write) or a value
 /// that is not an account's 8-byte integer (the call-by-call path reports it). Only integers
 /// and hex digits are spliced in, besides the validated gid.
-fn one_shot_query(gid: &Gid, ops: &[KvOp]) -> Option<String> {
+fn one_shot_query(gid: &Gid, ops: &[KvOp], prepares: bool) -> Option<String> {
     use std::fmt::Write as _;
     let mut query = String::with_capacity(64 + ops.len() * 128);
     query.push_str("BEGIN;");
@@ -319,7 +359,7 @@ fn one_shot_query(gid: &Gid, ops: &[KvOp]) -> Option<String> {
         }
         .expect("writing to a String");
     }
-    if ops.iter().any(KvOp::writes) {
+    if prepares {
         write!(query, "PREPARE TRANSACTION {}", gid_literal(gid)).expect("writing to a String");
     } else {
         query.push_str("ROLLBACK");
@@ -496,7 +536,7 @@ mod tests {
             KvOp::Put { key: Bytes::from_static(b"k'; DROP"), value: Bytes::from_static(b"\x00") },
             KvOp::Get { key: account(2) },
         ];
-        let query = one_shot_query(&gid, &ops).expect("every op fits one query");
+        let query = one_shot_query(&gid, &ops, true).expect("every op fits one query");
         assert!(query.starts_with("BEGIN;"), "{query}");
         assert!(query.ends_with("PREPARE TRANSACTION 'tp1:pg1:2:7'"), "{query}");
         assert!(query.contains("balance + -5 WHERE id = 1"), "{query}");
@@ -508,8 +548,11 @@ mod tests {
     #[test]
     fn a_one_shot_that_only_reads_ends_in_a_rollback() {
         let gid = Gid::new("pg1", 1, 1).unwrap();
-        let query = one_shot_query(&gid, &[KvOp::Get { key: account(3) }]).unwrap();
+        let query = one_shot_query(&gid, &[KvOp::Get { key: account(3) }], false).unwrap();
         assert!(query.ends_with("FOR SHARE;ROLLBACK"), "{query}");
+        // Not the transaction's sole participant: its read locks last until the decision.
+        let query = one_shot_query(&gid, &[KvOp::Get { key: account(3) }], true).unwrap();
+        assert!(query.ends_with("FOR SHARE;PREPARE TRANSACTION 'tp1:pg1:1:1'"), "{query}");
     }
 
     #[test]
@@ -519,7 +562,7 @@ mod tests {
         let on_kv = KvOp::Add { key: Bytes::from_static(b"counter"), delta: 1, floor: i64::MIN };
         let not_an_integer = KvOp::Put { key: account(1), value: Bytes::from_static(b"abc") };
         for op in [floored, on_kv, not_an_integer] {
-            assert_eq!(one_shot_query(&gid, std::slice::from_ref(&op)), None, "{op:?}");
+            assert_eq!(one_shot_query(&gid, std::slice::from_ref(&op), true), None, "{op:?}");
         }
     }
 

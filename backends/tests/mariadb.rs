@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use twophase_backends::conn::session_name;
 use twophase_backends::testserver::{MariaServer, or_skip};
 use twophase_backends::{Executor, KvOp, MariaConnector, PoolConfig, Reason, Reply, Request, SqlValue};
 
@@ -141,4 +142,17 @@ fn prepared_xa_transaction_survives_sigkill_of_mariadbd() {
     ok(&db, Request::CommitPrepared(tx));
     assert_eq!(recovered(&db), vec![]);
     assert_eq!(balance(&db, 21, 3), Some(7));
+}
+
+#[test]
+fn a_fence_ends_the_previous_incarnations_sessions_and_keeps_what_prepared() {
+    let Some(server) = or_skip(MariaServer::start()) else { return };
+    let named = || {
+        let connector = MariaConnector::from_opts(server.opts()).with_session_name(&session_name(PARTICIPANT));
+        // Room for the open transaction and two prepared ones (MariaDB keeps those on their
+        // sessions) besides the two connections reserved for decisions.
+        Executor::start(connector, PARTICIPANT, PoolConfig { connections_max: 6, ..PoolConfig::default() }, None)
+    };
+    let (old, new, plain) = (named(), named(), executor(&server));
+    fence_ends_the_previous_incarnations_sessions(&old, &new, &plain);
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use twophase_backends::conn::session_name;
 use twophase_backends::testserver::{PgServer, or_skip};
 use twophase_backends::{
     Executor, KvOp, KvOutcome, OneShot, PgConnector, PoolConfig, Reason, Reply, Request, SqlValue,
@@ -169,7 +170,7 @@ fn parameterised_sql_returns_typed_rows() {
 fn one_shot_transactions_run_in_one_query_and_fail_like_the_steps() {
     let Some(server) = or_skip(PgServer::start()) else { return };
     let db = executor(&server);
-    let one_shot = |counter, ops: Vec<KvOp>| Request::OneShot { gid: gid(counter), ops };
+    let one_shot = |counter, ops: Vec<KvOp>| Request::OneShot { gid: gid(counter), ops, hold_reads: false };
     let value = |v: i64| bytes::Bytes::copy_from_slice(&v.to_le_bytes());
     // Writes of every kind, a new account among them: prepared under its gid.
     let writes = vec![
@@ -221,4 +222,17 @@ fn one_shot_transactions_run_in_one_query_and_fail_like_the_steps() {
     assert_eq!(call(&db, one_shot(46, vec![add(6, 1)])).unwrap_err().reason, Reason::Other);
     ok(&db, Request::RollbackPrepared(gid(46)));
     assert_eq!(balance(&db, 47, 6), None);
+}
+
+#[test]
+fn a_fence_ends_the_previous_incarnations_sessions_and_keeps_what_prepared() {
+    let Some(server) = or_skip(PgServer::start()) else { return };
+    let named = || {
+        let connector = PgConnector::new(&server.dsn()).unwrap().with_session_name(&session_name(PARTICIPANT));
+        // Room for the open transaction and two prepared ones (MariaDB keeps those on their
+        // sessions) besides the two connections reserved for decisions.
+        Executor::start(connector, PARTICIPANT, PoolConfig { connections_max: 6, ..PoolConfig::default() }, None)
+    };
+    let (old, new, plain) = (named(), named(), executor(&server));
+    fence_ends_the_previous_incarnations_sessions(&old, &new, &plain);
 }

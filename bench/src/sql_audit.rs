@@ -247,6 +247,9 @@ mod tests {
         fn is_broken(&self) -> bool {
             false
         }
+        fn fence_sessions(&mut self, _: &str, _: std::time::Duration) -> Result<usize, DbError> {
+            unreachable!("the audit fences nothing")
+        }
     }
 
     /// p1's accounts (0, 2, 4, 6, 8) as the deltas leave them.

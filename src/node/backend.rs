@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use twophase_backends::conn::session_name;
 use twophase_backends::{DbError, Executor, Gid, MariaConnector, PgConnector, PoolConfig, Reason, Reply, Request};
 use twophase_engine::participant::{
     KvImage, PartEffects, Participant, ParticipantConfig, ParticipantSnapshot, PrepareResult,
@@ -237,37 +238,56 @@ fn start_executor(
     Gid::new(&options.name, 0, 0).map_err(|e| anyhow::anyhow!("--id cannot name database transactions: {e}"))?;
     let executor = match backend.kind {
         BackendKind::Postgres => {
-            let connector =
-                PgConnector::new(&backend.dsn).context("--dsn")?.with_lock_wait_timeout(options.lock_wait_timeout);
+            let connector = PgConnector::new(&backend.dsn)
+                .context("--dsn")?
+                .with_lock_wait_timeout(options.lock_wait_timeout)
+                .with_session_name(&session_name(&options.name));
             Executor::start(connector, &options.name, config, Some(wake))
         }
         BackendKind::MariaDb => {
-            let connector =
-                MariaConnector::new(&backend.dsn).context("--dsn")?.with_lock_wait_timeout(options.lock_wait_timeout);
+            let connector = MariaConnector::new(&backend.dsn)
+                .context("--dsn")?
+                .with_lock_wait_timeout(options.lock_wait_timeout)
+                .with_session_name(&session_name(&options.name));
             Executor::start(connector, &options.name, config, Some(wake))
         }
     };
     Ok(executor)
 }
 
-/// The gids of this participant prepared in the database, asked until it answers.
-fn list_prepared(executor: &Executor, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<Vec<Gid>> {
+/// Ends the previous incarnation's database sessions (a one-shot of the killed process may
+/// still wait on a row lock there, and would reach its PREPARE after the scan below: a
+/// prepared gid nobody resolves), then lists the gids of this participant prepared in the
+/// database. Each is asked until the database answers.
+fn fence_and_list_prepared(executor: &Executor, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<Vec<Gid>> {
+    match ask_at_start(executor, Request::FenceSessions, stop)? {
+        Reply::Fenced(0) => {}
+        Reply::Fenced(ended) => tracing::info!(ended, "ended the previous incarnation's database sessions"),
+        other => bail!("FenceSessions answered {other:?}"),
+    }
+    match ask_at_start(executor, Request::Recover, stop)? {
+        Reply::Recovered(gids) => Ok(gids),
+        other => bail!("Recover answered {other:?}"),
+    }
+}
+
+/// One request at start, submitted again while the database is not reachable yet.
+fn ask_at_start(executor: &Executor, request: Request, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<Reply> {
     loop {
-        executor.submit(RECOVER_TAG, Request::Recover).map_err(|e| anyhow::anyhow!("listing prepared: {e}"))?;
+        executor.submit(RECOVER_TAG, request.clone()).map_err(|e| anyhow::anyhow!("{request:?}: {e}"))?;
         let started = Instant::now();
         let result = loop {
             match executor.completions().recv_timeout(RECOVER_WAIT) {
                 Ok(completion) if completion.tag == RECOVER_TAG => break completion.result,
                 Ok(other) => tracing::warn!(tag = other.tag, "an unexpected completion at start"),
-                Err(_) => bail!("the database did not list its prepared transactions in {RECOVER_WAIT:?}"),
+                Err(_) => bail!("the database did not answer {request:?} in {RECOVER_WAIT:?}"),
             }
             if started.elapsed() > RECOVER_WAIT {
-                bail!("the database did not list its prepared transactions in {RECOVER_WAIT:?}");
+                bail!("the database did not answer {request:?} in {RECOVER_WAIT:?}");
             }
         };
         match result {
-            Ok(Reply::Recovered(gids)) => return Ok(gids),
-            Ok(other) => bail!("Recover answered {other:?}"),
+            Ok(reply) => return Ok(reply),
             Err(DbError { reason: Reason::ConnectionLost | Reason::Busy, detail }) => {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     bail!("stopped while waiting for the database");
@@ -275,7 +295,7 @@ fn list_prepared(executor: &Executor, stop: &std::sync::atomic::AtomicBool) -> a
                 tracing::warn!("the database is not reachable yet ({detail}); trying again");
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(error) => bail!("listing the database's prepared transactions: {error}"),
+            Err(error) => bail!("{request:?} at start: {error}"),
         }
     }
 }
@@ -355,7 +375,7 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
         let _ = waker.wake();
     });
     let executor = start_executor(&options, &backend, wake)?;
-    let in_database = list_prepared(&executor, &stop)?;
+    let in_database = fence_and_list_prepared(&executor, &stop)?;
     let (snapshot, unlogged) = with_unlogged_prepared(snapshot, &log, &in_database);
     let open_max = backend.connections_max - PoolConfig::default().connections_reserved;
     let driver = BackendDriver::new(

@@ -6,7 +6,9 @@
 //! driver turns each transaction into requests on the backends' executor (a one-shot
 //! transaction: one `OneShot` request, begin, ops and `PREPARE` in one round trip where the
 //! backend can; an interactive one: `Begin`, each execute's ops as `Kv`, then `Prepare` — or
-//! `Rollback` when nothing was written), one request per transaction at a time, many
+//! `Rollback` when nothing was written and this is its sole participant: a transaction with
+//! others prepares what it only read too, so its read locks last until the decision), one
+//! request per transaction at a time, many
 //! transactions at once, and turns completions into
 //! the engine's answers: `Participant::on_prepare_done` for prepares, `RmEvent::Executed` for
 //! interactive executes.
@@ -111,6 +113,9 @@ struct TxWork {
     /// Reads of the ops run so far (a one-shot's all; an interactive execute's own).
     reads: Vec<Read>,
     wrote: bool,
+    /// Not the transaction's sole participant: prepare also when it only read, so that its
+    /// read locks last until the decision (`ResourceManager::prepare`'s contract).
+    hold_reads: bool,
     /// An interactive execute whose result is owed.
     executing: bool,
     /// An interactive transaction asked to prepare once its ops ran.
@@ -139,6 +144,7 @@ impl TxWork {
             running_op: None,
             reads: Vec::new(),
             wrote: false,
+            hold_reads: false,
             executing: false,
             prepare_asked: false,
             rollback_asked: false,
@@ -282,7 +288,7 @@ struct Recovering {
     logged: HashSet<TxId>,
 }
 
-/// The tag of recovery's `Recover` request (every txid is below it).
+/// The tag of the requests at start, `FenceSessions` and `Recover` (every txid is below it).
 pub const RECOVER_TAG: u64 = u64::MAX;
 
 impl BackendDriver {
@@ -506,7 +512,8 @@ impl BackendDriver {
                 tx.keys.push(op.key.clone());
             }
         }
-        let request = Request::OneShot { gid: tx.gid.clone(), ops: tx.ops.iter().map(kv_op).collect() };
+        let ops = tx.ops.iter().map(kv_op).collect();
+        let request = Request::OneShot { gid: tx.gid.clone(), ops, hold_reads: tx.hold_reads };
         self.submit(txid, request);
     }
 
@@ -563,7 +570,7 @@ impl BackendDriver {
             self.profile.record(Step::Ops, tx.step_since, self.now);
             tx.step_since = self.now;
             let gid = tx.gid.clone();
-            if tx.wrote {
+            if tx.wrote || tx.hold_reads {
                 tx.phase = Phase::Preparing;
                 self.submit(txid, Request::Prepare(gid));
             } else {
@@ -636,10 +643,15 @@ impl BackendDriver {
         } else {
             self.slots_in_use -= 1;
         }
-        for key in &tx.keys {
-            self.held.entry(key.clone()).or_default().push(txid);
+        // What it wrote stays invisible until the database's decision returns: later
+        // statements on its keys wait here. One that only read (holding its reads) changed
+        // nothing; the database's shared locks make writers wait there.
+        if tx.wrote {
+            for key in &tx.keys {
+                self.held.entry(key.clone()).or_default().push(txid);
+            }
+            self.held_keys.insert(txid, tx.keys);
         }
-        self.held_keys.insert(txid, tx.keys);
         let prepared = BackendPrepared { gid: tx.gid };
         self.prepares_done.push((txid, PrepareResult::Yes { reads: tx.reads, prepared }));
     }
@@ -810,14 +822,20 @@ impl ResourceManager for BackendResource {
     /// `PREPARE TRANSACTION` / `XA PREPARE` returned, listed again at start.
     const PREPARE_DURABLE: bool = true;
 
-    /// `sole` changes nothing here: the database's own PREPARE holds its read locks.
-    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, _sole: bool) -> Prepare<BackendPrepared> {
+    /// A transaction that only reads here ends at once (`ReadOnly`) only when this is its
+    /// sole participant; else it prepares too, and the database's prepared transaction holds
+    /// its `FOR SHARE` / `LOCK IN SHARE MODE` locks until the decision. Released at once,
+    /// another transaction could write what it read here before it took its locks at the
+    /// other participants (whose prepares run at the same time): not serializable.
+    fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, sole: bool) -> Prepare<BackendPrepared> {
         self.with(|driver| {
             if driver.queue_full() {
                 let participant = driver.participant;
                 return Prepare::Done(PrepareResult::No { reason: AbortReason::ParticipantBusy { participant } });
             }
-            driver.begin_work(txid, Kind::OneShot).ops.extend(ops);
+            let tx = driver.begin_work(txid, Kind::OneShot);
+            tx.ops.extend(ops);
+            tx.hold_reads = !sole;
             driver.start_queued();
             Prepare::Pending
         })
@@ -848,10 +866,12 @@ impl ResourceManager for BackendResource {
         })
     }
 
-    fn prepare_open(&mut self, txid: TxId, _sole: bool) -> Option<PrepareResult<BackendPrepared>> {
+    /// As `prepare`: what only read is prepared too unless this is the sole participant.
+    fn prepare_open(&mut self, txid: TxId, sole: bool) -> Option<PrepareResult<BackendPrepared>> {
         self.with(|driver| match driver.work.get_mut(&txid) {
             Some(tx) => {
                 tx.prepare_asked = true;
+                tx.hold_reads = !sole;
                 driver.advance(txid);
                 None
             }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use twophase_backends::{Completion, DbError, Executor, Gid, KvOp, KvOutcome, Reply, Request};
+use twophase_backends::{Completion, DbError, Executor, Gid, KvOp, KvOutcome, Reason, Reply, Request};
 
 pub const PARTICIPANT: &str = "db1";
 
@@ -64,4 +64,54 @@ pub fn recovered(executor: &Executor) -> Vec<Gid> {
         }
         other => panic!("Recover answered {other:?}"),
     }
+}
+
+/// The fence a restarted participant runs before its recovery scan, on one database.
+/// `old` and `new` are two incarnations' pools under the same session name, `plain` a pool
+/// under none. `old` leaves a transaction open on a row (as a killed participant's one-shot
+/// waiting on a lock would), one prepared writer and one prepared reader; `new`'s fence ends
+/// its sessions: the open one is rolled back (its row lock is gone), both prepared ones
+/// survive and `new` decides them (a read-only branch too), and `plain` is untouched.
+pub fn fence_ends_the_previous_incarnations_sessions(old: &Executor, new: &Executor, plain: &Executor) {
+    let committed = |db: &Executor, counter: u64, op: KvOp| {
+        match ok(db, Request::OneShot { gid: gid(counter), ops: vec![op], hold_reads: false }) {
+            Reply::OneShot(done) => assert!(done.prepared),
+            other => panic!("{other:?}"),
+        }
+        ok(db, Request::CommitPrepared(gid(counter)));
+    };
+    committed(plain, 200, add(7, 5));
+    // acct/5 exists, so the open transaction's update locks its row only (an update of a
+    // missing row takes an InnoDB gap lock that would block the insert of acct/6 below).
+    committed(plain, 199, add(5, 1));
+    ok(old, Request::Begin(gid(201)));
+    ok(old, Request::Kv(gid(201), add(5, 10)));
+    match ok(old, Request::OneShot { gid: gid(202), ops: vec![add(6, 3)], hold_reads: false }) {
+        Reply::OneShot(done) => assert!(done.prepared, "a write prepares"),
+        other => panic!("{other:?}"),
+    }
+    let read = KvOp::Get { key: key("acct/7") };
+    match ok(old, Request::OneShot { gid: gid(203), ops: vec![read], hold_reads: true }) {
+        Reply::OneShot(done) => {
+            assert!(done.prepared, "a read that must hold its locks prepares");
+            assert_eq!(done.outcomes, vec![KvOutcome::Read(Some(Bytes::copy_from_slice(&5i64.to_le_bytes())))]);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    match ok(new, Request::FenceSessions) {
+        Reply::Fenced(ended) => assert!(ended >= 1, "the open transaction's session at least"),
+        other => panic!("FenceSessions answered {other:?}"),
+    }
+    let gone = call(old, Request::Kv(gid(201), add(5, 1))).unwrap_err();
+    assert_eq!(gone.reason, Reason::ConnectionLost, "the old session was ended: {gone}");
+    assert_eq!(recovered(new), vec![gid(202), gid(203)], "prepared before the fence, so in the scan");
+    ok(new, Request::CommitPrepared(gid(202)));
+    ok(new, Request::CommitPrepared(gid(203)));
+    assert_eq!(recovered(new), vec![]);
+    // The open transaction was rolled back with its session: its row is free and unchanged.
+    assert_eq!(balance(plain, 204, 5), Some(1));
+    assert_eq!(balance(plain, 205, 6), Some(3));
+    committed(plain, 206, add(7, 1));
+    assert_eq!(balance(plain, 207, 7), Some(6));
 }
