@@ -152,7 +152,10 @@ fn chaos_kills_database_participants_and_passes_the_sql_audit() {
     // 2 s once the previous victim recovered: the first round's 4 kills fit in 14 s even when a
     // database participant takes 2 s to recover on a loaded machine (10 s did not).
     for victim in ["p1", "p2"] {
-        assert!(stderr.contains(&format!("SIGKILL {victim} (participant, pid")), "{victim} was not killed:\n{stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("SIGKILL {victim} (participant, pid")),
+            "{victim} was not killed:\n{stdout}\n{stderr}"
+        );
     }
     assert!(stdout.contains("audit p1 (postgres): PASSED"), "{stdout}");
     assert!(stdout.contains("audit p2 (mariadb): PASSED"), "{stdout}");
