@@ -264,6 +264,12 @@ impl Node {
     pub fn expect_killed(&mut self, timeout: Duration) {
         let status = self.wait_exit(timeout);
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{} ended with {status}, not SIGKILL", self.name);
+        // The reader thread may not have reached the pipe's end yet when the exit is seen:
+        // the failpoint's last line can still be on its way (CI saw exactly that).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.stderr().contains("killing this process") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let stderr = self.stderr();
         assert!(stderr.contains("killing this process"), "{} died without a failpoint's word:\n{stderr}", self.name);
     }
