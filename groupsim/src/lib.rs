@@ -149,11 +149,7 @@ pub fn run(config: &GroupConfig) -> GroupReport {
     assert!(matches!(config.replicas, 3 | 5), "a group of 3 or 5 replicas");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world::World::new(config.clone()).run()));
     outcome.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic without a message".into());
+        let message = twophase_engine::sim::panic_message(panic.as_ref());
         GroupReport {
             seed: config.sim.seed,
             committed: 0,

@@ -253,16 +253,22 @@ impl fmt::Display for SimReport {
     }
 }
 
+/// The message of a caught panic: what a failed assertion said (every simulator reports one
+/// as a violation of its seed).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Runs one simulation and checks it. An assertion that fails inside the state machines
 /// (an invariant they check themselves) is reported as a violation of this seed.
 pub fn run(config: &SimConfig) -> SimReport {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world::World::new(config.clone()).run()));
     outcome.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic without a message".into());
+        let message = panic_message(panic.as_ref());
         SimReport {
             seed: config.seed,
             transactions: 0,

@@ -590,11 +590,7 @@ fn peer_of(index: usize) -> Peer {
 pub fn run(config: ThreePcSimConfig) -> ThreePcSimReport {
     let outcome = std::panic::catch_unwind(|| Cluster::new(config).run());
     outcome.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic without a message".into());
+        let message = super::panic_message(panic.as_ref());
         ThreePcSimReport { violations: vec![format!("assertion: {message}")], ..ThreePcSimReport::default() }
     })
 }
