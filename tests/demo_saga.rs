@@ -26,6 +26,7 @@ fn a_saga_demo_with_overdrafts_passes_its_audit() {
     let text = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["settings"]["workload"], "saga");
+    assert!(stdout.contains("workload    saga transfers, closed loop"), "{stdout}");
     assert!(json["committed"].as_u64().unwrap() > 0, "{json}");
     let aborts = json["aborts_by_reason"].as_object().unwrap();
     assert!(aborts.get("constraint").and_then(|n| n.as_u64()).unwrap_or(0) >= 1, "no overdraft: {stdout}");
