@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use clap::Args;
 use twophase_bench::{Audit, Balances, BankLayout, LoadOptions, LoadResult, Report, audit, audit_with_baseline};
 use twophase_net::{ClientOptions, Security, admin};
@@ -59,6 +59,12 @@ pub struct WorkloadArgs {
     /// --outstanding is at most 64, the coordinator's sessions per client identity).
     #[arg(long, default_value = "one-shot", value_parser = parse_workload)]
     workload: twophase_bench::WorkloadKind,
+    /// How each transfer is made atomic: `2pc`, one transaction committed by the
+    /// coordinator's two-phase commit; `saga`, two steps (the debit with a compensating
+    /// credit, then the credit), each a local transaction, compensated when the debit
+    /// fails (no isolation between the steps; the audit runs once every saga ended).
+    #[arg(long, value_enum, default_value_t = Protocol::TwoPc)]
+    protocol: Protocol,
     /// Draw every account from the first N accounts (spread over the participants), to
     /// make transfers contend; with `--workload interactive` opposite-order pairs deadlock.
     #[arg(long, value_name = "N")]
@@ -84,6 +90,13 @@ impl WorkloadArgs {
     /// Refuses flags the workload cannot run, before any cluster is started or account
     /// made (the load checks everything again).
     pub(crate) fn check(&self) -> anyhow::Result<()> {
+        if self.protocol == Protocol::Saga {
+            ensure!(
+                self.workload == twophase_bench::WorkloadKind::OneShot,
+                "--protocol saga runs each transfer as a saga: leave out --workload"
+            );
+            ensure!(self.read_only_share == 0.0, "sagas carry no reads: leave out --read-only-share");
+        }
         if self.workload == twophase_bench::WorkloadKind::Interactive {
             twophase_bench::check_interactive_shape(
                 self.connections,
@@ -96,14 +109,32 @@ impl WorkloadArgs {
         Ok(())
     }
 
+    /// What the load sends: `--workload`, or sagas under `--protocol saga`.
+    fn load_kind(&self) -> twophase_bench::WorkloadKind {
+        match self.protocol {
+            Protocol::TwoPc => self.workload,
+            Protocol::Saga => twophase_bench::WorkloadKind::Saga,
+        }
+    }
+
     /// `--outstanding`, or its default for the workload: an interactive transaction in
     /// flight takes a thread and a session of its own.
     fn outstanding(&self) -> usize {
         self.outstanding.unwrap_or(match self.workload {
-            twophase_bench::WorkloadKind::OneShot => DEFAULT_OUTSTANDING_ONE_SHOT,
+            twophase_bench::WorkloadKind::OneShot | twophase_bench::WorkloadKind::Saga => DEFAULT_OUTSTANDING_ONE_SHOT,
             twophase_bench::WorkloadKind::Interactive => DEFAULT_OUTSTANDING_INTERACTIVE,
         })
     }
+}
+
+/// How the load makes each transfer atomic (`--protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Protocol {
+    /// One transaction, two-phase commit.
+    #[value(name = "2pc")]
+    TwoPc,
+    /// A saga of two steps with a compensation.
+    Saga,
 }
 
 /// `--outstanding` by default: one-shot transactions pipeline on their connection.
@@ -287,7 +318,7 @@ impl Target {
         options.cross_share = args.cross_share;
         options.read_only_share = args.read_only_share;
         options.max_amount = args.max_amount;
-        options.workload = args.workload;
+        options.workload = args.load_kind();
         options.hot = args.hot;
         options.attempts_max = args.attempts_max;
         options.seed = args.seed;

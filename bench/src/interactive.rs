@@ -52,6 +52,9 @@ pub enum WorkloadKind {
     OneShot,
     /// Each transfer an interactive transaction (module documentation).
     Interactive,
+    /// Each transfer a saga ([`Workload::saga_steps`](crate::Workload::saga_steps)): the
+    /// debit with its compensating credit, then the credit; many in flight per connection.
+    Saga,
 }
 
 impl WorkloadKind {
@@ -59,6 +62,7 @@ impl WorkloadKind {
         match self {
             WorkloadKind::OneShot => "one-shot",
             WorkloadKind::Interactive => "interactive",
+            WorkloadKind::Saga => "saga",
         }
     }
 }

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use twophase_engine::{Op, Outcome, Seq};
-use twophase_net::{Client, ClientOptions, Pipeline};
+use twophase_engine::message::SagaSubmit;
+use twophase_engine::{Outcome, Seq};
+use twophase_net::{Client, ClientOptions, Pipeline, PipelinedRequest};
 
 use crate::interactive::{DeadlockFigures, InteractiveTotals, WorkloadKind};
 use crate::layout::{BankLayout, KeyTable, check_directory, client_options};
@@ -161,8 +162,13 @@ impl LoadOptions {
         );
         // Connections sharing an id would also share sequence numbers: not exactly-once.
         ensure!(self.client.client_id.is_none(), "every connection registers its own session; do not set one");
-        if self.workload == WorkloadKind::Interactive {
-            crate::interactive::validate(self)?;
+        match self.workload {
+            WorkloadKind::OneShot => {}
+            WorkloadKind::Interactive => crate::interactive::validate(self)?,
+            WorkloadKind::Saga => {
+                ensure!(self.read_only_share == 0.0, "sagas carry no reads: leave out --read-only-share");
+                ensure!(self.tracer.is_none(), "the saga workload does not trace its sagas yet");
+            }
         }
         Ok(())
     }
@@ -181,7 +187,7 @@ impl LoadOptions {
     /// time per client connection) one per connection and outstanding transaction.
     pub(crate) fn threads(&self) -> usize {
         match self.workload {
-            WorkloadKind::OneShot => self.connections,
+            WorkloadKind::OneShot | WorkloadKind::Saga => self.connections,
             WorkloadKind::Interactive => self.connections * self.outstanding,
         }
     }
@@ -352,6 +358,8 @@ impl ThreadTotals {
 enum Link {
     /// One-shot transactions, many in flight.
     Pipeline(Pipeline),
+    /// Sagas, many in flight.
+    Sagas(Pipeline<SagaSubmit>),
     /// Interactive transactions, one open at a time.
     Client(Client),
 }
@@ -395,16 +403,32 @@ struct Flight {
     trace: Option<Box<dyn TracedTx>>,
 }
 
-/// Sends `ops`, with a trace context when the tracer samples this transaction.
+/// Sends a drawn transaction on a pipeline: its sequence number and, when traced, its span.
+type SendTx<R> =
+    fn(&mut Pipeline<R>, &Workload, &Tx, Option<&dyn TxTracer>) -> anyhow::Result<(Seq, Option<Box<dyn TracedTx>>)>;
+
+/// Sends `tx` as one `Submit`, with a trace context when the tracer samples it.
 fn send(
     pipeline: &mut Pipeline,
-    ops: Vec<Op>,
+    workload: &Workload,
+    tx: &Tx,
     tracer: Option<&dyn TxTracer>,
 ) -> anyhow::Result<(Seq, Option<Box<dyn TracedTx>>)> {
+    let ops = workload.ops(tx);
     match tracer.and_then(TxTracer::start) {
         Some(span) => Ok((pipeline.send_traced(ops, span.traceparent())?, Some(span))),
         None => Ok((pipeline.send(ops)?, None)),
     }
+}
+
+/// Sends transfer `tx` as a saga (never traced: `validate` refuses a tracer with sagas).
+fn send_saga(
+    pipeline: &mut Pipeline<SagaSubmit>,
+    workload: &Workload,
+    tx: &Tx,
+    _tracer: Option<&dyn TxTracer>,
+) -> anyhow::Result<(Seq, Option<Box<dyn TracedTx>>)> {
+    Ok((pipeline.send_saga(workload.saga_steps(tx))?, None))
 }
 
 /// Per-second reports queued from the load threads to the collector.
@@ -455,7 +479,8 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadResult> {
                 let reports = ctx.reports.clone();
                 let stop = ctx.stop.clone();
                 let result = match link {
-                    Link::Pipeline(pipeline) => run_connection(ctx, pipeline),
+                    Link::Pipeline(pipeline) => run_connection(ctx, pipeline, send),
+                    Link::Sagas(pipeline) => run_connection(ctx, pipeline, send_saga),
                     Link::Client(client) => crate::interactive::run_client(ctx, client),
                 };
                 if result.is_err() {
@@ -700,16 +725,24 @@ fn connect(options: &LoadOptions) -> anyhow::Result<Link> {
         WorkloadKind::Interactive => {
             Link::Client(Client::connect(addrs, options.client.clone()).with_context(context)?)
         }
+        WorkloadKind::Saga => {
+            Link::Sagas(Pipeline::connect_sagas(addrs, options.client.clone()).with_context(context)?)
+        }
     };
     let directory = match &link {
         Link::Pipeline(pipeline) => pipeline.directory(),
+        Link::Sagas(pipeline) => pipeline.directory(),
         Link::Client(client) => client.directory(),
     };
     check_directory(directory.participants(), &options.layout)?;
     Ok(link)
 }
 
-fn run_connection(mut ctx: ThreadCtx, mut pipeline: Pipeline) -> anyhow::Result<ThreadTotals> {
+fn run_connection<R: PipelinedRequest>(
+    mut ctx: ThreadCtx,
+    mut pipeline: Pipeline<R>,
+    send: SendTx<R>,
+) -> anyhow::Result<ThreadTotals> {
     let options = ctx.options.clone();
     let tracer = options.tracer.as_deref();
     let cap = options.outstanding;
@@ -737,7 +770,7 @@ fn run_connection(mut ctx: ThreadCtx, mut pipeline: Pipeline) -> anyhow::Result<
                 if now < end {
                     while flights.len() < cap {
                         let tx = ctx.workload.next_tx();
-                        let (seq, trace) = send(&mut pipeline, ctx.workload.ops(&tx), tracer)?;
+                        let (seq, trace) = send(&mut pipeline, &ctx.workload, &tx, tracer)?;
                         flights.insert(seq, Flight { intended: now, tx, trace });
                     }
                 }
@@ -745,7 +778,7 @@ fn run_connection(mut ctx: ThreadCtx, mut pipeline: Pipeline) -> anyhow::Result<
             (Some((interval, _)), Some(next)) => {
                 while *next < end && *next <= now && flights.len() < cap && now < backlog_deadline {
                     let tx = ctx.workload.next_tx();
-                    let (seq, trace) = send(&mut pipeline, ctx.workload.ops(&tx), tracer)?;
+                    let (seq, trace) = send(&mut pipeline, &ctx.workload, &tx, tracer)?;
                     flights.insert(seq, Flight { intended: *next, tx, trace });
                     *next += *interval;
                 }

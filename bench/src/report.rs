@@ -199,9 +199,14 @@ impl Report {
         } else {
             let _ = writeln!(out, "!!! {} !!!", self.transport);
         }
+        // One-shot transfers are the default and go unnamed; the others say what they are.
+        let kind = match self.settings.workload.as_str() {
+            "one-shot" => String::new(),
+            other => format!("{other} transfers, "),
+        };
         let _ = writeln!(
             out,
-            "workload    {}, {} connections x {} outstanding, {:.1} s, {} accounts on {} participants ({})",
+            "workload    {kind}{}, {} connections x {} outstanding, {:.1} s, {} accounts on {} participants ({})",
             self.mode,
             self.connections,
             self.outstanding,

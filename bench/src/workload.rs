@@ -3,6 +3,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
+use twophase_engine::message::SagaStep;
 use twophase_engine::{Op, OpKind};
 
 use crate::layout::{BankLayout, KeyTable};
@@ -158,6 +159,33 @@ impl Workload {
                 .map(|&n| Op { participant: self.layout.participant_of(n), key: self.keys.key(n), kind: OpKind::Get })
                 .collect(),
         }
+    }
+
+    /// A transfer as a saga: the debit (never below 0) with a compensating credit, then the
+    /// credit, which needs no compensation (it is the last step). A transfer within one
+    /// participant is one step, as atomic there as a one-shot transaction. An overdraft
+    /// fails the first step, so nothing is compensated; the saga answers `Committed` only
+    /// when both steps applied, so the audit's expected balances follow the outcomes.
+    ///
+    /// Panics on a read-only audit: sagas carry no reads (the load refuses
+    /// `read_only_share > 0` with sagas).
+    pub fn saga_steps(&self, tx: &Tx) -> Vec<SagaStep> {
+        let Tx::Transfer { from, amount, .. } = *tx else {
+            panic!("a saga workload draws transfers only, not {tx:?}");
+        };
+        let [debit, credit] = <[Op; 2]>::try_from(self.ops(tx)).expect("a transfer is two ops");
+        if debit.participant == credit.participant {
+            return vec![SagaStep { action: vec![debit, credit], compensation: Vec::new() }];
+        }
+        let refund = Op {
+            participant: debit.participant,
+            key: self.keys.key(from),
+            kind: OpKind::Add { delta: amount, floor: i64::MIN },
+        };
+        vec![
+            SagaStep { action: vec![debit], compensation: vec![refund] },
+            SagaStep { action: vec![credit], compensation: Vec::new() },
+        ]
     }
 }
 

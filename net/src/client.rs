@@ -26,13 +26,15 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use twophase_engine::message::{SagaStep, SagaSubmit};
 use twophase_engine::{
     ClientId, Epoch, Op, Outcome, ParticipantId, RegisterRefusal, RejectReason, Reply, Seq, Submit, TxId,
 };
 
 use crate::endpoints::Endpoints;
 use crate::frame::{
-    BatchWriter, ErrorCode, Frame, FrameDecoder, Hello, MessageTooLarge, NetLimits, NotLeader, ProtocolError, Role,
+    BatchItem, BatchWriter, ErrorCode, Frame, FrameDecoder, Hello, MessageTooLarge, NetLimits, NotLeader,
+    ProtocolError, Role,
 };
 use crate::tls::Security;
 
@@ -852,7 +854,11 @@ fn encode_trace_frames(out: &mut Vec<u8>, entries: &[crate::TraceEntry], limits:
 /// limits allow with one write, [`poll`](Self::poll) collects outcomes.
 /// [`send_traced`](Self::send_traced) sends a request's trace context ahead of it (in a
 /// `TraceContext` frame of the same write, and again with every resend).
-pub struct Pipeline {
+///
+/// The requests are one-shot transactions (`Submit`, the default) or sagas
+/// (`Pipeline<SagaSubmit>`, opened with [`connect_sagas`](Pipeline::connect_sagas)): both
+/// are answered by one outcome under their `(client, seq)`.
+pub struct Pipeline<R: PipelinedRequest = Submit> {
     endpoints: Endpoints,
     options: ClientOptions,
     identity: String,
@@ -860,8 +866,8 @@ pub struct Pipeline {
     last_seq: Seq,
     conn: Option<Connection>,
     directory: Directory,
-    writer: BatchWriter<Submit>,
-    outstanding: HashMap<Seq, Submit>,
+    writer: BatchWriter<R>,
+    outstanding: HashMap<Seq, R>,
     /// Busy requests and when to resend them (in order: the backoff is constant).
     busy: VecDeque<(Instant, Seq)>,
     frames: Vec<Frame>,
@@ -878,12 +884,68 @@ pub struct Pipeline {
 /// Buffered submits beyond this many bytes are flushed by `send` itself.
 const PIPELINE_AUTO_FLUSH_BYTES: usize = 1024 * 1024;
 
-impl Pipeline {
+/// A request a [`Pipeline`] can keep outstanding: sent in batches, resent as it is under its
+/// `(client, seq)` until its one outcome arrives.
+pub trait PipelinedRequest: BatchItem + Clone {}
+
+impl PipelinedRequest for Submit {}
+impl PipelinedRequest for SagaSubmit {}
+
+impl Pipeline<Submit> {
     /// Connects, handshakes and registers a session (or resumes `options.client_id`).
     /// `addr` may name several nodes of a coordinator group, as for [`Client::connect`]: the
     /// pipeline follows the leader and resends every outstanding transaction (same seqs)
     /// when it moves.
     pub fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Pipeline, ClientError> {
+        Pipeline::open(addr, options)
+    }
+
+    /// Buffers a transaction under the next sequence number and returns that number.
+    pub fn send(&mut self, ops: Vec<Op>) -> Result<Seq, ClientError> {
+        self.send_request(|client, seq| Submit { client, seq, ops })
+    }
+
+    /// [`send`](Self::send) with a W3C `traceparent` (at most
+    /// [`MAX_TRACEPARENT_BYTES`](crate::MAX_TRACEPARENT_BYTES)) sent in a `TraceContext`
+    /// frame just before the request, on every send and resend, so the coordinator's spans
+    /// of this transaction become children of the caller's span. Untraced requests put
+    /// nothing more on the wire.
+    pub fn send_traced(&mut self, ops: Vec<Op>, traceparent: bytes::Bytes) -> Result<Seq, ClientError> {
+        check_traceparent(&traceparent)?;
+        let seq = self.last_seq + 1;
+        let key = crate::TraceKey::Submit { client: self.client, seq };
+        // Queued first: a send that fills the buffer flushes it at once, context first.
+        self.trace_entries.push(crate::TraceEntry { key, traceparent: traceparent.clone() });
+        let result = self.send(ops);
+        if self.outstanding.contains_key(&seq) {
+            self.traced.insert(seq, traceparent);
+        } else {
+            self.trace_entries.retain(|entry| entry.key != key);
+        }
+        result
+    }
+}
+
+impl Pipeline<SagaSubmit> {
+    /// [`Pipeline::connect`] for a pipeline of sagas: many outstanding on one connection,
+    /// each answered once it completed or was compensated (see [`crate::saga`]).
+    pub fn connect_sagas(
+        addr: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<Pipeline<SagaSubmit>, ClientError> {
+        Pipeline::open(addr, options)
+    }
+
+    /// Buffers a saga under the next sequence number and returns that number. The
+    /// coordinator checks the steps (limits, participants) and answers a malformed saga with
+    /// `Aborted`.
+    pub fn send_saga(&mut self, steps: Vec<SagaStep>) -> Result<Seq, ClientError> {
+        self.send_request(|client, seq| SagaSubmit { client, seq, steps })
+    }
+}
+
+impl<R: PipelinedRequest> Pipeline<R> {
+    fn open(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Pipeline<R>, ClientError> {
         let mut endpoints = Endpoints::new(resolve(addr)?);
         let identity = pick_identity(&options);
         let (conn, client) = connect_with_session(&mut endpoints, &options, &identity)?;
@@ -931,40 +993,21 @@ impl Pipeline {
         self.outstanding.len()
     }
 
-    /// Buffers a transaction under the next sequence number and returns that number.
-    pub fn send(&mut self, ops: Vec<Op>) -> Result<Seq, ClientError> {
+    /// Buffers the request `make` builds under the next sequence number and returns that
+    /// number.
+    fn send_request(&mut self, make: impl FnOnce(ClientId, Seq) -> R) -> Result<Seq, ClientError> {
         let seq = self.last_seq + 1;
-        let submit = Submit { client: self.client, seq, ops };
-        self.writer.push(&submit)?;
+        let request = make(self.client, seq);
+        self.writer.push(&request)?;
         self.last_seq = seq;
         if self.outstanding.is_empty() {
             self.last_progress = Instant::now();
         }
-        self.outstanding.insert(seq, submit);
+        self.outstanding.insert(seq, request);
         if self.writer.len_bytes() >= PIPELINE_AUTO_FLUSH_BYTES {
             self.flush()?;
         }
         Ok(seq)
-    }
-
-    /// [`send`](Self::send) with a W3C `traceparent` (at most
-    /// [`MAX_TRACEPARENT_BYTES`](crate::MAX_TRACEPARENT_BYTES)) sent in a `TraceContext`
-    /// frame just before the request, on every send and resend, so the coordinator's spans
-    /// of this transaction become children of the caller's span. Untraced requests put
-    /// nothing more on the wire.
-    pub fn send_traced(&mut self, ops: Vec<Op>, traceparent: bytes::Bytes) -> Result<Seq, ClientError> {
-        check_traceparent(&traceparent)?;
-        let seq = self.last_seq + 1;
-        let key = crate::TraceKey::Submit { client: self.client, seq };
-        // Queued first: a send that fills the buffer flushes it at once, context first.
-        self.trace_entries.push(crate::TraceEntry { key, traceparent: traceparent.clone() });
-        let result = self.send(ops);
-        if self.outstanding.contains_key(&seq) {
-            self.traced.insert(seq, traceparent);
-        } else {
-            self.trace_entries.retain(|entry| entry.key != key);
-        }
-        result
     }
 
     /// Queues the trace context of outstanding request `seq` (if traced) for a resend.
@@ -1168,9 +1211,9 @@ impl Pipeline {
 
 /// Writes the buffered submits in one write, preceded by `TraceContext` frames for the
 /// traced ones among them (the common, untraced case writes the submits' buffer as it is).
-fn write_buffered(
+fn write_buffered<R: BatchItem>(
     conn: &mut Connection,
-    writer: &mut BatchWriter<Submit>,
+    writer: &mut BatchWriter<R>,
     trace_entries: &mut Vec<crate::TraceEntry>,
     out: &mut Vec<u8>,
 ) -> Result<(), ClientError> {

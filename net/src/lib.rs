@@ -67,7 +67,7 @@ pub mod transport;
 #[cfg(test)]
 mod doc_example;
 
-pub use client::{Client, ClientError, ClientOptions, Directory, Pipeline};
+pub use client::{Client, ClientError, ClientOptions, Directory, Pipeline, PipelinedRequest};
 pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
     Hello, LEADER_NAME_BYTES_MAX, LeaderHint, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, MessageTooLarge, NetLimits,
