@@ -18,12 +18,14 @@ pub(crate) trait Fingerprint {
 }
 
 impl Fingerprint for TxId {
+    #[inline]
     fn fingerprint(&self) -> u64 {
         self.0
     }
 }
 
 impl Fingerprint for (ClientId, Seq) {
+    #[inline]
     fn fingerprint(&self) -> u64 {
         self.1 ^ self.0.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
@@ -55,30 +57,48 @@ impl<K: Copy + Eq + Hash + Fingerprint, V> BoundedMap<K, V> {
         BoundedMap { map: HashMap::with_hasher(hasher), order: VecDeque::new(), capacity, filter }
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
+    #[inline]
     fn bucket(key: &K) -> usize {
         key.fingerprint() as usize & (FILTER_BUCKETS - 1)
     }
 
     /// False means absent; true means look it up.
+    #[inline]
     fn may_contain(&self, key: &K) -> bool {
         self.filter[Self::bucket(key)] != 0
     }
 
+    /// Inlined into the hooks, so that the usual miss is a load and a branch there; the
+    /// lookup itself stays out of line.
+    #[inline]
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         if !self.may_contain(key) {
             return None;
         }
+        self.lookup(key)
+    }
+
+    #[inline(never)]
+    fn lookup(&mut self, key: &K) -> Option<&mut V> {
         self.map.get_mut(key)
     }
 
+    /// Inlined like [`get_mut`](Self::get_mut).
+    #[inline]
     pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         if !self.may_contain(key) {
             return None;
         }
+        self.remove_present(key)
+    }
+
+    #[inline(never)]
+    fn remove_present(&mut self, key: &K) -> Option<V> {
         let removed = self.map.remove(key)?;
         self.uncount(key);
         Some(removed)

@@ -61,11 +61,22 @@ impl ParticipantTrace {
         }
     }
 
-    /// A message from the coordinator, before the engine takes it.
+    /// A message from the coordinator, before the engine takes it. A traced Prepare or
+    /// Commit follows its context in the same read, so `waiting` is empty for nearly every
+    /// other one: an untraced message costs that one check.
+    #[inline]
     pub fn on_message(&mut self, message: &ToParticipant) {
-        if self.waiting.is_empty() && self.txs.is_empty() {
-            return;
+        match message {
+            ToParticipant::Prepare { .. } | ToParticipant::Commit { .. } if self.waiting.is_empty() => {}
+            ToParticipant::Abort { .. } if self.txs.is_empty() => {}
+            // Interactive requests are not traced here.
+            ToParticipant::Query { .. } | ToParticipant::Execute { .. } | ToParticipant::PrepareExecuted { .. } => {}
+            _ => self.on_traced_message(message),
         }
+    }
+
+    #[inline(never)]
+    fn on_traced_message(&mut self, message: &ToParticipant) {
         let txid = message.txid();
         match message {
             ToParticipant::Prepare { ops, .. } => {
