@@ -67,6 +67,13 @@ impl<K: Copy + Eq + Hash + Fingerprint, V> BoundedMap<K, V> {
         key.fingerprint() as usize & (FILTER_BUCKETS - 1)
     }
 
+    /// False means `key` is absent (an empty map, or a miss in the presence filter: no
+    /// hashing); true means look it up.
+    #[inline]
+    pub(crate) fn may_hold(&self, key: &K) -> bool {
+        !self.is_empty() && self.may_contain(key)
+    }
+
     /// False means absent; true means look it up.
     #[inline]
     fn may_contain(&self, key: &K) -> bool {
@@ -158,6 +165,7 @@ mod tests {
         assert_eq!(filter_total(&map), 2, "the evicted entry left the filter");
         assert!(map.get_mut(&TxId(3)).is_some() && map.get_mut(&TxId(4)).is_some());
         assert!(map.get_mut(&TxId(2)).is_none());
+        assert!(map.may_hold(&TxId(3)) && !map.may_hold(&TxId(2)), "the evicted key's bucket is empty again");
     }
 
     #[test]

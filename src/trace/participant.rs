@@ -62,13 +62,14 @@ impl ParticipantTrace {
     }
 
     /// A message from the coordinator, before the engine takes it. A traced Prepare or
-    /// Commit follows its context in the same read, so `waiting` is empty for nearly every
-    /// other one: an untraced message costs that one check.
+    /// Commit follows its context in the same read, so for nearly every other one `waiting`
+    /// is empty or misses in its presence filter: an untraced message costs that check,
+    /// inlined here.
     #[inline]
     pub fn on_message(&mut self, message: &ToParticipant) {
         match message {
-            ToParticipant::Prepare { .. } | ToParticipant::Commit { .. } if self.waiting.is_empty() => {}
-            ToParticipant::Abort { .. } if self.txs.is_empty() => {}
+            ToParticipant::Prepare { txid, .. } | ToParticipant::Commit { txid } if !self.waiting.may_hold(txid) => {}
+            ToParticipant::Abort { txid } if !self.txs.may_hold(txid) => {}
             // Interactive requests are not traced here.
             ToParticipant::Query { .. } | ToParticipant::Execute { .. } | ToParticipant::PrepareExecuted { .. } => {}
             _ => self.on_traced_message(message),
