@@ -15,6 +15,7 @@ mod error;
 mod handshake;
 mod kind;
 mod not_leader;
+mod threepc;
 #[cfg(test)]
 pub(crate) mod tests;
 mod trace_context;
@@ -28,6 +29,7 @@ pub use encode::{BatchItem, Frame};
 pub use error::{ErrorCode, ProtocolError};
 pub use handshake::{ErrorFrame, Hello, Welcome};
 pub use kind::{FrameKind, Role};
+pub use threepc::ThreePcItem;
 pub use not_leader::{LEADER_ADDRESS_BYTES_MAX, LEADER_NAME_BYTES_MAX, LeaderHint, NotLeader};
 pub use trace_context::{MAX_TRACEPARENT_BYTES, TraceEntry, TraceKey, encode_frame as encode_trace_context};
 
