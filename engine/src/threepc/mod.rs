@@ -37,8 +37,8 @@ mod participant;
 
 pub use coordinator::{BeginError, CoordOutput3, ThreePcCoordinator};
 pub use log::{
-    KIND_3PC_COORD_DECIDED, KIND_3PC_COORD_END, KIND_3PC_COORD_PRECOMMIT, KIND_3PC_PART_DECIDED, KIND_3PC_PART_PRECOMMITTED,
-    KIND_3PC_PART_UNCERTAIN, PartLog3,
+    KIND_3PC_COORD_DECIDED, KIND_3PC_COORD_END, KIND_3PC_COORD_PRECOMMIT, KIND_3PC_PART_DECIDED,
+    KIND_3PC_PART_PRECOMMITTED, KIND_3PC_PART_UNCERTAIN, PartLog3,
 };
 pub use participant::{PartOutput, ThreePcParticipant};
 

@@ -15,9 +15,9 @@ mod error;
 mod handshake;
 mod kind;
 mod not_leader;
-mod threepc;
 #[cfg(test)]
 pub(crate) mod tests;
+mod threepc;
 mod trace_context;
 
 use twophase_engine::Limits;
@@ -29,8 +29,8 @@ pub use encode::{BatchItem, Frame};
 pub use error::{ErrorCode, ProtocolError};
 pub use handshake::{ErrorFrame, Hello, Welcome};
 pub use kind::{FrameKind, Role};
-pub use threepc::ThreePcItem;
 pub use not_leader::{LEADER_ADDRESS_BYTES_MAX, LEADER_NAME_BYTES_MAX, LeaderHint, NotLeader};
+pub use threepc::ThreePcItem;
 pub use trace_context::{MAX_TRACEPARENT_BYTES, TraceEntry, TraceKey, encode_frame as encode_trace_context};
 
 /// The protocol version this build speaks; every frame carries it.
