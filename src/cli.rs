@@ -108,6 +108,13 @@ struct ParticipantArgs {
     /// Database connections at most; two are kept for decisions and recovery [default: 16].
     #[arg(long)]
     db_connections: Option<usize>,
+    /// The atomic commit protocol; every node of a cluster must run the same one.
+    #[arg(long, value_enum, default_value = "2pc")]
+    protocol: cluster::Protocol,
+    /// Under `--protocol 3pc`: another participant, NAME=HOST:PORT, that this one dials for
+    /// the termination protocol; repeat for each.
+    #[arg(long = "threepc-peer")]
+    threepc_peers: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -213,6 +220,9 @@ struct CoordinatorArgs {
     #[arg(long, value_name = "ENTRIES", default_value_t = node::replicated::SNAPSHOT_EVERY_ENTRIES_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..))]
     raft_snapshot_every_entries: u64,
+    /// The atomic commit protocol; every node of a cluster must run the same one.
+    #[arg(long, value_enum, default_value = "2pc")]
+    protocol: cluster::Protocol,
 }
 
 #[derive(Deserialize, Default)]
@@ -270,6 +280,10 @@ struct ClusterArgs {
     /// Do not serve metrics (by default every node serves them on a free loopback port).
     #[arg(long)]
     no_metrics: bool,
+    /// The atomic commit protocol every node runs (3pc: one coordinator, built-in-store
+    /// participants, no metrics or tracing yet).
+    #[arg(long, value_enum, default_value = "2pc")]
+    protocol: cluster::Protocol,
 }
 
 fn read_config<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -375,10 +389,31 @@ fn parse_group(specs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Participant(args) => match backend_options(&args)? {
-            None => node::participant::serve(participant_options(args)?)?,
-            Some(backend) => node::backend::serve(participant_options(args)?, backend)?,
-        },
+        Command::Participant(args) if args.protocol == cluster::Protocol::ThreePc => {
+            if args.backend != BackendArg::Kv {
+                bail!("--protocol 3pc runs over the built-in store only (--backend kv)");
+            }
+            let peers = node::threepc::participant::parse_peers(&args.threepc_peers)?;
+            node::threepc::participant::serve(
+                participant_options(args)?,
+                node::threepc::participant::PeerOptions { peers },
+            )?
+        }
+        Command::Participant(args) => {
+            if !args.threepc_peers.is_empty() {
+                bail!("--threepc-peer is for --protocol 3pc");
+            }
+            match backend_options(&args)? {
+                None => node::participant::serve(participant_options(args)?)?,
+                Some(backend) => node::backend::serve(participant_options(args)?, backend)?,
+            }
+        }
+        Command::Coordinator(args) if args.protocol == cluster::Protocol::ThreePc => {
+            if !args.peers.is_empty() {
+                bail!("--protocol 3pc runs one coordinator (no --peer group)");
+            }
+            node::threepc::coordinator::serve(coordinator_options(args)?)?
+        }
         Command::Coordinator(args) => {
             let group_options =
                 node::replicated::GroupOptions { snapshot_every_entries: args.raft_snapshot_every_entries };
@@ -403,6 +438,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics: !args.no_metrics,
                 log_dir: None,
                 database_participants: Vec::new(),
+                protocol: args.protocol,
             };
             return cluster::run_until_stopped(options);
         }

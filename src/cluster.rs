@@ -59,6 +59,37 @@ pub struct ClusterOptions {
     /// Participants (by index N of pN) that run over a database, with the flags that say
     /// which (`--backend postgres --dsn ...`); they serve no metrics. Empty: all `kv`.
     pub database_participants: Vec<(u16, Vec<String>)>,
+    /// The atomic commit protocol every node runs (`--protocol`).
+    pub protocol: Protocol,
+}
+
+/// The atomic commit protocol of a cluster: every node runs the same one.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Protocol {
+    /// Two-phase commit (the default).
+    #[default]
+    #[value(name = "2pc")]
+    TwoPc,
+    /// Three-phase commit (src/node/threepc): built-in-store participants, one coordinator.
+    #[value(name = "3pc")]
+    ThreePc,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TwoPc => "2pc",
+            Protocol::ThreePc => "3pc",
+        }
+    }
+
+    /// The flags that make a node run this protocol (none for the default).
+    fn node_args(self) -> Vec<String> {
+        match self {
+            Protocol::TwoPc => Vec::new(),
+            Protocol::ThreePc => vec!["--protocol".into(), "3pc".into()],
+        }
+    }
 }
 
 /// The client certificate's name for the launcher's load and for `client.toml`.
@@ -373,7 +404,8 @@ fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> Vec<Str
         args.extend(["--group-interval-us".to_string(), interval_us.to_string()]);
     }
     args.extend(options.trace.to_args());
-    if options.metrics {
+    // 3PC nodes serve no metrics yet.
+    if options.metrics && options.protocol == Protocol::TwoPc {
         args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
     }
     args
@@ -390,6 +422,7 @@ fn coordinator_args(
 ) -> Vec<String> {
     let mut args = vec!["coordinator".to_string(), "--id".into(), name.into(), "--listen".into(), listen.to_string()];
     args.extend(common_node_args(options, Role::Coordinator, name));
+    args.extend(options.protocol.node_args());
     for (participant, addr) in participants {
         args.push("--participant".into());
         args.push(format!("{participant}={addr}"));
@@ -401,6 +434,31 @@ fn coordinator_args(
     args
 }
 
+/// Under 3PC every participant dials every other, so their addresses are fixed before any
+/// starts (free loopback ports, bound, read, released); empty under 2PC (participants
+/// take a free port as they start).
+fn threepc_participant_addrs(options: &ClusterOptions) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    if options.protocol != Protocol::ThreePc {
+        return Ok(Vec::new());
+    }
+    (1..=options.participants)
+        .map(|index| {
+            let probe = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+            Ok((format!("p{index}"), probe.local_addr().context("finding a free port")?))
+        })
+        .collect()
+}
+
+/// Refuses what 3PC does not run with: a coordinator group or database participants.
+pub fn check_protocol(options: &ClusterOptions) -> anyhow::Result<()> {
+    if options.protocol == Protocol::ThreePc {
+        ensure!(options.coordinators == 1, "--protocol 3pc runs one coordinator (no --coordinators group)");
+        ensure!(options.database_participants.is_empty(), "--protocol 3pc runs built-in-store participants only");
+        ensure!(options.trace.to_args().is_empty(), "--protocol 3pc nodes do not trace yet");
+    }
+    Ok(())
+}
+
 impl LocalCluster {
     pub fn start(options: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         make_certs(options)?;
@@ -409,6 +467,7 @@ impl LocalCluster {
         }
         let log_dir = options.log_dir.as_deref();
         check_coordinators(options.coordinators)?;
+        check_protocol(options)?;
         let mut cluster = LocalCluster {
             coordinator: options.listen,
             coordinators: Vec::new(),
@@ -418,11 +477,17 @@ impl LocalCluster {
             admin: identity(options, Role::Admin, ADMIN_NAME),
             nodes: Vec::new(),
         };
+        let threepc_addrs = threepc_participant_addrs(options)?;
         for index in 1..=options.participants {
             let name = format!("p{index}");
-            let mut args =
-                vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), "127.0.0.1:0".into()];
+            let listen =
+                threepc_addrs.get(usize::from(index) - 1).map_or("127.0.0.1:0".into(), |(_, addr)| addr.to_string());
+            let mut args = vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), listen];
             args.extend(common_node_args(options, Role::Participant, &name));
+            args.extend(options.protocol.node_args());
+            for (peer, addr) in threepc_addrs.iter().filter(|(peer, _)| *peer != name) {
+                args.extend(["--threepc-peer".to_string(), format!("{peer}={addr}")]);
+            }
             if let Some((_, flags)) = options.database_participants.iter().find(|(at, _)| *at == index) {
                 args = without_flag(args, "--metrics-listen");
                 args.extend(flags.iter().cloned());
@@ -713,7 +778,22 @@ mod tests {
             metrics: false,
             log_dir: None,
             database_participants: Vec::new(),
+            protocol: Protocol::TwoPc,
         }
+    }
+
+    #[test]
+    fn a_3pc_cluster_fixes_its_participants_addresses_and_refuses_what_3pc_does_not_run() {
+        assert!(threepc_participant_addrs(&options(false, None, true)).unwrap().is_empty(), "2pc: ports at start");
+        let threepc = ClusterOptions { protocol: Protocol::ThreePc, ..options(false, None, true) };
+        let addrs = threepc_participant_addrs(&threepc).unwrap();
+        let names: Vec<&str> = addrs.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["p1", "p2", "p3"]);
+        assert!(addrs.iter().all(|(_, addr)| addr.port() != 0));
+        assert!(check_protocol(&threepc).is_ok());
+        assert!(check_protocol(&ClusterOptions { coordinators: 3, ..threepc.clone() }).is_err());
+        let database = ClusterOptions { database_participants: vec![(1, vec!["--backend".into()])], ..threepc };
+        assert!(check_protocol(&database).is_err());
     }
 
     #[test]

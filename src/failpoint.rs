@@ -46,10 +46,16 @@ pub enum Failpoint {
     /// Either role: the log's writer has written only part of a group of records (no sync)
     /// when it kills the process. Hit per group of records written since the log opened.
     WalMidGroup,
+    /// 3PC coordinator: every participant voted Yes and the PreCommit record was handed to
+    /// the log; no PreCommit message has left. Hit per PreCommit record appended.
+    ThreePcVotesIn,
+    /// 3PC coordinator: every participant acknowledged PreCommit and the commit decision
+    /// was handed to the log; no DoCommit has left. Hit per commit decision appended.
+    ThreePcPreCommitAcked,
 }
 
 impl Failpoint {
-    pub const ALL: [Failpoint; 8] = [
+    pub const ALL: [Failpoint; 10] = [
         Failpoint::CoordinatorPrepareSent,
         Failpoint::CoordinatorCommitAppended,
         Failpoint::CoordinatorCommitDurable,
@@ -58,6 +64,8 @@ impl Failpoint {
         Failpoint::ParticipantVoteSent,
         Failpoint::ParticipantCommittedApplied,
         Failpoint::WalMidGroup,
+        Failpoint::ThreePcVotesIn,
+        Failpoint::ThreePcPreCommitAcked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +78,8 @@ impl Failpoint {
             Failpoint::ParticipantVoteSent => "participant-vote-sent",
             Failpoint::ParticipantCommittedApplied => "participant-committed-applied",
             Failpoint::WalMidGroup => "wal-mid-group",
+            Failpoint::ThreePcVotesIn => "threepc-votes-in",
+            Failpoint::ThreePcPreCommitAcked => "threepc-precommit-acked",
         }
     }
 }

@@ -178,6 +178,10 @@ pub struct DemoArgs {
     /// Do not serve metrics (by default every node serves them on a free loopback port).
     #[arg(long)]
     no_metrics: bool,
+    /// The atomic commit protocol the cluster runs: 2pc, or 3pc (one coordinator,
+    /// built-in-store participants, one-shot transactions without reads).
+    #[arg(long, value_enum, default_value = "2pc")]
+    protocol: crate::cluster::Protocol,
 }
 
 #[derive(Args, Debug)]
@@ -381,8 +385,16 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
         database_participants: databases.participant_flags(),
+        protocol: args.protocol,
     };
     crate::cluster::check_coordinators(args.coordinators)?;
+    crate::cluster::check_protocol(&cluster_options)?;
+    if args.protocol == crate::cluster::Protocol::ThreePc {
+        ensure!(
+            args.workload.workload == twophase_bench::WorkloadKind::OneShot && args.workload.read_only_share == 0.0,
+            "--protocol 3pc runs one-shot transfers without reads (no --workload interactive, no --read-only-share)"
+        );
+    }
     let coordinators = coordinators_phrase(args.coordinators);
     eprintln!(
         "starting {coordinators} and {} participants in {}",
@@ -411,7 +423,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let verdict = audit(&target.layout, &result, &balances);
     eprintln!("read and audited {} accounts in {:.1} s", args.workload.accounts, audit_began.elapsed().as_secs_f64());
     let description = format!(
-        "demo: local cluster, {coordinators} + {} participants, {} accounts",
+        "demo: local cluster ({}), {coordinators} + {} participants, {} accounts",
+        args.protocol.name(),
         participants_phrase(&args.participants),
         args.workload.accounts
     );

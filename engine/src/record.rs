@@ -19,6 +19,7 @@
 //! | 17 | participant Prepared | `u64 txid \| list of writes (key, optional value) \| list of read keys` (keys held shared until the decision) |
 //! | 18 | participant Committed | `u64 txid` |
 //! | 19 | participant Aborted | `u64 txid` |
+//! | 64–66, 72–74 | three-phase commit's coordinator and participant records | `threepc::log` |
 
 use std::fmt;
 

@@ -21,12 +21,13 @@ use twophase_engine::fuzz_targets::{
 use twophase_engine::message::{Interactive, SAGA_STEPS_MAX, SagaStep, SagaSubmit};
 use twophase_engine::ops::Isolation;
 use twophase_engine::record::RECORD_LIMITS;
+use twophase_engine::threepc::{Message, PARTICIPANTS_MAX, Peer, ReportedState};
 use twophase_engine::{ClientId, Epoch, Limits, ParticipantId, Submit, TxId};
 
 use crate::frame::{
     AdminOp, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, HEADER_BYTES, Hello,
     LEADER_NAME_BYTES_MAX, LeaderHint, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, NetLimits, NotLeader,
-    ProtocolError, Role, TraceEntry, TraceKey, Welcome,
+    ProtocolError, Role, ThreePcItem, TraceEntry, TraceKey, Welcome,
 };
 
 /// Limits a target decodes against: the defaults (16 MiB frames), an accepted connection
@@ -129,12 +130,53 @@ pub fn gen_trace_entry(g: &mut Gen) -> TraceEntry {
     TraceEntry { key, traceparent: g.bytes(len) }
 }
 
+/// A 3PC peer: the coordinator or a participant.
+fn gen_peer(g: &mut Gen) -> Peer {
+    if g.u8().is_multiple_of(4) { Peer::Coordinator } else { Peer::Participant(ParticipantId(g.u16())) }
+}
+
+/// A 3PC message of any type within the engine's limits (a CanCommit's participants
+/// strictly increasing, at most `PARTICIPANTS_MAX`; its payload short).
+pub fn gen_threepc_item(g: &mut Gen) -> ThreePcItem {
+    let txid = TxId(g.u64());
+    let message = match g.u8() % 10 {
+        0 => {
+            let count = g.count(PARTICIPANTS_MAX);
+            let mut participants: Vec<ParticipantId> = (0..count).map(|_| ParticipantId(g.u16())).collect();
+            participants.sort_unstable();
+            participants.dedup();
+            let len = g.len(256);
+            Message::CanCommit { txid, participants, payload: g.bytes(len).to_vec() }
+        }
+        1 => Message::Vote { txid, yes: g.u8().is_multiple_of(2) },
+        2 => Message::PreCommit { txid, round: g.u32() },
+        3 => Message::PreCommitAck { txid, round: g.u32() },
+        4 => Message::Decision { txid, commit: g.u8().is_multiple_of(2) },
+        5 => Message::DecisionAck { txid },
+        6 => Message::Elect { txid, round: g.u32() },
+        7 => Message::StateReq { txid, round: g.u32() },
+        8 => {
+            let state = match g.u8() % 5 {
+                0 => ReportedState::Uncertain,
+                1 => ReportedState::PreCommitted,
+                2 => ReportedState::Committed,
+                3 => ReportedState::Aborted,
+                _ => ReportedState::Recovering,
+            };
+            Message::StateReport { txid, round: g.u32(), state }
+        }
+        _ => Message::DecisionReq { txid },
+    };
+    ThreePcItem { from: gen_peer(g), to: gen_peer(g), message }
+}
+
 /// A frame of any kind whose messages respect `limits.engine`; its batch count and size
 /// may still exceed `limits` (see [`fits`]).
 pub fn gen_frame(g: &mut Gen, limits: &NetLimits) -> Frame {
     let engine = limits.engine;
     let batch = |g: &mut Gen| g.count(limits.max_batch.min(1 << 16) as usize);
-    match g.u8() % 16 {
+    match g.u8() % 17 {
+        16 => Frame::ThreePc((0..batch(g)).map(|_| gen_threepc_item(g)).collect()),
         14 => Frame::Sagas((0..batch(g)).map(|_| gen_saga(g, engine)).collect()),
         15 => Frame::TraceContext((0..batch(g)).map(|_| gen_trace_entry(g)).collect()),
         0 => Frame::Hello(gen_hello(g)),
@@ -175,6 +217,7 @@ fn fits(frame: &Frame, encoded_bytes: usize, limits: &NetLimits) -> bool {
         Frame::ToCoordinator(items) => items.len(),
         Frame::Interactive(items) => items.len(),
         Frame::Sagas(items) => items.len(),
+        Frame::ThreePc(items) => items.len(),
         Frame::TraceContext(items) => items.len(),
         _ => 0,
     };

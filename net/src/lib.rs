@@ -71,8 +71,8 @@ pub use client::{Client, ClientError, ClientOptions, Directory, Pipeline, Pipeli
 pub use frame::{
     AdminOp, BatchItem, BatchWriter, DumpEnd, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameKind, HEADER_BYTES,
     Hello, LEADER_NAME_BYTES_MAX, LeaderHint, MAX_HELLO_FRAME_BYTES, MAX_TRACEPARENT_BYTES, MessageTooLarge, NetLimits,
-    NotLeader, PROTOCOL_VERSION, ProtocolError, ReplicaRole, ReplicaStatus, Role, TraceEntry, TraceKey, Welcome,
-    encode_trace_context,
+    NotLeader, PROTOCOL_VERSION, ProtocolError, ReplicaRole, ReplicaStatus, Role, ThreePcItem, TraceEntry, TraceKey,
+    Welcome, encode_trace_context,
 };
 pub use interactive::{MAX_IDLE_TIMEOUT, Transaction, TxError};
 pub use saga::{Saga, SagaError};

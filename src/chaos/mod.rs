@@ -118,6 +118,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
         database_participants: databases.participant_flags(),
+        protocol: crate::cluster::Protocol::TwoPc,
     };
     crate::cluster::check_coordinators(args.coordinators)?;
     let coordinators = coordinators_phrase(args.coordinators);

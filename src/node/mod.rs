@@ -21,6 +21,7 @@ pub mod dump;
 pub mod participant;
 pub mod replicated;
 pub mod snapshot;
+pub mod threepc;
 
 use std::fs::File;
 use std::path::Path;

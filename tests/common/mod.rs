@@ -226,6 +226,16 @@ impl Node {
         Node::start(name, data_dir, args, "127.0.0.1:0".parse().unwrap(), env)
     }
 
+    /// Like [`participant_with`](Self::participant_with), listening on `listen` (a node whose
+    /// peers must know its address before it starts: 3PC participants).
+    pub fn participant_at(name: &str, data_dir: &Path, listen: SocketAddr, extra: &[&str]) -> Node {
+        let mut args =
+            vec!["participant".to_string(), "--id".into(), name.into(), "--data-dir".into(), path(data_dir, name)];
+        args.extend(make_cert(&certs_dir(data_dir), CLUSTER, "participant", name));
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        Node::start(name, data_dir, args, listen, &[])
+    }
+
     /// `twophase coordinator --id c1` with its data in `data_dir/c1`, connecting to
     /// `participants`, on a free port; `extra` flags are appended (e.g. the prepare timeout).
     pub fn coordinator(data_dir: &Path, participants: &[&Node], extra: &[&str], env: &[(&str, &str)]) -> Node {

@@ -5,7 +5,8 @@
 //! Owns: the 3PC messages ([`Message`], addressed to a [`Peer`]: the coordinator or a
 //! participant id, so participant-to-participant traffic is ordinary output), the records
 //! of every forced write ([`CoordRecord3`], [`PartRecord3`]), the tick-driven timeouts
-//! ([`Timeouts`]), their binary encodings (`codec`) and the two state machines ([`ThreePcCoordinator`],
+//! ([`Timeouts`]), their binary encodings (`codec`; as wal records with kinds 64–66 and
+//! 72–74: `log`) and the two state machines ([`ThreePcCoordinator`],
 //! [`ThreePcParticipant`]).
 //!
 //! Invariants:
@@ -31,9 +32,14 @@
 
 mod codec;
 mod coordinator;
+mod log;
 mod participant;
 
 pub use coordinator::{BeginError, CoordOutput3, ThreePcCoordinator};
+pub use log::{
+    KIND_3PC_COORD_DECIDED, KIND_3PC_COORD_END, KIND_3PC_COORD_PRECOMMIT, KIND_3PC_PART_DECIDED,
+    KIND_3PC_PART_PRECOMMITTED, KIND_3PC_PART_UNCERTAIN, PartLog3,
+};
 pub use participant::{PartOutput, ThreePcParticipant};
 
 use crate::effects::Effects;

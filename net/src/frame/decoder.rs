@@ -134,6 +134,7 @@ impl FrameDecoder {
             FrameKind::ToCoordinator => Frame::ToCoordinator(self.read_batch(&mut reader)?),
             FrameKind::Interactive => Frame::Interactive(self.read_batch(&mut reader)?),
             FrameKind::Sagas => Frame::Sagas(self.read_batch(&mut reader)?),
+            FrameKind::ThreePc => Frame::ThreePc(self.read_batch(&mut reader)?),
             FrameKind::TraceContext => {
                 Frame::TraceContext(super::trace_context::decode(&mut reader, self.limits.max_batch)?)
             }

@@ -31,6 +31,8 @@ pub enum Frame {
     NotLeader(NotLeader),
     /// A client's saga requests.
     Sagas(Vec<SagaSubmit>),
+    /// Three-phase-commit messages (`threepc`).
+    ThreePc(Vec<super::ThreePcItem>),
     AdminRequest(AdminOp),
     /// Key-value pairs of a dump: `u32 count | (key, value) × count`.
     DumpChunk(Vec<(Key, Value)>),
@@ -54,6 +56,7 @@ impl Frame {
             Frame::Raft(_) => FrameKind::Raft,
             Frame::NotLeader(_) => FrameKind::NotLeader,
             Frame::Sagas(_) => FrameKind::Sagas,
+            Frame::ThreePc(_) => FrameKind::ThreePc,
             Frame::AdminRequest(_) => FrameKind::AdminRequest,
             Frame::DumpChunk(_) => FrameKind::DumpChunk,
             Frame::DumpEnd(_) => FrameKind::DumpEnd,
@@ -108,6 +111,7 @@ impl Frame {
             Frame::Raft(message) => out.put_slice(message),
             Frame::NotLeader(not_leader) => super::not_leader::encode(out, not_leader),
             Frame::Sagas(items) => put_batch(out, items),
+            Frame::ThreePc(items) => put_batch(out, items),
             Frame::AdminRequest(op) => out.put_u8(*op as u8),
             Frame::DumpChunk(entries) => {
                 out.put_u32_le(u32::try_from(entries.len()).expect("chunk of more than 2^32 entries"));

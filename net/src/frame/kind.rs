@@ -68,6 +68,10 @@ pub enum FrameKind {
     NotLeader = 23,
     /// A client's saga requests (`SagaSubmit`); each answered with one outcome in `Replies`.
     Sagas = 24,
+    /// Three-phase commit (`threepc`): a batch of 3PC messages with sender and receiver,
+    /// coordinator ↔ participant and participant ↔ participant (kinds 26 and 27 are kept
+    /// for it).
+    ThreePc = 25,
     AdminRequest = 32,
     DumpChunk = 33,
     DumpEnd = 34,
@@ -89,6 +93,7 @@ impl FrameKind {
             22 => FrameKind::Raft,
             23 => FrameKind::NotLeader,
             24 => FrameKind::Sagas,
+            25 => FrameKind::ThreePc,
             32 => FrameKind::AdminRequest,
             33 => FrameKind::DumpChunk,
             34 => FrameKind::DumpEnd,

@@ -17,6 +17,7 @@ mod kind;
 mod not_leader;
 #[cfg(test)]
 pub(crate) mod tests;
+mod threepc;
 mod trace_context;
 
 use twophase_engine::Limits;
@@ -29,6 +30,7 @@ pub use error::{ErrorCode, ProtocolError};
 pub use handshake::{ErrorFrame, Hello, Welcome};
 pub use kind::{FrameKind, Role};
 pub use not_leader::{LEADER_ADDRESS_BYTES_MAX, LEADER_NAME_BYTES_MAX, LeaderHint, NotLeader};
+pub use threepc::ThreePcItem;
 pub use trace_context::{MAX_TRACEPARENT_BYTES, TraceEntry, TraceKey, encode_frame as encode_trace_context};
 
 /// The protocol version this build speaks; every frame carries it.

@@ -147,7 +147,8 @@ impl Reactor {
 /// connection: clients submit, run interactive transactions and sagas, admins ask, coordinators
 /// prepare and decide, participants vote and acknowledge; clients and coordinators may
 /// precede their data with the trace context of sampled transactions; coordinators of a
-/// replicated group exchange Raft messages.
+/// replicated group exchange Raft messages; under three-phase commit the coordinator and
+/// participants (among themselves too) exchange `ThreePc` frames.
 pub(super) fn may_send(role: Role, kind: FrameKind) -> bool {
     matches!(
         (role, kind),
@@ -155,6 +156,7 @@ pub(super) fn may_send(role: Role, kind: FrameKind) -> bool {
             | (Role::Admin, FrameKind::AdminRequest)
             | (Role::Coordinator, FrameKind::ToParticipant | FrameKind::TraceContext | FrameKind::Raft)
             | (Role::Participant, FrameKind::ToCoordinator)
+            | (Role::Coordinator | Role::Participant, FrameKind::ThreePc)
     )
 }
 
@@ -185,6 +187,15 @@ mod tests {
         }
         assert!(!may_send(Role::Client, FrameKind::ToCoordinator));
         assert!(!may_send(Role::Client, FrameKind::Replies));
+    }
+
+    #[test]
+    fn only_coordinators_and_participants_may_send_three_phase_commit_frames() {
+        assert!(may_send(Role::Coordinator, FrameKind::ThreePc));
+        assert!(may_send(Role::Participant, FrameKind::ThreePc));
+        for role in [Role::Client, Role::Admin] {
+            assert!(!may_send(role, FrameKind::ThreePc), "{role} may not send ThreePc frames");
+        }
     }
 
     #[test]
