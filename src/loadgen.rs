@@ -60,11 +60,15 @@ pub struct WorkloadArgs {
     #[arg(long, default_value = "one-shot", value_parser = parse_workload)]
     workload: twophase_bench::WorkloadKind,
     /// How each transfer is made atomic: `2pc`, one transaction committed by the
-    /// coordinator's two-phase commit; `saga`, two steps (the debit with a compensating
-    /// credit, then the credit), each a local transaction, compensated when the debit
-    /// fails (no isolation between the steps; the audit runs once every saga ended).
+    /// coordinator's two-phase commit; `3pc`, one transaction under three-phase commit
+    /// (demo: the cluster runs 3PC, one coordinator, built-in-store participants, one-shot
+    /// transfers without reads; bench sends the same requests as for 2pc, the running
+    /// cluster's own `--protocol` decides); `saga`, two steps (the debit with a
+    /// compensating credit, then the credit), each a local transaction, compensated when
+    /// the credit fails (no isolation between the steps; the audit runs once every saga
+    /// ended).
     #[arg(long, value_enum, default_value_t = Protocol::TwoPc)]
-    protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// Draw every account from the first N accounts (spread over the participants), to
     /// make transfers contend; with `--workload interactive` opposite-order pairs deadlock.
     #[arg(long, value_name = "N")]
@@ -90,12 +94,19 @@ impl WorkloadArgs {
     /// Refuses flags the workload cannot run, before any cluster is started or account
     /// made (the load checks everything again).
     pub(crate) fn check(&self) -> anyhow::Result<()> {
-        if self.protocol == Protocol::Saga {
-            ensure!(
-                self.workload == twophase_bench::WorkloadKind::OneShot,
-                "--protocol saga runs each transfer as a saga: leave out --workload"
-            );
-            ensure!(self.read_only_share == 0.0, "sagas carry no reads: leave out --read-only-share");
+        match self.protocol {
+            Protocol::TwoPc => {}
+            Protocol::ThreePc => ensure!(
+                self.workload == twophase_bench::WorkloadKind::OneShot && self.read_only_share == 0.0,
+                "--protocol 3pc runs one-shot transfers without reads (no --workload interactive, no --read-only-share)"
+            ),
+            Protocol::Saga => {
+                ensure!(
+                    self.workload == twophase_bench::WorkloadKind::OneShot,
+                    "--protocol saga runs each transfer as a saga: leave out --workload"
+                );
+                ensure!(self.read_only_share == 0.0, "sagas carry no reads: leave out --read-only-share");
+            }
         }
         if self.workload == twophase_bench::WorkloadKind::Interactive {
             twophase_bench::check_interactive_shape(
@@ -112,7 +123,7 @@ impl WorkloadArgs {
     /// What the load sends: `--workload`, or sagas under `--protocol saga`.
     fn load_kind(&self) -> twophase_bench::WorkloadKind {
         match self.protocol {
-            Protocol::TwoPc => self.workload,
+            Protocol::TwoPc | Protocol::ThreePc => self.workload,
             Protocol::Saga => twophase_bench::WorkloadKind::Saga,
         }
     }
@@ -133,8 +144,29 @@ pub(crate) enum Protocol {
     /// One transaction, two-phase commit.
     #[value(name = "2pc")]
     TwoPc,
-    /// A saga of two steps with a compensation.
+    /// One transaction, three-phase commit (the cluster's protocol).
+    #[value(name = "3pc")]
+    ThreePc,
+    /// A saga of two steps with a compensation (the cluster runs 2PC for each step).
     Saga,
+}
+
+impl Protocol {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protocol::TwoPc => "2pc",
+            Protocol::ThreePc => "3pc",
+            Protocol::Saga => "saga",
+        }
+    }
+
+    /// The protocol the demo's cluster runs: sagas are a client's way of using 2PC.
+    fn cluster_protocol(self) -> crate::cluster::Protocol {
+        match self {
+            Protocol::TwoPc | Protocol::Saga => crate::cluster::Protocol::TwoPc,
+            Protocol::ThreePc => crate::cluster::Protocol::ThreePc,
+        }
+    }
 }
 
 /// `--outstanding` by default: one-shot transactions pipeline on their connection.
@@ -178,10 +210,6 @@ pub struct DemoArgs {
     /// Do not serve metrics (by default every node serves them on a free loopback port).
     #[arg(long)]
     no_metrics: bool,
-    /// The atomic commit protocol the cluster runs: 2pc, or 3pc (one coordinator,
-    /// built-in-store participants, one-shot transactions without reads).
-    #[arg(long, value_enum, default_value = "2pc")]
-    protocol: crate::cluster::Protocol,
 }
 
 #[derive(Args, Debug)]
@@ -385,16 +413,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         metrics: !args.no_metrics,
         log_dir: Some(logs_dir(&args.workload.report)),
         database_participants: databases.participant_flags(),
-        protocol: args.protocol,
+        protocol: args.workload.protocol.cluster_protocol(),
     };
     crate::cluster::check_coordinators(args.coordinators)?;
     crate::cluster::check_protocol(&cluster_options)?;
-    if args.protocol == crate::cluster::Protocol::ThreePc {
-        ensure!(
-            args.workload.workload == twophase_bench::WorkloadKind::OneShot && args.workload.read_only_share == 0.0,
-            "--protocol 3pc runs one-shot transfers without reads (no --workload interactive, no --read-only-share)"
-        );
-    }
     let coordinators = coordinators_phrase(args.coordinators);
     eprintln!(
         "starting {coordinators} and {} participants in {}",
@@ -424,7 +446,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("read and audited {} accounts in {:.1} s", args.workload.accounts, audit_began.elapsed().as_secs_f64());
     let description = format!(
         "demo: local cluster ({}), {coordinators} + {} participants, {} accounts",
-        args.protocol.name(),
+        args.workload.protocol.name(),
         participants_phrase(&args.participants),
         args.workload.accounts
     );
