@@ -276,6 +276,10 @@ fn sql_statements_run_in_interactive_transactions_across_both_databases() {
     let Some(mut bank) = Bank::start(&[]) else { return };
     let mut client = bank.client();
     bank.fund(&mut client, 7, 100);
+    // A statement names no key, so it does not wait for a prepared transaction's COMMIT
+    // PREPARED as a key-value op does (the client heard the commit at the commit point, before
+    // it): wait until the funding is visible.
+    assert_eq!(bank.balances(7), (Some(100), Some(100)));
 
     // A SELECT returns its rows, columns named, values typed.
     let mut t = client.begin().unwrap();
