@@ -392,7 +392,7 @@ mod tests {
         let statement = |sql: &str| OpKind::Sql(Box::new(SqlStatement { sql: sql.into(), params: vec![] }));
         let select = op("", statement("SELECT 1"));
         let limits = Limits::default();
-        assert!(limits.check_ops(&[select.clone()]).unwrap_err().contains("only inside interactive"));
+        assert!(limits.check_ops(std::slice::from_ref(&select)).unwrap_err().contains("only inside interactive"));
         assert!(limits.check_interactive_ops(&[select]).is_ok());
         let big = op("", statement(&"x".repeat(limits.max_value_bytes)));
         assert!(limits.check_interactive_ops(&[big]).unwrap_err().contains("op 0: an SQL statement of"));
