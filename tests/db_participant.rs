@@ -21,7 +21,7 @@ use twophase_backends::{
     Request,
 };
 use twophase_engine::{AbortReason, Outcome};
-use twophase_net::{Client, ClientOptions, TxError};
+use twophase_net::{Client, ClientOptions, SqlValue, TxError};
 
 /// `p1` runs over PostgreSQL, `p2` over MariaDB.
 const PG: u16 = 1;
@@ -265,6 +265,81 @@ fn interactive_transactions_run_inside_both_databases() {
     let reason = aborted(t.add("p1", "acct/1", -1000));
     assert!(matches!(reason, AbortReason::Constraint { .. }), "{reason:?}");
     assert_eq!(bank.balances(1), (Some(55), Some(145)));
+}
+
+/// Parameterised SQL inside interactive transactions: a SELECT returns rows; an UPDATE in
+/// PostgreSQL and one in MariaDB commit in both or roll back in both; a statement the
+/// database refuses (a syntax error, the CHECK) ends the transaction with the database's
+/// message, in both databases.
+#[test]
+fn sql_statements_run_in_interactive_transactions_across_both_databases() {
+    let Some(mut bank) = Bank::start(&[]) else { return };
+    let mut client = bank.client();
+    bank.fund(&mut client, 7, 100);
+    // A statement names no key, so it does not wait for a prepared transaction's COMMIT
+    // PREPARED as a key-value op does (the client heard the commit at the commit point, before
+    // it): wait until the funding is visible.
+    assert_eq!(bank.balances(7), (Some(100), Some(100)));
+
+    // A SELECT returns its rows, columns named, values typed.
+    let mut t = client.begin().unwrap();
+    let rows = t.sql("p1", "SELECT id, balance, 'x' AS note FROM accounts WHERE id = $1", &[SqlValue::Int(7)]).unwrap();
+    assert_eq!(rows.columns, vec!["id", "balance", "note"]);
+    assert_eq!(rows.rows, vec![vec![SqlValue::Int(7), SqlValue::Int(100), SqlValue::Text("x".into())]]);
+    let rows = t.sql("p2", "SELECT balance FROM accounts WHERE id = ?", &[SqlValue::Int(7)]).unwrap();
+    assert_eq!(rows.rows, vec![vec![SqlValue::Int(100)]]);
+
+    // An UPDATE in each database, in the same transaction: both commit.
+    let debit =
+        t.sql("p1", "UPDATE accounts SET balance = balance - $1 WHERE id = $2", &[SqlValue::Int(30), SqlValue::Int(7)]);
+    assert_eq!(debit.unwrap().affected, 1);
+    let credit =
+        t.sql("p2", "UPDATE accounts SET balance = balance + ? WHERE id = ?", &[SqlValue::Int(30), SqlValue::Int(7)]);
+    assert_eq!(credit.unwrap().affected, 1);
+    t.commit().unwrap();
+    assert_eq!(bank.balances(7), (Some(70), Some(130)));
+
+    // The same, rolled back: neither changes.
+    let mut t = client.begin().unwrap();
+    t.sql("p1", "UPDATE accounts SET balance = balance - 5 WHERE id = $1", &[SqlValue::Int(7)]).unwrap();
+    t.sql("p2", "UPDATE accounts SET balance = balance + 5 WHERE id = ?", &[SqlValue::Int(7)]).unwrap();
+    t.rollback().unwrap();
+    assert_eq!(bank.balances(7), (Some(70), Some(130)));
+
+    // A syntax error ends the transaction, and MariaDB's part with it.
+    let mut t = client.begin().unwrap();
+    t.sql("p2", "UPDATE accounts SET balance = balance + 1 WHERE id = ?", &[SqlValue::Int(7)]).unwrap();
+    let reason = sql_aborted(t.sql("p1", "UPDATE accounts SET WHERE", &[]));
+    assert!(matches!(&reason, AbortReason::Invalid { detail } if detail.contains("syntax")), "{reason}");
+    assert!(matches!(aborted(t.commit()), AbortReason::Invalid { .. }), "the transaction is over");
+    assert_eq!(bank.balances(7), (Some(70), Some(130)));
+
+    // The CHECK (balance >= 0) refuses an overdraft, in either database, and names it.
+    for (debited, credited, sql) in [
+        ("p1", "p2", "UPDATE accounts SET balance = balance - 1000 WHERE id = 7"),
+        ("p2", "p1", "UPDATE accounts SET balance = balance - 1000 WHERE id = 7"),
+    ] {
+        let mut t = client.begin().unwrap();
+        t.sql(credited, "UPDATE accounts SET balance = balance + 1000 WHERE id = 7", &[]).unwrap();
+        let reason = sql_aborted(t.sql(debited, sql, &[]));
+        assert!(
+            matches!(&reason, AbortReason::Invalid { detail } if detail.to_lowercase().contains("constraint")),
+            "{debited}: {reason}"
+        );
+    }
+    assert_eq!(bank.balances(7), (Some(70), Some(130)));
+
+    // Too many parameters for the statement: refused by the database participant.
+    let mut t = client.begin().unwrap();
+    let reason = sql_aborted(t.sql("p1", "SELECT $1::bigint", &[SqlValue::Int(1), SqlValue::Int(2)]));
+    assert!(reason.to_string().contains("takes 1 parameters, 2 given"), "{reason}");
+}
+
+fn sql_aborted(result: Result<twophase_net::Rows, TxError>) -> AbortReason {
+    match result {
+        Err(TxError::Aborted(reason)) => reason,
+        other => panic!("expected an abort, got {other:?}"),
+    }
 }
 
 /// A one-shot transaction that only reads at PostgreSQL but also writes at MariaDB must keep

@@ -52,6 +52,19 @@ fn a_transfer_reads_decides_and_writes_across_two_participants() {
     assert!(matches!(aborted(t.add("p2", "acct/2", 1)), AbortReason::Constraint { .. }), "the transaction is over");
     assert!(matches!(aborted(t.commit()), AbortReason::Constraint { .. }));
     assert_eq!(read_ints(&mut client, &[(1, "acct/1"), (2, "acct/2")]), vec![Some(70), Some(40)]);
+
+    // The built-in store runs no SQL: the statement ends the transaction, whose earlier
+    // write is rolled back.
+    let mut t = client.begin().unwrap();
+    t.add("p1", "acct/1", 5).unwrap();
+    match t.sql("p2", "SELECT 1", &[]) {
+        Err(TxError::Aborted(AbortReason::Invalid { detail })) => {
+            assert!(detail.contains("participant p2 does not run SQL"), "{detail}")
+        }
+        other => panic!("a key-value participant must refuse SQL, got {other:?}"),
+    }
+    drop(t);
+    assert_eq!(read_ints(&mut client, &[(1, "acct/1"), (2, "acct/2")]), vec![Some(70), Some(40)]);
     cluster.stop();
 }
 

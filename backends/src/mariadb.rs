@@ -15,7 +15,7 @@ use mysql::consts::ColumnType;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, Params, Value};
 
-use crate::conn::{Connection, Connector, gid_literal, gids_of};
+use crate::conn::{Connection, Connector, OneShot, OneShotFailure, gid_literal, gids_of, one_shot_by_steps};
 use crate::error::{DbError, Reason, reason_of_mysql_code};
 use crate::gid::Gid;
 use crate::kv::{self, KvOp, KvOutcome, Row};
@@ -227,6 +227,8 @@ impl Connection for MariaConnection {
         let rows_max = limits.rows_max;
         let (rows, affected) = self.run(|c| {
             let mut result = c.exec_iter(&statement, params)?;
+            // Read before the rows: consuming them moves the result past this statement.
+            let affected = result.affected_rows();
             let mut rows = Vec::new();
             for row in result.by_ref() {
                 let row = row?;
@@ -235,7 +237,7 @@ impl Connection for MariaConnection {
                 }
                 rows.push(row.unwrap());
             }
-            Ok((Ok(rows), result.affected_rows()))
+            Ok((Ok(rows), affected))
         })?;
         let rows = rows?
             .into_iter()
@@ -298,6 +300,58 @@ impl Connection for MariaConnection {
     /// transaction are rolled back); then forgets the rows of sessions gone. A branch in
     /// the XA PREPARED state survives its session (and is in the scan); an active one is
     /// rolled back with it.
+    /// One round trip where it can: `XA START; <statements>; XA END; XA PREPARE` (or `XA
+    /// ROLLBACK` when it only read and holds nothing) as one multi-statement text query
+    /// ([`one_shot_batch`]: only the validated gid, integers and hex digits are spliced in).
+    /// MariaDB stops at the first statement it refuses; the branch is then rolled back and the
+    /// transaction run again call by call, which names the op that fails and its reason
+    /// exactly as the one-at-a-time path does. So is one whose debit found no account (the
+    /// batch's `UPDATE` changed no row, where the call-by-call path inserts the account and
+    /// meets the CHECK), after rolling back what the batch prepared.
+    fn one_shot(&mut self, gid: &Gid, ops: &[KvOp], hold_reads: bool) -> Result<OneShot, OneShotFailure> {
+        let prepares = hold_reads || ops.iter().any(KvOp::writes);
+        let Some(batch) = one_shot_batch(gid, ops, prepares) else {
+            return one_shot_by_steps(self, gid, ops, hold_reads);
+        };
+        let failure = |error| OneShotFailure { op: None, error };
+        match self.run_batch(&batch) {
+            Ok(sets) => match batch_outcomes(ops, &sets) {
+                Some(outcomes) => Ok(OneShot { outcomes, prepared: prepares }),
+                None => {
+                    // A debit of a missing account: undo the prepared branch, then the
+                    // call-by-call path reports it.
+                    let rolled_back = if prepares {
+                        self.text(&format!("XA ROLLBACK {}", gid_literal(gid)))
+                    } else {
+                        Ok(()) // It ended with its XA ROLLBACK already.
+                    };
+                    if let Err(error) = rolled_back {
+                        // A prepared branch we could not end: the session goes, and the
+                        // caller rolls the gid back as after a lost connection.
+                        self.broken = true;
+                        return Err(failure(DbError::new(Reason::ConnectionLost, error.to_string())));
+                    }
+                    one_shot_by_steps(self, gid, ops, hold_reads)
+                }
+            },
+            // `XA START` itself refused (the gid is taken, say): there is no branch of ours to
+            // end, so none is rolled back (that could end another session's branch).
+            Err((0, error)) => Err(failure(error)),
+            Err((_, error)) => {
+                if self.broken || error.reason == Reason::ConnectionLost {
+                    return Err(failure(error));
+                }
+                // Refused before its PREPARE (MariaDB runs nothing after a refused statement),
+                // or at it: whatever is left of the branch is rolled back.
+                let _ = self.rollback(gid);
+                if self.broken {
+                    return Err(failure(error));
+                }
+                one_shot_by_steps(self, gid, ops, hold_reads)
+            }
+        }
+    }
+
     fn fence_sessions(&mut self, session: &str, wait: Duration) -> Result<usize, DbError> {
         self.text(SESSIONS_SCHEMA)?;
         let deadline = Instant::now() + wait;
@@ -327,6 +381,141 @@ impl Connection for MariaConnection {
         self.run(|c| c.exec_drop(forget, (session.as_bytes(),)))?;
         Ok(ended.len())
     }
+}
+
+/// What one statement of a batch answered: the rows changed, the first column of its first
+/// row (for a `SELECT`).
+#[derive(Debug)]
+struct SetResult {
+    affected: u64,
+    first: Option<Value>,
+}
+
+impl MariaConnection {
+    /// Runs a multi-statement text query, reading every statement's result; the first
+    /// statement refused ends it with that error and the number of statements that ran before
+    /// it (MariaDB runs none after it).
+    fn run_batch(&mut self, batch: &str) -> Result<Vec<SetResult>, (usize, DbError)> {
+        let mut sets = Vec::new();
+        let ran = self.run(|c| {
+            let mut result = c.query_iter(batch)?;
+            while let Some(mut set) = result.iter() {
+                // Read before the rows: consuming them moves the state to the next statement.
+                let affected = set.affected_rows();
+                let mut first = None;
+                for row in set.by_ref() {
+                    let row = row?;
+                    if first.is_none() {
+                        first = Some(row.unwrap().into_iter().next().unwrap_or(Value::NULL));
+                    }
+                }
+                sets.push(SetResult { affected, first });
+            }
+            Ok(())
+        });
+        match ran {
+            Ok(()) => Ok(sets),
+            Err(error) => Err((sets.len(), error)),
+        }
+    }
+}
+
+/// The statements of a one-shot transaction as one multi-statement text query: `XA START`,
+/// one statement per op, `XA END` and `XA PREPARE` when `prepares` (else `XA ROLLBACK`); or
+/// None when an op needs an answer before the next statement (an `Add` with a floor above 0,
+/// which the `CHECK (balance >= 0)` does not enforce, or an `Add` on a `kv` row: read, then
+/// write) or a value that is not an account's 8-byte integer (the call-by-call path reports
+/// it). Only integers, `X'<hex>'` literals and the validated gid are spliced in.
+fn one_shot_batch(gid: &Gid, ops: &[KvOp], prepares: bool) -> Option<String> {
+    use std::fmt::Write as _;
+    let gid = gid_literal(gid);
+    let mut batch = String::with_capacity(96 + ops.len() * 128);
+    write!(batch, "XA START {gid};").expect("writing to a String");
+    for op in ops {
+        match (op, kv::row_of(op.key())) {
+            (KvOp::Get { .. }, Row::Account(id)) => {
+                write!(batch, "SELECT balance FROM accounts WHERE id = {id} LOCK IN SHARE MODE;")
+            }
+            (KvOp::Get { .. }, Row::Kv(key)) => {
+                write!(batch, "SELECT v FROM kv WHERE k = {} LOCK IN SHARE MODE;", hex_literal(key))
+            }
+            (KvOp::Put { value, .. }, Row::Account(id)) => {
+                let balance = kv::decode_i64(value).ok()?;
+                write!(
+                    batch,
+                    "INSERT INTO accounts (id, balance) VALUES ({id}, {balance}) \
+                     ON DUPLICATE KEY UPDATE balance = VALUES(balance);"
+                )
+            }
+            (KvOp::Put { value, .. }, Row::Kv(key)) => write!(
+                batch,
+                "INSERT INTO kv (k, v) VALUES ({}, {}) ON DUPLICATE KEY UPDATE v = VALUES(v);",
+                hex_literal(key),
+                hex_literal(value)
+            ),
+            (KvOp::Delete { .. }, Row::Account(id)) => write!(batch, "DELETE FROM accounts WHERE id = {id};"),
+            (KvOp::Delete { .. }, Row::Kv(key)) => write!(batch, "DELETE FROM kv WHERE k = {};", hex_literal(key)),
+            // A credit (or 0): the upsert inserts a missing account with it; the CHECK,
+            // which also judges the row proposed for insertion, is met.
+            (KvOp::Add { delta, floor, .. }, Row::Account(id)) if *floor <= 0 && *delta >= 0 => write!(
+                batch,
+                "INSERT INTO accounts (id, balance) VALUES ({id}, {delta}) \
+                 ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance);"
+            ),
+            // A debit: the CHECK (balance >= 0) is the floor. A missing account changes no
+            // row, which `batch_outcomes` sees (it counts as 0: the call-by-call path refuses).
+            (KvOp::Add { delta, floor, .. }, Row::Account(id)) if *floor <= 0 => {
+                write!(batch, "UPDATE accounts SET balance = balance + {delta} WHERE id = {id};")
+            }
+            (KvOp::Add { .. }, _) => return None,
+        }
+        .expect("writing to a String");
+    }
+    if prepares {
+        write!(batch, "XA END {gid};XA PREPARE {gid}").expect("writing to a String");
+    } else {
+        write!(batch, "XA END {gid};XA ROLLBACK {gid}").expect("writing to a String");
+    }
+    Some(batch)
+}
+
+/// `X'<hex>'`: bytes as a literal nothing can escape.
+fn hex_literal(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2 + 3);
+    out.push_str("X'");
+    for byte in bytes {
+        write!(out, "{byte:02x}").expect("writing to a String");
+    }
+    out.push('\'');
+    out
+}
+
+/// Each op's outcome from the batch's results (`XA START` first, then one per op), or None
+/// when a debit found no account (its `UPDATE` changed no row) or the answer has another
+/// shape.
+fn batch_outcomes(ops: &[KvOp], sets: &[SetResult]) -> Option<Vec<KvOutcome>> {
+    if sets.len() != ops.len() + 3 {
+        return None;
+    }
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for (op, set) in ops.iter().zip(&sets[1..]) {
+        let outcome = match (op, kv::row_of(op.key())) {
+            (KvOp::Get { .. }, Row::Account(_)) => match &set.first {
+                None | Some(Value::NULL) => KvOutcome::Read(None),
+                Some(value) => KvOutcome::Read(Some(kv::encode_i64(mysql::from_value_opt::<i64>(value.clone()).ok()?))),
+            },
+            (KvOp::Get { .. }, Row::Kv(_)) => match &set.first {
+                None | Some(Value::NULL) => KvOutcome::Read(None),
+                Some(Value::Bytes(bytes)) => KvOutcome::Read(Some(Bytes::copy_from_slice(bytes))),
+                Some(_) => return None,
+            },
+            (KvOp::Add { delta, .. }, Row::Account(_)) if *delta < 0 && set.affected == 0 => return None,
+            _ => KvOutcome::Written,
+        };
+        outcomes.push(outcome);
+    }
+    Some(outcomes)
 }
 
 fn map_error(error: &mysql::Error) -> DbError {

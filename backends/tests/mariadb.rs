@@ -8,7 +8,9 @@ mod common;
 use common::*;
 use twophase_backends::conn::session_name;
 use twophase_backends::testserver::{MariaServer, or_skip};
-use twophase_backends::{Executor, KvOp, MariaConnector, PoolConfig, Reason, Reply, Request, SqlValue};
+use twophase_backends::{
+    Executor, KvOp, KvOutcome, MariaConnector, OneShot, PoolConfig, Reason, Reply, Request, SqlValue,
+};
 
 fn executor(server: &MariaServer) -> Executor {
     let connector = MariaConnector::from_opts(server.opts());
@@ -25,6 +27,7 @@ fn xa_transactions_commit_roll_back_and_map_errors() {
     overdraft_fails_with_the_constraint_reason(&db);
     deadlock_gets_the_deadlock_reason(&db);
     parameterised_sql_returns_rows(&db);
+    one_shot_transactions_run_in_one_round_trip_and_fail_like_the_steps(&db);
     // Through the URL form as well.
     let by_url = MariaConnector::new(&server.url()).unwrap();
     let db = Executor::start(
@@ -123,6 +126,77 @@ fn parameterised_sql_returns_rows(db: &Executor) {
     let err = call(db, Request::Execute { gid: tx.clone(), sql: "SELECT ?".into(), params: vec![] }).unwrap_err();
     assert_eq!(err.reason, Reason::InvalidRequest, "{err}");
     assert_eq!(call(db, Request::Rollback(tx)).unwrap_err().reason, Reason::InvalidRequest, "already ended");
+}
+
+/// `XA START; statements; XA END; XA PREPARE` in one round trip, answering as the
+/// call-by-call path does: the same outcomes, the same op named when one is refused.
+fn one_shot_transactions_run_in_one_round_trip_and_fail_like_the_steps(db: &Executor) {
+    let one_shot = |counter, ops: Vec<KvOp>| Request::OneShot { gid: gid(counter), ops, hold_reads: false };
+    let value = |v: i64| bytes::Bytes::copy_from_slice(&v.to_le_bytes());
+    // Writes of every kind, a new account among them: prepared under its gid.
+    let writes = vec![
+        add(101, 100),
+        add(102, 5),
+        add(101, -30),
+        KvOp::Put { key: key("acct/103"), value: value(9) },
+        KvOp::Put { key: key("note"), value: key("it's \\ 'quoted'") },
+        KvOp::Delete { key: key("absent") },
+    ];
+    let done = ok(db, one_shot(60, writes));
+    assert_eq!(done, Reply::OneShot(OneShot { outcomes: vec![KvOutcome::Written; 6], prepared: true }));
+    assert_eq!(recovered(db), vec![gid(60)]);
+    ok(db, Request::CommitPrepared(gid(60)));
+    assert_eq!(balance(db, 61, 101), Some(70));
+
+    // Reads only: answered from the rows, nothing left prepared.
+    let reads = vec![
+        KvOp::Get { key: key("acct/101") },
+        KvOp::Get { key: key("acct/177") },
+        KvOp::Get { key: key("note") },
+        KvOp::Get { key: key("missing") },
+    ];
+    let read = ok(db, one_shot(62, reads.clone()));
+    let expected = vec![
+        KvOutcome::Read(Some(value(70))),
+        KvOutcome::Read(None),
+        KvOutcome::Read(Some(key("it's \\ 'quoted'"))),
+        KvOutcome::Read(None),
+    ];
+    assert_eq!(read, Reply::OneShot(OneShot { outcomes: expected.clone(), prepared: false }));
+    assert_eq!(recovered(db), vec![]);
+    // Holding its reads (other participants): prepared, same answers.
+    let held = ok(db, Request::OneShot { gid: gid(63), ops: reads, hold_reads: true });
+    assert_eq!(held, Reply::OneShot(OneShot { outcomes: expected, prepared: true }));
+    ok(db, Request::RollbackPrepared(gid(63)));
+
+    // An overdraft in the second op: that op is named, nothing prepared or changed.
+    match ok(db, one_shot(64, vec![add(101, 10), add(102, -6), add(103, 1)])) {
+        Reply::OneShotRefused { op: 1, error } => assert_eq!(error.reason, Reason::Constraint, "{error}"),
+        other => panic!("an overdraft answered {other:?}"),
+    }
+    // A debit of a missing account (its batch UPDATE changes no row) is refused as the
+    // steps refuse it, after the batch's prepared branch is rolled back.
+    match ok(db, one_shot(65, vec![add(101, 1), add(199, -1)])) {
+        Reply::OneShotRefused { op: 1, error } => assert_eq!(error.reason, Reason::Constraint, "{error}"),
+        other => panic!("a debit of a missing account answered {other:?}"),
+    }
+    assert_eq!(recovered(db), vec![]);
+    assert_eq!(balance(db, 66, 101), Some(70));
+    assert_eq!(balance(db, 67, 102), Some(5));
+    assert_eq!(balance(db, 68, 199), None);
+
+    // A floor above 0 is checked on the balance (the call-by-call path).
+    let floored = KvOp::Add { key: key("acct/101"), delta: -50, floor: 60 };
+    match ok(db, one_shot(69, vec![floored])) {
+        Reply::OneShotRefused { op: 0, error } => assert_eq!(error.reason, Reason::Constraint, "{error}"),
+        other => panic!("a floor answered {other:?}"),
+    }
+    // The gid is taken: XA START fails, nothing is left open on the connection.
+    ok(db, one_shot(70, vec![add(105, 1)]));
+    assert!(call(db, one_shot(70, vec![add(106, 1)])).is_err());
+    ok(db, Request::RollbackPrepared(gid(70)));
+    assert_eq!(balance(db, 71, 106), None);
+    assert_eq!(recovered(db), vec![]);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! Layouts (the authority for docs/PROTOCOL.md):
 //! - key: `u16 len | bytes`; value: `u32 len | bytes`; optional value: `u8 0` or `u8 1 | value`
 //! - list: `u16 count | items`
-//! - op kind: `u8 tag` then 0 Get, 1 Put `value`, 2 Delete, 3 Add `i64 delta | i64 floor`
+//! - op kind: `u8 tag` then 0 Get, 1 Put `value`, 2 Delete, 3 Add `i64 delta | i64 floor`,
+//!   4 Sql `statement` (layout in [`crate::sql`])
 //! - op: `u16 participant | key | kind`; local op: `u16 index | key | kind`
 //! - read: `u16 index | optional value`
 //! - isolation: `u8` 0 Serializable, 1 ReadCommitted, 2 Optimistic
@@ -23,6 +24,7 @@ use bytes::{BufMut, Bytes};
 use crate::ops::{
     AbortReason, Isolation, Key, LISTED_TXIDS_MAX, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote,
 };
+use crate::sql::SqlStatement;
 use crate::types::{ParticipantId, TxId};
 
 /// A decoding failure: the byte offset and what was wrong there.
@@ -282,6 +284,10 @@ impl Encode for OpKind {
                 out.put_i64_le(*delta);
                 out.put_i64_le(*floor);
             }
+            OpKind::Sql(statement) => {
+                out.put_u8(4);
+                statement.encode(out);
+            }
         }
     }
 }
@@ -293,6 +299,7 @@ impl Decode for OpKind {
             1 => Ok(OpKind::Put(reader.value()?)),
             2 => Ok(OpKind::Delete),
             3 => Ok(OpKind::Add { delta: reader.i64("add delta")?, floor: reader.i64("add floor")? }),
+            4 => Ok(OpKind::Sql(Box::new(SqlStatement::decode(reader)?))),
             other => Err(reader.error(format!("unknown op kind {other}"))),
         }
     }

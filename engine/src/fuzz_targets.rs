@@ -30,6 +30,7 @@ use crate::ops::{
 };
 use crate::participant::{KvImage, ParticipantSnapshot};
 use crate::record::{AnyRecord, CoordRecord, GetAt, LogRecord, PartRecord, RECORD_LIMITS, Write};
+use crate::sql::{SQL_PARAMS_MAX, SqlStatement, SqlValue};
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, TxId};
 
 /// How far a [`Gen`] may build: what a fuzz target runs every input at, or the real limits.
@@ -280,11 +281,44 @@ fn gen_optional_value(g: &mut Gen, limits: Limits) -> Option<Value> {
 }
 
 pub fn gen_op_kind(g: &mut Gen, limits: Limits) -> OpKind {
-    match g.u8() % 4 {
+    match g.u8() % 5 {
         0 => OpKind::Get,
         1 => OpKind::Put(gen_value(g, limits)),
         2 => OpKind::Delete,
-        _ => OpKind::Add { delta: g.u64() as i64, floor: g.u64() as i64 },
+        3 => OpKind::Add { delta: g.u64() as i64, floor: g.u64() as i64 },
+        _ => OpKind::Sql(Box::new(gen_sql_statement(g, limits))),
+    }
+}
+
+/// A statement whose text and parameters together fit `max_value_bytes` (what the decoder
+/// demands): parameters are added while they fit.
+pub fn gen_sql_statement(g: &mut Gen, limits: Limits) -> SqlStatement {
+    let budget = limits.max_value_bytes.saturating_sub(6);
+    let mut statement = SqlStatement { sql: g.text(budget), params: Vec::new() };
+    for _ in 0..g.count(SQL_PARAMS_MAX) {
+        let param = gen_sql_value(g, limits.max_value_bytes.saturating_sub(statement.encoded_bytes()));
+        statement.params.push(param);
+        if statement.encoded_bytes() > limits.max_value_bytes {
+            statement.params.pop();
+            break;
+        }
+    }
+    statement
+}
+
+/// A value whose text or bytes take at most `bytes_max`.
+pub fn gen_sql_value(g: &mut Gen, bytes_max: usize) -> SqlValue {
+    let sized_max = bytes_max.saturating_sub(5);
+    match g.u8() % 6 {
+        0 => SqlValue::Null,
+        1 => SqlValue::Bool(g.u8().is_multiple_of(2)),
+        2 => SqlValue::Int(g.u64() as i64),
+        3 => SqlValue::Float(f64::from_bits(g.u64())),
+        4 => SqlValue::Text(g.text(sized_max)),
+        _ => {
+            let len = g.len(sized_max);
+            SqlValue::Bytes(g.bytes(len))
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! twophase-engine: the protocol core of twophase, sans-IO.
 //!
-//! Owns: identifiers and operations ([`types`], [`ops`]), the binary encoding of log records
+//! Owns: identifiers and operations ([`types`], [`ops`]; SQL statements and their rows, [`sql`]), the binary encoding of log records
 //! and messages ([`codec`], [`record`], [`message`]), the coordinator and participant state
 //! machines ([`coordinator`], [`participant`]) with the built-in key-value resource manager and
 //! lock table, the coordinator's wait-for graph of interactive transactions ([`deadlock`]), the table of transactions in flight by txid (`txtable`), the durability gate
@@ -31,6 +31,7 @@ pub mod ops;
 pub mod participant;
 pub mod record;
 pub mod sim;
+pub mod sql;
 pub mod threepc;
 mod txtable;
 pub mod types;
@@ -41,4 +42,5 @@ pub use message::{Interactive, RegisterRefusal, RejectReason, Reply, Submit, ToC
 pub use ops::{AbortReason, Isolation, Key, Limits, LocalOp, Op, OpKind, Outcome, Read, Value, Vote};
 pub use participant::{PartEffects, Participant, ParticipantConfig};
 pub use record::{AnyRecord, CoordRecord, GetAt, LogRecord, PartRecord, Write};
+pub use sql::{Rows, SqlStatement, SqlValue};
 pub use types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};

@@ -4,6 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::sql::SqlStatement;
 use crate::types::{ParticipantId, TxId};
 
 /// Keys and values are byte strings. `Add` treats a value as a little-endian `i64`
@@ -22,11 +23,26 @@ pub enum OpKind {
         delta: i64,
         floor: i64,
     },
+    /// A parameterised SQL statement for a database participant, in an interactive
+    /// transaction only (the op's key is empty). Its result, the rows, is the op's read
+    /// (`Read::value` holds `Rows::to_bytes`). Boxed: ops stay as small as before.
+    Sql(Box<SqlStatement>),
 }
 
 impl OpKind {
+    /// Whether the op may write. A statement counts as one: what it does is the database's
+    /// to know.
     pub fn is_write(&self) -> bool {
         !matches!(self, OpKind::Get)
+    }
+
+    /// Whether the op's answer is a read (a `Get`'s value, a statement's rows).
+    pub fn answers_with_read(&self) -> bool {
+        matches!(self, OpKind::Get | OpKind::Sql(_))
+    }
+
+    pub fn is_sql(&self) -> bool {
+        matches!(self, OpKind::Sql(_))
     }
 }
 
@@ -305,8 +321,18 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Checks a client's ops, returning what is wrong in words.
+    /// Checks a one-shot transaction's (or a saga step's) ops, returning what is wrong in
+    /// words. SQL statements are refused: they run in interactive transactions only.
     pub fn check_ops(&self, ops: &[Op]) -> Result<(), String> {
+        if let Some(index) = ops.iter().position(|op| op.kind.is_sql()) {
+            return Err(format!("op {index}: SQL statements run only inside interactive transactions"));
+        }
+        self.check_interactive_ops(ops)
+    }
+
+    /// Checks the ops of an interactive `Execute`: as [`check_ops`](Self::check_ops), and
+    /// SQL statements within their bounds (text and parameters within `max_value_bytes`).
+    pub fn check_interactive_ops(&self, ops: &[Op]) -> Result<(), String> {
         if ops.is_empty() {
             return Err("a transaction needs at least one operation".into());
         }
@@ -329,6 +355,12 @@ impl Limits {
                     value.len(),
                     self.max_value_bytes
                 ));
+            }
+            if let OpKind::Sql(statement) = &op.kind {
+                statement.check(self.max_value_bytes).map_err(|detail| format!("op {index}: {detail}"))?;
+                if !op.key.is_empty() {
+                    return Err(format!("op {index}: an SQL statement has no key"));
+                }
             }
         }
         Ok(())
@@ -353,6 +385,21 @@ mod tests {
         let big = op("k", OpKind::Put(Bytes::from_static(b"1234")));
         assert!(limits.check_ops(&[big]).unwrap_err().contains("value of 4 bytes"));
         assert!(limits.check_ops(&[op("k", OpKind::Delete)]).is_ok());
+    }
+
+    #[test]
+    fn sql_runs_only_in_interactive_transactions_and_within_its_bounds() {
+        let statement = |sql: &str| OpKind::Sql(Box::new(SqlStatement { sql: sql.into(), params: vec![] }));
+        let select = op("", statement("SELECT 1"));
+        let limits = Limits::default();
+        assert!(limits.check_ops(std::slice::from_ref(&select)).unwrap_err().contains("only inside interactive"));
+        assert!(limits.check_interactive_ops(&[select]).is_ok());
+        let big = op("", statement(&"x".repeat(limits.max_value_bytes)));
+        assert!(limits.check_interactive_ops(&[big]).unwrap_err().contains("op 0: an SQL statement of"));
+        let keyed = op("k", statement("SELECT 1"));
+        assert!(limits.check_interactive_ops(&[keyed]).unwrap_err().contains("has no key"));
+        assert!(OpKind::Get.answers_with_read() && statement("SELECT 1").answers_with_read());
+        assert!(!OpKind::Delete.answers_with_read() && statement("SELECT 1").is_write());
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use twophase_engine::message::Interactive;
 use twophase_engine::ops::Isolation;
-use twophase_engine::{AbortReason, Op, OpKind, Outcome, Read, Reply, TxId, Value};
+use twophase_engine::{AbortReason, Op, OpKind, Outcome, Read, Reply, Rows, SqlStatement, SqlValue, TxId, Value};
 
 use crate::client::{Client, ClientError, Directory, unexpected_reply};
 use crate::frame::BatchWriter;
@@ -249,6 +249,41 @@ impl Transaction<'_> {
     ) -> Result<(), TxError> {
         let op = self.op(participant, key, OpKind::Add { delta, floor })?;
         self.execute(vec![op]).map(drop)
+    }
+
+    /// Runs one parameterised SQL statement on the database participant `participant`
+    /// (`$1` placeholders for PostgreSQL, `?` for MariaDB) inside this transaction and
+    /// returns its rows (column names, values, rows changed). A statement the database
+    /// refuses (a syntax error, a CHECK violation, ...) ends the transaction like any failed
+    /// statement, with the database's message in [`AbortReason::Invalid`]; so does one sent
+    /// to a participant that is not a database. Bounds: text and parameters at most the
+    /// coordinator's `max_value_bytes` (32 KiB by default), at most 256 parameters, and the
+    /// rows returned at most `max_value_bytes` encoded (more fails the statement: page with
+    /// `LIMIT`).
+    pub fn sql(&mut self, participant: &str, sql: &str, params: &[SqlValue]) -> Result<Rows, TxError> {
+        let statement = SqlStatement { sql: sql.to_owned(), params: params.to_vec() };
+        let value_bytes_max = self.client.server_limits.engine.max_value_bytes;
+        if let Err(detail) = statement.check(value_bytes_max) {
+            // Refused here, before anything is sent: the transaction stays open.
+            return Err(TxError::Client(ClientError::Protocol(crate::ProtocolError::new(
+                crate::ErrorCode::Malformed,
+                detail,
+            ))));
+        }
+        let op = self.op(participant, b"", OpKind::Sql(Box::new(statement)))?;
+        let reads = self.execute(vec![op])?;
+        let Some(Read { value: Some(value), .. }) = reads.into_iter().find(|read| read.index == 0) else {
+            return Err(TxError::Client(ClientError::Protocol(crate::ProtocolError::new(
+                crate::ErrorCode::UnexpectedFrame,
+                "the coordinator answered an SQL statement without its rows",
+            ))));
+        };
+        Rows::from_bytes(value).map_err(|error| {
+            TxError::Client(ClientError::Protocol(crate::ProtocolError::new(
+                crate::ErrorCode::Malformed,
+                format!("the rows of an SQL statement do not decode: {error}"),
+            )))
+        })
     }
 
     pub fn delete(&mut self, participant: &str, key: impl AsRef<[u8]>) -> Result<(), TxError> {

@@ -78,3 +78,5 @@ pub use interactive::{MAX_IDLE_TIMEOUT, Transaction, TxError};
 pub use saga::{Saga, SagaError};
 pub use tls::{PeerIdentity, SERVER_NAME, Security, TlsMaterial};
 pub use transport::{ConnId, Inbound, PeerId, Reactor, Transport, TransportConfig, spawn};
+/// SQL statements' parameters and results ([`Transaction::sql`]).
+pub use twophase_engine::{Rows, SqlValue};

@@ -5,7 +5,8 @@
 //! the engine thread: `Rc<RefCell<_>>`, never borrowed across a call into the engine). The
 //! driver turns each transaction into requests on the backends' executor (a one-shot
 //! transaction: one `OneShot` request, begin, ops and `PREPARE` in one round trip where the
-//! backend can; an interactive one: `Begin`, each execute's ops as `Kv`, then `Prepare` — or
+//! backend can; an interactive one: `Begin`, each execute's ops as `Kv` (an SQL statement as
+//! `Execute`, its rows returned as the op's read), then `Prepare` — or
 //! `Rollback` when nothing was written and this is its sole participant: a transaction with
 //! others prepares what it only read too, so its read locks last until the decision), one
 //! request per transaction at a time, many
@@ -50,7 +51,10 @@ use std::time::Duration;
 
 use twophase_backends::{DbError, Executor, Gid, KvOp, KvOutcome, OneShot, Reason, Reply, Request};
 use twophase_engine::participant::{Execution, KvImage, Prepare, PrepareResult, ResourceManager, RmEvent};
-use twophase_engine::{AbortReason, Isolation, Key, LocalOp, OpKind, ParticipantId, Read, Time, TxId, Write};
+use twophase_engine::{
+    AbortReason, Isolation, Key, Limits, LocalOp, OpKind, ParticipantId, Read, Rows, SqlStatement, SqlValue, Time,
+    TxId, Write,
+};
 
 /// A failed decision is tried again after this long (the database may be restarting).
 const DECISION_RETRY_AFTER: Duration = Duration::from_millis(100);
@@ -260,6 +264,9 @@ pub struct BackendDriver {
     waiting_on: HashMap<TxId, Vec<TxId>>,
     profile: Profile,
     now: Time,
+    /// A statement's rows travel back as one read's value: at most this many bytes encoded
+    /// (the requests' `max_value_bytes`).
+    rows_bytes_max: usize,
 }
 
 impl std::fmt::Debug for BackendDriver {
@@ -328,6 +335,7 @@ impl BackendDriver {
             waiting_on: HashMap::new(),
             profile: Profile::default(),
             now: Time::ZERO,
+            rows_bytes_max: Limits::default().max_value_bytes,
         }
     }
 
@@ -486,9 +494,26 @@ impl BackendDriver {
         let op = tx.running_op.take().expect("an op ran");
         match result {
             Ok(Reply::Kv(KvOutcome::Read(value))) => tx.reads.push(Read { index: op.index, value }),
+            Ok(Reply::Rows(rows)) => match rows_read(rows, self.rows_bytes_max) {
+                Ok(value) => tx.reads.push(Read { index: op.index, value: Some(value) }),
+                Err(detail) => return self.abandon_execute(txid, AbortReason::Invalid { detail }),
+            },
             Ok(_) => {}
             Err(error) => return self.op_failed(txid, &op, error),
         }
+        self.advance(txid)
+    }
+
+    /// Fails the running execute although the database ran it (its result cannot be sent):
+    /// the engine hears the failure and forgets the transaction, so the driver rolls the
+    /// database transaction back itself.
+    fn abandon_execute(&mut self, txid: TxId, reason: AbortReason) {
+        let tx = self.work.get_mut(&txid).expect("running");
+        tracing::debug!(gid = %tx.gid, "statement abandoned: {reason}");
+        tx.executing = false;
+        tx.rollback_asked = true;
+        tx.ops.clear();
+        self.events.push_back(RmEvent::Executed { txid, result: Err(reason) });
         self.advance(txid)
     }
 
@@ -553,10 +578,16 @@ impl BackendDriver {
         let tx = self.work.get_mut(&txid).expect("transaction");
         if let Some(op) = tx.ops.pop_front() {
             tx.wrote |= op.kind.is_write();
-            if !tx.keys.contains(&op.key) {
-                tx.keys.push(op.key.clone());
-            }
-            let request = Request::Kv(tx.gid.clone(), kv_op(&op));
+            let request = match &op.kind {
+                // A statement names no key: what it touches, the database's row locks hold.
+                OpKind::Sql(statement) => sql_request(tx.gid.clone(), statement),
+                _ => {
+                    if !tx.keys.contains(&op.key) {
+                        tx.keys.push(op.key.clone());
+                    }
+                    Request::Kv(tx.gid.clone(), kv_op(&op))
+                }
+            };
             tx.running_op = Some(op);
             return self.submit(txid, request);
         }
@@ -776,6 +807,9 @@ impl BackendDriver {
     }
 }
 
+/// A key-value op as the backends' table operation. SQL statements never come here: a
+/// one-shot transaction with one is refused at `prepare`, an interactive one sends it as
+/// [`sql_request`].
 fn kv_op(op: &LocalOp) -> KvOp {
     let key = op.key.clone();
     match &op.kind {
@@ -783,7 +817,49 @@ fn kv_op(op: &LocalOp) -> KvOp {
         OpKind::Put(value) => KvOp::Put { key, value: value.clone() },
         OpKind::Delete => KvOp::Delete { key },
         OpKind::Add { delta, floor } => KvOp::Add { key, delta: *delta, floor: *floor },
+        OpKind::Sql(_) => panic!("an SQL statement reached the key-value mapping"),
     }
+}
+
+fn sql_request(gid: Gid, statement: &SqlStatement) -> Request {
+    Request::Execute { gid, sql: statement.sql.clone(), params: statement.params.iter().map(db_value).collect() }
+}
+
+/// The engine's SQL value as the backends' (the same variants; the backends crate depends on
+/// no twophase crate, so each has its own type).
+fn db_value(value: &SqlValue) -> twophase_backends::SqlValue {
+    use twophase_backends::SqlValue as Db;
+    match value {
+        SqlValue::Null => Db::Null,
+        SqlValue::Bool(b) => Db::Bool(*b),
+        SqlValue::Int(i) => Db::Int(*i),
+        SqlValue::Float(x) => Db::Float(*x),
+        SqlValue::Text(text) => Db::Text(text.clone()),
+        SqlValue::Bytes(bytes) => Db::Bytes(bytes.clone()),
+    }
+}
+
+fn engine_value(value: twophase_backends::SqlValue) -> SqlValue {
+    use twophase_backends::SqlValue as Db;
+    match value {
+        Db::Null => SqlValue::Null,
+        Db::Bool(b) => SqlValue::Bool(b),
+        Db::Int(i) => SqlValue::Int(i),
+        Db::Float(x) => SqlValue::Float(x),
+        Db::Text(text) => SqlValue::Text(text),
+        Db::Bytes(bytes) => SqlValue::Bytes(bytes),
+    }
+}
+
+/// A statement's rows as the value of its read, or why they cannot travel back.
+fn rows_read(rows: twophase_backends::Rows, bytes_max: usize) -> Result<bytes::Bytes, String> {
+    let rows = Rows {
+        columns: rows.columns,
+        rows: rows.rows.into_iter().map(|row| row.into_iter().map(engine_value).collect()).collect(),
+        affected: rows.affected,
+    };
+    rows.check(bytes_max)?;
+    Ok(rows.to_bytes())
 }
 
 /// A database failure as the reason the transaction aborts.
@@ -829,6 +905,10 @@ impl ResourceManager for BackendResource {
     /// other participants (whose prepares run at the same time): not serializable.
     fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, sole: bool) -> Prepare<BackendPrepared> {
         self.with(|driver| {
+            if ops.iter().any(|op| op.kind.is_sql()) {
+                let detail = "SQL statements run only inside interactive transactions".to_string();
+                return Prepare::Done(PrepareResult::No { reason: AbortReason::Invalid { detail } });
+            }
             if driver.queue_full() {
                 let participant = driver.participant;
                 return Prepare::Done(PrepareResult::No { reason: AbortReason::ParticipantBusy { participant } });

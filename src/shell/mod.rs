@@ -17,7 +17,7 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use twophase_engine::ops::Isolation;
 use twophase_engine::{Op, OpKind, Read};
-use twophase_net::{Client, Transaction, TxError};
+use twophase_net::{Client, Rows, Transaction, TxError};
 
 use self::parse::{HELP, Statement};
 use crate::opsyntax::{self, NamedOp};
@@ -66,6 +66,10 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
             }
             Statement::Op(op) => {
                 one_shot(&mut client, op);
+                Flow::Continue
+            }
+            Statement::Sql { participant, sql } => {
+                sql_alone(&mut client, args.idle_timeout, &participant, &sql);
                 Flow::Continue
             }
             Statement::Commit | Statement::Rollback => {
@@ -140,6 +144,15 @@ fn in_transaction(editor: &mut DefaultEditor, mut transaction: Transaction<'_>) 
                     Err(err) => println!("error: {err}"),
                 }
             }
+            Statement::Sql { participant, sql } => match transaction.sql(&participant, &sql, &[]) {
+                Ok(rows) => print_rows(&rows),
+                Err(err) if err.transaction_is_over() => {
+                    println!("{err}");
+                    println!("the transaction is over; BEGIN starts a new one");
+                    return Ok(Flow::Continue);
+                }
+                Err(err) => println!("error: {err}"),
+            },
             Statement::Commit => {
                 match transaction.commit() {
                     Ok(()) => println!("committed"),
@@ -178,6 +191,36 @@ fn one_shot(client: &mut Client, named: NamedOp) {
         Ok(outcome) => crate::tx::print_outcome(std::slice::from_ref(&named), &outcome),
         Err(err) => println!("error: {err}"),
     }
+}
+
+/// An SQL statement outside a transaction: in an interactive transaction of its own,
+/// committed when the statement succeeded (SQL cannot run as a one-shot transaction).
+fn sql_alone(client: &mut Client, idle_timeout: Option<Duration>, participant: &str, sql: &str) {
+    let mut transaction = match client.begin_with(Isolation::Serializable, idle_timeout) {
+        Ok(transaction) => transaction,
+        Err(err) => return println!("error: {err}"),
+    };
+    let rows = match transaction.sql(participant, sql, &[]) {
+        Ok(rows) => rows,
+        Err(err) => return println!("{err}"),
+    };
+    match transaction.commit() {
+        Ok(()) => print_rows(&rows),
+        Err(err) => println!("{err}"),
+    }
+}
+
+/// A statement's rows as a table (` | ` between columns), then the count.
+fn print_rows(rows: &Rows) {
+    if rows.columns.is_empty() {
+        return println!("ok, {} rows affected", rows.affected);
+    }
+    println!("{}", rows.columns.join(" | "));
+    for row in &rows.rows {
+        let shown: Vec<String> = row.iter().map(ToString::to_string).collect();
+        println!("{}", shown.join(" | "));
+    }
+    println!("({} rows)", rows.rows.len());
 }
 
 fn resolve(participants: &[(twophase_engine::ParticipantId, String)], named: NamedOp) -> anyhow::Result<Op> {

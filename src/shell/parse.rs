@@ -2,6 +2,7 @@
 //!
 //! - `BEGIN [serializable | read-committed | optimistic]`
 //! - `GET P KEY`, `PUT P KEY VALUE...`, `ADD P KEY DELTA [FLOOR]`, `DELETE P KEY`
+//! - `SQL P STATEMENT...` (a database participant; the statement is the rest of the line)
 //! - `COMMIT`, `ROLLBACK`, `HELP`, `QUIT` (or `EXIT`)
 //!
 //! `P` names a participant as the coordinator's directory does (`p1`, ...). A `PUT`'s value
@@ -20,6 +21,12 @@ pub enum Statement {
     /// `None`: the coordinator's default level (serializable).
     Begin(Option<Isolation>),
     Op(NamedOp),
+    /// An SQL statement (without parameters: the person types the values) for participant
+    /// `participant`.
+    Sql {
+        participant: String,
+        sql: String,
+    },
     Commit,
     Rollback,
     Help,
@@ -35,9 +42,11 @@ statements (keywords in any case; a trailing ; is ignored):
   PUT P KEY VALUE...        write the text VALUE (the rest of the line)
   ADD P KEY DELTA [FLOOR]   add DELTA to the integer at KEY; abort if it would go below FLOOR
   DELETE P KEY              delete KEY
+  SQL P STATEMENT...        run an SQL statement on database participant P and show its rows
   COMMIT | ROLLBACK         end the open transaction
   HELP | QUIT
-outside a transaction, GET/PUT/ADD/DELETE each run as a one-shot transaction.";
+outside a transaction, GET/PUT/ADD/DELETE each run as a one-shot transaction, and SQL as an
+interactive transaction of its own (committed when it succeeds).";
 
 /// Parses one line.
 pub fn parse(line: &str) -> anyhow::Result<Statement> {
@@ -55,6 +64,7 @@ pub fn parse(line: &str) -> anyhow::Result<Statement> {
         "help" | "?" => Ok(Statement::Help),
         "quit" | "exit" | "\\q" => no_arguments(Statement::Quit, "QUIT", rest),
         "get" | "put" | "add" | "delete" | "del" => parse_op(&verb, rest).map(Statement::Op),
+        "sql" => parse_sql(rest),
         _ => bail!("unknown statement {verb:?}; type HELP for the list"),
     }
 }
@@ -105,6 +115,14 @@ fn parse_op(verb: &str, rest: &str) -> anyhow::Result<NamedOp> {
         _ => parse_add(usage, rest)?,
     };
     Ok(NamedOp { participant: participant.to_string(), key: key.to_string(), kind })
+}
+
+fn parse_sql(rest: &str) -> anyhow::Result<Statement> {
+    let (participant, sql) = split_word(rest);
+    if participant.is_empty() || sql.is_empty() {
+        bail!("usage: SQL P STATEMENT");
+    }
+    Ok(Statement::Sql { participant: participant.to_string(), sql: sql.to_string() })
 }
 
 fn parse_add(usage: &str, rest: &str) -> anyhow::Result<OpKind> {
@@ -186,5 +204,13 @@ mod tests {
         assert!(error("add p1 k").contains("usage: ADD P KEY DELTA [FLOOR]"));
         assert!(error("add p1 k 1 2 3").contains("usage: ADD"));
         assert!(error("commit now").contains("COMMIT takes no arguments"));
+        assert!(error("sql p1").contains("usage: SQL P STATEMENT"));
+    }
+
+    #[test]
+    fn sql_takes_the_rest_of_the_line() {
+        let statement = parse("sql p1 SELECT id, balance FROM accounts WHERE id = 7;").unwrap();
+        let expected = "SELECT id, balance FROM accounts WHERE id = 7".to_string();
+        assert_eq!(statement, Statement::Sql { participant: "p1".into(), sql: expected });
     }
 }

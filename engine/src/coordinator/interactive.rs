@@ -277,9 +277,10 @@ impl Coordinator {
         }
     }
 
-    /// Why `ops` cannot run, if they cannot (the checks a Submit's ops get).
+    /// Why `ops` cannot run, if they cannot (the checks a Submit's ops get; SQL statements
+    /// allowed).
     fn check_executable(&self, ops: &[Op]) -> Result<(), AbortReason> {
-        self.config.limits.check_ops(ops).map_err(|detail| AbortReason::Invalid { detail })?;
+        self.config.limits.check_interactive_ops(ops).map_err(|detail| AbortReason::Invalid { detail })?;
         if let Some(op) = ops.iter().find(|op| !self.is_known(op.participant)) {
             return Err(AbortReason::UnknownParticipant { participant: op.participant });
         }

@@ -52,7 +52,7 @@ pub use snapshot::{CoordinatorSnapshot, SessionSnapshot};
 use crate::effects::{Effects, LogCursor, Timers, step_backoff};
 use crate::hash::SeededState;
 use crate::message::{RejectReason, Reply, Submit, ToCoordinator, ToParticipant};
-use crate::ops::{AbortReason, Limits, LocalOp, Op, OpKind, Outcome, Read, Vote};
+use crate::ops::{AbortReason, Limits, LocalOp, Op, Outcome, Read, Vote};
 use crate::record::{CoordRecord, GetAt};
 use crate::txtable::TxTable;
 use crate::types::{ClientId, Epoch, Lsn, ParticipantId, Seq, Time, TxId};
@@ -1114,7 +1114,8 @@ fn split_ops(ops: Vec<Op>) -> (Vec<(ParticipantId, Vec<LocalOp>)>, Vec<GetAt>) {
     let mut per_participant: Vec<(ParticipantId, Vec<LocalOp>)> = Vec::with_capacity(4);
     let mut gets = Vec::new();
     for (index, op) in ops.into_iter().enumerate() {
-        if matches!(op.kind, OpKind::Get) {
+        // A statement's rows come back as its read, checked and routed like a Get's value.
+        if op.kind.answers_with_read() {
             gets.push(GetAt { index: index as u16, participant: op.participant });
         }
         let local = LocalOp { index: index as u16, key: op.key, kind: op.kind };

@@ -135,6 +135,7 @@ impl KvStore {
                 OpKind::Put(value) => Some(owned(value)),
                 OpKind::Delete => None,
                 OpKind::Add { delta, floor } => Some(add(participant, &op.key, current, *delta, *floor)?),
+                OpKind::Sql(_) => return Err(runs_no_sql(participant)),
             };
             match written {
                 Some(index) => writes[index].value = new_value,
@@ -210,6 +211,11 @@ fn add(
         return Err(AbortReason::Constraint { participant, key: key.clone(), value, delta, floor });
     }
     Ok(encode_int(sum))
+}
+
+/// Why the built-in store refuses an SQL statement.
+pub(crate) fn runs_no_sql(participant: ParticipantId) -> AbortReason {
+    AbortReason::Invalid { detail: format!("participant {participant} does not run SQL (it is a key-value store)") }
 }
 
 #[cfg(test)]

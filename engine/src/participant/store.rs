@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::KvImage;
-use super::kv::{Evaluation, KvStore, Slot};
+use super::kv::{Evaluation, KvStore, Slot, runs_no_sql};
 use super::locks::{LockMode, LockTable};
 use super::open::OpenTx;
 use super::resource::{Execution, Prepare, PrepareResult, ResourceManager, RmEvent};
@@ -139,6 +139,9 @@ impl ResourceManager for KvResource {
     type Prepared = KvPrepared;
 
     fn prepare(&mut self, txid: TxId, ops: Vec<LocalOp>, sole: bool) -> Prepare<KvPrepared> {
+        if ops.iter().any(|op| op.kind.is_sql()) {
+            return Prepare::Done(PrepareResult::No { reason: runs_no_sql(self.id) });
+        }
         let locked = match self.lock_all(txid, &ops) {
             Ok(locked) => locked,
             Err((holder, key)) => return Prepare::Blocked { holder, key, ops },
@@ -160,6 +163,12 @@ impl ResourceManager for KvResource {
     }
 
     fn execute(&mut self, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>) -> Execution {
+        if ops.iter().any(|op| op.kind.is_sql()) {
+            // Refused before any lock is taken; whatever it ran before is rolled back here.
+            self.rollback_open(txid);
+            self.settle();
+            return Execution::Failed { reason: runs_no_sql(self.id) };
+        }
         let execution = self.execute_open(txid, isolation, ops);
         self.settle();
         execution

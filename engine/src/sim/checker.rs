@@ -351,6 +351,7 @@ fn expected_state(observed: &Observed, decisions: &BTreeMap<TxId, Decision>) -> 
                     state.remove(&slot);
                 }
                 OpKind::Get => {}
+                OpKind::Sql(_) => panic!("the simulator's workloads run no SQL statement"),
             }
         }
     }

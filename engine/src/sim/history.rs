@@ -94,6 +94,7 @@ fn accesses<'p>(
                     accesses.push(Access::Read { key, seen: Seen::Bytes(read.value.clone()) });
                 }
             }
+            OpKind::Sql(_) => panic!("the simulator's workloads run no SQL statement"),
             OpKind::Put(_) | OpKind::Delete | OpKind::Add { .. } => {
                 let (before, after) = &before_after[index];
                 if let Some(before) = before {
