@@ -608,8 +608,13 @@ impl Node {
     }
 
     fn send_raft(&mut self, to: u64, bytes: Vec<u8>) {
-        // Loss is tolerated: Raft resends.
-        let Some(&conn) = self.raft_dialed.get(&to) else { return };
+        // Our own link to `to`, else the one `to` dialed here: after a member's network
+        // restarts (a new leader's, at once) it dials everyone at once, while our own
+        // redial waits out the transport's backoff; answering on its link saves the new
+        // leader that wait before its first commit. Loss is tolerated: Raft resends.
+        let dialed = self.raft_dialed.get(&to).copied();
+        let accepted = || self.raft_accepted.iter().find(|(_, id)| **id == to).map(|(conn, _)| *conn);
+        let Some(conn) = dialed.or_else(accepted) else { return };
         let frame = Frame::Raft(Bytes::from(bytes)).to_bytes();
         self.reactor().send(conn, frame);
     }
