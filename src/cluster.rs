@@ -587,12 +587,22 @@ impl LocalCluster {
         self.nodes.iter().filter_map(|node| Some((node.name.clone(), node.metrics?))).collect()
     }
 
-    /// The `twophase top` command line that watches this cluster, if its nodes serve metrics.
+    /// The `twophase top` command line that watches this cluster, if its nodes serve metrics:
+    /// the coordinator's (a group's leader's) and the participants'.
     pub fn top_command(&self) -> Option<String> {
         let metrics = self.metrics();
-        let (_, coordinator) = metrics.iter().find(|(name, _)| name == "c1")?;
-        let participants: Vec<String> =
-            metrics.iter().filter(|(name, _)| name != "c1").map(|(name, addr)| format!("{name}={addr}")).collect();
+        let leader = self.coordinator_roles().into_iter().find_map(|(name, _, role)| match role {
+            CoordinatorRole::Leader(_) => Some(name),
+            _ => None,
+        });
+        let coordinator_name = leader.unwrap_or_else(|| COORDINATOR_NAME.to_string());
+        let (_, coordinator) = metrics.iter().find(|(name, _)| *name == coordinator_name)?;
+        let is_coordinator = |name: &String| self.coordinators.iter().any(|(member, _)| member == name);
+        let participants: Vec<String> = metrics
+            .iter()
+            .filter(|(name, _)| !is_coordinator(name))
+            .map(|(name, addr)| format!("{name}={addr}"))
+            .collect();
         Some(format!("twophase top --coordinator {coordinator} --metrics {}", participants.join(",")))
     }
 

@@ -8,6 +8,9 @@
 //!   the leader: the client carries on with the new leader, every request gets exactly one
 //!   outcome (the participants hold exactly the acknowledged commits, so none ran twice and
 //!   none was lost), and nothing stays prepared or in doubt.
+//! - A saga on the group completes; one whose leader dies mid-way (a failpoint kills every
+//!   member at the second Prepare it releases) is finished by the next leader, each step
+//!   applied exactly once.
 
 mod common;
 
@@ -20,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
-use twophase_engine::Outcome;
+use twophase_engine::{Outcome, ParticipantId};
 use twophase_net::{Client, ClientError, ClientOptions, Pipeline, TxError};
 
 const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
@@ -60,7 +63,13 @@ fn free_addrs(count: usize) -> Vec<SocketAddr> {
     listeners.iter().map(|listener| listener.local_addr().unwrap()).collect()
 }
 
-fn start_member(dir: &Path, name: &'static str, addrs: &[SocketAddr], participants: &[Node]) -> Member {
+fn start_member(
+    dir: &Path,
+    name: &'static str,
+    addrs: &[SocketAddr],
+    participants: &[Node],
+    env: &[(&str, &str)],
+) -> Member {
     let addr = addrs[MEMBERS.iter().position(|m| *m == name).unwrap()];
     let mut command = Command::new(common::binary());
     command.args(["coordinator", "--id", name, "--listen", &addr.to_string(), "--data-dir"]);
@@ -72,7 +81,7 @@ fn start_member(dir: &Path, name: &'static str, addrs: &[SocketAddr], participan
     for (member, member_addr) in MEMBERS.iter().zip(addrs) {
         command.args(["--peer", &format!("{member}={member_addr}")]);
     }
-    command.env_remove("TWOPHASE_FAILPOINT").env("RUST_LOG", "info");
+    command.env_remove("TWOPHASE_FAILPOINT").env("RUST_LOG", "info").envs(env.iter().copied());
     let mut process = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let (lines, out) = (stdout.clone(), process.stdout.take().unwrap());
@@ -109,15 +118,21 @@ struct Group {
     dir: tempfile::TempDir,
     participants: Vec<Node>,
     members: Vec<Member>,
+    addrs: Vec<SocketAddr>,
 }
 
 impl Group {
     fn start() -> Group {
+        Group::start_with(&[])
+    }
+
+    /// Every member started with `env` set.
+    fn start_with(env: &[(&str, &str)]) -> Group {
         let dir = tempfile::tempdir().unwrap();
         let participants = vec![Node::participant("p1", dir.path(), &[]), Node::participant("p2", dir.path(), &[])];
         let addrs = free_addrs(MEMBERS.len());
-        let members = MEMBERS.iter().map(|name| start_member(dir.path(), name, &addrs, &participants)).collect();
-        let group = Group { dir, participants, members };
+        let members = MEMBERS.iter().map(|name| start_member(dir.path(), name, &addrs, &participants, env)).collect();
+        let group = Group { dir, participants, members, addrs };
         eventually("a leader", ELECTION_WAIT, || leader(&group.members).map(|m| m.name));
         group
     }
@@ -147,6 +162,92 @@ impl Group {
 
     fn status(&self, addr: SocketAddr) -> (Option<i32>, String) {
         status(self.path(), addr)
+    }
+
+    /// Restarts (same data directory and address, no environment) every member whose
+    /// process has exited; returns how many.
+    fn restart_the_dead(&mut self) -> usize {
+        let mut restarted = 0;
+        for index in 0..self.members.len() {
+            if self.members[index].process.try_wait().unwrap().is_none() {
+                continue;
+            }
+            let name = self.members[index].name;
+            eprintln!("[test] {name} died; restarting it");
+            self.members[index] = start_member(self.dir.path(), name, &self.addrs, &self.participants, &[]);
+            restarted += 1;
+        }
+        restarted
+    }
+
+    /// Every integer of p1 and p2 once nothing is prepared or in doubt, by "p/key".
+    fn settled_store(&self) -> std::collections::BTreeMap<String, i64> {
+        eventually("the participants to settle", ELECTION_WAIT, || {
+            let (p1, p1_open) = dump_ints(&self.participants[0]);
+            let (p2, p2_open) = dump_ints(&self.participants[1]);
+            let store = p1.into_iter().map(|(k, v)| (format!("p1/{k}"), v));
+            let store = store.chain(p2.into_iter().map(|(k, v)| (format!("p2/{k}"), v))).collect();
+            (p1_open == (0, 0) && p2_open == (0, 0)).then_some(store)
+        })
+    }
+}
+
+/// A three-step saga: alice -10 at p1, bob +10 at p2, carol +1 at p1 (the first two with
+/// compensations).
+fn run_saga(client: &mut Client) -> Result<Outcome, twophase_net::SagaError> {
+    let (p1, p2) = (ParticipantId(1), ParticipantId(2));
+    client
+        .saga()
+        .step(p1, vec![add(1, "alice", -10, i64::MIN)])
+        .compensate(p1, vec![add(1, "alice", 10, i64::MIN)])
+        .step(p2, vec![add(2, "bob", 10, i64::MIN)])
+        .compensate(p2, vec![add(2, "bob", -10, i64::MIN)])
+        .step(p1, vec![add(1, "carol", 1, i64::MIN)])
+        .run()
+}
+
+fn store_of(entries: &[(&str, i64)]) -> std::collections::BTreeMap<String, i64> {
+    entries.iter().map(|(key, value)| (key.to_string(), *value)).collect()
+}
+
+#[test]
+fn a_saga_on_the_group_completes() {
+    let group = Group::start();
+    let every_member: Vec<SocketAddr> = group.members.iter().map(|m| m.addr).collect();
+    let mut client = Client::connect(&every_member[..], options(group.path())).unwrap();
+    assert_eq!(run_saga(&mut client).unwrap(), Outcome::Committed { reads: vec![] });
+    assert_eq!(group.settled_store(), store_of(&[("p1/alice", -10), ("p1/carol", 1), ("p2/bob", 10)]));
+}
+
+#[test]
+fn a_saga_whose_leader_dies_mid_way_is_finished_by_the_next_leader_each_step_once() {
+    // The first leader releases the first step's Prepare, then the second step's, and dies
+    // (its first step committed). A later leader armed alike may die too: every member that
+    // dies is restarted without the failpoint, so the group always regains a majority.
+    let mut group = Group::start_with(&[("TWOPHASE_FAILPOINT", "coordinator-prepare-sent@2")]);
+    let every_member: Vec<SocketAddr> = group.members.iter().map(|m| m.addr).collect();
+    let mut client = Client::connect(&every_member[..], options(group.path())).unwrap();
+    let running = std::thread::spawn(move || run_saga(&mut client).map_err(|err| err.to_string()));
+    let mut deaths = 0;
+    let deadline = std::time::Instant::now() + 3 * ELECTION_WAIT;
+    while !running.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the saga did not end");
+        deaths += group.restart_the_dead();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    deaths += group.restart_the_dead();
+    let outcome = running.join().unwrap().expect("the client's retries hear the resumed saga's outcome");
+    assert!(deaths >= 1, "the first leader did not die mid-saga");
+    // Completed, or compensated if a step kept failing: either way each step (and each
+    // compensation) applied once.
+    eprintln!("saga: {outcome:?} after {deaths} member deaths");
+    let store = group.settled_store();
+    let value = |key: &str| store.get(key).copied().unwrap_or(0);
+    let values = (value("p1/alice"), value("p2/bob"), value("p1/carol"));
+    match outcome {
+        Outcome::Committed { .. } => assert_eq!(values, (-10, 10, 1), "{store:?}"),
+        Outcome::Aborted { .. } => assert_eq!(values, (0, 0, 0), "compensated: {store:?}"),
+        other => panic!("unexpected outcome {other:?}"),
     }
 }
 

@@ -35,6 +35,7 @@
 //! runtime never sets them.
 
 pub mod applied;
+pub mod backlog;
 mod disk;
 mod world;
 
@@ -83,6 +84,9 @@ pub struct GroupConfig {
     /// Once faults stop, every client must have its outcomes within this much time.
     pub liveness_bound: Duration,
     pub bugs: GroupBugs,
+    /// Each replica's `ReplicaConfig::proposals_in_flight_max`: small values make a leader
+    /// meet a full proposal queue (`Busy`) often.
+    pub proposals_in_flight_max: u64,
 }
 
 impl GroupConfig {
@@ -108,6 +112,7 @@ impl GroupConfig {
             },
             liveness_bound: Duration::from_secs(20),
             bugs: GroupBugs::default(),
+            proposals_in_flight_max: twophase_replica::ReplicaConfig::new(1, vec![1]).proposals_in_flight_max,
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct GroupFaultCounts {
     pub lost_records: u64,
     /// Leader engines built (the first one and every failover).
     pub engines: u64,
+    /// Turns a leader ended with batches held because Raft's proposal queue was full.
+    pub busy_turns: u64,
 }
 
 /// The result of one run.

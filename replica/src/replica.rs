@@ -256,8 +256,7 @@ impl<L: RecordLog> Replica<L> {
         if batch.len() > self.config.batch_bytes_max {
             return Err(ProposeError::TooLarge { len: batch.len(), max: self.config.batch_bytes_max });
         }
-        let raft_log = &self.node.raft.raft_log;
-        if raft_log.last_index() - raft_log.committed >= self.config.proposals_in_flight_max {
+        if self.is_busy() {
             return Err(ProposeError::Busy);
         }
         if self.node.propose(Vec::new(), batch).is_err() {
@@ -265,6 +264,14 @@ impl<L: RecordLog> Replica<L> {
             return Err(ProposeError::NotLeader { leader_id: self.leader_id() });
         }
         Ok(Ticket { term: self.node.raft.term, index: self.node.raft.raft_log.last_index() })
+    }
+
+    /// Whether [`Replica::propose`] would answer `Busy` now: `proposals_in_flight_max`
+    /// entries are appended but not committed yet. A caller that must not lose a batch
+    /// asks before proposing and keeps the batch until this turns false.
+    pub fn is_busy(&self) -> bool {
+        let raft_log = &self.node.raft.raft_log;
+        raft_log.last_index() - raft_log.committed >= self.config.proposals_in_flight_max
     }
 
     /// Does everything the inputs since the last call made ready: writes new entries, hard

@@ -56,6 +56,18 @@ struct CoordinatorExport {
     log: LogExport,
     connections: ConnectionsExport,
     interactive: InteractiveExport,
+    /// A replicated group member's Raft state; `None` for a single coordinator.
+    group: Option<GroupStatus>,
+}
+
+/// A replicated group member's Raft state, as its `twophase_raft_*` gauges show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub term: u64,
+    /// This member leads the group (its engine decides).
+    pub leader: bool,
+    pub commit_index: u64,
+    pub applied_index: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -240,6 +252,32 @@ impl CoordinatorMetrics {
         }
     }
 
+    /// A replicated group member's Raft state, published with the rest (call it every loop
+    /// turn: it only copies four numbers).
+    pub fn group(&mut self, status: GroupStatus) {
+        let Some(live) = &mut self.0 else { return };
+        live.export.group = Some(status);
+    }
+
+    /// A group member that does not lead steps no engine, so [`Self::after_step`] is not
+    /// called: this publishes every [`super::PUBLISH_EVERY`] instead. Nothing is in flight
+    /// and no participant is connected here; the transaction counters keep what this
+    /// member's last leadership counted (a new leadership counts from zero, as a restarted
+    /// coordinator does).
+    pub fn after_following_turn(&mut self) {
+        let Some(live) = &mut self.0 else { return };
+        if !live.publisher.due() {
+            return;
+        }
+        live.export.in_flight = 0;
+        live.export.preparing = 0;
+        for peer in &mut live.export.participants {
+            peer.connected = false;
+        }
+        let export = &live.export;
+        live.publisher.publish(|| export.clone());
+    }
+
     /// Called after every step: publishes the counters every [`super::PUBLISH_EVERY`].
     pub fn after_step(&mut self, engine: &Coordinator, durable: Lsn) {
         let Some(live) = &mut self.0 else { return };
@@ -358,6 +396,7 @@ impl Export for CoordinatorExport {
             disconnects,
         )?;
         self.encode_interactive(e)?;
+        self.encode_group(e)?;
         self.encode_traffic(e)?;
         self.connections.encode(e)?;
         self.log.encode(e)
@@ -365,6 +404,30 @@ impl Export for CoordinatorExport {
 }
 
 impl CoordinatorExport {
+    /// A replicated group member's Raft state (nothing for a single coordinator).
+    fn encode_group(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(group) = &self.group else { return Ok(()) };
+        encode::gauge(e, "twophase_raft_term", "The Raft term this group member is in", group.term as f64)?;
+        encode::gauge(
+            e,
+            "twophase_raft_leader",
+            "1 while this group member leads (its engine decides), 0 while it follows",
+            f64::from(u8::from(group.leader)),
+        )?;
+        encode::gauge(
+            e,
+            "twophase_raft_commit_index",
+            "The last Raft entry this member knows a majority holds",
+            group.commit_index as f64,
+        )?;
+        encode::gauge(
+            e,
+            "twophase_raft_applied_index",
+            "The last Raft entry this member applied to its state",
+            group.applied_index as f64,
+        )
+    }
+
     /// Interactive transactions by outcome, then requests, deadlocks and lock waits.
     fn encode_interactive(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         let stats = &self.stats.interactive;
@@ -473,6 +536,34 @@ mod tests {
         assert_eq!(scrape.value("twophase_net_bytes_out_total", &[("peer", "p1")]), Some(100.0));
         assert_eq!(scrape.value("twophase_net_bytes_out_total", &[("peer", "clients")]), Some(40.0));
         assert_eq!(scrape.value("twophase_coordinator_epoch", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn a_group_member_shows_its_raft_state_and_a_follower_publishes_without_steps() {
+        let participants = [(ParticipantId(1), "p1".to_string(), String::new())];
+        let info = NodeInfo { node: "c2".into(), role: "coordinator", recovery: Duration::ZERO, recovered_records: 0 };
+        let sources = Sources { snapshots: Default::default(), wal: Default::default() };
+        let (mut metrics, addr) =
+            CoordinatorMetrics::start("127.0.0.1:0".parse().unwrap(), info, &participants, sources, Clock::new())
+                .unwrap();
+        let scrape = || twophase_bench::scrape::fetch(addr, Duration::from_secs(5)).unwrap();
+        assert_eq!(scrape().value("twophase_raft_term", &[]), None, "a single coordinator has no raft gauges");
+
+        metrics.participant_up(ParticipantId(1));
+        metrics.group(GroupStatus { term: 7, leader: false, commit_index: 40, applied_index: 38 });
+        metrics.0.as_mut().unwrap().publisher.last -= super::super::PUBLISH_EVERY;
+        metrics.after_following_turn();
+
+        let scrape = scrape();
+        assert_eq!(scrape.value("twophase_raft_term", &[("node", "c2")]), Some(7.0));
+        assert_eq!(scrape.value("twophase_raft_leader", &[]), Some(0.0));
+        assert_eq!(scrape.value("twophase_raft_commit_index", &[]), Some(40.0));
+        assert_eq!(scrape.value("twophase_raft_applied_index", &[]), Some(38.0));
+        assert_eq!(
+            scrape.value("twophase_participant_connected", &[("participant", "p1")]),
+            Some(0.0),
+            "a follower holds no participant connection"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-pub use coordinator::CoordinatorMetrics;
+pub use coordinator::{CoordinatorMetrics, GroupStatus};
 pub use log::LogMetrics;
 pub use participant::ParticipantMetrics;
 

@@ -520,6 +520,18 @@ impl CoordinatorRole {
             metrics: parts.metrics,
         }
     }
+
+    /// The metrics hooks (a group's leader publishes its Raft state through them).
+    pub(super) fn metrics(&mut self) -> &mut CoordinatorMetrics {
+        &mut self.metrics
+    }
+
+    /// Takes back what outlives one leadership in a replicated group: the metrics (their
+    /// listener lives as long as the process) and the span exporter. The role keeps
+    /// neither.
+    pub(super) fn take_process_parts(&mut self) -> (CoordinatorMetrics, Option<CoordinatorTrace>) {
+        (std::mem::take(&mut self.metrics), self.trace.take())
+    }
 }
 
 pub(super) fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {

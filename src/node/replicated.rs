@@ -16,6 +16,12 @@
 //! when the batch is committed by a majority and applied here (the durability gate advances
 //! on applied batches of the leader's own term, never on the local fsync alone).
 //!
+//! When Raft's proposal queue is full (`Busy`: the followers are behind), the batches wait
+//! in a [`ProposalBacklog`] and are proposed first on the next turns; meanwhile the engine
+//! takes no input (the events for it are held, in order, up to [`HELD_EVENTS_MAX`]; beyond,
+//! a connection that sends more is closed, and its client resends elsewhere or later), so
+//! its outputs stay gated and nothing is lost: back-pressure, not a step-down.
+//!
 //! A leader that loses its leadership (or whose proposal is refused) drops its engine, the
 //! outputs it still held and its network (participants and clients see the connections
 //! close), and serves as a follower: a follower does not dial participants and answers
@@ -29,12 +35,16 @@
 //! Every `--raft-snapshot-every-entries` entries ([`GroupOptions`]) the applied state is
 //! snapshotted and the log compacted; a member that lags behind the compacted part is sent
 //! the snapshot and logs `restored the leader's raft snapshot`.
-//! Not yet: metrics and tracing are off in a group.
+//!
+//! Metrics (`--metrics-listen`) and tracing (`--trace-sample`) live as long as the process:
+//! one listener and one span exporter, handed to each leadership's role and taken back when
+//! it ends. Every member publishes its Raft state (`twophase_raft_*` gauges); a follower
+//! publishes from its loop, as no engine steps there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,7 +63,10 @@ use super::Clock;
 use super::Role;
 use super::applied::{AppliedState, BatchEncoder};
 use super::coordinator::{CoordinatorOptions, CoordinatorRole, Network, RoleParts, engine_config};
-use crate::metrics::CoordinatorMetrics;
+use crate::metrics::{CoordinatorMetrics, GroupStatus, NodeInfo, Sources};
+use crate::trace::Exporter;
+use crate::trace::coordinator::CoordinatorTrace;
+use twophase_groupsim::backlog::ProposalBacklog;
 
 /// Raft links use peer ids of their own: `RAFT_PEER_BASE | raft id` (participants' ids are
 /// below 2^16).
@@ -78,6 +91,8 @@ pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 20_000;
 const FOLD_EVERY_RECORDS: usize = 200_000;
 /// Margin under the frame limit for the frame header.
 const FRAME_HEADER_MARGIN_BYTES: usize = 64 << 10;
+/// Events held for a backlogged leader's engine at most (see the module doc).
+const HELD_EVENTS_MAX: usize = 65_536;
 /// The engine thread never sleeps longer than this.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
@@ -150,6 +165,9 @@ struct Leading {
     gate: DurabilityGate<CoordOutput>,
     term: u64,
     fx: CoordEffects,
+    /// When this member learnt it won the election, until its first outputs left (the
+    /// failover's phases are logged at debug level).
+    elected_at: Option<Instant>,
 }
 
 struct Node {
@@ -164,6 +182,8 @@ struct Node {
     listen: SocketAddr,
     /// This leader builds its engine once it has applied this index.
     build_at: Option<u64>,
+    /// When this member learnt it won the election it builds its engine for.
+    elected_at: Option<Instant>,
     known: RoleChange,
     /// Accepted Raft links, by the raft id their identity proves.
     raft_accepted: HashMap<ConnId, u64>,
@@ -172,9 +192,18 @@ struct Node {
     /// Wakes the current network's `turn` when the Raft wal made records durable.
     wake_slot: Arc<Mutex<Box<dyn Fn() + Send + Sync>>>,
     encoder: BatchEncoder,
+    /// Batches Raft's full queue did not take yet (only while leading).
+    backlog: ProposalBacklog,
+    /// Events for the leader's engine that arrived while batches were held, in order.
+    held: VecDeque<Inbound>,
     payload: Vec<u8>,
     released: Vec<CoordOutput>,
     clock: Clock,
+    /// The process's metrics while no engine leads here (the leader's role holds them).
+    metrics: CoordinatorMetrics,
+    /// The process's span exporter while no engine leads here (`None`: tracing is off, or
+    /// the leader's role holds it).
+    exporter: Option<Exporter>,
 }
 
 /// Runs a member of a replicated coordinator group until SIGINT/SIGTERM. Prints `twophase
@@ -183,12 +212,27 @@ struct Node {
 pub fn serve(options: CoordinatorOptions, group_options: GroupOptions) -> anyhow::Result<()> {
     ensure!(group_options.snapshot_every_entries >= 1, "--raft-snapshot-every-entries must be at least 1");
     let stop = super::stop_on_signal()?;
+    let started = Instant::now();
     let group = Group::new(&options.id, &options.group)?;
     let _lock = lock_data_dir(&options.data_dir)?;
     let replica = open_replica(&options, &group, &group_options)?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        entries = replica.last_index().saturating_sub(replica.snapshot_index()),
+        "opened the replicated log"
+    );
+    let clock = Clock::new();
+    let mut metrics = start_metrics(&options, &replica, started.elapsed(), clock)?;
+    let exporter = Exporter::start(&options.trace, "twophase-coordinator", &options.id)?;
     let wake_slot: Arc<Mutex<Box<dyn Fn() + Send + Sync>>> = Arc::new(Mutex::new(Box::new(|| {})));
     let slot = wake_slot.clone();
-    replica.wal().on_durable(Box::new(move || (slot.lock().expect("wake slot"))()));
+    let groups: Option<Arc<AtomicU64>> = metrics.log().map(|log| log.groups_counter());
+    replica.wal().on_durable(Box::new(move || {
+        if let Some(groups) = &groups {
+            groups.fetch_add(1, Ordering::Relaxed);
+        }
+        (slot.lock().expect("wake slot"))()
+    }));
     let batch_bytes_max = ReplicaConfig::new(1, vec![1]).batch_bytes_max;
     let mut node = Node {
         state: AppliedState::new(engine_config(&options), FOLD_EVERY_RECORDS),
@@ -198,14 +242,19 @@ pub fn serve(options: CoordinatorOptions, group_options: GroupOptions) -> anyhow
         follower_net: None,
         listen: options.listen,
         build_at: None,
+        elected_at: None,
         known: RoleChange { leader_id: None, term: 0, is_leader: false },
         raft_accepted: HashMap::new(),
         raft_dialed: HashMap::new(),
         wake_slot,
         encoder: BatchEncoder::new(batch_bytes_max),
+        backlog: ProposalBacklog::default(),
+        held: VecDeque::new(),
         payload: Vec::with_capacity(4096),
         released: Vec::new(),
-        clock: Clock::new(),
+        clock,
+        metrics,
+        exporter,
         options,
     };
     node.start_following()?;
@@ -226,6 +275,22 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
         bail!("{} is in use by another twophase process", data_dir.display());
     }
     Ok(lock)
+}
+
+/// The process's metrics listener (off without `--metrics-listen`); prints its address
+/// before the `listening on` line, as a single coordinator does.
+fn start_metrics(
+    options: &CoordinatorOptions,
+    replica: &Replica,
+    recovery: Duration,
+    clock: Clock,
+) -> anyhow::Result<CoordinatorMetrics> {
+    // What a restart replays here are the Raft entries after the last snapshot.
+    let recovered_records = replica.last_index().saturating_sub(replica.snapshot_index());
+    let info = NodeInfo { node: options.id.clone(), role: "coordinator", recovery, recovered_records };
+    // No checkpoint thread in a group: Raft snapshots compact its log.
+    let sources = Sources { snapshots: Default::default(), wal: replica.wal().stats() };
+    CoordinatorMetrics::serve(options.metrics_listen, info, &options.participants, sources, clock)
 }
 
 fn open_replica(options: &CoordinatorOptions, group: &Group, group_options: &GroupOptions) -> anyhow::Result<Replica> {
@@ -294,15 +359,18 @@ impl Node {
                 self.replica.tick();
             }
             if let Some(leading) = &mut self.leading
+                && self.backlog.is_empty()
                 && leading.role.next_deadline().is_some_and(|deadline| deadline <= now)
             {
                 leading.role.on_tick(now, &mut leading.fx);
             }
             self.propose_appends();
+            self.step_held(now);
             self.replica.poll().context("the replicated log failed")?;
             self.handle_outputs()?;
             self.start_leading_when_caught_up()?;
             self.release();
+            self.publish_group_status();
         }
     }
 
@@ -329,11 +397,43 @@ impl Node {
             Inbound::Frame { conn, frame: Frame::AdminRequest(AdminOp::Status) } => self.answer_status(conn),
             Inbound::Closed { conn } if self.raft_accepted.remove(&conn).is_some() => {}
             other => match &mut self.leading {
+                Some(_) if !self.backlog.is_empty() || !self.held.is_empty() => self.hold(other),
                 Some(leading) => leading.role.on_inbound(now, other, &mut leading.fx),
                 None => self.on_follower_inbound(other),
             },
         }
         Ok(())
+    }
+
+    /// Keeps an event for the engine until the backlog drains: in order, bounded. Beyond
+    /// the bound a frame's connection is closed instead (its sender resends after
+    /// reconnecting; a participant's lost vote times out, a lost ack is re-driven).
+    fn hold(&mut self, event: Inbound) {
+        if self.held.len() >= HELD_EVENTS_MAX
+            && let Inbound::Frame { conn, .. } = event
+        {
+            tracing::warn!(
+                conn,
+                held = self.held.len(),
+                "the leader is backlogged; closing a connection that sends more"
+            );
+            self.reactor().close(conn);
+            return;
+        }
+        self.held.push_back(event);
+    }
+
+    /// Steps the held events once the backlog has drained (they run before anything newer).
+    fn step_held(&mut self, now: Time) {
+        if !self.backlog.is_empty() || self.held.is_empty() {
+            return;
+        }
+        let Some(leading) = &mut self.leading else { return };
+        tracing::debug!(events = self.held.len(), "the proposal backlog drained; stepping the held events");
+        for event in self.held.drain(..) {
+            leading.role.on_inbound(now, event, &mut leading.fx);
+        }
+        self.propose_appends();
     }
 
     fn on_raft(&mut self, conn: ConnId, bytes: &[u8]) -> anyhow::Result<()> {
@@ -419,7 +519,7 @@ impl Node {
     /// beyond the batch size limit), and gates the outputs that wait for them.
     fn propose_appends(&mut self) {
         let Some(leading) = &mut self.leading else { return };
-        if leading.fx.appends.is_empty() && leading.fx.outputs.is_empty() {
+        if leading.fx.appends.is_empty() && leading.fx.outputs.is_empty() && self.backlog.is_empty() {
             return;
         }
         leading.role.observe(&leading.fx);
@@ -429,14 +529,18 @@ impl Node {
                 refused = Some(err.to_string());
                 break;
             }
+            let urgent = leading.role.urgent(&record);
+            if let Some(log) = leading.role.log_metrics() {
+                log.appended(lsn, self.payload.len(), urgent);
+            }
             leading.role.appended(&record);
         }
         if refused.is_none() {
-            for batch in self.encoder.take() {
-                if let Err(err) = self.replica.propose(batch) {
-                    refused = Some(describe_refusal(&err));
-                    break;
-                }
+            let was_empty = self.backlog.is_empty();
+            if let Err(err) = self.backlog.propose(&mut self.replica, self.encoder.take()) {
+                refused = Some(describe_refusal(&err));
+            } else if was_empty && !self.backlog.is_empty() {
+                tracing::debug!(held = self.backlog.len(), "raft's proposal queue is full; holding batches");
             }
         }
         if let Some(why) = refused {
@@ -500,11 +604,17 @@ impl Node {
         } else {
             None
         };
+        self.elected_at = self.build_at.map(|_| Instant::now());
     }
 
     fn send_raft(&mut self, to: u64, bytes: Vec<u8>) {
-        // Loss is tolerated: Raft resends.
-        let Some(&conn) = self.raft_dialed.get(&to) else { return };
+        // Our own link to `to`, else the one `to` dialed here: after a member's network
+        // restarts (a new leader's, at once) it dials everyone at once, while our own
+        // redial waits out the transport's backoff; answering on its link saves the new
+        // leader that wait before its first commit. Loss is tolerated: Raft resends.
+        let dialed = self.raft_dialed.get(&to).copied();
+        let accepted = || self.raft_accepted.iter().find(|(_, id)| **id == to).map(|(conn, _)| *conn);
+        let Some(conn) = dialed.or_else(accepted) else { return };
         let frame = Frame::Raft(Bytes::from(bytes)).to_bytes();
         self.reactor().send(conn, frame);
     }
@@ -515,26 +625,36 @@ impl Node {
             return Ok(());
         }
         self.build_at = None;
+        let elected_at = self.elected_at.take();
+        let caught_up_at = Instant::now();
         let term = self.replica.term();
         let epoch_floor =
             Epoch(u32::try_from(term).ok().filter(|t| *t <= Epoch::MAX.0).context("raft term beyond epochs")?);
         let mut fx = CoordEffects::default();
         let engine = self.state.leader_engine(epoch_floor, self.clock.now(), &mut fx);
         let epoch = engine.epoch();
+        let built_at = Instant::now();
         // The follower's network goes first: the leader's listens on the same address.
         self.follower_net = None;
         let network = Network { listen: self.listen, epoch, coordinators: true, participants: true };
         let (transport, _, topology) = network.start(&self.options)?;
+        tracing::debug!(
+            apply_wait_ms = elected_at.map_or(0, |at| caught_up_at.duration_since(at).as_millis() as u64),
+            engine_build_ms = built_at.duration_since(caught_up_at).as_millis() as u64,
+            network_start_ms = built_at.elapsed().as_millis() as u64,
+            unfinished = engine.unfinished(),
+            "failover: the new leader's phases"
+        );
         let parts = RoleParts {
             topology,
             announcement: None,
             checkpoints: None,
-            trace: None,
-            metrics: CoordinatorMetrics::off(),
+            trace: self.exporter.take().map(CoordinatorTrace::new),
+            metrics: std::mem::take(&mut self.metrics),
         };
         let role = CoordinatorRole::new(engine, transport, parts);
         let gate = DurabilityGate::new(self.state.last_lsn());
-        self.leading = Some(Leading { role, gate, term, fx });
+        self.leading = Some(Leading { role, gate, term, fx, elected_at });
         self.after_network_start();
         tracing::info!(term, epoch = epoch.0, "leading the group");
         println!("twophase coordinator {} leads term {term} with epoch {}", self.options.id, epoch.0);
@@ -543,8 +663,13 @@ impl Node {
 
     /// Drops the engine, what it held and its network, and serves as a follower.
     fn stop_leading(&mut self) {
-        let Some(leading) = self.leading.take() else { return };
+        self.backlog.clear();
+        self.held.clear();
+        let Some(mut leading) = self.leading.take() else { return };
         tracing::warn!(term = leading.term, held = leading.gate.held(), "no longer leading; the engine stops deciding");
+        let (metrics, trace) = leading.role.take_process_parts();
+        self.metrics = metrics;
+        self.exporter = trace.map(CoordinatorTrace::into_exporter);
         drop(leading);
         if let Err(err) = self.start_following() {
             // Cannot listen again: stay without a network would leave the group; fatal.
@@ -582,7 +707,31 @@ impl Node {
         let Some(leading) = &mut self.leading else { return };
         leading.role.after_step(leading.gate.durable());
         if !self.released.is_empty() {
+            if let Some(elected_at) = leading.elected_at.take() {
+                let elapsed_ms = elected_at.elapsed().as_millis() as u64;
+                tracing::debug!(elapsed_ms, "failover: the new leader's first outputs leave");
+            }
             leading.role.route(&mut self.released);
+        }
+    }
+}
+
+impl Node {
+    /// Every member's Raft state in its metrics; a follower publishes them here (a leader's
+    /// role publishes after its engine's steps).
+    fn publish_group_status(&mut self) {
+        let status = GroupStatus {
+            term: self.replica.term(),
+            leader: self.leading.is_some(),
+            commit_index: self.replica.commit_index(),
+            applied_index: self.replica.applied().0,
+        };
+        match &mut self.leading {
+            Some(leading) => leading.role.metrics().group(status),
+            None => {
+                self.metrics.group(status);
+                self.metrics.after_following_turn();
+            }
         }
     }
 }

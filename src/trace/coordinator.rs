@@ -96,6 +96,12 @@ impl CoordinatorTrace {
         }
     }
 
+    /// The exporter back, for a replicated group member whose leadership ended: the
+    /// spans of that leadership's transactions end here; the exporter serves the next one.
+    pub fn into_exporter(self) -> Exporter {
+        self.exporter
+    }
+
     /// Whether a transaction without a caller's context is traced: the countdown.
     fn sample_root(&mut self) -> bool {
         if self.until_sampled > 0 {

@@ -130,6 +130,12 @@ impl World {
 
     pub(super) fn coordinator_message(&mut self, engine: EngineId, from: ParticipantId, message: ToCoordinator) {
         let now = self.now;
+        if self.leading_mut(engine).is_some() && self.replicas[(engine.replica - 1) as usize].backlogged() {
+            // No input while batches are held: the message waits a tick (the runtime holds
+            // its inbound events alike).
+            let at = now + Duration::from_micros(super::TICK_US);
+            return self.schedule(at, Event::ToCoordinator { engine, from, message });
+        }
         let Some(leading) = self.leading_mut(engine) else { return };
         leading.engine.on_message(now, from, message, &mut leading.fx);
         self.step_replica(engine.replica);
@@ -186,6 +192,11 @@ impl World {
     pub(super) fn submit(&mut self, replica: u64, client: u16, submit: Submit) {
         let now = self.now;
         let identity = self.clients[client as usize].identity.clone();
+        let node = &mut self.replicas[(replica - 1) as usize];
+        if node.leading.is_some() && node.backlogged() {
+            let at = now + Duration::from_micros(super::TICK_US);
+            return self.schedule(at, Event::Submit { replica, client, submit });
+        }
         let node = &mut self.replicas[(replica - 1) as usize];
         let Some(leading) = node.leading.as_mut() else {
             let leader = node.replica.as_ref().and_then(|r| r.leader_id());

@@ -14,6 +14,7 @@ use twophase_wal::Lsn;
 
 use super::{DELAY_US, Endpoint, EngineId, Event, RESTART_US, STALLED_SYNC_US, SYNC_US, TICK_US, World};
 use crate::applied::{AppliedState, BatchEncoder};
+use crate::backlog::ProposalBacklog;
 use crate::disk::SimDisk;
 
 const ELECTION_TICKS: (usize, usize) = (10, 16);
@@ -46,6 +47,16 @@ pub(super) struct ReplicaNode {
     pub incarnation: u64,
     pub sync_in_flight: bool,
     pub encoder: BatchEncoder,
+    /// Batches the leader's engine numbered that Raft's full queue did not take yet; while
+    /// any are held the engine gets no input.
+    pub backlog: ProposalBacklog,
+}
+
+impl ReplicaNode {
+    /// The engine takes no input while batches are held (back-pressure).
+    pub(super) fn backlogged(&self) -> bool {
+        !self.backlog.is_empty()
+    }
 }
 
 impl ReplicaNode {
@@ -60,6 +71,7 @@ impl ReplicaNode {
             incarnation: 0,
             sync_in_flight: false,
             encoder: BatchEncoder::new(BATCH_BYTES_MAX),
+            backlog: ProposalBacklog::default(),
         }
     }
 }
@@ -95,6 +107,7 @@ impl World {
         config.heartbeat_ticks = HEARTBEAT_TICKS;
         config.snapshot_every_entries = SNAPSHOT_EVERY_ENTRIES;
         config.batch_bytes_max = BATCH_BYTES_MAX;
+        config.proposals_in_flight_max = self.config.proposals_in_flight_max;
         let coordinator_config = self.coordinator_config();
         let phase = self.after_us((1, TICK_US));
         let node = self.node(id);
@@ -181,8 +194,16 @@ impl World {
 
     pub(super) fn engine_tick(&mut self, engine: EngineId) {
         let now = self.now;
+        let backlogged = self.node(engine.replica).backlogged();
         let Some(leading) = self.leading_mut(engine) else { return };
         if leading.tick_at != Some(now) {
+            return;
+        }
+        if backlogged {
+            // No input while batches are held, timers included: try again a tick later.
+            let at = now + Duration::from_micros(TICK_US);
+            leading.tick_at = Some(at);
+            self.schedule(at, Event::EngineTick { engine });
             return;
         }
         leading.tick_at = None;
@@ -224,7 +245,7 @@ impl World {
         let release_on_append = self.config.bugs.release_on_append;
         let node = self.node(id);
         let Some(leading) = node.leading.as_mut() else { return };
-        if leading.fx.appends.is_empty() && leading.fx.outputs.is_empty() {
+        if leading.fx.appends.is_empty() && leading.fx.outputs.is_empty() && node.backlog.is_empty() {
             return;
         }
         let replica = node.replica.as_mut().expect("a leader is up");
@@ -234,18 +255,12 @@ impl World {
             node.encoder.push(lsn, &record, &mut payload).expect("records fit in a batch");
             last_appended = Some(lsn);
         }
-        let mut refused = false;
-        for batch in node.encoder.take() {
-            if replica.propose(batch).is_err() {
-                refused = true;
-                break;
-            }
-        }
+        let refused = node.backlog.propose(replica, node.encoder.take()).is_err();
+        let (is_leader, last_index) = (replica.is_leader(), replica.last_index());
+        let backlogged = !node.backlog.is_empty();
         if refused {
             // The engine's numbering now has a gap the log does not: rebuild from the log.
             node.encoder.take();
-            let is_leader = replica.is_leader();
-            let last_index = replica.last_index();
             self.stop_leading(id);
             if is_leader {
                 self.node(id).build_at = Some(last_index);
@@ -262,6 +277,9 @@ impl World {
         }
         let (engine, epoch) = (leading.id, leading.engine.epoch());
         self.route_engine_outputs(engine, epoch, released);
+        if backlogged {
+            self.counts.busy_turns += 1;
+        }
     }
 
     fn handle_output(&mut self, id: u64, output: Output) {
@@ -368,7 +386,9 @@ impl World {
 
     /// Drops the engine and what it held; its connections close.
     pub(super) fn stop_leading(&mut self, id: u64) {
-        let Some(leading) = self.node(id).leading.take() else { return };
+        let node = self.node(id);
+        node.backlog.clear();
+        let Some(leading) = node.leading.take() else { return };
         for participant in 0..self.config.sim.participants {
             let at = self.after_us(DELAY_US);
             self.schedule(at, Event::ConnectionLost { participant, engine: leading.id });
@@ -379,6 +399,9 @@ impl World {
     fn schedule_engine_tick(&mut self, id: u64) {
         let now = self.now;
         let node = self.node(id);
+        if node.backlogged() {
+            return; // Its timer waits: `engine_tick` retries a tick later.
+        }
         let Some(leading) = node.leading.as_mut() else { return };
         let deadline = leading.engine.next_deadline();
         let engine = leading.id;
