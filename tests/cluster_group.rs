@@ -150,10 +150,10 @@ fn every_member_serves_metrics_the_leaders_match_what_the_client_saw() {
     };
     let mut client = Client::connect(*leader_addr, options).expect("connecting to the leader");
     let (mut committed, mut constraint) = (0u64, 0u64);
-    assert!(client.submit(vec![add(1, "alice", 10, i64::MIN), add(2, "bob", 10, i64::MIN)]).unwrap().is_committed());
+    assert!(client.submit(vec![add(1, "alice", 100, i64::MIN), add(2, "bob", 100, i64::MIN)]).unwrap().is_committed());
     committed += 1;
     for round in 0..20 {
-        // Every fourth transfer asks for more than alice holds.
+        // Every fourth transfer asks for more than alice holds (100, less 1 per other round).
         let amount = if round % 4 == 3 { 1_000_000 } else { 1 };
         match client.submit(vec![add(1, "alice", -amount, 0), add(2, "bob", amount, i64::MIN)]).unwrap() {
             Outcome::Committed { .. } | Outcome::CommittedReadsUnavailable => committed += 1,
