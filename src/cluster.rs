@@ -76,13 +76,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::TwoPc => "2pc",
-            Protocol::ThreePc => "3pc",
-        }
-    }
-
     /// The flags that make a node run this protocol (none for the default).
     fn node_args(self) -> Vec<String> {
         match self {
