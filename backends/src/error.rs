@@ -98,6 +98,11 @@ pub fn reason_of_sqlstate(code: &str) -> Reason {
         "40P01" => Reason::DeadlockDetected,
         "55P03" => Reason::LockWaitTimeout,
         "53100" => Reason::DiskFull,
+        // out_of_memory (also "maximum number of prepared transactions reached", every
+        // `max_prepared_transactions` slot holds a prepared transaction awaiting its
+        // decision) and too_many_connections: the server is out of a resource that frees
+        // itself; retry later.
+        "53200" | "53300" => Reason::Busy,
         "22003" => Reason::Overflow,
         // undefined_object: "prepared transaction with identifier ... does not exist".
         "42704" => Reason::UnknownTransaction,
@@ -144,6 +149,7 @@ mod tests {
         assert_eq!(reason_of_sqlstate("23514"), Reason::Constraint);
         assert_eq!(reason_of_sqlstate("23505"), Reason::Constraint);
         assert_eq!(reason_of_sqlstate("53100"), Reason::DiskFull);
+        assert_eq!(reason_of_sqlstate("53200"), Reason::Busy, "max_prepared_transactions reached");
         assert_eq!(reason_of_sqlstate("08006"), Reason::ConnectionLost);
         assert_eq!(reason_of_sqlstate("42704"), Reason::UnknownTransaction);
         assert_eq!(reason_of_sqlstate("42601"), Reason::Other);

@@ -21,7 +21,7 @@ pub struct PgServer {
 }
 
 impl PgServer {
-    /// initdb, configure (`max_prepared_transactions = 256`, fsync on, socket in the
+    /// initdb, configure (`max_prepared_transactions = 1024`, fsync on, socket in the
     /// directory) and start.
     pub fn start() -> Result<PgServer, ServerError> {
         let initdb = find_binary(&["initdb"], &PG_DIRS)?;
@@ -112,7 +112,7 @@ impl PgServer {
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{socket_dir}'\n\
              max_connections = 200\n\
-             max_prepared_transactions = 256\n\
+             max_prepared_transactions = 1024\n\
              fsync = on\n\
              synchronous_commit = on\n\
              shared_buffers = 64MB\n",
