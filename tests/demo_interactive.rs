@@ -5,26 +5,12 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::binary;
+use common::run_demo;
 
 #[test]
 fn a_hot_interactive_demo_detects_deadlocks_and_audits() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary())
-        .args(["demo", "--workload", "interactive", "--hot", "10", "--duration", "4s", "--accounts", "1000"])
-        .arg("--quiet")
-        .arg("--report")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("audit       PASSED"), "{stdout}");
-    let text = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let run = run_demo(&["--workload", "interactive", "--hot", "10", "--duration", "4s", "--accounts", "1000"]);
+    let (stdout, json) = (&run.stdout, &run.report);
     assert_eq!(json["settings"]["workload"], "interactive");
     assert_eq!(json["settings"]["outstanding"], 8, "the interactive default");
     assert!(json["committed"].as_u64().unwrap() > 0, "{json}");

@@ -7,24 +7,25 @@ mod common;
 
 use std::process::Command;
 
-use common::binary;
+use common::{binary, run_demo};
 
 #[test]
 fn a_saga_demo_with_overdrafts_passes_its_audit() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary())
-        .args(["demo", "--protocol", "saga", "--duration", "3s", "--accounts", "300"])
-        .args(["--initial-balance", "5", "--max-amount", "10", "--hot", "40", "--quiet"])
-        .arg("--report")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("audit       PASSED"), "{stdout}");
-    let text = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let run = run_demo(&[
+        "--protocol",
+        "saga",
+        "--duration",
+        "3s",
+        "--accounts",
+        "300",
+        "--initial-balance",
+        "5",
+        "--max-amount",
+        "10",
+        "--hot",
+        "40",
+    ]);
+    let (stdout, json) = (&run.stdout, &run.report);
     assert_eq!(json["settings"]["workload"], "saga");
     assert!(stdout.contains("workload    saga transfers, closed loop"), "{stdout}");
     assert!(json["committed"].as_u64().unwrap() > 0, "{json}");

@@ -11,10 +11,9 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Node, add, binary, dump_ints, eventually};
+use common::{Node, add, dump_ints, eventually, run_demo};
 use twophase_net::Client;
 
 /// Longest a failpoint may take to fire once its transaction is submitted.
@@ -77,18 +76,17 @@ fn coordinator_killed_before_any_precommit_the_participants_abort_on_their_own()
 
 #[test]
 fn a_short_3pc_demo_commits_transfers_and_passes_its_audit() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary())
-        .args(["demo", "--protocol", "3pc", "--duration", "2s", "--accounts", "2000"])
-        .args(["--connections", "2", "--outstanding", "32", "--quiet", "--report"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("audit       PASSED"), "{stdout}");
-    let text = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(json["committed"].as_u64().unwrap() > 100, "{json}");
+    let run = run_demo(&[
+        "--protocol",
+        "3pc",
+        "--duration",
+        "2s",
+        "--accounts",
+        "2000",
+        "--connections",
+        "2",
+        "--outstanding",
+        "32",
+    ]);
+    assert!(run.report["committed"].as_u64().unwrap() > 100, "{}", run.report);
 }

@@ -20,6 +20,33 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_twophase")
 }
 
+/// A finished `twophase demo` whose audit passed: what it printed and its report.json.
+pub struct DemoRun {
+    pub stdout: String,
+    pub report: serde_json::Value,
+}
+
+/// Runs `twophase demo ARGS --quiet --report DIR` (RUST_LOG=warn) and asserts that it
+/// exited 0 and its audit passed.
+pub fn run_demo(args: &[&str]) -> DemoRun {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .arg("demo")
+        .args(args)
+        .arg("--quiet")
+        .arg("--report")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("audit       PASSED"), "{stdout}");
+    let text = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
+    let report = serde_json::from_str(&text).expect("report.json is JSON");
+    DemoRun { stdout, report }
+}
+
 /// The cluster name every test node uses.
 pub const CLUSTER: &str = "local";
 
