@@ -486,11 +486,13 @@ impl fmt::Display for AnyRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::tests::key;
 
-    fn round_trip<R: LogRecord + PartialEq + fmt::Debug>(record: R) {
+    /// Encodes `record`, decodes it back equal, and checks that every prefix and a trailing
+    /// byte are refused (the 3PC records' tests use it too).
+    pub(crate) fn round_trip<R: LogRecord + PartialEq + fmt::Debug>(record: R) {
         let mut payload = Vec::new();
         record.encode_payload(&mut payload);
         let payload = Bytes::from(payload);

@@ -121,25 +121,11 @@ fn check_kind(kind: u8, expected: u8, role: &str) -> Result<(), DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use std::fmt;
-
     use super::*;
+    use crate::record::tests::round_trip;
     use crate::types::{ParticipantId, TxId};
 
     const T: TxId = TxId(0x0102_0304_0506_0708);
-
-    fn round_trip<R: LogRecord + PartialEq + fmt::Debug>(record: R) {
-        let mut payload = Vec::new();
-        record.encode_payload(&mut payload);
-        let payload = Bytes::from(payload);
-        assert_eq!(R::decode(record.kind(), payload.clone()).unwrap(), record);
-        for cut in 0..payload.len() {
-            assert!(R::decode(record.kind(), payload.slice(..cut)).is_err(), "prefix {cut} decoded");
-        }
-        let mut longer = payload.to_vec();
-        longer.push(0);
-        assert!(R::decode(record.kind(), Bytes::from(longer)).is_err(), "trailing byte accepted");
-    }
 
     fn participants() -> Vec<ParticipantId> {
         vec![ParticipantId(1), ParticipantId(2)]
