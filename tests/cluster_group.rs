@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,26 +35,8 @@ fn coordinator_line(line: &str) -> Option<(String, SocketAddr, String)> {
 #[test]
 fn a_cluster_of_three_coordinators_prints_its_leader_and_commits_through_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut process = Command::new(binary())
-        .args(["cluster", "--coordinators", "3", "--participants", "2", "--listen", "127.0.0.1:0", "--no-metrics"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting twophase cluster");
-    let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
-    let mut coordinators = Vec::new();
-    let leader_line = loop {
-        let line = lines.next().expect("cluster output ended early").expect("reading cluster output");
-        if let Some(coordinator) = coordinator_line(&line) {
-            coordinators.push(coordinator);
-        } else if line.starts_with("leader: ") {
-            break line;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let mut process = start_group_cluster(dir.path(), false);
+    let Printed { coordinators, leader_line, .. } = read_cluster_output(&mut process);
 
     let names: Vec<&str> = coordinators.iter().map(|(name, _, _)| name.as_str()).collect();
     assert_eq!(names, ["c1", "c2", "c3"]);
@@ -77,6 +60,29 @@ fn a_cluster_of_three_coordinators_prints_its_leader_and_commits_through_it() {
     let out = String::from_utf8_lossy(&read.stdout);
     assert!(read.status.success() && out.matches("100").count() == 2, "{out}");
 
+    stop_cleanly(process);
+}
+
+/// `twophase cluster --coordinators 3 --participants 2` in `dir`, metrics on or off, its
+/// output piped for [`read_cluster_output`].
+fn start_group_cluster(dir: &Path, metrics: bool) -> Child {
+    let mut command = Command::new(binary());
+    command.args(["cluster", "--coordinators", "3", "--participants", "2", "--listen", "127.0.0.1:0"]);
+    if !metrics {
+        command.arg("--no-metrics");
+    }
+    command
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting twophase cluster")
+}
+
+/// SIGTERM; the cluster must then exit cleanly.
+fn stop_cleanly(mut process: Child) {
     // SAFETY: kill(2) on a child we spawned; no memory is involved.
     unsafe {
         libc::kill(process.id() as i32, libc::SIGTERM);
@@ -89,15 +95,19 @@ fn a_cluster_of_three_coordinators_prints_its_leader_and_commits_through_it() {
 struct Printed {
     coordinators: Vec<(String, SocketAddr, String)>,
     metrics: Vec<(String, SocketAddr)>,
+    /// `leader: coordinator NAME at ADDR`.
+    leader_line: String,
 }
 
 fn read_cluster_output(process: &mut Child) -> Printed {
     let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
-    let mut printed = Printed { coordinators: Vec::new(), metrics: Vec::new() };
+    let mut printed = Printed { coordinators: Vec::new(), metrics: Vec::new(), leader_line: String::new() };
     loop {
         let line = lines.next().expect("cluster output ended early").expect("reading cluster output");
         if let Some(coordinator) = coordinator_line(&line) {
             printed.coordinators.push(coordinator);
+        } else if line.starts_with("leader: ") {
+            printed.leader_line = line;
         } else if let Some(rest) = line.strip_prefix("metrics of ") {
             let (name, url) = rest.split_once(" on ").expect("metrics line: NAME on URL");
             let addr = url.trim_start_matches("http://").trim_end_matches("/metrics");
@@ -127,15 +137,7 @@ fn scrape_until(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
 #[test]
 fn every_member_serves_metrics_the_leaders_match_what_the_client_saw() {
     let dir = tempfile::tempdir().unwrap();
-    let mut process = Command::new(binary())
-        .args(["cluster", "--coordinators", "3", "--participants", "2", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting twophase cluster");
+    let mut process = start_group_cluster(dir.path(), true);
     let printed = read_cluster_output(&mut process);
     let names: Vec<&str> = printed.metrics.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["p1", "p2", "c1", "c2", "c3"], "every node prints its metrics address");
@@ -183,10 +185,5 @@ fn every_member_serves_metrics_the_leaders_match_what_the_client_saw() {
         assert_eq!(at_follower.value("twophase_participant_connected", &[("participant", "p1")]), Some(0.0));
     }
 
-    // SAFETY: kill(2) on a child we spawned; no memory is involved.
-    unsafe {
-        libc::kill(process.id() as i32, libc::SIGTERM);
-    }
-    let status = process.wait().unwrap();
-    assert!(status.success(), "cluster exited with {status}");
+    stop_cleanly(process);
 }
