@@ -190,8 +190,10 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
         check_histogram(&p, "twophase_log_sync_seconds");
         check_histogram(&p, "twophase_log_fsync_seconds");
         check_histogram(&p, "twophase_log_group_records");
+        // As at c1: each committed transaction's vote is a frame of its own; an aborted
+        // one's may leave late and share a frame with the next transaction's vote.
         let (_, frames_out) = check_connection_counters(&p, "c1", "coordinator");
-        assert!(frames_out >= transactions as f64, "{participant} queued {frames_out} frames for c1");
+        assert!(frames_out >= committed as f64, "{participant} queued {frames_out} frames for c1");
         assert!(p.find("twophase_votes_total", &[("node", participant), ("role", "participant")]).count() == 3);
         scraped.push(p);
     }
