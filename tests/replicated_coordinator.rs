@@ -30,6 +30,8 @@ const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
 const ACKNOWLEDGED_BEFORE_KILL: usize = 20;
 /// Generous: the machine running the tests may be busy compiling.
 const ELECTION_WAIT: Duration = Duration::from_secs(30);
+/// Group starts tried before a test gives up (each on fresh ports).
+const START_ATTEMPTS: u32 = 3;
 
 /// One member's process and every line it printed on stdout.
 struct Member {
@@ -126,15 +128,33 @@ impl Group {
         Group::start_with(&[])
     }
 
-    /// Every member started with `env` set.
+    /// Every member started with `env` set, once a leader announced itself and every member
+    /// is still running. The ports come from `free_addrs`, so another test's process may take
+    /// one before its member binds it; that member exits at once ("Address already in use")
+    /// and the whole group starts again on fresh ports.
     fn start_with(env: &[(&str, &str)]) -> Group {
+        for attempt in 1..=START_ATTEMPTS {
+            let mut group = Group::start_once(env);
+            eventually("a leader", ELECTION_WAIT, || leader(&group.members).map(|m| m.name));
+            let exited: Vec<&str> = group
+                .members
+                .iter_mut()
+                .filter_map(|m| m.process.try_wait().unwrap().is_some().then_some(m.name))
+                .collect();
+            if exited.is_empty() {
+                return group;
+            }
+            eprintln!("{exited:?} exited at start (attempt {attempt} of {START_ATTEMPTS}); starting the group again");
+        }
+        panic!("the group did not start with every member running in {START_ATTEMPTS} attempts");
+    }
+
+    fn start_once(env: &[(&str, &str)]) -> Group {
         let dir = tempfile::tempdir().unwrap();
         let participants = vec![Node::participant("p1", dir.path(), &[]), Node::participant("p2", dir.path(), &[])];
         let addrs = free_addrs(MEMBERS.len());
         let members = MEMBERS.iter().map(|name| start_member(dir.path(), name, &addrs, &participants, env)).collect();
-        let group = Group { dir, participants, members, addrs };
-        eventually("a leader", ELECTION_WAIT, || leader(&group.members).map(|m| m.name));
-        group
+        Group { dir, participants, members, addrs }
     }
 
     fn path(&self) -> &Path {
