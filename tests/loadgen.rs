@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Cluster, binary};
+use common::{Cluster, SHORT_DEMO, binary, run_demo};
 
 fn report(dir: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json written");
@@ -13,29 +13,8 @@ fn report(dir: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn a_short_demo_commits_transfers_audits_and_writes_both_reports() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(binary())
-        .args([
-            "demo",
-            "--duration",
-            "2s",
-            "--accounts",
-            "2000",
-            "--connections",
-            "2",
-            "--outstanding",
-            "32",
-            "--quiet",
-        ])
-        .arg("--report")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("audit       PASSED"), "{stdout}");
-    let json = report(dir.path());
+    let run = run_demo(SHORT_DEMO);
+    let (stdout, json, dir) = (&run.stdout, &run.report, &run.dir);
     assert!(json["committed"].as_u64().unwrap() > 100, "{json}");
     assert!(json["throughput_tps"].as_f64().unwrap() > 0.0);
     assert_eq!(json["audit"]["passed"], true);

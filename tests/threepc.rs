@@ -13,7 +13,7 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use common::{Node, add, dump_ints, eventually, run_demo};
+use common::{Node, SHORT_DEMO, add, dump_ints, eventually, run_demo};
 use twophase_net::Client;
 
 /// Longest a failpoint may take to fire once its transaction is submitted.
@@ -76,17 +76,6 @@ fn coordinator_killed_before_any_precommit_the_participants_abort_on_their_own()
 
 #[test]
 fn a_short_3pc_demo_commits_transfers_and_passes_its_audit() {
-    let run = run_demo(&[
-        "--protocol",
-        "3pc",
-        "--duration",
-        "2s",
-        "--accounts",
-        "2000",
-        "--connections",
-        "2",
-        "--outstanding",
-        "32",
-    ]);
+    let run = run_demo(&[&["--protocol", "3pc"], SHORT_DEMO].concat());
     assert!(run.report["committed"].as_u64().unwrap() > 100, "{}", run.report);
 }

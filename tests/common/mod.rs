@@ -20,10 +20,16 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_twophase")
 }
 
-/// A finished `twophase demo` whose audit passed: what it printed and its report.json.
+/// A short demo's flags: 2 s over 2,000 accounts, 2 connections of 32 outstanding each.
+pub const SHORT_DEMO: &[&str] =
+    &["--duration", "2s", "--accounts", "2000", "--connections", "2", "--outstanding", "32"];
+
+/// A finished `twophase demo` whose audit passed: what it printed, its report.json and the
+/// directory holding its reports and logs.
 pub struct DemoRun {
     pub stdout: String,
     pub report: serde_json::Value,
+    pub dir: tempfile::TempDir,
 }
 
 /// Runs `twophase demo ARGS --quiet --report DIR` (RUST_LOG=warn) and asserts that it
@@ -44,7 +50,7 @@ pub fn run_demo(args: &[&str]) -> DemoRun {
     assert!(stdout.contains("audit       PASSED"), "{stdout}");
     let text = std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
     let report = serde_json::from_str(&text).expect("report.json is JSON");
-    DemoRun { stdout, report }
+    DemoRun { stdout, report, dir }
 }
 
 /// The cluster name every test node uses.
