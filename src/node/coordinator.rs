@@ -341,10 +341,13 @@ impl Role for CoordinatorRole {
         let epoch = self.engine.epoch();
         let limits = self.limits;
         let mut die_once_sent = None;
-        // Trace contexts go to each participant before the data frame they describe.
+        // Trace contexts go to each participant before the data frame they describe, in the
+        // same hand-over to the transport: sent on their own, they would wake its thread
+        // twice and could leave in a write (and reach the participant in a read) of their own.
+        let mut frames: Vec<(ConnId, Bytes)> = Vec::new();
         for (participant, frame) in self.trace.as_mut().map(|trace| trace.released(released)).unwrap_or_default() {
             if let Some(&conn) = self.peer_conn.get(&participant) {
-                self.transport.send(conn, frame);
+                frames.push((conn, frame));
             }
         }
         for output in released.drain(..) {
@@ -385,7 +388,6 @@ impl Role for CoordinatorRole {
                 CoordOutput::Warning(warning) => tracing::warn!("{warning}"),
             }
         }
-        let mut frames: Vec<(ConnId, Bytes)> = Vec::new();
         for (participant, writer) in &mut self.to_participants {
             if writer.is_empty() {
                 continue;
