@@ -1,7 +1,8 @@
 //! OpenTelemetry traces across real processes: an in-test OTLP/HTTP receiver collects the
 //! spans of a coordinator, two participants and a client (`twophase tx`, or the load
 //! generator `twophase bench` over its pipelines), all with `--trace-sample 1`, and the test
-//! checks the tree one cross-participant transaction makes.
+//! checks the tree one cross-participant transaction makes, and what is left of it when a
+//! participant is killed mid-transaction.
 
 mod common;
 
@@ -17,6 +18,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 
+/// OTLP's `Status.code` of an error.
+const ERROR_STATUS_CODE: i32 = 2;
+
 /// One span as received, with the process that sent it.
 #[derive(Clone, Debug)]
 struct Received {
@@ -29,6 +33,8 @@ struct Received {
     attributes: HashMap<String, any_value::Value>,
     /// Events (name, attributes) in the order recorded.
     events: Vec<(String, HashMap<String, any_value::Value>)>,
+    /// The span's status message when its status is an error.
+    error: Option<String>,
 }
 
 impl Received {
@@ -149,6 +155,7 @@ fn received(request: ExportTraceServiceRequest) -> Vec<Received> {
                 parent_span_id: span.parent_span_id,
                 attributes: attributes(span.attributes),
                 events: span.events.into_iter().map(|event| (event.name, attributes(event.attributes))).collect(),
+                error: span.status.filter(|status| status.code == ERROR_STATUS_CODE).map(|status| status.message),
             });
         }
     }
@@ -320,4 +327,73 @@ fn the_load_generator_roots_the_traces_of_its_pipelined_transactions() {
         find(&spans, "twophase-loadgen", "transaction").len() > 10,
         "every transaction of the run is traced at rate 1"
     );
+}
+
+#[test]
+fn a_participant_killed_mid_transaction_leaves_a_trace_that_shows_it() {
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let flags = ["--trace-sample", "1", "--otlp-endpoint", endpoint.as_str()];
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
+    // p2 dies once its Prepared record is durable, before its vote leaves.
+    let mut p2 =
+        Node::participant_with("p2", dir.path(), &flags, &[("TWOPHASE_FAILPOINT", "participant-prepared-durable")]);
+    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+
+    let out = Command::new(binary())
+        .args(["tx", "--coordinator", &coordinator.addr.to_string()])
+        .args(make_cert(&certs_dir(dir.path()), CLUSTER, "client", "tracer"))
+        .args(flags)
+        .args(["put", "p1:x=1", "put", "p2:y=2"])
+        .output()
+        .expect("running twophase tx");
+    assert_eq!(out.status.code(), Some(1), "the transaction aborts: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("aborted"), "{out:?}");
+    p2.expect_killed(Duration::from_secs(30));
+
+    // What outlived p2: the client's, the coordinator's and p1's spans of the transaction.
+    let spans = eventually("the aborted transaction's spans", Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        let root = find(&spans, "twophase-client", "transaction").first().map(|span| span.trace_id.clone())?;
+        let of_trace: Vec<Received> = spans.into_iter().filter(|span| span.trace_id == root).collect();
+        let count = |service: &str, name: &str| find(&of_trace, service, name).len();
+        let whole = count("twophase-coordinator", "submit") == 1
+            && count("twophase-coordinator", "prepare") == 2
+            && count("twophase-coordinator", "decision") == 1
+            && count("twophase-participant", "prepare") == 1;
+        whole.then_some(of_trace)
+    });
+    let client = find(&spans, "twophase-client", "transaction")[0];
+    assert_eq!(client.text("twophase.outcome"), Some("aborted"), "{client:?}");
+    let submit = find(&spans, "twophase-coordinator", "submit")[0];
+    assert_eq!(submit.parent_span_id, client.span_id);
+    assert_eq!(submit.text("twophase.outcome"), Some("aborted"), "{submit:?}");
+    let reason = submit.text("twophase.abort_reason").unwrap_or_else(|| panic!("no abort reason: {submit:?}"));
+    assert!(submit.error.is_some(), "an aborted submit is an error: {submit:?}");
+    let decision = find(&spans, "twophase-coordinator", "decision")[0];
+    assert_eq!(decision.text("twophase.outcome"), Some("aborted"), "{decision:?}");
+
+    let coordinator_prepare = |participant: i64| {
+        let found = find(&spans, "twophase-coordinator", "prepare");
+        found.into_iter().find(|span| span.int("twophase.participant") == Some(participant)).cloned().unwrap()
+    };
+    // p1 voted Yes; its own span hangs under the coordinator's. It ends with its log sync,
+    // or, when the coordinator's Abort (sent as soon as p2's connection dropped) overtook
+    // that sync, with the abort.
+    let (asked_p1, asked_p2) = (coordinator_prepare(1), coordinator_prepare(2));
+    assert_eq!(asked_p1.text("twophase.vote"), Some("yes"), "{asked_p1:?}");
+    let p1_prepare = find(&spans, "twophase-participant", "prepare")[0];
+    assert_eq!(p1_prepare.node, "p1");
+    assert_eq!(p1_prepare.parent_span_id, asked_p1.span_id);
+    assert_eq!(p1_prepare.text("twophase.vote"), Some("yes"), "{p1_prepare:?}");
+    let synced = p1_prepare.synced_records();
+    let aborted_first = p1_prepare.text("twophase.outcome") == Some("aborted");
+    assert!(synced == ["Prepared"] || (synced.is_empty() && aborted_first), "{p1_prepare:?}");
+    // p2 never answered: the coordinator's prepare for it ends with the abort, saying so,
+    // and p2 (killed with its prepare open) sent nothing.
+    assert_eq!(asked_p2.text("twophase.vote"), Some("none"), "{asked_p2:?}");
+    assert_eq!(asked_p2.error.as_deref(), Some(format!("no vote: {reason}").as_str()), "{asked_p2:?}");
+    assert!(spans.iter().all(|span| span.node != "p2"), "p2 died before any span of it ended");
+    assert!(spans.iter().all(|span| span.name != "commit"), "nothing committed");
 }

@@ -2,7 +2,8 @@
 //!
 //! - `submit`: from the request's arrival until its reply leaves (the root, or a child of
 //!   the client's span when the client sent a trace context);
-//! - `prepare` per participant: from its Prepare leaving until its vote arrives;
+//! - `prepare` per participant: from its Prepare leaving until its vote arrives, or until
+//!   the transaction aborted without it (vote `none`, an error status with the reason);
 //! - `decision`: from the engine's decision until the client's reply has left (it waits for
 //!   the Staged or Abort record) and the decision's record (Commit or Abort) is durable;
 //!   its `log sync` events give each record's (Staged, Commit, Abort) LSN and sync time;
@@ -342,10 +343,26 @@ impl CoordinatorTrace {
             set_reply(&mut submit, reply);
         }
         if !tx.committing {
-            // Aborted, or read only everywhere: nothing follows the reply.
-            self.txs.remove(&txid);
+            // Aborted, or read only everywhere: nothing follows the reply. A participant
+            // that never voted (down, cut off, too slow) ends its `prepare` saying so.
+            if let Some(mut tx) = self.txs.remove(&txid) {
+                for (_, span) in &mut tx.prepares {
+                    set_unanswered(span, reply);
+                }
+            }
         }
     }
+}
+
+/// A `prepare` that ends without its participant's vote: the transaction was decided
+/// (aborted) first, and the span's status says why.
+fn set_unanswered(span: &mut Span, reply: &Reply) {
+    span.set_attribute(KeyValue::new("twophase.vote", "none"));
+    let why = match reply {
+        Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => reason.label(),
+        _ => "decided without this vote",
+    };
+    span.set_status(Status::error(format!("no vote: {why}")));
 }
 
 /// Removes and returns the span of `participant` (dropping a span ends it).
