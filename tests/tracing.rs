@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,15 +175,49 @@ fn find<'a>(spans: &'a [Received], service: &str, name: &str) -> Vec<&'a Receive
     spans.iter().filter(|span| span.service == service && span.name == name).collect()
 }
 
+/// A coordinator and participants p1, p2, all tracing every transaction into `receiver`;
+/// p2 runs with `p2_env` (a failpoint).
+struct Traced {
+    receiver: Receiver,
+    endpoint: String,
+    dir: tempfile::TempDir,
+    _p1: Node,
+    p2: Node,
+    coordinator: Node,
+}
+
+impl Traced {
+    fn start(p2_env: &[(&str, &str)]) -> Traced {
+        let receiver = Receiver::start();
+        let endpoint = receiver.endpoint();
+        let flags = trace_flags(&endpoint);
+        let dir = tempfile::tempdir().unwrap();
+        let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
+        let p2 = Node::participant_with("p2", dir.path(), &flags, p2_env);
+        let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+        Traced { receiver, endpoint, dir, _p1: p1, p2, coordinator }
+    }
+}
+
+/// Every transaction traced, its spans sent to `endpoint`.
+fn trace_flags(endpoint: &str) -> [&str; 4] {
+    ["--trace-sample", "1", "--otlp-endpoint", endpoint]
+}
+
 /// `twophase tx` with a client certificate of the test's cluster (made in `data_dir/certs`).
-fn tx(coordinator: SocketAddr, data_dir: &std::path::Path, extra: &[&str], ops: &[&str]) {
-    let out = Command::new(binary())
+fn run_tx(coordinator: SocketAddr, data_dir: &std::path::Path, extra: &[&str], ops: &[&str]) -> Output {
+    Command::new(binary())
         .args(["tx", "--coordinator", &coordinator.to_string()])
         .args(make_cert(&certs_dir(data_dir), CLUSTER, "client", "tracer"))
         .args(extra)
         .args(ops)
         .output()
-        .expect("running twophase tx");
+        .expect("running twophase tx")
+}
+
+/// [`run_tx`], which must commit.
+fn tx(coordinator: SocketAddr, data_dir: &std::path::Path, extra: &[&str], ops: &[&str]) {
+    let out = run_tx(coordinator, data_dir, extra, ops);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "committed");
 }
@@ -243,13 +277,9 @@ fn check_tree(spans: &[Received], trace_id: &[u8]) {
 
 #[test]
 fn a_sampled_transaction_is_one_trace_across_every_process() {
-    let receiver = Receiver::start();
-    let endpoint = receiver.endpoint();
-    let flags = ["--trace-sample", "1", "--otlp-endpoint", endpoint.as_str()];
-    let dir = tempfile::tempdir().unwrap();
-    let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
-    let p2 = Node::participant_with("p2", dir.path(), &flags, &[]);
-    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+    let cluster = Traced::start(&[]);
+    let Traced { receiver, endpoint, dir, coordinator, .. } = &cluster;
+    let flags = trace_flags(endpoint);
 
     // The client starts the trace.
     tx(coordinator.addr, dir.path(), &flags, &["put", "p1:x=1", "put", "p2:y=2"]);
@@ -282,13 +312,9 @@ fn a_sampled_transaction_is_one_trace_across_every_process() {
 
 #[test]
 fn the_load_generator_roots_the_traces_of_its_pipelined_transactions() {
-    let receiver = Receiver::start();
-    let endpoint = receiver.endpoint();
-    let flags = ["--trace-sample", "1", "--otlp-endpoint", endpoint.as_str()];
-    let dir = tempfile::tempdir().unwrap();
-    let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
-    let p2 = Node::participant_with("p2", dir.path(), &flags, &[]);
-    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+    let cluster = Traced::start(&[]);
+    let Traced { receiver, endpoint, dir, coordinator, .. } = &cluster;
+    let flags = trace_flags(endpoint);
     let certs = certs_dir(dir.path());
     let client = make_cert(&certs, CLUSTER, "client", "loadgen");
     let admin = make_cert(&certs, CLUSTER, "admin", "auditor");
@@ -331,23 +357,10 @@ fn the_load_generator_roots_the_traces_of_its_pipelined_transactions() {
 
 #[test]
 fn a_participant_killed_mid_transaction_leaves_a_trace_that_shows_it() {
-    let receiver = Receiver::start();
-    let endpoint = receiver.endpoint();
-    let flags = ["--trace-sample", "1", "--otlp-endpoint", endpoint.as_str()];
-    let dir = tempfile::tempdir().unwrap();
-    let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
     // p2 dies once its Prepared record is durable, before its vote leaves.
-    let mut p2 =
-        Node::participant_with("p2", dir.path(), &flags, &[("TWOPHASE_FAILPOINT", "participant-prepared-durable")]);
-    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
-
-    let out = Command::new(binary())
-        .args(["tx", "--coordinator", &coordinator.addr.to_string()])
-        .args(make_cert(&certs_dir(dir.path()), CLUSTER, "client", "tracer"))
-        .args(flags)
-        .args(["put", "p1:x=1", "put", "p2:y=2"])
-        .output()
-        .expect("running twophase tx");
+    let mut cluster = Traced::start(&[("TWOPHASE_FAILPOINT", "participant-prepared-durable")]);
+    let Traced { receiver, endpoint, dir, coordinator, p2, .. } = &mut cluster;
+    let out = run_tx(coordinator.addr, dir.path(), &trace_flags(endpoint), &["put", "p1:x=1", "put", "p2:y=2"]);
     assert_eq!(out.status.code(), Some(1), "the transaction aborts: {out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("aborted"), "{out:?}");
     p2.expect_killed(Duration::from_secs(30));
