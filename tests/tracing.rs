@@ -175,6 +175,18 @@ fn find<'a>(spans: &'a [Received], service: &str, name: &str) -> Vec<&'a Receive
     spans.iter().filter(|span| span.service == service && span.name == name).collect()
 }
 
+/// The spans of trace `trace_id`.
+fn of_trace(spans: &[Received], trace_id: &[u8]) -> Vec<Received> {
+    spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect()
+}
+
+/// The coordinator's span `name` (`prepare`, `commit`) for participant number `participant`.
+fn coordinator_span_for(spans: &[Received], name: &str, participant: i64) -> Received {
+    let found = find(spans, "twophase-coordinator", name);
+    let span = found.into_iter().find(|span| span.int("twophase.participant") == Some(participant));
+    span.cloned().unwrap_or_else(|| panic!("no coordinator {name} for participant {participant}"))
+}
+
 /// A coordinator and participants p1, p2, all tracing every transaction into `receiver`;
 /// p2 runs with `p2_env` (a failpoint).
 struct Traced {
@@ -225,7 +237,7 @@ fn tx(coordinator: SocketAddr, data_dir: &std::path::Path, extra: &[&str], ops: 
 /// Every span a two-participant commit makes: the client's (from `client_service`, if
 /// any), the coordinator's four kinds and each participant's two. Log syncs are events.
 fn complete(spans: &[Received], trace_id: &[u8], client_service: Option<&str>) -> bool {
-    let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect();
+    let of_trace = of_trace(spans, trace_id);
     let count = |service: &str, name: &str| find(&of_trace, service, name).len();
     client_service.is_none_or(|service| count(service, "transaction") == 1)
         && count("twophase-coordinator", "submit") == 1
@@ -240,7 +252,7 @@ fn complete(spans: &[Received], trace_id: &[u8], client_service: Option<&str>) -
 /// coordinator's log syncs (Staged, Commit) are events of its decision, each participant's
 /// (Prepared) an event of its prepare.
 fn check_tree(spans: &[Received], trace_id: &[u8]) {
-    let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect();
+    let of_trace = of_trace(spans, trace_id);
     assert!(of_trace.iter().all(|span| span.name != "log sync"), "log syncs are events, not spans");
     let submit = find(&of_trace, "twophase-coordinator", "submit")[0];
     assert_eq!(submit.text("twophase.outcome"), Some("committed"), "{submit:?}");
@@ -257,10 +269,7 @@ fn check_tree(spans: &[Received], trace_id: &[u8]) {
     let mut synced = decision.synced_records();
     synced.sort();
     assert_eq!(synced, ["Commit", "Staged"], "{decision:?}");
-    let coordinator_span = |name: &str, participant: i64| {
-        let found = find(&of_trace, "twophase-coordinator", name);
-        found.into_iter().find(|span| span.int("twophase.participant") == Some(participant)).cloned().unwrap()
-    };
+    let coordinator_span = |name: &str, participant: i64| coordinator_span_for(&of_trace, name, participant);
     for (node, participant) in [("p1", 1), ("p2", 2)] {
         let mine = |name: &str| {
             let found = find(&of_trace, "twophase-participant", name);
@@ -345,7 +354,7 @@ fn the_load_generator_roots_the_traces_of_its_pipelined_transactions() {
         Some((spans, root))
     });
     assert!(root.parent_span_id.is_empty(), "the load generator's span is the root");
-    let of_trace: Vec<Received> = spans.iter().filter(|span| span.trace_id == root.trace_id).cloned().collect();
+    let of_trace = of_trace(&spans, &root.trace_id);
     let submit = find(&of_trace, "twophase-coordinator", "submit")[0];
     assert_eq!(submit.parent_span_id, root.span_id, "the coordinator's submit is the load generator's child");
     check_tree(&spans, &root.trace_id);
@@ -369,7 +378,7 @@ fn a_participant_killed_mid_transaction_leaves_a_trace_that_shows_it() {
     let spans = eventually("the aborted transaction's spans", Duration::from_secs(30), || {
         let spans = receiver.spans();
         let root = find(&spans, "twophase-client", "transaction").first().map(|span| span.trace_id.clone())?;
-        let of_trace: Vec<Received> = spans.into_iter().filter(|span| span.trace_id == root).collect();
+        let of_trace = of_trace(&spans, &root);
         let count = |service: &str, name: &str| find(&of_trace, service, name).len();
         let whole = count("twophase-coordinator", "submit") == 1
             && count("twophase-coordinator", "prepare") == 2
@@ -387,14 +396,10 @@ fn a_participant_killed_mid_transaction_leaves_a_trace_that_shows_it() {
     let decision = find(&spans, "twophase-coordinator", "decision")[0];
     assert_eq!(decision.text("twophase.outcome"), Some("aborted"), "{decision:?}");
 
-    let coordinator_prepare = |participant: i64| {
-        let found = find(&spans, "twophase-coordinator", "prepare");
-        found.into_iter().find(|span| span.int("twophase.participant") == Some(participant)).cloned().unwrap()
-    };
     // p1 voted Yes; its own span hangs under the coordinator's. It ends with its log sync,
     // or, when the coordinator's Abort (sent as soon as p2's connection dropped) overtook
     // that sync, with the abort.
-    let (asked_p1, asked_p2) = (coordinator_prepare(1), coordinator_prepare(2));
+    let (asked_p1, asked_p2) = (coordinator_span_for(&spans, "prepare", 1), coordinator_span_for(&spans, "prepare", 2));
     assert_eq!(asked_p1.text("twophase.vote"), Some("yes"), "{asked_p1:?}");
     let p1_prepare = find(&spans, "twophase-participant", "prepare")[0];
     assert_eq!(p1_prepare.node, "p1");
