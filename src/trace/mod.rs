@@ -62,7 +62,7 @@ pub struct TraceArgs {
     /// where they start (the client or the coordinator) [default: 0].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub trace_sample: Option<f64>,
-    /// OTLP/HTTP (protobuf) endpoint spans are sent to; a URL without a path gets
+    /// OTLP/HTTP (protobuf) endpoint spans are sent to, over plain http; a URL without a path gets
     /// `/v1/traces` [default: http://127.0.0.1:4318/v1/traces].
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
@@ -121,8 +121,13 @@ impl Exporter {
             return Ok(None);
         }
         let endpoint = args.endpoint();
-        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
-            bail!("--otlp-endpoint {endpoint} is not an http:// or https:// URL");
+        // The exporter's HTTP client is built without TLS: an https:// endpoint would fail
+        // every export, and the SDK would drop the spans without a word.
+        if endpoint.starts_with("https://") {
+            bail!("--otlp-endpoint {endpoint}: https is not supported; use http:// to a local collector");
+        }
+        if !endpoint.starts_with("http://") {
+            bail!("--otlp-endpoint {endpoint} is not an http:// URL");
         }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -326,5 +331,14 @@ mod tests {
         assert!(Exporter::start(&TraceArgs::default(), "twophase-test", "t1").unwrap().is_none());
         let off = TraceArgs { trace_sample: Some(0.0), otlp_endpoint: Some("http://127.0.0.1:9".into()) };
         assert!(Exporter::start(&off, "twophase-test", "t1").unwrap().is_none());
+    }
+
+    #[test]
+    fn only_plain_http_endpoints_are_taken() {
+        let at = |url: &str| TraceArgs { trace_sample: Some(0.5), otlp_endpoint: Some(url.to_string()) };
+        let refused = |url: &str| Exporter::start(&at(url), "twophase-test", "t1").err().unwrap().to_string();
+        assert!(refused("https://collector:4318").contains("https is not supported"), "{}", refused("https://c:1"));
+        assert!(refused("collector:4318").contains("not an http:// URL"));
+        assert!(Exporter::start(&at("http://127.0.0.1:9"), "twophase-test", "t1").unwrap().is_some());
     }
 }
