@@ -3,7 +3,8 @@
 //!
 //! - `prepare`: from the Prepare's arrival until its vote leaves: a No or ReadOnly vote at
 //!   once, a Yes once the Prepared record is durable (a `log sync` event then gives its LSN,
-//!   writes and sync time); a prepare parked behind an older holder includes the wait;
+//!   writes and sync time); a prepare parked behind an older holder includes the wait; an
+//!   Abort that comes first ends it with `outcome` aborted and no vote;
 //! - `commit`: from the Commit's arrival until its ack leaves (the Committed record durable).
 
 use std::collections::VecDeque;
@@ -135,8 +136,9 @@ impl ParticipantTrace {
 
     fn on_prepared(&mut self, lsn: Lsn, txid: TxId, writes: usize) {
         let Some(tx) = self.txs.get_mut(&txid) else { return };
-        let Some(prepare) = &mut tx.prepare else { return };
-        prepare.set_attribute(KeyValue::new("twophase.vote", "yes"));
+        if tx.prepare.is_none() {
+            return;
+        }
         if self.syncs.len() >= TRACED_TXS_MAX {
             self.syncs.pop_front();
         }
@@ -158,7 +160,8 @@ impl ParticipantTrace {
     }
 
     /// The log is durable up to `durable`: a traced Prepared record now durable is a `log
-    /// sync` event on its `prepare`, which ends (the Yes leaves in this step).
+    /// sync` event on its `prepare`, which ends with vote yes (the Yes leaves in this step;
+    /// not before: an Abort that overtakes the sync ends the span with no vote).
     pub fn after_step(&mut self, durable: Lsn) {
         let mut now = None;
         while let Some(pending) = pop_durable(&mut self.syncs, durable, |pending| pending.lsn) {
@@ -173,6 +176,7 @@ impl ParticipantTrace {
                 writes: Some(pending.writes),
             };
             add_sync_event(&mut prepare, &sync);
+            prepare.set_attribute(KeyValue::new("twophase.vote", "yes"));
         }
     }
 
