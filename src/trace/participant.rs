@@ -135,8 +135,8 @@ impl ParticipantTrace {
     }
 
     fn on_prepared(&mut self, lsn: Lsn, txid: TxId, writes: usize) {
-        let Some(tx) = self.txs.get_mut(&txid) else { return };
-        if tx.prepare.is_none() {
+        // Only a `prepare` still open waits for its sync (its vote is set then).
+        if self.txs.get_mut(&txid).is_none_or(|tx| tx.prepare.is_none()) {
             return;
         }
         if self.syncs.len() >= TRACED_TXS_MAX {
