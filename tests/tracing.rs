@@ -175,6 +175,11 @@ fn find<'a>(spans: &'a [Received], service: &str, name: &str) -> Vec<&'a Receive
     spans.iter().filter(|span| span.service == service && span.name == name).collect()
 }
 
+/// How many spans `service` sent named `name`.
+fn count(spans: &[Received], service: &str, name: &str) -> usize {
+    find(spans, service, name).len()
+}
+
 /// The spans of trace `trace_id`.
 fn of_trace(spans: &[Received], trace_id: &[u8]) -> Vec<Received> {
     spans.iter().filter(|span| span.trace_id == trace_id).cloned().collect()
@@ -238,7 +243,7 @@ fn tx(coordinator: SocketAddr, data_dir: &std::path::Path, extra: &[&str], ops: 
 /// any), the coordinator's four kinds and each participant's two. Log syncs are events.
 fn complete(spans: &[Received], trace_id: &[u8], client_service: Option<&str>) -> bool {
     let of_trace = of_trace(spans, trace_id);
-    let count = |service: &str, name: &str| find(&of_trace, service, name).len();
+    let count = |service: &str, name: &str| count(&of_trace, service, name);
     client_service.is_none_or(|service| count(service, "transaction") == 1)
         && count("twophase-coordinator", "submit") == 1
         && count("twophase-coordinator", "prepare") == 2
@@ -379,7 +384,7 @@ fn a_participant_killed_mid_transaction_leaves_a_trace_that_shows_it() {
         let spans = receiver.spans();
         let root = find(&spans, "twophase-client", "transaction").first().map(|span| span.trace_id.clone())?;
         let of_trace = of_trace(&spans, &root);
-        let count = |service: &str, name: &str| find(&of_trace, service, name).len();
+        let count = |service: &str, name: &str| count(&of_trace, service, name);
         let whole = count("twophase-coordinator", "submit") == 1
             && count("twophase-coordinator", "prepare") == 2
             && count("twophase-coordinator", "decision") == 1
