@@ -166,9 +166,14 @@ fn every_member_serves_metrics_the_leaders_match_what_the_client_saw() {
     assert_eq!((committed, constraint), (16, 5));
 
     let decided = |s: &Scrape, outcome: &str| s.value("twophase_transactions_total", &[("outcome", outcome)]);
-    let at_leader = scrape_until(metrics_of(leader), |s| decided(s, "committed") == Some(committed as f64));
+    let refused = |s: &Scrape| s.value("twophase_aborts_total", &[("reason", "constraint")]);
+    // The leader publishes a snapshot now and then: wait for one taken after the last reply
+    // (a constraint abort), not just after the last commit.
+    let at_leader = scrape_until(metrics_of(leader), |s| {
+        decided(s, "committed") == Some(committed as f64) && refused(s) == Some(constraint as f64)
+    });
     assert_eq!(decided(&at_leader, "committed"), Some(committed as f64), "the leader counts what the client saw");
-    assert_eq!(at_leader.value("twophase_aborts_total", &[("reason", "constraint")]), Some(constraint as f64));
+    assert_eq!(refused(&at_leader), Some(constraint as f64));
     assert_eq!(at_leader.value("twophase_raft_leader", &[("node", leader.as_str())]), Some(1.0));
     let term = at_leader.value("twophase_raft_term", &[]).expect("the leader's raft term");
     assert!(term >= 1.0, "term {term}");
