@@ -4,11 +4,9 @@
 //! interactive transactions' requests, deadlock detection latency and lock waits
 //! ([`super::interactive`]).
 
+use prometheus_client::encoding::DescriptorEncoder;
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
-
-use prometheus_client::encoding::DescriptorEncoder;
 use twophase_engine::coordinator::{CoordEffects, CoordinatorStats};
 use twophase_engine::message::Interactive;
 use twophase_engine::{
@@ -20,7 +18,7 @@ use super::connections::ConnectionsExport;
 use super::histogram::LatencyHistogram;
 use super::interactive::{InteractiveExport, InteractiveMetrics};
 use super::log::{LogExport, LogMetrics};
-use super::sampler::{Sampler, sampled};
+use super::sampler::{Sampler, StepTime, sampled};
 use super::{Export, NodeInfo, Publisher, Sources, encode};
 use crate::node::Clock;
 
@@ -34,6 +32,8 @@ struct Live {
     submitted: Sampler<(ClientId, Seq)>,
     prepares: Sampler<(ParticipantId, u64)>,
     commits: Sampler<(ParticipantId, u64)>,
+    /// The time of the current step's publish check and of the outputs it releases.
+    step: StepTime,
     interactive: InteractiveMetrics,
     log: LogMetrics,
     publisher: Publisher<CoordinatorExport>,
@@ -125,12 +125,13 @@ impl CoordinatorMetrics {
             ..CoordinatorExport::default()
         };
         let log = LogMetrics::default();
-        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter())?;
+        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter(), clock.now())?;
         let live = Live {
             export,
             submitted: Sampler::default(),
             prepares: Sampler::default(),
             commits: Sampler::default(),
+            step: StepTime::new(clock),
             interactive: InteractiveMetrics::new(clock),
             log,
             publisher,
@@ -142,10 +143,11 @@ impl CoordinatorMetrics {
         self.0.as_mut().map(|live| &mut live.log)
     }
 
-    pub fn submitted(&mut self, client: ClientId, seq: Seq) {
+    /// A request read at `read_at` is about to be stepped.
+    pub fn submitted(&mut self, read_at: Time, client: ClientId, seq: Seq) {
         let Some(live) = &mut self.0 else { return };
         if sampled(seq) {
-            live.submitted.start((client, seq), Instant::now());
+            live.submitted.start((client, seq), read_at);
         }
     }
 
@@ -169,12 +171,15 @@ impl CoordinatorMetrics {
         live.interactive.request(request);
     }
 
+    /// A message released by this step is about to go to participant `to`.
     pub fn sent(&mut self, to: ParticipantId, message: &ToParticipant) {
         let Some(live) = &mut self.0 else { return };
         match message {
             ToParticipant::Abort { txid } => live.interactive.aborted_at(to, *txid),
-            ToParticipant::Prepare { txid, .. } if sampled(txid.0) => live.prepares.start((to, txid.0), Instant::now()),
-            ToParticipant::Commit { txid } if sampled(txid.0) => live.commits.start((to, txid.0), Instant::now()),
+            ToParticipant::Prepare { txid, .. } if sampled(txid.0) => {
+                live.prepares.start((to, txid.0), live.step.now());
+            }
+            ToParticipant::Commit { txid } if sampled(txid.0) => live.commits.start((to, txid.0), live.step.now()),
             _ => {}
         }
     }
@@ -192,12 +197,12 @@ impl CoordinatorMetrics {
         let wait_for_outputs = live.interactive.received(read_at, from, message, fx);
         match message {
             ToCoordinator::Vote { txid, .. } if sampled(txid.0) => {
-                if let Some(elapsed) = live.prepares.finish(&(from, txid.0), Instant::now()) {
+                if let Some(elapsed) = live.prepares.finish(&(from, txid.0), read_at) {
                     live.export.prepare_round.observe(elapsed);
                 }
             }
             ToCoordinator::Ack { txid } if sampled(txid.0) => {
-                if let Some(elapsed) = live.commits.finish(&(from, txid.0), Instant::now()) {
+                if let Some(elapsed) = live.commits.finish(&(from, txid.0), read_at) {
                     live.export.commit_round.observe(elapsed);
                 }
             }
@@ -213,7 +218,7 @@ impl CoordinatorMetrics {
         live.interactive.wait_for_stepped(read_at, outputs_from, fx);
     }
 
-    /// A reply is about to go to its client.
+    /// A reply released by this step is about to go to its client.
     pub fn replied(&mut self, reply: &Reply) {
         let Some(live) = &mut self.0 else { return };
         match reply {
@@ -224,7 +229,7 @@ impl CoordinatorMetrics {
         live.interactive.replied(reply);
         if let Some((client, seq)) = reply.request()
             && sampled(seq)
-            && let Some(elapsed) = live.submitted.finish(&(client, seq), Instant::now())
+            && let Some(elapsed) = live.submitted.finish(&(client, seq), live.step.now())
         {
             live.export.transaction.observe(elapsed);
         }
@@ -243,15 +248,6 @@ impl CoordinatorMetrics {
         }
     }
 
-    /// Copies the transport's per-connection counters when a publish is due; call it right
-    /// before [`Self::after_step`] (which publishes them).
-    pub fn connections(&mut self, transport: &Reactor) {
-        let Some(live) = &mut self.0 else { return };
-        if live.publisher.due() {
-            live.export.connections.update(transport);
-        }
-    }
-
     /// A replicated group member's Raft state, published with the rest (call it every loop
     /// turn: it only copies four numbers).
     pub fn group(&mut self, status: GroupStatus) {
@@ -266,7 +262,8 @@ impl CoordinatorMetrics {
     /// coordinator does).
     pub fn after_following_turn(&mut self) {
         let Some(live) = &mut self.0 else { return };
-        if !live.publisher.due() {
+        let now = live.step.restart();
+        if !live.publisher.due(now) {
             return;
         }
         live.export.in_flight = 0;
@@ -275,16 +272,20 @@ impl CoordinatorMetrics {
             peer.connected = false;
         }
         let export = &live.export;
-        live.publisher.publish(|| export.clone());
+        live.publisher.publish(now, || export.clone());
     }
 
-    /// Called after every step: publishes the counters every [`super::PUBLISH_EVERY`].
-    pub fn after_step(&mut self, engine: &Coordinator, durable: Lsn) {
+    /// Called after every step, before its outputs are routed: starts the step's time (the
+    /// one clock read of the step) and publishes the counters, the transport's
+    /// per-connection ones included, every [`super::PUBLISH_EVERY`].
+    pub fn after_step(&mut self, engine: &Coordinator, durable: Lsn, transport: &Reactor) {
         let Some(live) = &mut self.0 else { return };
+        let now = live.step.restart();
         live.log.durable(durable);
-        if !live.publisher.due() {
+        if !live.publisher.due(now) {
             return;
         }
+        live.export.connections.update(transport);
         live.export.stats = engine.stats();
         live.export.in_flight = engine.unfinished() as u64;
         live.export.preparing = engine.preparing() as u64;
@@ -292,7 +293,7 @@ impl CoordinatorMetrics {
         live.export.log = live.log.export();
         live.export.interactive = live.interactive.export();
         let export = &live.export;
-        live.publisher.publish(|| export.clone());
+        live.publisher.publish(now, || export.clone());
     }
 }
 
@@ -524,8 +525,8 @@ mod tests {
             &mut fx,
         );
         let live = metrics.0.as_mut().unwrap();
-        live.publisher.last -= super::super::PUBLISH_EVERY; // as if the interval had passed
-        metrics.after_step(&engine, Lsn::NONE);
+        live.publisher.last = None; // as if the interval had passed
+        metrics.after_step(&engine, Lsn::NONE, &idle_transport());
 
         let scrape = scrape();
         assert_eq!(scrape.value("twophase_aborts_total", &[("reason", "conflict"), ("node", "c1")]), Some(2.0));
@@ -551,7 +552,7 @@ mod tests {
 
         metrics.participant_up(ParticipantId(1));
         metrics.group(GroupStatus { term: 7, leader: false, commit_index: 40, applied_index: 38 });
-        metrics.0.as_mut().unwrap().publisher.last -= super::super::PUBLISH_EVERY;
+        metrics.0.as_mut().unwrap().publisher.last = None;
         metrics.after_following_turn();
 
         let scrape = scrape();
@@ -566,10 +567,22 @@ mod tests {
         );
     }
 
+    /// A reactor with no connections, listening nowhere.
+    fn idle_transport() -> Reactor {
+        let me = twophase_net::Hello {
+            role: twophase_net::Role::Coordinator,
+            cluster: "test".into(),
+            node: "c1".into(),
+            epoch: Default::default(),
+        };
+        let config = twophase_net::TransportConfig::new(me, twophase_net::Security::InsecurePlaintext);
+        Reactor::new(config).unwrap().0
+    }
+
     #[test]
     fn hooks_do_nothing_when_off() {
         let mut metrics = CoordinatorMetrics::off();
-        metrics.submitted(ClientId(1), 8);
+        metrics.submitted(Time(0), ClientId(1), 8);
         metrics.participant_down(ParticipantId(1));
         assert!(metrics.log().is_none() && metrics.0.is_none());
     }

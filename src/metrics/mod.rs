@@ -27,11 +27,12 @@ pub mod sampler;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
+use twophase_engine::Time;
 
 pub use coordinator::{CoordinatorMetrics, GroupStatus};
 pub use log::LogMetrics;
@@ -73,19 +74,20 @@ pub struct Sources {
 #[derive(Debug)]
 struct Publisher<E> {
     shared: Arc<Mutex<E>>,
-    last: Instant,
+    /// When the last copy was published (`None`: due at once).
+    last: Option<Time>,
 }
 
 impl<E> Publisher<E> {
-    fn due(&self) -> bool {
-        self.last.elapsed() >= PUBLISH_EVERY
+    fn due(&self, now: Time) -> bool {
+        self.last.is_none_or(|last| now.since(last) >= PUBLISH_EVERY)
     }
 
     /// Publishes unless a scrape holds the snapshot right now (then the next step will).
-    fn publish(&mut self, export: impl FnOnce() -> E) {
+    fn publish(&mut self, now: Time, export: impl FnOnce() -> E) {
         if let Ok(mut shared) = self.shared.try_lock() {
             *shared = export();
-            self.last = Instant::now();
+            self.last = Some(now);
         }
     }
 }
@@ -160,6 +162,7 @@ fn start<E: Export>(
     initial: E,
     sources: Sources,
     groups: Arc<std::sync::atomic::AtomicU64>,
+    now: Time,
 ) -> anyhow::Result<(Publisher<E>, SocketAddr)> {
     let Sources { snapshots, wal } = sources;
     let published = Arc::new(Mutex::new(initial));
@@ -169,5 +172,5 @@ fn start<E: Export>(
     let collector = NodeCollector { published: published.clone(), snapshots, groups, wal, info, started_unix_s };
     registry.register_collector(Box::new(collector));
     let addr = http::spawn(listen, registry)?;
-    Ok((Publisher { shared: published, last: Instant::now() }, addr))
+    Ok((Publisher { shared: published, last: Some(now) }, addr))
 }

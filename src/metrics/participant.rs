@@ -4,18 +4,18 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use prometheus_client::encoding::DescriptorEncoder;
 use twophase_engine::participant::ParticipantStats;
-use twophase_engine::{Lsn, Participant, ToCoordinator, ToParticipant, Vote};
+use twophase_engine::{Lsn, Participant, Time, ToCoordinator, ToParticipant, Vote};
 use twophase_net::Reactor;
 
 use super::connections::ConnectionsExport;
 use super::histogram::LatencyHistogram;
 use super::log::{LogExport, LogMetrics};
-use super::sampler::{Sampler, sampled};
+use super::sampler::{Sampler, StepTime, sampled};
 use super::{Export, NodeInfo, Publisher, Sources, encode};
+use crate::node::Clock;
 
 /// The participant's metrics hooks; all of them do nothing when metrics are off.
 #[derive(Debug, Default)]
@@ -25,6 +25,8 @@ pub struct ParticipantMetrics(Option<Box<Live>>);
 struct Live {
     export: ParticipantExport,
     voted_yes: Sampler<u64>,
+    /// The time of the current step's publish check and of the votes it releases.
+    step: StepTime,
     log: LogMetrics,
     publisher: Publisher<ParticipantExport>,
 }
@@ -52,10 +54,16 @@ impl ParticipantMetrics {
 
     /// Off without an address; otherwise starts the listener and prints
     /// `twophase participant NAME metrics on ADDR` (before the node's `listening on` line).
-    pub fn serve(listen: Option<SocketAddr>, info: NodeInfo, sources: Sources) -> anyhow::Result<ParticipantMetrics> {
+    /// `clock` is the engine's.
+    pub fn serve(
+        listen: Option<SocketAddr>,
+        info: NodeInfo,
+        sources: Sources,
+        clock: Clock,
+    ) -> anyhow::Result<ParticipantMetrics> {
         let Some(listen) = listen else { return Ok(ParticipantMetrics::off()) };
         let announce = info.announcement();
-        let (metrics, addr) = ParticipantMetrics::start(listen, info, sources)?;
+        let (metrics, addr) = ParticipantMetrics::start(listen, info, sources, clock)?;
         println!("{announce} {addr}");
         Ok(metrics)
     }
@@ -65,11 +73,12 @@ impl ParticipantMetrics {
         listen: SocketAddr,
         info: NodeInfo,
         sources: Sources,
+        clock: Clock,
     ) -> anyhow::Result<(ParticipantMetrics, SocketAddr)> {
         let export = ParticipantExport::default();
         let log = LogMetrics::default();
-        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter())?;
-        let live = Live { export, voted_yes: Sampler::default(), log, publisher };
+        let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter(), clock.now())?;
+        let live = Live { export, voted_yes: Sampler::default(), step: StepTime::new(clock), log, publisher };
         Ok((ParticipantMetrics(Some(Box::new(live))), addr))
     }
 
@@ -89,23 +98,24 @@ impl ParticipantMetrics {
         live.export.frames_in += 1;
     }
 
-    pub fn received(&mut self, message: &ToParticipant) {
+    /// A message of the coordinator's, read at `read_at`, is about to be stepped.
+    pub fn received(&mut self, read_at: Time, message: &ToParticipant) {
         let Some(live) = &mut self.0 else { return };
         if let ToParticipant::Commit { txid } | ToParticipant::Abort { txid } = message
             && sampled(txid.0)
-            && let Some(elapsed) = live.voted_yes.finish(&txid.0, Instant::now())
+            && let Some(elapsed) = live.voted_yes.finish(&txid.0, read_at)
         {
             live.export.vote_wait.observe(elapsed);
         }
     }
 
-    /// A message is about to go to the coordinator.
+    /// A message released by this step is about to go to the coordinator.
     pub fn sent(&mut self, message: &ToCoordinator) {
         let Some(live) = &mut self.0 else { return };
         if let ToCoordinator::Vote { txid, vote: Vote::Yes { .. } } = message
             && sampled(txid.0)
         {
-            live.voted_yes.start(txid.0, Instant::now());
+            live.voted_yes.start(txid.0, live.step.now());
         }
     }
 
@@ -116,29 +126,24 @@ impl ParticipantMetrics {
         live.export.bytes_out += bytes as u64;
     }
 
-    /// Copies the transport's per-connection counters when a publish is due; call it right
-    /// before [`Self::after_step`] (which publishes them).
-    pub fn connections(&mut self, transport: &Reactor) {
+    /// Called after every step, before its outputs are routed: starts the step's time (the
+    /// one clock read of the step) and publishes the counters, the transport's
+    /// per-connection ones included, every [`super::PUBLISH_EVERY`].
+    pub fn after_step(&mut self, engine: &Participant, durable: Lsn, transport: &Reactor) {
         let Some(live) = &mut self.0 else { return };
-        if live.publisher.due() {
-            live.export.connections.update(transport);
-        }
-    }
-
-    /// Called after every step: publishes the counters every [`super::PUBLISH_EVERY`].
-    pub fn after_step(&mut self, engine: &Participant, durable: Lsn) {
-        let Some(live) = &mut self.0 else { return };
+        let now = live.step.restart();
         live.log.durable(durable);
-        if !live.publisher.due() {
+        if !live.publisher.due(now) {
             return;
         }
+        live.export.connections.update(transport);
         live.export.stats = engine.stats();
         live.export.prepared = engine.prepared() as u64;
         live.export.in_doubt = engine.in_doubt() as u64;
         live.export.parked = engine.parked() as u64;
         live.export.log = live.log.export();
         let export = &live.export;
-        live.publisher.publish(|| export.clone());
+        live.publisher.publish(now, || export.clone());
     }
 }
 

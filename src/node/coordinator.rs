@@ -133,7 +133,7 @@ impl CoordinatorRole {
                         return super::refuse(&mut self.transport, conn, message);
                     }
                     let traced = self.trace.as_mut().and_then(|trace| trace.before_submit(&submit, fx));
-                    self.metrics.submitted(submit.client, submit.seq);
+                    self.metrics.submitted(now, submit.client, submit.seq);
                     let origin = ClientOrigin { conn, identity: &identity };
                     self.engine.on_submit(now, origin, submit, fx);
                     if let (Some(trace), Some(pending)) = (&mut self.trace, traced) {
@@ -317,8 +317,7 @@ impl Role for CoordinatorRole {
         if let Some(checkpoints) = &mut self.checkpoints {
             checkpoints.after_step(durable, engine.last_lsn(), || engine.snapshot());
         }
-        self.metrics.connections(&self.transport);
-        self.metrics.after_step(engine, durable);
+        self.metrics.after_step(engine, durable, &self.transport);
     }
 
     fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {

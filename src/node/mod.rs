@@ -38,7 +38,7 @@ use twophase_wal::{Backend, SyncMode, Wal, WalOptions};
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// The process clock: nanoseconds since start, as the engine's [`Time`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Clock {
     start: Instant,
 }

@@ -75,7 +75,7 @@ impl ParticipantRole {
                     if let Some(trace) = &mut self.trace {
                         trace.on_message(&message);
                     }
-                    self.metrics.received(&message);
+                    self.metrics.received(now, &message);
                     if let Err(refused) = self.engine.on_message(now, epoch, message, fx) {
                         tracing::warn!(conn, "refusing a coordinator message: {refused}");
                     }
@@ -212,8 +212,7 @@ impl Role for ParticipantRole {
         }
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
-        self.metrics.connections(&self.transport);
-        self.metrics.after_step(engine, durable);
+        self.metrics.after_step(engine, durable, &self.transport);
         self.dumps.pump(&self.engine, &mut self.transport, self.fsync);
     }
 
@@ -265,7 +264,7 @@ pub fn serve(options: ParticipantOptions) -> anyhow::Result<()> {
     let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
     let info =
         NodeInfo { node: options.name.clone(), role: "participant", recovery: started.elapsed(), recovered_records };
-    let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.sources(&wal))?;
+    let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.sources(&wal), clock)?;
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
 
