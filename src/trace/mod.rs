@@ -3,7 +3,8 @@
 //!
 //! Owns: the `--trace-sample` / `--otlp-endpoint` flags ([`TraceArgs`]), the exporter
 //! ([`Exporter`]: OTLP over HTTP/protobuf from the SDK's batch span processor, a thread of
-//! its own behind a bounded queue that drops spans when full), the W3C `traceparent`
+//! its own behind a bounded queue that drops spans when full, run at idle priority with
+//! its HTTP client's thread ([`idle`])), the W3C `traceparent`
 //! encoding ([`context`]), and one tracer per role ([`coordinator`], [`participant`]) that
 //! derives spans from what the runtime already sees: frames in, the engine's appends and
 //! outputs, the log's durable LSN, the outputs released. A log sync is an event ("log
@@ -24,6 +25,7 @@ mod bounded;
 pub mod client;
 pub mod context;
 pub mod coordinator;
+mod idle;
 pub mod participant;
 
 use std::collections::VecDeque;
@@ -110,6 +112,8 @@ pub struct Exporter {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     sample_rate: f64,
+    /// The batch processor's and the HTTP client's threads, at idle priority ([`idle`]).
+    idle_threads: Vec<libc::pid_t>,
 }
 
 impl Exporter {
@@ -129,18 +133,9 @@ impl Exporter {
         if !endpoint.starts_with("http://") {
             bail!("--otlp-endpoint {endpoint} is not an http:// URL");
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
-            .with_context(|| format!("building the OTLP exporter for {endpoint}"))?;
-        let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(QUEUE_SPANS_MAX)
-            .with_max_export_batch_size(EXPORT_BATCH_SPANS_MAX)
-            .with_scheduled_delay(EXPORT_INTERVAL)
-            .build();
-        let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
+        // Built where their threads start at idle priority: see `idle`.
+        let (processor, idle_threads) = idle::build_at_idle_priority(|| batch_processor(&endpoint));
+        let processor = processor?;
         let resource = Resource::builder()
             .with_service_name(service.to_string())
             .with_attribute(KeyValue::new("service.instance.id", node.to_string()))
@@ -152,7 +147,7 @@ impl Exporter {
             .build();
         let tracer = provider.tracer("twophase");
         tracing::info!(sample_rate, %endpoint, "tracing sampled transactions");
-        Ok(Some(Exporter { provider, tracer, sample_rate }))
+        Ok(Some(Exporter { provider, tracer, sample_rate, idle_threads }))
     }
 
     /// Whether a transaction that starts here (no caller's context) is traced.
@@ -252,8 +247,27 @@ pub(crate) struct SyncDone {
     pub(crate) writes: Option<usize>,
 }
 
+/// The OTLP/HTTP exporter behind the SDK's batch processor (which starts its thread, as
+/// the exporter starts its HTTP client's).
+fn batch_processor(endpoint: &str) -> anyhow::Result<BatchSpanProcessor> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .with_context(|| format!("building the OTLP exporter for {endpoint}"))?;
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(QUEUE_SPANS_MAX)
+        .with_max_export_batch_size(EXPORT_BATCH_SPANS_MAX)
+        .with_scheduled_delay(EXPORT_INTERVAL)
+        .build();
+    Ok(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+}
+
 impl Drop for Exporter {
     fn drop(&mut self) {
+        // The last spans leave now, not when a CPU happens to be idle.
+        idle::restore_normal_priority(&self.idle_threads);
         if let Err(err) = self.provider.shutdown_with_timeout(SHUTDOWN_WAIT) {
             tracing::warn!("sending the last spans: {err}");
         }
