@@ -4,9 +4,10 @@
 //! interactive transactions' requests, deadlock detection latency and lock waits
 //! ([`super::interactive`]).
 
-use prometheus_client::encoding::DescriptorEncoder;
 use std::fmt;
 use std::net::SocketAddr;
+
+use prometheus_client::encoding::DescriptorEncoder;
 use twophase_engine::coordinator::{CoordEffects, CoordinatorStats};
 use twophase_engine::message::Interactive;
 use twophase_engine::{

@@ -46,12 +46,16 @@ impl SlotKey for u64 {
     }
 }
 
+/// Slots a transaction's rounds take side by side, one per participant (a transaction with
+/// more participants overlaps the next one's slots: some of its rounds go untimed).
+const ROUNDS_PER_TRANSACTION: u64 = 8;
+
 /// A participant's rounds of one transaction: the participants of a transaction sit side by
-/// side, a multiplier apart from the next transaction's.
+/// side, [`ROUNDS_PER_TRANSACTION`] slots from the next transaction's.
 impl SlotKey for (ParticipantId, u64) {
     #[inline]
     fn slot_number(&self) -> u64 {
-        (self.1 / SAMPLE_ONE_IN).wrapping_mul(8).wrapping_add(u64::from(self.0.0))
+        (self.1 / SAMPLE_ONE_IN).wrapping_mul(ROUNDS_PER_TRANSACTION).wrapping_add(u64::from(self.0.0))
     }
 }
 
