@@ -17,6 +17,7 @@ use twophase_net::{
     Role as NetRole, TransportConfig,
 };
 
+use super::held_frames::{Held, HeldFrames};
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
@@ -77,6 +78,8 @@ pub struct CoordinatorRole {
     identity_of_conn: HashMap<ConnId, String>,
     to_participants: HashMap<ParticipantId, BatchWriter<ToParticipant>>,
     to_clients: HashMap<ConnId, BatchWriter<Reply>>,
+    /// Frames for participants not connected yet since this role started.
+    held: HeldFrames,
     /// Every participant's id, name and address, for admin `Topology` requests.
     topology: Vec<(ParticipantId, String, String)>,
     /// The `listening on` line, held back until every participant is connected (or the
@@ -280,6 +283,7 @@ impl Role for CoordinatorRole {
                 self.peer_of_conn.insert(conn, participant);
                 self.engine.participant_reachable(participant);
                 self.metrics.participant_up(participant);
+                self.send_held(participant, conn);
                 self.announce_when_ready();
             }
             Inbound::PeerDown { peer } => {
@@ -345,8 +349,9 @@ impl Role for CoordinatorRole {
         // twice and could leave in a write (and reach the participant in a read) of their own.
         let mut frames: Vec<(ConnId, Bytes)> = Vec::new();
         for (participant, frame) in self.trace.as_mut().map(|trace| trace.released(released)).unwrap_or_default() {
-            if let Some(&conn) = self.peer_conn.get(&participant) {
-                frames.push((conn, frame));
+            match self.peer_conn.get(&participant) {
+                Some(&conn) => frames.push((conn, frame)),
+                None => hold_until_connected(&mut self.held, participant, frame),
             }
         }
         for output in released.drain(..) {
@@ -392,10 +397,12 @@ impl Role for CoordinatorRole {
                 continue;
             }
             let bytes = writer.take();
-            // A participant that is down misses these; prepares time out, commits are re-driven.
-            if let Some(&conn) = self.peer_conn.get(participant) {
-                self.metrics.frame_out(Some(*participant), bytes.len());
-                frames.push((conn, bytes));
+            match self.peer_conn.get(participant) {
+                Some(&conn) => {
+                    self.metrics.frame_out(Some(*participant), bytes.len());
+                    frames.push((conn, bytes));
+                }
+                None => hold_until_connected(&mut self.held, *participant, bytes),
             }
         }
         for (conn, writer) in &mut self.to_clients {
@@ -414,7 +421,29 @@ impl Role for CoordinatorRole {
     }
 }
 
+/// A frame for a participant with no connection: held if it has not connected yet since the
+/// role started. One that was connected and is down now misses it: prepares time out,
+/// commits are re-driven.
+fn hold_until_connected(held: &mut HeldFrames, participant: ParticipantId, frame: Bytes) {
+    if held.hold(participant, frame, Instant::now()) == Held::Dropped {
+        tracing::warn!(%participant, "no room to hold a frame for a participant not connected yet; dropped");
+    }
+}
+
 impl CoordinatorRole {
+    /// `participant` connected on `conn` for the first time: what was held for it leaves,
+    /// ahead of anything sent from now on.
+    fn send_held(&mut self, participant: ParticipantId, conn: ConnId) {
+        let (frames, dropped) = self.held.release(participant, Instant::now());
+        if !frames.is_empty() {
+            tracing::info!(%participant, frames = frames.len(), dropped, "sending what was held for its connection");
+            for frame in &frames {
+                self.metrics.frame_out(Some(participant), frame.len());
+            }
+            self.transport.send_many(frames.into_iter().map(|frame| (conn, frame)).collect());
+        }
+    }
+
     /// Failpoint `coordinator-commit-sent-partial`: what is batched for `to` (including the
     /// Commit just pushed) leaves; every other participant's batch and every client reply
     /// of this step never does.
@@ -503,6 +532,8 @@ pub(super) struct RoleParts {
 
 impl CoordinatorRole {
     pub(super) fn new(engine: Coordinator, transport: Reactor, parts: RoleParts) -> CoordinatorRole {
+        let hold_until = Instant::now() + engine.config().prepare_timeout;
+        let held = HeldFrames::awaiting(parts.topology.iter().map(|(id, _, _)| *id), hold_until);
         CoordinatorRole {
             engine,
             transport,
@@ -514,6 +545,7 @@ impl CoordinatorRole {
             identity_of_conn: HashMap::new(),
             to_participants: HashMap::new(),
             to_clients: HashMap::new(),
+            held,
             topology: parts.topology,
             announcement: parts.announcement,
             checkpoints: parts.checkpoints,

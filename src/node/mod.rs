@@ -18,6 +18,7 @@ pub mod backend_rm;
 pub mod coordinator;
 mod coordinator_links;
 pub mod dump;
+mod held_frames;
 pub mod participant;
 pub mod replicated;
 pub mod snapshot;
