@@ -18,6 +18,9 @@
 //! its log far past it catches up from the leader's snapshot after its restart (it logs the
 //! restore; `Status` shows its applied index reach the leader's commit index), and then
 //! leads with every commit in place.
+//! (e) A transaction submitted to a new leader before its connections to the participants
+//! are up (they are held back) waits for them and commits: its Prepares are held until each
+//! participant's first connection, not lost to wait out the prepare timeout.
 
 mod common;
 #[path = "common/proxy.rs"]
@@ -25,13 +28,13 @@ mod proxy;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
+use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, free_addr, make_cert};
 use proxy::{Fault, Proxy};
 use twophase_net::{Client, ClientOptions, Pipeline, ReplicaStatus};
 
@@ -39,11 +42,6 @@ const MEMBERS: [&str; 3] = ["c1", "c2", "c3"];
 /// Generous: the machine running the tests may be busy compiling.
 const WAIT: Duration = Duration::from_secs(30);
 const BEFORE_PARTITION: i64 = 10;
-
-/// A free loopback port, released for the process that will listen on it.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
 
 /// One member's process, what it printed, and how to start it again.
 struct Member {
@@ -427,4 +425,44 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot_and_then_leads() {
     let (a1, a2) = (p1.get("a").copied().unwrap_or(0), p2.get("a").copied().unwrap_or(0));
     assert_eq!(a1, a2, "a transaction applied at one participant only");
     assert!(a1 > TRANSACTIONS, "p1 holds {a1}: an acknowledged commit is missing");
+}
+
+#[test]
+fn a_transaction_submitted_before_a_new_leader_reached_its_participants_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough that only holding the Prepare, never its timeout, can decide in time.
+    let mut group = Group::start_with(dir.path(), &["--prepare-timeout-ms", "10000"]);
+    let (old, old_term, _) = group.wait_leader(0);
+    let old_name = group.members[old].name;
+    group.commit_through_leader("a");
+
+    // Whoever leads next dials the participants through held links: its connections
+    // complete only when they are released.
+    let to_participants: Vec<&Proxy> = (group.links.iter())
+        .filter(|((from, to), _)| *from != old_name && !MEMBERS.contains(&to.as_str()))
+        .map(|(_, proxy)| proxy)
+        .collect();
+    for link in &to_participants {
+        link.set(Fault::Hold);
+    }
+    group.members[old].kill();
+    let (new, _, _) = group.wait_leader(old_term);
+
+    // A transaction reaches the new leader before its participants are connected.
+    let mut pipeline = eventually("a pipeline at the new leader", WAIT, || {
+        Pipeline::connect(group.members[new].addr, group.options()).ok()
+    });
+    pipeline.send(vec![add(1, "early", 1, i64::MIN), add(2, "early", 1, i64::MIN)]).unwrap();
+    pipeline.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for link in &to_participants {
+        link.set(Fault::Pass);
+    }
+    let outcomes = eventually("the early transaction's outcome", WAIT, || {
+        let outcomes = pipeline.poll(Duration::from_millis(100)).expect("polling the new leader");
+        (!outcomes.is_empty()).then_some(outcomes)
+    });
+    assert!(outcomes[0].1.is_committed(), "the early transaction was not committed: {:?}", outcomes[0].1);
+    let [p1, p2] = group.settled();
+    assert_eq!((p1.get("early"), p2.get("early")), (Some(&1), Some(&1)), "the early transaction is not applied");
 }
