@@ -15,14 +15,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, make_cert};
+use common::{CLUSTER, Node, add, certs_dir, client_options, dump_ints, eventually, free_addr, make_cert};
 use twophase_engine::{Outcome, ParticipantId};
 use twophase_net::{Client, ClientError, ClientOptions, Pipeline, TxError};
 
@@ -57,12 +57,6 @@ impl Drop for Member {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
-}
-
-/// Free loopback ports for the members (the `--peer` list must name them all up front).
-fn free_addrs(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|listener| listener.local_addr().unwrap()).collect()
 }
 
 fn start_member(
@@ -129,9 +123,9 @@ impl Group {
     }
 
     /// Every member started with `env` set, once a leader announced itself and every member
-    /// is still running. The ports come from `free_addrs`, so another test's process may take
-    /// one before its member binds it; that member exits at once ("Address already in use")
-    /// and the whole group starts again on fresh ports.
+    /// is still running. The ports come from `free_addr`, below the ephemeral range; should
+    /// another program take one before its member binds it anyway, that member exits at once
+    /// ("Address already in use") and the whole group starts again on fresh ports.
     fn start_with(env: &[(&str, &str)]) -> Group {
         for attempt in 1..=START_ATTEMPTS {
             let mut group = Group::start_once(env);
@@ -152,7 +146,7 @@ impl Group {
     fn start_once(env: &[(&str, &str)]) -> Group {
         let dir = tempfile::tempdir().unwrap();
         let participants = vec![Node::participant("p1", dir.path(), &[]), Node::participant("p2", dir.path(), &[])];
-        let addrs = free_addrs(MEMBERS.len());
+        let addrs: Vec<SocketAddr> = MEMBERS.iter().map(|_| free_addr()).collect();
         let members = MEMBERS.iter().map(|name| start_member(dir.path(), name, &addrs, &participants, env)).collect();
         Group { dir, participants, members, addrs }
     }

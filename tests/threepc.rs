@@ -10,20 +10,16 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Node, SHORT_DEMO, add, dump_ints, eventually, run_demo};
+use common::{Node, SHORT_DEMO, add, dump_ints, eventually, free_addr, run_demo};
 use twophase_net::Client;
 
 /// Longest a failpoint may take to fire once its transaction is submitted.
 const DIE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the participants may take to terminate on their own.
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
 
 /// Two 3PC participants that know each other, and a 3PC coordinator armed with `failpoint`.
 fn start(dir: &std::path::Path, failpoint: &str) -> (Node, Node, Node) {
