@@ -19,9 +19,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -47,8 +48,11 @@ struct Shared {
     upstream: SocketAddr,
     fault: Mutex<Fault>,
     stop: AtomicBool,
-    /// Every live connection's two sockets, to close them on `Cut`.
-    live: Mutex<Vec<(TcpStream, TcpStream)>>,
+    /// Every live connection's two sockets, to close them on `Cut`; a connection leaves
+    /// when both its directions ended (its sockets are then closed, not kept open here).
+    live: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
+    /// The next connection's key in `live`.
+    next_conn: AtomicU64,
     /// Bytes forwarded to either side, and dropped by a black hole.
     forwarded_bytes: AtomicU64,
     dropped_bytes: AtomicU64,
@@ -70,7 +74,8 @@ impl Proxy {
             upstream,
             fault: Mutex::new(Fault::Pass),
             stop: AtomicBool::new(false),
-            live: Mutex::new(Vec::new()),
+            live: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
             forwarded_bytes: AtomicU64::new(0),
             dropped_bytes: AtomicU64::new(0),
         });
@@ -129,7 +134,7 @@ impl Shared {
     }
 
     fn close_all(&self) {
-        for (a, b) in self.live.lock().unwrap().drain(..) {
+        for (_, (a, b)) in self.live.lock().unwrap().drain() {
             let _ = a.shutdown(Shutdown::Both);
             let _ = b.shutdown(Shutdown::Both);
         }
@@ -165,18 +170,40 @@ fn connect_pair(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> 
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(POLL))?;
     }
-    shared.live.lock().unwrap().push((client.try_clone()?, server.try_clone()?));
-    start_direction(client.try_clone()?, server.try_clone()?, shared.clone());
-    start_direction(server, client, shared.clone());
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    shared.live.lock().unwrap().insert(conn, (client.try_clone()?, server.try_clone()?));
+    let directions_left = Arc::new(AtomicU8::new(2));
+    let ended = Ended { shared: shared.clone(), conn, directions_left };
+    start_direction(client.try_clone()?, server.try_clone()?, shared.clone(), ended.clone());
+    start_direction(server, client, shared.clone(), ended);
     Ok(())
 }
 
+/// Held by each direction's writer: the last to end takes the connection out of `live`.
+#[derive(Clone)]
+struct Ended {
+    shared: Arc<Shared>,
+    conn: u64,
+    directions_left: Arc<AtomicU8>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if self.directions_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shared.live.lock().unwrap().remove(&self.conn);
+        }
+    }
+}
+
 /// `from` → `to`: a reader that applies the fault and a writer that sends when due.
-fn start_direction(from: TcpStream, to: TcpStream, shared: Arc<Shared>) {
+fn start_direction(from: TcpStream, to: TcpStream, shared: Arc<Shared>, ended: Ended) {
     let (chunks, due) = sync_channel::<(Due, Vec<u8>)>(CHUNKS_MAX);
     let reading = shared.clone();
     thread::spawn(move || read_side(from, chunks, reading));
-    thread::spawn(move || write_side(to, due, shared));
+    thread::spawn(move || {
+        write_side(to, due, shared);
+        drop(ended);
+    });
 }
 
 /// When a chunk may go: at an instant, or once the link no longer holds.
