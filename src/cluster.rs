@@ -11,7 +11,7 @@
 //! Must not: decide when to kill anything (the chaos run does) or touch a node's data.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::Ordering;
@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use twophase_net::Role;
 
-use crate::certs;
 use crate::client_config::ClientFile;
 use crate::security::TlsFiles;
+use crate::{certs, ports};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -374,13 +374,12 @@ pub fn coordinator_names(coordinators: u16) -> Vec<String> {
 }
 
 /// A group member's listen address, fixed before any member starts: `listen` for the first
-/// one if it names a port, otherwise a free port on its host (bound, read, released).
+/// one if it names a port, otherwise a free port on its host ([`ports::free_port`]).
 fn member_addr(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
     if index == 0 && listen.port() != 0 {
         return Ok(listen);
     }
-    let probe = TcpListener::bind(SocketAddr::new(listen.ip(), 0)).context("finding a free port")?;
-    probe.local_addr().context("finding a free port")
+    ports::free_port(listen.ip())
 }
 
 /// The arguments every node of the cluster gets: its data directory, the cluster-wide
@@ -428,17 +427,14 @@ fn coordinator_args(
 }
 
 /// Under 3PC every participant dials every other, so their addresses are fixed before any
-/// starts (free loopback ports, bound, read, released); empty under 2PC (participants
-/// take a free port as they start).
+/// starts (free loopback ports, [`ports::free_port`]); empty under 2PC (participants take
+/// a free port as they start).
 fn threepc_participant_addrs(options: &ClusterOptions) -> anyhow::Result<Vec<(String, SocketAddr)>> {
     if options.protocol != Protocol::ThreePc {
         return Ok(Vec::new());
     }
     (1..=options.participants)
-        .map(|index| {
-            let probe = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-            Ok((format!("p{index}"), probe.local_addr().context("finding a free port")?))
-        })
+        .map(|index| Ok((format!("p{index}"), ports::free_port(std::net::Ipv4Addr::LOCALHOST.into())?)))
         .collect()
 }
 

@@ -15,6 +15,7 @@ mod metrics;
 mod names;
 mod node;
 mod opsyntax;
+mod ports;
 mod saga_cli;
 mod security;
 mod settle;
