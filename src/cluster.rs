@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use twophase_net::Role;
+use twophase_net::{Role, ports};
 
+use crate::certs;
 use crate::client_config::ClientFile;
 use crate::security::TlsFiles;
-use crate::{certs, ports};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -379,7 +379,7 @@ fn member_addr(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
     if index == 0 && listen.port() != 0 {
         return Ok(listen);
     }
-    ports::free_port(listen.ip())
+    ports::free_port(listen.ip()).context("finding a free port")
 }
 
 /// The arguments every node of the cluster gets: its data directory, the cluster-wide
@@ -434,7 +434,12 @@ fn threepc_participant_addrs(options: &ClusterOptions) -> anyhow::Result<Vec<(St
         return Ok(Vec::new());
     }
     (1..=options.participants)
-        .map(|index| Ok((format!("p{index}"), ports::free_port(std::net::Ipv4Addr::LOCALHOST.into())?)))
+        .map(|index| {
+            Ok((
+                format!("p{index}"),
+                ports::free_port(std::net::Ipv4Addr::LOCALHOST.into()).context("finding a free port")?,
+            ))
+        })
         .collect()
 }
 

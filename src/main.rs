@@ -15,7 +15,6 @@ mod metrics;
 mod names;
 mod node;
 mod opsyntax;
-mod ports;
 mod saga_cli;
 mod security;
 mod settle;

@@ -26,6 +26,7 @@
 //!   member when a connection fails, within a bounded failover time;
 //! - admin requests ([`admin`]): a coordinator's topology and replication status, and a
 //!   participant's dump consumed chunk by chunk as it streams ([`admin::dump_each`]).
+//! - free ports for processes started later ([`ports`]), below the ephemeral range;
 //! - `fuzz_targets` (hidden): the decoder fuzz bodies shared by `fuzz/` and the stable
 //!   random-input harness.
 //!
@@ -60,6 +61,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod interactive;
+pub mod ports;
 pub mod saga;
 pub mod tls;
 pub mod transport;

@@ -3,11 +3,10 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,35 +20,10 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_twophase")
 }
 
-/// Lowest port [`free_addr`] hands out.
-const TEST_PORTS_LOW: u32 = 10_000;
-
-/// A loopback address free now, for a process the test starts later, which nothing else is
-/// handed meanwhile: its port lies below the kernel's ephemeral range, where `bind(...:0)`
-/// (every other listener of these tests) and outgoing connections take theirs, so only
-/// another explicit choice could collide. Each call of this process takes the next port of
-/// a range that starts at an offset drawn from the process id (test binaries that run one
-/// after another start elsewhere), skipping ports in use.
+/// A loopback address free now for a process the test starts later
+/// ([`twophase_net::ports::free_port`]: below the ephemeral range, never twice).
 pub fn free_addr() -> SocketAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral_low.saturating_sub(TEST_PORTS_LOW);
-    if span < 1_000 {
-        // No room below the ephemeral range: a port the kernel picks (which may race).
-        return TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    }
-    let offset = std::process::id().wrapping_mul(7_919) % span;
-    loop {
-        let taken = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(taken < span, "every test port below {ephemeral_low} is taken");
-        let port = TEST_PORTS_LOW + (offset + taken) % span;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
-            return listener.local_addr().unwrap();
-        }
-    }
+    twophase_net::ports::free_port(std::net::Ipv4Addr::LOCALHOST.into()).expect("a free test port")
 }
 
 /// A short demo's flags: 2 s over 2,000 accounts, 2 connections of 32 outstanding each.

@@ -1,5 +1,6 @@
 //! Free listening ports for processes a launcher starts later: `twophase cluster`'s group
-//! members and 3PC participants, whose addresses every other node is given up front.
+//! members and 3PC participants, and the tests' processes, whose addresses every other node
+//! is given up front.
 //!
 //! A port found by binding port 0 and releasing it lies in the kernel's ephemeral range,
 //! which every outgoing connection and every other `bind(...:0)` draws from: on a busy
@@ -10,11 +11,10 @@
 //!
 //! Must not: hold the port (the child binds it), or loop without bound.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use anyhow::Context;
 
 /// Lowest port handed out: above the registered services most machines run.
 const PORTS_LOW: u32 = 10_000;
@@ -32,23 +32,23 @@ fn ephemeral_low() -> u32 {
 }
 
 /// A port on `ip` free now, for a process started later to listen on.
-pub fn free_port(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+pub fn free_port(ip: IpAddr) -> io::Result<SocketAddr> {
     static OFFSET: OnceLock<u32> = OnceLock::new();
     static TAKEN: AtomicU32 = AtomicU32::new(0);
     let span = ephemeral_low().saturating_sub(PORTS_LOW).min(u32::from(u16::MAX) - PORTS_LOW);
     if span < PORTS_SPAN_MIN {
-        let probe = TcpListener::bind(SocketAddr::new(ip, 0)).context("finding a free port")?;
-        return probe.local_addr().context("finding a free port");
+        return TcpListener::bind(SocketAddr::new(ip, 0))?.local_addr();
     }
     let offset = *OFFSET.get_or_init(|| rand::random::<u32>() % span);
     for _ in 0..ATTEMPTS_MAX {
         let port = PORTS_LOW + (offset + TAKEN.fetch_add(1, Ordering::Relaxed)) % span;
         assert!((PORTS_LOW..PORTS_LOW + span).contains(&port));
         if let Ok(probe) = TcpListener::bind(SocketAddr::new(ip, port as u16)) {
-            return probe.local_addr().context("finding a free port");
+            return probe.local_addr();
         }
     }
-    anyhow::bail!("no free port on {ip} in {ATTEMPTS_MAX} tries below {}", PORTS_LOW + span)
+    let message = format!("no free port on {ip} in {ATTEMPTS_MAX} tries below {}", PORTS_LOW + span);
+    Err(io::Error::new(io::ErrorKind::AddrInUse, message))
 }
 
 #[cfg(test)]
