@@ -17,7 +17,7 @@ use twophase_net::{
     Role as NetRole, TransportConfig,
 };
 
-use super::held_frames::{Held, HeldFrames};
+use super::held_frames::HeldFrames;
 use super::snapshot::{self, SnapshotPolicy, Snapshotter};
 use super::{Clock, Role, Storage};
 use crate::failpoint::{self, Failpoint};
@@ -422,12 +422,10 @@ impl Role for CoordinatorRole {
 }
 
 /// A frame for a participant with no connection: held if it has not connected yet since the
-/// role started. One that was connected and is down now misses it: prepares time out,
-/// commits are re-driven.
+/// role started (a full holding drops it, and says so once). One that was connected and is
+/// down now misses it: prepares time out, commits are re-driven.
 fn hold_until_connected(held: &mut HeldFrames, participant: ParticipantId, frame: Bytes) {
-    if held.hold(participant, frame, Instant::now()) == Held::Dropped {
-        tracing::warn!(%participant, "no room to hold a frame for a participant not connected yet; dropped");
-    }
+    held.hold(participant, frame, Instant::now());
 }
 
 impl CoordinatorRole {

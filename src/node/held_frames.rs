@@ -66,6 +66,10 @@ impl HeldFrames {
         let Some(waiting) = self.waiting.get_mut(&participant) else { return Held::NotAwaited };
         if waiting.bytes + frame.len() > HELD_BYTES_MAX {
             waiting.dropped_frames += 1;
+            if waiting.dropped_frames == 1 {
+                // Once per participant: a full holding drops every frame of every step after.
+                tracing::warn!(%participant, "no room to hold more frames for a participant not connected yet; dropping");
+            }
             return Held::Dropped;
         }
         waiting.bytes += frame.len();
@@ -74,8 +78,8 @@ impl HeldFrames {
         Held::Kept
     }
 
-    /// `participant` connected (or was lost): it is awaited no more. Returns what was held
-    /// for it, in order, and how many frames were dropped for want of room.
+    /// `participant` connected: it is awaited no more. Returns what was held for it, in
+    /// order, and how many frames were dropped for want of room.
     pub fn release(&mut self, participant: ParticipantId, now: Instant) -> (Vec<Bytes>, u64) {
         self.expire(now);
         self.waiting.remove(&participant).map_or((Vec::new(), 0), |w| (w.frames, w.dropped_frames))
