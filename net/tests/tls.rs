@@ -70,8 +70,17 @@ fn server_config(role: Role, node: &str, accept_roles: Vec<Role>, security: Secu
 
 /// A fake coordinator over TLS that commits every submit and reports each accepted identity.
 fn start_coordinator(ca: &Ca) -> (Transport, SocketAddr, Receiver<PeerIdentity>) {
+    start_coordinator_with(ca, |_| {})
+}
+
+/// [`start_coordinator`] with its transport's configuration adjusted by `adjust`.
+fn start_coordinator_with(
+    ca: &Ca,
+    adjust: impl FnOnce(&mut TransportConfig),
+) -> (Transport, SocketAddr, Receiver<PeerIdentity>) {
     let security = ca.material("local", Role::Coordinator, "c1");
-    let config = server_config(Role::Coordinator, "c1", vec![Role::Client, Role::Admin], security);
+    let mut config = server_config(Role::Coordinator, "c1", vec![Role::Client, Role::Admin], security);
+    adjust(&mut config);
     let (tx, rx) = crossbeam_channel::bounded(16);
     let (transport, addr) = spawn(config, tx).unwrap();
     let (identities_tx, identities) = crossbeam_channel::unbounded();
@@ -344,6 +353,25 @@ fn strangers_are_refused_as_unauthenticated_without_learning_the_cluster() {
     assert!(identities.try_recv().is_err());
     let mut client = Client::connect(addr, options(ca.material("local", Role::Client, "alice"))).unwrap();
     assert!(client.submit(vec![add("a")]).unwrap().is_committed());
+    transport.shutdown();
+}
+
+#[test]
+fn a_tls_client_over_the_connection_limit_is_told_so_once_its_handshake_completed() {
+    let ca = Ca::new("cluster CA");
+    let (transport, addr, _identities) = start_coordinator_with(&ca, |config| config.max_connections = 1);
+    let mut first = Client::connect(addr, options(ca.material("local", Role::Client, "alice"))).unwrap();
+
+    // Before, a TLS connection over the limit was closed mid-handshake: the client saw
+    // only a broken connection. Now it reads why, encrypted.
+    let bob = ca.issue("local", Role::Client, "bob");
+    let frames = raw_tls_exchange(&ca, Some(bob), addr, hello(Role::Client, "local", "bob"));
+    expect_error(&frames, ErrorCode::Overloaded, "limit of 1 connections");
+    let err = Client::connect(addr, options(ca.material("local", Role::Client, "carol"))).err().unwrap();
+    let ClientError::Refused { code: ErrorCode::Overloaded, .. } = &err else { panic!("{err}") };
+
+    // The connection within the limit is served throughout.
+    assert!(first.submit(vec![add("a")]).unwrap().is_committed());
     transport.shutdown();
 }
 

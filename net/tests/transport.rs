@@ -33,8 +33,12 @@ fn coordinator_config() -> TransportConfig {
 /// A fake coordinator: commits every submit, except that a key starting with `busy` is
 /// turned away as Busy the first time its `(client, seq)` is seen.
 fn start_server() -> (Transport, SocketAddr, JoinHandle<usize>) {
+    start_server_with(coordinator_config())
+}
+
+fn start_server_with(config: TransportConfig) -> (Transport, SocketAddr, JoinHandle<usize>) {
     let (tx, rx) = crossbeam_channel::bounded(16);
-    let (transport, addr) = spawn(coordinator_config(), tx).expect("spawn");
+    let (transport, addr) = spawn(config, tx).expect("spawn");
     let handle = transport.clone();
     let server = std::thread::spawn(move || serve(handle, rx));
     (transport, addr, server)
@@ -378,4 +382,24 @@ fn flush_waits_until_queued_frames_are_in_the_kernel() {
     assert!(transport.flush(Duration::from_secs(30)), "once the peer reads, everything is written");
     assert!(drain.join().unwrap() >= bulk, "the reader got every byte (after the Welcome)");
     transport.shutdown();
+}
+
+#[test]
+fn a_client_over_the_connection_limit_is_told_so_and_the_others_are_served() {
+    let mut config = coordinator_config();
+    config.max_connections = 2;
+    let (transport, addr, server) = start_server_with(config);
+    let mut first = Client::connect(addr, options()).unwrap();
+    let mut second = Client::connect(addr, options()).unwrap();
+
+    let frames = raw_exchange(addr, &hello(Role::Client, "local"), true);
+    expect_error(&frames, ErrorCode::Overloaded, "limit of 2 connections");
+    let err = Client::connect(addr, ClientOptions { max_attempts: 1, ..options() }).err().unwrap();
+    let ClientError::Refused { code: ErrorCode::Overloaded, .. } = &err else { panic!("{err}") };
+
+    assert!(first.submit(vec![add(1, "a", 1)]).unwrap().is_committed());
+    assert!(second.submit(vec![add(2, "b", 1)]).unwrap().is_committed());
+    drop((first, second));
+    transport.shutdown();
+    assert_eq!(server.join().unwrap(), 2);
 }

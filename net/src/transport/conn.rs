@@ -61,6 +61,10 @@ pub(super) struct Conn {
     pub(super) identity: Option<PeerIdentity>,
     /// Bytes and frames in and out (see `stats`).
     pub(super) counters: ConnCounters,
+    /// An accepted TLS connection refused while its handshake runs (the server is at its
+    /// connection limit): the error is sent, encrypted, once the handshake completes, since
+    /// nothing else could reach the peer. The handshake deadline bounds the wait.
+    pub(super) refusal: Option<ProtocolError>,
 }
 
 impl Conn {
@@ -229,6 +233,18 @@ impl Reactor {
         tracing::warn!(conn = id, "refusing a plaintext connection: this server requires TLS");
         let message = "this server requires TLS with a client certificate signed by the cluster's CA";
         self.fail(id, ProtocolError::new(ErrorCode::Unauthenticated, message));
+    }
+
+    /// Refuses an accepted connection with `error`: at once on plaintext; under TLS once the
+    /// handshake completes (see [`Conn::refusal`]), so the peer learns why rather than
+    /// seeing a bare close.
+    pub(super) fn refuse_accepted(&mut self, id: ConnId, error: ProtocolError) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+            conn.refusal = Some(error);
+            return;
+        }
+        self.fail(id, error);
     }
 
     /// Sends an error frame and closes the connection once it is flushed.

@@ -59,7 +59,8 @@ pub struct TransportConfig {
     /// The participant directory sent in `Welcome` (a coordinator fills it for clients).
     pub directory: Vec<(ParticipantId, String)>,
     pub limits: NetLimits,
-    /// Accepted connections beyond this are refused with an `Overloaded` error.
+    /// Accepted connections beyond this are refused with an `Overloaded` error (under TLS,
+    /// once the handshake completed: nothing reaches the peer before).
     pub max_connections: usize,
     /// A connection whose unsent output grows beyond this is a slow reader: disconnected.
     pub max_outbound_bytes_per_conn: usize,

@@ -248,6 +248,7 @@ impl Reactor {
                 close_notify_sent: false,
                 identity: None,
                 counters: ConnCounters::default(),
+                refusal: None,
             },
         );
         self.handshake_deadlines.push_back((Instant::now() + HANDSHAKE_TIMEOUT, id));
@@ -283,7 +284,7 @@ impl Reactor {
             tracing::debug!(conn = id, %addr, "accepted");
             if open >= self.config.max_connections {
                 let message = format!("server is at its limit of {} connections", self.config.max_connections);
-                self.fail(id, ProtocolError::new(ErrorCode::Overloaded, message));
+                self.refuse_accepted(id, ProtocolError::new(ErrorCode::Overloaded, message));
             }
         }
     }

@@ -172,6 +172,11 @@ impl Reactor {
         if handshaking {
             return false;
         }
+        if let Some(refusal) = conn.refusal.take() {
+            // Refused while the handshake ran (over the connection limit): now it can be told.
+            self.fail(id, refusal);
+            return false;
+        }
         if conn.identity.is_some() || conn.state == State::Closing {
             return true;
         }
