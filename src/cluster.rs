@@ -973,7 +973,11 @@ mod tests {
     #[test]
     fn the_trace_flags_reach_every_node() {
         let mut traced = options(false, Some(0), true);
-        traced.trace = crate::trace::TraceArgs { trace_sample: Some(0.5), otlp_endpoint: Some("http://h:4318".into()) };
+        traced.trace = crate::trace::TraceArgs {
+            trace_sample: Some(0.5),
+            otlp_endpoint: Some("http://h:4318".into()),
+            otlp_ca: None,
+        };
         let common = common_node_args(&traced, Role::Participant, "p1");
         let flags = ["--trace-sample", "0.5", "--otlp-endpoint", "http://h:4318"].map(String::from);
         assert!(common.windows(flags.len()).any(|window| window == flags), "{common:?}");

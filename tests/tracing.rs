@@ -2,13 +2,14 @@
 //! spans of a coordinator, two participants and a client (`twophase tx`, or the load
 //! generator `twophase bench` over its pipelines), all with `--trace-sample 1`, and the test
 //! checks the tree one cross-participant transaction makes, and what is left of it when a
-//! participant is killed mid-transaction.
+//! participant is killed mid-transaction; and that spans reach a collector over HTTPS whose
+//! private CA `--otlp-ca` trusts.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,25 +76,61 @@ impl Received {
 struct Receiver {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<Received>>>,
+    https: bool,
 }
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::listen(None)
+    }
+
+    /// Over HTTPS, with a certificate for 127.0.0.1 signed by a CA made here, whose PEM is
+    /// written to `ca_file` (no system root trusts it).
+    fn start_https(ca_file: &std::path::Path) -> Receiver {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test collector CA");
+        std::fs::write(ca_file, ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key.into())
+            .unwrap();
+        Receiver::listen(Some(Arc::new(config)))
+    }
+
+    fn listen(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
         let collected = spans.clone();
+        let https = tls.is_some();
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let collected = collected.clone();
-                std::thread::spawn(move || serve_connection(stream, &collected));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => serve_connection(stream, &collected),
+                    Some(config) => {
+                        let session = rustls::ServerConnection::new(config).unwrap();
+                        serve_connection(rustls::StreamOwned::new(session, stream), &collected)
+                    }
+                });
             }
         });
-        Receiver { addr, spans }
+        Receiver { addr, spans, https }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}/v1/traces", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}/v1/traces", self.addr)
     }
 
     fn spans(&self) -> Vec<Received> {
@@ -102,8 +139,7 @@ impl Receiver {
 }
 
 /// Answers each request on a keep-alive connection with 200 until the client closes it.
-fn serve_connection(stream: TcpStream, spans: &Mutex<Vec<Received>>) {
-    let mut writer = stream.try_clone().unwrap();
+fn serve_connection(stream: impl Read + Write, spans: &Mutex<Vec<Received>>) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut content_length = None;
@@ -131,9 +167,11 @@ fn serve_connection(stream: TcpStream, spans: &Mutex<Vec<Received>>) {
         reader.read_exact(&mut body).unwrap();
         let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP trace export");
         spans.lock().unwrap().extend(received(request));
+        let writer = reader.get_mut();
         writer
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
             .unwrap();
+        writer.flush().unwrap();
     }
 }
 
@@ -322,6 +360,28 @@ fn a_sampled_transaction_is_one_trace_across_every_process() {
     });
     assert_ne!(root.trace_id, trace_id);
     check_tree(&spans, &root.trace_id);
+}
+
+#[test]
+fn spans_reach_an_https_collector_whose_private_ca_otlp_ca_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("collector-ca.pem");
+    let receiver = Receiver::start_https(&ca_file);
+    let endpoint = receiver.endpoint();
+    let flags = ["--trace-sample", "1", "--otlp-endpoint", &endpoint, "--otlp-ca", ca_file.to_str().unwrap()];
+    let p1 = Node::participant_with("p1", dir.path(), &flags, &[]);
+    let p2 = Node::participant_with("p2", dir.path(), &flags, &[]);
+    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+
+    tx(coordinator.addr, dir.path(), &flags, &["put", "p1:x=1", "put", "p2:y=2"]);
+    let client_span = eventually("the client's span over https", Duration::from_secs(30), || {
+        find(&receiver.spans(), "twophase-client", "transaction").first().map(|span| (*span).clone())
+    });
+    let spans = eventually("every process's spans over https", Duration::from_secs(30), || {
+        let spans = receiver.spans();
+        complete(&spans, &client_span.trace_id, Some("twophase-client")).then_some(spans)
+    });
+    check_tree(&spans, &client_span.trace_id);
 }
 
 #[test]

@@ -75,7 +75,8 @@ mod tests {
 
     fn tracer(rate: f64) -> LoadTracer {
         // Nothing listens on port 9: the spans are dropped by the exporter, not by us.
-        let args = TraceArgs { trace_sample: Some(rate), otlp_endpoint: Some("http://127.0.0.1:9".into()) };
+        let args =
+            TraceArgs { trace_sample: Some(rate), otlp_endpoint: Some("http://127.0.0.1:9".into()), otlp_ca: None };
         LoadTracer::new(Exporter::start(&args, "twophase-test", "t1").unwrap().expect("tracing on"))
     }
 

@@ -1,10 +1,11 @@
 //! OpenTelemetry traces of sampled transactions, across the client, the coordinator and the
 //! participants.
 //!
-//! Owns: the `--trace-sample` / `--otlp-endpoint` flags ([`TraceArgs`]), the exporter
-//! ([`Exporter`]: OTLP over HTTP/protobuf from the SDK's batch span processor, a thread of
-//! its own behind a bounded queue that drops spans when full, run at idle priority with
-//! its HTTP client's thread ([`idle`])), the W3C `traceparent`
+//! Owns: the `--trace-sample` / `--otlp-endpoint` / `--otlp-ca` flags ([`TraceArgs`]), the
+//! exporter ([`Exporter`]: OTLP over HTTP/protobuf, or over HTTPS trusting the system's roots
+//! and `--otlp-ca`, from the SDK's batch span processor, a thread of its own behind a
+//! bounded queue that drops spans when full, run at idle priority with its HTTP client's
+//! thread ([`idle`])), the W3C `traceparent`
 //! encoding ([`context`]), and one tracer per role ([`coordinator`], [`participant`]) that
 //! derives spans from what the runtime already sees: frames in, the engine's appends and
 //! outputs, the log's durable LSN, the outputs released. A log sync is an event ("log
@@ -29,13 +30,14 @@ mod idle;
 pub mod participant;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use opentelemetry::trace::{Span as _, SpanContext, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span};
 
@@ -64,10 +66,14 @@ pub struct TraceArgs {
     /// where they start (the client or the coordinator) [default: 0].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub trace_sample: Option<f64>,
-    /// OTLP/HTTP (protobuf) endpoint spans are sent to, over plain http; a URL without a path gets
-    /// `/v1/traces` [default: http://127.0.0.1:4318/v1/traces].
+    /// OTLP/HTTP (protobuf) endpoint spans are sent to, http:// or https://; a URL without a
+    /// path gets `/v1/traces` [default: http://127.0.0.1:4318/v1/traces].
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// PEM file of CA certificates an https:// endpoint may chain to, trusted besides the
+    /// system's root certificates (a collector with a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca: Option<PathBuf>,
 }
 
 impl TraceArgs {
@@ -93,6 +99,9 @@ impl TraceArgs {
         }
         if let Some(url) = &self.otlp_endpoint {
             args.extend(["--otlp-endpoint".to_string(), url.clone()]);
+        }
+        if let Some(ca) = &self.otlp_ca {
+            args.extend(["--otlp-ca".to_string(), ca.display().to_string()]);
         }
         args
     }
@@ -125,16 +134,19 @@ impl Exporter {
             return Ok(None);
         }
         let endpoint = args.endpoint();
-        // The exporter's HTTP client is built without TLS: an https:// endpoint would fail
-        // every export, and the SDK would drop the spans without a word.
-        if endpoint.starts_with("https://") {
-            bail!("--otlp-endpoint {endpoint}: https is not supported; use http:// to a local collector");
+        // Checked here: a bad URL or CA file would otherwise fail every export, and the SDK
+        // drops the spans without a word.
+        let https = endpoint.starts_with("https://");
+        if !https && !endpoint.starts_with("http://") {
+            bail!("--otlp-endpoint {endpoint} is not an http:// or https:// URL");
         }
-        if !endpoint.starts_with("http://") {
-            bail!("--otlp-endpoint {endpoint} is not an http:// URL");
-        }
+        let extra_roots = match &args.otlp_ca {
+            Some(_) if !https => bail!("--otlp-ca is for an https:// endpoint, not {endpoint}"),
+            Some(path) => read_ca_file(path)?,
+            None => Vec::new(),
+        };
         // Built where their threads start at idle priority: see `idle`.
-        let (processor, idle_threads) = idle::build_at_idle_priority(|| batch_processor(&endpoint));
+        let (processor, idle_threads) = idle::build_at_idle_priority(|| batch_processor(&endpoint, extra_roots));
         let processor = processor?;
         let resource = Resource::builder()
             .with_service_name(service.to_string())
@@ -247,11 +259,31 @@ pub(crate) struct SyncDone {
     pub(crate) writes: Option<usize>,
 }
 
+/// The CA certificates of `--otlp-ca`: at least one, every one parsed.
+fn read_ca_file(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).with_context(|| format!("--otlp-ca: reading {}", path.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("--otlp-ca: {} is not a PEM certificate bundle", path.display()))?;
+    if certificates.is_empty() {
+        bail!("--otlp-ca: {} holds no PEM certificate", path.display());
+    }
+    Ok(certificates)
+}
+
 /// The OTLP/HTTP exporter behind the SDK's batch processor (which starts its thread, as
-/// the exporter starts its HTTP client's).
-fn batch_processor(endpoint: &str) -> anyhow::Result<BatchSpanProcessor> {
+/// the HTTP client starts its own), over TLS for an https:// endpoint, trusting the
+/// system's roots and `extra_roots`.
+fn batch_processor(endpoint: &str, extra_roots: Vec<reqwest::Certificate>) -> anyhow::Result<BatchSpanProcessor> {
+    let client = extra_roots
+        .into_iter()
+        .fold(reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT), |builder, root| {
+            builder.add_root_certificate(root)
+        })
+        .build()
+        .context("building the OTLP exporter's HTTP client")?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client)
         .with_endpoint(endpoint)
         .with_timeout(EXPORT_TIMEOUT)
         .build()
@@ -299,7 +331,8 @@ mod tests {
 
     #[test]
     fn an_endpoint_without_a_path_gets_the_traces_path() {
-        let args = |url: &str| TraceArgs { trace_sample: Some(1.0), otlp_endpoint: Some(url.to_string()) };
+        let args =
+            |url: &str| TraceArgs { trace_sample: Some(1.0), otlp_endpoint: Some(url.to_string()), otlp_ca: None };
         assert_eq!(TraceArgs::default().endpoint(), DEFAULT_OTLP_ENDPOINT);
         assert_eq!(args("http://collector:4318").endpoint(), "http://collector:4318/v1/traces");
         assert_eq!(args("http://collector:4318/").endpoint(), "http://collector:4318/v1/traces");
@@ -309,8 +342,14 @@ mod tests {
     #[test]
     fn flags_pass_through_to_child_processes_unchanged() {
         assert!(TraceArgs::default().to_args().is_empty());
-        let args = TraceArgs { trace_sample: Some(0.25), otlp_endpoint: Some("http://h:1".into()) };
-        assert_eq!(args.to_args(), ["--trace-sample", "0.25", "--otlp-endpoint", "http://h:1"]);
+        let args = TraceArgs {
+            trace_sample: Some(0.25),
+            otlp_endpoint: Some("https://h:1".into()),
+            otlp_ca: Some("/etc/collector-ca.pem".into()),
+        };
+        let expected =
+            ["--trace-sample", "0.25", "--otlp-endpoint", "https://h:1", "--otlp-ca", "/etc/collector-ca.pem"];
+        assert_eq!(args.to_args(), expected);
     }
 
     #[test]
@@ -343,17 +382,32 @@ mod tests {
     #[test]
     fn no_exporter_is_built_at_rate_zero() {
         assert!(Exporter::start(&TraceArgs::default(), "twophase-test", "t1").unwrap().is_none());
-        let off = TraceArgs { trace_sample: Some(0.0), otlp_endpoint: Some("http://127.0.0.1:9".into()) };
+        let off =
+            TraceArgs { trace_sample: Some(0.0), otlp_endpoint: Some("http://127.0.0.1:9".into()), otlp_ca: None };
         assert!(Exporter::start(&off, "twophase-test", "t1").unwrap().is_none());
     }
 
     #[test]
-    fn only_plain_http_endpoints_are_taken() {
-        let at = |url: &str| TraceArgs { trace_sample: Some(0.5), otlp_endpoint: Some(url.to_string()) };
-        let refused = |url: &str| Exporter::start(&at(url), "twophase-test", "t1").err().unwrap().to_string();
-        let (https, bare) = (refused("https://collector:4318"), refused("collector:4318"));
-        assert!(https.contains("https is not supported"), "{https}");
-        assert!(bare.contains("not an http:// URL"), "{bare}");
-        assert!(Exporter::start(&at("http://127.0.0.1:9"), "twophase-test", "t1").unwrap().is_some());
+    fn endpoints_must_be_http_or_https_and_a_ca_file_must_hold_certificates() {
+        let at = |url: &str, ca: Option<&std::path::Path>| TraceArgs {
+            trace_sample: Some(0.5),
+            otlp_endpoint: Some(url.to_string()),
+            otlp_ca: ca.map(std::path::Path::to_path_buf),
+        };
+        let refused = |args: TraceArgs| Exporter::start(&args, "twophase-test", "t1").err().unwrap().to_string();
+        assert!(refused(at("collector:4318", None)).contains("not an http:// or https:// URL"));
+        assert!(Exporter::start(&at("http://127.0.0.1:9", None), "twophase-test", "t1").unwrap().is_some());
+        assert!(Exporter::start(&at("https://127.0.0.1:9", None), "twophase-test", "t1").unwrap().is_some());
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let ca = refused(at("http://127.0.0.1:9", Some(&garbage)));
+        assert!(ca.contains("--otlp-ca is for an https:// endpoint"), "{ca}");
+        let ca = refused(at("https://127.0.0.1:9", Some(&missing)));
+        assert!(ca.contains("reading") && ca.contains("missing.pem"), "{ca}");
+        let ca = refused(at("https://127.0.0.1:9", Some(&garbage)));
+        assert!(ca.contains("holds no PEM certificate") || ca.contains("not a PEM"), "{ca}");
     }
 }
