@@ -1,17 +1,19 @@
 //! A tiny HTTP/1.1 server on a thread of its own: `GET /metrics` renders the registry.
-//! One connection at a time, each bounded in size and time, so a slow or hostile client
-//! costs this thread a few seconds at most and never touches the engine thread.
+//! One connection at a time, each bounded in size and in total time (reading its request
+//! and writing the answer each have one deadline, however slowly the bytes trickle), so a
+//! slow or hostile client costs this thread a few seconds at most and never touches the
+//! engine thread.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 
 /// A request head larger than this is refused.
 const REQUEST_BYTES_MAX: usize = 8192;
-/// Longest a client may take to send its request or read the answer.
+/// Longest a client may take to send its whole request, and again to read the whole answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -44,9 +46,7 @@ fn serve(listener: &TcpListener, registry: &Registry) {
 }
 
 fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let head = read_head(&mut stream)?;
+    let head = read_head(&mut stream, Instant::now() + IO_TIMEOUT)?;
     let response = match parse_request_line(&head) {
         Some(("GET", "/metrics" | "/")) => {
             let mut body = String::with_capacity(16 * 1024);
@@ -59,15 +59,41 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
         Some(_) => response("405 Method Not Allowed", "text/plain", "only GET is served\n"),
         None => response("400 Bad Request", "text/plain", "not an HTTP request\n"),
     };
-    stream.write_all(response.as_bytes())?;
-    stream.flush()
+    write_all_by(&mut stream, response.as_bytes(), Instant::now() + IO_TIMEOUT)
 }
 
-/// Reads until the blank line that ends the request head, at most [`REQUEST_BYTES_MAX`].
-fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
+/// What is left until `deadline`, as a socket timeout; an error once it passed. A
+/// per-call timeout alone would let a client that sends a byte now and then hold the
+/// thread for as long as it likes.
+fn time_left(deadline: Instant) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client was too slow"));
+    }
+    Ok(left)
+}
+
+/// Writes all of `bytes` by `deadline`.
+fn write_all_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.set_write_timeout(Some(time_left(deadline)?))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Reads until the blank line that ends the request head, at most [`REQUEST_BYTES_MAX`],
+/// by `deadline`.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<String> {
     let mut head = vec![0u8; REQUEST_BYTES_MAX];
     let mut len = 0;
     while len < head.len() {
+        stream.set_read_timeout(Some(time_left(deadline)?))?;
         let read = stream.read(&mut head[len..])?;
         if read == 0 {
             break;
@@ -126,5 +152,32 @@ mod tests {
         assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
         assert!(metrics.contains("twophase_test_total 1\n") && metrics.ends_with("# EOF\n"), "{metrics}");
         assert!(get("/other").starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn a_client_trickling_its_request_cannot_hold_the_listener() {
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), Registry::default()).unwrap();
+        // One byte every 100 ms, never a blank line: before, each read restarted the timeout,
+        // and this client would have kept the only serving thread for 8192 bytes' worth.
+        let trickler = std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(20) {
+                if stream.write_all(b"G").is_err() {
+                    return started.elapsed();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            started.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+        let trickled = trickler.join().unwrap();
+        assert!(trickled < Duration::from_secs(20), "the trickling client was never cut off");
     }
 }
