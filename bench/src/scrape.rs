@@ -7,12 +7,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
 /// A scrape larger than this is refused (a node's is a few tens of KiB).
-const BODY_BYTES_MAX: u64 = 8 << 20;
+const BODY_BYTES_MAX: usize = 8 << 20;
 
 /// One sample: `name{labels} value`.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,19 +72,43 @@ pub fn fetch(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Scrape> {
     parse(&fetch_text(addr, timeout)?)
 }
 
-/// GETs `http://addr/metrics`; the body of a `200` answer.
+/// GETs `http://addr/metrics`; the body of a `200` answer. The whole exchange takes at most
+/// `timeout` (a server that trickles its answer is cut off, not waited for read by read), so
+/// a hung or hostile endpoint cannot stall a caller that scrapes several in turn (`top`).
 pub fn fetch_text(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut answer = Vec::new();
-    stream.take(BODY_BYTES_MAX).read_to_end(&mut answer).with_context(|| format!("reading from {addr}"))?;
+    let answer = read_by(&mut stream, deadline).with_context(|| format!("reading from {addr}"))?;
     let answer = String::from_utf8(answer).context("the metrics answer is not UTF-8")?;
     let (head, body) = answer.split_once("\r\n\r\n").context("the metrics answer has no HTTP head")?;
     let status = head.lines().next().unwrap_or_default();
     ensure!(status.split(' ').nth(1) == Some("200"), "{addr} answered {status:?}");
     Ok(body.to_string())
+}
+
+/// Reads to the end of the stream, at most [`BODY_BYTES_MAX`] bytes, by `deadline`.
+fn read_by(stream: &mut TcpStream, deadline: Instant) -> anyhow::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ensure!(!left.is_zero(), "no complete answer within the timeout ({} bytes so far)", answer.len());
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(answer),
+            Ok(read) => {
+                ensure!(answer.len() + read <= BODY_BYTES_MAX, "the answer exceeds {BODY_BYTES_MAX} bytes");
+                answer.extend_from_slice(&chunk[..read]);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                bail!("no complete answer within the timeout ({} bytes so far)", answer.len())
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// Parses the text exposition format. Errors name the line.
@@ -235,5 +259,28 @@ mod tests {
         assert_eq!(quantile(&buckets, 0.2), Some(0.0005));
         assert_eq!(quantile(&buckets, 0.99), Some(0.002), "the +Inf bucket reports its lower bound");
         assert_eq!(quantile(&[(0.001, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
+    }
+
+    #[test]
+    fn an_endpoint_that_trickles_its_answer_is_cut_off_at_the_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            // A byte every 50 ms for at most 20 s: each read gets something before a
+            // per-read timeout of 500 ms could fire.
+            for byte in b"HTTP/1.1 200 OK\r\n".iter().cycle().take(400) {
+                if stream.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let err = fetch_text(addr, Duration::from_millis(500)).unwrap_err();
+        assert!(format!("{err:#}").contains("within the timeout"), "{err:#}");
+        assert!(started.elapsed() < Duration::from_secs(15), "waited {:?} for a trickle", started.elapsed());
     }
 }
