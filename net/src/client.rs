@@ -332,13 +332,13 @@ impl Connection {
         let (stream, cluster, node) = match &options.security {
             Security::InsecurePlaintext => (Stream::Plain(stream), options.cluster.clone(), identity.to_string()),
             Security::Tls(material) => {
-                // rustls reads whole records; a server that stops mid-record must not hang us.
+                // rustls reads whole records; a server that stops mid-record must not hang us,
+                // nor one that trickles the handshake a byte at a time: one deadline for all.
                 stream.set_read_timeout(Some(options.request_timeout))?;
                 stream.set_write_timeout(Some(options.request_timeout))?;
                 let mut tls = rustls::StreamOwned::new(material.connect()?, stream);
-                while tls.conn.is_handshaking() {
-                    tls.conn.complete_io(&mut tls.sock).map_err(tls_handshake_error)?;
-                }
+                complete_tls_handshake(&mut tls, options.request_timeout)?;
+                tls.sock.set_read_timeout(Some(options.request_timeout))?;
                 let identity = material.identity();
                 (Stream::Tls(Box::new(tls)), identity.cluster.clone(), identity.name.clone())
             }
@@ -441,6 +441,47 @@ impl Connection {
 }
 
 /// A failed TLS handshake, with a hint when the server does not speak TLS at all.
+/// Drives the client's TLS handshake to its end within `timeout` in all. rustls's own
+/// `complete_io` reads until the handshake is done with only a per-read timeout, so a
+/// server sending its flight a byte at a time could hold the client as long as it liked.
+fn complete_tls_handshake(
+    tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        while tls.conn.wants_write() {
+            tls.conn.write_tls(&mut tls.sock).map_err(tls_handshake_error)?;
+        }
+        if !tls.conn.is_handshaking() {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout { after: timeout });
+        }
+        tls.sock.set_read_timeout(Some(left))?;
+        match tls.conn.read_tls(&mut tls.sock) {
+            Ok(0) => {
+                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed during the TLS handshake");
+                return Err(ClientError::Io(eof));
+            }
+            Ok(_) => {
+                if let Err(err) = tls.conn.process_new_packets() {
+                    // Best effort: the alert rustls queued tells the server why.
+                    let _ = tls.conn.write_tls(&mut tls.sock);
+                    return Err(tls_handshake_error(io::Error::new(io::ErrorKind::InvalidData, err)));
+                }
+            }
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(ClientError::Timeout { after: timeout });
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(tls_handshake_error(err)),
+        }
+    }
+}
+
 fn tls_handshake_error(err: io::Error) -> ClientError {
     match ClientError::from(err) {
         ClientError::Tls(message) if message.contains("corrupt message") => {

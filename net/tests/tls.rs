@@ -375,6 +375,46 @@ fn a_tls_client_over_the_connection_limit_is_told_so_once_its_handshake_complete
     transport.shutdown();
 }
 
+/// Forwards connections to `server`, passing what the server sends on one byte every 20 ms.
+fn trickling_proxy(server: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let upstream = TcpStream::connect(server).unwrap();
+            let (mut client_in, mut upstream_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut client_in, &mut upstream_out));
+            std::thread::spawn(move || {
+                let (mut upstream, mut client) = (upstream, client);
+                let mut byte = [0u8; 1];
+                while upstream.read_exact(&mut byte).is_ok() && client.write_all(&byte).is_ok() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_server_that_trickles_its_tls_handshake_times_the_client_out() {
+    let ca = Ca::new("cluster CA");
+    let (transport, addr, _identities) = start_coordinator(&ca);
+    let slow = trickling_proxy(addr);
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(1),
+        max_attempts: 1,
+        ..options(ca.material("local", Role::Client, "alice"))
+    };
+    // The server's first flight (its certificate chain) is a few kilobytes: a minute at
+    // this pace, each byte well within a per-read timeout. One deadline covers it all.
+    let started = Instant::now();
+    let err = Client::connect(slow, options).err().unwrap();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err} after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(20), "the handshake took {:?}", started.elapsed());
+    transport.shutdown();
+}
+
 #[test]
 fn claims_beyond_the_certificate_and_roles_the_server_does_not_take_are_forbidden() {
     let ca = Ca::new("cluster CA");
