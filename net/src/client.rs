@@ -440,7 +440,6 @@ impl Connection {
     }
 }
 
-/// A failed TLS handshake, with a hint when the server does not speak TLS at all.
 /// Drives the client's TLS handshake to its end within `timeout` in all. rustls's own
 /// `complete_io` reads until the handshake is done with only a per-read timeout, so a
 /// server sending its flight a byte at a time could hold the client as long as it liked.
@@ -482,6 +481,7 @@ fn complete_tls_handshake(
     }
 }
 
+/// A failed TLS handshake, with a hint when the server does not speak TLS at all.
 fn tls_handshake_error(err: io::Error) -> ClientError {
     match ClientError::from(err) {
         ClientError::Tls(message) if message.contains("corrupt message") => {

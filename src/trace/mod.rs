@@ -274,13 +274,11 @@ fn read_ca_file(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certifica
 /// the HTTP client starts its own), over TLS for an https:// endpoint, trusting the
 /// system's roots and `extra_roots`.
 fn batch_processor(endpoint: &str, extra_roots: Vec<reqwest::Certificate>) -> anyhow::Result<BatchSpanProcessor> {
-    let client = extra_roots
-        .into_iter()
-        .fold(reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT), |builder, root| {
-            builder.add_root_certificate(root)
-        })
-        .build()
-        .context("building the OTLP exporter's HTTP client")?;
+    let mut client = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+    for root in extra_roots {
+        client = client.add_root_certificate(root);
+    }
+    let client = client.build().context("building the OTLP exporter's HTTP client")?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(client)
