@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -172,31 +172,27 @@ fn connect_pair(client: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> 
     }
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     shared.live.lock().unwrap().insert(conn, (client.try_clone()?, server.try_clone()?));
-    let directions_left = Arc::new(AtomicU8::new(2));
-    let ended = Ended { shared: shared.clone(), conn, directions_left };
+    let ended = Arc::new(Ended { shared: shared.clone(), conn });
     start_direction(client.try_clone()?, server.try_clone()?, shared.clone(), ended.clone());
     start_direction(server, client, shared.clone(), ended);
     Ok(())
 }
 
-/// Held by each direction's writer: the last to end takes the connection out of `live`.
-#[derive(Clone)]
+/// Shared by both directions' writers: dropped with the last of them, it takes the
+/// connection out of `live`.
 struct Ended {
     shared: Arc<Shared>,
     conn: u64,
-    directions_left: Arc<AtomicU8>,
 }
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        if self.directions_left.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.shared.live.lock().unwrap().remove(&self.conn);
-        }
+        self.shared.live.lock().unwrap().remove(&self.conn);
     }
 }
 
 /// `from` → `to`: a reader that applies the fault and a writer that sends when due.
-fn start_direction(from: TcpStream, to: TcpStream, shared: Arc<Shared>, ended: Ended) {
+fn start_direction(from: TcpStream, to: TcpStream, shared: Arc<Shared>, ended: Arc<Ended>) {
     let (chunks, due) = sync_channel::<(Due, Vec<u8>)>(CHUNKS_MAX);
     let reading = shared.clone();
     thread::spawn(move || read_side(from, chunks, reading));
