@@ -160,6 +160,55 @@ fn an_unknown_participant_gets_a_clear_error() {
     cluster.stop();
 }
 
+/// `twophase cluster` restarts at most this many times a minute a node that dies.
+const RESTARTS_MAX: usize = 5;
+
+#[test]
+fn the_cluster_restarts_a_killed_participant_and_stops_when_one_keeps_dying() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(2, dir.path());
+    let run = |cluster: &Cluster, args: &[&str]| {
+        let out = cluster.tx(args);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(run(&cluster, &["add", "p1:alice=100", "add", "p2:bob=100"]).0, Some(0));
+
+    let mut pid = cluster.node_pid("p1").expect("p1 runs as a child of the launcher");
+    sigkill(pid);
+    let killed = pid;
+    pid = eventually("p1 restarted", Duration::from_secs(30), || cluster.node_pid("p1").filter(|new| *new != killed));
+    // Back with its data: a read through it sees what was committed before the kill (a
+    // read is safe to repeat while the coordinator reconnects), and a transfer commits.
+    eventually("a read through the restarted p1", Duration::from_secs(30), || {
+        let (code, out) = run(&cluster, &["get", "p1:alice"]);
+        (code == Some(0)).then(|| assert!(out.contains("100"), "{out}"))
+    });
+    assert_eq!(run(&cluster, &["add", "p1:alice=-30,floor=0", "add", "p2:bob=30"]).0, Some(0));
+    let (_, out) = run(&cluster, &["get", "p1:alice", "get", "p2:bob"]);
+    assert!(out.contains("70") && out.contains("130"), "{out}");
+
+    // It has been restarted once; the next deaths are restarted up to the budget, then one
+    // more stops the cluster with a failing status rather than restarting it forever.
+    let p1 = cluster.participants[0].1;
+    for _ in 1..RESTARTS_MAX {
+        sigkill(pid);
+        let killed = pid;
+        pid = eventually("p1 restarted again", Duration::from_secs(30), || {
+            cluster.node_pid("p1").filter(|new| *new != killed)
+        });
+        eventually("p1 listening again", Duration::from_secs(30), || TcpStream::connect(p1).ok());
+    }
+    assert!(cluster.wait_exit(Duration::from_millis(200)).is_none(), "the cluster stopped within its budget");
+    sigkill(pid);
+    let status = cluster.wait_exit(Duration::from_secs(30)).expect("the cluster stops when p1 keeps dying");
+    assert!(!status.success(), "a cluster stopped by a node that kept dying must fail: {status}");
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) on a process of the test's cluster; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0, "SIGKILL {pid}");
+}
+
 #[test]
 fn stopping_and_restarting_every_process_keeps_every_committed_balance() {
     let dir = tempfile::tempdir().unwrap();

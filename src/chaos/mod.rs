@@ -151,7 +151,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let result = join(load).map_err(|err| err.context(kill_summary(&log)))?;
 
     let mut violations = Vec::new();
-    for exited in cluster.take_exited() {
+    for (_, exited) in cluster.take_exited() {
         violations.push(format!("{exited} without being killed"));
     }
     restart_leftovers(&mut cluster, &mut violations);

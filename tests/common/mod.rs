@@ -179,6 +179,36 @@ impl Cluster {
         std::iter::once(self.coordinator).chain(self.participants.iter().map(|(_, addr)| *addr)).collect()
     }
 
+    /// The process id of node `name` (`p1`, `c1`), a child of the launcher, if it runs.
+    pub fn node_pid(&self, name: &str) -> Option<u32> {
+        let data_dir = self.data_dir.join(name).display().to_string();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: the comm may hold spaces, so read after its `)`.
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|byte| *byte == 0).collect();
+            let serves_it = args.windows(2).any(|pair| pair[0] == b"--data-dir" && pair[1] == data_dir.as_bytes());
+            (ppid == self.process.id() && serves_it).then_some(pid)
+        })
+    }
+
+    /// The launcher's exit status once it exits on its own within `timeout` (`None`: still
+    /// running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.try_wait().expect("waiting for the cluster") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs `twophase tx` against this cluster (with the client config it wrote).
     pub fn tx(&self, args: &[&str]) -> Output {
         Command::new(binary())
@@ -192,6 +222,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if !matches!(self.process.try_wait(), Ok(None)) {
+            return; // exited and reaped: its pid may be someone else's by now
+        }
         unsafe {
             libc::kill(self.process.id() as i32, libc::SIGTERM);
         }

@@ -8,13 +8,14 @@
 //! members of a coordinator group get their addresses before any starts (every member's
 //! `--peer` list names them all). The leader is whoever announced the highest term on its
 //! stdout among the running members ([`LocalCluster::leader_addr`], the one lookup).
+//! `twophase cluster` itself ([`supervise`]) restarts a node that dies, within a budget.
+//!
 //! Must not: decide when to kill anything (the chaos run does) or touch a node's data.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::Ordering;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,10 @@ use anyhow::{Context, bail, ensure};
 use twophase_net::{Role, ports};
 
 use crate::certs;
-use crate::client_config::ClientFile;
 use crate::security::TlsFiles;
+
+mod supervise;
+pub use supervise::run_until_stopped;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -619,13 +622,13 @@ impl LocalCluster {
     }
 
     /// Every node that exited on its own, marked down (so [`restart`](Self::restart) may
-    /// start it again); one line per node saying how it exited.
-    pub fn take_exited(&mut self) -> Vec<String> {
+    /// start it again): its name and a line saying how it exited.
+    pub fn take_exited(&mut self) -> Vec<(String, String)> {
         let mut exited = Vec::new();
         for node in &mut self.nodes {
             let Some(process) = node.process.as_mut() else { continue };
             if let Ok(Some(status)) = process.try_wait() {
-                exited.push(format!("{} (pid {}) exited ({status})", node.name, process.id()));
+                exited.push((node.name.clone(), format!("{} (pid {}) exited ({status})", node.name, process.id())));
                 node.process = None;
             }
         }
@@ -697,69 +700,6 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// `twophase cluster`: runs until Ctrl-C (or until a node dies), then stops every node.
-pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode> {
-    let stop = crate::node::stop_on_signal()?;
-    std::fs::create_dir_all(&options.data_dir).with_context(|| format!("creating {}", options.data_dir.display()))?;
-    // Absolute, so that client.toml works from any directory.
-    options.data_dir = std::fs::canonicalize(&options.data_dir)
-        .with_context(|| format!("resolving {}", options.data_dir.display()))?;
-    let mut cluster = LocalCluster::start(&options)?;
-    // Written before the addresses are printed: whoever waits for them may use it at once.
-    let config = options.data_dir.join("client.toml");
-    let coordinators = cluster.coordinator_addrs();
-    ClientFile::for_cluster(&coordinators, &options.cluster, &cluster.client, &cluster.admin).write(&config)?;
-    for (name, addr) in &cluster.participants {
-        println!("participant {name} listening on {addr}");
-    }
-    print_coordinators(&cluster);
-    for (name, addr) in cluster.metrics() {
-        println!("metrics of {name} on http://{addr}/metrics");
-    }
-    if let Some(top) = cluster.top_command() {
-        println!("watch it: {top}");
-    }
-    println!("cluster running; Ctrl-C stops it. Submit transactions with:");
-    println!("  twophase tx --config {} add p1:alice=100", config.display());
-    let mut code = ExitCode::SUCCESS;
-    while !stop.load(Ordering::SeqCst) {
-        if let Some(exit) = cluster.exited() {
-            eprintln!("error: {exit}; stopping the cluster");
-            code = ExitCode::FAILURE;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cluster.stop();
-    println!("cluster stopped");
-    Ok(code)
-}
-
-/// One line per coordinator (with its role in a group), then the leader.
-fn print_coordinators(cluster: &LocalCluster) {
-    let roles = cluster.coordinator_roles();
-    for (name, addr, role) in &roles {
-        match role {
-            CoordinatorRole::Single => println!("coordinator {name} listening on {addr}"),
-            CoordinatorRole::Leader(leads) => {
-                println!("coordinator {name} listening on {addr} (leader, term {}, epoch {})", leads.term, leads.epoch)
-            }
-            CoordinatorRole::Follower => println!("coordinator {name} listening on {addr} (follower)"),
-            CoordinatorRole::Down => println!("coordinator {name} on {addr} is down"),
-        }
-    }
-    if roles.len() > 1 {
-        match roles.iter().find(|(_, _, role)| matches!(role, CoordinatorRole::Leader(_))) {
-            Some((name, addr, _)) => {
-                println!(
-                    "leader: coordinator {name} at {addr} (client.toml lists every member; clients find the leader)"
-                )
-            }
-            None => println!("leader: none right now"),
-        }
     }
 }
 
