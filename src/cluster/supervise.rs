@@ -17,9 +17,9 @@ use super::{ClusterOptions, CoordinatorRole, LocalCluster};
 use crate::client_config::ClientFile;
 
 /// Restarts of one node within [`RESTART_WINDOW`] at most; one more death stops the cluster.
-pub const RESTARTS_MAX: usize = 5;
+const RESTARTS_MAX: usize = 5;
 /// How far back [`RESTARTS_MAX`] counts.
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// How often the launcher looks for nodes that died.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
