@@ -11,7 +11,11 @@ use super::reactor::Reactor;
 use super::{ConnId, Inbound, PeerId};
 
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Redials of a peer that is down come at least this often: a restarted participant is
+/// typically listening again within a second or two (its log replayed), and every redial
+/// it waits for past that is time its transactions abort as `unavailable`. A refused
+/// connect to a dead peer twice a second costs nothing worth saving.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 pub(super) struct Peer {
     pub(super) addr: SocketAddr,
