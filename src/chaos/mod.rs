@@ -236,11 +236,7 @@ fn join(load: LoadThread) -> anyhow::Result<LoadResult> {
 /// A process whose restart failed, or that exited on its own, is down: start it once more so
 /// that the audit can read it (what put it down stays a violation either way).
 fn restart_leftovers(cluster: &mut LocalCluster, violations: &mut Vec<String>) {
-    let running: Vec<String> = cluster.pids().into_iter().map(|(name, _)| name).collect();
-    for name in cluster.names() {
-        if running.contains(&name) {
-            continue;
-        }
+    for name in cluster.down() {
         if let Err(err) = cluster.restart(&name) {
             violations.push(format!("{name} could not be restarted after the run either: {err:#}"));
         }

@@ -613,6 +613,12 @@ impl LocalCluster {
         self.nodes.iter().filter_map(|node| Some((node.name.clone(), node.process.as_ref()?.id()))).collect()
     }
 
+    /// Every node not running: killed, exited and taken by [`take_exited`](Self::take_exited),
+    /// or whose [`restart`](Self::restart) failed.
+    pub fn down(&self) -> Vec<String> {
+        self.nodes.iter().filter(|node| node.process.is_none()).map(|node| node.name.clone()).collect()
+    }
+
     /// A node that exited on its own, if any (one killed by [`kill`](Self::kill) is not).
     pub fn exited(&mut self) -> Option<String> {
         self.nodes.iter_mut().find_map(|node| match node.process.as_mut()?.try_wait() {

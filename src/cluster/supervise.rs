@@ -49,10 +49,9 @@ pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode
     println!("cluster running; Ctrl-C stops it. Submit transactions with:");
     println!("  twophase tx --config {} add p1:alice=100", config.display());
     let mut restarts = RestartBudget::default();
-    let mut down = Vec::new();
     let mut code = ExitCode::SUCCESS;
     while !stop.load(Ordering::SeqCst) {
-        if let Err(err) = restart_the_dead(&mut cluster, &mut restarts, &mut down) {
+        if let Err(err) = restart_the_dead(&mut cluster, &mut restarts) {
             eprintln!("error: {err:#}; stopping the cluster");
             code = ExitCode::FAILURE;
             break;
@@ -64,26 +63,22 @@ pub fn run_until_stopped(mut options: ClusterOptions) -> anyhow::Result<ExitCode
     Ok(code)
 }
 
-/// Restarts every node that exited since the last look, and every node whose restart
-/// failed before (killed while it started, say): one attempt each per look, every attempt
-/// counted against the node's budget. An error once a node may not be restarted again.
-fn restart_the_dead(
-    cluster: &mut LocalCluster,
-    restarts: &mut RestartBudget,
-    down: &mut Vec<(String, String)>,
-) -> anyhow::Result<()> {
-    down.extend(cluster.take_exited());
-    for (name, exited) in std::mem::take(down) {
+/// Restarts every node that is down: those that exited since the last look, and those
+/// whose restart failed before (killed while it started, say). One attempt each per look,
+/// every attempt counted against the node's budget; an error once a node may not be
+/// restarted again.
+fn restart_the_dead(cluster: &mut LocalCluster, restarts: &mut RestartBudget) -> anyhow::Result<()> {
+    for (_, exited) in cluster.take_exited() {
+        eprintln!("{exited}");
+    }
+    for name in cluster.down() {
         anyhow::ensure!(
             restarts.allow(&name, Instant::now()),
-            "{exited}; it was restarted {RESTARTS_MAX} times within {RESTART_WINDOW:?}: not again"
+            "{name} is down again; it was restarted {RESTARTS_MAX} times within {RESTART_WINDOW:?}: not again"
         );
         match cluster.restart(&name) {
-            Ok(restarted) => eprintln!("{exited}; restarted it (pid {}), it recovers from its log", restarted.pid),
-            Err(err) => {
-                eprintln!("{exited}; restarting it failed, trying again: {err:#}");
-                down.push((name, exited));
-            }
+            Ok(restarted) => eprintln!("restarted {name} (pid {}), it recovers from its log", restarted.pid),
+            Err(err) => eprintln!("restarting {name} failed, trying again: {err:#}"),
         }
     }
     Ok(())
