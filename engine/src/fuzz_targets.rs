@@ -556,7 +556,7 @@ pub fn gen_part_record(g: &mut Gen) -> PartRecord {
     let txid = TxId(g.u64());
     match g.u8() % 4 {
         0 => PartRecord::Epoch { epoch: Epoch(g.u32()) },
-        1 => PartRecord::Prepared { txid, writes: gen_writes(g), read_keys: gen_read_keys(g) },
+        1 => PartRecord::Prepared { txid, writes: gen_writes(g).into(), read_keys: gen_read_keys(g) },
         2 => PartRecord::Committed { txid },
         _ => PartRecord::Aborted { txid },
     }

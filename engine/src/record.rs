@@ -22,6 +22,7 @@
 //! | 64–66, 72–74 | three-phase commit's coordinator and participant records | `threepc::log` |
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
@@ -125,7 +126,10 @@ pub enum PartRecord {
     Epoch { epoch: Epoch },
     /// Prepared to commit these writes (forced before voting Yes), holding shared locks on
     /// `read_keys` until the decision: a restart re-takes both (strict 2PL across crashes).
-    Prepared { txid: TxId, writes: Vec<Write>, read_keys: Vec<Key> },
+    ///
+    /// `writes` is shared with the participant's prepared entry: appending the record
+    /// copies no write set (the record lives until the driver has encoded it).
+    Prepared { txid: TxId, writes: Arc<[Write]>, read_keys: Vec<Key> },
     /// The writes are applied (forced before acknowledging).
     Committed { txid: TxId },
     /// A prepared transaction was aborted (not forced: presumed abort).
@@ -384,7 +388,7 @@ impl LogRecord for PartRecord {
             PartRecord::Prepared { txid, writes, read_keys } => {
                 out.put_u64_le(txid.0);
                 put_count(out, writes.len());
-                for write in writes {
+                for write in writes.iter() {
                     write.encode(out);
                 }
                 put_keys(out, read_keys);
@@ -398,9 +402,9 @@ impl LogRecord for PartRecord {
             KIND_PART_EPOCH => decode_payload(payload, |r| Ok(PartRecord::Epoch { epoch: Epoch(r.u32("epoch")?) })),
             KIND_PART_PREPARED => decode_payload(payload, |r| {
                 let txid = read_txid(r)?;
-                let writes = read_list(r, u16::MAX as usize, 3, "writes")?;
+                let writes: Vec<Write> = read_list(r, u16::MAX as usize, 3, "writes")?;
                 let read_keys = read_keys(r, u16::MAX as usize, "read keys")?;
-                Ok(PartRecord::Prepared { txid, writes, read_keys })
+                Ok(PartRecord::Prepared { txid, writes: writes.into(), read_keys })
             }),
             KIND_PART_COMMITTED => decode_payload(payload, |r| Ok(PartRecord::Committed { txid: read_txid(r)? })),
             KIND_PART_ABORTED => decode_payload(payload, |r| Ok(PartRecord::Aborted { txid: read_txid(r)? })),
@@ -571,10 +575,10 @@ pub(crate) mod tests {
         round_trip(PartRecord::Epoch { epoch: Epoch(4) });
         round_trip(PartRecord::Prepared {
             txid,
-            writes: vec![Write { key: key("a"), value: Some(key("1")) }, Write { key: key("b"), value: None }],
+            writes: vec![Write { key: key("a"), value: Some(key("1")) }, Write { key: key("b"), value: None }].into(),
             read_keys: vec![],
         });
-        round_trip(PartRecord::Prepared { txid, writes: vec![], read_keys: vec![key("c"), key("")] });
+        round_trip(PartRecord::Prepared { txid, writes: vec![].into(), read_keys: vec![key("c"), key("")] });
         round_trip(PartRecord::Committed { txid });
         round_trip(PartRecord::Aborted { txid });
     }

@@ -47,6 +47,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use twophase_backends::{DbError, Executor, Gid, KvOp, KvOutcome, OneShot, Reason, Reply, Request};
@@ -978,9 +979,9 @@ impl ResourceManager for BackendResource {
         self.with(|driver| driver.events.pop_front())
     }
 
-    fn writes(_prepared: &BackendPrepared) -> &[Write] {
+    fn writes(_prepared: &BackendPrepared) -> Arc<[Write]> {
         // The writes are in the database, under the gid; the log needs only the txid.
-        &[]
+        Arc::new([])
     }
 
     /// None: the database's prepared transaction keeps its read locks itself, across its
@@ -997,7 +998,7 @@ impl ResourceManager for BackendResource {
         self.with(|driver| driver.decide_logged(txid, prepared.gid, Decision::Rollback));
     }
 
-    fn recovered(&mut self, txid: TxId, _writes: Vec<Write>, _read_keys: Vec<Key>) -> BackendPrepared {
+    fn recovered(&mut self, txid: TxId, _writes: Arc<[Write]>, _read_keys: Vec<Key>) -> BackendPrepared {
         self.with(|driver| {
             if let Some(recovering) = &mut driver.recovering {
                 recovering.logged.insert(txid);

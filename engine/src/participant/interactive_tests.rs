@@ -101,7 +101,7 @@ fn executes_buffer_writes_see_their_own_and_commit_applies_them_after_a_gated_ye
         record,
         &PartRecord::Prepared {
             txid: t(1),
-            writes: vec![Write { key: key("a"), value: Some(encode_int(7)) }],
+            writes: vec![Write { key: key("a"), value: Some(encode_int(7)) }].into(),
             read_keys: vec![]
         }
     );

@@ -326,7 +326,7 @@ impl<R: ResourceManager> Participant<R> {
         self.max_txid_seen = snapshot.max_txid_seen;
         self.rm.restore(&snapshot.kv);
         for (txid, writes, read_keys) in snapshot.prepared {
-            self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes, read_keys });
+            self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes: writes.into(), read_keys });
         }
     }
 
@@ -804,7 +804,7 @@ impl<R: ResourceManager> Participant<R> {
             }
             PrepareResult::No { reason } => return self.vote_no(txid, reason, fx),
         };
-        let record = PartRecord::Prepared { txid, writes: R::writes(&held).to_vec(), read_keys: R::read_keys(&held) };
+        let record = PartRecord::Prepared { txid, writes: R::writes(&held), read_keys: R::read_keys(&held) };
         let lsn = self.log.append(fx, record);
         let next_inquiry = now + self.config.inquiry_after;
         let prepared = Prepared {

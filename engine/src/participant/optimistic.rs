@@ -57,7 +57,9 @@ impl KvResource {
         }
         let mut locked = Vec::with_capacity(open.writes.len() + open.read_versions.len());
         match self.lock_and_validate(txid, &open, &mut locked) {
-            Ok(()) => PrepareResult::Yes { reads: Vec::new(), prepared: KvPrepared { writes: open.writes, locked } },
+            Ok(()) => {
+                PrepareResult::Yes { reads: Vec::new(), prepared: KvPrepared { writes: open.writes.into(), locked } }
+            }
             Err(reason) => {
                 self.unlock_all(txid, &locked);
                 self.settle();

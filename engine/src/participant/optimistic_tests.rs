@@ -162,7 +162,7 @@ fn a_read_only_part_of_a_wider_transaction_holds_its_reads_shared_until_the_deci
     assert_eq!(execute(&mut p, 3, OPT, vec![("x", OpKind::Get), ("x", put(0))]).len(), 1);
     let mut fx = PartEffects::default();
     p.on_message(Time::ZERO, EPOCH, ToParticipant::PrepareExecuted { txid: t(2), sole: false }, &mut fx).unwrap();
-    let record = PartRecord::Prepared { txid: t(2), writes: vec![], read_keys: vec![key("x")] };
+    let record = PartRecord::Prepared { txid: t(2), writes: vec![].into(), read_keys: vec![key("x")] };
     assert_eq!(
         fx.appends.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
         vec![record],

@@ -18,6 +18,7 @@
 //! and its driver later calls [`Participant::on_prepare_done`](super::Participant::on_prepare_done).
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use crate::ops::{AbortReason, Isolation, Key, LocalOp, Read};
 use crate::record::Write;
@@ -117,8 +118,9 @@ pub trait ResourceManager: Debug {
         true
     }
 
-    /// The write set the `Prepared` record logs (and a snapshot keeps) for `prepared`.
-    fn writes(prepared: &Self::Prepared) -> &[Write];
+    /// The write set the `Prepared` record logs (and a snapshot keeps) for `prepared`:
+    /// shared, not copied, on every prepare.
+    fn writes(prepared: &Self::Prepared) -> Arc<[Write]>;
 
     /// The keys `prepared` holds shared (read, not written): logged in the `Prepared` record
     /// and kept in a snapshot, so that a restart locks them again. Empty, without
@@ -132,7 +134,7 @@ pub trait ResourceManager: Debug {
     fn abort(&mut self, txid: TxId, prepared: Self::Prepared);
 
     /// A prepared transaction rebuilt from its record at recovery; it holds nothing yet.
-    fn recovered(&mut self, txid: TxId, writes: Vec<Write>, read_keys: Vec<Key>) -> Self::Prepared;
+    fn recovered(&mut self, txid: TxId, writes: Arc<[Write]>, read_keys: Vec<Key>) -> Self::Prepared;
 
     /// Takes again the locks of a transaction recovered in doubt: exclusive on its writes,
     /// shared on its read keys.

@@ -5,6 +5,7 @@ use super::*;
 use crate::effects::Gated;
 use crate::ops::OpKind;
 use bytes::Bytes;
+use std::sync::Arc;
 
 const ME: ParticipantId = ParticipantId(1);
 const EPOCH: Epoch = Epoch(1);
@@ -42,7 +43,7 @@ impl<const DURABLE: bool> ResourceManager for Deferred<DURABLE> {
     fn pop_event(&mut self) -> Option<RmEvent> {
         self.inner.pop_event()
     }
-    fn writes(prepared: &KvPrepared) -> &[Write] {
+    fn writes(prepared: &KvPrepared) -> Arc<[Write]> {
         KvResource::writes(prepared)
     }
     fn read_keys(prepared: &KvPrepared) -> Vec<Key> {
@@ -54,7 +55,7 @@ impl<const DURABLE: bool> ResourceManager for Deferred<DURABLE> {
     fn abort(&mut self, txid: TxId, prepared: KvPrepared) {
         self.inner.abort(txid, prepared)
     }
-    fn recovered(&mut self, txid: TxId, writes: Vec<Write>, read_keys: Vec<Key>) -> KvPrepared {
+    fn recovered(&mut self, txid: TxId, writes: Arc<[Write]>, read_keys: Vec<Key>) -> KvPrepared {
         self.inner.recovered(txid, writes, read_keys)
     }
     fn relock(&mut self, txid: TxId, prepared: &mut KvPrepared) {

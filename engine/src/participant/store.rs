@@ -11,6 +11,7 @@
 //!   granting that key's queue in FIFO order (`settle`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::KvImage;
 use super::kv::{Evaluation, KvStore, Slot, runs_no_sql};
@@ -25,12 +26,14 @@ use crate::types::{ParticipantId, TxId};
 
 /// What a prepared transaction holds in the built-in store until its decision.
 ///
-/// Kept to two vectors: a `Prepared` entry moves through the transaction table on every
-/// prepare and decision, and each word more made those moves `memcpy` calls (measured with
-/// callgrind: a third vector here cost the one-shot path ~7% of its instructions).
+/// Kept small (a shared slice and a vector, five words): a `Prepared` entry moves through
+/// the transaction table on every prepare and decision, and each word more made those moves
+/// `memcpy` calls (measured with callgrind: a third vector here cost the one-shot path ~7%
+/// of its instructions).
 #[derive(Debug)]
 pub struct KvPrepared {
-    pub(super) writes: Vec<Write>,
+    /// Shared with the `Prepared` record that logs them: appending it copies nothing.
+    pub(super) writes: Arc<[Write]>,
     /// Keys this transaction locked (released at the decision), copied: a slice would pin
     /// its whole network frame until then. The keys no write names are held shared (read):
     /// logged with the prepare so that a restart takes them again ([`shared_keys`]).
@@ -159,7 +162,7 @@ impl ResourceManager for KvResource {
             self.settle();
             return Prepare::Done(PrepareResult::ReadOnly { reads });
         }
-        Prepare::Done(PrepareResult::Yes { reads, prepared: KvPrepared { writes, locked } })
+        Prepare::Done(PrepareResult::Yes { reads, prepared: KvPrepared { writes: writes.into(), locked } })
     }
 
     fn execute(&mut self, txid: TxId, isolation: Isolation, ops: Vec<LocalOp>) -> Execution {
@@ -187,7 +190,7 @@ impl ResourceManager for KvResource {
         }
         Some(PrepareResult::Yes {
             reads: Vec::new(),
-            prepared: KvPrepared { writes: open.writes, locked: open.locked },
+            prepared: KvPrepared { writes: open.writes.into(), locked: open.locked },
         })
     }
 
@@ -205,8 +208,8 @@ impl ResourceManager for KvResource {
         !self.events.is_empty()
     }
 
-    fn writes(prepared: &KvPrepared) -> &[Write] {
-        &prepared.writes
+    fn writes(prepared: &KvPrepared) -> Arc<[Write]> {
+        Arc::clone(&prepared.writes)
     }
 
     #[inline]
@@ -228,7 +231,7 @@ impl ResourceManager for KvResource {
         self.settle();
     }
 
-    fn recovered(&mut self, _txid: TxId, writes: Vec<Write>, read_keys: Vec<Key>) -> KvPrepared {
+    fn recovered(&mut self, _txid: TxId, writes: Arc<[Write]>, read_keys: Vec<Key>) -> KvPrepared {
         // Nothing is locked during replay: `locked` carries the read keys until `relock`.
         let read_keys = read_keys.iter().map(|key| Slot::from_slice(key)).collect();
         KvPrepared { writes, locked: read_keys }

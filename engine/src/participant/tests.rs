@@ -143,13 +143,13 @@ fn a_commit_for_an_unknown_transaction_is_acked_once_the_log_is_durable() {
 fn after_a_restart_prepared_work_is_in_doubt_locked_and_asked_about() {
     let writes = vec![Write { key: key("a"), value: Some(encode_int(3)) }];
     let log = vec![
-        (Lsn(1), PartRecord::Prepared { txid: txid(1), writes: writes.clone(), read_keys: vec![] }),
+        (Lsn(1), PartRecord::Prepared { txid: txid(1), writes: writes.clone().into(), read_keys: vec![] }),
         (Lsn(2), PartRecord::Committed { txid: txid(1) }),
         (
             Lsn(3),
             PartRecord::Prepared {
                 txid: txid(2),
-                writes: vec![Write { key: key("b"), value: None }],
+                writes: vec![Write { key: key("b"), value: None }].into(),
                 read_keys: vec![],
             },
         ),
@@ -157,7 +157,7 @@ fn after_a_restart_prepared_work_is_in_doubt_locked_and_asked_about() {
             Lsn(4),
             PartRecord::Prepared {
                 txid: txid(3),
-                writes: vec![Write { key: key("c"), value: None }],
+                writes: vec![Write { key: key("c"), value: None }].into(),
                 read_keys: vec![],
             },
         ),

@@ -236,7 +236,7 @@ fn key_versions(decisions: &BTreeMap<TxId, Decision>, participant_logs: &[Vec<(L
             if !decisions.get(txid).is_some_and(|d| d.participants.contains(&participant)) {
                 continue;
             }
-            for write in writes {
+            for write in writes.iter() {
                 versions.entry((participant, write.key.clone())).or_default().insert(write.value.clone());
             }
         }

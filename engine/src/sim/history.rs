@@ -154,7 +154,7 @@ fn prepared_writes(participant_logs: &[Vec<(Lsn, PartRecord)>]) -> BTreeMap<(TxI
         let participant = participant_id(index as u16);
         for (_, record) in log {
             if let PartRecord::Prepared { txid, writes, .. } = record {
-                prepared.entry((*txid, participant)).or_insert(writes.as_slice());
+                prepared.entry((*txid, participant)).or_insert(&writes[..]);
             }
         }
     }
