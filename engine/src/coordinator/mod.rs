@@ -1108,10 +1108,15 @@ fn stages_every_participant(mut writes_at: impl Iterator<Item = bool>) -> bool {
     writes_at.any(|writes| writes)
 }
 
+/// A request's ops grouped by participant: inline for up to four participants (nearly every
+/// transaction), since the list lives only until its prepares are sent and a heap
+/// allocation for it per request bought nothing.
+type OpsPerParticipant = SmallVec<[(ParticipantId, Vec<LocalOp>); 4]>;
+
 /// Groups a client's ops by participant, each tagged with its position in the request, and
 /// lists the `Get`s (one-shot Prepares and interactive Executes alike).
-fn split_ops(ops: Vec<Op>) -> (Vec<(ParticipantId, Vec<LocalOp>)>, Vec<GetAt>) {
-    let mut per_participant: Vec<(ParticipantId, Vec<LocalOp>)> = Vec::with_capacity(4);
+fn split_ops(ops: Vec<Op>) -> (OpsPerParticipant, Vec<GetAt>) {
+    let mut per_participant = OpsPerParticipant::new();
     let mut gets = Vec::new();
     for (index, op) in ops.into_iter().enumerate() {
         // A statement's rows come back as its read, checked and routed like a Get's value.
