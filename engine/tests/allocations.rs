@@ -31,6 +31,11 @@ const EPOCH: Epoch = Epoch(1);
 const ACCOUNTS: u64 = 1_000;
 const WARM_UP_TRANSACTIONS: u64 = 5_000;
 const COUNTED_TRANSACTIONS: u64 = 20_000;
+const P1: ParticipantId = ParticipantId(1);
+const P2: ParticipantId = ParticipantId(2);
+const CLIENT: ClientId = ClientId(1);
+const IDENTITY: &str = "bank";
+const ORIGIN: ClientOrigin<'static> = ClientOrigin { conn: 1, identity: IDENTITY };
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
@@ -71,6 +76,17 @@ static GLOBAL: Counting = Counting;
 
 fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
+}
+
+/// Runs `transaction` (numbered from 1; it returns the allocations it counted) for the
+/// warm-up, whose counts are dropped while tables grow to their working size, then sums
+/// the counts of the next `COUNTED_TRANSACTIONS`.
+fn count_in_steady_state(mut transaction: impl FnMut(u64) -> u64) -> u64 {
+    for number in 1..=WARM_UP_TRANSACTIONS {
+        transaction(number);
+    }
+    let first = WARM_UP_TRANSACTIONS + 1;
+    (first..first + COUNTED_TRANSACTIONS).map(transaction).sum()
 }
 
 /// Fails when `counted` allocations over the counted run exceed `per_transaction_max` per
@@ -121,27 +137,14 @@ fn prepare_and_commit(participant: &mut Participant, counter: u64, fx: &mut Part
 #[test]
 fn a_participants_one_shot_transaction_allocates_within_its_budget() {
     let mut fx = PartEffects::default();
-    let mut participant =
-        Participant::recover(ParticipantConfig::new(ParticipantId(1)), None, Vec::new(), Time::ZERO, &mut fx);
+    let mut participant = Participant::recover(ParticipantConfig::new(P1), None, Vec::new(), Time::ZERO, &mut fx);
     let mut payload = Vec::with_capacity(4096);
-    for counter in 1..=WARM_UP_TRANSACTIONS {
-        prepare_and_commit(&mut participant, counter, &mut fx, &mut payload);
-    }
-    let first = WARM_UP_TRANSACTIONS + 1;
-    let counted: u64 = (first..first + COUNTED_TRANSACTIONS)
-        .map(|counter| prepare_and_commit(&mut participant, counter, &mut fx, &mut payload))
-        .sum();
+    let counted = count_in_steady_state(|counter| prepare_and_commit(&mut participant, counter, &mut fx, &mut payload));
     let stats = participant.stats();
     let transactions = WARM_UP_TRANSACTIONS + COUNTED_TRANSACTIONS;
     assert_eq!((stats.prepared, stats.committed), (transactions, transactions), "every transfer half committed");
     assert_within_budget("a participant's", counted, PARTICIPANT_ALLOCATIONS_PER_TRANSACTION_MAX);
 }
-
-const P1: ParticipantId = ParticipantId(1);
-const P2: ParticipantId = ParticipantId(2);
-const CLIENT: ClientId = ClientId(1);
-const IDENTITY: &str = "bank";
-const ORIGIN: ClientOrigin<'static> = ClientOrigin { conn: 1, identity: IDENTITY };
 
 /// A coordinator of `P1` and `P2` whose log holds one session, `CLIENT`'s.
 fn coordinator_with_a_session(fx: &mut CoordEffects) -> Coordinator {
@@ -200,13 +203,7 @@ fn a_coordinators_one_shot_transaction_allocates_within_its_budget() {
     let mut coordinator = coordinator_with_a_session(&mut fx);
     let mut payload = Vec::with_capacity(4096);
     drain(&mut fx, &mut payload);
-    for seq in 1..=WARM_UP_TRANSACTIONS {
-        submit_vote_and_ack(&mut coordinator, seq, &mut fx, &mut payload);
-    }
-    let first = WARM_UP_TRANSACTIONS + 1;
-    let counted: u64 = (first..first + COUNTED_TRANSACTIONS)
-        .map(|seq| submit_vote_and_ack(&mut coordinator, seq, &mut fx, &mut payload))
-        .sum();
+    let counted = count_in_steady_state(|seq| submit_vote_and_ack(&mut coordinator, seq, &mut fx, &mut payload));
     let stats = coordinator.stats();
     assert_eq!(
         (stats.committed, stats.aborted),
