@@ -616,7 +616,7 @@ pub fn gen_participant_snapshot(g: &mut Gen) -> ParticipantSnapshot {
     let pairs: Vec<(Key, Value)> =
         (0..g.count(64)).map(|_| (gen_key(g, RECORD_LIMITS), gen_value(g, RECORD_LIMITS))).collect();
     let kv = KvImage::from_pairs(pairs.iter().map(|(key, value)| (&key[..], &value[..])));
-    let prepared = (0..g.count(16)).map(|_| (TxId(g.u64()), gen_writes(g), gen_read_keys(g))).collect();
+    let prepared = (0..g.count(16)).map(|_| (TxId(g.u64()), gen_writes(g).into(), gen_read_keys(g))).collect();
     ParticipantSnapshot { lsn, max_epoch, max_txid_seen, kv, prepared }
 }
 

@@ -337,7 +337,7 @@ fn with_unlogged_prepared(
     });
     let count = unlogged.len();
     snapshot.max_txid_seen = snapshot.max_txid_seen.max(highest);
-    snapshot.prepared.extend(unlogged.into_iter().map(|txid| (txid, Vec::new(), Vec::new())));
+    snapshot.prepared.extend(unlogged.into_iter().map(|txid| (txid, Arc::from([]), Vec::new())));
     snapshot.prepared.sort_unstable_by_key(|(txid, _, _)| *txid);
     (Some(snapshot), count)
 }

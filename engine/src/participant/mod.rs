@@ -42,6 +42,7 @@ mod snapshot;
 mod store;
 mod waits;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use kv::{Evaluation, KvStore, decode_int, encode_int};
@@ -326,7 +327,7 @@ impl<R: ResourceManager> Participant<R> {
         self.max_txid_seen = snapshot.max_txid_seen;
         self.rm.restore(&snapshot.kv);
         for (txid, writes, read_keys) in snapshot.prepared {
-            self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes: writes.into(), read_keys });
+            self.replay(Lsn::NONE, PartRecord::Prepared { txid, writes, read_keys });
         }
     }
 
@@ -334,8 +335,8 @@ impl<R: ResourceManager> Participant<R> {
     /// LSN is durable before it relies on it (writes it out, truncates the log).
     pub fn snapshot(&self) -> ParticipantSnapshot {
         let kv = self.rm.image();
-        let mut prepared: Vec<(TxId, Vec<Write>, Vec<Key>)> =
-            self.prepared.iter().map(|(txid, p)| (txid, R::writes(&p.held).to_vec(), R::read_keys(&p.held))).collect();
+        let mut prepared: Vec<(TxId, Arc<[Write]>, Vec<Key>)> =
+            self.prepared.iter().map(|(txid, p)| (txid, R::writes(&p.held), R::read_keys(&p.held))).collect();
         prepared.sort_unstable_by_key(|(txid, _, _)| *txid);
         ParticipantSnapshot {
             lsn: self.log.last(),

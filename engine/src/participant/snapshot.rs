@@ -9,6 +9,8 @@
 //! Format change (optimistic isolation): `kv commits` and each entry's `version` were added,
 //! so a snapshot written before it does not decode (it fails with an error, loses nothing).
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes};
 
 use crate::codec::{DecodeError, Encode, Reader, put_count, put_key, put_keys, put_value, read_keys, read_list};
@@ -116,8 +118,9 @@ pub struct ParticipantSnapshot {
     pub max_txid_seen: TxId,
     pub kv: KvImage,
     /// Prepared transactions without an outcome as of `lsn`, sorted by txid: each one's
-    /// writes and the keys it holds shared.
-    pub prepared: Vec<(TxId, Vec<Write>, Vec<Key>)>,
+    /// writes (shared with the prepared entry, as its `Prepared` record's are) and the keys
+    /// it holds shared.
+    pub prepared: Vec<(TxId, Arc<[Write]>, Vec<Key>)>,
 }
 
 impl ParticipantSnapshot {
@@ -133,7 +136,7 @@ impl ParticipantSnapshot {
         for (txid, writes, read_keys) in &self.prepared {
             out.put_u64_le(txid.0);
             put_count(&mut out, writes.len());
-            for write in writes {
+            for write in writes.iter() {
                 write.encode(&mut out);
             }
             put_keys(&mut out, read_keys);
@@ -154,8 +157,8 @@ impl ParticipantSnapshot {
         let mut prepared = Vec::with_capacity(prepared_count as usize);
         for _ in 0..prepared_count {
             let txid = TxId(reader.u64("prepared txid")?);
-            let writes = read_list(&mut reader, u16::MAX as usize, 3, "writes")?;
-            prepared.push((txid, writes, read_keys(&mut reader, u16::MAX as usize, "read keys")?));
+            let writes: Vec<Write> = read_list(&mut reader, u16::MAX as usize, 3, "writes")?;
+            prepared.push((txid, writes.into(), read_keys(&mut reader, u16::MAX as usize, "read keys")?));
         }
         reader.finish()?;
         Ok(ParticipantSnapshot { lsn, max_epoch, max_txid_seen, kv, prepared })
@@ -175,8 +178,8 @@ mod tests {
             max_txid_seen: TxId::new(Epoch(3), 9),
             kv: KvImage::from_entries(9, [(&b"b"[..], &b"x"[..], 9), (&b"a"[..], &encode_int(5)[..], 4)]),
             prepared: vec![
-                (TxId::new(Epoch(3), 8), vec![Write { key: Bytes::from_static(b"c"), value: None }], vec![]),
-                (TxId::new(Epoch(3), 9), vec![], vec![Bytes::from_static(b"d")]),
+                (TxId::new(Epoch(3), 8), vec![Write { key: Bytes::from_static(b"c"), value: None }].into(), vec![]),
+                (TxId::new(Epoch(3), 9), Arc::from([]), vec![Bytes::from_static(b"d")]),
             ],
         };
         let bytes = Bytes::from(snapshot.encode());
