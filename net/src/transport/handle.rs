@@ -53,7 +53,7 @@ impl Transport {
     }
 
     /// Keeps an outbound connection to `addr` up, reconnecting with backoff (50 ms doubling
-    /// to 500 ms). Each connection sends our `Hello` and must get a `Welcome` from
+    /// to 100 ms). Each connection sends our `Hello` and must get a `Welcome` from
     /// `expect_node` in our cluster; then [`Inbound::PeerUp`] reports it.
     pub fn add_peer(&self, peer: PeerId, addr: SocketAddr, expect_node: String) {
         self.command(Command::AddPeer { peer, addr, expect_node });
