@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use common::{Cluster, add, eventually, read_ints};
+use common::{Cluster, add, eventually, get, read_ints};
 use twophase_engine::{AbortReason, Op, OpKind, Outcome, ParticipantId};
-use twophase_net::{ErrorCode, Frame};
+use twophase_net::{ClientError, ErrorCode, Frame, Pipeline, SagaError, TxError};
 
 #[test]
 fn a_transfer_across_three_participants_commits_and_an_overdraft_aborts() {
@@ -158,6 +158,65 @@ fn an_unknown_participant_gets_a_clear_error() {
         "{out:?}"
     );
     cluster.stop();
+}
+
+#[test]
+fn a_request_beyond_the_coordinators_limits_is_refused_before_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(2, dir.path());
+    let long_key = "k".repeat(70_000); // Beyond the wire's 16-bit key length, too.
+    let op_with_key =
+        |key: &str| Op { participant: ParticipantId(1), key: key.as_bytes().to_vec().into(), kind: OpKind::Get };
+    let big_value = || Op {
+        participant: ParticipantId(2),
+        key: bytes::Bytes::from_static(b"v"),
+        kind: OpKind::Put(vec![0u8; 40_000].into()),
+    };
+    let refused =
+        |err: &ClientError, what: &str| matches!(err, ClientError::Invalid { .. }) && err.to_string().contains(what);
+
+    // Each client keeps its connection and goes on: nothing reached the coordinator.
+    let mut client = cluster.client();
+    let err = client.submit(vec![op_with_key(&long_key)]).unwrap_err();
+    assert!(refused(&err, "op 0: key of 70000 bytes exceeds the limit of 1024"), "{err}");
+    let err = client.submit(vec![add(1, "a", 1, 0), big_value()]).unwrap_err();
+    assert!(refused(&err, "op 1: value of 40000 bytes exceeds the limit of 32768"), "{err}");
+    assert!(client.submit(vec![add(1, "a", 1, 0)]).unwrap().is_committed());
+
+    let mut pipeline = Pipeline::connect(cluster.ports()[0], cluster.client_options()).unwrap();
+    let err = pipeline.send(vec![op_with_key(&"k".repeat(1025))]).unwrap_err();
+    assert!(refused(&err, "key of 1025 bytes"), "{err}");
+    let seq = pipeline.send(vec![add(1, "a", 1, 0)]).unwrap();
+    pipeline.flush().unwrap();
+    let outcomes = eventually_outcomes(&mut pipeline, 1);
+    assert_eq!(outcomes.len(), 1);
+    assert!(outcomes[0].0 == seq && outcomes[0].1.is_committed(), "{outcomes:?}");
+
+    let mut tx = client.begin().unwrap();
+    let err = tx.execute(vec![op_with_key(&long_key)]).unwrap_err();
+    assert!(matches!(&err, TxError::Client(inner) if refused(inner, "key of 70000 bytes")), "{err}");
+    assert_eq!(tx.execute(vec![get(1, "a")]).unwrap().len(), 1, "the transaction stays open");
+    tx.commit().unwrap();
+
+    let err = client.saga().step(ParticipantId(2), vec![big_value()]).run().unwrap_err();
+    assert!(matches!(&err, SagaError::Invalid(detail) if detail.contains("step 0: op 0: value of 40000")), "{err}");
+
+    let out = cluster.tx(&["add", &format!("p1:{long_key}=1")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not sent, beyond the coordinator's limits") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(read_ints(&mut client, &[(1, "a")]), vec![Some(2)]);
+    cluster.stop();
+}
+
+/// Polls `pipeline` until `count` outcomes arrived (at most 10 s).
+fn eventually_outcomes(pipeline: &mut Pipeline, count: usize) -> Vec<(u64, Outcome)> {
+    let mut outcomes = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while outcomes.len() < count && std::time::Instant::now() < deadline {
+        outcomes.extend(pipeline.poll(Duration::from_millis(100)).unwrap());
+    }
+    outcomes
 }
 
 /// `twophase cluster` restarts at most this many times a minute a node that dies.

@@ -336,6 +336,23 @@ impl Limits {
         if ops.is_empty() {
             return Err("a transaction needs at least one operation".into());
         }
+        self.check_sizes(ops)?;
+        for (index, op) in ops.iter().enumerate() {
+            if let OpKind::Sql(_) = &op.kind
+                && !op.key.is_empty()
+            {
+                return Err(format!("op {index}: an SQL statement has no key"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What a decoder refuses, together with the frame that carries it: more ops than
+    /// `max_ops_per_tx`, a key or value above its bound, an SQL statement beyond its
+    /// bounds. A client checks this before it sends (the receiver would drop the whole
+    /// frame and the connection with it; a key above 64 KiB cannot even be encoded); the
+    /// rest of [`check_ops`](Self::check_ops) is the coordinator's to answer.
+    pub fn check_sizes(&self, ops: &[Op]) -> Result<(), String> {
         if ops.len() > self.max_ops_per_tx {
             return Err(format!("{} operations exceed the limit of {}", ops.len(), self.max_ops_per_tx));
         }
@@ -358,9 +375,6 @@ impl Limits {
             }
             if let OpKind::Sql(statement) = &op.kind {
                 statement.check(self.max_value_bytes).map_err(|detail| format!("op {index}: {detail}"))?;
-                if !op.key.is_empty() {
-                    return Err(format!("op {index}: an SQL statement has no key"));
-                }
             }
         }
         Ok(())
@@ -385,6 +399,18 @@ mod tests {
         let big = op("k", OpKind::Put(Bytes::from_static(b"1234")));
         assert!(limits.check_ops(&[big]).unwrap_err().contains("value of 4 bytes"));
         assert!(limits.check_ops(&[op("k", OpKind::Delete)]).is_ok());
+    }
+
+    #[test]
+    fn sizes_are_what_a_decoder_refuses_and_no_more() {
+        let limits = Limits { max_ops_per_tx: 2, max_key_bytes: 4, max_value_bytes: 3 };
+        assert!(limits.check_sizes(&[]).is_ok(), "the coordinator answers an empty transaction");
+        let long_key = op(&"k".repeat(70_000), OpKind::Get);
+        assert!(limits.check_sizes(&[long_key]).unwrap_err().contains("op 0: key of 70000 bytes"));
+        let big = op("k", OpKind::Put(Bytes::from_static(b"1234")));
+        assert!(limits.check_sizes(&[op("k", OpKind::Get), big]).unwrap_err().contains("op 1: value of 4 bytes"));
+        let three = vec![op("a", OpKind::Get), op("b", OpKind::Get), op("c", OpKind::Get)];
+        assert!(limits.check_sizes(&three).unwrap_err().contains("3 operations"));
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub enum ClientError {
     Protocol(ProtocolError),
     /// The transaction is too large for any frame the server accepts.
     TooLarge(MessageTooLarge),
+    /// The request breaks the coordinator's limits (its `Welcome`): a key or value too
+    /// long, too many ops. Not sent: the coordinator would refuse the whole frame.
+    Invalid {
+        detail: String,
+    },
     /// The coordinator no longer remembers this sequence number's outcome.
     SeqTooOld {
         seq: Seq,
@@ -165,6 +170,7 @@ impl fmt::Display for ClientError {
             ClientError::Io(err) => write!(f, "I/O error: {err}"),
             ClientError::Protocol(err) => write!(f, "protocol error from the server: {err}"),
             ClientError::TooLarge(err) => write!(f, "transaction too large: {err}"),
+            ClientError::Invalid { detail } => write!(f, "not sent, beyond the coordinator's limits: {detail}"),
             ClientError::Tls(message) => write!(f, "TLS failure: {message}"),
             ClientError::SeqTooOld { seq } => {
                 write!(f, "the coordinator no longer remembers the outcome of request {seq}")
@@ -231,6 +237,23 @@ impl From<MessageTooLarge> for ClientError {
 }
 
 impl ClientError {
+    /// Refuses `ops` that the coordinator's decoder would refuse ([`Limits::check_sizes`]),
+    /// before they are encoded.
+    pub(crate) fn check_sizes(limits: &NetLimits, ops: &[Op]) -> Result<(), ClientError> {
+        limits.engine.check_sizes(ops).map_err(|detail| ClientError::Invalid { detail })
+    }
+
+    /// [`check_sizes`](Self::check_sizes) of every step's action and compensation.
+    pub(crate) fn check_saga_sizes(limits: &NetLimits, steps: &[SagaStep]) -> Result<(), ClientError> {
+        for (index, step) in steps.iter().enumerate() {
+            let invalid =
+                |what: &str, detail: String| ClientError::Invalid { detail: format!("{what} {index}: {detail}") };
+            limits.engine.check_sizes(&step.action).map_err(|detail| invalid("step", detail))?;
+            limits.engine.check_sizes(&step.compensation).map_err(|detail| invalid("compensation", detail))?;
+        }
+        Ok(())
+    }
+
     /// Whether a new connection may fix it.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
@@ -698,6 +721,7 @@ impl Client {
     /// and resends; an I/O error or timeout → reconnects and resends; always the same
     /// `(client, seq)`. Gives up after `max_attempts` sends.
     pub fn submit(&mut self, ops: Vec<Op>) -> Result<Outcome, ClientError> {
+        ClientError::check_sizes(&self.server_limits, &ops)?;
         let seq = self.next_seq();
         self.writer.clear();
         self.writer.push(&Submit { client: self.client, seq, ops })?;
@@ -907,6 +931,8 @@ pub struct Pipeline<R: PipelinedRequest = Submit> {
     last_seq: Seq,
     conn: Option<Connection>,
     directory: Directory,
+    /// The coordinator's limits (its `Welcome`), which every request is checked against.
+    server_limits: NetLimits,
     writer: BatchWriter<R>,
     outstanding: HashMap<Seq, R>,
     /// Busy requests and when to resend them (in order: the backoff is constant).
@@ -943,6 +969,7 @@ impl Pipeline<Submit> {
 
     /// Buffers a transaction under the next sequence number and returns that number.
     pub fn send(&mut self, ops: Vec<Op>) -> Result<Seq, ClientError> {
+        ClientError::check_sizes(&self.server_limits, &ops)?;
         self.send_request(|client, seq| Submit { client, seq, ops })
     }
 
@@ -981,6 +1008,7 @@ impl Pipeline<SagaSubmit> {
     /// coordinator checks the steps (limits, participants) and answers a malformed saga with
     /// `Aborted`.
     pub fn send_saga(&mut self, steps: Vec<SagaStep>) -> Result<Seq, ClientError> {
+        ClientError::check_saga_sizes(&self.server_limits, &steps)?;
         self.send_request(|client, seq| SagaSubmit { client, seq, steps })
     }
 }
@@ -996,6 +1024,7 @@ impl<R: PipelinedRequest> Pipeline<R> {
             client,
             last_seq: 0,
             directory: conn.directory.clone(),
+            server_limits: conn.server_limits,
             writer: BatchWriter::new(&conn.server_limits),
             conn: Some(conn),
             options,
@@ -1220,6 +1249,7 @@ impl<R: PipelinedRequest> Pipeline<R> {
             match self.endpoints.connect(&self.options, &self.identity, Role::Client) {
                 Ok(mut conn) => {
                     self.directory = conn.directory.clone();
+                    self.server_limits = conn.server_limits;
                     self.writer = BatchWriter::new(&conn.server_limits);
                     self.busy.clear();
                     self.trace_entries.clear();

@@ -187,6 +187,8 @@ impl Transaction<'_> {
         if let Some(reason) = &self.ended {
             return Err(TxError::Aborted(reason.clone()));
         }
+        // Not sent, and the transaction stays open: the coordinator never saw it.
+        ClientError::check_sizes(&self.client.server_limits, &ops)?;
         let seq = self.client.next_seq();
         let request = Interactive::Execute { client: self.client.client_id(), seq, txid: self.txid, ops };
         match self.send_pinned(seq, &request)? {

@@ -79,13 +79,18 @@ impl<'a> Saga<'a> {
     }
 
     /// Runs the saga to its outcome (see the module doc). Errors as for
-    /// [`Client::submit`]; a saga the builder found malformed is [`SagaError::Invalid`] and
-    /// is not sent (the coordinator checks the rest: limits, participants).
+    /// [`Client::submit`]; a saga the builder found malformed, or with ops beyond the
+    /// coordinator's size limits, is [`SagaError::Invalid`] and is not sent (the coordinator
+    /// checks the rest: its byte budget, participants).
     pub fn run(self) -> Result<Outcome, SagaError> {
         let Saga { client, built: Builder { steps, invalid } } = self;
         if let Some(detail) = invalid {
             return Err(SagaError::Invalid(detail));
         }
+        ClientError::check_saga_sizes(&client.server_limits, &steps).map_err(|err| match err {
+            ClientError::Invalid { detail } => SagaError::Invalid(detail),
+            other => other.into(),
+        })?;
         let seq = client.next_seq();
         let mut writer = BatchWriter::<SagaSubmit>::new(&client.server_limits);
         writer.push(&SagaSubmit { client: client.client_id(), seq, steps }).map_err(ClientError::from)?;
