@@ -94,6 +94,9 @@ impl WorkloadArgs {
     /// Refuses flags the workload cannot run, before any cluster is started or account
     /// made (the load checks everything again).
     pub(crate) fn check(&self) -> anyhow::Result<()> {
+        twophase_bench::check_run_shape(self.duration, self.connections, self.outstanding(), self.rate)?;
+        twophase_bench::check_bank_size(self.accounts, self.initial_balance)?;
+        self.spec().zipf(self.accounts)?;
         match self.protocol {
             Protocol::TwoPc => {}
             Protocol::ThreePc => ensure!(
@@ -118,6 +121,17 @@ impl WorkloadArgs {
             )?;
         }
         Ok(())
+    }
+
+    /// The account choice and transfer mix these flags ask for.
+    fn spec(&self) -> twophase_bench::WorkloadSpec {
+        twophase_bench::WorkloadSpec {
+            skew: self.skew,
+            cross_share: self.cross_share,
+            read_only_share: self.read_only_share,
+            max_amount: self.max_amount,
+            hot: self.hot,
+        }
     }
 
     /// What the load sends: `--workload`, or sagas under `--protocol saga`.

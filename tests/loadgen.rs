@@ -34,6 +34,25 @@ fn a_short_demo_commits_transfers_audits_and_writes_both_reports() {
 }
 
 #[test]
+fn flags_no_run_can_use_are_refused_before_anything_starts() {
+    for (command, flags, error) in [
+        ("demo", &["--accounts", "1"][..], "the bank needs at least 2 accounts, not 1"),
+        ("demo", &["--cross-share", "2"], "the cross-participant share must be within 0..=1, not 2"),
+        ("demo", &["--connections", "0"], "at least one connection is needed"),
+        ("demo", &["--skew=-1"], "the zipfian exponent must be a positive number, not -1"),
+        ("chaos", &["--max-amount", "0"], "the largest transfer amount must be at least 1, not 0"),
+        ("bench", &["--hot", "5", "--skew", "1"], "--hot and --skew are two ways to choose accounts: give one"),
+    ] {
+        let out = Command::new(binary()).arg(command).args(flags).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command} {flags:?}: {stderr}");
+        assert!(stderr.contains(error), "{command} {flags:?}: {stderr}");
+        // Refused by the flags alone: no cluster was started, no coordinator asked.
+        assert!(!stderr.contains("starting") && !stderr.contains("coordinator at"), "{command} {flags:?}: {stderr}");
+    }
+}
+
+#[test]
 fn an_unsafe_demo_says_so_in_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(binary())

@@ -37,19 +37,23 @@ pub struct BankLayout {
     pub initial_balance: i64,
 }
 
+/// Refuses a bank of `accounts` accounts of `initial_balance` that no run can hold: fewer
+/// than 2 accounts, a negative balance, a total beyond an i64.
+pub fn check_bank_size(accounts: u64, initial_balance: i64) -> anyhow::Result<()> {
+    ensure!(accounts >= 2, "the bank needs at least 2 accounts, not {accounts}");
+    ensure!(initial_balance >= 0, "the initial balance must not be negative ({initial_balance})");
+    ensure!(
+        (accounts as i128) * (initial_balance as i128) <= i64::MAX as i128,
+        "{accounts} accounts of {initial_balance} overflow the bank's total"
+    );
+    Ok(())
+}
+
 impl BankLayout {
     /// Checks what every user of a layout relies on.
     pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(!self.participants.is_empty(), "the bank layout names no participant");
-        ensure!(self.accounts >= 2, "the bank needs at least 2 accounts, not {}", self.accounts);
-        ensure!(self.initial_balance >= 0, "the initial balance must not be negative ({})", self.initial_balance);
-        ensure!(
-            (self.accounts as i128) * (self.initial_balance as i128) <= i64::MAX as i128,
-            "{} accounts of {} overflow the bank's total",
-            self.accounts,
-            self.initial_balance
-        );
-        Ok(())
+        check_bank_size(self.accounts, self.initial_balance)
     }
 
     /// The index into `participants` of account `n`.

@@ -46,12 +46,12 @@ pub use interactive::{
 };
 pub use interactive_report::InteractiveSection;
 pub use layout::{
-    ACCOUNT_PREFIX, BankLayout, KeyTable, MAX_ACCOUNT_KEY_BYTES, SETUP_OPS_PER_TX, check_directory, setup_accounts,
-    setup_accounts_where, write_account_key,
+    ACCOUNT_PREFIX, BankLayout, KeyTable, MAX_ACCOUNT_KEY_BYTES, SETUP_OPS_PER_TX, check_bank_size, check_directory,
+    setup_accounts, setup_accounts_where, write_account_key,
 };
 pub use load::{
     BACKLOG_LIMIT, DEFAULT_SEND_TICK, DRAIN_LIMIT, LoadOptions, LoadResult, LoadSettings, MAX_LATENCY_US,
-    TimelinePoint, TracedTx, TxTracer, format_us, read_rss, run_load,
+    TimelinePoint, TracedTx, TxTracer, check_run_shape, format_us, read_rss, run_load,
 };
 pub use probe::{CommitFilter, LoadProbe, Seen};
 pub use report::{LatencySummary, PercentilePoint, Report, RssSeries};

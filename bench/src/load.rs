@@ -112,6 +112,21 @@ pub trait TracedTx: Send {
     fn finish(self: Box<Self>, outcome: &Outcome);
 }
 
+/// Refuses a run that cannot send anything: no duration, no connection, nothing in flight,
+/// an open loop at rate 0.
+pub fn check_run_shape(
+    duration: Duration,
+    connections: usize,
+    outstanding: usize,
+    rate: Option<u64>,
+) -> anyhow::Result<()> {
+    ensure!(!duration.is_zero(), "the run's duration must be positive");
+    ensure!(connections >= 1, "at least one connection is needed");
+    ensure!(outstanding >= 1, "at least one outstanding transaction per connection is needed");
+    ensure!(rate != Some(0), "an open-loop rate must be positive");
+    Ok(())
+}
+
 impl LoadOptions {
     /// The defaults: 10 s, 4 connections of 256 outstanding, closed loop, uniform, all
     /// transfers cross-participant, no read-only transactions, amounts 1..=10, no progress.
@@ -150,10 +165,7 @@ impl LoadOptions {
     fn validate(&self) -> anyhow::Result<()> {
         self.layout.validate()?;
         ensure!(!self.coordinators.is_empty(), "the run needs at least one coordinator address");
-        ensure!(!self.duration.is_zero(), "the run's duration must be positive");
-        ensure!(self.connections >= 1, "at least one connection is needed");
-        ensure!(self.outstanding >= 1, "at least one outstanding transaction per connection is needed");
-        ensure!(self.rate != Some(0), "an open-loop rate must be positive");
+        check_run_shape(self.duration, self.connections, self.outstanding, self.rate)?;
         ensure!(
             self.client.cluster == self.cluster,
             "the client options name cluster '{}', the run '{}'",

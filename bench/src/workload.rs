@@ -36,6 +36,42 @@ pub struct WorkloadSpec {
     pub hot: Option<u64>,
 }
 
+impl WorkloadSpec {
+    /// Refuses a spec no bank of `accounts` accounts can run; the account choice's
+    /// distribution when it is zipfian.
+    pub fn zipf(&self, accounts: u64) -> anyhow::Result<Option<Zipf<f64>>> {
+        anyhow::ensure!(
+            self.max_amount >= 1,
+            "the largest transfer amount must be at least 1, not {}",
+            self.max_amount
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.cross_share),
+            "the cross-participant share must be within 0..=1, not {}",
+            self.cross_share
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.read_only_share),
+            "the read-only share must be within 0..=1, not {}",
+            self.read_only_share
+        );
+        if let Some(hot) = self.hot {
+            anyhow::ensure!(
+                (2..=accounts).contains(&hot),
+                "--hot must be between 2 and the number of accounts ({accounts}), not {hot}"
+            );
+            anyhow::ensure!(self.skew.is_none(), "--hot and --skew are two ways to choose accounts: give one");
+        }
+        match self.skew {
+            Some(exponent) if exponent.is_finite() && exponent > 0.0 => Zipf::new(accounts, exponent)
+                .map(Some)
+                .map_err(|err| anyhow::anyhow!("zipfian exponent {exponent}: {err}")),
+            Some(exponent) => anyhow::bail!("the zipfian exponent must be a positive number, not {exponent}"),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Draws transactions; one per load thread, each with its own seed.
 pub struct Workload {
     layout: BankLayout,
@@ -48,37 +84,7 @@ pub struct Workload {
 impl Workload {
     pub fn new(layout: &BankLayout, keys: KeyTable, spec: WorkloadSpec, seed: u64) -> anyhow::Result<Workload> {
         layout.validate()?;
-        anyhow::ensure!(
-            spec.max_amount >= 1,
-            "the largest transfer amount must be at least 1, not {}",
-            spec.max_amount
-        );
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&spec.cross_share),
-            "the cross-participant share must be within 0..=1, not {}",
-            spec.cross_share
-        );
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&spec.read_only_share),
-            "the read-only share must be within 0..=1, not {}",
-            spec.read_only_share
-        );
-        if let Some(hot) = spec.hot {
-            anyhow::ensure!(
-                (2..=layout.accounts).contains(&hot),
-                "--hot must be between 2 and the number of accounts ({}), not {hot}",
-                layout.accounts
-            );
-            anyhow::ensure!(spec.skew.is_none(), "--hot and --skew are two ways to choose accounts: give one");
-        }
-        let zipf = match spec.skew {
-            Some(exponent) if exponent.is_finite() && exponent > 0.0 => Some(
-                Zipf::new(layout.accounts, exponent)
-                    .map_err(|err| anyhow::anyhow!("zipfian exponent {exponent}: {err}"))?,
-            ),
-            Some(exponent) => anyhow::bail!("the zipfian exponent must be a positive number, not {exponent}"),
-            None => None,
-        };
+        let zipf = spec.zipf(layout.accounts)?;
         // A table of its own: keys are slices of one buffer, and every slice taken or dropped
         // touches that buffer's reference count; shared by all load threads, that one cache
         // line would bounce between cores on every transaction.

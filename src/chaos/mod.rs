@@ -102,6 +102,7 @@ fn client_options(target: &Target) -> ClientOptions {
 /// `twophase chaos`.
 pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     ensure!(!args.kill_every.is_zero(), "--kill-every must be positive");
+    args.workload.check()?;
     // Declared before the cluster so that the cluster stops before its directory goes.
     let (_temp, data_dir) = data_dir(&args)?;
     let databases = crate::dbdemo::Databases::start(&args.participants)?;
