@@ -1,11 +1,11 @@
 //! `twophase inspect-log DIR`: the records of a node's log, decoded, for operators.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use twophase_engine::AnyRecord;
 
-use crate::node::{self, Storage};
+use twophase_wal::{Damage, WalOptions};
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -16,21 +16,48 @@ pub struct InspectArgs {
     limit: Option<usize>,
 }
 
-/// Opens the log as a restart would (a torn tail is cut), so only a stopped node's
-/// directory can be inspected; a running node holds its lock and is refused.
+/// Reads the log without changing it: no torn tail is cut, no marker written, so what an
+/// operator sees is what the crash left. A log `open` refuses (damage to durable records)
+/// is printed up to the damage, which is then described, and the exit status is not 0. A
+/// running node (it holds the directory's lock) is refused: its log changes as it is read.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    if !args.dir.join("wal").is_dir() {
+    let wal_dir = args.dir.join("wal");
+    if !wal_dir.is_dir() {
         anyhow::bail!("{} holds no twophase log (no wal/ directory)", args.dir.display());
     }
-    let (_lock, wal, recovery) = node::open_storage(&args.dir, &Storage::default())?;
-    let total = recovery.records.len();
-    println!("# {} records, next LSN {}", total, recovery.next_lsn);
-    for record in recovery.records.iter().take(args.limit.unwrap_or(usize::MAX)) {
+    refuse_a_running_node(&args.dir)?;
+    let inspection = twophase_wal::inspect(&wal_dir, WalOptions::default().max_record_bytes)?;
+    println!("# {} records, next LSN {}", inspection.records.len(), inspection.next_lsn);
+    for record in inspection.records.iter().take(args.limit.unwrap_or(usize::MAX)) {
         match AnyRecord::decode(record.kind, record.payload.clone()) {
             Ok(decoded) => println!("{:>10}  {decoded}", record.lsn),
             Err(err) => println!("{:>10}  CORRUPT kind={} ({err})", record.lsn, record.kind),
         }
     }
-    wal.close()?;
+    match inspection.damage {
+        None => Ok(()),
+        Some(Damage::TornTail(torn)) => {
+            println!(
+                "# torn tail: {} bytes from offset {} of {} were never durable (a restart cuts them off)",
+                torn.bytes_dropped,
+                torn.offset,
+                torn.segment.display()
+            );
+            Ok(())
+        }
+        Some(Damage::Corrupt(err)) => {
+            println!("# the records above are all that precede the damage");
+            anyhow::bail!("{err}; the node refuses to start on this log (docs/OPERATIONS.md, \"A log is corrupt\")")
+        }
+    }
+}
+
+/// Fails when a process holds `dir`'s lock (opened, never created: the directory may be a
+/// read-only copy).
+fn refuse_a_running_node(dir: &Path) -> anyhow::Result<()> {
+    let Ok(lock) = std::fs::File::open(dir.join("LOCK")) else { return Ok(()) };
+    if lock.try_lock_shared().is_err() {
+        anyhow::bail!("{} is in use by a running twophase process: stop it first", dir.display());
+    }
     Ok(())
 }

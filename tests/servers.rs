@@ -209,6 +209,40 @@ fn a_request_beyond_the_coordinators_limits_is_refused_before_it_is_sent() {
     cluster.stop();
 }
 
+#[test]
+fn inspect_log_reads_a_corrupt_log_up_to_the_damage_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(2, dir.path());
+    let mut client = cluster.client();
+    for amount in 1..=3 {
+        assert!(client.submit(vec![add(1, "a", amount, 0), add(2, "b", amount, 0)]).unwrap().is_committed());
+    }
+    drop(client);
+    cluster.stop();
+    let p1 = dir.path().join("p1");
+    let inspect = || std::process::Command::new(common::binary()).arg("inspect-log").arg(&p1).output().unwrap();
+    let clean = inspect();
+    assert!(clean.status.success(), "{clean:?}");
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("PREPARED"), "{clean:?}");
+
+    // The first record's first payload byte (after the group's marker, 25 bytes, and the
+    // record's header, 17): later groups make it durable, so this is corruption.
+    let segment = std::fs::read_dir(p1.join("wal"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[25 + 17] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    let out = inspect();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("# 0 records") && stdout.contains("# the records above"), "{stdout}");
+    assert!(stderr.contains("wal corruption") && stderr.contains("had been durable"), "{stderr}");
+    assert_eq!(std::fs::read(&segment).unwrap(), bytes, "inspecting changed the segment");
+}
+
 /// Polls `pipeline` until `count` outcomes arrived (at most 10 s).
 fn eventually_outcomes(pipeline: &mut Pipeline, count: usize) -> Vec<(u64, Outcome)> {
     let mut outcomes = Vec::new();

@@ -93,6 +93,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use error::WalError;
+pub use recovery::{Damage, Inspection, inspect};
 pub use stats::{Histogram as WalHistogram, WalStats};
 pub use wal::{CrashPoint, Wal, open};
 

@@ -60,13 +60,55 @@ fn read_segment(meta: &SegmentMeta) -> Result<Vec<u8>, WalError> {
     fs::read(&meta.path).map_err(|e| WalError::io(format!("reading segment {}", meta.path.display()), e))
 }
 
+/// What a scan does about a torn tail or corruption.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// `open`: a torn tail is cut off, corruption is an error.
+    Repair,
+    /// `inspect`: nothing is written; both are reported with the records before them.
+    ReadOnly,
+}
+
 /// Scans `dir` and truncates a torn tail. `max_payload` bounds record lengths.
 pub(crate) fn recover(dir: &Path, max_payload: u32) -> Result<Scan, WalError> {
+    let (scan, damage) = scan(dir, max_payload, Mode::Repair)?;
+    assert!(!matches!(damage, Some(Damage::Corrupt(_))), "repairing scans fail on corruption");
+    Ok(scan)
+}
+
+/// Reads the log in `dir` without changing anything (no lock taken, no tail cut): every
+/// record up to the first point that is not a valid, consecutive record, and what that point
+/// is. For `twophase inspect-log` on a stopped node, whose log `open` may refuse.
+pub fn inspect(dir: &Path, max_payload: u32) -> Result<Inspection, WalError> {
+    let (scan, damage) = scan(dir, max_payload, Mode::ReadOnly)?;
+    Ok(Inspection { records: scan.records, next_lsn: Lsn(scan.next_lsn), damage })
+}
+
+/// A log as [`inspect`] read it.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Every record before the damage (all of them when there is none), in LSN order.
+    pub records: Vec<RecoveredRecord>,
+    /// The LSN after the last of `records`.
+    pub next_lsn: Lsn,
+    pub damage: Option<Damage>,
+}
+
+/// Where a log's valid records end before its written data does.
+#[derive(Debug)]
+pub enum Damage {
+    /// The last write group is cut short: `open` would cut it off (it was never durable).
+    TornTail(TornTail),
+    /// Damage to durable records ([`WalError::Corrupt`]): `open` refuses the log.
+    Corrupt(WalError),
+}
+
+fn scan(dir: &Path, max_payload: u32, mode: Mode) -> Result<(Scan, Option<Damage>), WalError> {
     let mut segments = segment::list_segments(dir)?;
     let mut scan =
         Scan { records: Vec::new(), next_lsn: 1, torn: None, segments: Vec::new(), active_end: 0, protected: true };
     if segments.is_empty() {
-        return Ok(scan);
+        return Ok((scan, None));
     }
     let mut expected = segments[0].first_lsn;
     if expected == 0 {
@@ -183,18 +225,37 @@ pub(crate) fn recover(dir: &Path, max_payload: u32) -> Result<Scan, WalError> {
     let evidence = |data: &[u8], from: usize, until: usize| frame::find_durable_marker(data, from, until, expected);
     let tail_nonzero = frame::nonzero_end(&tail_data);
     let mut dropped = tail_nonzero.saturating_sub(stop.offset) as u64;
+    let mut corruption = None;
     if tail_nonzero > stop.offset
         && let Some((at, durable)) = evidence(&tail_data, stop.offset + 1, tail_nonzero)
     {
-        return Err(corrupt(&stop_path, &stop, expected, &stop_path, at, durable));
+        corruption = Some(corrupt(&stop_path, &stop, expected, &stop_path, at, durable));
     }
     for later in &segments[stop.seg + 1..] {
+        if corruption.is_some() {
+            break;
+        }
         let data = read_segment(later)?;
         let nz = frame::nonzero_end(&data);
         if let Some((at, durable)) = evidence(&data, 0, nz) {
-            return Err(corrupt(&stop_path, &stop, expected, &later.path, at, durable));
+            corruption = Some(corrupt(&stop_path, &stop, expected, &later.path, at, durable));
         }
         dropped += nz as u64;
+    }
+    if let Some(corruption) = corruption {
+        return match mode {
+            Mode::Repair => Err(corruption),
+            Mode::ReadOnly => {
+                scan.next_lsn = expected;
+                Ok((scan, Some(Damage::Corrupt(corruption))))
+            }
+        };
+    }
+    let cut = dropped > 0 || stop.seg + 1 < segments.len();
+    if mode == Mode::ReadOnly {
+        scan.next_lsn = expected;
+        let torn = TornTail { segment: stop_path, offset: stop.offset as u64, bytes_dropped: dropped };
+        return Ok((scan, cut.then_some(Damage::TornTail(torn))));
     }
 
     // A torn tail (or a clean end). Cut everything after the stop point.
@@ -209,7 +270,7 @@ pub(crate) fn recover(dir: &Path, max_payload: u32) -> Result<Scan, WalError> {
     if !removed.is_empty() {
         segment::sync_dir(dir)?;
     }
-    if dropped > 0 || !removed.is_empty() {
+    if cut {
         tracing::warn!(
             segment = %stop_path.display(),
             offset = stop.offset,
@@ -225,7 +286,7 @@ pub(crate) fn recover(dir: &Path, max_payload: u32) -> Result<Scan, WalError> {
     scan.segments = segments;
     scan.active_end = stop.offset as u64;
     scan.protected = protected;
-    Ok(scan)
+    Ok((scan, None))
 }
 
 fn corrupt(path: &Path, stop: &Stop, expected: u64, evidence_path: &Path, at: usize, durable: u64) -> WalError {
@@ -331,6 +392,58 @@ mod tests {
             }
             other => panic!("expected corruption, got {other:?}"),
         }
+    }
+
+    /// Every file of `dir` and its bytes.
+    fn files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.into_iter().map(|path| (path.clone(), fs::read(&path).unwrap())).collect()
+    }
+
+    #[test]
+    fn inspecting_a_torn_tail_reports_it_and_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let offs = write_segment(d.path(), 1, &[&[b"aaaa", b"bbbb"], &[b"cccc", b"dddd"]], 4096);
+        let path = d.path().join(segment_file_name(1));
+        let mut data = fs::read(&path).unwrap();
+        data[offs[5] + 18] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+        let before = files(d.path());
+        let inspection = inspect(d.path(), 1000).unwrap();
+        assert_eq!(inspection.records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(inspection.next_lsn, Lsn(4));
+        match inspection.damage {
+            Some(Damage::TornTail(torn)) => assert_eq!((torn.segment, torn.offset), (path, offs[5] as u64)),
+            other => panic!("expected a torn tail, got {other:?}"),
+        }
+        assert_eq!(files(d.path()), before, "inspecting wrote nothing");
+        // Opening cuts what inspecting only reported.
+        assert_eq!(lsns(&recover(d.path(), 1000).unwrap()), vec![1, 2, 3]);
+        assert_ne!(files(d.path()), before);
+    }
+
+    #[test]
+    fn inspecting_corruption_gives_the_records_before_it_where_open_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let offs = write_segment(d.path(), 1, &[&[b"aaaa", b"bbbb"], &[b"cccc"]], 4096);
+        let path = d.path().join(segment_file_name(1));
+        let mut data = fs::read(&path).unwrap();
+        data[offs[2] + 17] ^= 0x01; // record 2's payload; the group after it makes it durable
+        fs::write(&path, &data).unwrap();
+        let before = files(d.path());
+        let inspection = inspect(d.path(), 1000).unwrap();
+        assert_eq!(inspection.records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(inspection.next_lsn, Lsn(2));
+        match inspection.damage {
+            Some(Damage::Corrupt(WalError::Corrupt { offset, expected_lsn, reason, .. })) => {
+                assert_eq!((offset, expected_lsn), (offs[2] as u64, Lsn(2)));
+                assert!(reason.contains("checksum") && reason.contains("had been durable"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        assert!(matches!(recover(d.path(), 1000), Err(WalError::Corrupt { .. })));
+        assert_eq!(files(d.path()), before, "neither inspecting nor a refused open wrote anything");
     }
 
     #[test]
