@@ -333,6 +333,15 @@ mod tests {
         s.records.iter().map(|r| r.lsn.0).collect()
     }
 
+    /// XORs byte `at` of the segment starting at LSN `first` with `mask`; returns its path.
+    fn flip(dir: &Path, first: u64, at: usize, mask: u8) -> std::path::PathBuf {
+        let path = dir.join(segment_file_name(first));
+        let mut data = fs::read(&path).unwrap();
+        data[at] ^= mask;
+        fs::write(&path, &data).unwrap();
+        path
+    }
+
     #[test]
     fn empty_dir() {
         let d = tempfile::tempdir().unwrap();
@@ -359,11 +368,8 @@ mod tests {
     fn torn_last_group_is_truncated() {
         let d = tempfile::tempdir().unwrap();
         let offs = write_segment(d.path(), 1, &[&[b"aaaa", b"bbbb"], &[b"cccc", b"dddd"]], 4096);
-        let path = d.path().join(segment_file_name(1));
-        let mut data = fs::read(&path).unwrap();
         // Garble record 4 (the last group's second record).
-        data[offs[5] + 18] ^= 0xff;
-        fs::write(&path, &data).unwrap();
+        flip(d.path(), 1, offs[5] + 18, 0xff);
         let s = recover(d.path(), 1000).unwrap();
         assert_eq!(lsns(&s), vec![1, 2, 3]);
         let torn = s.torn.unwrap();
@@ -379,10 +385,7 @@ mod tests {
     fn bad_record_before_a_later_group_is_corruption() {
         let d = tempfile::tempdir().unwrap();
         let offs = write_segment(d.path(), 1, &[&[b"aaaa", b"bbbb"], &[b"cccc"]], 4096);
-        let path = d.path().join(segment_file_name(1));
-        let mut data = fs::read(&path).unwrap();
-        data[offs[1] + 17] ^= 0x01; // record 1's payload
-        fs::write(&path, &data).unwrap();
+        let path = flip(d.path(), 1, offs[1] + 17, 0x01); // record 1's payload
         match recover(d.path(), 1000) {
             Err(WalError::Corrupt { segment, offset, expected_lsn, reason }) => {
                 assert_eq!(segment, path);
@@ -405,10 +408,7 @@ mod tests {
     fn inspecting_a_torn_tail_reports_it_and_changes_nothing() {
         let d = tempfile::tempdir().unwrap();
         let offs = write_segment(d.path(), 1, &[&[b"aaaa", b"bbbb"], &[b"cccc", b"dddd"]], 4096);
-        let path = d.path().join(segment_file_name(1));
-        let mut data = fs::read(&path).unwrap();
-        data[offs[5] + 18] ^= 0xff;
-        fs::write(&path, &data).unwrap();
+        let path = flip(d.path(), 1, offs[5] + 18, 0xff);
         let before = files(d.path());
         let inspection = inspect(d.path(), 1000).unwrap();
         assert_eq!(inspection.records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -427,10 +427,7 @@ mod tests {
     fn inspecting_corruption_gives_the_records_before_it_where_open_fails() {
         let d = tempfile::tempdir().unwrap();
         let offs = write_segment(d.path(), 1, &[&[b"aaaa", b"bbbb"], &[b"cccc"]], 4096);
-        let path = d.path().join(segment_file_name(1));
-        let mut data = fs::read(&path).unwrap();
-        data[offs[2] + 17] ^= 0x01; // record 2's payload; the group after it makes it durable
-        fs::write(&path, &data).unwrap();
+        flip(d.path(), 1, offs[2] + 17, 0x01); // record 2's payload; the group after it makes it durable
         let before = files(d.path());
         let inspection = inspect(d.path(), 1000).unwrap();
         assert_eq!(inspection.records.iter().map(|r| r.lsn.0).collect::<Vec<_>>(), vec![1]);
