@@ -236,24 +236,22 @@ impl From<MessageTooLarge> for ClientError {
     }
 }
 
+/// Refuses `ops` that the coordinator's decoder would refuse (`Limits::check_sizes` of its
+/// `Welcome`), before they are encoded: the request is not sent.
+pub(crate) fn check_sizes(limits: &NetLimits, ops: &[Op]) -> Result<(), ClientError> {
+    limits.engine.check_sizes(ops).map_err(|detail| ClientError::Invalid { detail })
+}
+
+/// [`check_sizes`] of every step's action and compensation; what is wrong, in words.
+pub(crate) fn check_saga_sizes(limits: &NetLimits, steps: &[SagaStep]) -> Result<(), String> {
+    for (index, step) in steps.iter().enumerate() {
+        limits.engine.check_sizes(&step.action).map_err(|detail| format!("step {index}: {detail}"))?;
+        limits.engine.check_sizes(&step.compensation).map_err(|detail| format!("compensation {index}: {detail}"))?;
+    }
+    Ok(())
+}
+
 impl ClientError {
-    /// Refuses `ops` that the coordinator's decoder would refuse ([`Limits::check_sizes`]),
-    /// before they are encoded.
-    pub(crate) fn check_sizes(limits: &NetLimits, ops: &[Op]) -> Result<(), ClientError> {
-        limits.engine.check_sizes(ops).map_err(|detail| ClientError::Invalid { detail })
-    }
-
-    /// [`check_sizes`](Self::check_sizes) of every step's action and compensation.
-    pub(crate) fn check_saga_sizes(limits: &NetLimits, steps: &[SagaStep]) -> Result<(), ClientError> {
-        for (index, step) in steps.iter().enumerate() {
-            let invalid =
-                |what: &str, detail: String| ClientError::Invalid { detail: format!("{what} {index}: {detail}") };
-            limits.engine.check_sizes(&step.action).map_err(|detail| invalid("step", detail))?;
-            limits.engine.check_sizes(&step.compensation).map_err(|detail| invalid("compensation", detail))?;
-        }
-        Ok(())
-    }
-
     /// Whether a new connection may fix it.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
@@ -721,7 +719,7 @@ impl Client {
     /// and resends; an I/O error or timeout → reconnects and resends; always the same
     /// `(client, seq)`. Gives up after `max_attempts` sends.
     pub fn submit(&mut self, ops: Vec<Op>) -> Result<Outcome, ClientError> {
-        ClientError::check_sizes(&self.server_limits, &ops)?;
+        check_sizes(&self.server_limits, &ops)?;
         let seq = self.next_seq();
         self.writer.clear();
         self.writer.push(&Submit { client: self.client, seq, ops })?;
@@ -969,7 +967,7 @@ impl Pipeline<Submit> {
 
     /// Buffers a transaction under the next sequence number and returns that number.
     pub fn send(&mut self, ops: Vec<Op>) -> Result<Seq, ClientError> {
-        ClientError::check_sizes(&self.server_limits, &ops)?;
+        check_sizes(&self.server_limits, &ops)?;
         self.send_request(|client, seq| Submit { client, seq, ops })
     }
 
@@ -1008,7 +1006,7 @@ impl Pipeline<SagaSubmit> {
     /// coordinator checks the steps (limits, participants) and answers a malformed saga with
     /// `Aborted`.
     pub fn send_saga(&mut self, steps: Vec<SagaStep>) -> Result<Seq, ClientError> {
-        ClientError::check_saga_sizes(&self.server_limits, &steps)?;
+        check_saga_sizes(&self.server_limits, &steps).map_err(|detail| ClientError::Invalid { detail })?;
         self.send_request(|client, seq| SagaSubmit { client, seq, steps })
     }
 }

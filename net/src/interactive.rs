@@ -188,7 +188,7 @@ impl Transaction<'_> {
             return Err(TxError::Aborted(reason.clone()));
         }
         // Not sent, and the transaction stays open: the coordinator never saw it.
-        ClientError::check_sizes(&self.client.server_limits, &ops)?;
+        crate::client::check_sizes(&self.client.server_limits, &ops)?;
         let seq = self.client.next_seq();
         let request = Interactive::Execute { client: self.client.client_id(), seq, txid: self.txid, ops };
         match self.send_pinned(seq, &request)? {

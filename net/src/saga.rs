@@ -87,10 +87,7 @@ impl<'a> Saga<'a> {
         if let Some(detail) = invalid {
             return Err(SagaError::Invalid(detail));
         }
-        ClientError::check_saga_sizes(&client.server_limits, &steps).map_err(|err| match err {
-            ClientError::Invalid { detail } => SagaError::Invalid(detail),
-            other => other.into(),
-        })?;
+        crate::client::check_saga_sizes(&client.server_limits, &steps).map_err(SagaError::Invalid)?;
         let seq = client.next_seq();
         let mut writer = BatchWriter::<SagaSubmit>::new(&client.server_limits);
         writer.push(&SagaSubmit { client: client.client_id(), seq, steps }).map_err(ClientError::from)?;
