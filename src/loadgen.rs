@@ -96,7 +96,7 @@ impl WorkloadArgs {
     pub(crate) fn check(&self) -> anyhow::Result<()> {
         twophase_bench::check_run_shape(self.duration, self.connections, self.outstanding(), self.rate)?;
         twophase_bench::check_bank_size(self.accounts, self.initial_balance)?;
-        self.spec().zipf(self.accounts)?;
+        self.spec().validate(self.accounts)?;
         match self.protocol {
             Protocol::TwoPc => {}
             Protocol::ThreePc => ensure!(

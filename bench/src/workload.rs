@@ -37,9 +37,9 @@ pub struct WorkloadSpec {
 }
 
 impl WorkloadSpec {
-    /// Refuses a spec no bank of `accounts` accounts can run; the account choice's
-    /// distribution when it is zipfian.
-    pub fn zipf(&self, accounts: u64) -> anyhow::Result<Option<Zipf<f64>>> {
+    /// Refuses a spec no bank of `accounts` accounts can run; returns the zipfian account
+    /// choice when the spec is skewed (`None`: uniform, or `--hot`).
+    pub fn validate(&self, accounts: u64) -> anyhow::Result<Option<Zipf<f64>>> {
         anyhow::ensure!(
             self.max_amount >= 1,
             "the largest transfer amount must be at least 1, not {}",
@@ -84,7 +84,7 @@ pub struct Workload {
 impl Workload {
     pub fn new(layout: &BankLayout, keys: KeyTable, spec: WorkloadSpec, seed: u64) -> anyhow::Result<Workload> {
         layout.validate()?;
-        let zipf = spec.zipf(layout.accounts)?;
+        let zipf = spec.validate(layout.accounts)?;
         // A table of its own: keys are slices of one buffer, and every slice taken or dropped
         // touches that buffer's reference count; shared by all load threads, that one cache
         // line would bounce between cores on every transaction.
