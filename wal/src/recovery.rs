@@ -239,6 +239,7 @@ fn scan(dir: &Path, max_payload: u32, mode: Mode) -> Result<(Scan, Option<Damage
         let nz = frame::nonzero_end(&data);
         if let Some((at, durable)) = evidence(&data, 0, nz) {
             corruption = Some(corrupt(&stop_path, &stop, expected, &later.path, at, durable));
+            break;
         }
         dropped += nz as u64;
     }
