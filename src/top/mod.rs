@@ -178,7 +178,16 @@ mod tests {
             .collect();
         let c1_row = screen.lines().find(|line| line.contains("c1 ")).expect("a row for c1");
         assert!(c1_row.contains("coordinator") && c1_row.contains("495 µs"), "fsync p99 of c1: {c1_row}");
-        for expected in ["2000 commits/s", "in flight   17", "p50   1.50 ms", "coordinator epoch 2", "DOWN", "lost"] {
+        let expected = [
+            "2000 commits/s",
+            "in flight   17",
+            "p50   1.50 ms",
+            "coordinator epoch 2",
+            "DOWN",
+            "lost",
+            "p2 127.0.0.1:9002: connection refused",
+        ];
+        for expected in expected {
             assert!(screen.contains(expected), "{expected:?} missing from\n{screen}");
         }
         let p1_row = screen.lines().find(|line| line.contains("p1 ")).expect("a row for p1");

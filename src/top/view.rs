@@ -10,11 +10,29 @@ use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 use super::model::{Percentiles, View};
 
 pub fn draw(frame: &mut Frame, view: &View, title: &str) {
-    let [summary, nodes, help] =
-        Layout::vertical([Constraint::Length(7), Constraint::Min(4), Constraint::Length(1)]).areas(frame.area());
+    let down = down_lines(view);
+    let [summary, nodes, why, help] = Layout::vertical([
+        Constraint::Length(7),
+        Constraint::Min(4),
+        Constraint::Length(down.len() as u16),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
     frame.render_widget(summary_paragraph(view, title), summary);
     frame.render_widget(node_table(view), nodes);
+    frame.render_widget(Paragraph::new(down), why);
     frame.render_widget(Paragraph::new("q: quit"), help);
+}
+
+/// Why each endpoint that is DOWN did not answer: `NAME ADDR: error`.
+fn down_lines(view: &View) -> Vec<Line<'static>> {
+    view.nodes
+        .iter()
+        .filter_map(|node| {
+            let error = node.error.as_ref()?;
+            Some(Line::styled(format!("{} {}: {error}", node.name, node.addr), Style::new().fg(Color::Red)))
+        })
+        .collect()
 }
 
 fn summary_paragraph<'a>(view: &View, title: &'a str) -> Paragraph<'a> {
