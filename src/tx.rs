@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, Status};
+use opentelemetry::trace::Status;
 use serde_json::json;
 use twophase_engine::{Op, OpKind, Outcome};
 use twophase_net::{Client, ClientOptions};

@@ -7,12 +7,11 @@ use std::fmt;
 
 use bytes::Bytes;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, Status};
-use opentelemetry_sdk::trace::Span;
+use opentelemetry::trace::Status;
 use twophase_bench::{TracedTx, TxTracer};
 use twophase_engine::Outcome;
 
-use super::{Exporter, context};
+use super::{Exporter, Span, context};
 
 /// Samples the load generator's transactions at the exporter's rate.
 pub struct LoadTracer {

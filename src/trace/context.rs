@@ -9,8 +9,24 @@ const TRACEPARENT_BYTES: usize = 55;
 
 /// `span`'s traceparent.
 pub fn format(span: &SpanContext) -> Bytes {
-    let text = format!("00-{:032x}-{:016x}-{:02x}", span.trace_id(), span.span_id(), span.trace_flags().to_u8());
-    Bytes::from(text)
+    let mut text = [0u8; TRACEPARENT_BYTES];
+    text[..3].copy_from_slice(b"00-");
+    lower_hex_into(&mut text[3..35], &span.trace_id().to_bytes());
+    text[35] = b'-';
+    lower_hex_into(&mut text[36..52], &span.span_id().to_bytes());
+    text[52] = b'-';
+    lower_hex_into(&mut text[53..], &[span.trace_flags().to_u8()]);
+    Bytes::copy_from_slice(&text)
+}
+
+/// `bytes` as lowercase hex digits into `out`, two per byte.
+fn lower_hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
 }
 
 /// The span context a traceparent names, or `None` when it is malformed or names no valid

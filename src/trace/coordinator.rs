@@ -20,9 +20,8 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use opentelemetry::trace::{Span as _, SpanContext, Status};
-use opentelemetry::{Array, Context, KeyValue, Value};
-use opentelemetry_sdk::trace::Span;
+use opentelemetry::trace::{SpanContext, Status};
+use opentelemetry::{Array, KeyValue, Value};
 use twophase_engine::coordinator::{CoordEffects, CoordOutput};
 use twophase_engine::{
     AbortReason, ClientId, CoordRecord, Lsn, Outcome, ParticipantId, Reply, Seq, Submit, ToCoordinator, ToParticipant,
@@ -31,7 +30,7 @@ use twophase_engine::{
 use twophase_net::{TraceEntry, TraceKey, encode_trace_context};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context, parent_context, pop_durable};
+use super::{Exporter, Span, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
 
 /// Client contexts waiting for their request at most (a client sends one just before it).
 const WAITING_CONTEXTS_MAX: usize = 4096;
@@ -48,9 +47,8 @@ pub struct PendingSubmit {
 struct TracedTx {
     client: ClientId,
     seq: Seq,
-    /// The context of the `submit` span, built once: every other span of the transaction
-    /// is its child.
-    root: Context,
+    /// The context of the `submit` span: every other span of the transaction is its child.
+    root: SpanContext,
     submit: Option<Span>,
     prepares: Vec<(ParticipantId, Span)>,
     decision: Option<Span>,
@@ -171,7 +169,7 @@ impl CoordinatorTrace {
         let tx = TracedTx {
             client: pending.client,
             seq: pending.seq,
-            root: parent_context(Some(submit.span_context())),
+            root: submit.span_context().clone(),
             submit: Some(submit),
             prepares: Vec::new(),
             decision: None,
@@ -261,7 +259,7 @@ impl CoordinatorTrace {
         if tx.decision.is_some() {
             return;
         }
-        let mut decision = self.exporter.span_in("decision", &tx.root, None, Vec::new());
+        let mut decision = self.exporter.span("decision", Some(&tx.root), None, Vec::new());
         set_reply(&mut decision, reply);
         for sync in tx.synced.drain(..) {
             add_sync_event(&mut decision, &sync);
@@ -317,7 +315,7 @@ impl CoordinatorTrace {
                     let name = if is_prepare { "prepare" } else { "commit" };
                     // The txid is on `submit`, their parent: one attribute less to export.
                     let attributes = vec![KeyValue::new("twophase.participant", i64::from(to.0))];
-                    let span = self.exporter.span_in(name, &tx.root, None, attributes);
+                    let span = self.exporter.span(name, Some(&tx.root), None, attributes);
                     let traceparent = context::format(span.span_context());
                     let open = if is_prepare { &mut tx.prepares } else { &mut tx.commits };
                     open.push((*to, span));

@@ -1,13 +1,13 @@
 //! The exporter's threads run under `SCHED_IDLE`: they get a CPU only when no transaction
 //! work wants it.
 //!
-//! Why: the batch processor wakes every [`super::EXPORT_INTERVAL`] and converts, encodes and
+//! Why: the export thread wakes every [`super::export::EXPORT_INTERVAL`] and encodes and
 //! sends thousands of spans in one burst. At the engine's priority that burst takes a core
 //! from an engine thread for milliseconds, and on a small machine the whole pipeline waits
 //! for that thread (the coordinator for a participant's votes, the client for replies): a
 //! closed loop loses more throughput than the burst's CPU share. At idle priority the
 //! burst fills the gaps the pipeline leaves. On a machine with no idle time at all the
-//! queue fills and new spans are dropped (counted by the SDK) rather than transactions
+//! queue fills and new spans are dropped (counted, and reported) rather than transactions
 //! slowed.
 //!
 //! How: the threads are started by a helper thread that switched itself to `SCHED_IDLE`

@@ -2,15 +2,15 @@
 //! participants.
 //!
 //! Owns: the `--trace-sample` / `--otlp-endpoint` / `--otlp-ca` flags ([`TraceArgs`]), the
-//! exporter ([`Exporter`]: OTLP over HTTP/protobuf, or over HTTPS trusting the system's roots
-//! and `--otlp-ca`, from the SDK's batch span processor, a thread of its own behind a
-//! bounded queue that drops spans when full, run at idle priority with its HTTP client's
-//! thread ([`idle`])), the W3C `traceparent`
-//! encoding ([`context`]), and one tracer per role ([`coordinator`], [`participant`]) that
-//! derives spans from what the runtime already sees: frames in, the engine's appends and
-//! outputs, the log's durable LSN, the outputs released. A log sync is an event ("log
-//! sync": record, LSN, `sync_us`) on the span that waited for it, not a span of its own:
-//! fewer spans per traced transaction, and the wait is still on its timeline.
+//! exporter ([`Exporter`]): spans as plain records ([`span`]) that end into a bounded queue,
+//! and a thread of its own ([`export`]) that writes them as OTLP/HTTP protobuf ([`otlp`])
+//! and posts them, over HTTPS trusting the system's roots and `--otlp-ca` when the endpoint
+//! says so, at idle priority with its HTTP client's thread ([`idle`]); the W3C
+//! `traceparent` encoding ([`context`]), and one tracer per role ([`coordinator`],
+//! [`participant`]) that derives spans from what the runtime already sees: frames in, the
+//! engine's appends and outputs, the log's durable LSN, the outputs released. A log sync is
+//! an event ("log sync": record, LSN, `sync_us`) on the span that waited for it, not a span
+//! of its own: fewer spans per traced transaction, and the wait is still on its timeline.
 //!
 //! Invariants: the engine thread never waits on tracing (ending a span is a `try_send` into
 //! the bounded queue); with `--trace-sample 0` a node holds no tracer (`None`) and allocates
@@ -26,8 +26,11 @@ mod bounded;
 pub mod client;
 pub mod context;
 pub mod coordinator;
+mod export;
 mod idle;
+mod otlp;
 pub mod participant;
+mod span;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -35,21 +38,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use opentelemetry::trace::{Span as _, SpanContext, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanContext;
+pub use span::Span;
 
 /// Where spans go unless `--otlp-endpoint` says otherwise: a collector on this machine.
 pub const DEFAULT_OTLP_ENDPOINT: &str = "http://127.0.0.1:4318/v1/traces";
-/// Spans waiting for export at most; beyond, new ones are dropped (never waited for).
-const QUEUE_SPANS_MAX: usize = 8192;
-/// Spans per export request at most: large, because each request costs the batch thread
-/// (and a loaded 2-core machine) a fixed amount beyond its spans.
-const EXPORT_BATCH_SPANS_MAX: usize = 2048;
-/// How often the batch thread exports what is queued.
-const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest one export request may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a stopping process waits for its last spans to leave.
@@ -118,10 +112,10 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 /// A process's span exporter and the sampling rate of the transactions it starts. Dropping
 /// it sends the spans still queued (waiting at most [`SHUTDOWN_WAIT`]).
 pub struct Exporter {
-    provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    sink: span::SpanSink,
+    thread: export::ExportThread,
     sample_rate: f64,
-    /// The batch processor's and the HTTP client's threads, at idle priority ([`idle`]).
+    /// The export thread and the HTTP client's, at idle priority ([`idle`]).
     idle_threads: Vec<libc::pid_t>,
 }
 
@@ -134,8 +128,7 @@ impl Exporter {
             return Ok(None);
         }
         let endpoint = args.endpoint();
-        // Checked here: a bad URL or CA file would otherwise fail every export, and the SDK
-        // drops the spans without a word.
+        // Checked here: a bad URL or CA file would otherwise fail every export.
         let https = endpoint.starts_with("https://");
         if !https && !endpoint.starts_with("http://") {
             bail!("--otlp-endpoint {endpoint} is not an http:// or https:// URL");
@@ -145,21 +138,15 @@ impl Exporter {
             Some(path) => read_ca_file(path)?,
             None => Vec::new(),
         };
+        let resource = otlp::resource(service, node);
         // Built where their threads start at idle priority: see `idle`.
-        let (processor, idle_threads) = idle::build_at_idle_priority(|| batch_processor(&endpoint, extra_roots));
-        let processor = processor?;
-        let resource = Resource::builder()
-            .with_service_name(service.to_string())
-            .with_attribute(KeyValue::new("service.instance.id", node.to_string()))
-            .build();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .with_sampler(Sampler::AlwaysOn)
-            .with_resource(resource)
-            .build();
-        let tracer = provider.tracer("twophase");
+        let (started, idle_threads) = idle::build_at_idle_priority(|| {
+            let post = export::http_post(http_client(extra_roots)?, endpoint.clone());
+            anyhow::Ok(export::start(resource, post))
+        });
+        let (sink, thread) = started?;
         tracing::info!(sample_rate, %endpoint, "tracing sampled transactions");
-        Ok(Some(Exporter { provider, tracer, sample_rate, idle_threads }))
+        Ok(Some(Exporter { sink, thread, sample_rate, idle_threads }))
     }
 
     /// Whether a transaction that starts here (no caller's context) is traced.
@@ -182,31 +169,7 @@ impl Exporter {
         start: Option<SystemTime>,
         attributes: Vec<KeyValue>,
     ) -> Span {
-        self.span_in(name, &parent_context(parent), start, attributes)
-    }
-
-    /// [`span`](Self::span) under a parent context built once ([`parent_context`]) for a
-    /// transaction's several spans.
-    pub fn span_in(
-        &self,
-        name: &'static str,
-        parent: &Context,
-        start: Option<SystemTime>,
-        attributes: Vec<KeyValue>,
-    ) -> Span {
-        let mut builder = self.tracer.span_builder(name).with_kind(SpanKind::Internal).with_attributes(attributes);
-        if let Some(start) = start {
-            builder = builder.with_start_time(start);
-        }
-        builder.start_with_context(&self.tracer, parent)
-    }
-}
-
-/// The context whose span is `parent` (empty: spans started in it are roots).
-pub fn parent_context(parent: Option<&SpanContext>) -> Context {
-    match parent {
-        Some(parent) => Context::new().with_remote_span_context(parent.clone()),
-        None => Context::new(),
+        Span::start(&self.sink, name, parent, start, attributes)
     }
 }
 
@@ -270,36 +233,23 @@ fn read_ca_file(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certifica
     Ok(certificates)
 }
 
-/// The OTLP/HTTP exporter behind the SDK's batch processor (which starts its thread, as
-/// the HTTP client starts its own), over TLS for an https:// endpoint, trusting the
-/// system's roots and `extra_roots`.
-fn batch_processor(endpoint: &str, extra_roots: Vec<reqwest::Certificate>) -> anyhow::Result<BatchSpanProcessor> {
+/// The HTTP client the export thread posts with (reqwest's blocking client, which starts
+/// a thread of its own), over TLS for an https:// endpoint, trusting the system's roots
+/// and `extra_roots`.
+fn http_client(extra_roots: Vec<reqwest::Certificate>) -> anyhow::Result<reqwest::blocking::Client> {
     let mut client = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
     for root in extra_roots {
         client = client.add_root_certificate(root);
     }
-    let client = client.build().context("building the OTLP exporter's HTTP client")?;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(client)
-        .with_endpoint(endpoint)
-        .with_timeout(EXPORT_TIMEOUT)
-        .build()
-        .with_context(|| format!("building the OTLP exporter for {endpoint}"))?;
-    let batch = BatchConfigBuilder::default()
-        .with_max_queue_size(QUEUE_SPANS_MAX)
-        .with_max_export_batch_size(EXPORT_BATCH_SPANS_MAX)
-        .with_scheduled_delay(EXPORT_INTERVAL)
-        .build();
-    Ok(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+    client.build().context("building the OTLP exporter's HTTP client")
 }
 
 impl Drop for Exporter {
     fn drop(&mut self) {
         // The last spans leave now, not when a CPU happens to be idle.
         idle::restore_normal_priority(&self.idle_threads);
-        if let Err(err) = self.provider.shutdown_with_timeout(SHUTDOWN_WAIT) {
-            tracing::warn!("sending the last spans: {err}");
+        if !self.thread.stop(SHUTDOWN_WAIT) {
+            tracing::warn!("sending the last spans: not done after {SHUTDOWN_WAIT:?}");
         }
     }
 }

@@ -11,14 +11,13 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Span as _, SpanContext};
-use opentelemetry_sdk::trace::Span;
+use opentelemetry::trace::SpanContext;
 use twophase_engine::participant::PartEffects;
 use twophase_engine::{Lsn, PartRecord, ToCoordinator, ToParticipant, TxId, Vote};
 use twophase_net::{TraceEntry, TraceKey};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
+use super::{Exporter, Span, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
 
 struct TracedTx {
     prepare: Option<Span>,
