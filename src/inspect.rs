@@ -9,7 +9,7 @@ use twophase_wal::{Damage, WalOptions};
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A node's data directory (the one given to --data-dir).
+    /// A node's data directory (the one given to --data-dir), or the wal/ directory in it.
     dir: PathBuf,
     /// Print at most this many records (the newest are dropped).
     #[arg(long)]
@@ -21,11 +21,8 @@ pub struct InspectArgs {
 /// is printed up to the damage, which is then described, and the exit status is not 0. A
 /// running node (it holds the directory's lock) is refused: its log changes as it is read.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let wal_dir = args.dir.join("wal");
-    if !wal_dir.is_dir() {
-        anyhow::bail!("{} holds no twophase log (no wal/ directory)", args.dir.display());
-    }
-    refuse_a_running_node(&args.dir)?;
+    let (data_dir, wal_dir) = locate(&args.dir)?;
+    refuse_a_running_node(data_dir)?;
     let inspection = twophase_wal::inspect(&wal_dir, WalOptions::default().max_record_bytes)?;
     println!("# {} records, next LSN {}", inspection.records.len(), inspection.next_lsn);
     for record in inspection.records.iter().take(args.limit.unwrap_or(usize::MAX)) {
@@ -50,6 +47,23 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             anyhow::bail!("{err}; the node refuses to start on this log (docs/OPERATIONS.md, \"A log is corrupt\")")
         }
     }
+}
+
+/// The data directory and its log directory, from either.
+fn locate(dir: &Path) -> anyhow::Result<(&Path, PathBuf)> {
+    if dir.join("wal").is_dir() {
+        return Ok((dir, dir.join("wal")));
+    }
+    if dir.is_dir()
+        && dir.file_name().is_some_and(|name| name == "wal")
+        && let Some(data_dir) = dir.parent()
+    {
+        return Ok((data_dir, dir.to_path_buf()));
+    }
+    anyhow::bail!(
+        "{} holds no twophase log: give a node's data directory (the one given to --data-dir, which holds wal/)",
+        dir.display()
+    )
 }
 
 /// Fails when a process holds `dir`'s lock (opened, never created: the directory may be a

@@ -220,10 +220,19 @@ fn inspect_log_reads_a_corrupt_log_up_to_the_damage_and_changes_nothing() {
     drop(client);
     cluster.stop();
     let p1 = dir.path().join("p1");
-    let inspect = || std::process::Command::new(common::binary()).arg("inspect-log").arg(&p1).output().unwrap();
+    let inspect_dir = |dir: &std::path::Path| {
+        std::process::Command::new(common::binary()).arg("inspect-log").arg(dir).output().unwrap()
+    };
+    let inspect = || inspect_dir(&p1);
     let clean = inspect();
     assert!(clean.status.success(), "{clean:?}");
     assert!(String::from_utf8_lossy(&clean.stdout).contains("PREPARED"), "{clean:?}");
+    // The log directory itself is taken for its data directory; any other is refused.
+    let of_wal = inspect_dir(&p1.join("wal"));
+    assert!(of_wal.status.success() && of_wal.stdout == clean.stdout, "{of_wal:?}");
+    let elsewhere = inspect_dir(dir.path());
+    let refusal = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(!elsewhere.status.success() && refusal.contains("give a node's data directory"), "{refusal}");
 
     // The first record's first payload byte (after the group's marker, 25 bytes, and the
     // record's header, 17): later groups make it durable, so this is corruption.
