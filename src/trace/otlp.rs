@@ -185,26 +185,30 @@ fn put_any_value(buf: &mut Vec<u8>, value: &Value) {
         Any::Double(number) => put_fixed64(buf, 4, number.to_bits()),
         Any::Array(array) => {
             put_len(buf, 5, array_len(array));
-            for element in elements(array) {
-                put_len(buf, 1, any_value_len(&element));
-                put_any_value(buf, &element);
-            }
+            for_each_element(array, |element| {
+                put_len(buf, 1, any_value_len(element));
+                put_any_value(buf, element);
+            });
         }
     }
 }
 
 /// An `ArrayValue`'s length: each element an `AnyValue` in field 1.
 fn array_len(array: &Array) -> usize {
-    elements(array).map(|element| field_len(1, any_value_len(&element))).sum()
+    let mut len = 0;
+    for_each_element(array, |element| len += field_len(1, any_value_len(element)));
+    len
 }
 
-fn elements(array: &Array) -> Box<dyn Iterator<Item = Value> + '_> {
+/// Calls `visit` with each element of `array` as a `Value` (no boxed iterator: this runs
+/// three times per array attribute, for lengths and for bytes).
+fn for_each_element(array: &Array, mut visit: impl FnMut(&Value)) {
     match array {
-        Array::Bool(values) => Box::new(values.iter().map(|v| Value::Bool(*v))),
-        Array::I64(values) => Box::new(values.iter().map(|v| Value::I64(*v))),
-        Array::F64(values) => Box::new(values.iter().map(|v| Value::F64(*v))),
-        Array::String(values) => Box::new(values.iter().map(|v| Value::String(v.clone()))),
-        _ => Box::new(std::iter::empty()),
+        Array::Bool(values) => values.iter().for_each(|v| visit(&Value::Bool(*v))),
+        Array::I64(values) => values.iter().for_each(|v| visit(&Value::I64(*v))),
+        Array::F64(values) => values.iter().for_each(|v| visit(&Value::F64(*v))),
+        Array::String(values) => values.iter().for_each(|v| visit(&Value::String(v.clone()))),
+        _ => {}
     }
 }
 
