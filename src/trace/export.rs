@@ -103,7 +103,7 @@ struct Exports {
     batch: Vec<SpanRecord>,
     span_lens: Vec<usize>,
     body: Vec<u8>,
-    /// When a failure or drop was last reported, and the spans lost since.
+    /// When lost spans were last reported (the count since is kept by `run`).
     warned: Option<Instant>,
 }
 
