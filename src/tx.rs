@@ -5,8 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use opentelemetry::KeyValue;
-use opentelemetry::trace::Status;
 use serde_json::json;
 use twophase_engine::{Op, OpKind, Outcome};
 use twophase_net::{Client, ClientOptions};
@@ -14,7 +12,7 @@ use twophase_net::{Client, ClientOptions};
 use crate::client_config::{ClientFile, resolve_coordinators};
 use crate::opsyntax::{self, NamedOp};
 use crate::security::SecurityArgs;
-use crate::trace::{Exporter, TraceArgs, context};
+use crate::trace::{Attribute, Exporter, Status, TraceArgs, context};
 
 /// Where and how a client command connects: the flags `tx` and `shell` share.
 #[derive(Args)]
@@ -99,17 +97,17 @@ fn submit(client: &mut Client, ops: Vec<Op>, trace: &TraceArgs) -> anyhow::Resul
     let Some(exporter) = exporter.filter(Exporter::sample_root) else {
         return client.submit(ops).map_err(|err| anyhow::anyhow!("{err}"));
     };
-    let attributes = vec![KeyValue::new("twophase.client", client.client_id().0 as i64)];
+    let attributes = [Attribute::new("twophase.client", client.client_id().0 as i64)].into_iter().collect();
     let mut span = exporter.span("transaction", None, None, attributes);
-    let result = client.submit_traced(ops, context::format(span.span_context()));
+    let result = client.submit_traced(ops, context::format(&span.span_context()));
     match &result {
-        Ok(Outcome::Committed { .. }) => span.set_attribute(KeyValue::new("twophase.outcome", "committed")),
+        Ok(Outcome::Committed { .. }) => span.set_attribute(Attribute::new("twophase.outcome", "committed")),
         Ok(Outcome::CommittedReadsUnavailable) => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "committed_reads_unavailable"))
+            span.set_attribute(Attribute::new("twophase.outcome", "committed_reads_unavailable"))
         }
         Ok(Outcome::Aborted { reason }) => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
-            span.set_attribute(KeyValue::new("twophase.abort_reason", reason.label()));
+            span.set_attribute(Attribute::new("twophase.outcome", "aborted"));
+            span.set_attribute(Attribute::new("twophase.abort_reason", reason.label()));
         }
         Err(err) => span.set_status(Status::error(err.to_string())),
     }

@@ -6,12 +6,10 @@
 use std::fmt;
 
 use bytes::Bytes;
-use opentelemetry::KeyValue;
-use opentelemetry::trace::Status;
 use twophase_bench::{TracedTx, TxTracer};
 use twophase_engine::Outcome;
 
-use super::{Exporter, Span, context};
+use super::{Attribute, Attributes, Exporter, Span, Status, context};
 
 /// Samples the load generator's transactions at the exporter's rate.
 pub struct LoadTracer {
@@ -35,7 +33,7 @@ impl TxTracer for LoadTracer {
         if !self.exporter.sample_root() {
             return None;
         }
-        Some(Box::new(ClientSpan(self.exporter.span("transaction", None, None, Vec::new()))))
+        Some(Box::new(ClientSpan(self.exporter.span("transaction", None, None, Attributes::new()))))
     }
 }
 
@@ -43,7 +41,7 @@ struct ClientSpan(Span);
 
 impl TracedTx for ClientSpan {
     fn traceparent(&self) -> Bytes {
-        context::format(self.0.span_context())
+        context::format(&self.0.span_context())
     }
 
     fn finish(mut self: Box<Self>, outcome: &Outcome) {
@@ -55,13 +53,13 @@ impl TracedTx for ClientSpan {
 /// The outcome as the coordinator's `submit` span names it.
 pub fn set_outcome(span: &mut Span, outcome: &Outcome) {
     match outcome {
-        Outcome::Committed { .. } => span.set_attribute(KeyValue::new("twophase.outcome", "committed")),
+        Outcome::Committed { .. } => span.set_attribute(Attribute::new("twophase.outcome", "committed")),
         Outcome::CommittedReadsUnavailable => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "committed_reads_unavailable"))
+            span.set_attribute(Attribute::new("twophase.outcome", "committed_reads_unavailable"))
         }
         Outcome::Aborted { reason } => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
-            span.set_attribute(KeyValue::new("twophase.abort_reason", reason.label()));
+            span.set_attribute(Attribute::new("twophase.outcome", "aborted"));
+            span.set_attribute(Attribute::new("twophase.abort_reason", reason.label()));
             span.set_status(Status::error(reason.label()));
         }
     }

@@ -30,32 +30,60 @@ fn lower_hex_into(out: &mut [u8], bytes: &[u8]) {
 }
 
 /// The span context a traceparent names, or `None` when it is malformed or names no valid
-/// span. A later version may append fields after the first four; they are ignored.
+/// span. A later version may append fields after the first four; they are ignored. Read
+/// byte by byte (a participant parses one per traced Prepare and Commit).
 pub fn parse(traceparent: &[u8]) -> Option<SpanContext> {
-    let text = std::str::from_utf8(traceparent).ok()?;
-    let exact = text.len() == TRACEPARENT_BYTES;
-    let extended = text.len() > TRACEPARENT_BYTES && text.as_bytes()[TRACEPARENT_BYTES] == b'-';
-    if !(exact || (extended && !text.starts_with("00"))) {
+    let exact = traceparent.len() == TRACEPARENT_BYTES;
+    let extended = traceparent.len() > TRACEPARENT_BYTES && traceparent[TRACEPARENT_BYTES] == b'-';
+    if !(exact || (extended && !traceparent.starts_with(b"00"))) {
         return None;
     }
-    let mut fields = text[..TRACEPARENT_BYTES].split('-');
-    let (version, trace_id, span_id, flags) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-    if version.len() != 2 || version == "ff" || trace_id.len() != 32 || span_id.len() != 16 || flags.len() != 2 {
+    if [traceparent[2], traceparent[35], traceparent[52]] != [b'-'; 3] {
         return None;
     }
-    let lower_hex = |field: &str| field.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ![version, trace_id, span_id, flags].into_iter().all(lower_hex) {
+    let version = lower_hex_value(&traceparent[..2])?;
+    if version == 0xff {
         return None;
     }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let trace_id_high = lower_hex_value(&traceparent[3..19])?;
+    let trace_id_low = lower_hex_value(&traceparent[19..35])?;
+    let span_id = lower_hex_value(&traceparent[36..52])?;
+    let flags = lower_hex_value(&traceparent[53..55])?;
     let context = SpanContext::new(
-        TraceId::from_hex(trace_id).ok()?,
-        SpanId::from_hex(span_id).ok()?,
-        TraceFlags::new(flags),
+        TraceId::from(u128::from(trace_id_high) << 64 | u128::from(trace_id_low)),
+        SpanId::from(span_id),
+        TraceFlags::new(flags as u8),
         true,
         TraceState::default(),
     );
     context.is_valid().then_some(context)
+}
+
+/// Each byte's value as a lowercase hex digit, or [`NOT_HEX`].
+const HEX_DIGIT_VALUES: [u8; 256] = {
+    let mut values = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        values[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    values
+};
+const NOT_HEX: u8 = 0xff;
+
+/// The number that lowercase hex `digits` (at most 16) spell, or `None` if any is not one.
+/// Without a branch per digit: a non-digit's value has its high bits set, and they are
+/// checked once at the end.
+fn lower_hex_value(digits: &[u8]) -> Option<u64> {
+    assert!(digits.len() <= 16, "{} hex digits do not fit in 64 bits", digits.len());
+    let mut value = 0u64;
+    let mut seen = 0u8;
+    for &digit in digits {
+        let nibble = HEX_DIGIT_VALUES[usize::from(digit)];
+        seen |= nibble;
+        value = value << 4 | u64::from(nibble & 0x0f);
+    }
+    (seen & 0xf0 == 0).then_some(value)
 }
 
 #[cfg(test)]
@@ -83,9 +111,14 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
         ] {
             assert!(parse(bad.as_bytes()).is_none(), "{bad}");
         }
+        let mut not_ascii = EXAMPLE.as_bytes().to_vec();
+        not_ascii[10] = 0xc3;
+        assert!(parse(&not_ascii).is_none());
     }
 
     #[test]

@@ -20,8 +20,8 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use opentelemetry::trace::{SpanContext, Status};
-use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry::trace::SpanContext;
+use smallvec::smallvec;
 use twophase_engine::coordinator::{CoordEffects, CoordOutput};
 use twophase_engine::{
     AbortReason, ClientId, CoordRecord, Lsn, Outcome, ParticipantId, Reply, Seq, Submit, ToCoordinator, ToParticipant,
@@ -30,7 +30,9 @@ use twophase_engine::{
 use twophase_net::{TraceEntry, TraceKey, encode_trace_context};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, Span, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
+use super::{
+    Attribute, Attributes, Exporter, Span, Status, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable,
+};
 
 /// Client contexts waiting for their request at most (a client sends one just before it).
 const WAITING_CONTEXTS_MAX: usize = 4096;
@@ -154,8 +156,10 @@ impl CoordinatorTrace {
                 _ => {}
             }
         }
-        let mut attributes = vec![KeyValue::new("twophase.client", pending.client.0 as i64)];
-        attributes.push(KeyValue::new("twophase.seq", pending.seq as i64));
+        let mut attributes: Attributes = smallvec![
+            Attribute::new("twophase.client", pending.client.0 as i64),
+            Attribute::new("twophase.seq", pending.seq as i64),
+        ];
         let Some(txid) = txid else {
             // A retry of a request in flight gets no span: the first attempt has one.
             let Some(reply) = reply else { return };
@@ -163,13 +167,13 @@ impl CoordinatorTrace {
             set_reply(&mut span, reply);
             return;
         };
-        attributes.push(KeyValue::new("twophase.txid", txid.0 as i64));
-        attributes.push(KeyValue::new("twophase.participants", Value::Array(Array::I64(participants))));
+        attributes.push(Attribute::new("twophase.txid", txid.0 as i64));
+        attributes.push(Attribute::new("twophase.participants", participants));
         let submit = self.exporter.span("submit", pending.parent.as_ref(), Some(pending.start), attributes);
         let tx = TracedTx {
             client: pending.client,
             seq: pending.seq,
-            root: submit.span_context().clone(),
+            root: submit.span_context(),
             submit: Some(submit),
             prepares: Vec::new(),
             decision: None,
@@ -259,7 +263,7 @@ impl CoordinatorTrace {
         if tx.decision.is_some() {
             return;
         }
-        let mut decision = self.exporter.span("decision", Some(&tx.root), None, Vec::new());
+        let mut decision = self.exporter.span("decision", Some(&tx.root), None, Attributes::new());
         set_reply(&mut decision, reply);
         for sync in tx.synced.drain(..) {
             add_sync_event(&mut decision, &sync);
@@ -314,9 +318,9 @@ impl CoordinatorTrace {
                     let is_prepare = matches!(message, ToParticipant::Prepare { .. });
                     let name = if is_prepare { "prepare" } else { "commit" };
                     // The txid is on `submit`, their parent: one attribute less to export.
-                    let attributes = vec![KeyValue::new("twophase.participant", i64::from(to.0))];
+                    let attributes = smallvec![Attribute::new("twophase.participant", i64::from(to.0))];
                     let span = self.exporter.span(name, Some(&tx.root), None, attributes);
-                    let traceparent = context::format(span.span_context());
+                    let traceparent = context::format(&span.span_context());
                     let open = if is_prepare { &mut tx.prepares } else { &mut tx.commits };
                     open.push((*to, span));
                     entries.push((*to, TraceEntry { key: TraceKey::Tx(txid), traceparent }));
@@ -355,7 +359,7 @@ impl CoordinatorTrace {
 /// A `prepare` that ends without its participant's vote: the transaction was decided
 /// (aborted) first, and the span's status says why.
 fn set_unanswered(span: &mut Span, reply: &Reply) {
-    span.set_attribute(KeyValue::new("twophase.vote", "none"));
+    span.set_attribute(Attribute::new("twophase.vote", "none"));
     let why = match reply {
         Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => reason.label(),
         _ => "decided without this vote",
@@ -387,7 +391,7 @@ fn set_vote(span: &mut Span, vote: &Vote) {
         Vote::ReadOnly { .. } => ("read-only", None),
         Vote::No { reason } => ("no", Some(reason)),
     };
-    span.set_attribute(KeyValue::new("twophase.vote", label));
+    span.set_attribute(Attribute::new("twophase.vote", label));
     if let Some(reason) = reason {
         set_abort_reason(span, reason);
     }
@@ -396,18 +400,18 @@ fn set_vote(span: &mut Span, vote: &Vote) {
 fn set_reply(span: &mut Span, reply: &Reply) {
     match reply {
         Reply::Outcome { outcome: Outcome::Committed { .. }, .. } => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "committed"));
+            span.set_attribute(Attribute::new("twophase.outcome", "committed"));
         }
         Reply::Outcome { outcome: Outcome::CommittedReadsUnavailable, .. } => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "committed_reads_unavailable"));
+            span.set_attribute(Attribute::new("twophase.outcome", "committed_reads_unavailable"));
         }
         Reply::Outcome { outcome: Outcome::Aborted { reason }, .. } => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
+            span.set_attribute(Attribute::new("twophase.outcome", "aborted"));
             set_abort_reason(span, reason);
         }
         Reply::Rejected { reason, .. } => {
-            span.set_attribute(KeyValue::new("twophase.outcome", "rejected"));
-            span.set_attribute(KeyValue::new("twophase.reject_reason", format!("{reason:?}")));
+            span.set_attribute(Attribute::new("twophase.outcome", "rejected"));
+            span.set_attribute(Attribute::new("twophase.reject_reason", format!("{reason:?}")));
         }
         // Registrations are not transactions: no span waits for them.
         // Interactive steps before the outcome: the span ends with the transaction's outcome.
@@ -416,7 +420,7 @@ fn set_reply(span: &mut Span, reply: &Reply) {
 }
 
 fn set_abort_reason(span: &mut Span, reason: &AbortReason) {
-    span.set_attribute(KeyValue::new("twophase.abort_reason", reason.label()));
-    span.set_attribute(KeyValue::new("twophase.abort_detail", reason.to_string()));
+    span.set_attribute(Attribute::new("twophase.abort_reason", reason.label()));
+    span.set_attribute(Attribute::new("twophase.abort_detail", reason.to_string()));
     span.set_status(Status::error(reason.label()));
 }

@@ -50,7 +50,7 @@ pub(crate) struct ExportThread {
 
 /// Starts the thread (it inherits the caller's scheduling policy) and returns the sink that
 /// spans end into. `resource` is [`otlp::resource`] of this process.
-pub(crate) fn start(resource: Vec<u8>, post: Post) -> (SpanSink, ExportThread) {
+pub(crate) fn start(resource: Vec<u8>, post: Post) -> (Arc<SpanSink>, ExportThread) {
     let (queue, spans) = crossbeam_channel::bounded(QUEUE_SPANS_MAX);
     let (full_batch, wake) = crossbeam_channel::bounded(1);
     let (stop, stopped) = crossbeam_channel::bounded(0);
@@ -74,7 +74,7 @@ pub(crate) fn start(resource: Vec<u8>, post: Post) -> (SpanSink, ExportThread) {
             drop(done_sender);
         })
         .expect("starting the span export thread");
-    (sink, ExportThread { stop: Some(stop), done, handle: Some(handle) })
+    (Arc::new(sink), ExportThread { stop: Some(stop), done, handle: Some(handle) })
 }
 
 impl ExportThread {
@@ -196,14 +196,14 @@ mod tests {
         let (sink, mut thread) = start(otlp::resource("twophase-test", "t1"), post);
         let spans = EXPORT_BATCH_SPANS_MAX + 10;
         for _ in 0..spans {
-            Span::start(&sink, "commit", None, None, Vec::new()).end();
+            Span::start(&sink, "commit", None, None, Default::default()).end();
         }
         assert!(thread.stop(Duration::from_secs(30)));
         let requests = requests.lock().unwrap();
         assert_eq!(requests.iter().sum::<usize>(), spans, "{requests:?}");
         assert!(requests.iter().all(|&n| n <= EXPORT_BATCH_SPANS_MAX), "{requests:?}");
         // The thread is gone: a span ending now is dropped without a word.
-        Span::start(&sink, "commit", None, None, Vec::new()).end();
+        Span::start(&sink, "commit", None, None, Default::default()).end();
     }
 
     #[test]
@@ -215,7 +215,7 @@ mod tests {
             Err("refused".to_string())
         });
         let (sink, mut thread) = start(otlp::resource("twophase-test", "t1"), post);
-        Span::start(&sink, "submit", None, None, Vec::new()).end();
+        Span::start(&sink, "submit", None, None, Default::default()).end();
         assert!(thread.stop(Duration::from_secs(30)));
         assert_eq!(calls.load(Ordering::Relaxed), 1);
     }

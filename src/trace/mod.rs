@@ -38,9 +38,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
-pub use span::Span;
+pub use span::{Attribute, Attributes, Span, Status};
 
 /// Where spans go unless `--otlp-endpoint` says otherwise: a collector on this machine.
 pub const DEFAULT_OTLP_ENDPOINT: &str = "http://127.0.0.1:4318/v1/traces";
@@ -112,7 +111,7 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 /// A process's span exporter and the sampling rate of the transactions it starts. Dropping
 /// it sends the spans still queued (waiting at most [`SHUTDOWN_WAIT`]).
 pub struct Exporter {
-    sink: span::SpanSink,
+    sink: std::sync::Arc<span::SpanSink>,
     thread: export::ExportThread,
     sample_rate: f64,
     /// The export thread and the HTTP client's, at idle priority ([`idle`]).
@@ -167,7 +166,7 @@ impl Exporter {
         name: &'static str,
         parent: Option<&SpanContext>,
         start: Option<SystemTime>,
-        attributes: Vec<KeyValue>,
+        attributes: Attributes,
     ) -> Span {
         Span::start(&self.sink, name, parent, start, attributes)
     }
@@ -191,15 +190,13 @@ fn geometric_gap(rate: f64, uniform: f64) -> u64 {
 /// LSN and how long the sync took (from the append).
 pub(crate) fn add_sync_event(span: &mut Span, sync: &SyncDone) {
     let sync_us = sync.durable.duration_since(sync.appended).unwrap_or_default().as_micros();
-    let mut attributes = vec![
-        KeyValue::new("twophase.record", sync.record),
-        KeyValue::new("twophase.lsn", sync.lsn.0 as i64),
-        KeyValue::new("twophase.sync_us", i64::try_from(sync_us).unwrap_or(i64::MAX)),
-    ];
-    if let Some(writes) = sync.writes {
-        attributes.push(KeyValue::new("twophase.writes", writes as i64));
-    }
-    span.add_event_with_timestamp("log sync", sync.durable, attributes);
+    span.add_sync_event(span::SyncEvent {
+        time: sync.durable,
+        record: sync.record,
+        lsn: sync.lsn.0,
+        sync_us: i64::try_from(sync_us).unwrap_or(i64::MAX),
+        writes: sync.writes.map(|writes| writes as i64),
+    });
 }
 
 /// The oldest of `pending` (queued in LSN order) if the log is now durable up to it.

@@ -11,26 +11,27 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut;
-use opentelemetry::trace::Status;
-use opentelemetry::{Array, KeyValue, Value};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-use super::span::{Event, SpanRecord};
+use super::span::{Attribute, SpanRecord, Status, SyncEvent, Value};
 
 /// `Span.SpanKind.SPAN_KIND_INTERNAL`.
 const SPAN_KIND_INTERNAL: u64 = 1;
 /// `SpanFlags`: the flags say whether the parent is remote, and it is.
 const FLAGS_CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
 const FLAGS_CONTEXT_IS_REMOTE: u32 = 0x200;
+/// `SpanFlags`: sampled (every span here is).
+const FLAGS_SAMPLED: u32 = 0x01;
 /// `Status.StatusCode`.
-const STATUS_OK: u64 = 1;
 const STATUS_ERROR: u64 = 2;
+/// The name of a log-sync event.
+const SYNC_EVENT: &str = "log sync";
 
 /// The `ResourceSpans.resource` of every request from this process: who sent the spans.
 pub(crate) fn resource(service: &str, node: &str) -> Vec<u8> {
     let mut resource = Vec::new();
     for attribute in
-        [KeyValue::new("service.name", service.to_string()), KeyValue::new("service.instance.id", node.to_string())]
+        [Attribute::new("service.name", service.to_string()), Attribute::new("service.instance.id", node.to_string())]
     {
         put_key_value_field(&mut resource, 1, &attribute);
     }
@@ -66,7 +67,7 @@ pub(crate) fn encode_request(request: &mut Vec<u8>, span_lens: &mut Vec<usize>, 
 }
 
 fn flags(span: &SpanRecord) -> u32 {
-    let mut flags = u32::from(span.context.trace_flags().to_u8()) | FLAGS_CONTEXT_HAS_IS_REMOTE;
+    let mut flags = FLAGS_SAMPLED | FLAGS_CONTEXT_HAS_IS_REMOTE;
     if let Some((_, true)) = span.parent {
         flags |= FLAGS_CONTEXT_IS_REMOTE;
     }
@@ -81,14 +82,14 @@ fn span_len(span: &SpanRecord) -> usize {
         + varint_field_len(6, SPAN_KIND_INTERNAL)
         + 2 * FIXED64_FIELD_LEN
         + span.attributes.iter().map(|attribute| field_len(9, key_value_len(attribute))).sum::<usize>()
-        + span.events.iter().map(|event| field_len(11, event_len(event))).sum::<usize>()
+        + span.events.iter().map(|event| field_len(11, sync_event_len(event))).sum::<usize>()
         + field_len(15, status_len(&span.status))
         + FLAGS_FIELD_LEN
 }
 
 fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
-    put_bytes(buf, 1, &span.context.trace_id().to_bytes());
-    put_bytes(buf, 2, &span.context.span_id().to_bytes());
+    put_bytes(buf, 1, &span.trace_id.to_bytes());
+    put_bytes(buf, 2, &span.span_id.to_bytes());
     if let Some((parent, _)) = span.parent {
         put_bytes(buf, 4, &parent.to_bytes());
     }
@@ -100,116 +101,94 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
         put_key_value_field(buf, 9, attribute);
     }
     for event in &span.events {
-        put_len(buf, 11, event_len(event));
+        put_len(buf, 11, sync_event_len(event));
         put_fixed64(buf, 1, unix_nanos(event.time));
-        put_bytes(buf, 2, event.name.as_bytes());
-        for attribute in &event.attributes {
+        put_bytes(buf, 2, SYNC_EVENT.as_bytes());
+        for attribute in sync_event_attributes(event).iter().flatten() {
             put_key_value_field(buf, 3, attribute);
         }
     }
     put_len(buf, 15, status_len(&span.status));
-    match &span.status {
-        Status::Unset => {}
-        Status::Ok => put_varint(buf, 3, STATUS_OK),
-        Status::Error { description } => {
-            put_bytes(buf, 2, description.as_bytes());
-            put_varint(buf, 3, STATUS_ERROR);
-        }
+    if let Status::Error(description) = &span.status {
+        put_bytes(buf, 2, description.as_bytes());
+        put_varint(buf, 3, STATUS_ERROR);
     }
     encode_key(16, WireType::ThirtyTwoBit, buf);
     buf.put_u32_le(flags(span));
 }
 
-fn event_len(event: &Event) -> usize {
+/// A log-sync event's attributes, built where they are written (nothing allocated).
+fn sync_event_attributes(event: &SyncEvent) -> [Option<Attribute>; 4] {
+    [
+        Some(Attribute::new("twophase.record", event.record)),
+        Some(Attribute::new("twophase.lsn", event.lsn as i64)),
+        Some(Attribute::new("twophase.sync_us", event.sync_us)),
+        event.writes.map(|writes| Attribute::new("twophase.writes", writes)),
+    ]
+}
+
+fn sync_event_len(event: &SyncEvent) -> usize {
     FIXED64_FIELD_LEN
-        + field_len(2, event.name.len())
-        + event.attributes.iter().map(|attribute| field_len(3, key_value_len(attribute))).sum::<usize>()
+        + field_len(2, SYNC_EVENT.len())
+        + sync_event_attributes(event)
+            .iter()
+            .flatten()
+            .map(|attribute| field_len(3, key_value_len(attribute)))
+            .sum::<usize>()
 }
 
 fn status_len(status: &Status) -> usize {
     match status {
         Status::Unset => 0,
-        Status::Ok => varint_field_len(3, STATUS_OK),
-        Status::Error { description } => field_len(2, description.len()) + varint_field_len(3, STATUS_ERROR),
+        Status::Error(description) => field_len(2, description.len()) + varint_field_len(3, STATUS_ERROR),
     }
 }
 
-/// A `KeyValue` as field `tag` of its message.
-fn put_key_value_field(buf: &mut Vec<u8>, tag: u32, attribute: &KeyValue) {
+/// An attribute as a `KeyValue`, field `tag` of its message.
+fn put_key_value_field(buf: &mut Vec<u8>, tag: u32, attribute: &Attribute) {
     put_len(buf, tag, key_value_len(attribute));
-    put_bytes(buf, 1, attribute.key.as_str().as_bytes());
+    put_bytes(buf, 1, attribute.key.as_bytes());
     put_len(buf, 2, any_value_len(&attribute.value));
     put_any_value(buf, &attribute.value);
 }
 
-fn key_value_len(attribute: &KeyValue) -> usize {
-    field_len(1, attribute.key.as_str().len()) + field_len(2, any_value_len(&attribute.value))
+fn key_value_len(attribute: &Attribute) -> usize {
+    field_len(1, attribute.key.len()) + field_len(2, any_value_len(&attribute.value))
 }
 
-/// What an `AnyValue` holds: its one field, always written (a oneof has no default to
-/// leave out). Values the OTLP types have no field for are written as their text.
-enum Any<'a> {
-    Text(std::borrow::Cow<'a, str>),
-    Bool(bool),
-    Int(i64),
-    Double(f64),
-    Array(&'a Array),
-}
-
-fn any(value: &Value) -> Any<'_> {
-    match value {
-        Value::String(text) => Any::Text(text.as_str().into()),
-        Value::Bool(flag) => Any::Bool(*flag),
-        Value::I64(number) => Any::Int(*number),
-        Value::F64(number) => Any::Double(*number),
-        Value::Array(array @ (Array::Bool(_) | Array::I64(_) | Array::F64(_) | Array::String(_))) => Any::Array(array),
-        other => Any::Text(other.as_str()),
-    }
-}
-
+/// An `AnyValue`'s length: its one field, always written (a oneof has no default to leave
+/// out).
 fn any_value_len(value: &Value) -> usize {
-    match any(value) {
-        Any::Text(text) => field_len(1, text.len()),
-        Any::Bool(flag) => varint_field_len(2, u64::from(flag)),
-        Any::Int(number) => varint_field_len(3, number as u64),
-        Any::Double(_) => FIXED64_FIELD_LEN,
-        Any::Array(array) => field_len(5, array_len(array)),
+    match value {
+        Value::Int(number) => int_value_len(*number),
+        Value::Str(text) => field_len(1, text.len()),
+        Value::Text(text) => field_len(1, text.len()),
+        Value::Ints(numbers) => field_len(5, int_array_len(numbers)),
     }
+}
+
+fn int_value_len(number: i64) -> usize {
+    varint_field_len(3, number as u64)
 }
 
 fn put_any_value(buf: &mut Vec<u8>, value: &Value) {
-    match any(value) {
-        Any::Text(text) => put_bytes(buf, 1, text.as_bytes()),
-        Any::Bool(flag) => put_varint(buf, 2, u64::from(flag)),
-        Any::Int(number) => put_varint(buf, 3, number as u64),
-        Any::Double(number) => put_fixed64(buf, 4, number.to_bits()),
-        Any::Array(array) => {
-            put_len(buf, 5, array_len(array));
-            for_each_element(array, |element| {
-                put_len(buf, 1, any_value_len(element));
-                put_any_value(buf, element);
-            });
+    match value {
+        Value::Int(number) => put_varint(buf, 3, *number as u64),
+        Value::Str(text) => put_bytes(buf, 1, text.as_bytes()),
+        Value::Text(text) => put_bytes(buf, 1, text.as_bytes()),
+        Value::Ints(numbers) => {
+            put_len(buf, 5, int_array_len(numbers));
+            for &number in numbers.iter() {
+                put_len(buf, 1, int_value_len(number));
+                put_varint(buf, 3, number as u64);
+            }
         }
     }
 }
 
-/// An `ArrayValue`'s length: each element an `AnyValue` in field 1.
-fn array_len(array: &Array) -> usize {
-    let mut len = 0;
-    for_each_element(array, |element| len += field_len(1, any_value_len(element)));
-    len
-}
-
-/// Calls `visit` with each element of `array` as a `Value` (no boxed iterator: this runs
-/// three times per array attribute, for lengths and for bytes).
-fn for_each_element(array: &Array, mut visit: impl FnMut(&Value)) {
-    match array {
-        Array::Bool(values) => values.iter().for_each(|v| visit(&Value::Bool(*v))),
-        Array::I64(values) => values.iter().for_each(|v| visit(&Value::I64(*v))),
-        Array::F64(values) => values.iter().for_each(|v| visit(&Value::F64(*v))),
-        Array::String(values) => values.iter().for_each(|v| visit(&Value::String(v.clone()))),
-        _ => {}
-    }
+/// An `ArrayValue` of integers: each element an `AnyValue` in field 1.
+fn int_array_len(numbers: &[i64]) -> usize {
+    numbers.iter().map(|&number| field_len(1, int_value_len(number))).sum()
 }
 
 /// A field's key (tags below 16 take one byte, up to 2047 two).
@@ -260,7 +239,7 @@ fn unix_nanos(time: SystemTime) -> u64 {
 mod tests {
     use std::time::Duration;
 
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{SpanId, TraceId};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
     use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -271,19 +250,14 @@ mod tests {
     fn record(name: &'static str, parent: Option<(SpanId, bool)>) -> SpanRecord {
         let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
         SpanRecord {
-            context: SpanContext::new(
-                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
+            trace_id: TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            span_id: SpanId::from_hex("00f067aa0ba902b7").unwrap(),
             parent,
             name,
             start,
             end: start + Duration::from_micros(1500),
-            attributes: Vec::new(),
-            events: Vec::new(),
+            attributes: Default::default(),
+            events: Default::default(),
             status: Status::Unset,
         }
     }
@@ -301,20 +275,24 @@ mod tests {
     #[test]
     fn what_is_written_decodes_as_the_same_spans_with_their_resource_and_scope() {
         let mut submit = record("submit", None);
-        submit.attributes = vec![
-            KeyValue::new("twophase.txid", 42),
-            KeyValue::new("twophase.outcome", "committed"),
-            KeyValue::new("twophase.participants", Value::Array(Array::I64(vec![1, -2]))),
-            KeyValue::new("twophase.flag", true),
-            KeyValue::new("twophase.ratio", 0.5),
-            KeyValue::new("twophase.detail", String::from("x").repeat(300)),
-        ];
+        submit.attributes = [
+            Attribute::new("twophase.txid", 42),
+            Attribute::new("twophase.outcome", "committed"),
+            Attribute::new("twophase.participants", vec![1, -2]),
+            Attribute::new("twophase.lsn", i64::MIN),
+            Attribute::new("twophase.detail", String::from("x").repeat(300)),
+        ]
+        .into_iter()
+        .collect();
         let mut prepare = record("prepare", Some((SpanId::from_hex("0102030405060708").unwrap(), true)));
-        prepare.events = vec![Event {
-            name: "log sync",
+        prepare.events.push(SyncEvent {
             time: prepare.start + Duration::from_micros(900),
-            attributes: vec![KeyValue::new("twophase.lsn", 0)],
-        }];
+            record: "Prepared",
+            lsn: 0,
+            sync_us: 900,
+            writes: Some(2),
+        });
+        prepare.events.push(SyncEvent { writes: None, ..prepare.events[0].clone() });
         prepare.status = Status::error("no vote: timeout");
         let request = decode(&[submit, prepare]);
 
@@ -354,8 +332,7 @@ mod tests {
                 ("twophase.txid", any(any_value::Value::IntValue(42))),
                 ("twophase.outcome", any(any_value::Value::StringValue("committed".into()))),
                 ("twophase.participants", any(list(vec![1, -2]))),
-                ("twophase.flag", any(any_value::Value::BoolValue(true))),
-                ("twophase.ratio", any(any_value::Value::DoubleValue(0.5))),
+                ("twophase.lsn", any(any_value::Value::IntValue(i64::MIN))),
                 ("twophase.detail", any(any_value::Value::StringValue("x".repeat(300)))),
             ]
         );
@@ -364,10 +341,20 @@ mod tests {
         let prepare = &spans[1];
         assert_eq!(prepare.parent_span_id, [1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(prepare.flags, 0x301, "sampled, parent remote");
-        assert_eq!(prepare.events.len(), 1);
+        assert_eq!(prepare.events.len(), 2);
         let event = &prepare.events[0];
         assert_eq!((event.name.as_str(), event.time_unix_nano), ("log sync", 1_700_000_000_124_356_789));
-        assert_eq!(event.attributes[0].value, any(any_value::Value::IntValue(0)), "a zero is still written");
+        let attributes: Vec<_> = event.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.clone())).collect();
+        assert_eq!(
+            attributes,
+            [
+                ("twophase.record", any(any_value::Value::StringValue("Prepared".into()))),
+                ("twophase.lsn", any(any_value::Value::IntValue(0))), // a zero is still written
+                ("twophase.sync_us", any(any_value::Value::IntValue(900))),
+                ("twophase.writes", any(any_value::Value::IntValue(2))),
+            ]
+        );
+        assert_eq!(prepare.events[1].attributes.len(), 3, "no writes, no attribute");
         let status = prepare.status.as_ref().unwrap();
         assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "no vote: timeout"));
     }

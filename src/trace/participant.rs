@@ -10,14 +10,14 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
+use smallvec::smallvec;
 use twophase_engine::participant::PartEffects;
 use twophase_engine::{Lsn, PartRecord, ToCoordinator, ToParticipant, TxId, Vote};
 use twophase_net::{TraceEntry, TraceKey};
 
 use super::bounded::BoundedMap;
-use super::{Exporter, Span, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
+use super::{Attribute, Exporter, Span, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
 
 struct TracedTx {
     prepare: Option<Span>,
@@ -82,9 +82,9 @@ impl ParticipantTrace {
         match message {
             ToParticipant::Prepare { ops, .. } => {
                 let Some(parent) = self.waiting.remove(&txid) else { return };
-                let attributes = vec![
-                    KeyValue::new("twophase.txid", txid.0 as i64),
-                    KeyValue::new("twophase.ops", ops.len() as i64),
+                let attributes = smallvec![
+                    Attribute::new("twophase.txid", txid.0 as i64),
+                    Attribute::new("twophase.ops", ops.len() as i64),
                 ];
                 let span = self.exporter.span("prepare", Some(&parent), None, attributes);
                 let tx = TracedTx { prepare: Some(span), commit: None };
@@ -96,7 +96,7 @@ impl ParticipantTrace {
                     "commit",
                     Some(&parent),
                     None,
-                    vec![KeyValue::new("twophase.txid", txid.0 as i64)],
+                    smallvec![Attribute::new("twophase.txid", txid.0 as i64)],
                 );
                 match self.txs.get_mut(&txid) {
                     Some(tx) => tx.commit = Some(span),
@@ -107,7 +107,7 @@ impl ParticipantTrace {
                 if let Some(mut tx) = self.txs.remove(&txid)
                     && let Some(prepare) = &mut tx.prepare
                 {
-                    prepare.set_attribute(KeyValue::new("twophase.outcome", "aborted"));
+                    prepare.set_attribute(Attribute::new("twophase.outcome", "aborted"));
                 }
             }
             ToParticipant::Query { .. } | ToParticipant::Execute { .. } | ToParticipant::PrepareExecuted { .. } => {}
@@ -150,11 +150,11 @@ impl ParticipantTrace {
         let Some(prepare) = &mut tx.prepare else { return };
         match vote {
             Vote::No { reason } => {
-                prepare.set_attribute(KeyValue::new("twophase.vote", "no"));
-                prepare.set_attribute(KeyValue::new("twophase.abort_reason", reason.label()));
-                prepare.set_attribute(KeyValue::new("twophase.abort_detail", reason.to_string()));
+                prepare.set_attribute(Attribute::new("twophase.vote", "no"));
+                prepare.set_attribute(Attribute::new("twophase.abort_reason", reason.label()));
+                prepare.set_attribute(Attribute::new("twophase.abort_detail", reason.to_string()));
             }
-            _ => prepare.set_attribute(KeyValue::new("twophase.vote", "read-only")),
+            _ => prepare.set_attribute(Attribute::new("twophase.vote", "read-only")),
         }
     }
 
@@ -175,7 +175,7 @@ impl ParticipantTrace {
                 writes: Some(pending.writes),
             };
             add_sync_event(&mut prepare, &sync);
-            prepare.set_attribute(KeyValue::new("twophase.vote", "yes"));
+            prepare.set_attribute(Attribute::new("twophase.vote", "yes"));
         }
     }
 
