@@ -26,6 +26,9 @@ rounds=$1 base=$2
 shift 2
 labels=() commands=()
 while [ $# -gt 0 ]; do
+  case $1 in
+    "" | *[[:space:]]*) echo "label \"$1\": a label is one word" >&2; exit 2 ;;
+  esac
   labels+=("$1") commands+=("$2")
   shift 2
 done
