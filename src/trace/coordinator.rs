@@ -30,9 +30,7 @@ use twophase_engine::{
 use twophase_net::{TraceEntry, TraceKey, encode_trace_context};
 
 use super::bounded::BoundedMap;
-use super::{
-    Attribute, Attributes, Exporter, Span, Status, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable,
-};
+use super::{Attribute, Attributes, Exporter, Span, Status, SyncEvent, TRACED_TXS_MAX, context, pop_durable};
 
 /// Client contexts waiting for their request at most (a client sends one just before it).
 const WAITING_CONTEXTS_MAX: usize = 4096;
@@ -55,7 +53,7 @@ struct TracedTx {
     prepares: Vec<(ParticipantId, Span)>,
     decision: Option<Span>,
     /// Records that became durable before `decision` opened; it gets their events.
-    synced: Vec<SyncDone>,
+    synced: Vec<SyncEvent>,
     /// The decision's record (Commit or Abort) is appended, not yet durable.
     decision_record_pending: bool,
     /// The client's reply has left.
@@ -266,7 +264,7 @@ impl CoordinatorTrace {
         let mut decision = self.exporter.span("decision", Some(&tx.root), None, Attributes::new());
         set_reply(&mut decision, reply);
         for sync in tx.synced.drain(..) {
-            add_sync_event(&mut decision, &sync);
+            decision.add_sync_event(sync);
         }
         tx.decision = Some(decision);
     }
@@ -279,18 +277,12 @@ impl CoordinatorTrace {
         while let Some(pending) = pop_durable(&mut self.syncs, durable, |pending| pending.lsn) {
             let now = *now.get_or_insert_with(SystemTime::now);
             let Some(tx) = self.txs.get_mut(&pending.txid) else { continue };
-            let sync = SyncDone {
-                record: pending.record,
-                lsn: pending.lsn,
-                appended: pending.appended,
-                durable: now,
-                writes: None,
-            };
+            let sync = SyncEvent::new(pending.record, pending.lsn, pending.appended, now, None);
             if matches!(pending.record, "Commit" | "Abort") {
                 tx.decision_record_pending = false;
             }
             match &mut tx.decision {
-                Some(decision) => add_sync_event(decision, &sync),
+                Some(decision) => decision.add_sync_event(sync),
                 None => tx.synced.push(sync),
             }
             if tx.replied && !tx.decision_record_pending {

@@ -39,6 +39,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use opentelemetry::trace::SpanContext;
+pub(crate) use span::SyncEvent;
 pub use span::{Attribute, Attributes, Span, Status};
 
 /// Where spans go unless `--otlp-endpoint` says otherwise: a collector on this machine.
@@ -186,19 +187,6 @@ fn geometric_gap(rate: f64, uniform: f64) -> u64 {
     if gap >= u64::MAX as f64 { u64::MAX } else { gap as u64 }
 }
 
-/// The log-sync event a span gets when a record it waited for became durable: its name,
-/// LSN and how long the sync took (from the append).
-pub(crate) fn add_sync_event(span: &mut Span, sync: &SyncDone) {
-    let sync_us = sync.durable.duration_since(sync.appended).unwrap_or_default().as_micros();
-    span.add_sync_event(span::SyncEvent {
-        time: sync.durable,
-        record: sync.record,
-        lsn: sync.lsn.0,
-        sync_us: i64::try_from(sync_us).unwrap_or(i64::MAX),
-        writes: sync.writes.map(|writes| writes as i64),
-    });
-}
-
 /// The oldest of `pending` (queued in LSN order) if the log is now durable up to it.
 pub(crate) fn pop_durable<T>(
     pending: &mut VecDeque<T>,
@@ -206,17 +194,6 @@ pub(crate) fn pop_durable<T>(
     lsn: impl Fn(&T) -> twophase_engine::Lsn,
 ) -> Option<T> {
     if pending.front().is_some_and(|oldest| lsn(oldest) <= durable) { pending.pop_front() } else { None }
-}
-
-/// A record of a traced transaction that became durable.
-#[derive(Clone, Debug)]
-pub(crate) struct SyncDone {
-    pub(crate) record: &'static str,
-    pub(crate) lsn: twophase_engine::Lsn,
-    pub(crate) appended: SystemTime,
-    pub(crate) durable: SystemTime,
-    /// A participant's Prepared record: the writes it holds.
-    pub(crate) writes: Option<usize>,
 }
 
 /// The CA certificates of `--otlp-ca`: at least one, every one parsed.

@@ -161,7 +161,6 @@ fn key_value_len(attribute: &Attribute) -> usize {
 fn any_value_len(value: &Value) -> usize {
     match value {
         Value::Int(number) => int_value_len(*number),
-        Value::Str(text) => field_len(1, text.len()),
         Value::Text(text) => field_len(1, text.len()),
         Value::Ints(numbers) => field_len(5, int_array_len(numbers)),
     }
@@ -174,7 +173,6 @@ fn int_value_len(number: i64) -> usize {
 fn put_any_value(buf: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Int(number) => put_varint(buf, 3, *number as u64),
-        Value::Str(text) => put_bytes(buf, 1, text.as_bytes()),
         Value::Text(text) => put_bytes(buf, 1, text.as_bytes()),
         Value::Ints(numbers) => {
             put_len(buf, 5, int_array_len(numbers));

@@ -17,7 +17,7 @@ use twophase_engine::{Lsn, PartRecord, ToCoordinator, ToParticipant, TxId, Vote}
 use twophase_net::{TraceEntry, TraceKey};
 
 use super::bounded::BoundedMap;
-use super::{Attribute, Exporter, Span, SyncDone, TRACED_TXS_MAX, add_sync_event, context, pop_durable};
+use super::{Attribute, Exporter, Span, SyncEvent, TRACED_TXS_MAX, context, pop_durable};
 
 struct TracedTx {
     prepare: Option<Span>,
@@ -167,14 +167,13 @@ impl ParticipantTrace {
             let now = *now.get_or_insert_with(SystemTime::now);
             let Some(tx) = self.txs.get_mut(&pending.txid) else { continue };
             let Some(mut prepare) = tx.prepare.take() else { continue };
-            let sync = SyncDone {
-                record: "Prepared",
-                lsn: pending.lsn,
-                appended: pending.appended,
-                durable: now,
-                writes: Some(pending.writes),
-            };
-            add_sync_event(&mut prepare, &sync);
+            prepare.add_sync_event(SyncEvent::new(
+                "Prepared",
+                pending.lsn,
+                pending.appended,
+                now,
+                Some(pending.writes),
+            ));
             prepare.set_attribute(Attribute::new("twophase.vote", "yes"));
         }
     }

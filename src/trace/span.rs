@@ -30,8 +30,8 @@ pub(crate) const EVENTS_INLINE: usize = 2;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Int(i64),
-    Str(&'static str),
-    Text(Box<str>),
+    /// Static nearly always (a label); owned for an abort's detail.
+    Text(Cow<'static, str>),
     /// A list (the participants'), kept as built: no shrinking copy.
     Ints(Vec<i64>),
 }
@@ -44,13 +44,13 @@ impl From<i64> for Value {
 
 impl From<&'static str> for Value {
     fn from(text: &'static str) -> Value {
-        Value::Str(text)
+        Value::Text(Cow::Borrowed(text))
     }
 }
 
 impl From<String> for Value {
     fn from(text: String) -> Value {
-        Value::Text(text.into_boxed_str())
+        Value::Text(Cow::Owned(text))
     }
 }
 
@@ -102,6 +102,26 @@ pub(crate) struct SyncEvent {
     pub(crate) sync_us: i64,
     /// A participant's Prepared record: the writes it holds.
     pub(crate) writes: Option<i64>,
+}
+
+impl SyncEvent {
+    /// The event of a record appended at `appended` and durable at `durable`.
+    pub(crate) fn new(
+        record: &'static str,
+        lsn: twophase_engine::Lsn,
+        appended: SystemTime,
+        durable: SystemTime,
+        writes: Option<usize>,
+    ) -> SyncEvent {
+        let sync_us = durable.duration_since(appended).unwrap_or_default().as_micros();
+        SyncEvent {
+            time: durable,
+            record,
+            lsn: lsn.0,
+            sync_us: i64::try_from(sync_us).unwrap_or(i64::MAX),
+            writes: writes.map(|writes| writes as i64),
+        }
+    }
 }
 
 /// What the export thread receives: a finished span (always sampled).
