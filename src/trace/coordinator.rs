@@ -72,7 +72,6 @@ struct PendingSync {
 }
 
 pub struct CoordinatorTrace {
-    exporter: Exporter,
     waiting: BoundedMap<(ClientId, Seq), SpanContext>,
     txs: BoundedMap<TxId, TracedTx>,
     by_request: BoundedMap<(ClientId, Seq), TxId>,
@@ -80,23 +79,27 @@ pub struct CoordinatorTrace {
     syncs: VecDeque<PendingSync>,
     /// Transactions starting here to leave untraced before the next traced one.
     until_sampled: u64,
+    /// Last, so that it is dropped last: the spans still open when the node stops end into
+    /// its queue first, and its drop sends them.
+    exporter: Exporter,
 }
 
 impl CoordinatorTrace {
     pub fn new(exporter: Exporter) -> CoordinatorTrace {
         let until_sampled = exporter.next_sample_gap();
         CoordinatorTrace {
-            exporter,
             waiting: BoundedMap::new(WAITING_CONTEXTS_MAX),
             txs: BoundedMap::new(TRACED_TXS_MAX),
             by_request: BoundedMap::new(TRACED_TXS_MAX),
             syncs: VecDeque::new(),
             until_sampled,
+            exporter,
         }
     }
 
     /// The exporter back, for a replicated group member whose leadership ended: the
-    /// spans of that leadership's transactions end here; the exporter serves the next one.
+    /// spans of that leadership's transactions end here (into the exporter's queue, as the
+    /// rest of `self` is dropped); the exporter serves the next one.
     pub fn into_exporter(self) -> Exporter {
         self.exporter
     }

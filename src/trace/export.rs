@@ -4,8 +4,9 @@
 //!
 //! Invariants: the threads that end spans never wait for this one (they `try_send`, and a
 //! full queue drops); the thread wakes per interval or per whole request, never per span;
-//! it keeps one request's buffers and reuses them. A failed export drops its spans and is
-//! reported at most every [`WARN_INTERVAL`], with the spans the full queue dropped.
+//! it keeps one request's buffers and reuses them. A failed export drops its spans; one
+//! warning at most every [`WARN_INTERVAL`] gives the spans lost since the last (failed
+//! requests and a full queue) and the last failure's error.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,16 +58,7 @@ pub(crate) fn start(resource: Vec<u8>, post: Post) -> (Arc<SpanSink>, ExportThre
     let (done_sender, done) = crossbeam_channel::bounded::<()>(0);
     let dropped = Arc::new(AtomicU64::new(0));
     let sink = SpanSink { queue, full_batch, batch_spans: EXPORT_BATCH_SPANS_MAX, dropped: dropped.clone() };
-    let mut exporter = Exports {
-        spans,
-        resource,
-        post,
-        dropped,
-        batch: Vec::new(),
-        span_lens: Vec::new(),
-        body: Vec::new(),
-        warned: None,
-    };
+    let mut exporter = Exports::new(spans, resource, post, dropped);
     let handle = std::thread::Builder::new()
         .name("span-export".into())
         .spawn(move || {
@@ -108,20 +100,34 @@ struct Exports {
 }
 
 impl Exports {
+    fn new(spans: Receiver<SpanRecord>, resource: Vec<u8>, post: Post, dropped: Arc<AtomicU64>) -> Exports {
+        Exports {
+            spans,
+            resource,
+            post,
+            dropped,
+            batch: Vec::new(),
+            span_lens: Vec::new(),
+            body: Vec::new(),
+            warned: None,
+        }
+    }
+
     fn run(&mut self, wake: &Receiver<()>, stop: &Receiver<()>) {
-        let mut lost = 0u64;
+        let mut lost = Lost::default();
         loop {
             let stopping = select! {
                 recv(stop) -> _ => true,
                 recv(wake) -> _ => false,
                 default(EXPORT_INTERVAL) => false,
             };
-            lost += self.export_queued();
-            lost += self.dropped.swap(0, Ordering::Relaxed);
-            if lost > 0 && self.warned.is_none_or(|at| at.elapsed() >= WARN_INTERVAL) {
-                tracing::warn!(spans = lost, "spans lost: the collector failed or the export queue was full");
+            self.export_queued(&mut lost);
+            lost.queue_full += self.dropped.swap(0, Ordering::Relaxed);
+            // A stopping node says what it lost since the last warning, however recent.
+            if lost.any() && (stopping || self.warned.is_none_or(|at| at.elapsed() >= WARN_INTERVAL)) {
+                lost.warn();
                 self.warned = Some(Instant::now());
-                lost = 0;
+                lost = Lost::default();
             }
             if stopping {
                 return;
@@ -129,15 +135,14 @@ impl Exports {
         }
     }
 
-    /// Posts everything queued, a request per [`EXPORT_BATCH_SPANS_MAX`] spans; the spans
-    /// of requests that failed.
-    fn export_queued(&mut self) -> u64 {
-        let mut lost = 0;
+    /// Posts everything queued, a request per [`EXPORT_BATCH_SPANS_MAX`] spans, and counts
+    /// the spans of requests that failed in `lost`.
+    fn export_queued(&mut self, lost: &mut Lost) {
         loop {
             self.batch.clear();
             self.batch.extend(self.spans.try_iter().take(EXPORT_BATCH_SPANS_MAX));
             if self.batch.is_empty() {
-                return lost;
+                return;
             }
             otlp::encode_request(&mut self.body, &mut self.span_lens, &self.resource, &self.batch);
             let shared = Arc::new(std::mem::take(&mut self.body));
@@ -145,11 +150,41 @@ impl Exports {
             // The client has let go of the body once the request is answered, as a rule.
             self.body = Arc::try_unwrap(shared).unwrap_or_default();
             if let Err(err) = posted {
-                if self.warned.is_none_or(|at| at.elapsed() >= WARN_INTERVAL) {
-                    tracing::warn!("exporting {} spans: {err}", self.batch.len());
-                }
-                lost += self.batch.len() as u64;
+                lost.failed_posts += self.batch.len() as u64;
+                lost.last_error = Some(err);
             }
+        }
+    }
+}
+
+/// Spans lost since the last warning, and why: one warning says both.
+#[derive(Default)]
+struct Lost {
+    /// Spans of requests the collector did not take.
+    failed_posts: u64,
+    /// The last such request's error.
+    last_error: Option<String>,
+    /// Spans dropped because the queue was full.
+    queue_full: u64,
+}
+
+impl Lost {
+    fn any(&self) -> bool {
+        self.failed_posts + self.queue_full > 0
+    }
+
+    fn warn(&self) {
+        let Lost { failed_posts, last_error, queue_full } = self;
+        let spans = failed_posts + queue_full;
+        match (last_error, queue_full) {
+            (Some(err), 0) => tracing::warn!(spans, "spans lost: the collector failed: {err}"),
+            (Some(err), _) => tracing::warn!(
+                spans,
+                failed_posts,
+                queue_full,
+                "spans lost: the collector failed ({err}) and the export queue was full"
+            ),
+            (None, _) => tracing::warn!(spans, "spans lost: the export queue was full"),
         }
     }
 }
@@ -218,5 +253,23 @@ mod tests {
         Span::start(&sink, "submit", None, None, Default::default()).end();
         assert!(thread.stop(Duration::from_secs(30)));
         assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_failed_request_counts_its_spans_and_keeps_its_error_for_the_one_warning() {
+        let (queue, spans) = crossbeam_channel::bounded(16);
+        let (full_batch, _wake) = crossbeam_channel::bounded(1);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let sink =
+            Arc::new(SpanSink { queue, full_batch, batch_spans: EXPORT_BATCH_SPANS_MAX, dropped: dropped.clone() });
+        let refuse: Post = Box::new(|_: Bytes| Err("refused".to_string()));
+        let mut exports = Exports::new(spans, otlp::resource("twophase-test", "t1"), refuse, dropped);
+        for _ in 0..3 {
+            Span::start(&sink, "commit", None, None, Default::default()).end();
+        }
+        let mut lost = Lost::default();
+        exports.export_queued(&mut lost);
+        assert!(lost.any());
+        assert_eq!((lost.failed_posts, lost.last_error.as_deref(), lost.queue_full), (3, Some("refused"), 0));
     }
 }

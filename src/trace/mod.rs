@@ -228,6 +228,32 @@ impl Drop for Exporter {
     }
 }
 
+/// An exporter that keeps the names of the spans it sends, for tests of the span hooks.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    use super::{Exporter, export, otlp};
+
+    /// Samples every transaction; posts nowhere, keeping each sent span's name.
+    pub(crate) fn recording_exporter() -> (Exporter, Arc<Mutex<Vec<String>>>) {
+        let names = Arc::new(Mutex::new(Vec::new()));
+        let kept = names.clone();
+        let post: export::Post = Box::new(move |body: Bytes| {
+            let request = ExportTraceServiceRequest::decode(body).map_err(|err| err.to_string())?;
+            let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+            kept.lock().unwrap().extend(spans.map(|span| span.name.clone()));
+            Ok(())
+        });
+        let (sink, thread) = export::start(otlp::resource("twophase-test", "t1"), post);
+        (Exporter { sink, thread, sample_rate: 1.0, idle_threads: Vec::new() }, names)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,21 +33,23 @@ struct PendingSync {
 }
 
 pub struct ParticipantTrace {
-    exporter: Exporter,
     /// Contexts for the Prepare or Commit that follows them.
     waiting: BoundedMap<TxId, SpanContext>,
     txs: BoundedMap<TxId, TracedTx>,
     /// Prepared records of traced transactions not yet durable, in LSN order.
     syncs: VecDeque<PendingSync>,
+    /// Last, so that it is dropped last: the spans still open when the node stops end into
+    /// its queue first, and its drop sends them.
+    exporter: Exporter,
 }
 
 impl ParticipantTrace {
     pub fn new(exporter: Exporter) -> ParticipantTrace {
         ParticipantTrace {
-            exporter,
             waiting: BoundedMap::new(TRACED_TXS_MAX),
             txs: BoundedMap::new(TRACED_TXS_MAX),
             syncs: VecDeque::new(),
+            exporter,
         }
     }
 
@@ -190,5 +192,27 @@ impl ParticipantTrace {
                 self.txs.remove(txid);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use twophase_engine::Epoch;
+
+    use super::*;
+    use crate::trace::test_support::recording_exporter;
+
+    #[test]
+    fn a_span_still_open_when_the_node_stops_is_sent() {
+        let (exporter, names) = recording_exporter();
+        let mut trace = ParticipantTrace::new(exporter);
+        let txid = TxId::new(Epoch(1), 7);
+        let traceparent = Bytes::from_static(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        trace.on_trace_context(vec![TraceEntry { key: TraceKey::Tx(txid), traceparent }]);
+        trace.on_message(&ToParticipant::Prepare { txid, ops: Vec::new(), sole: false });
+        assert!(names.lock().unwrap().is_empty(), "the prepare is still open");
+        drop(trace);
+        assert_eq!(*names.lock().unwrap(), ["prepare"]);
     }
 }
