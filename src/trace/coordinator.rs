@@ -73,7 +73,9 @@ struct PendingSync {
 
 pub struct CoordinatorTrace {
     waiting: BoundedMap<(ClientId, Seq), SpanContext>,
-    txs: BoundedMap<TxId, TracedTx>,
+    /// Boxed: an entry is a pointer, so the map stays small enough for the cache while its
+    /// spans (about 1 KB a transaction) move only when they end.
+    txs: BoundedMap<TxId, Box<TracedTx>>,
     by_request: BoundedMap<(ClientId, Seq), TxId>,
     /// Records of traced transactions not yet durable, in LSN order.
     syncs: VecDeque<PendingSync>,
@@ -145,13 +147,13 @@ impl CoordinatorTrace {
     /// at once (rejected, invalid, a retry of a finished request) is a one-span trace.
     pub fn after_submit(&mut self, pending: PendingSubmit, fx: &CoordEffects) {
         let mut txid = None;
-        let mut participants = Vec::new();
+        let mut participant_ids = Vec::new();
         let mut reply = None;
         for output in &fx.outputs[pending.outputs_before..] {
             match &output.item {
                 CoordOutput::ToParticipant(to, ToParticipant::Prepare { txid: id, .. }) => {
                     txid = Some(*id);
-                    participants.push(i64::from(to.0));
+                    participant_ids.push(i64::from(to.0));
                 }
                 CoordOutput::ToClient(r) if r.request() == Some((pending.client, pending.seq)) => reply = Some(r),
                 _ => {}
@@ -169,21 +171,22 @@ impl CoordinatorTrace {
             return;
         };
         attributes.push(Attribute::new("twophase.txid", txid.0 as i64));
-        attributes.push(Attribute::new("twophase.participants", participants));
+        let participants = participant_ids.len();
+        attributes.push(Attribute::new("twophase.participants", participant_ids));
         let submit = self.exporter.span("submit", pending.parent.as_ref(), Some(pending.start), attributes);
-        let tx = TracedTx {
+        let tx = Box::new(TracedTx {
             client: pending.client,
             seq: pending.seq,
             root: submit.span_context(),
             submit: Some(submit),
-            prepares: Vec::new(),
+            prepares: Vec::with_capacity(participants),
             decision: None,
             synced: Vec::new(),
             decision_record_pending: false,
             replied: false,
-            commits: Vec::new(),
+            commits: Vec::with_capacity(participants),
             committing: false,
-        };
+        });
         if let Some((_, evicted)) = self.txs.insert(txid, tx) {
             self.by_request.remove(&(evicted.client, evicted.seq));
         }

@@ -35,7 +35,8 @@ struct PendingSync {
 pub struct ParticipantTrace {
     /// Contexts for the Prepare or Commit that follows them.
     waiting: BoundedMap<TxId, SpanContext>,
-    txs: BoundedMap<TxId, TracedTx>,
+    /// Boxed, as the coordinator's: the map's entries stay pointers.
+    txs: BoundedMap<TxId, Box<TracedTx>>,
     /// Prepared records of traced transactions not yet durable, in LSN order.
     syncs: VecDeque<PendingSync>,
     /// Last, so that it is dropped last: the spans still open when the node stops end into
@@ -89,7 +90,7 @@ impl ParticipantTrace {
                     Attribute::new("twophase.ops", ops.len() as i64),
                 ];
                 let span = self.exporter.span("prepare", Some(&parent), None, attributes);
-                let tx = TracedTx { prepare: Some(span), commit: None };
+                let tx = Box::new(TracedTx { prepare: Some(span), commit: None });
                 self.txs.insert(txid, tx);
             }
             ToParticipant::Commit { .. } => {
@@ -102,7 +103,7 @@ impl ParticipantTrace {
                 );
                 match self.txs.get_mut(&txid) {
                     Some(tx) => tx.commit = Some(span),
-                    None => drop(self.txs.insert(txid, TracedTx { prepare: None, commit: Some(span) })),
+                    None => drop(self.txs.insert(txid, Box::new(TracedTx { prepare: None, commit: Some(span) }))),
                 }
             }
             ToParticipant::Abort { .. } => {
