@@ -3,7 +3,7 @@
 # bench`) in rotated rounds: every arm runs once per round, the order turned by one each
 # round (and, with three arms or more, reversed every other round), so that the
 # machine's drift and a run's place in its round weigh on every arm alike. How
-# docs/OPERATIONS.md's "Traces" measures.
+# docs/TRACE_COST.md measures (scripts/sample_rate_fit.py reads this script's output).
 #
 #   scripts/rotate.sh ROUNDS BASE LABEL "COMMAND" [LABEL "COMMAND"]...
 #   scripts/rotate.sh 15 off off "twophase demo --quiet --duration 6s --no-metrics" \

@@ -7,7 +7,7 @@
 //! allocate (an abort's detail, the participants' list) is rare or once per transaction.
 //! Why: every allocation here is made on an engine thread and freed on the export thread,
 //! and at saturation each microsecond on that path costs more than its share
-//! (docs/OPERATIONS.md, "Traces"). The record becomes OTLP protobuf on the export thread
+//! (docs/TRACE_COST.md). The record becomes OTLP protobuf on the export thread
 //! ([`super::otlp`]).
 
 use std::borrow::Cow;
