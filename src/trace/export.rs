@@ -42,6 +42,27 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
+/// The sink that spans end into and the exporter that takes them off its queue, sharing the
+/// queue, the count of spans a full queue dropped, and the wake-up for a whole request (its
+/// receiving end returned for the exporter's thread).
+fn connected(resource: Vec<u8>, post: Post) -> (SpanSink, Exports, Receiver<()>) {
+    let (queue, spans) = crossbeam_channel::bounded(QUEUE_SPANS_MAX);
+    let (full_batch, wake) = crossbeam_channel::bounded(1);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let sink = SpanSink { queue, full_batch, batch_spans: EXPORT_BATCH_SPANS_MAX, dropped: dropped.clone() };
+    let exports = Exports {
+        spans,
+        resource,
+        post,
+        dropped,
+        batch: Vec::new(),
+        span_lens: Vec::new(),
+        body: Vec::new(),
+        warned: None,
+    };
+    (sink, exports, wake)
+}
+
 /// The running export thread. [`stop`](ExportThread::stop) sends what is queued and ends it.
 pub(crate) struct ExportThread {
     stop: Option<Sender<()>>,
@@ -52,13 +73,9 @@ pub(crate) struct ExportThread {
 /// Starts the thread (it inherits the caller's scheduling policy) and returns the sink that
 /// spans end into. `resource` is [`otlp::resource`] of this process.
 pub(crate) fn start(resource: Vec<u8>, post: Post) -> (Arc<SpanSink>, ExportThread) {
-    let (queue, spans) = crossbeam_channel::bounded(QUEUE_SPANS_MAX);
-    let (full_batch, wake) = crossbeam_channel::bounded(1);
+    let (sink, mut exporter, wake) = connected(resource, post);
     let (stop, stopped) = crossbeam_channel::bounded(0);
     let (done_sender, done) = crossbeam_channel::bounded::<()>(0);
-    let dropped = Arc::new(AtomicU64::new(0));
-    let sink = SpanSink { queue, full_batch, batch_spans: EXPORT_BATCH_SPANS_MAX, dropped: dropped.clone() };
-    let mut exporter = Exports::new(spans, resource, post, dropped);
     let handle = std::thread::Builder::new()
         .name("span-export".into())
         .spawn(move || {
@@ -100,19 +117,6 @@ struct Exports {
 }
 
 impl Exports {
-    fn new(spans: Receiver<SpanRecord>, resource: Vec<u8>, post: Post, dropped: Arc<AtomicU64>) -> Exports {
-        Exports {
-            spans,
-            resource,
-            post,
-            dropped,
-            batch: Vec::new(),
-            span_lens: Vec::new(),
-            body: Vec::new(),
-            warned: None,
-        }
-    }
-
     fn run(&mut self, wake: &Receiver<()>, stop: &Receiver<()>) {
         let mut lost = Lost::default();
         loop {
@@ -257,13 +261,9 @@ mod tests {
 
     #[test]
     fn a_failed_request_counts_its_spans_and_keeps_its_error_for_the_one_warning() {
-        let (queue, spans) = crossbeam_channel::bounded(16);
-        let (full_batch, _wake) = crossbeam_channel::bounded(1);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let sink =
-            Arc::new(SpanSink { queue, full_batch, batch_spans: EXPORT_BATCH_SPANS_MAX, dropped: dropped.clone() });
         let refuse: Post = Box::new(|_: Bytes| Err("refused".to_string()));
-        let mut exports = Exports::new(spans, otlp::resource("twophase-test", "t1"), refuse, dropped);
+        let (sink, mut exports, _wake) = connected(otlp::resource("twophase-test", "t1"), refuse);
+        let sink = Arc::new(sink);
         for _ in 0..3 {
             Span::start(&sink, "commit", None, None, Default::default()).end();
         }
