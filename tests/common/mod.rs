@@ -285,6 +285,10 @@ pub struct Node {
 impl Node {
     /// `twophase participant --id NAME` with its data in `data_dir/NAME`, on a free port,
     /// with its certificate from `data_dir/certs`.
+    ///
+    /// The port comes from [`free_addr`], below the kernel's ephemeral range: a restart
+    /// binds the same address again, and a port from that range can meanwhile be handed to
+    /// any outgoing connection (CI once saw a restart fail with "Address already in use").
     pub fn participant(name: &str, data_dir: &Path, env: &[(&str, &str)]) -> Node {
         Node::participant_with(name, data_dir, &[], env)
     }
@@ -295,7 +299,7 @@ impl Node {
             vec!["participant".to_string(), "--id".into(), name.into(), "--data-dir".into(), path(data_dir, name)];
         args.extend(make_cert(&certs_dir(data_dir), CLUSTER, "participant", name));
         args.extend(extra.iter().map(|arg| arg.to_string()));
-        Node::start(name, data_dir, args, "127.0.0.1:0".parse().unwrap(), env)
+        Node::start(name, data_dir, args, free_addr(), env)
     }
 
     /// Like [`participant_with`](Self::participant_with), listening on `listen` (a node whose
@@ -309,7 +313,8 @@ impl Node {
     }
 
     /// `twophase coordinator --id c1` with its data in `data_dir/c1`, connecting to
-    /// `participants`, on a free port; `extra` flags are appended (e.g. the prepare timeout).
+    /// `participants`, on a free port ([`free_addr`], as for participants: it may be
+    /// restarted); `extra` flags are appended (e.g. the prepare timeout).
     pub fn coordinator(data_dir: &Path, participants: &[&Node], extra: &[&str], env: &[(&str, &str)]) -> Node {
         let mut args =
             vec!["coordinator".to_string(), "--id".into(), "c1".into(), "--data-dir".into(), path(data_dir, "c1")];
@@ -319,7 +324,7 @@ impl Node {
             args.push(format!("{}={}", participant.name, participant.addr));
         }
         args.extend(extra.iter().map(|arg| arg.to_string()));
-        Node::start("c1", data_dir, args, "127.0.0.1:0".parse().unwrap(), env)
+        Node::start("c1", data_dir, args, free_addr(), env)
     }
 
     fn start(name: &str, data_dir: &Path, args: Vec<String>, listen: SocketAddr, env: &[(&str, &str)]) -> Node {
