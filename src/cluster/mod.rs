@@ -57,7 +57,8 @@ pub struct ClusterOptions {
     /// Every node serves metrics on a free loopback port (kept across restarts).
     pub metrics: bool,
     /// Each node's log messages (stderr) go to `NAME.log` here, appended across restarts;
-    /// `None`: to this process's stderr.
+    /// the last run's logs are removed when the cluster starts. `None`: to this process's
+    /// stderr.
     pub log_dir: Option<PathBuf>,
     /// Participants (by index N of pN) that run over a database, with the flags that say
     /// which (`--backend postgres --dsn ...`); they serve no metrics. Empty: all `kv`.
@@ -456,11 +457,26 @@ pub fn check_protocol(options: &ClusterOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes `dir` hold this run's node logs only: created if missing, a previous run's
+/// `NAME.log` files removed (a node restarted within the run appends to its own, so a
+/// file left from the last run would run on into this one's, and a node the last run had
+/// and this one has not would leave a stale file). Nothing else in `dir` is touched.
+fn fresh_log_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        if path.extension().is_some_and(|ext| ext == "log") && path.is_file() {
+            std::fs::remove_file(&path).with_context(|| format!("removing the last run's {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 impl LocalCluster {
     pub fn start(options: &ClusterOptions) -> anyhow::Result<LocalCluster> {
         make_certs(options)?;
         if let Some(dir) = &options.log_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fresh_log_dir(dir)?;
         }
         let log_dir = options.log_dir.as_deref();
         check_coordinators(options.coordinators)?;
@@ -730,6 +746,22 @@ mod tests {
             database_participants: Vec::new(),
             protocol: Protocol::TwoPc,
         }
+    }
+
+    #[test]
+    fn a_new_run_starts_its_node_logs_afresh_and_leaves_other_files() {
+        let report = tempfile::tempdir().unwrap();
+        let dir = report.path().join("logs");
+        fresh_log_dir(&dir).unwrap();
+        assert!(dir.is_dir(), "created when missing");
+        for (name, text) in [("c1.log", "last run"), ("p4.log", "a node this run has not"), ("notes.txt", "mine")] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        fresh_log_dir(&dir).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt"]);
     }
 
     #[test]
