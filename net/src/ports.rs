@@ -1,6 +1,6 @@
-//! Free listening ports for processes a launcher starts later: `twophase cluster`'s group
-//! members and 3PC participants, and the tests' processes, whose addresses every other node
-//! is given up front.
+//! Free listening ports for processes a launcher starts later: every node `twophase
+//! cluster` starts (a killed node restarts at the same address, and 3PC participants and
+//! group members are given each other's up front), and the tests' processes.
 //!
 //! A port found by binding port 0 and releasing it lies in the kernel's ephemeral range,
 //! which every outgoing connection and every other `bind(...:0)` draws from: on a busy

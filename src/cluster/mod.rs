@@ -387,8 +387,10 @@ fn member_addr(listen: SocketAddr, index: usize) -> anyhow::Result<SocketAddr> {
 }
 
 /// The arguments every node of the cluster gets: its data directory, the cluster-wide
-/// storage options and its own certificate (or `--insecure-plaintext`).
-fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> Vec<String> {
+/// storage options, its own certificate (or `--insecure-plaintext`) and its metrics port
+/// (free now and below the ephemeral range, as the listen ports: it is kept across
+/// restarts).
+fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> anyhow::Result<Vec<String>> {
     let data_dir = options.data_dir.join(name);
     let mut args =
         vec!["--data-dir".to_string(), data_dir.display().to_string(), "--cluster".into(), options.cluster.clone()];
@@ -402,9 +404,9 @@ fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> Vec<Str
     args.extend(options.trace.to_args());
     // 3PC nodes serve no metrics yet.
     if options.metrics && options.protocol == Protocol::TwoPc {
-        args.extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+        args.extend(["--metrics-listen".to_string(), free_loopback_addr()?.to_string()]);
     }
-    args
+    Ok(args)
 }
 
 /// A coordinator's command line: its participants and, in a group, every member (`peers`,
@@ -415,9 +417,9 @@ fn coordinator_args(
     listen: SocketAddr,
     participants: &[(String, SocketAddr)],
     peers: &[(String, SocketAddr)],
-) -> Vec<String> {
+) -> anyhow::Result<Vec<String>> {
     let mut args = vec!["coordinator".to_string(), "--id".into(), name.into(), "--listen".into(), listen.to_string()];
-    args.extend(common_node_args(options, Role::Coordinator, name));
+    args.extend(common_node_args(options, Role::Coordinator, name)?);
     args.extend(options.protocol.node_args());
     for (participant, addr) in participants {
         args.push("--participant".into());
@@ -427,24 +429,20 @@ fn coordinator_args(
         args.push("--peer".into());
         args.push(format!("{member}={addr}"));
     }
-    args
+    Ok(args)
 }
 
-/// Under 3PC every participant dials every other, so their addresses are fixed before any
-/// starts (free loopback ports, [`ports::free_port`]); empty under 2PC (participants take
-/// a free port as they start).
-fn threepc_participant_addrs(options: &ClusterOptions) -> anyhow::Result<Vec<(String, SocketAddr)>> {
-    if options.protocol != Protocol::ThreePc {
-        return Ok(Vec::new());
-    }
-    (1..=options.participants)
-        .map(|index| {
-            Ok((
-                format!("p{index}"),
-                ports::free_port(std::net::Ipv4Addr::LOCALHOST.into()).context("finding a free port")?,
-            ))
-        })
-        .collect()
+/// The participants' addresses, fixed before any starts: free loopback ports below the
+/// kernel's ephemeral range ([`ports::free_port`]). Fixed, because under 3PC every
+/// participant dials every other; below that range, because a killed participant restarts
+/// at its address (chaos, the supervisor), and a port of that range can meanwhile be handed
+/// to any outgoing connection, its coordinator's redials included.
+fn participant_addrs(options: &ClusterOptions) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    (1..=options.participants).map(|index| Ok((format!("p{index}"), free_loopback_addr()?))).collect()
+}
+
+fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    ports::free_port(std::net::Ipv4Addr::LOCALHOST.into()).context("finding a free port")
 }
 
 /// Refuses what 3PC does not run with: a coordinator group or database participants.
@@ -490,16 +488,17 @@ impl LocalCluster {
             admin: identity(options, Role::Admin, ADMIN_NAME),
             nodes: Vec::new(),
         };
-        let threepc_addrs = threepc_participant_addrs(options)?;
-        for index in 1..=options.participants {
-            let name = format!("p{index}");
-            let listen =
-                threepc_addrs.get(usize::from(index) - 1).map_or("127.0.0.1:0".into(), |(_, addr)| addr.to_string());
-            let mut args = vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), listen];
-            args.extend(common_node_args(options, Role::Participant, &name));
+        let participant_addrs = participant_addrs(options)?;
+        for (index, (name, listen)) in (1u16..).zip(&participant_addrs) {
+            let name = name.clone();
+            let mut args =
+                vec!["participant".to_string(), "--id".into(), name.clone(), "--listen".into(), listen.to_string()];
+            args.extend(common_node_args(options, Role::Participant, &name)?);
             args.extend(options.protocol.node_args());
-            for (peer, addr) in threepc_addrs.iter().filter(|(peer, _)| *peer != name) {
-                args.extend(["--threepc-peer".to_string(), format!("{peer}={addr}")]);
+            if options.protocol == Protocol::ThreePc {
+                for (peer, addr) in participant_addrs.iter().filter(|(peer, _)| *peer != name) {
+                    args.extend(["--threepc-peer".to_string(), format!("{peer}={addr}")]);
+                }
             }
             if let Some((_, flags)) = options.database_participants.iter().find(|(at, _)| *at == index) {
                 args = without_flag(args, "--metrics-listen");
@@ -510,7 +509,8 @@ impl LocalCluster {
             cluster.nodes.push(node);
         }
         if options.coordinators == 1 {
-            let args = coordinator_args(options, COORDINATOR_NAME, options.listen, &cluster.participants, &[]);
+            let listen = member_addr(options.listen, 0)?;
+            let args = coordinator_args(options, COORDINATOR_NAME, listen, &cluster.participants, &[])?;
             let node = Node::start(COORDINATOR_NAME, args, log_dir)?;
             cluster.coordinator = node.addr;
             cluster.coordinators.push((node.name.clone(), node.addr));
@@ -522,7 +522,7 @@ impl LocalCluster {
             (0..names.len()).map(|index| member_addr(options.listen, index)).collect::<anyhow::Result<Vec<_>>>()?;
         let peers: Vec<(String, SocketAddr)> = names.iter().cloned().zip(addrs.iter().copied()).collect();
         for (name, addr) in &peers {
-            let args = coordinator_args(options, name, *addr, &cluster.participants, &peers);
+            let args = coordinator_args(options, name, *addr, &cluster.participants, &peers)?;
             let node = Node::start(name, args, log_dir)?;
             cluster.lookup.add(node.addr, node.leads.clone());
             cluster.coordinators.push((node.name.clone(), node.addr));
@@ -765,13 +765,8 @@ mod tests {
     }
 
     #[test]
-    fn a_3pc_cluster_fixes_its_participants_addresses_and_refuses_what_3pc_does_not_run() {
-        assert!(threepc_participant_addrs(&options(false, None, true)).unwrap().is_empty(), "2pc: ports at start");
+    fn a_3pc_cluster_refuses_what_3pc_does_not_run() {
         let threepc = ClusterOptions { protocol: Protocol::ThreePc, ..options(false, None, true) };
-        let addrs = threepc_participant_addrs(&threepc).unwrap();
-        let names: Vec<&str> = addrs.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["p1", "p2", "p3"]);
-        assert!(addrs.iter().all(|(_, addr)| addr.port() != 0));
         assert!(check_protocol(&threepc).is_ok());
         assert!(check_protocol(&ClusterOptions { coordinators: 3, ..threepc.clone() }).is_err());
         let database = ClusterOptions { database_participants: vec![(1, vec!["--backend".into()])], ..threepc };
@@ -780,7 +775,7 @@ mod tests {
 
     #[test]
     fn nodes_get_the_cluster_wide_storage_options() {
-        let args = common_node_args(&options(true, Some(2500), true), Role::Participant, "p1");
+        let args = common_node_args(&options(true, Some(2500), true), Role::Participant, "p1").unwrap();
         assert_eq!(
             args,
             [
@@ -798,7 +793,7 @@ mod tests {
 
     #[test]
     fn every_node_gets_its_own_certificate_from_the_cluster_ca() {
-        let args = common_node_args(&options(false, None, false), Role::Coordinator, "c1");
+        let args = common_node_args(&options(false, None, false), Role::Coordinator, "c1").unwrap();
         assert_eq!(
             args,
             [
@@ -824,16 +819,42 @@ mod tests {
     }
 
     #[test]
-    fn metrics_ask_for_a_free_port() {
+    fn metrics_ask_for_a_free_port_below_the_ephemeral_range() {
         let options = ClusterOptions { metrics: true, ..options(false, None, true) };
-        let args = common_node_args(&options, Role::Coordinator, "c1");
-        assert_eq!(args[args.len() - 2..], ["--metrics-listen", "127.0.0.1:0"]);
+        let args = common_node_args(&options, Role::Coordinator, "c1").unwrap();
+        assert_eq!(args[args.len() - 2], "--metrics-listen");
+        assert_fixed_port_below_the_ephemeral_range(args[args.len() - 1].parse().unwrap());
+    }
+
+    fn assert_fixed_port_below_the_ephemeral_range(addr: SocketAddr) {
+        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768);
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert!(
+            addr.port() != 0 && addr.port() < ephemeral_low,
+            "{addr}: the kernel's range starts at {ephemeral_low}"
+        );
+    }
+
+    #[test]
+    fn every_participant_and_a_single_coordinator_get_fixed_ports_below_the_ephemeral_range() {
+        for protocol in [Protocol::TwoPc, Protocol::ThreePc] {
+            let addrs = participant_addrs(&ClusterOptions { protocol, ..options(false, None, true) }).unwrap();
+            let names: Vec<&str> = addrs.iter().map(|(name, _)| name.as_str()).collect();
+            assert_eq!(names, ["p1", "p2", "p3"]);
+            addrs.iter().for_each(|(_, addr)| assert_fixed_port_below_the_ephemeral_range(*addr));
+        }
+        assert_fixed_port_below_the_ephemeral_range(member_addr("127.0.0.1:0".parse().unwrap(), 0).unwrap());
+        let fixed = "127.0.0.1:7100".parse().unwrap();
+        assert_eq!(member_addr(fixed, 0).unwrap(), fixed, "a port the operator names is kept");
     }
 
     #[test]
     fn the_node_command_lines_parse() {
         for plaintext in [false, true] {
-            let common = common_node_args(&options(false, Some(0), plaintext), Role::Participant, "p1");
+            let common = common_node_args(&options(false, Some(0), plaintext), Role::Participant, "p1").unwrap();
             let participant = ["twophase", "participant", "--id", "p1", "--listen", "127.0.0.1:0"];
             let argv = participant.iter().map(|a| a.to_string()).chain(common);
             crate::cli::Cli::try_parse_from(argv).expect("a participant command line");
@@ -910,7 +931,7 @@ mod tests {
             .zip(["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"])
             .map(|(n, a)| (n, a.parse().unwrap()))
             .collect();
-        let args = coordinator_args(&options, "c2", peers[1].1, &participants, &peers);
+        let args = coordinator_args(&options, "c2", peers[1].1, &participants, &peers).unwrap();
         let joined = args.join(" ");
         for expected in [
             "--id c2 --listen 127.0.0.1:7001",
@@ -922,7 +943,7 @@ mod tests {
         }
         let argv = std::iter::once("twophase".to_string()).chain(args);
         crate::cli::Cli::try_parse_from(argv).expect("a group member's command line");
-        let single = coordinator_args(&options, "c1", peers[0].1, &participants, &[]);
+        let single = coordinator_args(&options, "c1", peers[0].1, &participants, &[]).unwrap();
         assert!(!single.contains(&"--peer".to_string()), "{single:?}");
     }
 
@@ -956,7 +977,7 @@ mod tests {
             otlp_endpoint: Some("http://h:4318".into()),
             otlp_ca: None,
         };
-        let common = common_node_args(&traced, Role::Participant, "p1");
+        let common = common_node_args(&traced, Role::Participant, "p1").unwrap();
         let flags = ["--trace-sample", "0.5", "--otlp-endpoint", "http://h:4318"].map(String::from);
         assert!(common.windows(flags.len()).any(|window| window == flags), "{common:?}");
         let participant = ["twophase", "participant", "--id", "p1", "--listen", "127.0.0.1:0"];
