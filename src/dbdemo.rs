@@ -129,10 +129,14 @@ impl Server {
         vec!["--backend".into(), backend.into(), "--dsn".into(), dsn]
     }
 
-    fn describe(&self) -> String {
+    /// What runs, and how a person connects to look inside (its unix socket: the servers
+    /// listen on nothing else).
+    fn describe(&self) -> (&'static str, String) {
         match self {
-            Server::Postgres(server) => format!("PostgreSQL on port {}", server.port()),
-            Server::MariaDb(server) => format!("MariaDB on port {}", server.port()),
+            Server::Postgres(server) => ("PostgreSQL", format!("psql \"{}\"", server.dsn())),
+            Server::MariaDb(server) => {
+                ("MariaDB", format!("mariadb --socket={} --user=root twophase", server.socket().display()))
+            }
         }
     }
 }
@@ -171,7 +175,8 @@ impl Databases {
             // listed, then stops it with the others (nothing is left half made).
             let mut running = running.lock().expect("not poisoned");
             let server = Server::start(kind)?;
-            eprintln!("started {} for participant {name}", server.describe());
+            let (what, connect) = server.describe();
+            eprintln!("started {what} for participant {name}: {connect}");
             running.as_mut().context("interrupted")?.push(Database { index, name, server });
         }
         Ok(Databases { running })

@@ -6,7 +6,7 @@
 //! Fails when PostgreSQL or MariaDB is missing unless TWOPHASE_SKIP_DB_TESTS=1 (never in CI).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -32,20 +32,33 @@ fn demo_flags(report: &std::path::Path) -> Vec<String> {
     flags
 }
 
-/// The ports of the servers the run said it started (`started PostgreSQL on port N ...`).
-fn server_ports(stderr: &str) -> Vec<u16> {
-    stderr
-        .lines()
-        .filter(|line| line.starts_with("started "))
-        .filter_map(|line| line.split("on port ").nth(1)?.split_whitespace().next()?.parse().ok())
-        .collect()
+/// How to reach the servers the run said it started (`started PostgreSQL for participant p1:
+/// psql "DSN"`, `started MariaDB for participant p2: mariadb --socket=PATH ...`): PostgreSQL's
+/// DSN and MariaDB's socket.
+struct Started {
+    pg_dsn: String,
+    maria_socket: PathBuf,
 }
 
+fn started_servers(stderr: &str) -> Started {
+    let lines: Vec<&str> = stderr.lines().filter(|line| line.starts_with("started ")).collect();
+    let pg_dsn = lines.iter().find_map(|line| line.split("psql \"").nth(1)?.split('"').next());
+    let maria_socket = lines.iter().find_map(|line| line.split("--socket=").nth(1)?.split_whitespace().next());
+    assert_eq!(lines.len(), 2, "two servers started: {stderr}");
+    Started {
+        pg_dsn: pg_dsn.unwrap_or_else(|| panic!("no psql DSN announced: {stderr}")).to_string(),
+        maria_socket: maria_socket.unwrap_or_else(|| panic!("no MariaDB socket announced: {stderr}")).into(),
+    }
+}
+
+/// The servers listen on their unix sockets only, in directories the run deletes.
 fn assert_servers_gone(stderr: &str) {
-    let ports = server_ports(stderr);
-    assert_eq!(ports.len(), 2, "two servers started: {stderr}");
-    for port in ports {
-        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "a server still listens on {port} after the run");
+    let started = started_servers(stderr);
+    let pg_dir = started.pg_dsn.split("host=").nth(1).and_then(|rest| rest.split_whitespace().next());
+    let pg_dir = Path::new(pg_dir.unwrap_or_else(|| panic!("no host= in {}", started.pg_dsn)));
+    assert!(pg_dir.is_absolute(), "PostgreSQL is announced at its socket directory: {}", started.pg_dsn);
+    for path in [pg_dir, started.maria_socket.as_path()] {
+        assert!(!path.exists(), "{} is still there after the run", path.display());
     }
 }
 
@@ -76,9 +89,8 @@ fn the_demo_across_postgres_mariadb_and_the_store_passes_its_sql_audit() {
 
 /// Adds 1 to account 0 (on p1, PostgreSQL) straight in the database, retrying while a
 /// prepared transfer holds its row.
-fn plant_a_wrong_balance(pg_port: u16) {
-    let dsn = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres");
-    let mut conn = PgConnector::new(&dsn).unwrap().connect().expect("connecting to the demo's PostgreSQL");
+fn plant_a_wrong_balance(dsn: &str) {
+    let mut conn = PgConnector::new(dsn).unwrap().connect().expect("connecting to the demo's PostgreSQL");
     for _ in 0..50 {
         match conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 0", &[], &SqlLimits::default()) {
             Ok(rows) => {
@@ -113,7 +125,7 @@ fn a_balance_changed_behind_the_demos_back_fails_the_sql_audit() {
         stderr.push('\n');
         if line.starts_with("created ") {
             // The accounts exist and the load starts now: change one behind its back.
-            plant_a_wrong_balance(server_ports(&stderr)[0]);
+            plant_a_wrong_balance(&started_servers(&stderr).pg_dsn);
             break;
         }
     }

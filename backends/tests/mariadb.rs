@@ -21,6 +21,8 @@ fn executor(server: &MariaServer) -> Executor {
 #[test]
 fn xa_transactions_commit_roll_back_and_map_errors() {
     let Some(server) = or_skip(MariaServer::start()) else { return };
+    let dir = server.socket().parent().expect("the socket sits in the server's directory").to_path_buf();
+    assert_listens_on_its_socket_only(&dir, "MariaDB");
     let db = executor(&server);
     prepare_then_commit(&db);
     prepare_then_rollback(&db);

@@ -20,6 +20,7 @@ fn executor(server: &PgServer) -> Executor {
 #[test]
 fn prepare_then_commit_applies_and_recovery_sees_it_until_then() {
     let Some(server) = or_skip(PgServer::start()) else { return };
+    assert_listens_on_its_socket_only(server.dir(), "PostgreSQL");
     let db = executor(&server);
     let tx = gid(1);
     ok(&db, Request::Begin(tx.clone()));

@@ -9,7 +9,7 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder};
 use tempfile::TempDir;
 
-use super::{ServerError, find_binary, free_port, is_root, log_tail, run};
+use super::{ServerError, find_binary, is_root, log_tail, run};
 
 const SBIN_DIRS: [&str; 3] = ["/usr/sbin", "/usr/bin", "/usr/local/bin"];
 const DATABASE: &str = "twophase";
@@ -17,7 +17,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct MariaServer {
     dir: TempDir,
-    port: u16,
     mariadbd: PathBuf,
     child: Option<Child>,
 }
@@ -31,8 +30,7 @@ impl MariaServer {
             .prefix("tp-maria")
             .tempdir()
             .map_err(|e| ServerError::Failed(format!("temporary directory: {e}")))?;
-        let port = free_port()?;
-        let mut server = MariaServer { dir, port, mariadbd, child: None };
+        let mut server = MariaServer { dir, mariadbd, child: None };
         let mut install = Command::new(&install_db);
         install.arg("--no-defaults").arg(format!("--datadir={}", server.data_dir().display())).args([
             "--auth-root-authentication-method=normal",
@@ -55,13 +53,14 @@ impl MariaServer {
         self.root_opts().db_name(Some(DATABASE))
     }
 
-    /// The same as a URL (`mysql://root@localhost:PORT/twophase?socket=...`).
+    /// The same as a URL (`mysql://root@localhost/twophase?socket=...`).
     pub fn url(&self) -> String {
-        format!("mysql://root@localhost:{}/{DATABASE}?socket={}", self.port, self.socket().display())
+        format!("mysql://root@localhost/{DATABASE}?socket={}", self.socket().display())
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
+    /// The server's unix socket (the only way in), in a directory deleted when it is dropped.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("mariadbd.sock")
     }
 
     /// Starts mariadbd on the same data (after `stop` or `kill`) and waits until it answers.
@@ -72,11 +71,10 @@ impl MariaServer {
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.data_dir().display()))
             .arg(format!("--socket={}", self.socket().display()))
-            .arg(format!("--port={}", self.port))
             .arg(format!("--pid-file={}", self.dir.path().join("mariadbd.pid").display()))
             .arg(format!("--log-error={}", self.log().display()))
             .args([
-                "--bind-address=127.0.0.1",
+                "--skip-networking",
                 "--innodb-flush-log-at-trx-commit=1",
                 "--innodb-log-file-size=16M",
                 "--innodb-buffer-pool-size=64M",
@@ -150,10 +148,6 @@ impl MariaServer {
 
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("mariadbd.sock")
     }
 
     fn log(&self) -> PathBuf {

@@ -1,7 +1,12 @@
 //! Throwaway database servers for tests, the demo and the baseline: each in a temporary
-//! directory (data, unix socket, log), on a free TCP port, durable (fsync on, InnoDB flushing
-//! its log at every commit), stopped when dropped. `stop` shuts down cleanly; `kill` is a
+//! directory (data, unix socket, log), reachable over its unix socket only, durable (fsync
+//! on, InnoDB flushing its log at every commit), stopped when dropped. `stop` shuts down cleanly; `kill` is a
 //! crash (`pg_ctl -m immediate`, SIGKILL of mariadbd); `restart` starts the same data again.
+//!
+//! Why no TCP listener: the servers trust whoever connects (PostgreSQL's `trust`, MariaDB's
+//! root without a password), so on TCP any local user would be their superuser, while the
+//! socket sits in a directory only its owner can enter. And a port would have to be chosen
+//! ahead of the server, where another socket could take it before a restart binds it again.
 //!
 //! Servers refuse to run as root, so as root the PostgreSQL binaries run as the `postgres`
 //! user (or `nobody`) and mariadbd with `--user=root`.
@@ -11,7 +16,6 @@ mod postgres;
 
 use std::ffi::CString;
 use std::fmt;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -52,13 +56,6 @@ pub fn or_skip<T>(started: Result<T, ServerError>) -> Option<T> {
         }
         Err(error) => panic!("cannot start a throwaway database server: {error}"),
     }
-}
-
-/// A TCP port nobody listens on right now.
-fn free_port() -> Result<u16, ServerError> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| ServerError::Failed(format!("find a free port: {e}")))?;
-    Ok(listener.local_addr().expect("bound").port())
 }
 
 /// The first of `names` found on PATH or in `extra_dirs`.

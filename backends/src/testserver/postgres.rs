@@ -6,14 +6,16 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-use super::{ServerError, chown, find_binary, free_port, is_root, log_tail, run, user_ids};
+use super::{ServerError, chown, find_binary, is_root, log_tail, run, user_ids};
 
 /// Where Debian keeps the binaries when they are not on PATH.
 const PG_DIRS: [&str; 3] = ["/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"];
+/// The port in the socket's name (`.s.PGSQL.5432` in the server's own directory). Nothing
+/// listens on TCP, so every server can use the same number.
+const PORT: u16 = 5432;
 
 pub struct PgServer {
     dir: TempDir,
-    port: u16,
     pg_ctl: PathBuf,
     /// The user the server runs as when we are root.
     run_as: Option<(u32, u32)>,
@@ -21,8 +23,8 @@ pub struct PgServer {
 }
 
 impl PgServer {
-    /// initdb, configure (`max_prepared_transactions = 1024`, fsync on, socket in the
-    /// directory) and start.
+    /// initdb, configure (`max_prepared_transactions = 1024`, fsync on, the unix socket in
+    /// the directory and no TCP listener) and start.
     pub fn start() -> Result<PgServer, ServerError> {
         let initdb = find_binary(&["initdb"], &PG_DIRS)?;
         let pg_ctl = find_binary(&["pg_ctl"], &PG_DIRS)?;
@@ -39,8 +41,7 @@ impl PgServer {
         } else {
             None
         };
-        let port = free_port()?;
-        let mut server = PgServer { dir, port, pg_ctl, run_as, running: false };
+        let mut server = PgServer { dir, pg_ctl, run_as, running: false };
         let data = server.data_dir();
         run(
             server.command(&initdb).arg("-D").arg(&data).args([
@@ -61,13 +62,14 @@ impl PgServer {
         Ok(server)
     }
 
-    /// A libpq connection string over the unix socket.
+    /// A libpq connection string over the unix socket (the only way in).
     pub fn dsn(&self) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.dir.path().display(), self.port)
+        format!("host={} port={PORT} user=postgres dbname=postgres", self.dir.path().display())
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
+    /// The directory that holds the server's data, log and socket, deleted when it is dropped.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Starts the server again on the same data (after `stop` or `kill`).
@@ -108,15 +110,14 @@ impl PgServer {
     fn configure(&self) -> Result<(), ServerError> {
         let settings = format!(
             "\n# twophase throwaway server\n\
-             port = {port}\n\
-             listen_addresses = '127.0.0.1'\n\
+             port = {PORT}\n\
+             listen_addresses = ''\n\
              unix_socket_directories = '{socket_dir}'\n\
              max_connections = 200\n\
              max_prepared_transactions = 1024\n\
              fsync = on\n\
              synchronous_commit = on\n\
              shared_buffers = 64MB\n",
-            port = self.port,
             socket_dir = self.dir.path().display(),
         );
         let conf = self.data_dir().join("postgresql.conf");

@@ -115,3 +115,42 @@ pub fn fence_ends_the_previous_incarnations_sessions(old: &Executor, new: &Execu
     committed(plain, 206, add(7, 1));
     assert_eq!(balance(plain, 207, 7), Some(6));
 }
+
+/// The servers' processes (those whose command line names a path under `dir`) and the TCP
+/// sockets in LISTEN state among their open files: a throwaway server listens on its unix
+/// socket only. Returns how many processes matched, and the inodes of their TCP listeners.
+pub fn tcp_listeners_under(dir: &std::path::Path) -> (usize, Vec<u64>) {
+    let dir = dir.to_string_lossy().into_owned();
+    let listening: std::collections::HashSet<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // st 0A is LISTEN; the inode is the tenth field.
+            (fields.get(3) == Some(&"0A")).then(|| fields.get(9)?.parse().ok()).flatten()
+        })
+        .collect();
+    let (mut processes, mut listeners) = (0, Vec::new());
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&dir) {
+            continue;
+        }
+        processes += 1;
+        for fd in std::fs::read_dir(entry.path().join("fd")).into_iter().flatten().flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            let inode =
+                target.to_string_lossy().strip_prefix("socket:[").and_then(|rest| rest.strip_suffix(']')?.parse().ok());
+            listeners.extend(inode.filter(|inode| listening.contains(inode)));
+        }
+    }
+    (processes, listeners)
+}
+
+/// The server under `dir` runs and listens on no TCP port ([`tcp_listeners_under`]).
+pub fn assert_listens_on_its_socket_only(dir: &std::path::Path, server: &str) {
+    let (processes, listeners) = tcp_listeners_under(dir);
+    assert!(processes > 0, "no process of {server} names {}", dir.display());
+    assert!(listeners.is_empty(), "{server} listens on TCP (socket inodes {listeners:?})");
+}
