@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use twophase_backends::{
     Completion, DbError, Executor, Gid, KvOp, KvOutcome, MariaConnector, PgConnector, PoolConfig, Reason, Reply,
     Request,
 };
+use twophase_bench::scrape::Scrape;
 use twophase_engine::{AbortReason, Outcome};
 use twophase_net::{Client, ClientOptions, SqlValue, TxError};
 
@@ -113,6 +115,9 @@ struct Bank {
     pg_node: Node,
     maria_node: Node,
     coordinator: Node,
+    /// Where `p1` and `p2` serve their metrics.
+    pg_metrics: SocketAddr,
+    maria_metrics: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -122,18 +127,31 @@ impl Bank {
         let pg = or_skip(PgServer::start())?;
         let maria = or_skip(MariaServer::start())?;
         let dir = tempfile::tempdir().unwrap();
-        let node = |name: &str, backend: &str, dsn: &str| {
-            let mut flags = vec!["--backend", backend, "--dsn", dsn];
+        let node = |name: &str, backend: &str, dsn: &str, metrics: SocketAddr| {
+            let metrics = metrics.to_string();
+            let mut flags = vec!["--backend", backend, "--dsn", dsn, "--metrics-listen", &metrics];
             flags.extend_from_slice(participant_flags);
             Node::participant_with(name, dir.path(), &flags, &[])
         };
-        let pg_node = node("p1", "postgres", &pg.dsn());
-        let maria_node = node("p2", "mariadb", &maria.url());
+        let (pg_metrics, maria_metrics) = (common::free_addr(), common::free_addr());
+        let pg_node = node("p1", "postgres", &pg.dsn(), pg_metrics);
+        let maria_node = node("p2", "mariadb", &maria.url(), maria_metrics);
         // A short prepare timeout: a participant killed mid-prepare aborts its transaction soon.
         let coordinator =
             Node::coordinator(dir.path(), &[&pg_node, &maria_node], &["--prepare-timeout-ms", "2000"], &[]);
         let (pg_db, maria_db) = (Db::postgres(&pg, "p1"), Db::mariadb(&maria, "p2"));
-        Some(Bank { pg, maria, pg_db, maria_db, pg_node, maria_node, coordinator, _dir: dir })
+        Some(Bank {
+            pg,
+            maria,
+            pg_db,
+            maria_db,
+            pg_node,
+            maria_node,
+            coordinator,
+            pg_metrics,
+            maria_metrics,
+            _dir: dir,
+        })
     }
 
     fn options(&self) -> ClientOptions {
@@ -227,9 +245,37 @@ fn transfers_commit_in_both_databases_and_an_overdraft_aborts_in_both() {
     assert!(!client.submit(ops).unwrap().is_committed());
     assert_eq!(bank.balances(1), (Some(70), Some(130)));
 
+    // Each participant's metrics count what happened there: the funding and the transfer
+    // committed; each refused one transaction (its CHECK).
+    for (name, addr) in [("p1", bank.pg_metrics), ("p2", bank.maria_metrics)] {
+        check_participant_metrics(name, addr, 2, 1);
+    }
+
     // A read across both databases sees the committed balances.
     let reads = common::read_ints(&mut client, &[(PG, "acct/1"), (MARIA, "acct/1")]);
     assert_eq!(reads, vec![Some(70), Some(130)]);
+}
+
+/// A database participant's metrics, once its counters reach `committed`: what it voted
+/// and decided, nothing left prepared or in doubt, its coordinator connected, its log used.
+fn check_participant_metrics(name: &str, addr: SocketAddr, committed: u64, refused: u64) {
+    let decided = |s: &Scrape, outcome: &str| s.value("twophase_transactions_total", &[("outcome", outcome)]);
+    let votes = |s: &Scrape, vote: &str| s.value("twophase_votes_total", &[("vote", vote)]);
+    let scraped = common::scrape_until(name, addr, SETTLE, |s| {
+        decided(s, "committed") == Some(committed as f64) && s.value("twophase_transactions_prepared", &[]) == Some(0.0)
+    });
+    assert_eq!(decided(&scraped, "committed"), Some(committed as f64), "{name} counts its commits");
+    assert_eq!(votes(&scraped, "no"), Some(refused as f64), "{name} refused by its CHECK");
+    let yes = votes(&scraped, "yes").unwrap();
+    let aborted = decided(&scraped, "aborted").unwrap();
+    assert_eq!(yes, committed as f64 + aborted, "{name}: every Yes was decided ({aborted} aborted)");
+    assert_eq!(scraped.value("twophase_transactions_in_doubt", &[]), Some(0.0));
+    assert_eq!(scraped.value("twophase_transactions_prepared", &[]), Some(0.0));
+    assert_eq!(scraped.value("twophase_coordinator_connected", &[]), Some(1.0), "{name}");
+    assert!(scraped.value("twophase_log_records_total", &[]) > Some(0.0), "{name} logs its protocol records");
+    assert!(scraped.find("twophase_votes_total", &[("node", name), ("role", "participant")]).count() == 3);
+    let timed = scraped.value("twophase_vote_wait_seconds_count", &[]);
+    assert!(timed.is_some(), "{name} serves the vote-wait histogram");
 }
 
 #[test]

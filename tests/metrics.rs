@@ -6,14 +6,13 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{CLUSTER, add, binary, certs_dir, security};
-use twophase_bench::scrape::{self, Scrape};
+use twophase_bench::scrape::Scrape;
 use twophase_engine::Outcome;
 use twophase_net::{Client, ClientOptions};
 
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the counters may take to reach what the client saw: nodes publish every 100 ms,
 /// and participants apply commits after the client hears (a loaded machine is slow).
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
@@ -53,23 +52,13 @@ impl MetricsCluster {
         MetricsCluster { coordinator: coordinator.expect("the coordinator's address"), metrics, process }
     }
 
-    fn scrape(&self, node: &str) -> Scrape {
-        let (_, addr) = self.metrics.iter().find(|(name, _)| name == node).expect("a metrics line for every node");
-        let text = scrape::fetch_text(*addr, SCRAPE_TIMEOUT).expect("scraping");
-        assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF: {text}");
-        scrape::parse(&text).unwrap_or_else(|err| panic!("{node}'s exposition does not parse: {err:#}\n{text}"))
+    fn scrape_until(&self, node: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+        common::scrape_until(node, self.metrics_addr(node), SETTLE_WITHIN, ready)
     }
 
-    /// Scrapes `node` until `ready` holds or [`SETTLE_WITHIN`] passes; returns the last scrape.
-    fn scrape_until(&self, node: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
-        let deadline = Instant::now() + SETTLE_WITHIN;
-        loop {
-            let scrape = self.scrape(node);
-            if ready(&scrape) || Instant::now() > deadline {
-                return scrape;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn metrics_addr(&self, node: &str) -> SocketAddr {
+        let (_, addr) = self.metrics.iter().find(|(name, _)| name == node).expect("a metrics line for every node");
+        *addr
     }
 }
 

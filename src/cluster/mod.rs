@@ -61,7 +61,7 @@ pub struct ClusterOptions {
     /// stderr.
     pub log_dir: Option<PathBuf>,
     /// Participants (by index N of pN) that run over a database, with the flags that say
-    /// which (`--backend postgres --dsn ...`); they serve no metrics. Empty: all `kv`.
+    /// which (`--backend postgres --dsn ...`). Empty: all `kv`.
     pub database_participants: Vec<(u16, Vec<String>)>,
     /// The atomic commit protocol every node runs (`--protocol`).
     pub protocol: Protocol,
@@ -292,14 +292,6 @@ fn with_flag(mut args: Vec<String>, flag: &str, value: String) -> Vec<String> {
     args
 }
 
-/// `args` without `flag` and its value.
-fn without_flag(mut args: Vec<String>, flag: &str) -> Vec<String> {
-    if let Some(at) = args.iter().position(|arg| arg == flag) {
-        args.drain(at..=at + 1);
-    }
-    args
-}
-
 impl Node {
     /// Starts a node and makes its listen (and metrics) address concrete in `args`.
     fn start(name: &str, args: Vec<String>, log_dir: Option<&Path>) -> anyhow::Result<Node> {
@@ -501,7 +493,6 @@ impl LocalCluster {
                 }
             }
             if let Some((_, flags)) = options.database_participants.iter().find(|(at, _)| *at == index) {
-                args = without_flag(args, "--metrics-listen");
                 args.extend(flags.iter().cloned());
             }
             let node = Node::start(&name, args, log_dir)?;
@@ -809,13 +800,6 @@ mod tests {
                 "/data/certs/coordinator-c1.key"
             ]
         );
-    }
-
-    #[test]
-    fn without_flag_drops_the_flag_and_its_value() {
-        let args = ["--a", "1", "--metrics-listen", "127.0.0.1:0", "--b", "2"].map(String::from).to_vec();
-        assert_eq!(without_flag(args.clone(), "--metrics-listen"), ["--a", "1", "--b", "2"]);
-        assert_eq!(without_flag(args.clone(), "--absent"), args);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use prometheus_client::encoding::DescriptorEncoder;
-use twophase_engine::participant::ParticipantStats;
+use twophase_engine::participant::{ParticipantStats, ResourceManager};
 use twophase_engine::{Lsn, Participant, Time, ToCoordinator, ToParticipant, Vote};
 use twophase_net::Reactor;
 
@@ -129,7 +129,7 @@ impl ParticipantMetrics {
     /// Called after every step, before its outputs are routed: starts the step's time (the
     /// one clock read of the step) and publishes the counters, the transport's
     /// per-connection ones included, every [`super::PUBLISH_EVERY`].
-    pub fn after_step(&mut self, engine: &Participant, durable: Lsn, transport: &Reactor) {
+    pub fn after_step<R: ResourceManager>(&mut self, engine: &Participant<R>, durable: Lsn, transport: &Reactor) {
         let Some(live) = &mut self.0 else { return };
         let now = live.step.restart();
         live.log.durable(durable);

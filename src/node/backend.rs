@@ -7,8 +7,9 @@
 //! hook of its own). Acks of commits leave only after the database's commit returned (see
 //! `backend_rm`). Snapshots hold only the protocol state (the data is the database's): the
 //! prepared transactions, the epoch and the highest txid, after which the log is truncated
-//! as the key-value participant's is. Kept out of this runtime, unlike the key-value one:
-//! dumps, tracing and metrics.
+//! as the key-value participant's is. Its metrics are the key-value participant's
+//! ([`ParticipantMetrics`]), fed by the same hooks. Kept out of this runtime, unlike the
+//! key-value one: dumps and tracing.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,7 @@ use twophase_engine::{Epoch, Lsn, PartRecord, Time, ToCoordinator, TxId, Vote};
 use twophase_net::{BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, Reactor, Role as NetRole, TransportConfig};
 
 use crate::failpoint::{self, Failpoint};
+use crate::metrics::{NodeInfo, ParticipantMetrics};
 
 use super::backend_rm::{BackendDriver, BackendResource, RECOVER_TAG};
 use super::coordinator_links::CoordinatorLinks;
@@ -70,6 +72,7 @@ struct BackendRole {
     /// When each Yes the engine is about to send was prepared (the profile's vote gate),
     /// at most `VOTES_TIMED_MAX`.
     yes_since: HashMap<TxId, Time>,
+    metrics: ParticipantMetrics,
 }
 
 /// Bound on `BackendRole::yes_since` (a transaction aborted before its vote left leaves
@@ -85,6 +88,7 @@ impl BackendRole {
                     return super::refuse(&mut self.transport, conn, format!("frame refused: {refused}"));
                 }
                 for message in messages {
+                    self.metrics.received(now, &message);
                     if let Err(refused) = self.engine.on_message(now, epoch, message, fx) {
                         tracing::warn!(conn, "refusing a coordinator message: {refused}");
                     }
@@ -122,6 +126,7 @@ impl BackendRole {
 
     fn send(&mut self, messages: impl Iterator<Item = ToCoordinator>) {
         for message in messages {
+            self.metrics.sent(&message);
             if let Err(err) = self.to_coordinator.push(&message) {
                 tracing::error!("dropping a message to the coordinator: {err:?}");
             }
@@ -131,6 +136,7 @@ impl BackendRole {
         if let Some(conn) = self.coordinators.serving()
             && !frames.is_empty()
         {
+            self.metrics.frame_out(frames.len());
             self.transport.send(conn, frames);
         }
     }
@@ -151,6 +157,7 @@ impl Role for BackendRole {
             }
             Inbound::Accepted { conn, hello, identity } if identity.role == NetRole::Coordinator => {
                 let serving = self.coordinators.accept(conn, hello.epoch);
+                self.metrics.coordinator_connected(true);
                 tracing::info!(conn, coordinator = %identity, epoch = hello.epoch.0, serving, "coordinator connected");
                 if serving {
                     self.engine.on_coordinator_connected(now, hello.epoch, fx);
@@ -160,13 +167,19 @@ impl Role for BackendRole {
                 super::refuse(&mut self.transport, conn, "a database participant serves coordinators only".into())
             }
             Inbound::PeerUp { .. } | Inbound::PeerDown { .. } => {}
-            Inbound::Frame { conn, frame } => self.on_frame(now, conn, frame, fx),
+            Inbound::Frame { conn, frame } => {
+                if self.coordinators.contains(conn) {
+                    self.metrics.frame_in();
+                }
+                self.on_frame(now, conn, frame, fx)
+            }
             Inbound::Closed { conn } => {
                 let was_serving = self.coordinators.serving() == Some(conn);
                 self.coordinators.close(conn);
                 if was_serving {
                     self.engine.on_coordinator_lost(now, fx);
                 }
+                self.metrics.coordinator_connected(self.coordinators.serving().is_some());
             }
         }
     }
@@ -188,6 +201,11 @@ impl Role for BackendRole {
     fn after_step(&mut self, durable: Lsn) {
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
+        self.metrics.after_step(engine, durable, &self.transport);
+    }
+
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        self.metrics.log()
     }
 
     /// Nothing this participant logs is waited on at once: its Yes waits for the database's
@@ -344,10 +362,8 @@ fn with_unlogged_prepared(
 
 /// Runs a database participant until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Result<()> {
-    if options.metrics_listen.is_some() {
-        bail!("--metrics-listen is not supported with a database backend yet");
-    }
     let stop = super::stop_on_signal()?;
+    let started = Instant::now();
     let (_lock, wal, recovery) = super::open_storage(&options.data_dir, &options.storage)?;
     let snapshot: Option<ParticipantSnapshot> = snapshot::load(&options.data_dir)?;
     let covered = snapshot.as_ref().map_or(Lsn::NONE, |s| s.lsn);
@@ -403,12 +419,18 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
         replayed,
         "database participant recovered"
     );
-    println!("twophase participant {} listening on {addr}", options.name);
-    super::pin_current_thread(options.pin_core);
-
     let wal = Arc::new(wal);
     let writer = Snapshotter::spawn(options.data_dir.clone(), wal.clone());
     let snapshots = SnapshotPolicy::new(options.snapshot_every_records, covered, writer);
+    let info = NodeInfo {
+        node: options.name.clone(),
+        role: "participant",
+        recovery: started.elapsed(),
+        recovered_records: replayed as u64,
+    };
+    let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.sources(&wal), clock)?;
+    println!("twophase participant {} listening on {addr}", options.name);
+    super::pin_current_thread(options.pin_core);
     let mut role = BackendRole {
         engine,
         driver,
@@ -419,6 +441,7 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
         clock,
         snapshots,
         yes_since: HashMap::new(),
+        metrics,
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     let pending = role.driver.borrow().decisions_pending();

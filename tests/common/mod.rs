@@ -26,6 +26,35 @@ pub fn free_addr() -> SocketAddr {
     twophase_net::ports::free_port(std::net::Ipv4Addr::LOCALHOST.into()).expect("a free test port")
 }
 
+/// Longest one scrape of a metrics endpoint may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `what`'s metrics endpoint at `addr`, read and parsed (OpenMetrics text, ending `# EOF`).
+pub fn scrape(what: &str, addr: SocketAddr) -> twophase_bench::scrape::Scrape {
+    use twophase_bench::scrape;
+    let text = scrape::fetch_text(addr, SCRAPE_TIMEOUT).unwrap_or_else(|err| panic!("scraping {what}: {err:#}"));
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF: {text}");
+    scrape::parse(&text).unwrap_or_else(|err| panic!("{what}'s exposition does not parse: {err:#}\n{text}"))
+}
+
+/// Scrapes `what` until `ready` holds or `within` passes; returns the last scrape (nodes
+/// publish their counters every 100 ms, and a loaded machine is slow).
+pub fn scrape_until(
+    what: &str,
+    addr: SocketAddr,
+    within: Duration,
+    ready: impl Fn(&twophase_bench::scrape::Scrape) -> bool,
+) -> twophase_bench::scrape::Scrape {
+    let deadline = Instant::now() + within;
+    loop {
+        let scraped = scrape(what, addr);
+        if ready(&scraped) || Instant::now() > deadline {
+            return scraped;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A short demo's flags: 2 s over 2,000 accounts, 2 connections of 32 outstanding each.
 pub const SHORT_DEMO: &[&str] =
     &["--duration", "2s", "--accounts", "2000", "--connections", "2", "--outstanding", "32"];
