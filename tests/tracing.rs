@@ -1,9 +1,11 @@
 //! OpenTelemetry traces across real processes: an in-test OTLP/HTTP receiver collects the
 //! spans of a coordinator, two participants and a client (`twophase tx`, or the load
 //! generator `twophase bench` over its pipelines), all with `--trace-sample 1`, and the test
-//! checks the tree one cross-participant transaction makes, and what is left of it when a
-//! participant is killed mid-transaction; and that spans reach a collector over HTTPS whose
-//! private CA `--otlp-ca` trusts.
+//! checks the tree one cross-participant transaction makes (also with a participant over
+//! PostgreSQL), and what is left of it when a participant is killed mid-transaction; and
+//! that spans reach a collector over HTTPS whose private CA `--otlp-ca` trusts.
+//!
+//! Fails when PostgreSQL is missing unless TWOPHASE_SKIP_DB_TESTS=1 (never in CI).
 
 mod common;
 
@@ -18,6 +20,7 @@ use common::{CLUSTER, Node, binary, certs_dir, eventually, make_cert};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
+use twophase_backends::testserver::{PgServer, or_skip};
 
 /// OTLP's `Status.code` of an error.
 const ERROR_STATUS_CODE: i32 = 2;
@@ -295,6 +298,13 @@ fn complete(spans: &[Received], trace_id: &[u8], client_service: Option<&str>) -
 /// coordinator's log syncs (Staged, Commit) are events of its decision, each participant's
 /// (Prepared) an event of its prepare.
 fn check_tree(spans: &[Received], trace_id: &[u8]) {
+    check_tree_over(spans, trace_id, &[]);
+}
+
+/// [`check_tree`] where the participants named in `databases` run over a database: their
+/// Yes waits for the database's PREPARE, not for their own log, so their `prepare` has no
+/// log sync.
+fn check_tree_over(spans: &[Received], trace_id: &[u8], databases: &[&str]) {
     let of_trace = of_trace(spans, trace_id);
     assert!(of_trace.iter().all(|span| span.name != "log sync"), "log syncs are events, not spans");
     let submit = find(&of_trace, "twophase-coordinator", "submit")[0];
@@ -322,7 +332,8 @@ fn check_tree(spans: &[Received], trace_id: &[u8]) {
         assert_eq!(prepare.text("twophase.vote"), Some("yes"));
         assert_eq!(mine("prepare").parent_span_id, prepare.span_id, "{node}'s prepare");
         assert_eq!(mine("prepare").text("twophase.vote"), Some("yes"));
-        assert_eq!(mine("prepare").synced_records(), ["Prepared"], "{node}'s prepare");
+        let synced: &[&str] = if databases.contains(&node) { &[] } else { &["Prepared"] };
+        assert_eq!(mine("prepare").synced_records(), synced, "{node}'s prepare");
         assert_eq!(mine("commit").parent_span_id, coordinator_span("commit", participant).span_id, "{node}'s commit");
     }
 }
@@ -427,6 +438,39 @@ fn the_load_generator_roots_the_traces_of_its_pipelined_transactions() {
         find(&spans, "twophase-loadgen", "transaction").len() > 10,
         "every transaction of the run is traced at rate 1"
     );
+}
+
+/// A participant over PostgreSQL traces as the built-in store's does: its spans join the
+/// client's trace under the coordinator's, and its `prepare` ends when its Yes leaves.
+#[test]
+fn a_database_participants_spans_join_the_trace() {
+    let Some(pg) = or_skip(PgServer::start()) else { return };
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+    let flags = trace_flags(&endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let dsn = pg.dsn();
+    let mut database_flags = vec!["--backend", "postgres", "--dsn", &dsn];
+    database_flags.extend(flags);
+    let p1 = Node::participant_with("p1", dir.path(), &database_flags, &[]);
+    let p2 = Node::participant_with("p2", dir.path(), &flags, &[]);
+    let coordinator = Node::coordinator(dir.path(), &[&p1, &p2], &flags, &[]);
+
+    // The first transaction of the coordinator's epoch: p1's Yes waits for the epoch's
+    // record, whose log sync may carry its Prepared record too. The second's waits for
+    // nothing in p1's log.
+    for (round, ops) in [["put", "p1:x=1", "put", "p2:y=2"], ["put", "p1:x=2", "put", "p2:y=3"]].iter().enumerate() {
+        tx(coordinator.addr, dir.path(), &flags, ops);
+        let (spans, trace_id) = eventually("every process's spans", Duration::from_secs(30), || {
+            let spans = receiver.spans();
+            let clients = find(&spans, "twophase-client", "transaction");
+            let trace_id = clients.get(round)?.trace_id.clone();
+            complete(&spans, &trace_id, Some("twophase-client")).then_some((spans, trace_id))
+        });
+        if round == 1 {
+            check_tree_over(&spans, &trace_id, &["p1"]);
+        }
+    }
 }
 
 #[test]

@@ -7,9 +7,10 @@
 //! hook of its own). Acks of commits leave only after the database's commit returned (see
 //! `backend_rm`). Snapshots hold only the protocol state (the data is the database's): the
 //! prepared transactions, the epoch and the highest txid, after which the log is truncated
-//! as the key-value participant's is. Its metrics are the key-value participant's
-//! ([`ParticipantMetrics`]), fed by the same hooks. Kept out of this runtime, unlike the
-//! key-value one: dumps and tracing.
+//! as the key-value participant's is. Its metrics and spans are the key-value participant's
+//! ([`ParticipantMetrics`], [`ParticipantTrace`]), fed by the same hooks; a Yes vote here
+//! ends its `prepare` span when it leaves (it waits for the database's PREPARE, not for
+//! this participant's log). Kept out of this runtime, unlike the key-value one: dumps.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,8 @@ use twophase_net::{BatchWriter, ConnId, Frame, Hello, Inbound, NetLimits, Reacto
 
 use crate::failpoint::{self, Failpoint};
 use crate::metrics::{NodeInfo, ParticipantMetrics};
+use crate::trace::Exporter;
+use crate::trace::participant::ParticipantTrace;
 
 use super::backend_rm::{BackendDriver, BackendResource, RECOVER_TAG};
 use super::coordinator_links::CoordinatorLinks;
@@ -73,6 +76,8 @@ struct BackendRole {
     /// at most `VOTES_TIMED_MAX`.
     yes_since: HashMap<TxId, Time>,
     metrics: ParticipantMetrics,
+    /// Spans of sampled transactions; `None` when tracing is off.
+    trace: Option<ParticipantTrace>,
 }
 
 /// Bound on `BackendRole::yes_since` (a transaction aborted before its vote left leaves
@@ -88,13 +93,20 @@ impl BackendRole {
                     return super::refuse(&mut self.transport, conn, format!("frame refused: {refused}"));
                 }
                 for message in messages {
+                    if let Some(trace) = &mut self.trace {
+                        trace.on_message(&message);
+                    }
                     self.metrics.received(now, &message);
                     if let Err(refused) = self.engine.on_message(now, epoch, message, fx) {
                         tracing::warn!(conn, "refusing a coordinator message: {refused}");
                     }
                 }
             }
-            Frame::TraceContext(_) if self.coordinators.contains(conn) => {}
+            Frame::TraceContext(entries) if self.coordinators.contains(conn) => {
+                if let Some(trace) = &mut self.trace {
+                    trace.on_trace_context(entries);
+                }
+            }
             other => super::refuse(
                 &mut self.transport,
                 conn,
@@ -121,11 +133,16 @@ impl BackendRole {
             self.engine.on_prepare_done(now, txid, result, fx);
         }
         // Their Committed records passed the durability gate before they were held.
-        self.send(acks.into_iter().map(|txid| ToCoordinator::Ack { txid }));
+        let mut acks: Vec<ToCoordinator> = acks.into_iter().map(|txid| ToCoordinator::Ack { txid }).collect();
+        self.send(&mut acks);
     }
 
-    fn send(&mut self, messages: impl Iterator<Item = ToCoordinator>) {
-        for message in messages {
+    /// Hands `messages` to the network (draining them), the spans they end ended first.
+    fn send(&mut self, messages: &mut Vec<ToCoordinator>) {
+        if let Some(trace) = &mut self.trace {
+            trace.released(messages);
+        }
+        for message in messages.drain(..) {
             self.metrics.sent(&message);
             if let Err(err) = self.to_coordinator.push(&message) {
                 tracing::error!("dropping a message to the coordinator: {err:?}");
@@ -198,7 +215,16 @@ impl Role for BackendRole {
         [self.engine.next_deadline(), driver.next_deadline()].into_iter().flatten().min()
     }
 
+    fn observe(&mut self, fx: &PartEffects) {
+        if let Some(trace) = &mut self.trace {
+            trace.observe(fx);
+        }
+    }
+
     fn after_step(&mut self, durable: Lsn) {
+        if let Some(trace) = &mut self.trace {
+            trace.after_step(durable);
+        }
         let engine = &self.engine;
         self.snapshots.after_step(durable, engine.snapshot_lsn(), || engine.snapshot());
         self.metrics.after_step(engine, durable, &self.transport);
@@ -234,7 +260,7 @@ impl Role for BackendRole {
             _ => true,
         });
         drop(driver);
-        self.send(released.drain(..));
+        self.send(released);
         if die_once_sent {
             if !self.transport.flush(FAILPOINT_FLUSH_WAIT) {
                 tracing::error!("failpoint participant-vote-sent: the network did not flush in time");
@@ -429,6 +455,7 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
         recovered_records: replayed as u64,
     };
     let metrics = ParticipantMetrics::serve(options.metrics_listen, info, snapshots.sources(&wal), clock)?;
+    let trace = Exporter::start(&options.trace, "twophase-participant", &options.name)?.map(ParticipantTrace::new);
     println!("twophase participant {} listening on {addr}", options.name);
     super::pin_current_thread(options.pin_core);
     let mut role = BackendRole {
@@ -442,6 +469,7 @@ pub fn serve(options: ParticipantOptions, backend: BackendOptions) -> anyhow::Re
         snapshots,
         yes_since: HashMap::new(),
         metrics,
+        trace,
     };
     let result = super::run(&mut role, fx, &wal, clock, &stop);
     let pending = role.driver.borrow().decisions_pending();

@@ -3,8 +3,10 @@
 //!
 //! - `prepare`: from the Prepare's arrival until its vote leaves: a No or ReadOnly vote at
 //!   once, a Yes once the Prepared record is durable (a `log sync` event then gives its LSN,
-//!   writes and sync time); a prepare parked behind an older holder includes the wait; an
-//!   Abort that comes first ends it with `outcome` aborted and no vote;
+//!   writes and sync time) or, over a database, when the Yes leaves (the database's PREPARE
+//!   holds the transaction; the participant's record rides with a later group and is not
+//!   waited for); a prepare parked behind an older holder includes the wait; an Abort that
+//!   comes first ends it with `outcome` aborted and no vote;
 //! - `commit`: from the Commit's arrival until its ack leaves (the Committed record durable).
 
 use std::collections::VecDeque;
@@ -181,16 +183,24 @@ impl ParticipantTrace {
         }
     }
 
-    /// Messages about to leave: an ack ends the transaction's `commit` and its trace here.
+    /// Messages about to leave: an ack ends the transaction's `commit` and its trace here;
+    /// a Yes ends a `prepare` still open (a database participant's: its vote does not wait
+    /// for the participant's own log, see the module's doc).
     pub fn released(&mut self, released: &[ToCoordinator]) {
         if self.txs.is_empty() {
             return;
         }
         for message in released {
-            if let ToCoordinator::Ack { txid } = message
-                && self.txs.get_mut(txid).is_some_and(|tx| tx.commit.is_some())
-            {
-                self.txs.remove(txid);
+            match message {
+                ToCoordinator::Ack { txid } if self.txs.get_mut(txid).is_some_and(|tx| tx.commit.is_some()) => {
+                    self.txs.remove(txid);
+                }
+                ToCoordinator::Vote { txid, vote: Vote::Yes { .. } } => {
+                    if let Some(mut prepare) = self.txs.get_mut(txid).and_then(|tx| tx.prepare.take()) {
+                        prepare.set_attribute(Attribute::new("twophase.vote", "yes"));
+                    }
+                }
+                _ => {}
             }
         }
     }
