@@ -2,7 +2,8 @@
 //! failpoint at a chosen step of one cross-participant transfer, and participants that
 //! terminate it on their own, without the coordinator (which is not restarted), as Skeen's
 //! termination protocol says: any pre-committed → commit, all uncertain → abort. Their
-//! state is read through the admin `Dump`. And the demo's audit under `--protocol 3pc`.
+//! state is read through the admin `Dump`. And the demo's audit under `--protocol 3pc`, and
+//! every node's metrics.
 //!
 //! The transfer moves 10 from `a` on p1 to `b` on p2, both absent (0) before: "committed"
 //! is a = -10 and b = 10, "aborted" is both absent. Waits poll with generous deadlines
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Node, SHORT_DEMO, add, dump_ints, eventually, free_addr, run_demo};
+use twophase_bench::scrape::Scrape;
 use twophase_net::Client;
 
 /// Longest a failpoint may take to fire once its transaction is submitted.
@@ -74,4 +76,48 @@ fn coordinator_killed_before_any_precommit_the_participants_abort_on_their_own()
 fn a_short_3pc_demo_commits_transfers_and_passes_its_audit() {
     let run = run_demo(&[&["--protocol", "3pc"], SHORT_DEMO].concat());
     assert!(run.report["committed"].as_u64().unwrap() > 100, "{}", run.report);
+}
+
+/// Every 3PC node serves metrics (`--metrics-listen`) that count what the client saw: two
+/// transfers committed, one refused (an overdraft) aborted.
+#[test]
+fn every_3pc_node_serves_metrics_that_match_what_the_client_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr1, addr2) = (free_addr(), free_addr());
+    let metrics: Vec<(&str, SocketAddr)> = vec![("p1", free_addr()), ("p2", free_addr()), ("c1", free_addr())];
+    let listen: Vec<String> = metrics.iter().map(|(_, addr)| addr.to_string()).collect();
+    let (peer1, peer2) = (format!("p1={addr1}"), format!("p2={addr2}"));
+    fn participant_flags<'a>(peer: &'a str, listen: &'a str) -> [&'a str; 6] {
+        ["--protocol", "3pc", "--threepc-peer", peer, "--metrics-listen", listen]
+    }
+    let p1 = Node::participant_at("p1", dir.path(), addr1, &participant_flags(&peer2, &listen[0]));
+    let p2 = Node::participant_at("p2", dir.path(), addr2, &participant_flags(&peer1, &listen[1]));
+    let c1 = Node::coordinator(dir.path(), &[&p1, &p2], &["--protocol", "3pc", "--metrics-listen", &listen[2]], &[]);
+
+    let mut client = Client::connect(c1.addr, common::client_options(&c1.data_dir)).expect("registering");
+    let transfer = |client: &mut Client, amount: i64| {
+        client.submit(vec![add(1, "a", -amount, 0), add(2, "b", amount, i64::MIN)]).expect("an outcome")
+    };
+    assert!(client.submit(vec![add(1, "a", 100, 0), add(2, "b", 0, i64::MIN)]).unwrap().is_committed());
+    assert!(!transfer(&mut client, 1_000).is_committed(), "an overdraft aborts");
+    assert!(transfer(&mut client, 10).is_committed());
+
+    let decided = |s: &Scrape, outcome: &str| s.value("twophase_transactions_total", &[("outcome", outcome)]);
+    let within = Duration::from_secs(30);
+    let c1_scrape = common::scrape_until("c1", metrics[2].1, within, |s| decided(s, "committed") == Some(2.0));
+    assert_eq!(decided(&c1_scrape, "committed"), Some(2.0), "the coordinator counts what the client saw");
+    assert_eq!(decided(&c1_scrape, "aborted"), Some(1.0));
+    let aborts: f64 = c1_scrape.find("twophase_aborts_total", &[]).map(|sample| sample.value).sum();
+    assert_eq!(aborts, 1.0, "one abort, by its reason");
+    assert_eq!(c1_scrape.value("twophase_transactions_in_flight", &[]), Some(0.0));
+    assert_eq!(c1_scrape.value("twophase_coordinator_epoch", &[]), Some(1.0), "a first start");
+    assert!(c1_scrape.value("twophase_log_records_total", &[]) >= Some(3.0), "c1 logs every transaction");
+    for (name, addr) in &metrics[..2] {
+        let scraped = common::scrape_until(name, *addr, within, |s| decided(s, "committed") == Some(2.0));
+        assert_eq!(decided(&scraped, "committed"), Some(2.0), "{name} applied both commits");
+        assert!(decided(&scraped, "aborted") <= Some(1.0), "{name} aborted at most the overdraft");
+        assert_eq!(scraped.value("twophase_transactions_undecided", &[]), Some(0.0), "{name}");
+        assert_eq!(scraped.value("twophase_split_decisions_total", &[]), Some(0.0), "{name}");
+        assert!(scraped.value("twophase_log_records_total", &[]) > Some(0.0), "{name} logs");
+    }
 }

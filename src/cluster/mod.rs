@@ -394,8 +394,7 @@ fn common_node_args(options: &ClusterOptions, role: Role, name: &str) -> anyhow:
         args.extend(["--group-interval-us".to_string(), interval_us.to_string()]);
     }
     args.extend(options.trace.to_args());
-    // 3PC nodes serve no metrics yet.
-    if options.metrics && options.protocol == Protocol::TwoPc {
+    if options.metrics {
         args.extend(["--metrics-listen".to_string(), free_loopback_addr()?.to_string()]);
     }
     Ok(args)

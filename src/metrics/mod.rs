@@ -2,7 +2,7 @@
 //! of their own.
 //!
 //! Owns: the engine thread's counters and latency histograms ([`CoordinatorMetrics`],
-//! [`ParticipantMetrics`], [`LogMetrics`]), a copy of the transport's per-connection
+//! [`ParticipantMetrics`], [`ThreePcMetrics`], [`LogMetrics`]), a copy of the transport's per-connection
 //! traffic counters (`connections`), the snapshot of them published every
 //! [`PUBLISH_EVERY`], and the listener that renders that snapshot (OpenMetrics text through
 //! `prometheus-client`) on each scrape.
@@ -23,6 +23,7 @@ mod interactive;
 mod log;
 mod participant;
 pub mod sampler;
+mod threepc;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use twophase_engine::Time;
 pub use coordinator::{CoordinatorMetrics, GroupStatus};
 pub use log::LogMetrics;
 pub use participant::ParticipantMetrics;
+pub use threepc::ThreePcMetrics;
 
 use crate::node::snapshot::SnapshotStats;
 
@@ -68,6 +70,13 @@ impl NodeInfo {
 pub struct Sources {
     pub snapshots: Arc<SnapshotStats>,
     pub wal: Arc<twophase_wal::WalStats>,
+}
+
+impl Sources {
+    /// For a node that writes no snapshots (a 3PC node: its log replays whole).
+    pub fn without_snapshots(wal: &twophase_wal::Wal) -> Sources {
+        Sources { snapshots: Arc::new(SnapshotStats::default()), wal: wal.stats() }
+    }
 }
 
 /// The engine thread's side of publishing: a copy of its export every [`PUBLISH_EVERY`].

@@ -135,5 +135,7 @@ fn optional(value: Option<f64>) -> String {
 }
 
 fn number(value: f64) -> String {
+    // An empty sum (a metric the node does not serve) is -0.0: show it as 0.
+    let value = value + 0.0;
     if value >= 10_000.0 { format!("{:.1}k", value / 1000.0) } else { format!("{value:.0}") }
 }

@@ -33,6 +33,7 @@ use super::super::{Clock, Role};
 use super::store::encode_ops;
 use super::{TXS_MAX, Ticker, timeouts};
 use crate::failpoint::{self, Failpoint};
+use crate::metrics::{NodeInfo, Sources, ThreePcMetrics};
 
 /// Client sessions at most (the 2PC coordinator's bound).
 const SESSIONS_MAX: usize = 4096;
@@ -72,6 +73,7 @@ pub struct ThreePcCoordinatorRole {
     to_participants: HashMap<ParticipantId, BatchWriter<ThreePcItem>>,
     to_clients: HashMap<ConnId, BatchWriter<Reply>>,
     announcement: Option<(String, Instant)>,
+    metrics: ThreePcMetrics,
 }
 
 impl ThreePcCoordinatorRole {
@@ -206,6 +208,7 @@ impl ThreePcCoordinatorRole {
 
     fn finish(&mut self, client: ClientId, seq: u64, outcome: Outcome) {
         self.in_flight.remove(&(client, seq));
+        self.metrics.replied(&outcome);
         self.reply_to(client, &Reply::Outcome { client, seq, outcome });
     }
 
@@ -336,10 +339,15 @@ impl Role for ThreePcCoordinatorRole {
         }
     }
 
-    fn after_step(&mut self, _durable: Lsn) {
+    fn after_step(&mut self, durable: Lsn) {
         self.announce_when_ready();
+        self.metrics.after_step(self.engine.in_flight(), durable, &self.transport);
         // Replies that need no log (registrations, refusals) leave with this step.
         self.flush();
+    }
+
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        self.metrics.log()
     }
 
     fn route(&mut self, released: &mut Vec<CoordOutput3>) {
@@ -368,8 +376,10 @@ impl Role for ThreePcCoordinatorRole {
 /// Runs a 3PC coordinator until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
     let stop = super::super::stop_on_signal()?;
+    let started = Instant::now();
     let (_lock, wal, recovery) = super::super::open_storage(&options.data_dir, &options.storage)?;
     let log = super::super::decode_log::<CoordRecord3>(recovery, Lsn::NONE)?;
+    let recovered_records = log.len() as u64;
     let epoch = Epoch(super::next_epoch(&options.data_dir)?);
     let clock = Clock::new();
     let mut fx = CoordEffects3::default();
@@ -389,6 +399,10 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         transport.add_peer(PeerId(u64::from(id.0)), resolved, name.clone());
         topology.push((*id, name.clone(), resolved.to_string()));
     }
+    let info =
+        NodeInfo { node: options.id.clone(), role: "coordinator", recovery: started.elapsed(), recovered_records };
+    let metrics =
+        ThreePcMetrics::serve(options.metrics_listen, info, Some(epoch.0), Sources::without_snapshots(&wal), clock)?;
     super::super::pin_current_thread(options.pin_core);
     let announcement = format!("twophase coordinator {} (3pc) listening on {addr}", options.id);
     let mut role = ThreePcCoordinatorRole {
@@ -412,6 +426,7 @@ pub fn serve(options: CoordinatorOptions) -> anyhow::Result<()> {
         to_participants: HashMap::new(),
         to_clients: HashMap::new(),
         announcement: Some((announcement, Instant::now() + READY_WAIT)),
+        metrics,
     };
     role.announce_when_ready();
     let result = super::super::run(&mut role, fx, &wal, clock, &stop);

@@ -30,6 +30,7 @@ use super::super::participant::ParticipantOptions;
 use super::super::{Clock, Role};
 use super::store::{Refusal, Store3};
 use super::{DECIDED_MAX, TXS_MAX, Ticker, timeouts};
+use crate::metrics::{NodeInfo, Sources, ThreePcMetrics};
 
 /// A `DumpChunk` frame is closed once its entries take this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -64,6 +65,7 @@ pub struct ThreePcParticipantRole {
     /// Whether the log is fdatasynced (reported in dumps).
     fsync: bool,
     tls: bool,
+    metrics: ThreePcMetrics,
 }
 
 impl ThreePcParticipantRole {
@@ -264,18 +266,32 @@ impl Role for ThreePcParticipantRole {
         Some(self.ticker.next_deadline())
     }
 
+    fn after_step(&mut self, durable: Lsn) {
+        self.metrics.after_step(self.engine.undecided(), durable, &self.transport);
+    }
+
+    fn log_metrics(&mut self) -> Option<&mut crate::metrics::LogMetrics> {
+        self.metrics.log()
+    }
+
     fn route(&mut self, released: &mut Vec<PartOutput>) {
         for output in released.drain(..) {
             match output {
                 PartOutput::Send(envelope) => self.send(envelope.to, envelope.message),
-                PartOutput::Apply { txid, commit } => self.store.finish(txid, commit),
-                PartOutput::SplitDecision { txid, ours, heard, from } => tracing::error!(
-                    %txid,
-                    ours,
-                    heard,
-                    ?from,
-                    "3pc split decision: a peer decided otherwise (a partition broke the network bound); keeping ours"
-                ),
+                PartOutput::Apply { txid, commit } => {
+                    self.metrics.applied(commit);
+                    self.store.finish(txid, commit)
+                }
+                PartOutput::SplitDecision { txid, ours, heard, from } => {
+                    self.metrics.split_decision();
+                    tracing::error!(
+                        %txid,
+                        ours,
+                        heard,
+                        ?from,
+                        "3pc split decision: a peer decided otherwise (a partition broke the network bound); keeping ours"
+                    )
+                }
                 PartOutput::Warning(warning) => tracing::warn!("{warning}"),
                 PartOutput::Prepare { .. } => unreachable!("prepare requests are answered in the step"),
             }
@@ -287,8 +303,10 @@ impl Role for ThreePcParticipantRole {
 /// Runs a 3PC participant until SIGINT/SIGTERM. Prints `listening on ADDR` once serving.
 pub fn serve(options: ParticipantOptions, peers: PeerOptions) -> anyhow::Result<()> {
     let stop = super::super::stop_on_signal()?;
+    let started = std::time::Instant::now();
     let (_lock, wal, recovery) = super::super::open_storage(&options.data_dir, &options.storage)?;
     let log = super::super::decode_log::<PartLog3>(recovery, Lsn::NONE)?;
+    let recovered_records = log.len() as u64;
     let hash_seed = rand::random();
     let store = Store3::recover(options.id, hash_seed, &log);
     let records = log.into_iter().map(|(lsn, entry)| (lsn, entry.record)).collect();
@@ -312,9 +330,12 @@ pub fn serve(options: ParticipantOptions, peers: PeerOptions) -> anyhow::Result<
         anyhow::ensure!(id != options.id, "--threepc-peer {name}: that is this participant");
         transport.add_peer(PeerId(u64::from(id.0)), *address, name.clone());
     }
+    let clock = Clock::new();
+    let info =
+        NodeInfo { node: options.name.clone(), role: "participant", recovery: started.elapsed(), recovered_records };
+    let metrics = ThreePcMetrics::serve(options.metrics_listen, info, None, Sources::without_snapshots(&wal), clock)?;
     println!("twophase participant {} (3pc) listening on {addr}", options.name);
     super::super::pin_current_thread(options.pin_core);
-    let clock = Clock::new();
     let limits = NetLimits::default();
     let mut role = ThreePcParticipantRole {
         id: options.id,
@@ -332,6 +353,7 @@ pub fn serve(options: ParticipantOptions, peers: PeerOptions) -> anyhow::Result<
         scratch: PartEffects3::default(),
         fsync: !options.storage.unsafe_no_fsync,
         tls,
+        metrics,
     };
     let result = super::super::run(&mut role, Fx::default(), &wal, clock, &stop);
     drop(role.transport);
