@@ -32,17 +32,16 @@ struct Live {
 
 #[derive(Clone, Debug, Default)]
 struct ThreePcExport {
-    /// Whether this is the coordinator (in flight, aborts by reason) or a participant
-    /// (undecided, split decisions).
-    coordinator: bool,
+    /// The coordinator's epoch (this incarnation's: one more at every start); `None` at a
+    /// participant. The coordinator also serves in flight and aborts by reason, a
+    /// participant undecided and split decisions.
+    epoch: Option<u32>,
     committed: u64,
     aborted: u64,
     /// The coordinator's aborts by reason label (a bounded set: `AbortReason::label`).
     aborts: BTreeMap<&'static str, u64>,
     /// The coordinator's transactions in flight, or a participant's undecided ones.
     open: u64,
-    /// The coordinator's epoch (this incarnation's: one more at every start).
-    epoch: u32,
     split_decisions: u64,
     log: LogExport,
     connections: ConnectionsExport,
@@ -61,8 +60,7 @@ impl ThreePcMetrics {
     ) -> anyhow::Result<Self> {
         let Some(listen) = listen else { return Ok(ThreePcMetrics(None)) };
         let announce = info.announcement();
-        let export =
-            ThreePcExport { coordinator: epoch.is_some(), epoch: epoch.unwrap_or(0), ..ThreePcExport::default() };
+        let export = ThreePcExport { epoch, ..ThreePcExport::default() };
         let log = LogMetrics::default();
         let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter(), clock.now())?;
         println!("{announce} {addr}");
@@ -121,14 +119,14 @@ impl ThreePcMetrics {
 
 impl Export for ThreePcExport {
     fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
-        let help = if self.coordinator {
+        let help = if self.epoch.is_some() {
             "Transactions this coordinator answered, by outcome"
         } else {
             "Transactions whose decision this participant applied, by outcome"
         };
         let outcomes = [("committed", self.committed), ("aborted", self.aborted)];
         encode::counters(e, "twophase_transactions", help, "outcome", outcomes)?;
-        if self.coordinator {
+        if let Some(epoch) = self.epoch {
             let aborts = self.aborts.iter().map(|(reason, count)| (*reason, *count));
             encode::counters(e, "twophase_aborts", "Aborted transactions by reason", "reason", aborts)?;
             encode::gauge(
@@ -138,7 +136,7 @@ impl Export for ThreePcExport {
                 self.open as f64,
             )?;
             let help = "This coordinator incarnation's epoch (one more at every start)";
-            encode::gauge(e, "twophase_coordinator_epoch", help, f64::from(self.epoch))?;
+            encode::gauge(e, "twophase_coordinator_epoch", help, f64::from(epoch))?;
         } else {
             let help = "Transactions this participant voted on and has not decided";
             encode::gauge(e, "twophase_transactions_undecided", help, self.open as f64)?;
