@@ -2,8 +2,8 @@
 //! of their own.
 //!
 //! Owns: the engine thread's counters and latency histograms ([`CoordinatorMetrics`],
-//! [`ParticipantMetrics`], [`ThreePcMetrics`], [`LogMetrics`]), a copy of the transport's per-connection
-//! traffic counters (`connections`), the snapshot of them published every
+//! [`ParticipantMetrics`], [`ThreePcMetrics`], [`LogMetrics`]), a copy of the transport's
+//! per-connection traffic counters (`connections`), the snapshot of them published every
 //! [`PUBLISH_EVERY`], and the listener that renders that snapshot (OpenMetrics text through
 //! `prometheus-client`) on each scrape.
 //!
