@@ -78,8 +78,8 @@ fn a_short_3pc_demo_commits_transfers_and_passes_its_audit() {
     assert!(run.report["committed"].as_u64().unwrap() > 100, "{}", run.report);
 }
 
-/// Every 3PC node serves metrics (`--metrics-listen`) that count what the client saw: two
-/// transfers committed, one refused (an overdraft) aborted.
+/// Every 3PC node serves metrics (`--metrics-listen`) that count what the client saw: ten
+/// transfers committed, one refused (an overdraft) aborted; the coordinator timed one in 8.
 #[test]
 fn every_3pc_node_serves_metrics_that_match_what_the_client_saw() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,26 +95,39 @@ fn every_3pc_node_serves_metrics_that_match_what_the_client_saw() {
     let c1 = Node::coordinator(dir.path(), &[&p1, &p2], &["--protocol", "3pc", "--metrics-listen", &listen[2]], &[]);
 
     let mut client = Client::connect(c1.addr, common::client_options(&c1.data_dir)).expect("registering");
-    let transfer = |client: &mut Client, amount: i64| {
-        client.submit(vec![add(1, "a", -amount, 0), add(2, "b", amount, i64::MIN)]).expect("an outcome")
+    // A 3PC participant locks without waiting and releases a decided transaction's locks
+    // once its Decided record is durable: each committed transfer takes keys of its own,
+    // so none is refused for a lock the last one still holds.
+    let transfer = |client: &mut Client, from: &str, to: &str, amount: i64| {
+        client.submit(vec![add(1, from, -amount, 0), add(2, to, amount, i64::MIN)]).expect("an outcome")
     };
     assert!(client.submit(vec![add(1, "a", 100, 0), add(2, "b", 0, i64::MIN)]).unwrap().is_committed());
-    assert!(!transfer(&mut client, 1_000).is_committed(), "an overdraft aborts");
-    assert!(transfer(&mut client, 10).is_committed());
+    // Refused by the floor, or by the funding's lock if p1 has not released it yet.
+    assert!(!transfer(&mut client, "a", "b", 1_000).is_committed(), "an overdraft aborts");
+    for round in 0..9 {
+        let (from, to) = (format!("from{round}"), format!("to{round}"));
+        let outcome = transfer(&mut client, &from, &to, -1);
+        assert!(outcome.is_committed(), "{outcome:?}");
+    }
+    let committed = 10.0;
 
     let decided = |s: &Scrape, outcome: &str| s.value("twophase_transactions_total", &[("outcome", outcome)]);
     let within = Duration::from_secs(30);
-    let c1_scrape = common::scrape_until("c1", metrics[2].1, within, |s| decided(s, "committed") == Some(2.0));
-    assert_eq!(decided(&c1_scrape, "committed"), Some(2.0), "the coordinator counts what the client saw");
+    let c1_scrape = common::scrape_until("c1", metrics[2].1, within, |s| decided(s, "committed") == Some(committed));
+    assert_eq!(decided(&c1_scrape, "committed"), Some(committed), "the coordinator counts what the client saw");
     assert_eq!(decided(&c1_scrape, "aborted"), Some(1.0));
     let aborts: f64 = c1_scrape.find("twophase_aborts_total", &[]).map(|sample| sample.value).sum();
     assert_eq!(aborts, 1.0, "one abort, by its reason");
     assert_eq!(c1_scrape.value("twophase_transactions_in_flight", &[]), Some(0.0));
     assert_eq!(c1_scrape.value("twophase_coordinator_epoch", &[]), Some(1.0), "a first start");
-    assert!(c1_scrape.value("twophase_log_records_total", &[]) >= Some(3.0), "c1 logs every transaction");
+    assert!(c1_scrape.value("twophase_log_records_total", &[]) >= Some(11.0), "c1 logs every transaction");
+    // Eleven requests, one after another: one or two of them timed from arrival to reply.
+    let timed = c1_scrape.value("twophase_transaction_seconds_count", &[]).unwrap();
+    assert!((1.0..=2.0).contains(&timed), "{timed} of 11 requests timed");
+    assert!(c1_scrape.value("twophase_transaction_seconds_sum", &[]) > Some(0.0));
     for (name, addr) in &metrics[..2] {
-        let scraped = common::scrape_until(name, *addr, within, |s| decided(s, "committed") == Some(2.0));
-        assert_eq!(decided(&scraped, "committed"), Some(2.0), "{name} applied both commits");
+        let scraped = common::scrape_until(name, *addr, within, |s| decided(s, "committed") == Some(committed));
+        assert_eq!(decided(&scraped, "committed"), Some(committed), "{name} applied every commit");
         assert!(decided(&scraped, "aborted") <= Some(1.0), "{name} aborted at most the overdraft");
         assert_eq!(scraped.value("twophase_transactions_undecided", &[]), Some(0.0), "{name}");
         assert_eq!(scraped.value("twophase_split_decisions_total", &[]), Some(0.0), "{name}");

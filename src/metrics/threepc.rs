@@ -1,5 +1,6 @@
 //! The metrics of a `--protocol 3pc` node, coordinator or participant: transactions by
-//! outcome (and, at the coordinator, aborts by reason), those in flight or undecided, split
+//! outcome (and, at the coordinator, aborts by reason and end-to-end latency, one
+//! transaction in 8 timed as the 2PC coordinator's), those in flight or undecided, split
 //! decisions a participant heard of, and what every node serves (the log, connections,
 //! start and recovery). Names and labels are the 2PC nodes' where they mean the same, so a
 //! dashboard or `twophase top` reads both.
@@ -9,11 +10,13 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use prometheus_client::encoding::DescriptorEncoder;
-use twophase_engine::{Lsn, Outcome};
+use twophase_engine::{ClientId, Lsn, Outcome, Seq};
 use twophase_net::Reactor;
 
 use super::connections::ConnectionsExport;
+use super::histogram::LatencyHistogram;
 use super::log::{LogExport, LogMetrics};
+use super::sampler::{Sampler, sampled};
 use super::{Export, NodeInfo, Publisher, Sources, encode};
 use crate::node::Clock;
 
@@ -26,8 +29,11 @@ struct Live {
     export: ThreePcExport,
     log: LogMetrics,
     publisher: Publisher<ThreePcExport>,
-    /// The engine's: read once a step, only while metrics are on.
+    /// The engine's: read once a step, and for each timed request, only while metrics are
+    /// on.
     clock: Clock,
+    /// When each timed request arrived (bounded: see [`Sampler`]).
+    submitted: Sampler<(ClientId, Seq)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -43,6 +49,8 @@ struct ThreePcExport {
     /// The coordinator's transactions in flight, or a participant's undecided ones.
     open: u64,
     split_decisions: u64,
+    /// The coordinator's timed requests, from arrival until their reply is handed on.
+    transaction: LatencyHistogram,
     log: LogExport,
     connections: ConnectionsExport,
 }
@@ -64,16 +72,30 @@ impl ThreePcMetrics {
         let log = LogMetrics::default();
         let (publisher, addr) = super::start(listen, info, export.clone(), sources, log.groups_counter(), clock.now())?;
         println!("{announce} {addr}");
-        Ok(ThreePcMetrics(Some(Box::new(Live { export, log, publisher, clock }))))
+        let live = Live { export, log, publisher, clock, submitted: Sampler::default() };
+        Ok(ThreePcMetrics(Some(Box::new(live))))
     }
 
     pub fn log(&mut self) -> Option<&mut LogMetrics> {
         self.0.as_mut().map(|live| &mut live.log)
     }
 
-    /// The coordinator answered a client with `outcome`.
-    pub fn replied(&mut self, outcome: &Outcome) {
+    /// A client's request arrived at the coordinator (one in 8 is timed).
+    pub fn submitted(&mut self, client: ClientId, seq: Seq) {
         let Some(live) = &mut self.0 else { return };
+        if sampled(seq) {
+            live.submitted.start((client, seq), live.clock.now());
+        }
+    }
+
+    /// The coordinator answered `client`'s request `seq` with `outcome`.
+    pub fn replied(&mut self, client: ClientId, seq: Seq, outcome: &Outcome) {
+        let Some(live) = &mut self.0 else { return };
+        if sampled(seq)
+            && let Some(elapsed) = live.submitted.finish(&(client, seq), live.clock.now())
+        {
+            live.export.transaction.observe(elapsed);
+        }
         match outcome {
             Outcome::Committed { .. } | Outcome::CommittedReadsUnavailable => live.export.committed += 1,
             Outcome::Aborted { reason } => {
@@ -137,6 +159,8 @@ impl Export for ThreePcExport {
             )?;
             let help = "This coordinator incarnation's epoch (one more at every start)";
             encode::gauge(e, "twophase_coordinator_epoch", help, f64::from(epoch))?;
+            let help = "From a submission's arrival until its reply is handed on; one transaction in 8 is timed";
+            encode::histogram(e, "twophase_transaction_seconds", help, &self.transaction)?;
         } else {
             let help = "Transactions this participant voted on and has not decided";
             encode::gauge(e, "twophase_transactions_undecided", help, self.open as f64)?;

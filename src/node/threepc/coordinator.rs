@@ -141,6 +141,7 @@ impl ThreePcCoordinatorRole {
         if !self.in_flight.insert((client, seq)) {
             return; // A resend of a request in flight: it is answered once.
         }
+        self.metrics.submitted(client, seq);
         match self.work(&submit.ops) {
             Err(reason) => self.finish(client, seq, Outcome::Aborted { reason }),
             Ok(work) => match self.engine.begin(work, fx) {
@@ -208,7 +209,7 @@ impl ThreePcCoordinatorRole {
 
     fn finish(&mut self, client: ClientId, seq: u64, outcome: Outcome) {
         self.in_flight.remove(&(client, seq));
-        self.metrics.replied(&outcome);
+        self.metrics.replied(client, seq, &outcome);
         self.reply_to(client, &Reply::Outcome { client, seq, outcome });
     }
 
