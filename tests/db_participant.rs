@@ -261,8 +261,12 @@ fn transfers_commit_in_both_databases_and_an_overdraft_aborts_in_both() {
 fn check_participant_metrics(name: &str, addr: SocketAddr, committed: u64, refused: u64) {
     let decided = |s: &Scrape, outcome: &str| s.value("twophase_transactions_total", &[("outcome", outcome)]);
     let votes = |s: &Scrape, vote: &str| s.value("twophase_votes_total", &[("vote", vote)]);
+    // Until every count is there: the refusals came after the commits, and a node publishes
+    // its counters every 100 ms, so a scrape may show the commits before them.
     let scraped = common::scrape_until(name, addr, SETTLE, |s| {
-        decided(s, "committed") == Some(committed as f64) && s.value("twophase_transactions_prepared", &[]) == Some(0.0)
+        decided(s, "committed") == Some(committed as f64)
+            && votes(s, "no") == Some(refused as f64)
+            && s.value("twophase_transactions_prepared", &[]) == Some(0.0)
     });
     assert_eq!(decided(&scraped, "committed"), Some(committed as f64), "{name} counts its commits");
     assert_eq!(votes(&scraped, "no"), Some(refused as f64), "{name} refused by its CHECK");

@@ -165,7 +165,13 @@ fn every_node_serves_metrics_that_match_what_the_client_saw() {
     let mut scraped = vec![c1];
     for participant in ["p1", "p2"] {
         // Each transfer touched both participants: each voted on every one.
-        let p = cluster.scrape_until(participant, |s| decided(s, "committed") == Some(committed as f64));
+        // Until its last vote is counted too: the last transfer is an overdraft, refused
+        // after the last commit, and a node publishes its counters every 100 ms.
+        let voted = |s: &Scrape| {
+            let votes = |vote: &str| s.value("twophase_votes_total", &[("vote", vote)]).unwrap_or(0.0);
+            votes("yes") + votes("no") == transactions as f64
+        };
+        let p = cluster.scrape_until(participant, |s| decided(s, "committed") == Some(committed as f64) && voted(s));
         assert_eq!(decided(&p, "committed"), Some(committed as f64), "{participant} applied every commit");
         let yes = p.value("twophase_votes_total", &[("vote", "yes")]).unwrap();
         let no = p.value("twophase_votes_total", &[("vote", "no")]).unwrap();
