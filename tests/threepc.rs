@@ -113,7 +113,11 @@ fn every_3pc_node_serves_metrics_that_match_what_the_client_saw() {
 
     let decided = |s: &Scrape, outcome: &str| s.value("twophase_transactions_total", &[("outcome", outcome)]);
     let within = Duration::from_secs(30);
-    let c1_scrape = common::scrape_until("c1", metrics[2].1, within, |s| decided(s, "committed") == Some(committed));
+    // Until every count is there: the gauges are published every 100 ms, so a scrape may
+    // show the last commit before the transaction has left the coordinator's books.
+    let c1_scrape = common::scrape_until("c1", metrics[2].1, within, |s| {
+        decided(s, "committed") == Some(committed) && s.value("twophase_transactions_in_flight", &[]) == Some(0.0)
+    });
     assert_eq!(decided(&c1_scrape, "committed"), Some(committed), "the coordinator counts what the client saw");
     assert_eq!(decided(&c1_scrape, "aborted"), Some(1.0));
     let aborts: f64 = c1_scrape.find("twophase_aborts_total", &[]).map(|sample| sample.value).sum();
@@ -126,7 +130,9 @@ fn every_3pc_node_serves_metrics_that_match_what_the_client_saw() {
     assert!((1.0..=2.0).contains(&timed), "{timed} of 11 requests timed");
     assert!(c1_scrape.value("twophase_transaction_seconds_sum", &[]) > Some(0.0));
     for (name, addr) in &metrics[..2] {
-        let scraped = common::scrape_until(name, *addr, within, |s| decided(s, "committed") == Some(committed));
+        let scraped = common::scrape_until(name, *addr, within, |s| {
+            decided(s, "committed") == Some(committed) && s.value("twophase_transactions_undecided", &[]) == Some(0.0)
+        });
         assert_eq!(decided(&scraped, "committed"), Some(committed), "{name} applied every commit");
         assert!(decided(&scraped, "aborted") <= Some(1.0), "{name} aborted at most the overdraft");
         assert_eq!(scraped.value("twophase_transactions_undecided", &[]), Some(0.0), "{name}");
