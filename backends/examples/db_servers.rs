@@ -1,6 +1,6 @@
 //! Throwaway PostgreSQL and MariaDB servers for trying database participants by hand: starts
-//! one of each (temporary directories, unix sockets only, fsync on), prints the `--dsn` of each, and
-//! stops and deletes them when stdin closes (Ctrl-D) or after `--for`.
+//! one of each (temporary directories, unix sockets only, fsync on), prints the `--dsn` of
+//! each, and stops and deletes them when stdin closes (Ctrl-D) or after `--for`.
 //!
 //!     cargo run -p twophase-backends --example db_servers -- --for 30m
 

@@ -1,7 +1,8 @@
 //! Throwaway database servers for tests, the demo and the baseline: each in a temporary
 //! directory (data, unix socket, log), reachable over its unix socket only, durable (fsync
-//! on, InnoDB flushing its log at every commit), stopped when dropped. `stop` shuts down cleanly; `kill` is a
-//! crash (`pg_ctl -m immediate`, SIGKILL of mariadbd); `restart` starts the same data again.
+//! on, InnoDB flushing its log at every commit), stopped when dropped. `stop` shuts down
+//! cleanly; `kill` is a crash (`pg_ctl -m immediate`, SIGKILL of mariadbd); `restart`
+//! starts the same data again.
 //!
 //! Why no TCP listener: the servers trust whoever connects (PostgreSQL's `trust`, MariaDB's
 //! root without a password), so on TCP any local user would be their superuser, while the
